@@ -1,0 +1,164 @@
+"""The artifact store interface: a flat key space of objects, the same for every backend.
+
+Keys follow DESIGN.md (``images/<set>/<file>``, ``binpkgs/<profile>/Packages``, ``distfiles/<file>``...).
+Everything here blocks: master-side callers run it in a thread (``deferToThread``), never on the reactor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Literal, Protocol
+
+KINDS: tuple[str, ...] = ("stage3", "portage", "kernel", "overlay", "images")
+"""Artifact kinds published as dated sets with a manifest and ``latest`` pointers."""
+
+READ_CHUNK = 1024 * 1024
+
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9._+@=,-]+(/[A-Za-z0-9._+@=,-]+)*")
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the message names the key/endpoint and why."""
+
+
+class ObjectNotFound(StoreError):
+    """The key does not exist in the store."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write lost a race: the object changed since it was read."""
+
+
+class StoreSettings(Protocol):
+    """The ``[store]`` section of farm.toml (see gentoo_farm.config.StoreSection)."""
+
+    type: Literal["local", "s3"]
+    path: Path
+    bucket: str
+    prefix: str
+    endpoint_url: str
+    region: str
+    public_url: str
+    part_size_mb: int
+    concurrency: int
+    keep: int
+    url_expiry_seconds: int
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime
+    etag: str
+    """Changes whenever the object's content is replaced (S3 ETag; size+mtime locally)."""
+
+
+ProgressCallback = Callable[[int], None]
+"""Called with the number of bytes just transferred."""
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the store or hide from it (``..``, dot files, absolute paths)."""
+    if not _KEY_PATTERN.fullmatch(key) or any(part.startswith(".") for part in key.split("/")):
+        raise StoreError(f"invalid store key {key!r}: expected relative path segments not starting with '.'")
+    return key
+
+
+class ArtifactStore(ABC):
+    """One store, two backends (:class:`~.local.LocalStore`, :class:`~.s3.S3Store`) with the same keys."""
+
+    #: Human-readable location, used in error messages (a directory or ``s3://bucket/prefix``).
+    location: str
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size, date and etag of an object, or None when it does not exist."""
+
+    @abstractmethod
+    def open_read(self, key: str, start: int = 0) -> BinaryIO:
+        """A stream of the object's bytes from offset ``start``; raises :class:`ObjectNotFound`."""
+
+    @abstractmethod
+    def put_bytes(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False
+    ) -> None:
+        """Write a small object atomically.
+
+        ``if_match`` (an etag) or ``if_absent`` make the write conditional; a lost race raises
+        :class:`PreconditionFailed` and leaves the object as the winner wrote it.
+        """
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
+        """Upload a file (multipart where the backend has it); readers never see a partial object."""
+
+    @abstractmethod
+    def copy(self, source_key: str, dest_key: str) -> None:
+        """Copy an object inside the store (server-side where the backend can)."""
+
+    @abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Delete objects; keys that are already gone are fine."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a plain string prefix), in key order."""
+
+    @abstractmethod
+    def upload_url(self, key: str, expires_in: int) -> str:
+        """A URL that accepts one HTTP PUT of exactly this key until ``expires_in`` seconds from now."""
+
+    @abstractmethod
+    def download_url(self, key: str, expires_in: int) -> str:
+        """A URL people and Portage can GET the object from (presigned when the bucket is private)."""
+
+    @abstractmethod
+    def public_base_url(self) -> str | None:
+        """The URL prefix the store is readable at without signing (binhost/mirror), if there is one."""
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as stream:
+            return stream.read()
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def sha512(self, key: str) -> str:
+        """The sha512 of the object as the store holds it (a full streamed read)."""
+        digest = hashlib.sha512()
+        with self.open_read(key) as stream:
+            while chunk := stream.read(READ_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def update_bytes(self, key: str, change: Callable[[bytes | None], bytes], attempts: int = 20) -> bytes:
+        """Read-modify-write ``key`` so that concurrent updates never lose each other's changes.
+
+        ``change`` gets the current content (None when absent) and returns the new content; it may
+        run more than once when another writer got in between. Returns what was written.
+        """
+        for _ in range(attempts):
+            info = self.head(key)
+            current = None
+            if info is not None:
+                try:
+                    current = self.get_bytes(key)
+                except ObjectNotFound:
+                    continue
+            new = change(current)
+            try:
+                if info is None:
+                    self.put_bytes(key, new, if_absent=True)
+                else:
+                    self.put_bytes(key, new, if_match=info.etag)
+            except PreconditionFailed:
+                continue
+            return new
+        raise StoreError(f"{self.location}: {key} kept changing under {attempts} concurrent updates; gave up")
