@@ -39,8 +39,16 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
             elif stream == "e" and ERROR_MARKER in line:
                 self.error_message = line.split(ERROR_MARKER, 1)[1].strip()
 
+    def stage_arguments(self) -> Sequence[object]:
+        """The stage's command-line arguments; subclasses build them from their (rendered) attributes."""
+        return self.stage_args
+
     async def run(self) -> int:
-        command = ["farm-worker", self.stage, *(str(arg) for arg in self.stage_args if arg is not None)]
+        command = [
+            "farm-worker",
+            self.stage,
+            *(str(arg) for arg in self.stage_arguments() if arg is not None),
+        ]
         cmd = await self.makeRemoteShellCommand(command=command)
         await self.runCommand(cmd)
         return FAILURE if cmd.didFail() else SUCCESS

@@ -1,0 +1,1 @@
+"""The `farm` subcommands, one module each (see gentoo_farm.cli.COMMANDS)."""

@@ -1,0 +1,49 @@
+"""Print the git post-receive hook that makes a push to the kernel config build at once."""
+
+import argparse
+import shlex
+
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.farmdir import HOOK_USER, KERNEL_POLLER, FarmDir
+
+HOOK_TEMPLATE = """#!/bin/sh
+# gentoo-farm: knock the build master's poller so a push is built at once.
+# A lost knock only delays the build: the master polls this repository anyway.
+url={url}
+secret_file="{secret_file}"
+cat >/dev/null  # git hands the pushed refs on stdin; the poller reads them from the repository
+if ! secret=$(cat "$secret_file" 2>/dev/null); then
+    echo "gentoo-farm: cannot read $secret_file; the master will notice the push at its next poll" >&2
+    exit 0
+fi
+if ! printf 'user = "{user}:%s"\\n' "$secret" |
+        curl --config - -fsS --max-time 10 -X POST "$url" >/dev/null; then
+    echo "gentoo-farm: could not notify $url; the master will notice the push at its next poll" >&2
+fi
+"""
+
+
+def render_hook(config: FarmConfig, secret_file: str) -> str:
+    """The hook script; ``secret_file`` is expanded by the shell, so it may use $HOME."""
+    url = f"{config.master.buildbot_url}change_hook/poller?poller={KERNEL_POLLER}"
+    return HOOK_TEMPLATE.format(url=shlex.quote(url), secret_file=secret_file, user=HOOK_USER)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="hook_action", required=True, metavar="ACTION")
+    print_parser = sub.add_parser("print", help="print the post-receive hook for a remote repository")
+    print_parser.add_argument(
+        "--secret-file",
+        default="$HOME/.config/gentoo-farm/change-hook.secret",
+        help="where the hook reads the change hook password on the git server",
+    )
+
+
+def run(args: argparse.Namespace, config: FarmConfig) -> int:
+    print(render_hook(config, args.secret_file), end="")
+    print(
+        f"# Install as hooks/post-receive (chmod +x) in the repository on the git server and copy\n"
+        f"# {FarmDir(config.basedir).hook_secret} to {args.secret_file} there (mode 0600).\n",
+        end="",
+    )
+    return 0

@@ -1,0 +1,299 @@
+"""farm.toml: the farm's one configuration file, validated when it is loaded.
+
+Every section is a dataclass; the loader walks the dataclass fields, so the schema and the
+documentation of defaults live in one place. A mistake gives one message that names the key,
+the value and what was expected; unknown keys are errors (a typo must not silently become a
+default).
+"""
+
+import dataclasses
+import json
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_NAME = "farm.toml"
+
+
+class FarmConfigError(Exception):
+    """farm.toml is missing, unreadable or wrong; the message says where and why."""
+
+
+def _address(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8010")
+    return value
+
+
+def _clock_time(value: str) -> str:
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+        raise ValueError("expected a time of day HH:MM (24 h), e.g. 03:30")
+    return value
+
+
+def _check(validator: typing.Callable[[Any], Any]) -> dict[str, Any]:
+    return {"validator": validator}
+
+
+@dataclass(frozen=True)
+class FarmSection:
+    id: str
+    """Stable identity of this farm: tags its cloud servers and images, survives a master move."""
+    title: str = "gentoo-farm"
+
+
+@dataclass(frozen=True)
+class UserSection:
+    name: str
+    roles: list[str] = field(default_factory=lambda: ["admin"])
+
+
+@dataclass(frozen=True)
+class MasterSection:
+    web_address: str = field(default="127.0.0.1:8010", metadata=_check(_address))
+    public_url: str = ""
+    """The URL people use to reach the web UI; defaults to http://web_address/."""
+    worker_address: str = field(default="127.0.0.1:9989", metadata=_check(_address))
+    db_url: str = "sqlite:///state.sqlite"
+    anonymous_view: bool = True
+    users: list[UserSection] = field(default_factory=lambda: [UserSection(name="admin")])
+
+    @property
+    def buildbot_url(self) -> str:
+        return (self.public_url or f"http://{self.web_address}/").rstrip("/") + "/"
+
+
+@dataclass(frozen=True)
+class LocalWorkersSection:
+    count: int = 1
+    max_builds: int = 1
+    build_wait_timeout: int = 0
+    """Seconds a started worker waits for another build before it stops (0: stop after each build)."""
+
+
+@dataclass(frozen=True)
+class OpenStackWorkersSection:
+    name: str
+    cloud: str
+    flavor: str
+    image: str
+    network: str
+    key_name: str = ""
+    security_groups: list[str] = field(default_factory=list)
+    volume_size: int = 0
+    max_instances: int = 1
+    build_wait_timeout: int = 0
+    boot_timeout: int = 600
+    builders: list[str] = field(default_factory=list)
+    """Builders that may use these workers; empty means all."""
+
+
+@dataclass(frozen=True)
+class WorkersSection:
+    local: LocalWorkersSection = field(default_factory=LocalWorkersSection)
+    openstack: list[OpenStackWorkersSection] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UpstreamSection:
+    mirror: str = "https://distfiles.gentoo.org"
+    stage3: str = "stage3-amd64-openrc"
+    profile: str = "default/linux/amd64/23.0"
+    release_key: Path = Path("keys/gentoo-release.asc")
+    """The OpenPGP key stage3 and snapshots are verified against (Gentoo rotates it)."""
+
+
+@dataclass(frozen=True)
+class KernelSection:
+    repository: str = "kernel-config.git"
+    """The git repository holding the kernel config; a path is relative to the farm directory."""
+    branch: str = "main"
+    config_file: str = "config"
+    source: str = "linux-6.1.tar.xz"
+    """The kernel source distfile, fetched through the farm's distfile mirror."""
+    poll_interval: int = 3600
+    """Seconds between polls; a push knocks the poller through the change hook at once."""
+
+
+@dataclass(frozen=True)
+class OverlaySection:
+    path: Path = Path("overlay")
+
+
+@dataclass(frozen=True)
+class ImageSection:
+    packages: list[str] = field(default_factory=lambda: ["net-misc/openssh"])
+    disk_size: str = "4G"
+    compress: bool = True
+    boot_timeout: int = 300
+    boot_expect: list[str] = field(default_factory=list)
+    """Extra lines the boot test must see on the serial console, in order."""
+
+
+@dataclass(frozen=True)
+class ScheduleSection:
+    nightly: bool = True
+    nightly_time: str = field(default="03:30", metadata=_check(_clock_time))
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    type: Literal["local", "s3"] = "local"
+    path: Path = Path("store")
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str = ""
+    region: str = ""
+    listen: str = field(default="127.0.0.1:8011", metadata=_check(_address))
+    """Where the master serves a local store over HTTP (binhost, distfile mirror, downloads)."""
+    public_url: str = ""
+    """Base URL workers, Portage and people read the store from; derived when empty."""
+    part_size_mb: int = 64
+    concurrency: int = 4
+    keep: int = 5
+    url_expiry_seconds: int = 3600
+
+
+@dataclass(frozen=True)
+class GlanceTarget:
+    cloud: str
+    visibility: Literal["private", "shared", "community", "public"] = "private"
+    disk_format: Literal["qcow2", "raw"] = "qcow2"
+    keep: int = 3
+    use_import: bool = True
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    farm: FarmSection
+    master: MasterSection = field(default_factory=MasterSection)
+    workers: WorkersSection = field(default_factory=WorkersSection)
+    upstream: UpstreamSection = field(default_factory=UpstreamSection)
+    kernel: KernelSection = field(default_factory=KernelSection)
+    overlay: OverlaySection = field(default_factory=OverlaySection)
+    image: ImageSection = field(default_factory=ImageSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    store: StoreSection = field(default_factory=StoreSection)
+    glance: list[GlanceTarget] = field(default_factory=list)
+    basedir: Path = field(default=Path("."), metadata={"internal": True})
+    """The farm directory; relative paths in farm.toml are resolved against it at load."""
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return f"a list of {_describe(item)}s" if not dataclasses.is_dataclass(item) else "an array of tables"
+    if origin is dict:
+        return "a table of strings"
+    if dataclasses.is_dataclass(hint):
+        return "a table"
+    return {str: "a string", int: "an integer", bool: "true or false", Path: "a path (string)"}[hint]
+
+
+def _show(value: Any) -> str:
+    """A value as it was written in TOML (true, "text"), not as Python prints it."""
+    return json.dumps(value, default=str)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    wrong = FarmConfigError(f"{where} = {_show(value)}: expected {_describe(hint)}")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise wrong
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise wrong
+        return [_convert(element, item, f"{where}[{index}]") for index, element in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise wrong
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise wrong
+        return _build(hint, value, where)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise wrong
+        return Path(value)
+    # bool is an int in Python; a TOML `true` must not pass as a number (or the reverse).
+    if type(value) is not hint:
+        raise wrong
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise FarmConfigError(
+            f"unknown key {prefix}{unknown[0]}; known keys here: {', '.join(sorted(fields))}"
+        )
+    values = {}
+    for name, spec in fields.items():
+        if name not in table:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise FarmConfigError(f"missing key {prefix}{name}: expected {_describe(hints[name])}")
+            continue
+        value = _convert(table[name], hints[name], f"{prefix}{name}")
+        if validator := spec.metadata.get("validator"):
+            try:
+                validator(value)
+            except ValueError as error:
+                raise FarmConfigError(f"{prefix}{name} = {_show(value)}: {error}") from None
+        values[name] = value
+    return cls(**values)
+
+
+def parse_config(text: str, basedir: Path, source: str = CONFIG_NAME) -> FarmConfig:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise FarmConfigError(f"{source}: not valid TOML: {error}") from None
+    try:
+        config = _build(FarmConfig, table, "")
+    except FarmConfigError as error:
+        raise FarmConfigError(f"{source}: {error}") from None
+    return _resolve_paths(dataclasses.replace(config, basedir=basedir.resolve()), basedir.resolve())
+
+
+def _resolve_paths(section: Any, basedir: Path) -> Any:
+    changes = {}
+    for spec in dataclasses.fields(section):
+        value = getattr(section, spec.name)
+        if spec.metadata.get("internal"):
+            continue
+        if isinstance(value, Path):
+            changes[spec.name] = (basedir / value).resolve()
+        elif dataclasses.is_dataclass(value):
+            changes[spec.name] = _resolve_paths(value, basedir)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            changes[spec.name] = [_resolve_paths(item, basedir) for item in value]
+    return dataclasses.replace(section, **changes)
+
+
+def load_config(basedir: Path) -> FarmConfig:
+    path = basedir / CONFIG_NAME
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FarmConfigError(f"{path}: no such file (create a farm with `farm init DIR`)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise FarmConfigError(f"{path}: cannot read: {error}") from None
+    return parse_config(text, basedir, str(path))
+
+
+__all__ = ["CONFIG_NAME", "FarmConfig", "FarmConfigError", "load_config", "parse_config"]

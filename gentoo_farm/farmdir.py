@@ -1,0 +1,43 @@
+"""Where things live inside a farm directory (made by `farm init`)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+HOOK_USER = "change-hook"
+KERNEL_POLLER = "kernel-config"
+
+
+@dataclass(frozen=True)
+class FarmDir:
+    root: Path
+
+    @property
+    def master(self) -> Path:
+        """The Buildbot master's base directory (master.cfg, state.sqlite, twistd.log)."""
+        return self.root / "master"
+
+    @property
+    def master_log(self) -> Path:
+        return self.master / "twistd.log"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def htpasswd(self) -> Path:
+        return self.secrets / "htpasswd"
+
+    @property
+    def hook_htpasswd(self) -> Path:
+        return self.secrets / "change-hook.htpasswd"
+
+    @property
+    def hook_secret(self) -> Path:
+        """The change hook's password in plain text, for the post-receive hook to send."""
+        return self.secrets / "change-hook.secret"
+
+    @property
+    def workers(self) -> Path:
+        """Base directories of local workers, one per started worker, removed when it stops."""
+        return self.root / "workers"

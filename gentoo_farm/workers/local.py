@@ -1,0 +1,98 @@
+"""Local latent workers: a real buildbot-worker process per start, in a fresh directory.
+
+The embedded default, for a laptop or a single build host. Each start gets a new random
+password and an empty directory, so no state leaks from one build into the next, just as
+with an ephemeral cloud instance.
+"""
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from buildbot.worker.latent import AbstractLatentWorker
+from twisted.internet import threads
+from twisted.python import log
+
+STOP_TIMEOUT = 30
+
+
+def _venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+class LocalLatentWorker(AbstractLatentWorker):
+    def checkConfig(
+        self, name: str, *, basedir: Path, master_address: tuple[str, int], **kwargs: object
+    ) -> None:
+        super().checkConfig(name, None, **kwargs)
+
+    def reconfigService(self, name: str, *, basedir: Path, master_address: tuple[str, int], **kwargs: object):
+        self.worker_basedir = Path(basedir)
+        self.master_address = master_address
+        self.process: subprocess.Popen[bytes] | None = None
+        return super().reconfigService(name, self.getRandomPass(), **kwargs)
+
+    async def start_instance(self, build: object) -> bool:
+        self.password = secrets.token_urlsafe(24)
+        await self.registration.update(self, self.master.config)
+        self.process = await threads.deferToThread(self._create_and_start)
+        return True
+
+    def _create_and_start(self) -> subprocess.Popen[bytes]:
+        shutil.rmtree(self.worker_basedir, ignore_errors=True)
+        self.worker_basedir.mkdir(parents=True)
+        host, port = self.master_address
+        subprocess.run(
+            [
+                str(_venv_bin() / "buildbot-worker"),
+                "create-worker",
+                "--umask=0o022",
+                str(self.worker_basedir),
+                f"{host}:{port}",
+                self.workername,
+                self.password,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        # The password is in buildbot.tac; it is good for this start only, but keep it private.
+        (self.worker_basedir / "buildbot.tac").chmod(0o600)
+        environment = dict(os.environ, PATH=f"{_venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}")
+        with (self.worker_basedir / "worker.log").open("ab") as log_file:
+            return subprocess.Popen(
+                [str(_venv_bin() / "buildbot-worker"), "start", "--nodaemon", str(self.worker_basedir)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+            )
+
+    def check_instance(self) -> tuple[bool, str]:
+        if self.process is not None and self.process.poll() is not None:
+            return False, (
+                f"worker process exited with status {self.process.returncode}; "
+                f"see {self.worker_basedir / 'worker.log'}"
+            )
+        return True, ""
+
+    async def stop_instance(self, fast: bool = False) -> bool:
+        process, self.process = self.process, None
+        if process is not None:
+            await threads.deferToThread(self._stop, process)
+        return True
+
+    def _stop(self, process: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=STOP_TIMEOUT)
+        except ProcessLookupError:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.msg(f"{self.workername}: worker did not stop in {STOP_TIMEOUT} s, killing it")
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_TIMEOUT)
+        shutil.rmtree(self.worker_basedir, ignore_errors=True)
