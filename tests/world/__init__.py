@@ -1,0 +1,216 @@
+"""The stand-in Gentoo world: a signed stage3, a signed Portage snapshot and distfiles, served like upstream.
+
+``build_world(dest)`` lays out, under ``dest/mirror``, what a Gentoo mirror publishes::
+
+    releases/amd64/autobuilds/latest-stage3-amd64-openrc.txt           (clear-signed pointer)
+    releases/amd64/autobuilds/<ts>/stage3-amd64-openrc-<ts>.tar.xz      (+ .DIGESTS, .asc, .CONTENTS.gz)
+    snapshots/portage-<date>.tar.xz  and  portage-latest.tar.xz         (+ .gpgsig, .md5sum)
+    distfiles/                                                          (flat, with layout.conf)
+
+plus ``dest/release-key.asc`` (the throwaway key's public half: what a farm is configured with) and
+``dest/gnupg`` (its secret half, so tests can sign tampered files). The slow part is built once per
+machine into a cache keyed by the generator's own source, then copied.
+"""
+
+import dataclasses
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.world import repository, signing
+from tests.world.server import ServedRequest, WorldServer
+from tests.world.stage3 import populate_stage3_root
+
+STAGE3_TIMESTAMP = "20261122T170403Z"
+SNAPSHOT_DATE = "20261124"
+SNAPSHOT_TIMESTAMP_CHK = "Tue, 24 Nov 2026 00:45:01 +0000"
+AUTOBUILDS = "releases/amd64/autobuilds"
+POINTER_NAME = "latest-stage3-amd64-openrc.txt"
+
+
+@dataclass(frozen=True)
+class World:
+    """Every path and URL path of a built world that a test or the demo needs."""
+
+    root: Path
+    mirror_dir: Path
+    release_key: Path
+    gnupg_home: Path
+    stage3_timestamp: str
+    stage3_name: str
+    snapshot_date: str
+    snapshot_name: str
+    profile: str
+    package_set: tuple[str, ...]
+    static_package: str
+    static_binary: str
+    hello_message: str
+    service_package: str
+    service_name: str
+    distfiles: tuple[str, ...]
+
+    pointer_path: str = f"{AUTOBUILDS}/{POINTER_NAME}"
+
+    @property
+    def stage3_path(self) -> str:
+        """URL path of the stage3 tarball (relative to the mirror root)."""
+        return f"{AUTOBUILDS}/{self.stage3_timestamp}/{self.stage3_name}"
+
+    @property
+    def snapshot_path(self) -> str:
+        return f"snapshots/{self.snapshot_name}"
+
+    def file(self, url_path: str) -> Path:
+        """The file on disk behind a URL path of the mirror."""
+        return self.mirror_dir / url_path
+
+
+def _world_for(root: Path) -> World:
+    return World(
+        root=root,
+        mirror_dir=root / "mirror",
+        release_key=root / "release-key.asc",
+        gnupg_home=root / "gnupg",
+        stage3_timestamp=STAGE3_TIMESTAMP,
+        stage3_name=f"stage3-amd64-openrc-{STAGE3_TIMESTAMP}.tar.xz",
+        snapshot_date=SNAPSHOT_DATE,
+        snapshot_name=f"portage-{SNAPSHOT_DATE}.tar.xz",
+        profile=repository.PROFILE,
+        package_set=repository.PACKAGE_SET,
+        static_package=repository.STATIC_PACKAGE,
+        static_binary="/usr/bin/farm-hello",
+        hello_message=repository.HELLO_MESSAGE,
+        service_package=repository.SERVICE_PACKAGE,
+        service_name=repository.SERVICE_NAME,
+        distfiles=tuple(sorted(_distfile_names())),
+    )
+
+
+def _distfile_names() -> list[str]:
+    return [package.distfile for package in repository.packages() if package.distfile is not None]
+
+
+def write_digests(home: Path, tarball: Path, companions: Iterable[Path] = ()) -> None:
+    """Write ``<tarball>.DIGESTS``, clear-signed, with BLAKE2B and SHA512 sections as Gentoo does."""
+    lines = []
+    for path in (tarball, *companions):
+        data = path.read_bytes()
+        lines.append(f"# BLAKE2B HASH\n{hashlib.blake2b(data).hexdigest()}  {path.name}\n")
+        lines.append(f"# SHA512 HASH\n{hashlib.sha512(data).hexdigest()}  {path.name}\n")
+    digests = tarball.with_name(tarball.name + ".DIGESTS")
+    digests.write_text(signing.clear_sign(home, "".join(lines)))
+
+
+def _tar_xz(source_dir: Path, members: list[str], destination: Path) -> None:
+    subprocess.run(
+        ["tar", "--create", "--xattrs", "--numeric-owner", "--sort=name", "--use-compress-program=xz -6",
+         "--file", str(destination), "--directory", str(source_dir), *members],
+        check=True,
+    )  # fmt: skip
+
+
+def _build_stage3(world: World, work: Path) -> None:
+    release_dir = world.mirror_dir / AUTOBUILDS / world.stage3_timestamp
+    release_dir.mkdir(parents=True)
+    root = work / "stage3-root"
+    root.mkdir()
+    populate_stage3_root(root)
+    tarball = release_dir / world.stage3_name
+    _tar_xz(root, ["."], tarball)
+    listing = subprocess.run(
+        ["tar", "--list", "--verbose", "--numeric-owner", "--file", str(tarball)],
+        check=True,
+        capture_output=True,
+    ).stdout
+    contents = tarball.with_name(tarball.name + ".CONTENTS.gz")
+    contents.write_bytes(
+        subprocess.run(["gzip", "-9n"], input=listing, check=True, capture_output=True).stdout
+    )
+    write_digests(world.gnupg_home, tarball, [contents])
+    signing.sign_detached(world.gnupg_home, tarball, tarball.with_name(tarball.name + ".asc"))
+    pointer_text = (
+        "# Latest as of Sun, 22 Nov 2026 18:00:04 +0000\n"
+        "# ts=1795370404\n"
+        f"{world.stage3_timestamp}/{world.stage3_name} {tarball.stat().st_size}\n"
+    )
+    (world.mirror_dir / world.pointer_path).write_text(signing.clear_sign(world.gnupg_home, pointer_text))
+
+
+def _build_snapshot(world: World, work: Path) -> None:
+    snapshots = world.mirror_dir / "snapshots"
+    snapshots.mkdir(parents=True)
+    repository.write_repository(work / "portage", world.mirror_dir / "distfiles", SNAPSHOT_TIMESTAMP_CHK)
+    dated = snapshots / world.snapshot_name
+    _tar_xz(work, ["portage"], dated)
+    # Gentoo publishes the dated snapshot and a portage-latest copy, each with .gpgsig and .md5sum.
+    for tarball in (dated, snapshots / "portage-latest.tar.xz"):
+        if tarball != dated:
+            shutil.copyfile(dated, tarball)
+        signing.sign_detached(world.gnupg_home, tarball, tarball.with_name(tarball.name + ".gpgsig"))
+        md5 = hashlib.md5(tarball.read_bytes()).hexdigest()
+        tarball.with_name(tarball.name + ".md5sum").write_text(f"{md5}  {tarball.name}\n")
+
+
+def _generate(root: Path) -> None:
+    world = _world_for(root)
+    work = root / "work"
+    work.mkdir(parents=True)
+    signing.make_signing_key(world.gnupg_home)
+    try:
+        signing.export_public_key(world.gnupg_home, world.release_key)
+        repository.write_distfiles(world.mirror_dir / "distfiles")
+        _build_stage3(world, work)
+        _build_snapshot(world, work)
+    finally:
+        signing.stop_agent(world.gnupg_home)
+    shutil.rmtree(work)
+
+
+def generator_hash() -> str:
+    """Content hash of the code that generates the world: the cache key."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    configured = os.environ.get("FARM_WORLD_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "gentoo-farm" / "world"
+
+
+def _cached_world() -> Path:
+    cached = cache_root() / generator_hash()
+    if cached.is_dir():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with (cached.parent / f"{cached.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not cached.is_dir():
+            scratch = Path(tempfile.mkdtemp(prefix=f"{cached.name}.", dir=cached.parent))
+            try:
+                _generate(scratch / "world")
+                (scratch / "world").rename(cached)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    return cached
+
+
+def build_world(dest: Path, *, extra_distfiles: Iterable[Path] = ()) -> World:
+    """Lay out a fresh copy of the world in ``dest`` (created; must not exist yet)."""
+    shutil.copytree(_cached_world(), dest, symlinks=True, ignore=shutil.ignore_patterns("S.*"))
+    world = _world_for(Path(dest))
+    extra_names = []
+    for extra in extra_distfiles:
+        shutil.copyfile(extra, world.mirror_dir / "distfiles" / extra.name)
+        extra_names.append(extra.name)
+    return dataclasses.replace(world, distfiles=tuple(sorted((*world.distfiles, *extra_names))))
+
+
+__all__ = ["ServedRequest", "World", "WorldServer", "build_world", "write_digests"]

@@ -1,0 +1,388 @@
+"""A small EAPI 8 ebuild repository and the distfiles its ebuilds fetch.
+
+The packages compile real C: a core library everything links against, a generator-made set of
+compile-heavy libraries (so a from-source emerge costs tens of seconds and a binhost visibly
+saves it), a static ``farm-hello`` the image runs at boot, an OpenRC service and a metapackage.
+"""
+
+import gzip
+import hashlib
+import io
+import tarfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_NAME = "gentoo"
+PROFILE = "default/linux/amd64/farm"
+UPSTREAM_SRC_URI = "https://upstream.farm.invalid/distfiles"
+HELLO_MESSAGE = "farm-hello: emerged package runs"
+STATIC_PACKAGE = "app-misc/farm-hello"
+SERVICE_PACKAGE = "app-misc/farm-motd"
+SERVICE_NAME = "farm-motd"
+# Each synthetic library is UNITS_PER_LIBRARY C files of FUNCTIONS_PER_UNIT optimisable functions:
+# about 4 s of gcc -O2 per library on this machine.
+SYNTHETIC_LIBRARIES = 6
+UNITS_PER_LIBRARY = 4
+FUNCTIONS_PER_UNIT = 110
+PACKAGE_SET = (STATIC_PACKAGE, SERVICE_PACKAGE, "app-misc/farm-tools")
+
+PROFILE_MAKE_DEFAULTS = """\
+ARCH="amd64"
+ACCEPT_KEYWORDS="amd64"
+CHOST="x86_64-pc-linux-gnu"
+CFLAGS="-O2 -pipe"
+CXXFLAGS="${CFLAGS}"
+LDFLAGS="-Wl,-O1 -Wl,--as-needed"
+ABI="amd64"
+DEFAULT_ABI="amd64"
+MULTILIB_ABIS="amd64"
+LIBDIR_amd64="lib64"
+ELIBC="glibc"
+KERNEL="linux"
+USERLAND="GNU"
+USE_EXPAND="ELIBC KERNEL USERLAND"
+USE_EXPAND_HIDDEN="ELIBC KERNEL USERLAND"
+USE_EXPAND_IMPLICIT="ARCH ELIBC KERNEL USERLAND"
+USE_EXPAND_UNPREFIXED="ARCH"
+USE_EXPAND_VALUES_ARCH="amd64"
+USE_EXPAND_VALUES_ELIBC="glibc"
+USE_EXPAND_VALUES_KERNEL="linux"
+USE_EXPAND_VALUES_USERLAND="GNU"
+IUSE_IMPLICIT="prefix prefix-guest prefix-stack"
+"""
+
+LIBRARY_EBUILD = """\
+# Copyright 2026 Gentoo Farm test world
+# Distributed under the terms of the GNU General Public License v2
+
+EAPI=8
+
+DESCRIPTION="{description}"
+HOMEPAGE="https://farm.invalid/"
+SRC_URI="{src_uri}/${{P}}.tar.gz"
+
+LICENSE="GPL-2"
+SLOT="0"
+KEYWORDS="amd64"
+{dependencies}
+src_compile() {{
+	emake CC="${{CC:-gcc}}" AR="${{AR:-ar}}" CFLAGS="${{CFLAGS}} -I${{ESYSROOT}}/usr/include" \\
+		LDFLAGS="${{LDFLAGS}} -L${{ESYSROOT}}/usr/lib64"
+}}
+
+src_install() {{
+	emake DESTDIR="${{D}}" install
+{extra_install}}}
+"""
+
+METAPACKAGE_EBUILD = """\
+# Copyright 2026 Gentoo Farm test world
+# Distributed under the terms of the GNU General Public License v2
+
+EAPI=8
+
+DESCRIPTION="{description}"
+HOMEPAGE="https://farm.invalid/"
+
+LICENSE="metapackage"
+SLOT="0"
+KEYWORDS="amd64"
+
+RDEPEND="{rdepend}"
+"""
+
+FARM_CORE_HEADER = """\
+#ifndef FARMCORE_H
+#define FARMCORE_H
+#include <stdint.h>
+uint64_t farmcore_mix(uint64_t value);
+const char *farmcore_banner(void);
+#endif
+"""
+
+FARM_CORE_SOURCE = """\
+#include "farmcore.h"
+
+uint64_t farmcore_mix(uint64_t value) {
+    value ^= value >> 33;
+    value *= 0xff51afd7ed558ccdULL;
+    value ^= value >> 33;
+    return value;
+}
+
+const char *farmcore_banner(void) {
+    return "farm-hello";
+}
+"""
+
+HELLO_SOURCE = """\
+#include <stdio.h>
+#include "farmcore.h"
+
+/* Prints HELLO_MESSAGE: the boot test looks for that line on the serial console. */
+int main(void) {
+    printf("%s: emerged package runs\\n", farmcore_banner());
+    return 0;
+}
+"""
+
+HELLO_MAKEFILE = """\
+farm-hello: hello.c
+\t$(CC) $(CFLAGS) -static -o $@ hello.c $(LDFLAGS) -lfarmcore
+
+install: farm-hello
+\tinstall -D -m 755 farm-hello $(DESTDIR)/usr/bin/farm-hello
+\tinstall -D -m 755 50-farm-hello.start $(DESTDIR)/etc/local.d/50-farm-hello.start
+"""
+
+HELLO_LOCAL_D = """\
+#!/bin/sh
+# Proves at boot that content emerged by the farm made it into the image.
+/usr/bin/farm-hello
+"""
+
+MOTD_INIT_SCRIPT = """\
+#!/sbin/openrc-run
+# Writes the farm's message of the day at boot.
+
+description="Write the Gentoo farm message of the day"
+
+depend() {
+	need localmount
+}
+
+start() {
+	ebegin "Writing the farm message of the day"
+	/usr/bin/farm-motd > /etc/motd
+	eend $?
+}
+"""
+
+MOTD_SOURCE = """\
+#include <stdio.h>
+#include "farmcore.h"
+
+int main(void) {
+    printf("This image was baked by the Gentoo farm (%s).\\n", farmcore_banner());
+    return 0;
+}
+"""
+
+MOTD_MAKEFILE = """\
+farm-motd: motd.c
+\t$(CC) $(CFLAGS) -static -o $@ motd.c $(LDFLAGS) -lfarmcore
+
+install: farm-motd
+\tinstall -D -m 755 farm-motd $(DESTDIR)/usr/bin/farm-motd
+\tinstall -D -m 755 farm-motd.initd $(DESTDIR)/etc/init.d/farm-motd
+\tinstall -D -m 644 farm-motd.confd $(DESTDIR)/etc/conf.d/farm-motd
+"""
+
+
+@dataclass
+class Package:
+    atom: str
+    version: str
+    ebuild: str
+    source_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.atom.split("/", 1)[1]
+
+    @property
+    def distfile(self) -> str | None:
+        return f"{self.name}-{self.version}.tar.gz" if self.source_files else None
+
+
+def _library_makefile(library: str, units: list[str], header: str) -> str:
+    objects = " ".join(unit.replace(".c", ".o") for unit in units)
+    return (
+        f"OBJS = {objects}\n\n"
+        f"lib{library}.a: $(OBJS)\n\t$(AR) rcs $@ $(OBJS)\n\n"
+        f"%.o: %.c\n\t$(CC) $(CFLAGS) -c -o $@ $<\n\n"
+        f"install: lib{library}.a\n"
+        f"\tinstall -D -m 644 lib{library}.a $(DESTDIR)/usr/lib64/lib{library}.a\n"
+        f"\tinstall -D -m 644 {header} $(DESTDIR)/usr/include/{header}\n"
+    )
+
+
+def _synthetic_unit(library_index: int, unit_index: int) -> str:
+    """Generate C that keeps gcc -O2 busy: many small state machines it tries hard to optimise."""
+    seed = library_index * 1000 + unit_index * 100
+    functions = ['#include "farmcore.h"']
+    for number in range(FUNCTIONS_PER_UNIT):
+        salt = seed + number
+        functions.append(
+            textwrap.dedent(
+                f"""\
+                uint64_t synth_{library_index}_{unit_index}_{number}(uint64_t x) {{
+                    uint64_t acc = {salt}u;
+                    for (int round = 0; round < 16; round++) {{
+                        switch ((x + round) % 7) {{
+                        case 0: acc = acc * 6364136223846793005u + x; break;
+                        case 1: acc ^= (acc >> 13) | (x << {salt % 31 + 1}); break;
+                        case 2: acc += (acc << 7) - x * {salt + 3}u; break;
+                        case 3: acc = (acc * {salt * 2 + 1}u) ^ (acc >> 29); break;
+                        case 4: acc -= x ^ (acc << {salt % 17 + 1}); break;
+                        case 5: acc = acc * acc + {salt}u; break;
+                        default: acc ^= farmcore_mix(x); break;
+                        }}
+                        x = (x >> 1) ^ acc;
+                    }}
+                    return acc;
+                }}
+                """
+            )
+        )
+    return "\n".join(functions)
+
+
+def _library_ebuild(description: str, dependencies: str = "", extra_install: str = "") -> str:
+    return LIBRARY_EBUILD.format(
+        description=description,
+        src_uri=UPSTREAM_SRC_URI,
+        dependencies=f'\nDEPEND="{dependencies}"\nRDEPEND="${{DEPEND}}"\n' if dependencies else "",
+        extra_install=extra_install,
+    )
+
+
+def packages() -> list[Package]:
+    """Every package of the repository, dependencies before dependants."""
+    core = Package(
+        "dev-libs/farm-core",
+        "1.0",
+        _library_ebuild("Core helpers every farm test package links against"),
+        {
+            "farmcore.h": FARM_CORE_HEADER,
+            "farmcore.c": FARM_CORE_SOURCE,
+            "Makefile": _library_makefile("farmcore", ["farmcore.c"], "farmcore.h"),
+        },
+    )
+    result = [core]
+    synthetic_atoms = []
+    for index in range(1, SYNTHETIC_LIBRARIES + 1):
+        units = {f"unit{unit}.c": _synthetic_unit(index, unit) for unit in range(UNITS_PER_LIBRARY)}
+        header = f"farmsynth{index}.h"
+        previous = f" dev-libs/farm-synth{index - 1}" if index > 1 else ""
+        atom = f"dev-libs/farm-synth{index}"
+        synthetic_atoms.append(atom)
+        result.append(
+            Package(
+                atom,
+                "1.0",
+                _library_ebuild(
+                    f"Synthetic compile-heavy library number {index}", f"dev-libs/farm-core{previous}"
+                ),
+                {
+                    **units,
+                    header: f"/* farm-synth{index} */\n",
+                    "Makefile": _library_makefile(f"farmsynth{index}", list(units), header),
+                },
+            )
+        )
+    result.append(
+        Package(
+            STATIC_PACKAGE,
+            "1.0",
+            _library_ebuild("A static binary the image runs at boot", "dev-libs/farm-core"),
+            {"hello.c": HELLO_SOURCE, "Makefile": HELLO_MAKEFILE, "50-farm-hello.start": HELLO_LOCAL_D},
+        )
+    )
+    result.append(
+        Package(
+            SERVICE_PACKAGE,
+            "1.0",
+            _library_ebuild("An OpenRC service writing the message of the day", "dev-libs/farm-core"),
+            {
+                "motd.c": MOTD_SOURCE,
+                "Makefile": MOTD_MAKEFILE,
+                "farm-motd.initd": MOTD_INIT_SCRIPT,
+                "farm-motd.confd": "# Settings for the farm-motd service (none yet).\n",
+            },
+        )
+    )
+    result.append(
+        Package(
+            "app-misc/farm-tools",
+            "1.0",
+            METAPACKAGE_EBUILD.format(
+                description="All synthetic farm libraries", rdepend=" ".join(synthetic_atoms)
+            ),
+        )
+    )
+    return result
+
+
+def _deterministic_tarball(top: str, files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive,
+    ):
+        for name, text in sorted(files.items()):
+            data = text.encode()
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            info.mode = 0o755 if name.endswith((".start", ".initd")) else 0o644
+            info.mtime = 1_700_000_000
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def manifest_line(path: Path) -> str:
+    data = path.read_bytes()
+    blake2b = hashlib.blake2b(data).hexdigest()
+    sha512 = hashlib.sha512(data).hexdigest()
+    return f"DIST {path.name} {len(data)} BLAKE2B {blake2b} SHA512 {sha512}\n"
+
+
+def write_distfiles(distdir: Path) -> list[str]:
+    """Write every package's source tarball and a flat ``layout.conf``; return the file names."""
+    distdir.mkdir(parents=True, exist_ok=True)
+    (distdir / "layout.conf").write_text("[structure]\n0=flat\n")
+    names = []
+    for package in packages():
+        if package.distfile is None:
+            continue
+        top = f"{package.name}-{package.version}"
+        (distdir / package.distfile).write_bytes(_deterministic_tarball(top, package.source_files))
+        names.append(package.distfile)
+    return names
+
+
+def write_repository(repo: Path, distdir: Path, timestamp: str) -> None:
+    """Write the ebuild repository; Manifests hash the distfiles already written to ``distdir``."""
+    profiles = repo / "profiles"
+    profile = profiles / PROFILE
+    profile.mkdir(parents=True)
+    all_packages = packages()
+    categories = sorted({package.atom.split("/")[0] for package in all_packages})
+    (profiles / "repo_name").write_text(f"{REPO_NAME}\n")
+    (profiles / "categories").write_text("".join(f"{category}\n" for category in categories))
+    (profiles / "arch.list").write_text("amd64\n")
+    (profiles / "eapi").write_text("8\n")
+    (profiles / "profiles.desc").write_text(f"amd64\t{PROFILE}\tstable\n")
+    (profile / "eapi").write_text("8\n")
+    (profile / "make.defaults").write_text(PROFILE_MAKE_DEFAULTS)
+    metadata = repo / "metadata"
+    metadata.mkdir()
+    (metadata / "layout.conf").write_text(
+        "masters =\nthin-manifests = true\nsign-manifests = false\n"
+        "manifest-hashes = BLAKE2B SHA512\nmanifest-required-hashes = BLAKE2B\n"
+        "profile-formats = portage-2\ncache-formats = md5-dict\n"
+    )
+    (metadata / "timestamp.chk").write_text(f"{timestamp}\n")
+    for package in all_packages:
+        package_dir = repo / package.atom
+        package_dir.mkdir(parents=True)
+        (package_dir / f"{package.name}-{package.version}.ebuild").write_text(package.ebuild)
+        if package.distfile is not None:
+            (package_dir / "Manifest").write_text(manifest_line(distdir / package.distfile))
+        (package_dir / "metadata.xml").write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<!DOCTYPE pkgmetadata SYSTEM "https://www.gentoo.org/dtd/metadata.dtd">\n'
+            '<pkgmetadata>\n\t<maintainer type="person">\n'
+            "\t\t<email>releng@farm.invalid</email>\n\t</maintainer>\n</pkgmetadata>\n"
+        )
