@@ -1,8 +1,8 @@
 """A real Keystone (PyPI ``keystone``) on 127.0.0.1 for tests, under gunicorn.
 
-Usage from a test module (pytest puts ``tests/`` on sys.path)::
+Usage from a test module::
 
-    from services.keystone import keystone  # noqa: F401  (the session fixture)
+    from tests.services.keystone import keystone  # noqa: F401  (the session fixture)
 
     def test_something(keystone, tmp_path):
         keystone.register_service("compute", "nova", "http://127.0.0.1:1234/v2.1")

@@ -1,0 +1,277 @@
+"""The Glance publisher against a real Glance + Keystone on 127.0.0.1 (password auth via clouds.yaml)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+import openstack
+import openstack.connection
+import pytest
+
+from gentoo_farm.config import GlanceTarget
+from gentoo_farm.master.catalog import find_image
+from gentoo_farm.master.glance import (
+    GlancePublishError,
+    GlanceUnavailable,
+    ImageUpload,
+    farm_images,
+    image_name,
+    publish_image,
+    rotate_images,
+    upload_from_record,
+)
+from gentoo_farm.master.store.local import LocalStore
+from gentoo_farm.master.store.sets import publish_files
+from tests.services.glance import Glance, glance  # noqa: F401
+from tests.services.keystone import Keystone, keystone  # noqa: F401
+
+CLOUD = "farm-test"
+
+
+@pytest.fixture(scope="module")
+def clouds_yaml(keystone: Keystone, glance: Glance, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    path = tmp_path_factory.mktemp("openstack") / "clouds.yaml"
+    return keystone.write_clouds_yaml(path, cloud=CLOUD, username="demo")
+
+
+@pytest.fixture(autouse=True)
+def use_clouds_yaml(clouds_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds_yaml))
+
+
+@pytest.fixture(scope="module")
+def store(glance: Glance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStore]:  # noqa: F811
+    """A local artifact store, served over HTTP on the one port Glance may web-download from."""
+    root = tmp_path_factory.mktemp("store")
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", glance.download_port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield LocalStore(root, f"http://127.0.0.1:{glance.download_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def farm_id() -> str:
+    """Each test is its own farm: rotation in one test never sees another test's images."""
+    return f"farm-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def conn() -> openstack.connection.Connection:
+    return openstack.connect(cloud=CLOUD)
+
+
+def target(**changes: object) -> GlanceTarget:
+    return replace(GlanceTarget(cloud=CLOUD, keep=2), **changes)
+
+
+def make_qcow2(directory: Path, seed: str) -> Path:
+    """A small real qcow2 whose content (and so sha512) differs per seed: Glance checks formats."""
+    raw = directory / f"{seed}.raw"
+    raw.write_bytes(hashlib.sha512(seed.encode()).digest() * 8192)
+    qcow2 = directory / f"{seed}.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+    return qcow2
+
+
+def publish_to_store(store: LocalStore, tmp_path: Path, farm_id: str, name: str) -> ImageUpload:
+    qcow2 = make_qcow2(tmp_path, f"{farm_id}-{name}")
+    input_key = hashlib.sha256(f"{farm_id}{name}".encode()).hexdigest()
+    published = publish_files(
+        store,
+        "images",
+        input_key,
+        {f"{name}.qcow2": qcow2},
+        metadata={"name": name, "build_id": "image/42", "kernel": "6.12.1"},
+        sources={"kernel": "20261125T000000Z-abc"},
+    )
+    record = find_image(store, published.set_id)
+    assert record is not None
+    return upload_from_record(store, record, farm_id)
+
+
+def glance_sha512(conn: openstack.connection.Connection, image_id: str) -> str:
+    digest = hashlib.sha512()
+    for chunk in conn.image.download_image(image_id, stream=True).iter_content(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def names(conn: openstack.connection.Connection) -> set[str]:
+    return {image.name for image in conn.image.images(visibility="all")}
+
+
+def test_web_download_import_with_properties(store, tmp_path, farm_id, conn):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 25)))
+
+    result = publish_image(upload, target(visibility="community", properties={"hw_rng_model": "virtio"}))
+
+    assert result.method == "web-download"
+    image = conn.image.get_image(result.image_id)
+    assert (image.name, image.status, image.disk_format, image.container_format, image.visibility) == (
+        "gentoo-20261125-amd64",
+        "active",
+        "qcow2",
+        "bare",
+        "community",
+    )
+    assert (image.hash_algo, image.hash_value) == ("sha512", upload.sha512)
+    assert glance_sha512(conn, image.id) == upload.sha512
+    assert (image.os_distro, image.os_type, image.hw_disk_bus, image.hw_vif_model, image.hw_rng_model) == (
+        "gentoo",
+        "linux",
+        "virtio",
+        "virtio",
+        "virtio",
+    )
+    properties = image.properties
+    assert properties["hw_firmware_type"] == "bios"
+    assert properties["farm_id"] == farm_id
+    assert properties["farm_build_id"] == "image/42"
+    assert properties["farm_sha512"] == upload.sha512
+    assert properties["farm_input_image"] == upload.input_keys["image"]
+    assert properties["farm_input_kernel"] == "20261125T000000Z-abc"
+
+    again = publish_image(upload, target())
+    assert (again.method, again.image_id) == ("already published", result.image_id)
+
+
+def test_streamed_upload_when_import_is_off(store, tmp_path, farm_id, conn):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 26)))
+
+    result = publish_image(upload, target(use_import=False))
+
+    assert result.method == "upload"
+    image = conn.image.get_image(result.image_id)
+    assert (image.status, image.visibility, image.hash_value) == ("active", "private", upload.sha512)
+    assert glance_sha512(conn, image.id) == upload.sha512
+
+
+def test_raw_target_gets_a_converted_image(store, tmp_path, farm_id, conn):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 27)))
+    raw = tmp_path / "expected.raw"
+    qcow2 = tmp_path / "source.qcow2"
+    qcow2.write_bytes(store.get_bytes(upload_key(store, upload)))
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(raw)], check=True)
+    raw_sha512 = hashlib.sha512(raw.read_bytes()).hexdigest()
+
+    result = publish_image(upload, target(disk_format="raw"))
+
+    image = conn.image.get_image(result.image_id)
+    assert (image.status, image.disk_format, image.hash_value) == ("active", "raw", raw_sha512)
+    assert image.properties["farm_sha512"] == upload.sha512
+    assert image.properties["farm_raw_sha512"] == raw_sha512
+
+
+def upload_key(store: LocalStore, upload: ImageUpload) -> str:
+    return upload.url.removeprefix(f"{store._public_url}/")
+
+
+def test_checksum_mismatch_fails_and_leaves_no_image(store, tmp_path, farm_id, conn):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 28)))
+    lying = replace(upload, sha512="0" * 128)
+
+    with pytest.raises(GlancePublishError, match="arrived corrupted: Glance's sha512") as failure:
+        publish_image(lying, target(use_import=False))
+
+    assert CLOUD in str(failure.value)
+    assert not farm_images(conn, farm_id)
+
+
+def test_failed_import_is_noticed(store, tmp_path, farm_id, conn):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 29)))
+    missing = replace(upload, url=upload.url + ".gone")
+
+    with pytest.raises(GlancePublishError, match=r"the import of gentoo-20261129-amd64 \(.*\) failed"):
+        publish_image(missing, target(), poll_interval=0.2)
+
+    assert not farm_images(conn, farm_id)
+
+
+def test_refused_import_is_noticed(store, tmp_path, farm_id, conn):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 30)))
+    # Glance only fetches from the host/port its import filter allows.
+    elsewhere = replace(upload, url="http://127.0.0.1:1/image.qcow2")
+
+    with pytest.raises(GlancePublishError, match=r"refused the web-download import .* HTTP 4"):
+        publish_image(elsewhere, target())
+
+    assert not farm_images(conn, farm_id)
+
+
+def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_id, conn):
+    foreign = conn.image.create_image(
+        name="gentoo-20200101-amd64",
+        filename=str(make_qcow2(tmp_path, f"{farm_id}-foreign")),
+        disk_format="qcow2",
+        container_format="bare",
+        wait=True,
+    )
+    other_farm = publish_image(
+        publish_to_store(store, tmp_path, f"{farm_id}-other", image_name(date(2020, 1, 2))), target()
+    )
+    published = [
+        publish_image(
+            publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 1), serial)), target()
+        )
+        for serial in range(4)
+    ]
+
+    # Each publish rotated to keep=2: only the two newest of ours remain.
+    assert [image.id for image in farm_images(conn, farm_id)] == [
+        published[3].image_id,
+        published[2].image_id,
+    ]
+    assert published[2].rotated == [f"gentoo-20261201-amd64 ({published[0].image_id})"]
+    assert conn.image.get_image(foreign.id).status == "active"
+    assert conn.image.get_image(other_farm.image_id).status == "active"
+
+    # The image named as just published survives even when it is not among the newest.
+    rotate_images(conn, farm_id, keep=1, keep_id=published[2].image_id)
+    assert {image.id for image in farm_images(conn, farm_id)} == {
+        published[3].image_id,
+        published[2].image_id,
+    }
+
+
+def test_keep_zero_is_refused(store, tmp_path, farm_id):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 2)))
+    with pytest.raises(GlancePublishError, match=r"cloud = 'farm-test'.*keep must be at least 1"):
+        publish_image(upload, target(keep=0))
+
+
+def test_unknown_cloud_is_named(store, tmp_path, farm_id):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 3)))
+    with pytest.raises(GlancePublishError, match=r"cloud 'nowhere': not usable from clouds\.yaml"):
+        publish_image(upload, target(cloud="nowhere"))
+
+
+def test_glance_down_is_a_clear_error(glance, store, tmp_path, farm_id, conn):  # noqa: F811
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 4)))
+
+    with (
+        glance.down(),
+        pytest.raises(GlanceUnavailable, match=f"cloud 'farm-test': Glance at {glance.url}.* is unreachable"),
+    ):
+        publish_image(upload, target())
+
+    assert publish_image(upload, target()).method == "web-download"
