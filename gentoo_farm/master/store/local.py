@@ -142,6 +142,20 @@ class LocalStore(ArtifactStore):
         with source:
             self._write_atomically(key, source, progress)
 
+    def put_stream(self, key: str, stream: BinaryIO) -> None:
+        """Write an object from an open stream (the store server's signed PUT)."""
+        self._write_atomically(key, stream)
+
+    def check_upload_signature(self, key: str, expires: str, signature: str) -> str | None:
+        """Why a signed upload URL is not valid for ``key`` now, or None when it is."""
+        if not expires.isdigit() or not signature:
+            return "the URL is not signed (expires and signature are required)"
+        if int(expires) < time.time():
+            return "the upload URL has expired"
+        if not hmac.compare_digest(upload_signature(self.upload_secret(), key, int(expires)), signature):
+            return "the signature does not match this key"
+        return None
+
     def copy(self, source_key: str, dest_key: str) -> None:
         with self.open_read(source_key) as source:
             self._write_atomically(dest_key, source)

@@ -46,6 +46,7 @@ class S3Store(ArtifactStore):
         concurrency: int = 4,
         connect_timeout: float = 10,
         read_timeout: float = 60,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         if not bucket:
             raise StoreError("store type is s3 but no bucket is configured ([store] bucket)")
@@ -54,9 +55,10 @@ class S3Store(ArtifactStore):
         self.endpoint_url = endpoint_url or None
         self.location = f"s3://{bucket}/{self.prefix}" + (f" at {endpoint_url}" if endpoint_url else "")
         self._public_url = public_url.rstrip("/")
+        self.max_attempts = max_attempts
         config = botocore.config.Config(
             region_name=region or None,
-            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             signature_version="s3v4",
@@ -94,7 +96,7 @@ class S3Store(ArtifactStore):
             error, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectionError
         ):
             raise StoreError(
-                f"{what}: cannot reach S3 ({error}); gave up after {MAX_ATTEMPTS} attempts"
+                f"{what}: cannot reach S3 ({error}); gave up after {self.max_attempts} attempts"
             ) from error
         raise StoreError(f"{what}: {error}") from error
 

@@ -1,0 +1,76 @@
+"""Artifact stores for tests: a local store served by a real store-server process, and S3 on moto.
+
+``any_store`` is parametrized over both backends, so a test written once proves both keep the same contract.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from gentoo_farm.master.store import ArtifactStore, open_store
+from tests.services.s3 import S3StoreSettings, s3_server, s3_settings  # noqa: F401  (fixtures)
+
+SERVER_START_TIMEOUT = 20
+
+
+@dataclass
+class LocalStoreSettings:
+    path: Path
+    public_url: str
+    type: Literal["local", "s3"] = "local"
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str = ""
+    region: str = ""
+    part_size_mb: int = 5
+    concurrency: int = 2
+    keep: int = 2
+    url_expiry_seconds: int = 600
+    listen: str = "127.0.0.1:0"
+
+
+@contextlib.contextmanager
+def running_store_server(root: Path, log: Path) -> Iterator[str]:
+    """``python -m gentoo_farm.master.store.server`` on a free port; yields its base URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gentoo_farm.master.store.server", str(root), "--listen", "127.0.0.1:0"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while "serving" not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"store server did not start: {log.read_text()}")
+            time.sleep(0.05)
+        yield log.read_text().split()[-1]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path) -> Iterator[LocalStoreSettings]:
+    with running_store_server(tmp_path / "store", tmp_path / "store-server.log") as url:
+        yield LocalStoreSettings(path=tmp_path / "store", public_url=url)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_settings(request: pytest.FixtureRequest) -> LocalStoreSettings | S3StoreSettings:
+    return request.getfixturevalue("local_settings" if request.param == "local" else "s3_settings")
+
+
+@pytest.fixture
+def any_store(any_settings: LocalStoreSettings | S3StoreSettings) -> ArtifactStore:
+    return open_store(any_settings)

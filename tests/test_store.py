@@ -1,0 +1,180 @@
+"""The artifact store contract, proved on both backends (local directory + its HTTP server, S3 on moto)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+
+from gentoo_farm.master.store import ArtifactStore, PreconditionFailed, StoreError
+from gentoo_farm.master.store.s3 import S3Store
+
+pytest_plugins = ["tests.services.store"]
+
+
+def test_objects_round_trip(any_store: ArtifactStore) -> None:
+    any_store.put_bytes("images/a/one.txt", b"0123456789")
+    any_store.put_bytes("images/a/two.txt", b"xy")
+    any_store.put_bytes("kernel/b/three.txt", b"z")
+
+    assert any_store.get_bytes("images/a/one.txt") == b"0123456789"
+    assert any_store.head("images/a/one.txt").size == 10
+    assert any_store.head("images/a/missing") is None
+    with any_store.open_read("images/a/one.txt", start=7) as tail:
+        assert tail.read() == b"789"
+    assert [info.key for info in any_store.list("images/")] == ["images/a/one.txt", "images/a/two.txt"]
+
+    any_store.delete(["images/a/one.txt", "images/a/never-existed"])
+    assert [info.key for info in any_store.list("images/")] == ["images/a/two.txt"]
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a/../b", "binpkgs/.hidden", ""])
+def test_keys_cannot_escape_the_store(any_store: ArtifactStore, key: str) -> None:
+    with pytest.raises(StoreError, match="invalid store key"):
+        any_store.put_bytes(key, b"x")
+
+
+def test_conditional_writes(any_store: ArtifactStore) -> None:
+    any_store.put_bytes("locks/x", b"first", if_absent=True)
+    with pytest.raises(PreconditionFailed):
+        any_store.put_bytes("locks/x", b"second", if_absent=True)
+    etag = any_store.head("locks/x").etag
+    any_store.put_bytes("locks/x", b"third", if_match=etag)
+    with pytest.raises(PreconditionFailed):
+        any_store.put_bytes("locks/x", b"fourth", if_match=etag)
+    assert any_store.get_bytes("locks/x") == b"third"
+
+
+def test_concurrent_updates_lose_nothing(any_store: ArtifactStore) -> None:
+    def append(line: bytes) -> None:
+        any_store.update_bytes("binpkgs/p/Packages", lambda current: (current or b"") + line + b"\n")
+
+    writers = [threading.Thread(target=append, args=(f"writer-{n}".encode(),)) for n in range(6)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+    lines = any_store.get_bytes("binpkgs/p/Packages").splitlines()
+    assert sorted(lines) == sorted(f"writer-{n}".encode() for n in range(6))
+
+
+def test_large_files_go_up_in_parts(s3_settings, tmp_path: Path) -> None:
+    store = S3Store(s3_settings.bucket, endpoint_url=s3_settings.endpoint_url, part_size_mb=5, concurrency=3)
+    big = tmp_path / "disk.qcow2"
+    big.write_bytes(os.urandom(12 * 1024 * 1024))
+    sent: list[int] = []
+    store.put_file("images/s/disk.qcow2", big, progress=sent.append)
+
+    info = store.head("images/s/disk.qcow2")
+    assert info.etag.strip('"').endswith("-3"), "a 12 MiB file in 5 MiB parts is a 3-part upload"
+    assert sum(sent) == big.stat().st_size
+    assert store.sha512("images/s/disk.qcow2") == hashlib.sha512(big.read_bytes()).hexdigest()
+
+
+def _farm_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gentoo_farm.workers.toolkit.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_worker_uploads_through_signed_urls(any_store: ArtifactStore, tmp_path: Path) -> None:
+    files = {tmp_path / "vmlinuz.tar.xz": os.urandom(3 * 1024 * 1024), tmp_path / "a.sha512": b"abc\n"}
+    for path, data in files.items():
+        path.write_bytes(data)
+    upload_map = {str(path): any_store.upload_url(f"kernel/set1/{path.name}", 300) for path in files}
+    (tmp_path / "uploads.json").write_text(__import__("json").dumps(upload_map))
+
+    result = _farm_worker("upload", "--map", str(tmp_path / "uploads.json"))
+
+    assert result.returncode == 0, result.stderr
+    for path, data in files.items():
+        assert any_store.get_bytes(f"kernel/set1/{path.name}") == data
+    assert "uploaded 2 files" in result.stdout
+    # The URLs are credentials: the log shows where files went, never the signature.
+    assert "signature" not in result.stdout.lower() and "X-Amz" not in result.stdout
+
+
+def test_worker_upload_reports_a_refused_url(local_settings, tmp_path: Path) -> None:
+    from gentoo_farm.master.store import open_store
+
+    store = open_store(local_settings)
+    (tmp_path / "f").write_bytes(b"data")
+    url = store.upload_url("kernel/s/f", 300).replace("kernel/s/f", "images/s/f")
+    (tmp_path / "uploads.json").write_text(__import__("json").dumps({str(tmp_path / "f"): url}))
+
+    result = _farm_worker("upload", "--map", str(tmp_path / "uploads.json"))
+
+    assert result.returncode == 1
+    assert "HTTP 403" in result.stderr and "does not match this key" in result.stderr
+    assert store.head("images/s/f") is None
+
+
+def _put(url: str, data: bytes) -> int:
+    request = urllib.request.Request(url, data=data, method="PUT")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_store_server_is_read_only_without_a_valid_signature(local_settings) -> None:
+    from gentoo_farm.master.store import open_store
+
+    store = open_store(local_settings)
+    base = local_settings.public_url
+    assert _put(f"{base}/images/x", b"unsigned") == 403
+    expiring = store.upload_url("images/x", 1)
+    time.sleep(2.1)
+    assert _put(expiring, b"late") == 403
+    assert store.head("images/x") is None
+    assert _put(store.upload_url("images/x", 60), b"signed") == 201
+    assert urllib.request.urlopen(f"{base}/images/x", timeout=10).read() == b"signed"
+    # The signing secret sits in the store directory but is never served.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{base}/.farm/upload-secret", timeout=10)
+    assert refused.value.code == 404
+
+
+def test_a_resumed_download_gets_the_rest(any_store: ArtifactStore) -> None:
+    any_store.put_bytes("images/s/disk.qcow2", b"0123456789")
+    request = urllib.request.Request(
+        any_store.download_url("images/s/disk.qcow2", 60), headers={"Range": "bytes=4-"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 206
+        assert response.read() == b"456789"
+
+
+def test_unreachable_s3_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    store = S3Store("farm-bucket", endpoint_url=dead, max_attempts=2, connect_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(StoreError) as failure:
+        store.put_bytes("images/x", b"x")
+    assert "cannot reach S3" in str(failure.value) and dead in str(failure.value)
+    assert "gave up after 2 attempts" in str(failure.value)
+    assert time.monotonic() - started < 30
+
+
+def test_s3_without_the_bucket_names_it(s3_server, tmp_path: Path) -> None:
+    store = S3Store("no-such-bucket", endpoint_url=s3_server.endpoint_url)
+    with pytest.raises(StoreError, match="the bucket no-such-bucket does not exist"):
+        store.put_bytes("images/x", b"x")
+    boto3.client("s3", endpoint_url=s3_server.endpoint_url)
