@@ -217,7 +217,7 @@ def publish_files(
     set_id = set_id or new_set_id(input_key)
     expected: dict[str, ExpectedFile] = {}
     for name, path in files.items():
-        if not path.is_file():
+        if not path.exists() or path.is_dir():
             raise StoreError(f"cannot publish {path}: no such file")
         expected[name] = ExpectedFile(path.stat().st_size, file_sha512(path))
         store.put_file(object_key(kind, set_id, name), path)
@@ -326,13 +326,13 @@ def plan_retention(store: ArtifactStore, keep: int) -> RetentionPlan:
                     pending.append((source_kind, source_id))
     doomed: list[str] = []
     for kind, sets in all_sets.items():
-        newest_complete = complete[kind][0] if complete[kind] else ""
+        newest_complete_date = complete[kind][0].split("-")[0] if complete[kind] else ""
         for sid, keys in sets.items():
             if sid in kept[kind]:
                 continue
             is_complete = sid in complete[kind]
             # An incomplete set newer than the newest complete one may be a publish still under way.
-            if is_complete or sid < newest_complete:
+            if is_complete or sid.split("-")[0] < newest_complete_date:
                 doomed.extend(keys)
     return RetentionPlan(
         {kind: tuple(sorted(ids, reverse=True)) for kind, ids in kept.items()}, tuple(sorted(doomed))

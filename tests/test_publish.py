@@ -1,0 +1,208 @@
+"""Publishing sets: read-back verification, pointers written last, crash safety, retention rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gentoo_farm.master.store import ArtifactStore, StoreError, open_store
+from gentoo_farm.master.store.s3 import S3Store
+from gentoo_farm.master.store.sets import (
+    ExpectedFile,
+    apply_retention,
+    finalize_set,
+    find_set,
+    latest_set,
+    list_sets,
+    new_set_id,
+    publish_files,
+)
+
+pytest_plugins = ["tests.services.store"]
+
+
+def _files(directory: Path, **contents: bytes) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, data in contents.items():
+        paths[name.replace("_", ".")] = directory / name.replace("_", ".")
+        paths[name.replace("_", ".")].write_bytes(data)
+    return paths
+
+
+def _publish(store: ArtifactStore, tmp_path: Path, kind: str, tag: str, **extra: object) -> str:
+    files = _files(tmp_path / tag, **{f"{tag}_qcow2": tag.encode() * 1000})
+    set_id = new_set_id(f"key-{tag}", when=extra.pop("when", None))  # type: ignore[arg-type]
+    return publish_files(store, kind, f"key-{tag}", files, set_id=set_id, **extra).set_id  # type: ignore[arg-type]
+
+
+def test_publish_writes_checksums_manifest_and_flips_latest(any_store: ArtifactStore, tmp_path: Path) -> None:
+    files = _files(tmp_path / "one", gentoo_qcow2=b"disk" * 5000, manifest_txt=b"m")
+    first = publish_files(any_store, "images", "input-1", files, metadata={"kernel": "6.6.1"})
+
+    disk_key = f"images/{first.set_id}/gentoo.qcow2"
+    expected_sum = hashlib.sha512(b"disk" * 5000).hexdigest()
+    assert any_store.get_bytes(disk_key + ".sha512") == f"{expected_sum}  gentoo.qcow2\n".encode()
+    manifest = json.loads(any_store.get_bytes(f"images/{first.set_id}/manifest.json"))
+    assert manifest["input_key"] == "input-1" and manifest["metadata"] == {"kernel": "6.6.1"}
+    assert {f["name"]: f["sha512"] for f in manifest["files"]}["gentoo.qcow2"] == expected_sum
+    pointer = any_store.get_bytes("images/latest-images.txt").decode().splitlines()
+    assert pointer[0].startswith("# Latest as of ")
+    assert f"{first.set_id}/gentoo.qcow2 20000" in pointer
+
+    second = publish_files(
+        any_store,
+        "images",
+        "input-2",
+        _files(tmp_path / "two", gentoo_qcow2=b"new"),
+        set_id=first.set_id + "0",
+    )
+    assert latest_set(any_store, "images").set_id == second.set_id
+    assert [s.set_id for s in list_sets(any_store, "images")] == [second.set_id, first.set_id]
+    assert find_set(any_store, "images", "input-1").set_id == first.set_id
+    assert find_set(any_store, "images", "input-3") is None
+
+
+def test_a_corrupt_upload_is_not_published(any_store: ArtifactStore, tmp_path: Path) -> None:
+    good = _publish(any_store, tmp_path, "kernel", "good")
+    set_id = new_set_id("bad-input")
+    any_store.put_bytes(f"kernel/{set_id}/vmlinuz.tar.xz", b"what arrived")
+    claimed = ExpectedFile(size=len(b"what arrived"), sha512=hashlib.sha512(b"what was sent").hexdigest())
+
+    with pytest.raises(StoreError, match=r"vmlinuz.tar.xz .*sha512"):
+        finalize_set(any_store, "kernel", set_id, "bad-input", {"vmlinuz.tar.xz": claimed})
+
+    assert latest_set(any_store, "kernel").set_id == good
+    assert any_store.head(f"kernel/{set_id}/manifest.json") is None
+
+
+def test_a_missing_upload_names_the_key(any_store: ArtifactStore) -> None:
+    set_id = new_set_id("k")
+    with pytest.raises(StoreError, match=f"kernel/{set_id}/vmlinuz.tar.xz is missing"):
+        finalize_set(any_store, "kernel", set_id, "k", {"vmlinuz.tar.xz": ExpectedFile(1, "0" * 128)})
+
+
+PUBLISHER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from gentoo_farm.master.store.local import LocalStore
+    from gentoo_farm.master.store.s3 import S3Store
+    from gentoo_farm.master.store.sets import publish_files
+
+    backend, location, endpoint, directory = sys.argv[1:5]
+    if backend == "local":
+        store = LocalStore(Path(location), "http://127.0.0.1:1")
+    else:
+        store = S3Store(location, prefix="farm", endpoint_url=endpoint)
+    files = {name: Path(directory) / name for name in ("a.qcow2", "b.fifo", "c.txt")}
+    publish_files(store, "images", "crashing-input", files)
+    """
+)
+
+
+def test_a_publisher_killed_mid_publish_leaves_latest_on_the_previous_set(
+    any_settings, tmp_path: Path, s3_server
+) -> None:
+    store = open_store(any_settings)
+    previous = _publish(store, tmp_path, "images", "previous")
+    pointer_before = store.get_bytes("images/latest-images.txt")
+
+    work = tmp_path / "crash"
+    work.mkdir()
+    (work / "a.qcow2").write_bytes(b"first object of the new set")
+    # The second file is a FIFO nobody writes: the real publisher blocks mid-set, as if uploading forever.
+    os.mkfifo(work / "b.fifo")
+    (work / "c.txt").write_bytes(b"never reached")
+    location = str(any_settings.path) if any_settings.type == "local" else any_settings.bucket
+    publisher = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, any_settings.type, location, any_settings.endpoint_url, str(work)],
+        env=s3_server.environment,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(info.key.endswith("/a.qcow2") for info in store.list("images/")):
+            assert publisher.poll() is None, "the publisher ended before it was killed"
+            assert time.monotonic() < deadline, "the publisher never uploaded its first object"
+            time.sleep(0.05)
+        publisher.send_signal(signal.SIGKILL)
+    finally:
+        publisher.kill()
+        publisher.wait(timeout=30)
+
+    assert store.get_bytes("images/latest-images.txt") == pointer_before
+    assert latest_set(store, "images").set_id == previous
+    assert [s.set_id for s in list_sets(store, "images")] == [previous]
+    kept = latest_set(store, "images").files[0]
+    assert store.sha512(kept.key) == kept.sha512
+
+    # The leftover is newer than every complete set (it could be a publish under way): retention spares it
+    # until a newer complete set exists, then it goes.
+    leftover = [info.key for info in store.list("images/") if info.key.endswith("/a.qcow2")]
+    assert not set(leftover) & set(apply_retention(store, keep=1).doomed_keys)
+    _publish(store, tmp_path, "images", "after", when=datetime.now(UTC) + timedelta(seconds=5))
+    assert set(leftover) <= set(apply_retention(store, keep=1).doomed_keys)
+    assert store.head(leftover[0]) is None
+
+
+def test_a_publish_to_unreachable_s3_fails_clearly_and_keeps_the_sets(s3_settings, tmp_path: Path) -> None:
+    live = open_store(s3_settings)
+    previous = _publish(live, tmp_path, "images", "previous")
+    unreachable = S3Store(
+        s3_settings.bucket, prefix=s3_settings.prefix, endpoint_url="http://127.0.0.1:9", max_attempts=2
+    )
+
+    with pytest.raises(StoreError, match="cannot reach S3"):
+        _publish(unreachable, tmp_path, "images", "next")
+
+    assert latest_set(live, "images").set_id == previous
+    assert live.sha512(latest_set(live, "images").files[0].key) == latest_set(live, "images").files[0].sha512
+
+
+def test_retention_keeps_n_sets_and_everything_still_referenced(
+    any_store: ArtifactStore, tmp_path: Path
+) -> None:
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    kernels = [
+        _publish(any_store, tmp_path, "kernel", f"k{n}", when=day + timedelta(days=n)) for n in range(3)
+    ]
+    images = [
+        _publish(
+            any_store,
+            tmp_path,
+            "images",
+            f"i{n}",
+            when=day + timedelta(days=n),
+            sources={"kernel": kernels[0]},
+        )
+        for n in range(2)
+    ]
+    images.append(_publish(any_store, tmp_path, "images", "i2", when=day + timedelta(days=2)))
+    # Re-publishing an older input makes the pointer name a set that is not among the newest.
+    oldest_image = _publish(any_store, tmp_path, "images", "old", when=day - timedelta(days=9))
+    before = sorted(info.key for info in any_store.list(""))
+
+    plan = apply_retention(any_store, keep=2, dry_run=True)
+
+    assert sorted(info.key for info in any_store.list("")) == before, "a dry run deletes nothing"
+    assert plan.kept["images"] == (images[2], images[1], oldest_image)
+    # kernel k0 is old, but the kept image i1 was built from it.
+    assert plan.kept["kernel"] == (kernels[2], kernels[1], kernels[0])
+    assert {key.split("/")[1] for key in plan.doomed_keys} == {images[0]}
+
+    apply_retention(any_store, keep=2)
+
+    assert [s.set_id for s in list_sets(any_store, "images")] == [images[2], images[1], oldest_image]
+    assert len(list_sets(any_store, "kernel")) == 3
+    assert latest_set(any_store, "images").set_id == oldest_image
+    assert all(any_store.head(key) is None for key in plan.doomed_keys)
