@@ -364,6 +364,16 @@ def write_repository(repo: Path, distdir: Path, timestamp: str) -> None:
     (profiles / "arch.list").write_text("amd64\n")
     (profiles / "eapi").write_text("8\n")
     (profiles / "profiles.desc").write_text(f"amd64\t{PROFILE}\tstable\n")
+    # Portage accepts @FREE licenses by default; the group must name every license used here.
+    (profiles / "license_groups").write_text("FREE-SOFTWARE GPL-2\nFREE @FREE-SOFTWARE metapackage\n")
+    licenses = repo / "licenses"
+    licenses.mkdir()
+    (licenses / "GPL-2").write_text(
+        "GNU GENERAL PUBLIC LICENSE, Version 2 (placeholder text for the test world)\n"
+    )
+    (licenses / "metapackage").write_text(
+        "Metapackages install no files and carry no license of their own.\n"
+    )
     (profile / "eapi").write_text("8\n")
     (profile / "make.defaults").write_text(PROFILE_MAKE_DEFAULTS)
     metadata = repo / "metadata"

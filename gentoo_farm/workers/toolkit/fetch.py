@@ -1,0 +1,315 @@
+"""Fetch the latest stage3 and a Portage snapshot from a Gentoo mirror and verify them.
+
+The stage3 is found through ``releases/<arch>/autobuilds/latest-stage3-<variant>.txt``; it is checked
+against its ``.DIGESTS`` (BLAKE2B and SHA512) and its detached ``.asc`` signature, the snapshot against its
+``.gpgsig``. Signatures are verified with ``gpgv`` against the release key FILE given as configuration
+(Gentoo has rotated that key before). Downloads resume (HTTP Range) after an interruption.
+"""
+
+import argparse
+import email.utils
+import hashlib
+import http.client
+import re
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from gentoo_farm.workers.toolkit import StageError, progress, report
+
+CLEARSIGN_HEADER = "-----BEGIN PGP SIGNED MESSAGE-----"
+DIGEST_ALGORITHMS = {"BLAKE2B": hashlib.blake2b, "SHA512": hashlib.sha512}
+DOWNLOAD_ATTEMPTS = 3
+PROGRESS_INTERVAL = 2.0
+TIMESTAMP_MEMBER = re.compile(r"^(?:\./)?[^/]+/metadata/timestamp\.chk$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mirror", required=True, help="base URL of the Gentoo mirror (e.g. https://distfiles.gentoo.org)"
+    )
+    parser.add_argument(
+        "--release-key", required=True, type=Path, help="OpenPGP public key file to verify against"
+    )
+    parser.add_argument("--dest", required=True, type=Path, help="directory to download into")
+    parser.add_argument("--arch", default="amd64", help="release architecture directory (default: amd64)")
+    parser.add_argument("--variant", default="amd64-openrc", help="stage3 variant (default: amd64-openrc)")
+    parser.add_argument("--snapshot", default="latest", help="snapshot date YYYYMMDD, or 'latest' (default)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the mirror per request"
+    )
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """What ``gpgv`` said, from its machine-readable status lines."""
+
+    status: list[str]
+    signed_text: bytes
+
+
+class Verifier:
+    """Verifies OpenPGP signatures with ``gpgv`` against a keyring made from the configured key file."""
+
+    def __init__(self, key_file: Path, workdir: Path) -> None:
+        if not key_file.is_file():
+            raise StageError(f"release key {key_file}: no such file")
+        home = workdir / "gnupg"
+        home.mkdir(mode=0o700)
+        imported = subprocess.run(
+            ["gpg", "--homedir", str(home), "--batch", "--import", str(key_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        exported = subprocess.run(
+            ["gpg", "--homedir", str(home), "--batch", "--export"], capture_output=True, check=False
+        )
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
+        if imported.returncode != 0 or not exported.stdout:
+            raise StageError(f"release key {key_file}: contains no usable OpenPGP public key")
+        self.key_file = key_file
+        self.keyring = workdir / "release-keyring.gpg"
+        self.keyring.write_bytes(exported.stdout)
+
+    def verify(self, signed: Path, signature: Path | None = None) -> bytes:
+        """Check a detached ``signature`` of ``signed``, or ``signed`` as a clear-signed file.
+
+        Returns the signed text of a clear-signed file. Raises StageError naming the file and why.
+        """
+        checked = signature or signed
+        with tempfile.TemporaryDirectory(prefix="farm-gpgv-") as scratch:
+            output = Path(scratch) / "signed-text"
+            command = ["gpgv", "--status-fd", "1", "--keyring", str(self.keyring)]
+            if signature is None:
+                command += ["--output", str(output), str(signed)]
+            else:
+                command += [str(signature), str(signed)]
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            statuses = [
+                line.split()[1:] for line in result.stdout.splitlines() if line.startswith("[GNUPG:] ")
+            ]
+            keywords = {status[0]: status[1:] for status in statuses if status}
+            if result.returncode == 0 and "GOODSIG" in keywords and "VALIDSIG" in keywords:
+                return output.read_bytes() if output.exists() else b""
+        raise StageError(self._explain(signed.name, checked.name, keywords))
+
+    def _explain(self, name: str, signature_name: str, keywords: dict[str, list[str]]) -> str:
+        if "BADSIG" in keywords:
+            return (
+                f"{name}: BAD signature ({signature_name} does not match: the file was altered or corrupted)"
+            )
+        if "EXPKEYSIG" in keywords:
+            return f"{name}: signed with an expired key ({keywords['EXPKEYSIG'][0]})"
+        if "REVKEYSIG" in keywords:
+            return f"{name}: signed with a revoked key ({keywords['REVKEYSIG'][0]})"
+        if "NO_PUBKEY" in keywords or "ERRSIG" in keywords:
+            key_id = (keywords.get("NO_PUBKEY") or keywords.get("ERRSIG") or ["?"])[0]
+            return (
+                f"{name}: signed by key {key_id}, which is not in the configured release key {self.key_file}"
+            )
+        return f"{signature_name}: no valid OpenPGP signature found"
+
+
+def download(url: str, destination: Path, *, timeout: float) -> None:
+    """Download ``url`` to ``destination``, resuming a ``.partial`` left by an earlier attempt."""
+    partial = destination.with_name(destination.name + ".partial")
+    last_problem = ""
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        offset = partial.stat().st_size if partial.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                _receive(response, partial, offset, destination.name)
+            partial.rename(destination)
+            return
+        except urllib.error.HTTPError as error:
+            if error.code == 416 and offset:
+                # The server has nothing past what we already hold: the earlier attempt was complete.
+                partial.rename(destination)
+                return
+            last_problem = f"HTTP {error.code} {error.reason}"
+            if error.code < 500:
+                break
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            last_problem = str(getattr(error, "reason", error)) or type(error).__name__
+        if attempt < DOWNLOAD_ATTEMPTS:
+            progress(f"{destination.name}: {last_problem}; retrying ({attempt + 1} of {DOWNLOAD_ATTEMPTS})")
+            time.sleep(attempt)
+    raise StageError(f"cannot download {url}: {last_problem}")
+
+
+def _receive(response: http.client.HTTPResponse, partial: Path, offset: int, name: str) -> None:
+    if offset and response.status != 206:
+        progress(f"{name}: the mirror does not resume downloads; starting over")
+        offset = 0
+    elif offset:
+        progress(f"{name}: resuming at byte {offset}")
+    length = response.headers.get("Content-Length")
+    total = offset + int(length) if length is not None else None
+    received = offset
+    last_report = time.monotonic()
+    with partial.open("ab" if offset else "wb") as output:
+        while chunk := response.read(256 * 1024):
+            output.write(chunk)
+            received += len(chunk)
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_INTERVAL:
+                last_report = now
+                progress(_progress_line(name, received, total))
+    if total is not None and received < total:
+        raise http.client.IncompleteRead(b"", total - received)
+    progress(_progress_line(name, received, total))
+
+
+def _progress_line(name: str, received: int, total: int | None) -> str:
+    mib = received / 2**20
+    if not total:
+        return f"{name}: {mib:.1f} MiB"
+    return f"{name}: {100 * received // total}% ({mib:.1f} of {total / 2**20:.1f} MiB)"
+
+
+def fetch_text(url: str, *, timeout: float) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as error:
+        raise StageError(f"cannot download {url}: HTTP {error.code} {error.reason}") from error
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+        raise StageError(f"cannot download {url}: {getattr(error, 'reason', error)}") from error
+
+
+def parse_pointer(text: str, source: str) -> tuple[str, str]:
+    """``(timestamp, tarball path relative to autobuilds/)`` from a latest-stage3 pointer's signed text."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = line.split()[0]
+        timestamp, _, file_name = path.partition("/")
+        if not file_name:
+            break
+        return timestamp, path
+    raise StageError(f"{source}: no '<timestamp>/<stage3 tarball> <size>' line found")
+
+
+def parse_digests(text: str, file_name: str, source: str) -> dict[str, str]:
+    """The ``{algorithm: hex digest}`` a Gentoo ``.DIGESTS`` file lists for ``file_name``."""
+    digests: dict[str, str] = {}
+    algorithm = None
+    for line in text.splitlines():
+        header = re.fullmatch(r"#\s*(\S+)\s+HASH\s*", line.strip())
+        if header:
+            algorithm = header.group(1).upper()
+        elif algorithm in DIGEST_ALGORITHMS and line.strip():
+            digest, _, listed = line.strip().partition(" ")
+            if Path(listed.strip()).name == file_name:
+                digests[algorithm] = digest.lower()
+    if not digests:
+        raise StageError(f"{source}: no BLAKE2B or SHA512 line for {file_name}")
+    return digests
+
+
+def file_digests(path: Path, algorithms: list[str]) -> dict[str, str]:
+    hashers = {name: DIGEST_ALGORITHMS[name]() for name in algorithms}
+    with path.open("rb") as stream:
+        while block := stream.read(1024 * 1024):
+            for hasher in hashers.values():
+                hasher.update(block)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def _signed_text(path: Path, verifier: Verifier) -> str:
+    """The text of a pointer or DIGESTS file: verified when clear-signed (as Gentoo now publishes them)."""
+    text = path.read_text()
+    if text.lstrip().startswith(CLEARSIGN_HEADER):
+        return verifier.verify(path).decode()
+    return text
+
+
+def fetch_stage3(args: argparse.Namespace, verifier: Verifier) -> dict[str, str]:
+    autobuilds = f"{args.mirror.rstrip('/')}/releases/{args.arch}/autobuilds"
+    pointer = args.dest / f"latest-stage3-{args.variant}.txt"
+    pointer_url = f"{autobuilds}/{pointer.name}"
+    progress(f"reading {pointer_url}")
+    pointer.write_text(fetch_text(pointer_url, timeout=args.timeout))
+    timestamp, relative_path = parse_pointer(_signed_text(pointer, verifier), pointer.name)
+    tarball = args.dest / Path(relative_path).name
+    progress(f"latest stage3: {relative_path}")
+
+    digests_file = tarball.with_name(tarball.name + ".DIGESTS")
+    signature = tarball.with_name(tarball.name + ".asc")
+    for companion in (digests_file, signature):
+        download(f"{autobuilds}/{timestamp}/{companion.name}", companion, timeout=args.timeout)
+    download(f"{autobuilds}/{relative_path}", tarball, timeout=args.timeout)
+
+    expected = parse_digests(_signed_text(digests_file, verifier), tarball.name, digests_file.name)
+    actual = file_digests(tarball, sorted(expected))
+    for algorithm, digest in sorted(expected.items()):
+        if actual[algorithm] != digest:
+            raise StageError(
+                f"{tarball.name}: {algorithm} checksum mismatch (DIGESTS lists {digest[:16]}..., "
+                f"the download has {actual[algorithm][:16]}...): the file is corrupt or was tampered with"
+            )
+    progress(f"{tarball.name}: {' and '.join(sorted(expected))} match {digests_file.name}")
+    verifier.verify(tarball, signature)
+    progress(f"{tarball.name}: good signature from the configured release key")
+    sha512 = actual.get("SHA512") or file_digests(tarball, ["SHA512"])["SHA512"]
+    return {
+        "stage3_timestamp": timestamp,
+        "stage3_file": tarball.name,
+        "stage3_path": str(tarball.resolve()),
+        "stage3_sha512": sha512,
+    }
+
+
+def snapshot_date_of(tarball: Path) -> str:
+    """The date (YYYYMMDD) in a snapshot's ``metadata/timestamp.chk``."""
+    try:
+        with tarfile.open(tarball, "r|*") as archive:
+            for member in archive:
+                if member.isfile() and TIMESTAMP_MEMBER.match(member.name):
+                    stamp = archive.extractfile(member)
+                    if stamp is not None:
+                        text = stamp.read().decode().strip()
+                        return email.utils.parsedate_to_datetime(text).strftime("%Y%m%d")
+    except (tarfile.TarError, ValueError, TypeError) as error:
+        raise StageError(f"{tarball.name}: cannot read its metadata/timestamp.chk: {error}") from error
+    raise StageError(f"{tarball.name}: has no metadata/timestamp.chk to date it by")
+
+
+def fetch_snapshot(args: argparse.Namespace, verifier: Verifier) -> dict[str, str]:
+    if args.snapshot != "latest" and not re.fullmatch(r"\d{8}", args.snapshot):
+        raise StageError(f"--snapshot {args.snapshot!r}: expected a date YYYYMMDD or 'latest'")
+    snapshots = f"{args.mirror.rstrip('/')}/snapshots"
+    tarball = args.dest / f"portage-{args.snapshot}.tar.xz"
+    signature = tarball.with_name(tarball.name + ".gpgsig")
+    download(f"{snapshots}/{signature.name}", signature, timeout=args.timeout)
+    download(f"{snapshots}/{tarball.name}", tarball, timeout=args.timeout)
+    verifier.verify(tarball, signature)
+    progress(f"{tarball.name}: good signature from the configured release key")
+    date = snapshot_date_of(tarball) if args.snapshot == "latest" else args.snapshot
+    dated = tarball.with_name(f"portage-{date}.tar.xz")
+    if dated != tarball:
+        tarball.replace(dated)
+        signature.replace(dated.with_name(dated.name + ".gpgsig"))
+    return {
+        "snapshot_date": date,
+        "snapshot_file": dated.name,
+        "snapshot_path": str(dated.resolve()),
+        "snapshot_sha512": file_digests(dated, ["SHA512"])["SHA512"],
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    args.dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="farm-fetch-") as scratch:
+        verifier = Verifier(args.release_key, Path(scratch))
+        stage3 = fetch_stage3(args, verifier)
+        snapshot = fetch_snapshot(args, verifier)
+    report(**stage3, **snapshot)
