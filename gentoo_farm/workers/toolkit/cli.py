@@ -9,7 +9,7 @@ from gentoo_farm.workers.toolkit import StageError
 
 # The order is the order of an image build; each name is a module of this package
 # (dashes become underscores).
-STAGES: tuple[str, ...] = ("input-key", "stamp", "list-new", "upload")
+STAGES: tuple[str, ...] = ("input-key", "stamp", "fetch", "chroot", "emerge", "list-new", "upload")
 
 
 def build_parser() -> argparse.ArgumentParser:
