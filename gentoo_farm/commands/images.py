@@ -1,0 +1,60 @@
+"""List the images the farm has published: name, date, kernel, size, sha512 and download URL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from gentoo_farm.cli import CommandError
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.master.catalog import ImageRecord, published_images
+from gentoo_farm.master.store import StoreError, open_store
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per image) for scripts")
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def table(records: list[ImageRecord]) -> str:
+    rows = [("NAME", "DATE", "KERNEL", "SIZE", "SHA512", "URL")]
+    for record in records:
+        rows.append(
+            (
+                record.name + (" (latest)" if record.latest else ""),
+                record.date,
+                record.kernel or "-",
+                human_size(record.size),
+                record.sha512[:16] + "...",
+                record.url,
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    )
+
+
+def run(args: argparse.Namespace, config: FarmConfig) -> int:
+    try:
+        store = open_store(config.store)
+        records = published_images(store, config.store.url_expiry_seconds)
+    except StoreError as error:
+        raise CommandError(str(error)) from error
+    if args.json:
+        print(json.dumps([asdict(record) for record in records], indent=2, default=str))
+    elif records:
+        print(table(records))
+    else:
+        print(f"no images published yet in {store.location}")
+    return 0

@@ -1,0 +1,104 @@
+"""`farm images` and `farm download` against both store backends (called through their run())."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from gentoo_farm.cli import CommandError
+from gentoo_farm.commands import download, images
+from gentoo_farm.master.store import open_store
+from gentoo_farm.master.store.sets import publish_files
+
+pytest_plugins = ["tests.services.store"]
+
+DISK = os.urandom(3 * 1024 * 1024 + 17)
+
+
+def _parse(module, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture
+def published(any_settings, tmp_path: Path) -> SimpleNamespace:
+    store = open_store(any_settings)
+    (tmp_path / "gentoo-20261125-amd64.qcow2").write_bytes(DISK)
+    (tmp_path / "old.qcow2").write_bytes(b"older image")
+    publish_files(
+        store,
+        "images",
+        "old",
+        {"gentoo-20261124-amd64.qcow2": tmp_path / "old.qcow2"},
+        set_id="20261124T000000Z-old",
+    )
+    publish_files(
+        store,
+        "images",
+        "new",
+        {"gentoo-20261125-amd64.qcow2": tmp_path / "gentoo-20261125-amd64.qcow2"},
+        metadata={"kernel": "6.6.30-gentoo", "name": "gentoo-20261125-amd64"},
+    )
+    return SimpleNamespace(store=any_settings)
+
+
+def test_images_lists_what_was_published(published, capsys) -> None:
+    assert images.run(_parse(images, "--json"), published) == 0
+    listed = json.loads(capsys.readouterr().out)
+
+    assert [image["name"] for image in listed] == ["gentoo-20261125-amd64", "gentoo-20261124-amd64"]
+    newest = listed[0]
+    assert newest["latest"] and newest["kernel"] == "6.6.30-gentoo" and newest["size"] == len(DISK)
+    assert newest["sha512"] == hashlib.sha512(DISK).hexdigest()
+    # The link works for a person: the store server (local) or a presigned URL (private bucket).
+    assert urllib.request.urlopen(newest["url"], timeout=30).read() == DISK
+
+    assert images.run(_parse(images), published) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:5] == ["NAME", "DATE", "KERNEL", "SIZE", "SHA512"]
+    assert table[1].startswith("gentoo-20261125-amd64 (latest)") and "3.0 MiB" in table[1]
+
+
+def test_download_latest_verifies_and_says_where(published, tmp_path: Path, capsys) -> None:
+    assert download.run(_parse(download, "latest", str(tmp_path / "dl")), published) == 0
+
+    target = tmp_path / "dl" / "gentoo-20261125-amd64.qcow2"
+    assert target.read_bytes() == DISK
+    assert f"{target} (3.0 MiB, sha512 verified)" in capsys.readouterr().out
+    assert target.with_name(target.name + ".sha512").read_text().startswith(hashlib.sha512(DISK).hexdigest())
+
+
+def test_download_resumes_a_partial_file(published, tmp_path: Path, capsys) -> None:
+    (tmp_path / "dl").mkdir()
+    partial = tmp_path / "dl" / "gentoo-20261125-amd64.qcow2.part"
+    partial.write_bytes(DISK[:1_000_000])
+
+    assert download.run(_parse(download, "gentoo-20261125-amd64", str(tmp_path / "dl")), published) == 0
+
+    assert "resuming gentoo-20261125-amd64.qcow2.part at" in capsys.readouterr().err
+    assert (tmp_path / "dl" / "gentoo-20261125-amd64.qcow2").read_bytes() == DISK
+    assert not partial.exists()
+
+
+def test_a_corrupt_partial_file_fails_the_checksum_and_is_removed(published, tmp_path: Path) -> None:
+    (tmp_path / "dl").mkdir()
+    partial = tmp_path / "dl" / "gentoo-20261125-amd64.qcow2.part"
+    partial.write_bytes(b"\0" * 1_000_000)  # right length, wrong bytes: only the sha512 can tell
+
+    with pytest.raises(CommandError, match="sha512 does not match"):
+        download.run(_parse(download, "latest", str(tmp_path / "dl")), published)
+
+    assert not partial.exists() and not (tmp_path / "dl" / "gentoo-20261125-amd64.qcow2").exists()
+
+
+def test_download_of_an_unknown_image_says_how_to_list(published, tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match=r"no published image named 'gentoo-1999'.*farm images"):
+        download.run(_parse(download, "gentoo-1999", str(tmp_path)), published)
