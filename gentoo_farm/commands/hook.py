@@ -2,9 +2,11 @@
 
 import argparse
 import shlex
+from pathlib import Path
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import HOOK_USER, KERNEL_POLLER, FarmDir
+from gentoo_farm.master.change_sources import kernel_repository_url
 
 HOOK_TEMPLATE = """#!/bin/sh
 # gentoo-farm: knock the build master's poller so a push is built at once.
@@ -27,6 +29,16 @@ def render_hook(config: FarmConfig, secret_file: str) -> str:
     """The hook script; ``secret_file`` is expanded by the shell, so it may use $HOME."""
     url = f"{config.master.buildbot_url}change_hook/poller?poller={KERNEL_POLLER}"
     return HOOK_TEMPLATE.format(url=shlex.quote(url), secret_file=secret_file, user=HOOK_USER)
+
+
+def install_local_hook(config: FarmConfig) -> None:
+    """(Re)write the hook of a kernel-config repository on this machine, so it knocks the current URL."""
+    repository = Path(kernel_repository_url(config))
+    if not (repository / "hooks").is_dir():
+        return
+    post_receive = repository / "hooks" / "post-receive"
+    post_receive.write_text(render_hook(config, str(FarmDir(config.basedir).hook_secret)))
+    post_receive.chmod(0o755)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,31 +1,4 @@
-"""The Buildbot master's configuration, composed from farm.toml one config key per module.
+"""What runs in the buildmaster: the config modules (one per config key), the store and publishers.
 
-A farm's ``master/master.cfg`` is two lines: it calls :func:`buildmaster_config` with the
-farm directory.
+Kept free of imports so that the store and catalog can be used without loading Buildbot's master.
 """
-
-from pathlib import Path
-from typing import Any
-
-from gentoo_farm.config import load_config
-from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.master import builders, change_sources, schedulers, services, workers, www
-
-
-def buildmaster_config(farm_root: Path) -> dict[str, Any]:
-    config = load_config(farm_root)
-    farm = FarmDir(config.basedir)
-    return {
-        "title": config.farm.title,
-        "titleURL": config.master.buildbot_url,
-        "buildbotURL": config.master.buildbot_url,
-        "db": {"db_url": config.master.db_url},
-        "protocols": {"pb": {"port": workers.pb_port(config)}},
-        "workers": workers.workers(config, farm),
-        "builders": builders.builders(config, farm),
-        "schedulers": schedulers.schedulers(config),
-        "change_source": change_sources.change_sources(config),
-        "services": services.services(config, farm),
-        "www": www.www(config, farm),
-        "buildbotNetUsageData": None,
-    }

@@ -1,0 +1,129 @@
+"""Drive a real farm from tests: `farm init` + `farm up` in a temporary directory, and its REST API."""
+
+import base64
+import http.cookiejar
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FARM = str(Path(sys.executable).parent / "farm")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def farm_command(
+    *args: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([FARM, *args], capture_output=True, text=True, timeout=300, input=input)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"farm {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+    return result
+
+
+def set_option(root: Path, section: str, key: str, value: str) -> None:
+    """Set `key = value` (TOML) in [section] of farm.toml, uncommenting the documented default."""
+    path = root / "farm.toml"
+    text = path.read_text()
+    header = text.index(f"[{section}]\n")
+    pattern = re.compile(rf"^#? ?{re.escape(key)} = .*$", re.MULTILINE)
+    match = pattern.search(text, header)
+    next_header = re.compile(r"^\[", re.MULTILINE).search(text, header + 1)
+    if match and (next_header is None or match.start() < next_header.start()):
+        text = text[: match.start()] + f"{key} = {value}" + text[match.end() :]
+    else:
+        end = next_header.start() if next_header else len(text)
+        text = text[:end] + f"{key} = {value}\n" + text[end:]
+    path.write_text(text)
+
+
+@dataclass
+class Farm:
+    root: Path
+    admin_password: str
+    url: str = ""
+    _opener: urllib.request.OpenerDirector = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+
+    def login(self, user: str = "admin", password: str | None = None) -> None:
+        token = base64.b64encode(f"{user}:{password or self.admin_password}".encode()).decode()
+        request = urllib.request.Request(f"{self.url}auth/login", headers={"Authorization": f"Basic {token}"})
+        self._opener.open(request, timeout=30).read()
+
+    def api(self, path: str) -> Any:
+        with self._opener.open(f"{self.url}api/v2/{path}", timeout=30) as response:
+            return json.load(response)
+
+    def force(self, scheduler: str, **params: Any) -> tuple[int, Any]:
+        body = json.dumps({"jsonrpc": "2.0", "method": "force", "id": 1, "params": params}).encode()
+        request = urllib.request.Request(
+            f"{self.url}api/v2/forceschedulers/{scheduler}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with self._opener.open(request, timeout=30) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def builds(self, builder: str) -> list[dict[str, Any]]:
+        builder_id = self.api(f"builders/{builder}")["builders"][0]["builderid"]
+        return self.api(f"builders/{builder_id}/builds?order=buildid")["builds"]
+
+    def wait_for_build(self, builder: str, number: int = 1, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for build in self.builds(builder):
+                if build["number"] == number and build["complete"]:
+                    return build
+            time.sleep(1)
+        raise AssertionError(f"{builder} build #{number} did not finish within {timeout} s")
+
+    def steps(self, build: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.api(f"builds/{build['buildid']}/steps")["steps"]
+
+    def log(self, build: dict[str, Any], step_name: str, log: str = "stdio") -> str:
+        (step,) = [step for step in self.steps(build) if step["name"] == step_name]
+        log_id = next(
+            item["logid"] for item in self.api(f"steps/{step['stepid']}/logs")["logs"] if item["slug"] == log
+        )
+        lines = self.api(f"logs/{log_id}/contents")["logchunks"]
+        return "".join(chunk["content"] for chunk in lines)
+
+    def properties(self, build: dict[str, Any]) -> dict[str, Any]:
+        return {
+            name: value
+            for name, (value, _source) in self.api(f"builds/{build['buildid']}/properties")["properties"][
+                0
+            ].items()
+        }
+
+
+def init_farm(root: Path) -> Farm:
+    output = farm_command("init", str(root)).stdout
+    password = re.search(r"Web UI login: admin / (\S+)", output).group(1)
+    web_port, worker_port, store_port = free_port(), free_port(), free_port()
+    set_option(root, "master", "web_address", f'"127.0.0.1:{web_port}"')
+    set_option(root, "master", "worker_address", f'"127.0.0.1:{worker_port}"')
+    set_option(root, "store", "listen", f'"127.0.0.1:{store_port}"')
+    set_option(root, "schedule", "nightly", "false")
+    farm = Farm(root=root, admin_password=password, url=f"http://127.0.0.1:{web_port}/")
+    return farm

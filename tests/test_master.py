@@ -1,0 +1,119 @@
+"""The spine through a real master and real local workers, started by `farm init` + `farm up`."""
+
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.farmtest import Farm, farm_command
+
+SUCCESS = 0
+
+
+def test_forced_build_runs_on_a_local_worker_and_records_its_input_key(running_farm: Farm) -> None:
+    running_farm.login()
+    status, answer = running_farm.force(
+        "build-image", builderNames=["image"], reason="from a test", extra_packages="app-misc/farm-hello"
+    )
+    assert status == 200, answer
+
+    build = running_farm.wait_for_build("image")
+
+    assert build["results"] == SUCCESS, build["state_string"]
+    steps = [step["name"] for step in running_farm.steps(build)]
+    assert steps == ["worker_preparation", "input key", "make artifact", "upload artifact"]
+    properties = running_farm.properties(build)
+    assert properties["extra_packages"] == "app-misc/farm-hello"
+    assert properties["reason"] == "from a test"
+    key = properties["input_key"]
+    assert f"image input key {key}" in running_farm.log(build, "input key")
+    stamp = running_farm.root / "artifacts" / "image" / f"{key}.json"
+    assert f'"input_key": "{key}"' in stamp.read_text()
+    # The local worker was started for the build, in its own directory, and is gone afterwards.
+    assert properties["workername"] == "local-1"
+    deadline = time.monotonic() + 60
+    while (running_farm.root / "workers" / "local-1").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not (running_farm.root / "workers" / "local-1").exists()
+
+
+def test_control_actions_need_a_login(running_farm: Farm) -> None:
+    status, answer = running_farm.force("build-image", builderNames=["image"])
+    assert status == 403, answer
+    assert running_farm.api("builds")["builds"] == []
+    # Looking is allowed without a login by default.
+    assert [b["name"] for b in running_farm.api("builders")["builders"]] == [
+        "image",
+        "kernel",
+        "mirror",
+        "overlay",
+    ]
+
+
+def test_wrong_password_is_refused(running_farm: Farm) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        running_farm.login(password="not-the-password")
+    assert refused.value.code == 401
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _wait_for_poller(farm: Farm) -> None:
+    """The poller's first poll only records the head; pushes before that are not changes."""
+    log = farm.root / "master" / "twistd.log"
+    deadline = time.monotonic() + 60
+    while "gitpoller: processing changes" not in log.read_text():
+        assert time.monotonic() < deadline, "the kernel-config poller never polled"
+        time.sleep(0.5)
+
+
+def test_push_of_the_kernel_config_builds_the_kernel_at_that_revision(
+    running_farm: Farm, tmp_path: Path
+) -> None:
+    _wait_for_poller(running_farm)
+    clone = tmp_path / "kernel-config"
+    _git("clone", "--quiet", str(running_farm.root / "kernel-config.git"), str(clone), cwd=tmp_path)
+    _git("config", "user.email", "dev@example.org", cwd=clone)
+    _git("config", "user.name", "A Developer", cwd=clone)
+
+    (clone / "NOTES").write_text("only documentation\n")
+    _git("add", "NOTES", cwd=clone)
+    _git("commit", "--quiet", "-m", "notes", cwd=clone)
+    _git("push", "--quiet", cwd=clone)
+    with (clone / "config").open("a") as config:
+        config.write('CONFIG_LOCALVERSION="-pushed"\n')
+    _git("commit", "--quiet", "-am", "new local version", cwd=clone)
+    pushed = subprocess.run(["git", "push"], cwd=clone, capture_output=True, text=True, check=True)
+    assert "could not notify" not in pushed.stderr
+    revision = _git("rev-parse", "HEAD", cwd=clone)
+
+    build = running_farm.wait_for_build("kernel", timeout=120)
+
+    assert build["results"] == SUCCESS, build["state_string"]
+    properties = running_farm.properties(build)
+    assert properties["got_revision"] == revision
+    changes = running_farm.api("changes")["changes"]
+    assert {tuple(change["files"]) for change in changes} == {("NOTES",), ("config",)}
+    # The documentation-only commit built nothing: one kernel build, for the config change.
+    time.sleep(3)
+    assert len(running_farm.builds("kernel")) == 1
+
+
+def test_knocking_the_poller_needs_credentials(running_farm: Farm) -> None:
+    knock = urllib.request.Request(
+        f"{running_farm.url}change_hook/poller?poller=kernel-config", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(knock, timeout=30)
+    assert refused.value.code == 401
+
+
+def test_farm_status_reports_the_running_master(running_farm: Farm) -> None:
+    status = farm_command("--farm", str(running_farm.root), "status").stdout
+    assert "master   running" in status
+    assert "worker   local-1: idle (starts on demand)" in status
