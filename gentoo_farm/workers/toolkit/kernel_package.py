@@ -1,0 +1,101 @@
+"""Make the vmlinuz tarball from a binary kernel package (a distribution's prebuilt kernel).
+
+This is the path of Gentoo's sys-kernel/gentoo-kernel-bin, for users who want no custom kernel
+(and for fast tests, which feed it Debian's linux-image package). The package may be a .deb, a
+tarball (e.g. the image of a binary package) or a directory it was unpacked into; the stage finds
+boot/vmlinuz-KVER and lib/modules/KVER in it and adds a small busybox initramfs that loads the
+virtio and ext4 modules, since distribution kernels build them as modules.
+"""
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from gentoo_farm.master.store.sets import file_sha512, sha512_line
+from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
+from gentoo_farm.workers.toolkit.tools import run_tool
+from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
+
+MODULE_ROOTS = ("lib/modules", "usr/lib/modules")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("package", type=Path, help="the kernel package: .deb, tarball or unpacked directory")
+    parser.add_argument(
+        "--output", required=True, type=Path, help="the vmlinuz tarball to write (e.g. vmlinuz.tar.zst)"
+    )
+    parser.add_argument("--work-dir", type=Path, help="scratch space (default: a temporary directory)")
+
+
+def unpack_package(package: Path, destination: Path) -> None:
+    if package.is_dir():
+        shutil.copytree(package, destination, symlinks=True, dirs_exist_ok=True)
+    elif package.name.endswith(".deb"):
+        run_tool(["dpkg-deb", "-x", package, destination], what=f"unpacking {package.name}")
+    elif ".tar" in package.name or package.suffix in (".tgz", ".txz"):
+        run_tool(["tar", "-C", destination, "-xf", package], what=f"unpacking {package.name}")
+    else:
+        raise StageError(f"{package}: not a .deb, a tarball or a directory")
+
+
+def find_kernel_release(unpacked: Path, package: Path) -> str:
+    kernels = sorted((unpacked / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        # Gentoo's dist-kernels keep the image beside the modules: /usr/lib/modules/KVER/vmlinuz.
+        kernels = sorted(unpacked.glob("*lib/modules/*/vmlinuz"))
+        if len(kernels) == 1:
+            return kernels[0].parent.name
+    if len(kernels) != 1:
+        found = ", ".join(str(path.relative_to(unpacked)) for path in kernels) or "none"
+        raise StageError(f"{package}: expected exactly one kernel image boot/vmlinuz-KVER, found {found}")
+    return kernels[0].name.removeprefix("vmlinuz-")
+
+
+def stage_kernel(unpacked: Path, release: str, staging: Path, package: Path) -> None:
+    """Move the package's kernel, config and modules into the vmlinuz tarball's layout."""
+    (staging / "boot").mkdir(parents=True)
+    module_dirs = [unpacked / root / release for root in MODULE_ROOTS if (unpacked / root / release).is_dir()]
+    if not module_dirs:
+        raise StageError(f"{package}: has no lib/modules/{release} for its kernel {release}")
+    modules = module_dirs[0]
+    image = unpacked / "boot" / f"vmlinuz-{release}"
+    if not image.is_file():
+        image = modules / "vmlinuz"
+    config = unpacked / "boot" / f"config-{release}"
+    if not config.is_file():
+        config = modules / "config"
+    if not config.is_file():
+        raise StageError(f"{package}: has no config for kernel {release} (boot/config-{release})")
+    shutil.copyfile(image, staging / "boot" / f"vmlinuz-{release}")
+    shutil.copyfile(config, staging / "boot" / f"config-{release}")
+    (staging / "lib/modules").mkdir(parents=True)
+    shutil.move(modules, staging / "lib/modules" / release)
+    for leftover in ("vmlinuz", "config", "System.map"):
+        (staging / "lib/modules" / release / leftover).unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    if not args.package.exists():
+        raise StageError(f"{args.package}: kernel package does not exist")
+    with tempfile.TemporaryDirectory(prefix="kernel-package-", dir=args.work_dir) as scratch_name:
+        scratch = Path(scratch_name)
+        unpacked, staging = scratch / "package", scratch / "kernel"
+        unpacked.mkdir()
+        progress(f"unpacking {args.package}")
+        unpack_package(args.package, unpacked)
+        release = find_kernel_release(unpacked, args.package)
+        stage_kernel(unpacked, release, staging, args.package)
+        needs_initramfs = config_needs_initramfs(staging / "boot" / f"config-{release}")
+        members = finish_kernel_tree(staging, release, initramfs=needs_initramfs)
+        progress(f"packing kernel {release} into {args.output}")
+        write_tarball(staging, members, args.output)
+    checksum = file_sha512(args.output)
+    args.output.with_name(args.output.name + ".sha512").write_bytes(sha512_line(checksum, args.output.name))
+    report(
+        kernel_release=release,
+        kernel_initramfs=needs_initramfs,
+        vmlinuz_path=str(args.output),
+        vmlinuz_sha512=checksum,
+    )

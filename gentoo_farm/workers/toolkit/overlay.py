@@ -1,0 +1,215 @@
+"""Build the vmoverride tarball (the recipe's modifications to the image) from an overlay directory.
+
+The overlay directory holds ``root/`` (files laid over the image's root as they are) and
+``overlay.toml`` (symlinks, modes, and password edits to /etc/shadow). The tarball is reproducible:
+members sorted, one fixed mtime, owner root by number, gzip without a timestamp — the same overlay
+gives the same bytes, so its sha512 identifies it.
+"""
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from gentoo_farm.master.store.sets import file_sha512, sha512_line
+from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.input_key import _hash_tree
+
+MANIFEST_NAME = "overlay.toml"
+TREE_NAME = "root"
+# The edits that must be applied to files already in the image travel inside the tarball under
+# this name; the assemble stage applies them and removes it.
+EDITS_MEMBER = ".gentoo-farm/overlay-edits.json"
+# 2000-01-01T00:00:00Z: a fixed, unremarkable time for every member.
+FIXED_MTIME = 946684800
+MANIFEST_SECTIONS = ("symlinks", "modes", "passwords")
+
+
+@dataclass
+class OverlayManifest:
+    symlinks: dict[str, str] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)
+    passwords: dict[str, str] = field(default_factory=dict)
+
+
+def _image_path(manifest_file: Path, section: str, name: str) -> str:
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise StageError(
+            f"{manifest_file}: [{section}] {name!r}: expected a path relative to the image root, without '..'"
+        )
+    return str(path)
+
+
+def load_manifest(manifest_file: Path) -> OverlayManifest:
+    """Read and check ``overlay.toml``; every mistake names the file, the section and the key."""
+    if not manifest_file.exists():
+        return OverlayManifest()
+    try:
+        data = tomllib.loads(manifest_file.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise StageError(f"{manifest_file}: not valid TOML: {error}") from error
+    unknown = sorted(set(data) - set(MANIFEST_SECTIONS))
+    if unknown:
+        raise StageError(
+            f"{manifest_file}: unknown section(s) {', '.join(unknown)}; "
+            f"expected {', '.join(MANIFEST_SECTIONS)}"
+        )
+    manifest = OverlayManifest()
+    for section in MANIFEST_SECTIONS:
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise StageError(f'{manifest_file}: [{section}] must be a table of "key" = "value" lines')
+        for key, value in table.items():
+            if not isinstance(value, str):
+                raise StageError(f"{manifest_file}: [{section}] {key!r}: expected a string, got {value!r}")
+            if section == "symlinks":
+                if not value:
+                    raise StageError(f"{manifest_file}: [symlinks] {key!r}: the link target is empty")
+                manifest.symlinks[_image_path(manifest_file, section, key)] = value
+            elif section == "modes":
+                try:
+                    mode = int(value, 8)
+                except ValueError:
+                    mode = -1
+                if not 0 <= mode <= 0o7777:
+                    raise StageError(
+                        f'{manifest_file}: [modes] {key!r}: {value!r} is not an octal mode like "0755"'
+                    )
+                manifest.modes[_image_path(manifest_file, section, key)] = mode
+            else:
+                if ":" in key or ":" in value or "\n" in value:
+                    raise StageError(
+                        f"{manifest_file}: [passwords] {key!r}: names and hashes cannot hold ':'"
+                    )
+                manifest.passwords[key] = value
+    return manifest
+
+
+def _tree_members(tree: Path) -> dict[str, Path]:
+    members: dict[str, Path] = {}
+    for directory, subdirectories, files in os.walk(tree):
+        for name in subdirectories + files:
+            path = Path(directory, name)
+            members[str(path.relative_to(tree))] = path
+    return members
+
+
+def _add_parent_directories(archive: tarfile.TarFile, name: str, written: set[str]) -> None:
+    parents = list(PurePosixPath(name).parents)[:-1]
+    for parent in reversed(parents):
+        if str(parent) not in written:
+            _add_directory(archive, str(parent), 0o755)
+            written.add(str(parent))
+
+
+def _header(name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.mtime = FIXED_MTIME
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _add_directory(archive: tarfile.TarFile, name: str, mode: int) -> None:
+    archive.addfile(_header(name, tarfile.DIRTYPE, mode))
+
+
+def write_overlay_tarball(overlay_dir: Path, output: Path) -> OverlayManifest:
+    """Write the vmoverride tarball (``.tar.gz``) of ``overlay_dir`` to ``output``."""
+    tree = overlay_dir / TREE_NAME
+    if not tree.is_dir():
+        raise StageError(
+            f"{overlay_dir}: an overlay needs a {TREE_NAME}/ directory holding the image's files"
+        )
+    manifest_file = overlay_dir / MANIFEST_NAME
+    manifest = load_manifest(manifest_file)
+    members = _tree_members(tree)
+    for name in manifest.modes:
+        if name not in members and name not in manifest.symlinks:
+            raise StageError(f"{manifest_file}: [modes] {name!r}: no such file under {tree}")
+    for name in manifest.symlinks:
+        if name in members:
+            raise StageError(f"{manifest_file}: [symlinks] {name!r}: {tree / name} exists as well")
+
+    entries: dict[str, tuple[bytes, Path | str]] = {name: (b"", path) for name, path in members.items()}
+    entries.update({name: (tarfile.SYMTYPE, target) for name, target in manifest.symlinks.items()})
+    edits = {"passwords": manifest.passwords}
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        written: set[str] = set()
+        for name in sorted(entries):
+            _add_parent_directories(archive, name, written)
+            kind, source = entries[name]
+            if kind == tarfile.SYMTYPE:
+                info = _header(name, tarfile.SYMTYPE, 0o777)
+                info.linkname = str(source)
+                archive.addfile(info)
+                continue
+            path = Path(source)
+            status = path.lstat()
+            if stat.S_ISLNK(status.st_mode):
+                info = _header(name, tarfile.SYMTYPE, 0o777)
+                info.linkname = os.readlink(path)
+                archive.addfile(info)
+            elif stat.S_ISDIR(status.st_mode):
+                _add_directory(archive, name, manifest.modes.get(name, 0o755))
+            elif stat.S_ISREG(status.st_mode):
+                default_mode = 0o755 if status.st_mode & stat.S_IXUSR else 0o644
+                info = _header(name, tarfile.REGTYPE, manifest.modes.get(name, default_mode))
+                info.size = status.st_size
+                with path.open("rb") as handle:
+                    archive.addfile(info, handle)
+            else:
+                raise StageError(f"{path}: only files, directories and symlinks can be in an overlay")
+            written.add(name)
+        edits_data = json.dumps(edits, indent=2, sort_keys=True).encode() + b"\n"
+        _add_directory(archive, str(PurePosixPath(EDITS_MEMBER).parent), 0o700)
+        info = _header(EDITS_MEMBER, tarfile.REGTYPE, 0o600)
+        info.size = len(edits_data)
+        archive.addfile(info, io.BytesIO(edits_data))
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    with partial.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
+        packed.write(buffer.getvalue())
+    partial.replace(output)
+    return manifest
+
+
+def overlay_input_key(overlay_dir: Path) -> str:
+    """The overlay builder's input key: the same hash ``farm-worker input-key --kind overlay`` gives."""
+    digest = hashlib.sha256(b"kind=overlay\0")
+    _hash_tree(digest, overlay_dir)
+    return digest.hexdigest()[:16]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overlay", type=Path, help="the overlay directory (root/ and overlay.toml)")
+    parser.add_argument(
+        "--output", required=True, type=Path, help="the vmoverride tarball to write (.tar.gz)"
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    if not args.overlay.is_dir():
+        raise StageError(f"{args.overlay}: overlay directory does not exist")
+    manifest = write_overlay_tarball(args.overlay, args.output)
+    checksum = file_sha512(args.output)
+    args.output.with_name(args.output.name + ".sha512").write_bytes(sha512_line(checksum, args.output.name))
+    key = overlay_input_key(args.overlay)
+    progress(
+        f"wrote {args.output} ({args.output.stat().st_size} bytes, {len(manifest.symlinks)} symlinks, "
+        f"{len(manifest.passwords)} password edits), input key {key}"
+    )
+    report(overlay_path=str(args.output), overlay_sha512=checksum, overlay_input_key=key)

@@ -1,0 +1,72 @@
+"""Running the system tools a stage drives (tar, make, mkfs, qemu...) with failures a user can read."""
+
+import collections
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from gentoo_farm.workers.toolkit import StageError, progress
+
+# How much of a failed tool's output the error message carries: enough for a compiler error
+# with its context, short enough for a status line to stay readable in the log.
+ERROR_TAIL_LINES = 25
+
+
+def run_tool(
+    command: Sequence[str | Path],
+    *,
+    what: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stream: bool = False,
+) -> str:
+    """Run ``command``; return its output, or raise :class:`StageError` naming ``what`` failed and why.
+
+    With ``stream`` every output line is printed as it comes (a long build's log streams into the
+    step); otherwise the output is captured and only shown when the tool fails.
+    """
+    argv = [str(part) for part in command]
+    full_env = {**os.environ, **env} if env is not None else None
+    try:
+        process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+    except FileNotFoundError as error:
+        raise StageError(f"{what}: {argv[0]} is not installed on this worker") from error
+    assert process.stdout is not None
+    kept: collections.deque[str] | list[str] = (
+        collections.deque(maxlen=ERROR_TAIL_LINES * 40) if stream else []
+    )
+    for line in process.stdout:
+        if stream:
+            progress(line.rstrip("\n"))
+        kept.append(line)
+    returncode = process.wait()
+    output = "".join(kept)
+    if returncode != 0:
+        raise StageError(f"{what} failed ({argv[0]} exited with status {returncode}):\n{tail(output)}")
+    return output
+
+
+def tail(output: str, lines: int = ERROR_TAIL_LINES) -> str:
+    return "\n".join(output.rstrip("\n").splitlines()[-lines:])
+
+
+def require_directory(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise StageError(f"{path}: {what} does not exist or is not a directory")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise StageError(f"{path}: {what} does not exist or is not a file")
+    return path
