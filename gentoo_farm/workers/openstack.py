@@ -524,7 +524,12 @@ class OpenStackOrphanReaper(service.BuildbotService):
     With ``multiMaster``, each master only reaps servers of the worker names it runs.
     """
 
-    def checkConfig(self, cloud: str, farm_id: str, interval: float = 300, name: str | None = None) -> None:
+    def __init__(self, cloud: str, farm_id: str, interval: float = 300, name: str | None = None) -> None:
+        self._loop: task.LoopingCall | None = None
+        self._cloud_connection: openstack.connection.Connection | None = None
+        super().__init__(cloud, farm_id, interval, name=name or f"openstack-orphan-reaper-{cloud}-{farm_id}")
+
+    def checkConfig(self, cloud: str, farm_id: str, interval: float = 300) -> None:
         if not isinstance(cloud, str) or not cloud:
             config.error(f"OpenStack orphan reaper: cloud must be a clouds.yaml name, got {cloud!r}")
         if not isinstance(farm_id, str) or not _FARM_ID.match(farm_id):
@@ -535,17 +540,16 @@ class OpenStackOrphanReaper(service.BuildbotService):
             config.error(
                 f"OpenStack orphan reaper: interval must be a positive number of seconds, got {interval!r}"
             )
-        super().checkConfig(name=name or f"openstack-orphan-reaper-{cloud}-{farm_id}")
 
-    def reconfigService(self, cloud: str, farm_id: str, interval: float = 300, name: str | None = None):
+    def reconfigService(self, cloud: str, farm_id: str, interval: float = 300) -> None:
+        if cloud != getattr(self, "cloud", cloud):
+            self._cloud_connection = None
         self.cloud = cloud
         self.farm_id = farm_id
         self.interval = interval
-        self._cloud_connection: openstack.connection.Connection | None = None
-        if getattr(self, "_loop", None) is not None and self._loop.running:
+        if self._loop is not None and self._loop.running:
             self._loop.stop()
             self._start_loop()
-        return super().reconfigService(name=name or f"openstack-orphan-reaper-{cloud}-{farm_id}")
 
     def _start_loop(self) -> None:
         self._loop = task.LoopingCall(self._sweep_logging_errors)
@@ -559,9 +563,9 @@ class OpenStackOrphanReaper(service.BuildbotService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        if self._loop.running:
+        if self._loop is not None and self._loop.running:
             self._loop.stop()
-        yield self._loop_done
+            yield self._loop_done
         yield super().stopService()
 
     def _sweep_logging_errors(self) -> defer.Deferred[None]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from services.keystone import Keystone, free_port
+from tests.services.keystone import Keystone, free_port
 
 API_VERSION = "2.1"
 TOKEN_CACHE_SECONDS = 60.0

@@ -1,0 +1,480 @@
+"""OpenStack latent workers end to end: a real Buildbot master (a subprocess), real Keystone and
+Glance, the Compute stand-in whose "VMs" run the production user-data, real buildbot-worker processes.
+
+The master runs three workers os-1..os-3 (``openstack_worker_pool("os", 3, ...)``) and the orphan
+reaper; one master serves the whole module (the SIGKILL test restarts it, so it comes last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openstack
+import pytest
+from buildbot.config.errors import capture_config_errors
+
+from gentoo_farm.workers.openstack import OpenStackLatentWorker, openstack_worker_pool
+from tests.services.compute import ComputeStandIn
+from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
+from tests.services.keystone import Keystone, free_port, keystone  # noqa: F401  (session fixture)
+
+VENV_BIN = Path(sys.executable).parent
+FARM_ID = "farm-test-7f3a"
+CLOUD = "farmcloud"
+AWS_ACCESS_KEY = "AKIAFARMLEAKCHECK0001"
+AWS_SECRET_KEY = "farm-aws-secret-leak-check-9d2c1b"
+BINHOST_URL = "http://127.0.0.1:1/binpkgs/default/linux/amd64/23.0"
+MIRROR_URL = "http://127.0.0.1:1/distfiles"
+MAX_START_ATTEMPTS = 2
+BOOT_TIMEOUT = 6
+CONNECT_TIMEOUT = 20
+RESULTS = {
+    0: "success",
+    1: "warnings",
+    2: "failure",
+    3: "skipped",
+    4: "exception",
+    5: "retry",
+    6: "cancelled",
+}
+
+MASTER_CFG = """\
+from buildbot.plugins import schedulers, steps, util
+
+from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.workers.openstack import OpenStackOrphanReaper, openstack_worker_pool
+
+c = BuildmasterConfig = {{}}
+c["buildbotNetUsageData"] = None
+c["collapseRequests"] = False
+c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
+c["protocols"] = {{"pb": {{"port": "tcp:{pb_port}:interface=127.0.0.1"}}}}
+c["www"] = {{"port": "tcp:{www_port}:interface=127.0.0.1", "plugins": {{}}}}
+c["workers"] = openstack_worker_pool(
+    "os",
+    3,
+    cloud={cloud!r},
+    flavor="m1.small",
+    image="farm-latest",
+    farm_id={farm_id!r},
+    master_address="127.0.0.1:{pb_port}",
+    binhost_url={binhost!r},
+    distfile_mirror_url={mirror!r},
+    install_spec="gentoo-farm==0.1.0",
+    security_groups=["default"],
+    boot_timeout={boot_timeout},
+    connect_timeout={connect_timeout},
+    max_start_attempts={max_start_attempts},
+    poll_interval=0.5,
+    check_instance_interval=1,
+    build_wait_timeout=0,
+)
+c["services"] = [OpenStackOrphanReaper(cloud={cloud!r}, farm_id={farm_id!r}, interval=5)]
+
+quick = util.BuildFactory()
+quick.addStep(FarmWorkerStep("stamp", ["--builder", "quick", "--input-key", "k1", "--output", "stamp.json"]))
+quick.addStep(steps.ShellCommand(command=["sleep", "1"]))
+long = util.BuildFactory()
+long.addStep(steps.ShellCommand(command=["sleep", "600"]))
+workers = [worker.name for worker in c["workers"]]
+c["builders"] = [
+    util.BuilderConfig(name="quick", workernames=workers, factory=quick),
+    util.BuilderConfig(name="long", workernames=workers, factory=long),
+]
+c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["quick", "long"])]
+"""
+
+
+class Master:
+    """``buildbot start --nodaemon`` in a subprocess, driven over its REST API."""
+
+    def __init__(self, basedir: Path, env: dict[str, str]) -> None:
+        self.basedir = basedir
+        self.env = env
+        self.pb_port = free_port()
+        self.www_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def create(self) -> None:
+        subprocess.run(
+            [str(VENV_BIN / "buildbot"), "create-master", "--quiet", "-r", str(self.basedir)],
+            check=True,
+            env=self.env,
+            timeout=120,
+        )
+        (self.basedir / "master.cfg").write_text(
+            MASTER_CFG.format(
+                pb_port=self.pb_port,
+                www_port=self.www_port,
+                cloud=CLOUD,
+                farm_id=FARM_ID,
+                binhost=BINHOST_URL,
+                mirror=MIRROR_URL,
+                boot_timeout=BOOT_TIMEOUT,
+                connect_timeout=CONNECT_TIMEOUT,
+                max_start_attempts=MAX_START_ATTEMPTS,
+            )
+        )
+
+    def start(self, timeout: float = 90) -> None:
+        with (self.basedir / "stdout.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(VENV_BIN / "buildbot"), "start", "--nodaemon", str(self.basedir)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"master exited {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if len(self.get("workers")["workers"]) == 3:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"master not up after {timeout} s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.process = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        log = self.basedir / "twistd.log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+    def get(self, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.www_port}/api/v2/{path}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.load(response)
+
+    def raw(self, path: str) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.www_port}/api/v2/{path}", timeout=30
+        ) as response:
+            return response.read().decode(errors="replace")
+
+    def force(self, builder: str) -> int:
+        """Force a build on ``builder``; returns its build request id."""
+        body = {"jsonrpc": "2.0", "method": "force", "id": 1, "params": {"builderNames": [builder]}}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.www_port}/api/v2/forceschedulers/force",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            result = json.load(response)["result"]
+        return int(next(iter(result[1].values())))
+
+    def wait_request(self, brid: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            request = self.get(f"buildrequests/{brid}")["buildrequests"][0]
+            if request["complete"]:
+                return request
+            time.sleep(0.5)
+        raise AssertionError(f"build request {brid} not complete after {timeout} s:\n{self.log_tail()}")
+
+    def builds(self, brid: int) -> list[dict[str, Any]]:
+        return self.get(f"builds?buildrequestid={brid}&order=buildid")["builds"]
+
+    def preparation_log(self, buildid: int) -> str:
+        """What the UI shows for the worker preparation step of a build (all its logs)."""
+        steps = self.get(f"builds/{buildid}/steps")["steps"]
+        step = next(s for s in steps if s["name"] == "worker_preparation")
+        logs = self.get(f"steps/{step['stepid']}/logs")["logs"]
+        return "\n".join(self.raw(f"logs/{log['logid']}/raw") for log in logs)
+
+    def properties(self, buildid: int) -> dict[str, Any]:
+        return self.get(f"builds/{buildid}/properties")["properties"][0]
+
+
+@dataclass
+class Farm:
+    compute: ComputeStandIn
+    master: Master
+    keystone: Keystone
+    cloud: openstack.connection.Connection
+    image_ids: dict[str, str]
+
+    def wait_no_servers(self, timeout: float = 60) -> None:
+        self.compute.wait_for(lambda: not self.compute.servers, timeout, "every server to be deleted")
+
+    def secrets(self) -> list[str]:
+        return [AWS_ACCESS_KEY, AWS_SECRET_KEY, *self.keystone.passwords.values()]
+
+
+def _upload_image(cloud: openstack.connection.Connection, workdir: Path, name: str, farm_id: str) -> str:
+    disk = workdir / f"{name}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1M"], check=True)
+    with disk.open("rb") as data:
+        image = cloud.image.create_image(
+            name=name, disk_format="qcow2", container_format="bare", data=data, farm_id=farm_id
+        )
+    cloud.image.wait_for_status(image, status="active", wait=60, interval=0.5)
+    return image.id
+
+
+def _prepare_vm(vm_dir: Path) -> None:
+    # the "image" carries the worker already (as images this farm builds for itself do)
+    (vm_dir / "home" / "venv").symlink_to(sys.prefix)
+
+
+@pytest.fixture(scope="module")
+def farm(keystone: Keystone, glance: Glance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:  # noqa: F811
+    workdir = tmp_path_factory.mktemp("openstack-farm")
+    compute = ComputeStandIn(keystone, workdir / "compute", glance_url=glance.url, prepare_vm=_prepare_vm)
+    compute.start()
+    keystone.register_service("compute", "nova", compute.url)
+    clouds = keystone.write_clouds_yaml(workdir / "clouds.yaml", cloud=CLOUD, username="demo")
+    os.environ["OS_CLIENT_CONFIG_FILE"] = str(clouds)
+    cloud = openstack.connect(cloud=CLOUD)
+    image_ids = {
+        "other-farm": _upload_image(cloud, workdir, "gentoo-other-farm", "someone-else"),
+        "older": _upload_image(cloud, workdir, "gentoo-20261101-amd64", FARM_ID),
+    }
+    time.sleep(1.1)  # Glance's created_at has one-second resolution
+    image_ids["newest"] = _upload_image(cloud, workdir, "gentoo-20261125-amd64", FARM_ID)
+    env = {
+        **os.environ,
+        "OS_CLIENT_CONFIG_FILE": str(clouds),
+        "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET_KEY,
+    }
+    master = Master(workdir / "master", env)
+    master.create()
+    master.start()
+    try:
+        yield Farm(compute, master, keystone, cloud, image_ids)
+    finally:
+        master.stop()
+        compute.stop()
+
+
+@pytest.fixture
+def stand_in(farm: Farm) -> Iterator[ComputeStandIn]:
+    farm.wait_no_servers()
+    farm.compute.reset()
+    yield farm.compute
+    farm.compute.boot_faults.clear()
+    farm.compute.create_errors.clear()
+
+
+def test_build_runs_on_a_fresh_server_that_is_deleted_after(farm: Farm, stand_in: ComputeStandIn) -> None:
+    brid = farm.master.force("quick")
+    request = farm.master.wait_request(brid, timeout=120)
+    builds = farm.master.builds(brid)
+    assert RESULTS[request["results"]] == "success", [b["state_string"] for b in builds]
+    build = builds[-1]
+    assert build["state_string"] == "build successful"
+    farm.wait_no_servers()
+
+    (server,) = stand_in.deleted.values()
+    # the newest image this farm published, not the older one nor another farm's
+    assert server.image_id == farm.image_ids["newest"]
+    worker_name = farm.master.get(f"workers/{build['workerid']}")["workers"][0]["name"]
+    assert server.metadata["gentoo_farm_id"] == FARM_ID
+    assert server.metadata["gentoo_farm_worker"] == worker_name
+    assert server.request["security_groups"] == [{"name": "default"}]
+    # the toolkit ran on the VM and reported back through FarmWorkerStep
+    properties = farm.master.properties(build["buildid"])
+    assert properties["stamp_path"][0] == "stamp.json"
+    assert server.vm_dir is not None
+    assert (server.vm_dir / "home" / "worker" / "quick" / "build" / "stamp.json").is_file()
+    # the VM's Portage points at the farm binhost and distfile mirror
+    portage = server.vm_dir / "root" / "etc" / "portage"
+    binrepo = (portage / "binrepos.conf" / "gentoo-farm.conf").read_text()
+    assert f"sync-uri = {BINHOST_URL}" in binrepo
+    assert f'GENTOO_MIRRORS="{MIRROR_URL} ${{GENTOO_MIRRORS}}"' in (portage / "make.conf").read_text()
+
+    # no S3 or cloud credential reached the cloud API (user-data included) or the build properties
+    recorded = "\n".join(
+        r.body.decode(errors="replace") + json.dumps(r.headers) for r in stand_in.requests
+    ) + (server.user_data or "")
+    tokens = {r.headers.get("X-Auth-Token") for r in stand_in.requests} - {None}
+    bodies = "\n".join(r.body.decode(errors="replace") for r in stand_in.requests) + (server.user_data or "")
+    for secret in farm.secrets():
+        assert secret not in recorded
+    for token in tokens:
+        assert token not in bodies
+    assert not any(secret in json.dumps(properties) for secret in [*farm.secrets(), *tokens])
+
+
+def _request_with_fault(farm: Farm, stand_in: ComputeStandIn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    brid = farm.master.force("quick")
+    request = farm.master.wait_request(brid, timeout=240)
+    return request, farm.master.builds(brid)
+
+
+FAULTS = {
+    "error": ("boot", "went to ERROR: No valid host was found"),
+    "never-active": ("boot", f"not ACTIVE after {BOOT_TIMEOUT} s (status BUILD)"),
+    "no-boot": ("boot", f"did not connect within {CONNECT_TIMEOUT} s; console: Booting from Hard Disk..."),
+    "quota-413": (
+        (413, "Quota exceeded for instances: Requested 1, but already used 9 of 9 instances"),
+        "quota exceeded (HTTP 413)",
+    ),
+    "quota-403": (
+        (403, "Quota exceeded for cores: Requested 4, but already used 40 of 40 cores"),
+        "quota exceeded (HTTP 403)",
+    ),
+    "api-500": (
+        (500, "Unexpected API Error. Please report this at http://bugs.launchpad.net/nova/"),
+        "API error (HTTP 500)",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_is_retried_on_a_new_instance_and_nothing_is_left(
+    farm: Farm, stand_in: ComputeStandIn, fault: str
+) -> None:
+    how, reason = FAULTS[fault]
+    if how == "boot":
+        stand_in.boot_faults.append(fault)
+    else:
+        stand_in.create_errors.append(how)
+    request, builds = _request_with_fault(farm, stand_in)
+
+    assert RESULTS[request["results"]] == "success", [b["state_string"] for b in builds]
+    first, *_, last = builds
+    assert RESULTS[first["results"]] == "retry"
+    assert first["state_string"] == "worker not available"
+    assert reason in farm.master.preparation_log(first["buildid"])
+    assert RESULTS[last["results"]] == "success"
+    farm.wait_no_servers()
+    if how == "boot":
+        faulty = [s for s in stand_in.deleted.values() if s.boot_fault == fault]
+        assert len(faulty) == 1
+
+
+@pytest.mark.slow
+def test_a_request_gives_up_after_bounded_attempts_with_the_reason(
+    farm: Farm, stand_in: ComputeStandIn
+) -> None:
+    stand_in.boot_faults.extend(["error"] * (MAX_START_ATTEMPTS + 1))
+    request, builds = _request_with_fault(farm, stand_in)
+
+    assert RESULTS[request["results"]] == "exception"
+    assert [RESULTS[b["results"]] for b in builds] == ["retry"] * MAX_START_ATTEMPTS + ["exception"]
+    final_log = farm.master.preparation_log(builds[-1]["buildid"])
+    assert f"gave up after {MAX_START_ATTEMPTS} failed instance starts" in final_log
+    assert "went to ERROR: No valid host was found" in final_log
+    farm.wait_no_servers()
+    assert len(stand_in.deleted) == MAX_START_ATTEMPTS
+
+
+def test_a_configuration_error_fails_the_build_at_once(farm: Farm, stand_in: ComputeStandIn) -> None:
+    stand_in.create_errors.append((400, "Invalid key_name provided."))
+    request, builds = _request_with_fault(farm, stand_in)
+
+    assert RESULTS[request["results"]] == "exception"
+    assert len(builds) == 1
+    assert "rejected (HTTP 400): Invalid key_name provided." in farm.master.preparation_log(
+        builds[0]["buildid"]
+    )
+    assert not stand_in.servers and not stand_in.deleted
+
+
+@pytest.mark.slow
+def test_ten_builds_never_run_more_than_three_servers(farm: Farm, stand_in: ComputeStandIn) -> None:
+    brids = [farm.master.force("quick") for _ in range(10)]
+    results = [farm.master.wait_request(brid, timeout=600)["results"] for brid in brids]
+
+    assert [RESULTS[r] for r in results] == ["success"] * 10
+    farm.wait_no_servers()
+    assert stand_in.peak_servers == 3
+    assert len(stand_in.deleted) == 10
+    # one-time passwords: every instance got its own
+    passwords = {
+        re.search(r'"\$basedir" \S+ \S+ (\S+)', server.user_data).group(1)
+        for server in stand_in.deleted.values()
+        if server.user_data
+    }
+    assert len(passwords) == 10
+
+
+@pytest.mark.slow
+def test_master_killed_mid_build_orphan_is_reaped_untagged_server_untouched(
+    farm: Farm, stand_in: ComputeStandIn
+) -> None:
+    brid = farm.master.force("long")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+        b["state_string"] == "building" or "sleep" in b["state_string"] for b in farm.master.builds(brid)
+    ):
+        time.sleep(0.5)
+    (orphan,) = stand_in.servers.values()
+    flavor = farm.cloud.compute.find_flavor("m1.small")
+    untagged = farm.cloud.compute.create_server(
+        name="someone-elses-server",
+        flavor_id=flavor.id,
+        image_id=farm.image_ids["other-farm"],
+        networks="auto",
+    )
+
+    farm.master.kill()
+    time.sleep(1)
+    assert orphan.id in stand_in.servers, "the server outlives a killed master"
+    farm.master.start()
+
+    stand_in.wait_for(lambda: orphan.id in stand_in.deleted, 60, "the orphan to be reaped")
+    assert untagged.id in stand_in.servers
+    assert "deleting orphan server" in farm.master.log_tail(400)
+    stand_in.delete_server(stand_in.servers[untagged.id].project_id, untagged.id)
+    farm.master.stop()
+    farm.wait_no_servers()
+
+
+def test_bad_worker_configuration_is_reported_naming_the_key() -> None:
+    good = {
+        "cloud": CLOUD,
+        "flavor": "m1.small",
+        "image": "farm-latest",
+        "farm_id": FARM_ID,
+        "master_address": "10.0.0.1:9989",
+        "binhost_url": BINHOST_URL,
+        "distfile_mirror_url": MIRROR_URL,
+        "install_spec": "gentoo-farm==0.1.0",
+    }
+    bad = {
+        "master_address": ("nohost", "'os-1': master_address 'nohost': expected host:port"),
+        "farm_id": ("my farm", "'os-1': farm_id 'my farm' must be 1-64 letters"),
+        "boot_timeout": (0, "'os-1': boot_timeout must be a positive number of seconds, got 0"),
+        "volume_size": (2.5, "'os-1': volume_size must be a whole number of GiB >= 1, got 2.5"),
+        "binhost_url": ("ftp:/x", "'os-1': binhost_url 'ftp:/x': expected an http(s):// or file:// URL"),
+    }
+    for key, (value, message) in bad.items():
+        with capture_config_errors() as errors:
+            OpenStackLatentWorker("os-1", **{**good, key: value})
+        assert any(message in error for error in errors.errors), (key, errors.errors)
+    with capture_config_errors() as errors:
+        assert len(openstack_worker_pool("os", 3, **good)) == 3
+    assert not errors.errors
