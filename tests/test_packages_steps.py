@@ -1,0 +1,195 @@
+"""The package steps: each runs its ``farm-worker`` stage with rendered arguments and reports back."""
+
+import json
+
+from gentoo_farm.steps.packages import EmergePackages, FetchRelease, UnpackBuildRoot
+from gentoo_farm.workers.toolkit import RESULT_MARKER
+
+# isort: split
+# Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.
+from buildbot.process.properties import Interpolate, Property
+from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.steps import ExpectShell, TestBuildStepMixin
+from twisted.trial import unittest
+
+
+def result_line(**values: object) -> str:
+    return RESULT_MARKER + json.dumps(values) + "\n"
+
+
+class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    def setUp(self):
+        self.setup_test_reactor()
+        return self.setup_test_build_step()
+
+    async def test_reports_the_release_as_properties(self):
+        self.setup_step(FetchRelease(Property("upstream"), "/etc/farm/gentoo-release.asc", "downloads"))
+        self.build.setProperty("upstream", "http://mirror.test", "test")
+        self.expect_commands(
+            ExpectShell(
+                workdir="wkdir",
+                command=[
+                    "farm-worker",
+                    "fetch",
+                    "--mirror",
+                    "http://mirror.test",
+                    "--release-key",
+                    "/etc/farm/gentoo-release.asc",
+                    "--dest",
+                    "downloads",
+                    "--arch",
+                    "amd64",
+                    "--variant",
+                    "amd64-openrc",
+                    "--snapshot",
+                    "latest",
+                ],
+            )
+            .stdout(
+                "stage3-amd64-openrc-20261122T170403Z.tar.xz: 100% (0.8 of 0.8 MiB)\n"
+                + result_line(stage3_timestamp="20261122T170403Z", snapshot_date="20261124")
+            )
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS)
+        self.expect_property("stage3_timestamp", "20261122T170403Z")
+        self.expect_property("snapshot_date", "20261124")
+        await self.run_step()
+
+    async def test_bad_signature_is_the_status_text(self):
+        self.setup_step(FetchRelease("http://mirror.test", "key.asc", "downloads"))
+        message = (
+            "stage3-amd64-openrc-20261122T170403Z.tar.xz: BAD signature "
+            "(stage3-amd64-openrc-20261122T170403Z.tar.xz.asc does not match: "
+            "the file was altered or corrupted)"
+        )
+        self.expect_commands(
+            ExpectShell(
+                workdir="wkdir",
+                command=[
+                    "farm-worker",
+                    "fetch",
+                    "--mirror",
+                    "http://mirror.test",
+                    "--release-key",
+                    "key.asc",
+                    "--dest",
+                    "downloads",
+                    "--arch",
+                    "amd64",
+                    "--variant",
+                    "amd64-openrc",
+                    "--snapshot",
+                    "latest",
+                ],
+            )
+            .stderr(f"farm-worker fetch: error: {message}\n")
+            .exit(1)
+        )
+        self.expect_outcome(FAILURE, f"fetch-release: {message}")
+        await self.run_step()
+
+
+class TestUnpackBuildRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    def setUp(self):
+        self.setup_test_reactor()
+        return self.setup_test_build_step()
+
+    async def test_unpacks_what_fetch_reported(self):
+        self.setup_step(
+            UnpackBuildRoot(
+                Property("stage3_path"), Property("snapshot_path"), Interpolate("%(prop:builddir)s/root")
+            )
+        )
+        self.build.setProperty("stage3_path", "/dl/stage3.tar.xz", "test")
+        self.build.setProperty("snapshot_path", "/dl/portage-20261124.tar.xz", "test")
+        self.build.setProperty("builddir", "/builds/image", "test")
+        self.expect_commands(
+            ExpectShell(
+                workdir="wkdir",
+                command=[
+                    "farm-worker",
+                    "chroot",
+                    "--stage3",
+                    "/dl/stage3.tar.xz",
+                    "--snapshot",
+                    "/dl/portage-20261124.tar.xz",
+                    "--root",
+                    "/builds/image/root",
+                ],
+            )
+            .stdout(result_line(build_root="/builds/image/root"))
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS)
+        self.expect_property("build_root", "/builds/image/root")
+        await self.run_step()
+
+
+class TestEmergePackages(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    def setUp(self):
+        self.setup_test_reactor()
+        return self.setup_test_build_step()
+
+    def emerge_command(self, *tail: str) -> list[str]:
+        return [
+            "farm-worker", "emerge", "--root", "root", "--pkgdir", "pkgs", "--distdir", "distfiles",
+            "--workdir", "work", *tail,
+        ]  # fmt: skip
+
+    async def test_binhost_mirrors_and_set_become_arguments(self):
+        self.setup_step(
+            EmergePackages(
+                Property("package_set"),
+                "root",
+                "pkgs",
+                "distfiles",
+                "work",
+                profile="default/linux/amd64/farm",
+                binhost="http://store.test/binpkgs/default/linux/amd64/farm",
+                distfile_mirror="http://store.test",
+                upstream_mirrors=["http://a.test", "http://b.test"],
+            )
+        )
+        self.build.setProperty("package_set", ["app-misc/farm-hello", "app-misc/farm-tools"], "test")
+        self.expect_commands(
+            ExpectShell(
+                workdir="wkdir",
+                command=self.emerge_command(
+                    "--profile",
+                    "default/linux/amd64/farm",
+                    "--binhost",
+                    "http://store.test/binpkgs/default/linux/amd64/farm",
+                    "--distfile-mirror",
+                    "http://store.test",
+                    "--upstream-mirror",
+                    "http://a.test",
+                    "--upstream-mirror",
+                    "http://b.test",
+                    "--",
+                    "app-misc/farm-hello",
+                    "app-misc/farm-tools",
+                ),
+            )
+            .stdout(
+                ">>> Emerging binary (1 of 1) app-misc/farm-hello-1.0::gentoo for /root/\n"
+                + result_line(packages_compiled=[], packages_binary=["app-misc/farm-hello-1.0"])
+            )
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS)
+        self.expect_property("packages_compiled", [])
+        self.expect_property("packages_binary", ["app-misc/farm-hello-1.0"])
+        await self.run_step()
+
+    async def test_cold_build_without_binhost_and_compile_failure(self):
+        self.setup_step(EmergePackages("app-misc/farm-hello", "root", "pkgs", "distfiles", "work"))
+        message = "emerge app-misc/farm-hello: dev-libs/farm-core-1.0 failed in its compile phase"
+        self.expect_commands(
+            ExpectShell(workdir="wkdir", command=self.emerge_command("--", "app-misc/farm-hello"))
+            .stderr(f"farm-worker emerge: error: {message} (see the log above)\n")
+            .exit(1)
+        )
+        self.expect_outcome(FAILURE, f"emerge: {message} (see the log above)")
+        await self.run_step()
