@@ -31,8 +31,16 @@ from gentoo_farm.master.glance import (
 )
 from gentoo_farm.master.store.local import LocalStore
 from gentoo_farm.master.store.sets import publish_files
+from gentoo_farm.steps.glance import PublishToGlance
 from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
+
+# isort: split
+# Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.steps import TestBuildStepMixin
+from twisted.trial import unittest
 
 CLOUD = "farm-test"
 
@@ -202,7 +210,7 @@ def test_failed_import_is_noticed(store, tmp_path, farm_id, conn):
     missing = replace(upload, url=upload.url + ".gone")
 
     with pytest.raises(GlancePublishError, match=r"the import of gentoo-20261129-amd64 \(.*\) failed"):
-        publish_image(missing, target(), poll_interval=0.2)
+        publish_image(missing, target(), poll_interval=0.2, active_timeout=60)
 
     assert not farm_images(conn, farm_id)
 
@@ -275,3 +283,81 @@ def test_glance_down_is_a_clear_error(glance, store, tmp_path, farm_id, conn):  
         publish_image(upload, target())
 
     assert publish_image(upload, target()).method == "web-download"
+
+
+class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    """The master-side step, with the real Glance (the test reactor runs deferToThread inline)."""
+
+    @pytest.fixture(autouse=True)
+    def services(self, glance, store, tmp_path, farm_id, clouds_yaml):  # noqa: F811
+        self.glance = glance
+        self.store = store
+        self.tmp_path = tmp_path
+        self.farm_id = farm_id
+
+    def setUp(self):
+        self.setup_test_reactor()
+        return self.setup_test_build_step()
+
+    def publish(self, day: date) -> str:
+        upload = publish_to_store(self.store, self.tmp_path, self.farm_id, image_name(day))
+        return upload_key(self.store, upload).split("/")[1]
+
+    def step(self, set_id: str, *targets: GlanceTarget) -> PublishToGlance:
+        return self.setup_step(
+            PublishToGlance(self.store, list(targets) or [target()], self.farm_id, set_id=set_id)
+        )
+
+    async def test_publishes_to_every_target(self):
+        set_id = self.publish(date(2026, 12, 10))
+        self.step(set_id, target(), target(use_import=False, keep=1))
+        self.expect_outcome(SUCCESS)
+        await self.run_step()
+
+        images = self.get_nth_step(0).getProperty("glance_images")
+        assert list(images) == [CLOUD]
+        summary = self.get_nth_step(0).getResultSummary()["step"]
+        assert summary.startswith(f"glance: {CLOUD}: gentoo-20261210-amd64 web-download (")
+        assert f"; {CLOUD}: gentoo-20261210-amd64 already published ({images[CLOUD]})" in summary
+
+    async def test_glance_down_warns_and_keeps_the_store(self):
+        set_id = self.publish(date(2026, 12, 11))
+        self.step(set_id)
+        self.expect_outcome(WARNINGS)
+        with self.glance.down():
+            await self.run_step()
+
+        summary = self.get_nth_step(0).getResultSummary()["step"]
+        assert f"Glance at {self.glance.url}" in summary
+        assert (
+            "is unreachable: Connection refused (not published there; the image is in the store)" in summary
+        )
+        assert self.get_nth_step(0).getProperty("glance_images") == {}
+        assert find_image(self.store, set_id) is not None
+
+    async def test_failed_import_fails_the_step(self):
+        set_id = self.publish(date(2026, 12, 12))
+        manifest = f"images/{set_id}/manifest.json"
+        # Glance fetches the URL the catalog gives; take the disk away from under it.
+        self.store.delete(
+            [
+                key
+                for key in (info.key for info in self.store.list(f"images/{set_id}/"))
+                if key.endswith(".qcow2")
+            ]
+        )
+        assert self.store.exists(manifest)
+        self.step(set_id)
+        self.expect_outcome(FAILURE)
+        await self.run_step()
+
+        summary = self.get_nth_step(0).getResultSummary()["step"]
+        assert "the import of gentoo-20261212-amd64" in summary and "failed in store fs" in summary
+
+    async def test_unknown_image_set_fails_clearly(self):
+        self.step("20990101T000000Z-nothing")
+        self.expect_outcome(FAILURE)
+        await self.run_step()
+        assert self.get_nth_step(0).getResultSummary() == {
+            "step": f"glance: no published image '20990101T000000Z-nothing' in {self.store.location}"
+        }

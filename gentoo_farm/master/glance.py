@@ -171,7 +171,9 @@ def _api_errors(cloud: str, doing: str) -> Iterator[None]:
     except GlancePublishError:
         raise
     except (ks_exceptions.ConnectionError, ks_exceptions.DiscoveryFailure) as error:
-        raise GlanceUnavailable(f"cloud {cloud!r}: cannot reach the cloud while {doing}: {error}") from error
+        raise GlanceUnavailable(
+            f"cloud {cloud!r}: cannot reach the cloud while {doing}: {_connection_problem(error)}"
+        ) from error
     except ks_exceptions.HttpError as error:
         if error.http_status is not None and error.http_status >= 500:
             raise GlanceUnavailable(f"cloud {cloud!r}: {doing}: the cloud answered {error}") from error
@@ -224,7 +226,9 @@ def check_reachable(conn: openstack.connection.Connection, cloud: str) -> None:
     try:
         response = conn.session.get(endpoint, authenticated=False, raise_exc=False, timeout=30)
     except ks_exceptions.ConnectionError as error:
-        raise GlanceUnavailable(f"cloud {cloud!r}: Glance at {endpoint} is unreachable: {error}") from error
+        raise GlanceUnavailable(
+            f"cloud {cloud!r}: Glance at {endpoint} is unreachable: {_connection_problem(error)}"
+        ) from error
     if response.status_code >= 500:
         raise GlanceUnavailable(f"cloud {cloud!r}: Glance at {endpoint} answered HTTP {response.status_code}")
 
@@ -446,6 +450,12 @@ class _TargetPublisher:
                 f"cloud {self.cloud!r}: {image.name} ({image.id}) arrived corrupted: Glance's sha512 "
                 f"{(image.hash_value or '')[:16]}... != ours {expected_sha512[:16]}..."
             )
+
+
+def _connection_problem(error: Exception) -> str:
+    """``Connection refused`` rather than three nested exception reprs, when the OS said why."""
+    reasons = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(error))
+    return reasons[-1].strip() if reasons else str(error)
 
 
 def _without_query(url: str) -> str:
