@@ -1,0 +1,135 @@
+"""The "Images" dashboard: the Flask app against a real store (local store server, and S3 on moto)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+from flask import Flask
+
+from gentoo_farm.master.images_page import images_dashboard
+from gentoo_farm.master.store import ArtifactStore
+from gentoo_farm.master.store.local import LocalStore
+from gentoo_farm.master.store.sets import PublishedSet, publish_files
+from tests.services.s3 import s3_server, s3_settings  # noqa: F401
+from tests.services.store import any_settings, any_store, local_settings  # noqa: F401
+
+
+class PageParser(HTMLParser):
+    """Rows, links and manifests of the page, as a browser would find them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[str] = []
+        self.latest: list[str] = []
+        self.downloads: list[str] = []
+        self.manifests: list[str] = []
+        self.pre_blocks: list[str] = []
+        self._in_pre = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        classes = (attributes.get("class") or "").split()
+        if tag == "tr" and "farm-image" in classes:
+            self.rows.append(attributes["data-name"] or "")
+        if tag == "span" and "badge" in classes:
+            self.latest.append(self.rows[-1])
+        if tag == "a" and "farm-download" in classes:
+            self.downloads.append(attributes["href"] or "")
+        if tag == "a" and "farm-manifest" in classes:
+            self.manifests.append(attributes["href"] or "")
+        if tag == "pre":
+            self._in_pre = True
+            self.pre_blocks.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "pre":
+            self._in_pre = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_pre:
+            self.pre_blocks[-1] += data
+
+
+def app_of(store: ArtifactStore) -> Flask:
+    entry = images_dashboard(store)
+    assert (entry["name"], entry["caption"]) == ("images", "Images")
+    return entry["app"]
+
+
+def get_page(store: ArtifactStore, status: int = 200) -> tuple[str, PageParser]:
+    response = app_of(store).test_client().get("/index.html")
+    assert response.status_code == status
+    body = response.get_data(as_text=True)
+    parser = PageParser()
+    parser.feed(body)
+    return body, parser
+
+
+def publish_image(store: ArtifactStore, tmp_path: Path, name: str, kernel: str) -> PublishedSet:
+    disk = tmp_path / f"{hashlib.sha256(name.encode()).hexdigest()[:12]}.qcow2"
+    disk.write_bytes(hashlib.sha512(name.encode()).digest() * 4096)
+    return publish_files(
+        store,
+        "images",
+        hashlib.sha256(name.encode()).hexdigest(),
+        {disk.name: disk},
+        metadata={"name": name, "kernel": kernel, "build_id": "image/7"},
+        sources={"kernel": "20261124T100000Z-kernelkey"},
+    )
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+def test_page_lists_images_with_working_links(any_store: ArtifactStore, tmp_path: Path) -> None:  # noqa: F811
+    older = publish_image(any_store, tmp_path, "gentoo-20261124-amd64", "6.12.0-gentoo")
+    newer = publish_image(any_store, tmp_path, "gentoo-20261125-amd64", "6.12.1-gentoo")
+
+    body, page = get_page(any_store)
+
+    assert page.rows == ["gentoo-20261125-amd64", "gentoo-20261124-amd64"]
+    assert page.latest == ["gentoo-20261125-amd64"]
+    assert "6.12.1-gentoo" in body and "6.12.0-gentoo" in body
+    for published, download in zip((newer, older), page.downloads, strict=True):
+        disk = published.files[0]
+        assert hashlib.sha512(fetch(download)).hexdigest() == disk.sha512
+        assert disk.sha512[:16] in body
+    manifest = json.loads(fetch(page.manifests[0]))
+    assert (manifest["set_id"], manifest["metadata"]["name"]) == (newer.set_id, "gentoo-20261125-amd64")
+    inline = json.loads(page.pre_blocks[0])
+    assert inline["sources"] == {"kernel": "20261124T100000Z-kernelkey"}
+    assert inline["input_key"] == newer.input_key
+
+
+def test_empty_store_says_so(tmp_path: Path) -> None:
+    body, page = get_page(LocalStore(tmp_path / "store", "http://127.0.0.1:9"))
+    assert page.rows == []
+    assert "No images published yet" in body
+
+
+def test_names_are_escaped(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store", "http://127.0.0.1:9")
+    publish_image(store, tmp_path, '<img src=x onerror="alert(1)">', "6.12.1")
+
+    body, page = get_page(store)
+
+    assert "<img" not in body
+    assert page.rows == ['<img src=x onerror="alert(1)">']
+
+
+def test_unreadable_store_is_reported(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store", "http://127.0.0.1:9")
+    broken = tmp_path / "store" / "images" / "20261125T000000Z-abc" / "manifest.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{not json")
+
+    body, _ = get_page(store, status=503)
+
+    assert "The artifact store cannot be read: images/20261125T000000Z-abc/manifest.json" in body
+    assert "is not valid JSON" in body
