@@ -24,6 +24,8 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
     def __init__(self, stage: str, stage_args: Sequence[object] = (), **kwargs: object) -> None:
         kwargs = self.setupShellMixin(kwargs, prohibitArgs=["command"])
         kwargs.setdefault("name", stage)
+        kwargs.setdefault("description", kwargs["name"])
+        kwargs.setdefault("descriptionDone", kwargs["name"])
         # Later stages work on what earlier ones made; running them after a failure only adds noise.
         kwargs.setdefault("haltOnFailure", True)
         super().__init__(**kwargs)

@@ -2,6 +2,8 @@
 
 from collections.abc import Mapping, Sequence
 
+from buildbot.process.results import SUCCESS
+
 from gentoo_farm.steps.base import FarmWorkerStep
 
 
@@ -14,12 +16,16 @@ class ComputeInputKey(FarmWorkerStep):
         self, kind: str, files: Sequence[object] = (), values: Mapping[str, object] | None = None, **kwargs
     ) -> None:
         kwargs.setdefault("name", "input key")
-        kwargs.setdefault("description", ["computing", "input", "key"])
-        kwargs.setdefault("descriptionDone", ["input", "key"])
+        kwargs.setdefault("description", "computing input key")
         super().__init__("input-key", **kwargs)
         self.kind = kind
         self.files = files
         self.values = values or {}
+
+    def getResultSummary(self) -> dict[str, str]:
+        if self.results == SUCCESS:
+            return {"step": f"input key {self.getProperty('input_key')}"}
+        return super().getResultSummary()
 
     def stage_arguments(self) -> list[object]:
         arguments: list[object] = ["--kind", self.kind]
