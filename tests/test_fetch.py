@@ -1,0 +1,224 @@
+"""``farm-worker fetch`` and ``chroot`` against the stand-in world: what verifies, and what fails and why."""
+
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gentoo_farm.workers.toolkit import StageError
+from gentoo_farm.workers.toolkit.fetch import parse_digests, parse_pointer
+from tests.world import World, WorldServer, build_world, signing, write_digests
+from tests.world.stages import StageRun, run_stage
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return build_world(tmp_path / "world")
+
+
+@pytest.fixture
+def upstream(world: World) -> Iterator[WorldServer]:
+    with WorldServer(world.mirror_dir) as server:
+        yield server
+
+
+def fetch(world: World, server: WorldServer, dest: Path, *extra: str) -> StageRun:
+    return run_stage(
+        "fetch",
+        "--mirror",
+        server.url,
+        "--release-key",
+        world.release_key,
+        "--dest",
+        dest,
+        "--timeout",
+        "10",
+        *extra,
+    )
+
+
+def test_good_world_verifies_and_reports_the_release(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    run = fetch(world, upstream, tmp_path / "dl")
+
+    assert run.returncode == 0, run.stderr
+    stage3 = world.file(world.stage3_path).read_bytes()
+    snapshot = world.file(world.snapshot_path).read_bytes()
+    assert run.result == {
+        "stage3_timestamp": world.stage3_timestamp,
+        "stage3_file": world.stage3_name,
+        "stage3_path": str(tmp_path / "dl" / world.stage3_name),
+        "stage3_sha512": hashlib.sha512(stage3).hexdigest(),
+        "snapshot_date": world.snapshot_date,
+        "snapshot_file": world.snapshot_name,
+        "snapshot_path": str(tmp_path / "dl" / world.snapshot_name),
+        "snapshot_sha512": hashlib.sha512(snapshot).hexdigest(),
+    }
+    assert (tmp_path / "dl" / world.stage3_name).read_bytes() == stage3
+    assert f"{world.stage3_name}: BLAKE2B and SHA512 match" in run.stdout
+    assert f"{world.stage3_name}: good signature from the configured release key" in run.stdout
+    # The "latest" snapshot was asked for; it is kept under its real date.
+    assert "/snapshots/portage-latest.tar.xz" in upstream.requested_paths()
+
+    root = tmp_path / "root"
+    unpacked = run_stage(
+        "chroot",
+        "--stage3",
+        run.result["stage3_path"],
+        "--snapshot",
+        run.result["snapshot_path"],
+        "--root",
+        root,
+    )
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert (root / "sbin/init").is_file()
+    assert (root / "var/db/repos/gentoo/profiles" / world.profile / "make.defaults").is_file()
+    assert (root / "var/db/repos/gentoo" / world.static_package).is_dir()
+    assert unpacked.result["build_root"] == str(root)
+
+    again = run_stage(
+        "chroot",
+        "--stage3",
+        run.result["stage3_path"],
+        "--snapshot",
+        run.result["snapshot_path"],
+        "--root",
+        root,
+    )
+    assert again.returncode == 1
+    assert again.error == f"build root {root} is not empty: a build needs a fresh root"
+
+
+def test_an_interrupted_download_resumes(world: World, upstream: WorldServer, tmp_path: Path) -> None:
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    stage3 = world.file(world.stage3_path).read_bytes()
+    half = len(stage3) // 2
+    (dest / f"{world.stage3_name}.partial").write_bytes(stage3[:half])
+
+    run = fetch(world, upstream, dest)
+
+    assert run.returncode == 0, run.stderr
+    assert f"{world.stage3_name}: resuming at byte {half}" in run.stdout
+    ranged = [request for request in upstream.requests if request.path == f"/{world.stage3_path}"]
+    assert [(request.status, request.range) for request in ranged] == [(206, f"bytes={half}-")]
+    assert (dest / world.stage3_name).read_bytes() == stage3
+
+
+def test_corrupt_stage3_fails_its_checksum(world: World, upstream: WorldServer, tmp_path: Path) -> None:
+    tarball = world.file(world.stage3_path)
+    data = bytearray(tarball.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tarball.write_bytes(bytes(data))
+
+    run = fetch(world, upstream, tmp_path / "dl")
+
+    assert run.returncode == 1
+    assert run.error.startswith(f"{world.stage3_name}: BLAKE2B checksum mismatch (DIGESTS lists ")
+    assert run.error.endswith("the file is corrupt or was tampered with")
+    assert "Traceback" not in run.stderr
+    assert run.result == {}
+
+
+def test_stage3_signed_by_another_key_is_refused(world: World, upstream: WorldServer, tmp_path: Path) -> None:
+    # An attacker's stage3 with matching DIGESTS, all signed by a key the farm does not trust.
+    intruder = tmp_path / "intruder-gnupg"
+    signing.make_signing_key(intruder, "Intruder <intruder@farm.invalid>")
+    try:
+        tarball = world.file(world.stage3_path)
+        tarball.write_bytes(tarball.read_bytes() + b"\0")
+        write_digests(intruder, tarball)
+        signing.sign_detached(intruder, tarball, tarball.with_name(tarball.name + ".asc"))
+    finally:
+        signing.stop_agent(intruder)
+
+    run = fetch(world, upstream, tmp_path / "dl")
+
+    assert run.returncode == 1
+    assert run.error.startswith(f"{world.stage3_name}.DIGESTS: signed by key ")
+    assert run.error.endswith(f"which is not in the configured release key {world.release_key}")
+
+
+def test_altered_digests_have_a_bad_signature(world: World, upstream: WorldServer, tmp_path: Path) -> None:
+    digests = world.file(world.stage3_path + ".DIGESTS")
+    text = digests.read_text()
+    sha512 = hashlib.sha512(world.file(world.stage3_path).read_bytes()).hexdigest()
+    digests.write_text(text.replace(sha512, "0" * len(sha512)))
+
+    run = fetch(world, upstream, tmp_path / "dl")
+
+    assert run.returncode == 1
+    assert run.error == (
+        f"{world.stage3_name}.DIGESTS: BAD signature ({world.stage3_name}.DIGESTS does not match: "
+        "the file was altered or corrupted)"
+    )
+
+
+def test_snapshot_with_a_bad_signature_is_refused(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    snapshot = world.file("snapshots/portage-latest.tar.xz")
+    snapshot.write_bytes(snapshot.read_bytes() + b"\0")
+
+    run = fetch(world, upstream, tmp_path / "dl")
+
+    assert run.returncode == 1
+    assert run.error.startswith(
+        "portage-latest.tar.xz: BAD signature (portage-latest.tar.xz.gpgsig does not match"
+    )
+
+
+def test_mirror_down_names_the_url(world: World, upstream: WorldServer, tmp_path: Path) -> None:
+    upstream.go_down()
+
+    run = fetch(world, upstream, tmp_path / "dl")
+
+    assert run.returncode == 1
+    assert run.error == f"cannot download {upstream.url}/{world.pointer_path}: [Errno 111] Connection refused"
+
+
+def test_mirror_answering_errors_names_the_status(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    upstream.fail_status = 503
+
+    run = fetch(world, upstream, tmp_path / "dl")
+
+    assert run.returncode == 1
+    assert run.error == f"cannot download {upstream.url}/{world.pointer_path}: HTTP 503 Service Unavailable"
+
+
+def test_missing_release_key_is_a_configuration_error(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    run = run_stage(
+        "fetch", "--mirror", upstream.url, "--release-key", tmp_path / "nope.asc", "--dest", tmp_path / "dl"
+    )
+    assert run.returncode == 1
+    assert run.error == f"release key {tmp_path / 'nope.asc'}: no such file"
+
+
+def test_pointer_and_digests_formats() -> None:
+    # An older, unsigned pointer; and a DIGESTS in the pre-2023 layout with extra files and algorithms.
+    pointer = "# Latest as of Mon, 01 Jan 2024 00:00:04 +0000\n# ts=1704067204\n\n" + (
+        "20240101T170403Z/stage3-amd64-openrc-20240101T170403Z.tar.xz 287613692\n"
+    )
+    assert parse_pointer(pointer, "pointer") == (
+        "20240101T170403Z",
+        "20240101T170403Z/stage3-amd64-openrc-20240101T170403Z.tar.xz",
+    )
+    with pytest.raises(
+        StageError, match=re.escape("pointer: no '<timestamp>/<stage3 tarball> <size>' line found")
+    ):
+        parse_pointer("# nothing here\n", "pointer")
+
+    digests = (
+        "# SHA512 HASH\nabc  stage3.tar.xz\ndef  stage3.tar.xz.CONTENTS.gz\n"
+        "# WHIRLPOOL HASH\n123  stage3.tar.xz\n# BLAKE2B HASH\n0FF  stage3.tar.xz\n"
+    )
+    assert parse_digests(digests, "stage3.tar.xz", "x.DIGESTS") == {"SHA512": "abc", "BLAKE2B": "0ff"}
+    with pytest.raises(StageError, match=re.escape("x.DIGESTS: no BLAKE2B or SHA512 line for other.tar.xz")):
+        parse_digests(digests, "other.tar.xz", "x.DIGESTS")

@@ -1,0 +1,121 @@
+"""The stand-in Gentoo world is laid out, signed and served the way a Gentoo mirror does it."""
+
+import hashlib
+import subprocess
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.world import World, WorldServer, build_world
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return build_world(tmp_path / "world")
+
+
+def gpgv(world: World, tmp_path: Path, *files: Path) -> subprocess.CompletedProcess[str]:
+    keyring = tmp_path / "keyring.gpg"
+    if not keyring.exists():
+        dearmored = subprocess.run(
+            ["gpg", "--dearmor"], input=world.release_key.read_bytes(), capture_output=True
+        )
+        keyring.write_bytes(dearmored.stdout)
+    return subprocess.run(
+        ["gpgv", "--keyring", str(keyring), *map(str, files)], capture_output=True, text=True, check=False
+    )
+
+
+def test_stage3_release_is_published_like_gentoo(world: World, tmp_path: Path) -> None:
+    pointer = world.file(world.pointer_path).read_text()
+    assert pointer.startswith("-----BEGIN PGP SIGNED MESSAGE-----")
+    tarball = world.file(world.stage3_path)
+    assert f"\n{world.stage3_timestamp}/{world.stage3_name} {tarball.stat().st_size}\n" in pointer
+    assert gpgv(world, tmp_path, world.file(world.pointer_path)).returncode == 0
+
+    digests = tarball.with_name(tarball.name + ".DIGESTS").read_text()
+    data = tarball.read_bytes()
+    assert f"# BLAKE2B HASH\n{hashlib.blake2b(data).hexdigest()}  {world.stage3_name}\n" in digests
+    assert f"# SHA512 HASH\n{hashlib.sha512(data).hexdigest()}  {world.stage3_name}\n" in digests
+    assert gpgv(world, tmp_path, tarball.with_name(tarball.name + ".asc"), tarball).returncode == 0
+
+    with tarfile.open(tarball) as archive:
+        names = set(archive.getnames())
+    assert {"./etc/inittab", "./sbin/init", "./etc/local.d", "./etc/runlevels/default"} <= names
+
+
+def test_a_tampered_stage3_fails_its_signature(world: World, tmp_path: Path) -> None:
+    tarball = world.file(world.stage3_path)
+    tarball.write_bytes(tarball.read_bytes() + b"\0")
+    check = gpgv(world, tmp_path, tarball.with_name(tarball.name + ".asc"), tarball)
+    assert check.returncode != 0 and "BAD signature" in check.stderr
+
+
+def test_snapshot_is_a_signed_ebuild_repository(world: World, tmp_path: Path) -> None:
+    snapshot = world.file(world.snapshot_path)
+    assert gpgv(world, tmp_path, snapshot.with_name(snapshot.name + ".gpgsig"), snapshot).returncode == 0
+    with tarfile.open(snapshot) as archive:
+        archive.extractall(tmp_path / "snapshot", filter="tar")
+    repo = tmp_path / "snapshot" / "portage"
+    assert (repo / "profiles/repo_name").read_text() == "gentoo\n"
+    assert (repo / "profiles" / world.profile / "make.defaults").is_file()
+    ebuilds = sorted(repo.glob("*/*/*.ebuild"))
+    assert len(ebuilds) >= 6
+    assert all("EAPI=8" in ebuild.read_text() for ebuild in ebuilds)
+    dependants = [ebuild for ebuild in ebuilds if 'DEPEND="dev-libs/farm-core' in ebuild.read_text()]
+    assert len(dependants) >= 4
+
+    # Every distfile a Manifest names is served, with the sizes and hashes the Manifest records.
+    manifests = sorted(repo.glob("*/*/Manifest"))
+    assert manifests
+    for manifest in manifests:
+        for line in manifest.read_text().splitlines():
+            _, name, size, _, blake2b, _, sha512 = line.split()
+            data = world.file(f"distfiles/{name}").read_bytes()
+            assert (len(data), hashlib.blake2b(data).hexdigest(), hashlib.sha512(data).hexdigest()) == (
+                int(size),
+                blake2b,
+                sha512,
+            )
+    assert world.file("distfiles/layout.conf").read_text() == "[structure]\n0=flat\n"
+    assert (repo / world.static_package).is_dir() and (repo / world.service_package).is_dir()
+
+
+def test_server_serves_ranges_logs_and_fails_on_demand(world: World) -> None:
+    tarball = world.file(world.stage3_path)
+    with WorldServer(world.mirror_dir) as server:
+        url = f"{server.url}/{world.stage3_path}"
+        request = urllib.request.Request(url, headers={"Range": "bytes=100-"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 206
+            assert response.read() == tarball.read_bytes()[100:]
+        assert server.requests[-1].range == "bytes=100-"
+        assert server.requested_paths() == [f"/{world.stage3_path}"]
+
+        server.fail_status = 503
+        with pytest.raises(urllib.error.HTTPError) as failure:
+            urllib.request.urlopen(url, timeout=10)
+        assert failure.value.code == 503
+        server.fail_status = None
+
+        with pytest.raises(urllib.error.HTTPError) as outside:
+            urllib.request.urlopen(f"{server.url}/../release-key.asc", timeout=10)
+        assert outside.value.code == 404
+
+        server.go_down()
+        with pytest.raises(urllib.error.URLError, match="Connection refused"):
+            urllib.request.urlopen(url, timeout=10)
+        server.come_up()
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+
+
+def test_world_is_built_once_then_copied(tmp_path: Path) -> None:
+    first = build_world(tmp_path / "one")
+    second = build_world(tmp_path / "two", extra_distfiles=[first.release_key])
+    assert first.file(first.stage3_path).read_bytes() == second.file(second.stage3_path).read_bytes()
+    assert "release-key.asc" in second.distfiles
+    assert second.file("distfiles/release-key.asc").is_file()

@@ -1,0 +1,38 @@
+"""Run a ``farm-worker`` stage as a subprocess, the way a Buildbot worker does, and read its report."""
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gentoo_farm.workers.toolkit import RESULT_MARKER
+
+
+@dataclass
+class StageRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    result: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def error(self) -> str:
+        """The stage's one-line error message (what the step shows as its status)."""
+        for line in self.stderr.splitlines():
+            if ": error: " in line:
+                return line.split(": error: ", 1)[1]
+        return ""
+
+
+def run_stage(stage: str, *args: object, timeout: float = 600, log: Path | None = None) -> StageRun:
+    # The installed entry point, exactly as a worker runs it.
+    command = [str(Path(sys.executable).parent / "farm-worker"), stage, *(str(arg) for arg in args)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if log is not None:
+        log.write_text(completed.stdout + completed.stderr)
+    result: dict[str, object] = {}
+    for line in completed.stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            result |= json.loads(line[len(RESULT_MARKER) :])
+    return StageRun(completed.returncode, completed.stdout, completed.stderr, result)
