@@ -9,7 +9,21 @@ from gentoo_farm.workers.toolkit import StageError
 
 # The order is the order of an image build; each name is a module of this package
 # (dashes become underscores).
-STAGES: tuple[str, ...] = ("input-key", "stamp", "fetch", "chroot", "emerge", "list-new", "upload")
+STAGES: tuple[str, ...] = (
+    "input-key",
+    "stamp",
+    "fetch",
+    "chroot",
+    "emerge",
+    "kernel",
+    "kernel-package",
+    "overlay",
+    "assemble",
+    "disk",
+    "boot-test",
+    "list-new",
+    "upload",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,201 @@
+"""Build the kernel from source into a vmlinuz tarball.
+
+The source tarball comes through the farm's distfile mirror (the URLs are tried in order; a
+downloaded tarball is kept in the work directory and unpacked once). The config file is copied
+into a fresh out-of-tree build directory, ``make olddefconfig`` completes it, and the build runs
+with ccache (``CC`` and ``HOSTCC`` fixed to ``ccache gcc``: Kbuild rebuilds everything when the
+compiler command changes), so a config change costs minutes, not a cold build. Modules go to a
+staging root; an initramfs is added only when the config builds the root's drivers as modules.
+The build log streams; a config that does not compile fails with the compiler's error.
+"""
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from gentoo_farm.master.store.sets import file_sha512, sha512_line
+from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
+from gentoo_farm.workers.toolkit.tools import require_file, run_tool, tail
+from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
+
+DOWNLOAD_TIMEOUT = 60
+COMPILER = "ccache gcc"
+# The lines of a failed build that say why: gcc/ld errors and make's own complaints.
+ERROR_LINE = re.compile(r"(error:|Error \d|undefined reference|No rule to make target|fatal error)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source-url",
+        dest="source_urls",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="the kernel source tarball on the farm distfile mirror (repeatable: tried in order)",
+    )
+    parser.add_argument("--source-sha512", help="the source tarball's expected sha512 (checked when given)")
+    parser.add_argument("--config", required=True, type=Path, help="the kernel .config to build")
+    parser.add_argument(
+        "--output", required=True, type=Path, help="the vmlinuz tarball to write (.tar.zst...)"
+    )
+    parser.add_argument(
+        "--work-dir", required=True, type=Path, help="kept between builds: downloaded and unpacked sources"
+    )
+    parser.add_argument(
+        "--ccache-dir", required=True, type=Path, help="the compiler cache (kept between builds)"
+    )
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel make jobs")
+
+
+def fetch_source(urls: list[str], distfiles: Path, expected_sha512: str | None) -> Path:
+    """Download the tarball (unless already here and intact) from the first URL that serves it."""
+    name = Path(urllib.request.urlparse(urls[0]).path).name
+    if not name:
+        raise StageError(f"--source-url {urls[0]}: the URL names no file")
+    tarball = distfiles / name
+    if tarball.is_file() and (expected_sha512 is None or file_sha512(tarball) == expected_sha512):
+        progress(f"kernel source {name}: already downloaded")
+        return tarball
+    distfiles.mkdir(parents=True, exist_ok=True)
+    partial = tarball.with_name(name + ".partial")
+    failures = []
+    for url in urls:
+        progress(f"downloading {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, partial.open("wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except (urllib.error.URLError, OSError) as error:
+            failures.append(f"{url}: {getattr(error, 'reason', error)}")
+            continue
+        if expected_sha512 is not None and file_sha512(partial) != expected_sha512:
+            failures.append(f"{url}: sha512 does not match --source-sha512")
+            continue
+        partial.replace(tarball)
+        return tarball
+    partial.unlink(missing_ok=True)
+    raise StageError("cannot fetch the kernel source: " + "; ".join(failures))
+
+
+def unpack_source(tarball: Path, sources: Path) -> Path:
+    """Unpack once per tarball content; return the source tree (the tarball's top directory)."""
+    digest = hashlib.sha256()
+    with tarball.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    destination = sources / digest.hexdigest()[:16]
+    done = destination / ".unpacked"
+    if not done.exists():
+        shutil.rmtree(destination, ignore_errors=True)
+        destination.mkdir(parents=True)
+        progress(f"unpacking {tarball.name}")
+        run_tool(["tar", "-C", destination, "-xf", tarball], what=f"unpacking {tarball.name}")
+        done.touch()
+    trees = [path for path in destination.iterdir() if path.is_dir() and (path / "Makefile").is_file()]
+    if len(trees) != 1:
+        raise StageError(f"{tarball}: expected one kernel source directory at the top, found {len(trees)}")
+    return trees[0]
+
+
+def compiler_error(output: str) -> str:
+    errors = [line.strip() for line in output.splitlines() if ERROR_LINE.search(line)]
+    return errors[0] if errors else "see the build log"
+
+
+def make(
+    source: Path, build: Path, targets: list[str], environment: dict[str, str], jobs: int, what: str
+) -> str:
+    command = [
+        "make",
+        "-C",
+        source,
+        f"O={build}",
+        f"-j{jobs}",
+        f"CC={COMPILER}",
+        f"HOSTCC={COMPILER}",
+        *targets,
+    ]
+    try:
+        return run_tool(command, what=what, env=environment, stream=True)
+    except StageError as error:
+        raise StageError(f"{what} failed: {compiler_error(str(error))}\n{tail(str(error))}") from None
+
+
+def run(args: argparse.Namespace) -> None:
+    config = require_file(args.config, "kernel config")
+    if shutil.which("ccache") is None:
+        raise StageError("ccache is not installed on this worker (the kernel build needs it)")
+    started = time.monotonic()
+    tarball = fetch_source(args.source_urls, args.work_dir / "distfiles", args.source_sha512)
+    source = unpack_source(tarball, args.work_dir / "sources")
+    args.ccache_dir.mkdir(parents=True, exist_ok=True)
+    environment = {
+        "CCACHE_DIR": str(args.ccache_dir.resolve()),
+        # Paths under the work directory become relative for ccache, so a worker that unpacks the
+        # source elsewhere still hits the cache.
+        "CCACHE_BASEDIR": str(args.work_dir.resolve()),
+        "KBUILD_BUILD_USER": "gentoo-farm",
+        "KBUILD_BUILD_HOST": "gentoo-farm",
+    }
+    run_tool(["ccache", "--zero-stats"], what="ccache --zero-stats", env=environment)
+    with tempfile.TemporaryDirectory(prefix="kernel-build-", dir=args.work_dir) as scratch_name:
+        scratch = Path(scratch_name)
+        build, staging = scratch / "build", scratch / "staging"
+        build.mkdir()
+        shutil.copyfile(config, build / ".config")
+        make(source, build, ["olddefconfig"], environment, 1, "make olddefconfig")
+        settings = (build / ".config").read_text()
+        modular = "\nCONFIG_MODULES=y\n" in f"\n{settings}"
+        make(
+            source,
+            build,
+            ["bzImage", *(["modules"] if modular else [])],
+            environment,
+            args.jobs,
+            "kernel build",
+        )
+        release = run_tool(
+            ["make", "-s", "-C", source, f"O={build}", "kernelrelease"], what="make kernelrelease"
+        ).strip()
+        (staging / "boot").mkdir(parents=True)
+        shutil.copyfile(build / "arch/x86/boot/bzImage", staging / "boot" / f"vmlinuz-{release}")
+        shutil.copyfile(build / ".config", staging / "boot" / f"config-{release}")
+        if modular:
+            make(
+                source,
+                build,
+                ["modules_install", f"INSTALL_MOD_PATH={staging}", "DEPMOD=true"],
+                environment,
+                1,
+                "make modules_install",
+            )
+        needs_initramfs = config_needs_initramfs(build / ".config")
+        members = finish_kernel_tree(staging, release, initramfs=needs_initramfs)
+        write_tarball(staging, members, args.output)
+    stats = run_tool(["ccache", "--print-stats"], what="ccache --print-stats", env=environment)
+    counters = dict(line.split("\t", 1) for line in stats.splitlines() if "\t" in line)
+    hits = int(counters.get("direct_cache_hit", 0)) + int(counters.get("preprocessed_cache_hit", 0))
+    misses = int(counters.get("cache_miss", 0))
+    elapsed = time.monotonic() - started
+    checksum = file_sha512(args.output)
+    args.output.with_name(args.output.name + ".sha512").write_bytes(sha512_line(checksum, args.output.name))
+    progress(
+        f"kernel {release} built in {elapsed:.0f} s (ccache: {hits} hits, {misses} misses), "
+        f"initramfs: {'yes' if needs_initramfs else 'not needed'}"
+    )
+    report(
+        kernel_release=release,
+        kernel_initramfs=needs_initramfs,
+        kernel_build_seconds=round(elapsed, 1),
+        kernel_ccache_hits=hits,
+        kernel_ccache_misses=misses,
+        vmlinuz_path=str(args.output),
+        vmlinuz_sha512=checksum,
+    )
