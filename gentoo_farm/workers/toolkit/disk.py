@@ -157,13 +157,7 @@ def build_raw_disk(root: Path, raw: Path, size: int, mbr: Path) -> None:
             mounted(device, Path(mountpoint_name)) as mountpoint,
         ):
             progress(f"copying {root} into the filesystem")
-            run_tool(["cp", "-a", "--sparse=never", f"{root}/.", f"{mountpoint}/"], what="copying the root")
-            sparse = sparse_files(mountpoint / "boot")
-            if sparse:
-                names = ", ".join("/" + str(path.relative_to(mountpoint)) for path in sparse)
-                raise StageError(
-                    f"sparse files under /boot ({names}): SYSLINUX cannot load a file with holes"
-                )
+            run_tool(["cp", "-a", f"{root}/.", f"{mountpoint}/"], what="copying the root")
             progress("installing extlinux")
             run_tool(["extlinux", "--install", mountpoint / "boot"], what="extlinux --install /boot")
     with raw.open("r+b") as disk:
@@ -186,6 +180,13 @@ def run(args: argparse.Namespace) -> None:
     if not (root / "boot/extlinux.conf").is_file():
         raise StageError(f"{root}/boot/extlinux.conf: missing; the overlay must provide the boot menu")
     release = kernel_release(root)
+    sparse = sparse_files(root / "boot")
+    if sparse:
+        names = ", ".join(str(path) for path in sparse)
+        raise StageError(
+            f"sparse files under /boot ({names}): SYSLINUX cannot load a file with holes; "
+            "unpack the kernel without --sparse or rewrite the file in full"
+        )
     inputs = {}
     for item in args.inputs:
         name, sep, key = item.partition("=")
