@@ -83,7 +83,7 @@ def test_large_files_go_up_in_parts(s3_settings, tmp_path: Path) -> None:
 
 def _farm_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gentoo_farm.workers.toolkit.cli", *args],
+        [str(Path(sys.executable).parent / "farm-worker"), *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -19,6 +19,8 @@ from gentoo_farm.workers.toolkit import StageError, progress, report
 
 # What Portage leaves in DISTDIR besides finished distfiles: partial downloads and quarantined failures.
 UNFINISHED_MARKERS = ("._checksum_failure_.", ".__download__", ".portage_lockfile")
+# A mirror's own description, not a distfile.
+MIRROR_FILES = {"layout.conf"}
 
 
 def read_index(text: str) -> PackageIndex:
@@ -63,7 +65,12 @@ def new_distfiles(distdir: Path, mirror: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for file in sorted(distdir.iterdir()):
         name = file.name
-        if not file.is_file() or name.startswith(".") or any(mark in name for mark in UNFINISHED_MARKERS):
+        if (
+            not file.is_file()
+            or name.startswith(".")
+            or name in MIRROR_FILES
+            or any(mark in name for mark in UNFINISHED_MARKERS)
+        ):
             continue
         if fetch(f"{mirror.rstrip('/')}/{urllib.request.quote(name)}", method="HEAD") is None:
             found[name] = str(file.resolve())

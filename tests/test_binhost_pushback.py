@@ -1,0 +1,242 @@
+"""Push-back of real Portage output: two builds push their new gpkg files and distfiles at the same time,
+both end up in the binhost index, and a third build installs everything from the farm without compiling.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from gentoo_farm.master.store import ArtifactStore, open_store
+from gentoo_farm.master.store.binhost import (
+    LAYOUT_CONF,
+    PushbackCandidates,
+    index_key,
+    parse_index,
+    pushback_uploads,
+)
+from gentoo_farm.workers.toolkit import RESULT_MARKER
+from tests.world.repository import PROFILE, write_distfiles, write_repository
+
+pytest_plugins = ["tests.services.store"]
+
+pytestmark = pytest.mark.slow
+
+BUILDS = {"a": "app-misc/farm-hello", "b": "app-misc/farm-motd"}
+MERGE = (
+    "import sys; from gentoo_farm.master.store.binhost import merge_pushback; "
+    "{open}; print(merge_pushback(store, *sys.argv[1:3]))"
+)
+
+
+def farm_worker(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "farm-worker"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, (
+        f"farm-worker {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    reported: dict[str, object] = {}
+    for line in result.stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            reported.update(json.loads(line[len(RESULT_MARKER) :]))
+    return reported
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """The world's ebuild repository, and its distfiles on an HTTP 'upstream mirror'."""
+    home = tmp_path_factory.mktemp("upstream")
+    write_distfiles(home / "mirror" / "distfiles")
+    write_repository(home / "repo", home / "mirror" / "distfiles", "2026-11-25")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(home / "mirror"))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield home / "repo", f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def emerge(work: Path, repo: Path, atom: str, *mirror_args: str) -> dict[str, object]:
+    shutil.copytree(repo, work / "root/var/db/repos/gentoo")
+    return farm_worker(
+        "emerge",
+        atom,
+        "--root",
+        work / "root",
+        "--pkgdir",
+        work / "pkgdir",
+        "--distdir",
+        work / "distdir",
+        "--workdir",
+        work / "work",
+        "--profile",
+        PROFILE,
+        "--jobs",
+        "1",
+        *mirror_args,
+    )
+
+
+@pytest.fixture(scope="module")
+def builds(upstream: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two from-source builds (each compiles farm-core and its own package), made once for both backends."""
+    repo, mirror = upstream
+    works = {}
+    for name, atom in BUILDS.items():
+        works[name] = tmp_path_factory.mktemp(f"build-{name}")
+        reported = emerge(works[name], repo, atom, "--upstream-mirror", mirror)
+        assert "dev-libs/farm-core-1.0" in reported["packages_compiled"]
+    return works
+
+
+def push(store: ArtifactStore, work: Path, binhost: str, mirror: str) -> str:
+    """What an image build does after emerge: list-new, signed URLs, upload. Returns the staging token."""
+    farm_worker(
+        "list-new",
+        "--pkgdir",
+        work / "pkgdir",
+        "--binhost",
+        binhost,
+        "--distdir",
+        work / "distdir",
+        "--mirror",
+        mirror,
+        "--output",
+        work / "new.json",
+    )
+    token = uuid.uuid4().hex
+    candidates = PushbackCandidates.from_json((work / "new.json").read_text(), str(work / "new.json"))
+    (work / "uploads.json").write_text(json.dumps(pushback_uploads(store, token, candidates, 600)))
+    farm_worker("upload", "--map", work / "uploads.json")
+    return token
+
+
+def store_opener(settings) -> str:
+    if settings.type == "local":
+        return (
+            "from pathlib import Path; from gentoo_farm.master.store.local import LocalStore; "
+            f"store = LocalStore(Path({str(settings.path)!r}), '')"
+        )
+    return (
+        "from gentoo_farm.master.store.s3 import S3Store; "
+        f"store = S3Store({settings.bucket!r}, prefix={settings.prefix!r}, "
+        f"endpoint_url={settings.endpoint_url!r})"
+    )
+
+
+def test_two_concurrent_pushes_both_land_and_a_fresh_build_compiles_nothing(
+    any_settings, builds: dict[str, Path], upstream: tuple[Path, str], s3_server, tmp_path: Path
+) -> None:
+    if any_settings.type == "s3":
+        # Portage reads the binhost anonymously: a bucket whose policy lets anyone GET.
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    "Action": "s3:GetObject",
+                    "Resource": f"arn:aws:s3:::{any_settings.bucket}/*",
+                }
+            ],
+        }
+        boto3.client("s3", endpoint_url=any_settings.endpoint_url).put_bucket_policy(
+            Bucket=any_settings.bucket, Policy=json.dumps(policy)
+        )
+        any_settings.public_url = f"{any_settings.endpoint_url}/{any_settings.bucket}/{any_settings.prefix}"
+    store = open_store(any_settings)
+    base = store.public_base_url()
+    binhost, mirror = f"{base}/binpkgs/{PROFILE}", f"{base}/distfiles"
+
+    tokens: dict[str, str] = {}
+
+    def push_build(name: str) -> None:
+        tokens[name] = push(store, builds[name], binhost, mirror)
+
+    pushers = [threading.Thread(target=push_build, args=(name,)) for name in builds]
+    for pusher in pushers:
+        pusher.start()
+    for pusher in pushers:
+        pusher.join(timeout=300)
+    assert set(tokens) == set(builds)
+    # Both builds made farm-core: both staged it, both merge at the same moment, in two processes.
+    merges = [
+        subprocess.Popen(
+            [sys.executable, "-c", MERGE.format(open=store_opener(any_settings)), PROFILE, token],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=s3_server.environment,
+        )
+        for token in tokens.values()
+    ]
+    outputs = [merge.communicate(timeout=300)[0] for merge in merges]
+    assert all(merge.returncode == 0 for merge in merges), outputs
+
+    index = parse_index(store.get_bytes(index_key(PROFILE)), "Packages")
+    paths = sorted(entry["PATH"] for entry in index.packages)
+    assert paths == [
+        "app-misc/farm-hello/farm-hello-1.0-1.gpkg.tar",
+        "app-misc/farm-motd/farm-motd-1.0-1.gpkg.tar",
+        "dev-libs/farm-core/farm-core-1.0-1.gpkg.tar",
+    ]
+    assert index.header["PACKAGES"] == "3" and index.header["PROFILE"] == PROFILE
+    assert sum("already_there=['dev-libs/farm-core" in output for output in outputs) == 1
+    assert [info.key for info in store.list("incoming/")] == [], "staging is cleaned up"
+    assert store.get_bytes("distfiles/layout.conf") == LAYOUT_CONF
+    for distfile in ("farm-core-1.0.tar.gz", "farm-hello-1.0.tar.gz", "farm-motd-1.0.tar.gz"):
+        assert store.exists(f"distfiles/{distfile}")
+
+    # The proof that the index and files agree: Portage installs everything from the farm, compiling nothing,
+    # with no upstream mirror at all.
+    repo, _ = upstream
+    reported = emerge(
+        tmp_path / "fresh", repo, "app-misc/farm-hello", "--binhost", binhost, "--distfile-mirror", base
+    )
+    assert reported["packages_compiled"] == []
+    assert sorted(reported["packages_binary"]) == ["app-misc/farm-hello-1.0", "dev-libs/farm-core-1.0"]
+
+
+def test_list_new_skips_what_the_farm_already_has(
+    local_settings, builds: dict[str, Path], tmp_path: Path
+) -> None:
+    store = open_store(local_settings)
+    base = store.public_base_url()
+    binhost, mirror = f"{base}/binpkgs/{PROFILE}", f"{base}/distfiles"
+    from gentoo_farm.master.store.binhost import merge_pushback
+
+    merge_pushback(store, PROFILE, push(store, builds["a"], binhost, mirror))
+    farm_worker(
+        "list-new",
+        "--pkgdir",
+        builds["b"] / "pkgdir",
+        "--binhost",
+        binhost,
+        "--distdir",
+        builds["b"] / "distdir",
+        "--mirror",
+        mirror,
+        "--output",
+        tmp_path / "new.json",
+    )
+    found = json.loads((tmp_path / "new.json").read_text())
+    assert sorted(found["binpkgs"]) == ["app-misc/farm-motd/farm-motd-1.0-1.gpkg.tar"]
+    assert sorted(found["distfiles"]) == ["farm-motd-1.0.tar.gz"]
