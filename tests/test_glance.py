@@ -7,8 +7,9 @@ import hashlib
 import http.server
 import subprocess
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import openstack
 import openstack.connection
 import pytest
+from openstack.image.v2.image import Image
 
 from gentoo_farm.config import GlanceTarget
 from gentoo_farm.master.catalog import find_image
@@ -115,6 +117,13 @@ def publish_to_store(store: LocalStore, tmp_path: Path, farm_id: str, name: str)
     record = find_image(store, published.set_id)
     assert record is not None
     return upload_from_record(store, record, farm_id)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 def glance_sha512(conn: openstack.connection.Connection, image_id: str) -> str:
@@ -234,6 +243,11 @@ def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_i
         container_format="bare",
         wait=True,
     )
+    dead = Image.new(
+        name="gentoo-20261130-amd64", disk_format="qcow2", container_format="bare", farm_id=farm_id
+    ).create(conn.image)
+    conn.image.import_image(dead, method="web-download", uri=f"{store.public_base_url()}/images/gone.qcow2")
+    wait_until(lambda: conn.image.get_image(dead.id).properties.get("os_glance_failed_import"))
     other_farm = publish_image(
         publish_to_store(store, tmp_path, f"{farm_id}-other", image_name(date(2020, 1, 2))), target()
     )
@@ -249,6 +263,7 @@ def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_i
         published[3].image_id,
         published[2].image_id,
     ]
+    assert published[0].rotated == [f"gentoo-20261130-amd64 ({dead.id})"]
     assert published[2].rotated == [f"gentoo-20261201-amd64 ({published[0].image_id})"]
     assert conn.image.get_image(foreign.id).status == "active"
     assert conn.image.get_image(other_farm.image_id).status == "active"

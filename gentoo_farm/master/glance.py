@@ -247,17 +247,24 @@ def farm_images(conn: openstack.connection.Connection, farm_id: str) -> list[Ima
 def rotate_images(
     conn: openstack.connection.Connection, farm_id: str, keep: int, keep_id: str | None = None
 ) -> list[str]:
-    """Delete this farm's active images beyond the ``keep`` newest; returns what was deleted.
+    """Delete this farm's active images beyond the ``keep`` newest, and its dead ones (killed, or an
+    import that failed and left the image queued: e.g. the master died mid-publish); returns what went.
 
     ``keep_id`` (the image just published) is never deleted, whatever its age.
     """
     if keep < 1:
         raise GlancePublishError(f"keep must be at least 1, got {keep}")
-    active = [image for image in farm_images(conn, farm_id) if image.status == "active"]
-    doomed = [image for image in active[keep:] if image.id != keep_id]
+    ours = farm_images(conn, farm_id)
+    active = [image for image in ours if image.status == "active"]
+    dead = [image for image in ours if _is_dead(image)]
+    doomed = [image for image in [*active[keep:], *dead] if image.id != keep_id]
     for image in doomed:
         conn.image.delete_image(image, ignore_missing=True)
     return [f"{image.name} ({image.id})" for image in doomed]
+
+
+def _is_dead(image: Image) -> bool:
+    return image.status == "killed" or bool((image.properties or {}).get("os_glance_failed_import"))
 
 
 class _TargetPublisher:

@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services.keystone import VENV_BIN, GunicornServer, Keystone, free_port
+from tests.services.keystone import VENV_BIN, GunicornServer, Keystone, free_port, shared_service
 
 PASTE_CONFIG = Path(sys.prefix) / "etc" / "glance" / "glance-api-paste.ini"
 
@@ -133,8 +134,6 @@ def start_glance(keystone: Keystone, workdir: Path) -> Glance:
 
 @pytest.fixture(scope="session")
 def glance(keystone: Keystone, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Glance]:
-    running = start_glance(keystone, tmp_path_factory.mktemp("glance"))
-    try:
+    start = functools.partial(start_glance, keystone, tmp_path_factory.mktemp("glance"))
+    with shared_service("glance", start, Glance.stop) as running:
         yield running
-    finally:
-        running.stop()

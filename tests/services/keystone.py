@@ -20,6 +20,7 @@ in :attr:`Keystone.passwords`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -31,9 +32,10 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import openstack
 import openstack.connection
@@ -42,6 +44,7 @@ import yaml
 
 VENV_BIN = Path(sys.executable).parent
 REGION = "RegionOne"
+T = TypeVar("T")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 
@@ -364,7 +367,31 @@ def running_keystone(workdir: Path) -> Iterator[Keystone]:
         keystone.stop()
 
 
+_SHARED: dict[str, list[Any]] = {}
+
+
+@contextlib.contextmanager
+def shared_service(name: str, start: Callable[[], T], stop: Callable[[T], None]) -> Iterator[T]:
+    """One running service per test process, however many test modules import its session fixture.
+
+    A session fixture imported into two modules is two fixtures to pytest, and would start two
+    services side by side; this hands the second the first one's instance and stops it after the last.
+    """
+    entry = _SHARED.get(name)
+    if entry is None:
+        entry = _SHARED[name] = [start(), 0]
+    entry[1] += 1
+    try:
+        yield entry[0]
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _SHARED[name]
+            stop(entry[0])
+
+
 @pytest.fixture(scope="session")
 def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
-    with running_keystone(tmp_path_factory.mktemp("keystone")) as running:
+    start = functools.partial(start_keystone, tmp_path_factory.mktemp("keystone"))
+    with shared_service("keystone", start, Keystone.stop) as running:
         yield running
