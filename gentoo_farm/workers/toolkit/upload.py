@@ -8,6 +8,7 @@ errors, 5xx, 429) are retried with exponential backoff. URLs are never printed: 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
 import time
@@ -32,10 +33,12 @@ class _CountingReader:
         self.label = label
         self.sent = 0
         self.next_report = 10
+        self.sha512 = hashlib.sha512()
 
     def read(self, amount: int = CHUNK) -> bytes:
         data = self.stream.read(amount)
         self.sent += len(data)
+        self.sha512.update(data)
         percent = self.sent * 100 // self.size if self.size else 100
         if percent >= self.next_report and self.size > CHUNK:
             progress(f"  {self.label}: {percent}% of {self.size} bytes")
@@ -49,20 +52,22 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-def put_file(path: Path, url: str, attempts: int, timeout: float) -> None:
+def put_file(path: Path, url: str, attempts: int, timeout: float) -> str:
+    """PUT one file; returns the sha512 of the bytes that were sent."""
     size = path.stat().st_size
     for attempt in range(1, attempts + 1):
         with open(path, "rb") as stream:
+            reader = _CountingReader(stream, size, path.name)
             request = urllib.request.Request(
                 url,
-                data=_CountingReader(stream, size, path.name),  # type: ignore[arg-type]
+                data=reader,  # type: ignore[arg-type]
                 method="PUT",
                 headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
             )
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     response.read()
-                return
+                return reader.sha512.hexdigest()
             except urllib.error.HTTPError as error:
                 detail = error.read().decode("utf-8", "replace").strip()[:300]
                 if error.code not in RETRYABLE_STATUS or attempt == attempts:
@@ -80,6 +85,7 @@ def put_file(path: Path, url: str, attempts: int, timeout: float) -> None:
         delay = min(2 ** (attempt - 1), 30)
         progress(f"  {path.name}: {problem}; retrying in {delay} s (attempt {attempt + 1} of {attempts})")
         time.sleep(delay)
+    raise StageError(f"upload of {path}: no attempts made (--attempts must be at least 1)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,12 +109,17 @@ def run(args: argparse.Namespace) -> None:
     if missing:
         raise StageError(f"upload map {args.map} names files that do not exist: {', '.join(missing)}")
     total = 0
+    sent: dict[str, dict[str, object]] = {}
     started = time.monotonic()
     for number, (name, url) in enumerate(sorted(uploads.items()), start=1):
         path = Path(name)
         progress(f"[{number}/{len(uploads)}] {path} -> {shown(url)}")
-        put_file(path, url, args.attempts, args.timeout)
+        sha512 = put_file(path, url, args.attempts, args.timeout)
+        sent[path.name] = {"size": path.stat().st_size, "sha512": sha512}
         total += path.stat().st_size
     seconds = time.monotonic() - started
     progress(f"uploaded {len(uploads)} files, {total} bytes in {seconds:.1f} s")
-    report(uploaded_files=len(uploads), uploaded_bytes=total)
+    if args.report_checksums:
+        report(uploaded_files=len(uploads), uploaded_bytes=total, uploaded=sent)
+    else:
+        report(uploaded_files=len(uploads), uploaded_bytes=total)

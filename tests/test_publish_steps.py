@@ -1,0 +1,152 @@
+"""The master-side store steps inside Buildbot's step test harness, against a real local store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from buildbot.process import remotetransfer
+from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.steps import ExpectDownloadFile, ExpectRemoteRef, ExpectUploadFile, TestBuildStepMixin
+from twisted.trial import unittest
+
+from gentoo_farm.master.store import open_store
+from gentoo_farm.master.store.sets import latest_set, publish_files
+from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, MergeBinhost, PublishSet, PushBackUrls
+from tests.services.store import LocalStoreSettings
+
+
+class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    def setUp(self):  # type: ignore[no-untyped-def]
+        self.setup_test_reactor()
+        self.directory = Path(tempfile.mkdtemp(prefix="farm-steps-"))
+        self.addCleanup(shutil.rmtree, self.directory)
+        self.settings = LocalStoreSettings(path=self.directory / "store", public_url="http://127.0.0.1:8011")
+        self.store = open_store(self.settings)
+        return self.setup_test_build_step()
+
+    def publish_image(self, input_key: str) -> str:
+        disk = self.directory / "disk.qcow2"
+        disk.write_bytes(b"qcow2 bytes")
+        return publish_files(self.store, "images", input_key, {"gentoo.qcow2": disk}).set_id
+
+    async def test_up_to_date_hands_on_the_existing_set_and_skips_the_rest(self) -> None:
+        set_id = self.publish_image("input-1")
+        self.setup_step(CheckUpToDate(self.settings, "images", "input-1"))
+        self.expect_outcome(
+            result=SUCCESS, state_string=f"images-up-to-date: up to date: images {set_id} already published"
+        )
+        self.expect_property("up_to_date", True)
+        self.expect_property("images_set_id", set_id)
+        await self.run_step()
+        self.assertTrue(self.build.terminate)
+
+    async def test_not_up_to_date_lets_the_build_run(self) -> None:
+        self.publish_image("input-1")
+        self.setup_step(CheckUpToDate(self.settings, "images", "input-2"))
+        self.expect_outcome(
+            result=SUCCESS, state_string="images-up-to-date: no images for input key input-2 yet: building"
+        )
+        self.expect_property("up_to_date", False)
+        await self.run_step()
+        self.assertFalse(getattr(self.build, "terminate", False))
+
+    async def test_upload_urls_reach_the_worker_as_a_private_file(self) -> None:
+        written: list[bytes] = []
+        self.setup_step(
+            MakeUploadUrls(self.settings, "kernel", "kernel-key", {"vmlinuz.tar.xz": "out/vmlinuz.tar.xz"})
+        )
+        self.expect_commands(
+            ExpectDownloadFile(
+                workerdest="upload-map.json",
+                workdir="wkdir",
+                blocksize=32 * 1024,
+                maxsize=None,
+                mode=0o600,
+                reader=ExpectRemoteRef(remotetransfer.StringFileReader),
+            )
+            .download_string(written.append, size=100_000)
+            .exit(0)
+        )
+        self.expect_outcome(result=SUCCESS)
+        await self.run_step()
+
+        set_id = self.get_nth_step(0).getProperty("publish_set_id")
+        (url,) = json.loads(written[0]).values()
+        assert url.startswith(f"http://127.0.0.1:8011/kernel/{set_id}/vmlinuz.tar.xz?expires=")
+        properties = json.dumps(self.get_nth_step(0).build.getProperties().asDict())
+        assert "signature" not in properties
+
+    async def test_publish_verifies_and_flips_latest(self) -> None:
+        data = b"kernel tarball"
+        self.store.put_bytes("kernel/20261125T000000Z-k1/vmlinuz.tar.xz", data)
+        files = {"vmlinuz.tar.xz": {"size": len(data), "sha512": hashlib.sha512(data).hexdigest()}}
+        self.setup_step(PublishSet(self.settings, "kernel", "k1", files, set_id="20261125T000000Z-k1"))
+        self.expect_outcome(
+            result=SUCCESS, state_string="publish-kernel: published kernel 20261125T000000Z-k1"
+        )
+        self.expect_property("kernel_set_id", "20261125T000000Z-k1")
+        await self.run_step()
+        self.assertEqual(latest_set(self.store, "kernel").set_id, "20261125T000000Z-k1")
+
+    async def test_a_corrupt_upload_fails_the_step_and_publishes_nothing(self) -> None:
+        self.store.put_bytes("kernel/20261125T000000Z-k1/vmlinuz.tar.xz", b"corrupted")
+        files = {"vmlinuz.tar.xz": {"size": 9, "sha512": hashlib.sha512(b"the real one").hexdigest()}}
+        self.setup_step(PublishSet(self.settings, "kernel", "k1", files, set_id="20261125T000000Z-k1"))
+        self.expect_outcome(result=FAILURE)
+        await self.run_step()
+        assert "vmlinuz.tar.xz" in self.get_nth_step(0).outcome and "sha512" in self.get_nth_step(0).outcome
+        self.assertIsNone(latest_set(self.store, "kernel"))
+
+    async def test_push_back_signs_exactly_the_new_files(self) -> None:
+        candidates = {
+            "packages_index": "/w/pkgdir/Packages",
+            "binpkgs": {"dev-libs/a/a-1-1.gpkg.tar": "/w/pkgdir/dev-libs/a/a-1-1.gpkg.tar"},
+            "distfiles": {"a-1.tar.gz": "/w/distdir/a-1.tar.gz"},
+        }
+        written: list[bytes] = []
+        self.setup_step(PushBackUrls(self.settings))
+        self.expect_commands(
+            ExpectUploadFile(
+                workersrc="push-back.json",
+                workdir="wkdir",
+                blocksize=32 * 1024,
+                maxsize=None,
+                writer=ExpectRemoteRef(remotetransfer.StringFileWriter),
+            )
+            .upload_string(json.dumps(candidates))
+            .exit(0),
+            ExpectDownloadFile(
+                workerdest="push-back-uploads.json",
+                workdir="wkdir",
+                blocksize=32 * 1024,
+                maxsize=None,
+                mode=0o600,
+                reader=ExpectRemoteRef(remotetransfer.StringFileReader),
+            )
+            .download_string(written.append, size=100_000)
+            .exit(0),
+        )
+        self.expect_outcome(result=SUCCESS, state_string="push-back-urls: 1 packages, 1 distfiles to push")
+        await self.run_step()
+
+        token = self.get_nth_step(0).getProperty("pushback_token")
+        uploads = {path: url.split("?")[0] for path, url in json.loads(written[0]).items()}
+        base = "http://127.0.0.1:8011"
+        staging = f"{base}/incoming/{token}"
+        assert uploads == {
+            "/w/pkgdir/Packages": f"{staging}/Packages",
+            "/w/pkgdir/dev-libs/a/a-1-1.gpkg.tar": f"{staging}/binpkgs/dev-libs/a/a-1-1.gpkg.tar",
+            "/w/distdir/a-1.tar.gz": f"{base}/distfiles/a-1.tar.gz",
+        }
+
+    async def test_merge_without_a_push_is_a_no_op(self) -> None:
+        self.setup_step(MergeBinhost(self.settings, "default/linux/amd64/23.0"))
+        self.expect_outcome(
+            result=SUCCESS, state_string="merge-binhost: nothing was pushed back (no push-back token)"
+        )
+        await self.run_step()
