@@ -78,13 +78,21 @@ def apply_password_edits(root: Path, overlay: Path) -> None:
     shadow.chmod(mode & 0o7777)
 
 
-def check_extlinux_conf(root: Path, overlay: Path, overlay_members: list[str]) -> None:
+def check_extlinux_conf(root: Path, overlay: Path, overlay_members: list[str], has_initramfs: bool) -> None:
     conf = root / EXTLINUX_CONF
     if EXTLINUX_CONF not in overlay_members and not conf.is_file():
         raise StageError(
             f"{overlay}: the overlay has no /{EXTLINUX_CONF}; without it the disk has no boot menu "
             "and cannot boot (add root/boot/extlinux.conf to the overlay)"
         )
+    if not has_initramfs:
+        # One recipe serves kernels with and without an initramfs: a kernel that has its root
+        # drivers built in comes without one, and SYSLINUX refuses to boot with a missing INITRD.
+        lines = conf.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not re.match(r"\s*INITRD\s+/boot/initramfs\s*$", line, re.I)]
+        if kept != lines:
+            conf.write_text("".join(kept))
+            progress(f"the kernel needs no initramfs: dropped INITRD /boot/initramfs from /{EXTLINUX_CONF}")
     for keyword, path in re.findall(
         r"^\s*(LINUX|KERNEL|INITRD)\s+(\S+)", conf.read_text(), re.MULTILINE | re.I
     ):
@@ -126,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
     progress(f"unpacking {args.overlay} into {root}")
     overlay_members = unpack(args.overlay, root, "vmoverride tarball")
     apply_password_edits(root, args.overlay)
-    check_extlinux_conf(root, args.overlay, overlay_members)
+    check_extlinux_conf(root, args.overlay, overlay_members, has_initramfs)
     add_user(root, args.user, args.groups)
     progress(f"assembled {root}: kernel {release}{' with initramfs' if has_initramfs else ''}")
     report(kernel_release=release, kernel_initramfs=has_initramfs)

@@ -1,0 +1,63 @@
+"""Helpers of the image tests: run toolkit stages as a user would, make roots and overlays."""
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from gentoo_farm.workers.toolkit import RESULT_MARKER
+from gentoo_farm.workers.toolkit.boot_test import SERIAL_LOG_END, SERIAL_LOG_MARKER
+from tests.world.stage3 import populate_stage3_root
+
+DEFAULT_OVERLAY = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "overlay"
+FARM_WORKER = str(Path(sys.executable).parent / "farm-worker")
+GREETING = "greeting: emerged package runs"
+
+
+def farm_worker(*arguments: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FARM_WORKER, *(str(argument) for argument in arguments)], capture_output=True, text=True, check=False
+    )
+
+
+def results(process: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for line in process.stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            values.update(json.loads(line[len(RESULT_MARKER) :]))
+    return values
+
+
+def make_overlay(tmp_path: Path, change: Callable[[Path], object] | None = None) -> Path:
+    overlay = tmp_path / "overlay"
+    shutil.copytree(DEFAULT_OVERLAY, overlay)
+    if change is not None:
+        change(overlay / "root")
+    output = tmp_path / "vmoverride.tar.gz"
+    process = farm_worker("overlay", overlay, "--output", output)
+    assert process.returncode == 0, process.stderr
+    return output
+
+
+def make_root(tmp_path: Path) -> Path:
+    """The stand-in stage3 plus one "emerged" package: a vdb entry and a local.d script it installed."""
+    root = tmp_path / "root"
+    populate_stage3_root(root)
+    vdb = root / "var/db/pkg/app-misc/greeting-1.2-r1"
+    vdb.mkdir(parents=True)
+    (vdb / "SLOT").write_text("0\n")
+    script = root / "etc/local.d/60-greeting.start"
+    script.write_text(f"#!/bin/sh\necho '{GREETING}'\n")
+    script.chmod(0o755)
+    return root
+
+
+def assemble(root: Path, kernel: Path, overlay: Path) -> subprocess.CompletedProcess[str]:
+    return farm_worker("assemble", root, "--vmlinuz", kernel, "--overlay", overlay)
+
+
+def serial_log_printed(process: subprocess.CompletedProcess[str]) -> str:
+    start = process.stdout.index(SERIAL_LOG_MARKER)
+    return process.stdout[start : process.stdout.index(SERIAL_LOG_END)]

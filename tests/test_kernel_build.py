@@ -1,0 +1,128 @@
+"""The kernel stage from source: Debian's Linux 6.1 source tarball served by a local distfile mirror.
+
+One long test (the cold build is shared): build the default config; change CONFIG_LOCALVERSION and
+rebuild, mostly from ccache; a config that does not compile fails with the compiler's error; the
+rebuilt kernel boots an image whose console shows the new release.
+"""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import debian
+from tests.imagetest import assemble, farm_worker, make_overlay, make_root, results
+from tests.world.server import WorldServer
+
+DEFAULT_CONFIG = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "kernel-config" / "config"
+
+
+def with_settings(config: Path, destination: Path, **settings: str) -> Path:
+    """A copy of ``config`` with CONFIG_<name> lines replaced (or added)."""
+    lines = config.read_text().splitlines()
+    for name, value in settings.items():
+        option = f"CONFIG_{name}"
+        lines = [line for line in lines if not re.match(rf"(# )?{option}[= ]", line)]
+        lines.append(f"{option}={value}")
+    destination.write_text("\n".join(lines) + "\n")
+    return destination
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_kernel_from_source_rebuilds_from_ccache_reports_compiler_errors_and_boots(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    source = debian.kernel_source_tarball(mirror / "distfiles")
+    work, ccache = tmp_path / "work", tmp_path / "ccache"
+
+    def build(config: Path, output: Path, server: WorldServer):
+        return farm_worker(
+            "kernel",
+            "--source-url",
+            f"{server.url}/distfiles/missing-{source.name}",
+            "--source-url",
+            f"{server.url}/distfiles/{source.name}",
+            "--config",
+            config,
+            "--output",
+            output,
+            "--work-dir",
+            work,
+            "--ccache-dir",
+            ccache,
+        )
+
+    with WorldServer(mirror) as server:
+        cold = build(DEFAULT_CONFIG, tmp_path / "cold.tar.zst", server)
+        assert cold.returncode == 0, cold.stdout[-3000:] + cold.stderr
+        assert f"/distfiles/{source.name}" in server.requested_paths()
+        cold_results = results(cold)
+        release = str(cold_results["kernel_release"])
+        assert re.fullmatch(r"6\.1\.\d+-farm", release)
+        assert cold_results["kernel_initramfs"] is False
+        names = subprocess.run(
+            ["tar", "-tf", tmp_path / "cold.tar.zst"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert f"boot/vmlinuz-{release}" in names and f"boot/config-{release}" in names
+        assert f"lib/modules/{release}/modules.dep" in names
+        assert not any(name.startswith("boot/initramfs") for name in names)
+
+        changed = with_settings(DEFAULT_CONFIG, tmp_path / "config-farm2", LOCALVERSION='"-farm2"')
+        rebuilt = build(changed, tmp_path / "farm2.tar.zst", server)
+        assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr
+        rebuilt_results = results(rebuilt)
+        assert rebuilt_results["kernel_release"] == release + "2"
+        # The new release string touches a handful of files; everything else comes from ccache.
+        hits, misses = (
+            int(rebuilt_results["kernel_ccache_hits"]),
+            int(rebuilt_results["kernel_ccache_misses"]),
+        )
+        assert hits > 20 * misses, (hits, misses)
+        assert (
+            float(rebuilt_results["kernel_build_seconds"]) < float(cold_results["kernel_build_seconds"]) / 2
+        )
+
+        # -Werror with a tiny stack frame limit: gcc rejects the first real function it compiles.
+        broken = with_settings(DEFAULT_CONFIG, tmp_path / "config-broken", WERROR="y", FRAME_WARN="16")
+        failed = build(broken, tmp_path / "broken.tar.zst", server)
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
+    headline = failed.stderr.splitlines()[0]
+    assert headline.startswith("farm-worker kernel: error: kernel build failed: ")
+    assert "error: the frame size of" in headline and "-Werror=frame-larger-than=" in failed.stderr
+    assert not (tmp_path / "broken.tar.zst").exists()
+
+    root = make_root(tmp_path)
+    assembled = assemble(root, tmp_path / "farm2.tar.zst", make_overlay(tmp_path))
+    assert assembled.returncode == 0, assembled.stderr
+    assert "INITRD" not in (root / "boot/extlinux.conf").read_text()
+    image = tmp_path / "farm2.qcow2"
+    disk = farm_worker("disk", root, "--output", image)
+    assert disk.returncode == 0, disk.stderr
+    booted = farm_worker("boot-test", image, "--timeout", 180)
+    assert booted.returncode == 0, booted.stdout[-3000:] + booted.stderr
+    console = Path(str(results(booted)["boot_test_serial_log"])).read_text()
+    assert f"Linux version {release}2 " in console
+
+
+def test_unreachable_mirror_fails_naming_every_url_tried(tmp_path: Path) -> None:
+    with WorldServer(tmp_path) as server:
+        urls = [f"{server.url}/distfiles/linux-6.1.tar.xz", f"{server.url}/other/linux-6.1.tar.xz"]
+        server.go_down()
+        process = farm_worker(
+            "kernel",
+            *[part for url in urls for part in ("--source-url", url)],
+            "--config",
+            DEFAULT_CONFIG,
+            "--output",
+            tmp_path / "out.tar.zst",
+            "--work-dir",
+            tmp_path / "work",
+            "--ccache-dir",
+            tmp_path / "ccache",
+        )
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert "cannot fetch the kernel source" in process.stderr
+    assert all(url in process.stderr for url in urls)
