@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from gentoo_farm.master.store import ArtifactStore, PreconditionFailed, StoreError
 from gentoo_farm.master.store.s3 import S3Store
+from gentoo_farm.workers.toolkit import RESULT_MARKER
 
 pytest_plugins = ["tests.services.store"]
 
@@ -96,13 +98,18 @@ def test_worker_uploads_through_signed_urls(any_store: ArtifactStore, tmp_path: 
     for path, data in files.items():
         path.write_bytes(data)
     upload_map = {str(path): any_store.upload_url(f"kernel/set1/{path.name}", 300) for path in files}
-    (tmp_path / "uploads.json").write_text(__import__("json").dumps(upload_map))
+    (tmp_path / "uploads.json").write_text(json.dumps(upload_map))
 
-    result = _farm_worker("upload", "--map", str(tmp_path / "uploads.json"))
+    result = _farm_worker("upload", "--map", str(tmp_path / "uploads.json"), "--report-checksums")
 
     assert result.returncode == 0, result.stderr
     for path, data in files.items():
         assert any_store.get_bytes(f"kernel/set1/{path.name}") == data
+    (reported,) = [line for line in result.stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    assert json.loads(reported[len(RESULT_MARKER) :])["uploaded"]["vmlinuz.tar.xz"] == {
+        "size": 3 * 1024 * 1024,
+        "sha512": hashlib.sha512(files[tmp_path / "vmlinuz.tar.xz"]).hexdigest(),
+    }
     assert "uploaded 2 files" in result.stdout
     # The URLs are credentials: the log shows where files went, never the signature.
     assert "signature" not in result.stdout.lower() and "X-Amz" not in result.stdout
@@ -114,7 +121,7 @@ def test_worker_upload_reports_a_refused_url(local_settings, tmp_path: Path) -> 
     store = open_store(local_settings)
     (tmp_path / "f").write_bytes(b"data")
     url = store.upload_url("kernel/s/f", 300).replace("kernel/s/f", "images/s/f")
-    (tmp_path / "uploads.json").write_text(__import__("json").dumps({str(tmp_path / "f"): url}))
+    (tmp_path / "uploads.json").write_text(json.dumps({str(tmp_path / "f"): url}))
 
     result = _farm_worker("upload", "--map", str(tmp_path / "uploads.json"))
 

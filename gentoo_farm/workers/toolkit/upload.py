@@ -94,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=300, help="seconds without progress before a try fails"
     )
+    parser.add_argument(
+        "--report-checksums",
+        action="store_true",
+        help="hand {file name: {size, sha512}} of what was sent back to the build (property 'uploaded')",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
