@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from gentoo_farm.master.store import ArtifactStore, PreconditionFailed, StoreError
+from gentoo_farm.master.store.binhost import store_lock
 from gentoo_farm.master.store.s3 import S3Store
 from gentoo_farm.workers.toolkit import RESULT_MARKER
 
@@ -57,17 +58,37 @@ def test_conditional_writes(any_store: ArtifactStore) -> None:
     assert any_store.get_bytes("locks/x") == b"third"
 
 
-def test_concurrent_updates_lose_nothing(any_store: ArtifactStore) -> None:
+def test_the_store_lock_serialises_read_modify_write(any_store: ArtifactStore) -> None:
     def append(line: bytes) -> None:
-        any_store.update_bytes("binpkgs/p/Packages", lambda current: (current or b"") + line + b"\n")
+        with store_lock(any_store, "test-index", timeout=60):
+            current = (
+                any_store.get_bytes("binpkgs/p/Packages") if any_store.exists("binpkgs/p/Packages") else b""
+            )
+            time.sleep(0.05)  # widen the window a lost update would need
+            any_store.put_bytes("binpkgs/p/Packages", current + line + b"\n")
 
     writers = [threading.Thread(target=append, args=(f"writer-{n}".encode(),)) for n in range(6)]
     for writer in writers:
         writer.start()
     for writer in writers:
-        writer.join(timeout=60)
+        writer.join(timeout=90)
     lines = any_store.get_bytes("binpkgs/p/Packages").splitlines()
     assert sorted(lines) == sorted(f"writer-{n}".encode() for n in range(6))
+    assert not any_store.exists("locks/test-index"), "the lock is released"
+
+
+def test_a_dead_holders_lock_is_taken_over_after_its_lease(any_store: ArtifactStore) -> None:
+    any_store.put_bytes("locks/stale", json.dumps({"owner": "crashed-master:1", "expires": 0}).encode())
+    with store_lock(any_store, "stale", timeout=10):
+        assert b"crashed-master" not in any_store.get_bytes("locks/stale")
+    any_store.put_bytes(
+        "locks/held", json.dumps({"owner": "busy-master:2", "expires": time.time() + 600}).encode()
+    )
+    with (
+        pytest.raises(StoreError, match=r"locks/held is held by busy-master:2"),
+        store_lock(any_store, "held", timeout=1),
+    ):
+        pass
 
 
 def test_large_files_go_up_in_parts(s3_settings, tmp_path: Path) -> None:

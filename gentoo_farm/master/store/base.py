@@ -137,28 +137,3 @@ class ArtifactStore(ABC):
             while chunk := stream.read(READ_CHUNK):
                 digest.update(chunk)
         return digest.hexdigest()
-
-    def update_bytes(self, key: str, change: Callable[[bytes | None], bytes], attempts: int = 20) -> bytes:
-        """Read-modify-write ``key`` so that concurrent updates never lose each other's changes.
-
-        ``change`` gets the current content (None when absent) and returns the new content; it may
-        run more than once when another writer got in between. Returns what was written.
-        """
-        for _ in range(attempts):
-            info = self.head(key)
-            current = None
-            if info is not None:
-                try:
-                    current = self.get_bytes(key)
-                except ObjectNotFound:
-                    continue
-            new = change(current)
-            try:
-                if info is None:
-                    self.put_bytes(key, new, if_absent=True)
-                else:
-                    self.put_bytes(key, new, if_match=info.etag)
-            except PreconditionFailed:
-                continue
-            return new
-        raise StoreError(f"{self.location}: {key} kept changing under {attempts} concurrent updates; gave up")
