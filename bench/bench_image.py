@@ -1,0 +1,129 @@
+"""Image assembly (unpack -> qcow2) through the toolkit vs the same tool calls run bare, side by side.
+
+The farm's way is ``farm-worker assemble`` then ``farm-worker disk``. The floor is the sequence of
+tool calls those stages cannot do without — tar (kernel, overlay), useradd, sfdisk, losetup,
+mkfs.ext4, mount, cp, extlinux, mbr.bin, qemu-img convert, sha512sum — timed alone, on an identical
+fresh root, in the same run. The ratio is the toolkit's overhead (goal: <= 1.10).
+
+Run as root: ``/work/venv/bin/python bench/bench_image.py [--rounds 3]``. Needs the Debian kernel
+package (fetched with apt-get download into the test cache on first use).
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests import debian
+from tests.world.stage3 import populate_stage3_root
+
+FARM_WORKER = str(Path(sys.executable).parent / "farm-worker")
+OVERLAY = Path(__file__).resolve().parent.parent / "gentoo_farm" / "defaults" / "overlay"
+MBR = "/usr/lib/syslinux/mbr/mbr.bin"
+
+
+def run(*command: object, **kwargs: object) -> None:
+    subprocess.run([str(part) for part in command], check=True, stdout=subprocess.DEVNULL, **kwargs)
+
+
+def timed(command: list[object], **kwargs: object) -> float:
+    started = time.perf_counter()
+    run(*command, **kwargs)
+    return time.perf_counter() - started
+
+
+def toolkit_round(root: Path, kernel: Path, overlay: Path, image: Path, size: str) -> float:
+    started = time.perf_counter()
+    run(FARM_WORKER, "assemble", root, "--vmlinuz", kernel, "--overlay", overlay)
+    run(FARM_WORKER, "disk", root, "--output", image, "--size", size, "--compress")
+    return time.perf_counter() - started
+
+
+def bare_round(root: Path, kernel: Path, overlay: Path, image: Path, size: str, scratch: Path) -> float:
+    """The same work as shell commands, summing only the tools' own run times."""
+    total = 0.0
+    unpack = ["--numeric-owner", "--preserve-permissions", "--no-overwrite-dir"]
+    total += timed(["tar", "-C", root, *unpack, "-xf", kernel])
+    total += timed(["tar", "-C", root, *unpack, "-xf", overlay])
+    total += timed(["chroot", root, "useradd", "-m", "-G", "wheel,users", "ec2-user"])
+    raw = scratch / "bare.raw"
+    total += timed(["truncate", "-s", size, raw])
+    total += timed(["sfdisk", "--quiet", raw], input=b"label: dos\nstart=2048, type=83, bootable\n")
+    partition = raw.stat().st_size - 1048576
+    started = time.perf_counter()
+    device = subprocess.run(
+        ["losetup", "--show", "-f", "-o", "1048576", "--sizelimit", str(partition), str(raw)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    total += time.perf_counter() - started
+    mountpoint = scratch / "mnt"
+    mountpoint.mkdir()
+    try:
+        total += timed(["mkfs.ext4", "-q", "-F", "-L", "root", device])
+        total += timed(["mount", "-t", "ext4", device, mountpoint])
+        total += timed(["cp", "-a", f"{root}/.", f"{mountpoint}/"])
+        total += timed(["extlinux", "--install", mountpoint / "boot"])
+        total += timed(["umount", mountpoint])
+    finally:
+        total += timed(["losetup", "-d", device])
+    total += timed(
+        ["dd", f"if={MBR}", f"of={raw}", "bs=440", "count=1", "conv=notrunc"], stderr=subprocess.DEVNULL
+    )
+    total += timed(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", raw, image])
+    total += timed(["sha512sum", image])
+    raw.unlink()
+    return total
+
+
+def fresh_root(parent: Path) -> Path:
+    root = parent / "root"
+    populate_stage3_root(root)
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", default="1G", help="disk size for both (fixed, so both do the same work)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-image-", dir="/var/tmp") as scratch_name:
+        scratch = Path(scratch_name)
+        kernel = scratch / "vmlinuz.tar.zst"
+        run(FARM_WORKER, "kernel-package", debian.download(debian.kernel_image_package()), "--output", kernel)
+        overlay = scratch / "vmoverride.tar.gz"
+        run(FARM_WORKER, "overlay", OVERLAY, "--output", overlay)
+
+        toolkit_times, bare_times = [], []
+        for number in range(1, args.rounds + 1):
+            for kind in ("toolkit", "bare"):
+                work = scratch / f"{kind}-{number}"
+                work.mkdir()
+                root = fresh_root(work)
+                image = work / "image.qcow2"
+                if kind == "toolkit":
+                    toolkit_times.append(toolkit_round(root, kernel, overlay, image, args.size))
+                else:
+                    bare_times.append(bare_round(root, kernel, overlay, image, args.size, work))
+                shutil.rmtree(work)
+            print(
+                f"round {number}: toolkit {toolkit_times[-1]:.2f} s, bare tools {bare_times[-1]:.2f} s, "
+                f"ratio {toolkit_times[-1] / bare_times[-1]:.3f}",
+                flush=True,
+            )
+    best_toolkit, best_bare = min(toolkit_times), min(bare_times)
+    print(f"image assembly (unpack -> qcow2), best of {args.rounds}:")
+    print(f"  toolkit (assemble + disk):   {best_toolkit:.2f} s")
+    print(f"  irreducible tool calls only: {best_bare:.2f} s")
+    print(f"  overhead ratio: {best_toolkit / best_bare:.3f} (goal <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
