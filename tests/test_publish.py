@@ -206,3 +206,29 @@ def test_retention_keeps_n_sets_and_everything_still_referenced(
     assert len(list_sets(any_store, "kernel")) == 3
     assert latest_set(any_store, "images").set_id == oldest_image
     assert all(any_store.head(key) is None for key in plan.doomed_keys)
+
+
+def test_farm_prune_dry_run_lists_then_prune_deletes(local_settings, tmp_path: Path, capsys) -> None:
+    import argparse
+    from types import SimpleNamespace
+
+    from gentoo_farm.commands import prune
+
+    store = open_store(local_settings)
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    old, new = (
+        _publish(store, tmp_path, "images", tag, when=day + timedelta(days=n)) for n, tag in enumerate("ab")
+    )
+    parser = argparse.ArgumentParser()
+    prune.add_arguments(parser)
+    config = SimpleNamespace(store=local_settings)
+
+    assert prune.run(parser.parse_args(["--dry-run", "--keep", "1"]), config) == 0
+    output = capsys.readouterr().out
+    assert f"images: keeping {new}" in output
+    assert f"would delete images/{old}/manifest.json" in output
+    assert store.exists(f"images/{old}/manifest.json")
+
+    assert prune.run(parser.parse_args(["--keep", "1"]), config) == 0
+    assert f"deleted images/{old}/a.qcow2" in capsys.readouterr().out
+    assert [s.set_id for s in list_sets(store, "images")] == [new]
