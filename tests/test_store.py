@@ -118,16 +118,16 @@ def test_worker_uploads_through_signed_urls(any_store: ArtifactStore, tmp_path: 
     files = {tmp_path / "vmlinuz.tar.xz": os.urandom(3 * 1024 * 1024), tmp_path / "a.sha512": b"abc\n"}
     for path, data in files.items():
         path.write_bytes(data)
-    upload_map = {str(path): any_store.upload_url(f"kernel/set1/{path.name}", 300) for path in files}
+    upload_map = {str(path): any_store.upload_url(f"kernel/set1/stored-{path.name}", 300) for path in files}
     (tmp_path / "uploads.json").write_text(json.dumps(upload_map))
 
     result = _farm_worker("upload", "--map", str(tmp_path / "uploads.json"), "--report-checksums")
 
     assert result.returncode == 0, result.stderr
     for path, data in files.items():
-        assert any_store.get_bytes(f"kernel/set1/{path.name}") == data
+        assert any_store.get_bytes(f"kernel/set1/stored-{path.name}") == data
     (reported,) = [line for line in result.stdout.splitlines() if line.startswith(RESULT_MARKER)]
-    assert json.loads(reported[len(RESULT_MARKER) :])["uploaded"]["vmlinuz.tar.xz"] == {
+    assert json.loads(reported[len(RESULT_MARKER) :])["uploaded"]["stored-vmlinuz.tar.xz"] == {
         "size": 3 * 1024 * 1024,
         "sha512": hashlib.sha512(files[tmp_path / "vmlinuz.tar.xz"]).hexdigest(),
     }

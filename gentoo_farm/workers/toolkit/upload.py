@@ -14,9 +14,9 @@ import json
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from gentoo_farm.workers.toolkit import StageError, progress, report
 
@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-checksums",
         action="store_true",
-        help="hand {file name: {size, sha512}} of what was sent back to the build (property 'uploaded')",
+        help="hand {stored name: {size, sha512}} of what was sent back to the build (property 'uploaded')",
     )
 
 
@@ -120,7 +120,11 @@ def run(args: argparse.Namespace) -> None:
         path = Path(name)
         progress(f"[{number}/{len(uploads)}] {path} -> {shown(url)}")
         sha512 = put_file(path, url, args.attempts, args.timeout)
-        sent[path.name] = {"size": path.stat().st_size, "sha512": sha512}
+        # Keyed by the file's name in the store (the URL's last segment): what publishing checks.
+        sent[PurePosixPath(unquote(urlsplit(url).path)).name] = {
+            "size": path.stat().st_size,
+            "sha512": sha512,
+        }
         total += path.stat().st_size
     seconds = time.monotonic() - started
     progress(f"uploaded {len(uploads)} files, {total} bytes in {seconds:.1f} s")
