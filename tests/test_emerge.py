@@ -1,0 +1,151 @@
+"""``farm-worker emerge`` with real Portage: cold from source, then warm from the farm binhost and mirror."""
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.world import World, WorldServer, build_world
+from tests.world.stages import StageRun, run_stage
+
+ALL_PACKAGES = {
+    "dev-libs/farm-core-1.0",
+    *(f"dev-libs/farm-synth{index}-1.0" for index in range(1, 7)),
+    "app-misc/farm-hello-1.0",
+    "app-misc/farm-motd-1.0",
+    "app-misc/farm-tools-1.0",
+}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return build_world(tmp_path / "world")
+
+
+@pytest.fixture
+def upstream(world: World) -> Iterator[WorldServer]:
+    with WorldServer(world.mirror_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def farm_store(tmp_path: Path) -> Iterator[WorldServer]:
+    """The farm's binhost and distfile mirror as the store serves them (empty until a build pushes back)."""
+    store = tmp_path / "store"
+    (store / "binpkgs").mkdir(parents=True)
+    (store / "distfiles").mkdir()
+    with WorldServer(store) as server:
+        yield server
+
+
+def build_root(world: World, root: Path) -> Path:
+    unpacked = run_stage(
+        "chroot",
+        "--stage3",
+        world.file(world.stage3_path),
+        "--snapshot",
+        world.file(world.snapshot_path),
+        "--root",
+        root,
+    )
+    assert unpacked.returncode == 0, unpacked.stderr
+    return root
+
+
+def emerge(
+    world: World, root: Path, work: Path, farm: WorldServer, upstream: WorldServer, *atoms: str
+) -> StageRun:
+    return run_stage(
+        "emerge",
+        "--root", root, "--pkgdir", work / "pkgs", "--distdir", work / "distfiles",
+        "--workdir", work / "scratch",
+        "--profile", world.profile, "--binhost", f"{farm.url}/binpkgs", "--distfile-mirror", farm.url,
+        "--upstream-mirror", upstream.url, "--jobs", "2",
+        *(atoms or world.package_set),
+        log=work.parent / f"{work.name}.log",
+    )  # fmt: skip
+
+
+def push_back(work: Path, farm: WorldServer) -> None:
+    """What the image build does after emerge (the store's push-back; a plain copy for this test)."""
+    shutil.copytree(work / "pkgs", farm.directory / "binpkgs", dirs_exist_ok=True)
+    for distfile in (work / "distfiles").iterdir():
+        if distfile.is_file() and not distfile.name.startswith("."):
+            shutil.copy2(distfile, farm.directory / "distfiles")
+
+
+def assert_image_content(world: World, root: Path) -> None:
+    hello = root / world.static_binary.lstrip("/")
+    assert (
+        subprocess.run([hello], capture_output=True, text=True, check=True).stdout
+        == world.hello_message + "\n"
+    )
+    assert "statically linked" in subprocess.run(["file", "-L", hello], capture_output=True, text=True).stdout
+    assert (root / "etc/local.d/50-farm-hello.start").read_text().endswith("/usr/bin/farm-hello\n")
+    assert (root / "etc/init.d" / world.service_name).read_text().startswith("#!/sbin/openrc-run\n")
+    # Portage recorded the set as the image's selected packages, and the farm binhost entry is gone again.
+    assert set((root / "var/lib/portage/world").read_text().split()) == set(world.package_set)
+    assert not (root / "etc/portage/binrepos.conf/farm-binhost.conf").exists()
+
+
+@pytest.mark.slow
+def test_cold_build_fills_binhost_then_warm_build_compiles_nothing(
+    world: World, upstream: WorldServer, farm_store: WorldServer, tmp_path: Path
+) -> None:
+    cold_root = build_root(world, tmp_path / "cold-root")
+    cold = emerge(world, cold_root, tmp_path / "cold", farm_store, upstream)
+
+    assert cold.returncode == 0, cold.stdout[-3000:] + cold.stderr
+    assert set(cold.result["packages_compiled"]) == ALL_PACKAGES
+    assert cold.result["packages_binary"] == []
+    assert cold.result["distfiles_fetched"] == sorted(world.distfiles)
+    upstream_distfiles = {path for path in upstream.requested_paths() if path.startswith("/distfiles/")}
+    assert {f"/distfiles/{name}" for name in world.distfiles} <= upstream_distfiles
+    built = sorted(path.name for path in (tmp_path / "cold/pkgs").rglob("*.gpkg.tar"))
+    assert len(built) == len(ALL_PACKAGES)
+    assert (tmp_path / "cold/pkgs/Packages").is_file()
+    assert_image_content(world, cold_root)
+
+    push_back(tmp_path / "cold", farm_store)
+    upstream.clear_log()
+    farm_store.clear_log()
+
+    warm_root = build_root(world, tmp_path / "warm-root")
+    warm = emerge(world, warm_root, tmp_path / "warm", farm_store, upstream)
+
+    assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr
+    assert warm.result["packages_compiled"] == []
+    assert set(warm.result["packages_binary"]) == ALL_PACKAGES
+    assert ">>> Compiling source" not in warm.stdout
+    assert warm.result["distfiles_fetched"] == []
+    assert [path for path in upstream.requested_paths() if path.startswith("/distfiles/")] == []
+    assert any(path.startswith("/binpkgs/Packages") for path in farm_store.requested_paths())
+    assert not any((tmp_path / "warm/pkgs").rglob("*.gpkg.tar")), "nothing new was built, so nothing to push"
+    assert_image_content(world, warm_root)
+
+
+def test_unknown_package_fails_with_portage_reason(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    root = build_root(world, tmp_path / "root")
+    run = run_stage(
+        "emerge", "--root", root, "--pkgdir", tmp_path / "pkgs", "--distdir", tmp_path / "distfiles",
+        "--workdir", tmp_path / "scratch", "--profile", world.profile, "--upstream-mirror", upstream.url,
+        "app-misc/no-such-package",
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.error == "emerge app-misc/no-such-package: emerge exited with status 1 (see the log above)"
+    assert 'emerge: there are no ebuilds to satisfy "app-misc/no-such-package"' in run.stdout
+
+
+def test_unknown_profile_is_named(world: World, tmp_path: Path) -> None:
+    root = build_root(world, tmp_path / "root")
+    run = run_stage(
+        "emerge", "--root", root, "--pkgdir", tmp_path / "pkgs", "--distdir", tmp_path / "distfiles",
+        "--workdir", tmp_path / "scratch", "--profile", "default/linux/riscv", "app-misc/farm-hello",
+    )  # fmt: skip
+    assert run.returncode == 1
+    profiles = root / "var/db/repos/gentoo/profiles"
+    assert run.error == f"profile default/linux/riscv: no such directory {profiles}/default/linux/riscv"
