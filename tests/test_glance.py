@@ -36,6 +36,7 @@ from gentoo_farm.master.store.sets import publish_files
 from gentoo_farm.steps.glance import PublishToGlance
 from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
+from tests.services.store import LocalStoreSettings
 
 # isort: split
 # Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.
@@ -307,6 +308,7 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
     def services(self, glance, store, tmp_path, farm_id, clouds_yaml):  # noqa: F811
         self.glance = glance
         self.store = store
+        self.store_settings = LocalStoreSettings(path=store.root, public_url=store.public_base_url() or "")
         self.tmp_path = tmp_path
         self.farm_id = farm_id
 
@@ -319,9 +321,12 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         return upload_key(self.store, upload).split("/")[1]
 
     def step(self, set_id: str, *targets: GlanceTarget) -> PublishToGlance:
-        return self.setup_step(
-            PublishToGlance(self.store, list(targets) or [target()], self.farm_id, set_id=set_id)
+        """The step as a build has it: the set id comes from the store publish's ``images_set_id``."""
+        step = self.setup_step(
+            PublishToGlance(self.store_settings, list(targets) or [target()], self.farm_id)
         )
+        self.build.setProperty("images_set_id", set_id, "PublishSet")
+        return step
 
     async def test_publishes_to_every_target(self):
         set_id = self.publish(date(2026, 12, 10))

@@ -17,11 +17,12 @@ from gentoo_farm.master.glance import (
     publish_image,
     upload_from_record,
 )
-from gentoo_farm.master.store import ArtifactStore, StoreError
+from gentoo_farm.master.store import StoreError, StoreSettings, open_store
 
 
 class PublishToGlance(buildstep.BuildStep):
-    """Upload the image set ``set_id`` of the store to each target, one after the other, in a thread.
+    """Upload the image set ``set_id`` (default: the ``images_set_id`` property the store's publish
+    steps set) to each target, one after the other, in a thread.
 
     A cloud that cannot be reached makes the step WARNINGS, not FAILURE: the image is safely in the
     store and the next build (or a rebuild) publishes it there. Any other Glance failure (an import
@@ -35,20 +36,18 @@ class PublishToGlance(buildstep.BuildStep):
 
     def __init__(
         self,
-        store: ArtifactStore,
+        store_settings: StoreSettings,
         targets: Sequence[GlanceTargetSettings],
         farm_id: str,
-        set_id: object = properties.Property("image_set_id"),
-        url_expiry: int = 3600,
+        set_id: object = properties.Property("images_set_id"),
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("warnOnWarnings", True)
         super().__init__(**kwargs)
-        self.store = store
+        self.store_settings = store_settings
         self.targets = list(targets)
         self.farm_id = farm_id
         self.set_id = set_id
-        self.url_expiry = url_expiry
         self.outcomes: list[str] = []
 
     async def run(self) -> int:
@@ -56,17 +55,19 @@ class PublishToGlance(buildstep.BuildStep):
             self.outcomes.append("no Glance targets configured")
             return SKIPPED
         log = await self.addLog("glance")
+        expiry = self.store_settings.url_expiry_seconds
         try:
-            record = await threads.deferToThread(find_image, self.store, str(self.set_id), self.url_expiry)
+            store = await threads.deferToThread(open_store, self.store_settings)
+            record = await threads.deferToThread(find_image, store, str(self.set_id), expiry)
         except StoreError as error:
             self.outcomes.append(f"cannot read the store: {error}")
             await log.addStderr(f"{error}\n")
             return FAILURE
         if record is None:
-            self.outcomes.append(f"no published image {self.set_id!r} in {self.store.location}")
+            self.outcomes.append(f"no published image {self.set_id!r} in {store.location}")
             await log.addStderr(self.outcomes[-1] + "\n")
             return FAILURE
-        upload = upload_from_record(self.store, record, self.farm_id, self.url_expiry)
+        upload = upload_from_record(store, record, self.farm_id, expiry)
         results = SUCCESS
         published: dict[str, str] = {}
         for target in self.targets:
