@@ -31,10 +31,16 @@ def run(*command: object, **kwargs: object) -> None:
     subprocess.run([str(part) for part in command], check=True, stdout=subprocess.DEVNULL, **kwargs)
 
 
+TOOL_SECONDS: dict[str, float] = {}
+
+
 def timed(command: list[object], **kwargs: object) -> float:
     started = time.perf_counter()
     run(*command, **kwargs)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    name = str(command[0]) if command[0] != "tar" else f"tar {Path(str(command[-1])).name}"
+    TOOL_SECONDS[name] = TOOL_SECONDS.get(name, 0.0) + elapsed
+    return elapsed
 
 
 def toolkit_round(root: Path, kernel: Path, overlay: Path, image: Path, size: str) -> float:
@@ -103,7 +109,9 @@ def main() -> None:
 
         toolkit_times, bare_times = [], []
         for number in range(1, args.rounds + 1):
-            for kind in ("toolkit", "bare"):
+            # Alternate who goes first, so page-cache warmth and background load favour neither.
+            order = ("toolkit", "bare") if number % 2 else ("bare", "toolkit")
+            for kind in order:
                 work = scratch / f"{kind}-{number}"
                 work.mkdir()
                 root = fresh_root(work)
@@ -123,6 +131,13 @@ def main() -> None:
     print(f"  toolkit (assemble + disk):   {best_toolkit:.2f} s")
     print(f"  irreducible tool calls only: {best_bare:.2f} s")
     print(f"  overhead ratio: {best_toolkit / best_bare:.3f} (goal <= 1.10)")
+    print(
+        "  bare tool time by tool (all rounds): "
+        + ", ".join(
+            f"{name} {seconds:.1f} s"
+            for name, seconds in sorted(TOOL_SECONDS.items(), key=lambda item: -item[1])
+        )
+    )
 
 
 if __name__ == "__main__":
