@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import openstack
+import portage.util
 import pytest
 from buildbot.config.errors import capture_config_errors
+from portage.binrepo.config import BinRepoConfigLoader
 
+from gentoo_farm.workers.bootstrap import WorkerBootstrap
 from gentoo_farm.workers.openstack import OpenStackLatentWorker, openstack_worker_pool
 from tests.services.compute import ComputeStandIn
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
@@ -37,6 +40,7 @@ AWS_SECRET_KEY = "farm-aws-secret-leak-check-9d2c1b"
 BINHOST_URL = "http://127.0.0.1:1/binpkgs/default/linux/amd64/23.0"
 MIRROR_URL = "http://127.0.0.1:1/distfiles"
 MAX_START_ATTEMPTS = 2
+NETWORK_ID = "5f0e8a43-2b1c-4d8e-9a7f-0c6b3d2e1f4a"
 BOOT_TIMEOUT = 6
 CONNECT_TIMEOUT = 20
 RESULTS = {
@@ -61,12 +65,9 @@ c["collapseRequests"] = False
 c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
 c["protocols"] = {{"pb": {{"port": "tcp:{pb_port}:interface=127.0.0.1"}}}}
 c["www"] = {{"port": "tcp:{www_port}:interface=127.0.0.1", "plugins": {{}}}}
-c["workers"] = openstack_worker_pool(
-    "os",
-    3,
+common = dict(
     cloud={cloud!r},
     flavor="m1.small",
-    image="farm-latest",
     farm_id={farm_id!r},
     master_address="127.0.0.1:{pb_port}",
     binhost_url={binhost!r},
@@ -80,6 +81,12 @@ c["workers"] = openstack_worker_pool(
     check_instance_interval=1,
     build_wait_timeout=0,
 )
+pool = openstack_worker_pool("os", 3, image="farm-latest", **common)
+on_volume = openstack_worker_pool(
+    "vol", 1, image="gentoo-20261101-amd64", volume_size=20, key_name="farm-key", network={network!r},
+    **common,
+)
+c["workers"] = pool + on_volume
 c["services"] = [OpenStackOrphanReaper(cloud={cloud!r}, farm_id={farm_id!r}, interval=5)]
 
 quick = util.BuildFactory()
@@ -87,12 +94,13 @@ quick.addStep(FarmWorkerStep("stamp", ["--builder", "quick", "--input-key", "k1"
 quick.addStep(steps.ShellCommand(command=["sleep", "1"]))
 long = util.BuildFactory()
 long.addStep(steps.ShellCommand(command=["sleep", "600"]))
-workers = [worker.name for worker in c["workers"]]
+workers = [worker.name for worker in pool]
 c["builders"] = [
     util.BuilderConfig(name="quick", workernames=workers, factory=quick),
     util.BuilderConfig(name="long", workernames=workers, factory=long),
+    util.BuilderConfig(name="on-volume", workernames=["vol-1"], factory=quick),
 ]
-c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["quick", "long"])]
+c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["quick", "long", "on-volume"])]
 """
 
 
@@ -124,6 +132,7 @@ class Master:
                 boot_timeout=BOOT_TIMEOUT,
                 connect_timeout=CONNECT_TIMEOUT,
                 max_start_attempts=MAX_START_ATTEMPTS,
+                network=NETWORK_ID,
             )
         )
 
@@ -141,7 +150,7 @@ class Master:
             if self.process.poll() is not None:
                 raise RuntimeError(f"master exited {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if len(self.get("workers")["workers"]) == 3:
+                if len(self.get("workers")["workers"]) == 4:
                     return
             except OSError:
                 pass
@@ -251,6 +260,11 @@ def farm(keystone: Keystone, glance: Glance, tmp_path_factory: pytest.TempPathFa
     workdir = tmp_path_factory.mktemp("openstack-farm")
     compute = ComputeStandIn(keystone, workdir / "compute", glance_url=glance.url, prepare_vm=_prepare_vm)
     compute.start()
+    compute.keypairs["farm-key"] = {
+        "name": "farm-key",
+        "public_key": "ssh-ed25519 AAAA farm",
+        "fingerprint": "x",
+    }
     keystone.register_service("compute", "nova", compute.url)
     clouds = keystone.write_clouds_yaml(workdir / "clouds.yaml", cloud=CLOUD, username="demo")
     os.environ["OS_CLIENT_CONFIG_FILE"] = str(clouds)
@@ -324,6 +338,28 @@ def test_build_runs_on_a_fresh_server_that_is_deleted_after(farm: Farm, stand_in
     for token in tokens:
         assert token not in bodies
     assert not any(secret in json.dumps(properties) for secret in [*farm.secrets(), *tokens])
+
+
+def test_boot_from_volume_with_key_and_network(farm: Farm, stand_in: ComputeStandIn) -> None:
+    brid = farm.master.force("on-volume")
+    request = farm.master.wait_request(brid, timeout=120)
+
+    assert RESULTS[request["results"]] == "success"
+    farm.wait_no_servers()
+    (server,) = stand_in.deleted.values()
+    assert "imageRef" not in server.request
+    assert server.request["block_device_mapping_v2"] == [
+        {
+            "boot_index": 0,
+            "uuid": farm.image_ids["older"],  # named in the config
+            "source_type": "image",
+            "destination_type": "volume",
+            "volume_size": 20,
+            "delete_on_termination": True,
+        }
+    ]
+    assert server.request["key_name"] == "farm-key"
+    assert server.request["networks"] == [{"uuid": NETWORK_ID}]
 
 
 def _request_with_fault(farm: Farm, stand_in: ComputeStandIn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -468,7 +504,10 @@ def test_bad_worker_configuration_is_reported_naming_the_key() -> None:
         "master_address": ("nohost", "'os-1': master_address 'nohost': expected host:port"),
         "farm_id": ("my farm", "'os-1': farm_id 'my farm' must be 1-64 letters"),
         "boot_timeout": (0, "'os-1': boot_timeout must be a positive number of seconds, got 0"),
-        "volume_size": (2.5, "'os-1': volume_size must be a whole number of GiB >= 1, got 2.5"),
+        "volume_size": (
+            2.5,
+            "'os-1': volume_size must be whole GiB (0: boot from the image), got 2.5",
+        ),
         "binhost_url": ("ftp:/x", "'os-1': binhost_url 'ftp:/x': expected an http(s):// or file:// URL"),
     }
     for key, (value, message) in bad.items():
@@ -478,3 +517,62 @@ def test_bad_worker_configuration_is_reported_naming_the_key() -> None:
     with capture_config_errors() as errors:
         assert len(openstack_worker_pool("os", 3, **good)) == 3
     assert not errors.errors
+
+
+@pytest.mark.parametrize("layout", ["fresh", "files", "directories"])
+def test_bootstrap_points_portage_at_the_farm_as_portage_reads_it(tmp_path: Path, layout: str) -> None:
+    """The Portage half of the user-data, read back with Portage's own parsers, twice (idempotent)."""
+    configroot, home = tmp_path / "root", tmp_path / "home"
+    portage_dir = configroot / "etc" / "portage"
+    portage_dir.mkdir(parents=True)
+    if layout == "files":
+        (portage_dir / "make.conf").write_text('COMMON_FLAGS="-O2 -pipe"\n')
+        (portage_dir / "binrepos.conf").write_text(
+            "[gentoobinhost]\nsync-uri = https://distfiles.gentoo.org/x\n"
+        )
+    if layout == "directories":  # as Gentoo's stage3 ships binrepos.conf
+        (portage_dir / "make.conf").mkdir()
+        (portage_dir / "make.conf" / "00-base.conf").write_text('COMMON_FLAGS="-O2 -pipe"\n')
+        (portage_dir / "binrepos.conf").mkdir()
+        (portage_dir / "binrepos.conf" / "gentoobinhost.conf").write_text(
+            "[gentoobinhost]\nsync-uri = https://distfiles.gentoo.org/x\n"
+        )
+    # the image already carries the worker: record what the script asks of it
+    (home / "venv" / "bin").mkdir(parents=True)
+    for tool in ("buildbot-worker", "farm-worker"):
+        stub = home / "venv" / "bin" / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{tmp_path}/calls"\n')
+        stub.chmod(0o755)
+    script = tmp_path / "user-data"
+    script.write_text(
+        WorkerBootstrap("10.0.0.1:9989", BINHOST_URL, MIRROR_URL, "gentoo-farm==0.1.0").render(
+            "os-1", "s3cr3t"
+        )
+    )
+    env = {"PATH": "/usr/bin:/bin", "PORTAGE_CONFIGROOT": f"{configroot}/", "FARM_WORKER_HOME": str(home)}
+    for _ in range(2):
+        subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True, timeout=60)
+
+    make_conf = portage_dir / "make.conf"
+    settings = portage.util.getconfig(
+        str(make_conf),
+        expand={"GENTOO_MIRRORS": "https://distfiles.gentoo.org"},
+        allow_sourcing=True,
+        recursive=True,
+    )
+    assert settings["GENTOO_MIRRORS"].split() == [MIRROR_URL, "https://distfiles.gentoo.org"]
+    make_conf_files = sorted(make_conf.iterdir()) if make_conf.is_dir() else [make_conf]
+    assert sum(path.read_text().count("GENTOO_MIRRORS=") for path in make_conf_files) == 1
+    paths = [str(portage_dir / "binrepos.conf")]
+    repos = BinRepoConfigLoader(
+        paths, {"EPREFIX": "", "EROOT": "/", "PORTAGE_CONFIGROOT": str(configroot), "ROOT": "/"}
+    )
+    assert repos["gentoo-farm"].sync_uri == BINHOST_URL
+    assert repos["gentoo-farm"].priority == 10
+    if layout != "fresh":
+        assert "gentoobinhost" in repos
+    home_worker = home / "worker"
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        f"buildbot-worker create-worker --umask=0o022 --keepalive=60 {home_worker} 10.0.0.1:9989 os-1 s3cr3t",
+        f"buildbot-worker start {home_worker}",
+    ] * 2

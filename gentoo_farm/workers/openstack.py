@@ -33,18 +33,21 @@ from twisted.internet import defer, task, threads
 from twisted.python import log
 from zope.interface import implementer
 
+from gentoo_farm.master.glance import FARM_ID_PROPERTY, farm_images
 from gentoo_farm.workers.bootstrap import WorkerBootstrap
 
 FARM_ID_KEY = "gentoo_farm_id"
 WORKER_KEY = "gentoo_farm_worker"
 INSTANCE_KEY = "gentoo_farm_instance"
-# image = LATEST_FARM_IMAGE boots the newest active Glance image whose FARM_IMAGE_PROPERTY is our farm id
+# image = LATEST_FARM_IMAGE boots the newest active Glance image the farm published (FARM_ID_PROPERTY)
 LATEST_FARM_IMAGE = "farm-latest"
-FARM_IMAGE_PROPERTY = "farm_id"
 
 _FARM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
-_TRANSIENT_STATUSES = {408, 409, 429}
+# timeouts and rate limits; a 409 from Nova means the request cannot work (e.g. ambiguous network)
+_TRANSIENT_STATUSES = {408, 429}
+API_TIMEOUT = 120.0
+"""Seconds any one cloud API request may take: a hung call must not hold a worker forever."""
 
 _Result = TypeVar("_Result")
 
@@ -90,7 +93,10 @@ def describe_cloud_error(cloud: str, action: str, error: BaseException) -> Cloud
         return CloudCallFailed(
             f"cloud {cloud}: {action}: rejected (HTTP {status}): {details}", Trouble.CONFIGURATION
         )
-    if isinstance(error, sdk_exceptions.SDKException | ValueError | KeyError):
+    if isinstance(error, sdk_exceptions.ResourceTimeout):
+        return CloudCallFailed(f"cloud {cloud}: {action}: {details}", Trouble.TRANSIENT)
+    if isinstance(error, sdk_exceptions.SDKException):
+        # a bad clouds.yaml entry, a service missing from the catalog, malformed answers
         return CloudCallFailed(f"cloud {cloud}: {action}: {details}", Trouble.CONFIGURATION)
     # connection refused, DNS, TLS: the cloud may come back
     return CloudCallFailed(f"cloud {cloud}: {action}: {type(error).__name__}: {details}", Trouble.TRANSIENT)
@@ -98,7 +104,7 @@ def describe_cloud_error(cloud: str, action: str, error: BaseException) -> Cloud
 
 def connect_to_cloud(cloud: str) -> openstack.connection.Connection:
     """A connection for the clouds.yaml entry ``cloud`` (authentication happens on first use)."""
-    return openstack.connect(cloud=cloud)
+    return openstack.connect(cloud=cloud, api_timeout=API_TIMEOUT)
 
 
 @implementer(IRenderable)
@@ -200,8 +206,10 @@ class OpenStackLatentWorker(AbstractLatentWorker):
                 config.error(f"{where}: {key} must be a positive number of seconds, got {value!r}")
         if not isinstance(max_start_attempts, int) or max_start_attempts < 1:
             config.error(f"{where}: max_start_attempts must be an integer >= 1, got {max_start_attempts!r}")
-        if volume_size is not None and (not isinstance(volume_size, int) or volume_size < 1):
-            config.error(f"{where}: volume_size must be a whole number of GiB >= 1, got {volume_size!r}")
+        if volume_size is not None and (not isinstance(volume_size, int) or volume_size < 0):
+            config.error(
+                f"{where}: volume_size must be whole GiB (0: boot from the image), got {volume_size!r}"
+            )
         if isinstance(security_groups, str) or not all(isinstance(g, str) for g in security_groups):
             config.error(f"{where}: security_groups must be a list of names, got {security_groups!r}")
         super().checkConfig(
@@ -255,10 +263,11 @@ class OpenStackLatentWorker(AbstractLatentWorker):
         self.image = image
         self.farm_id = farm_id
         self.bootstrap = WorkerBootstrap(master_address, binhost_url, distfile_mirror_url, install_spec)
-        self.network = network
-        self.key_name = key_name
+        # farm.toml spells "none" as "" and 0
+        self.network = network or None
+        self.key_name = key_name or None
         self.security_groups = list(security_groups)
-        self.volume_size = volume_size
+        self.volume_size = volume_size or None
         self.boot_timeout = boot_timeout
         self.connect_timeout = connect_timeout
         self.delete_timeout = delete_timeout
@@ -285,45 +294,38 @@ class OpenStackLatentWorker(AbstractLatentWorker):
             self._cloud_connection = connect_to_cloud(self.cloud)
         return self._cloud_connection
 
+    def _not_found(self, what: str) -> CloudCallFailed:
+        return CloudCallFailed(f"cloud {self.cloud}: {what} not found", Trouble.CONFIGURATION)
+
     def _resolve_image_id(self) -> str:
-        glance = self._connection().image
+        connection = self._connection()
         if self.image != LATEST_FARM_IMAGE:
-            image = glance.find_image(self.image, ignore_missing=True)
-            if image is None:
-                raise CloudCallFailed(
-                    f"cloud {self.cloud}: image {self.image!r} not found", Trouble.CONFIGURATION
-                )
-            return image.id
-        published = [
-            image
-            for image in glance.images(status="active")
-            if (image.properties or {}).get(FARM_IMAGE_PROPERTY) == self.farm_id
-        ]
+            try:
+                return connection.image.find_image(self.image, ignore_missing=False).id
+            except sdk_exceptions.NotFoundException as error:
+                raise self._not_found(f"image {self.image!r}") from error
+        published = [image for image in farm_images(connection, self.farm_id) if image.status == "active"]
         if not published:
-            raise CloudCallFailed(
-                f"cloud {self.cloud}: image {LATEST_FARM_IMAGE!r}: no active image has property "
-                f"{FARM_IMAGE_PROPERTY}={self.farm_id} (has this farm published an image yet?)",
-                Trouble.CONFIGURATION,
+            raise self._not_found(
+                f"image {LATEST_FARM_IMAGE!r} (an active image of this project with "
+                f"{FARM_ID_PROPERTY}={self.farm_id}: has this farm published one yet?)"
             )
-        return max(published, key=lambda image: (image.created_at or "", image.name or "")).id
+        return published[0].id
 
     def _resolve_network_id(self) -> str | None:
         if self.network is None or _UUID.match(self.network):
             return self.network
-        network = self._connection().network.find_network(self.network, ignore_missing=True)
-        if network is None:
-            raise CloudCallFailed(
-                f"cloud {self.cloud}: network {self.network!r} not found", Trouble.CONFIGURATION
-            )
-        return network.id
+        try:
+            return self._connection().network.find_network(self.network, ignore_missing=False).id
+        except sdk_exceptions.NotFoundException as error:
+            raise self._not_found(f"network {self.network!r}") from error
 
     def _create_server(self, server_name: str, user_data: str, token: str) -> str:
         compute = self._connection().compute
-        flavor = compute.find_flavor(self.flavor, ignore_missing=True)
-        if flavor is None:
-            raise CloudCallFailed(
-                f"cloud {self.cloud}: flavor {self.flavor!r} not found", Trouble.CONFIGURATION
-            )
+        try:
+            flavor = compute.find_flavor(self.flavor, ignore_missing=False)
+        except sdk_exceptions.NotFoundException as error:
+            raise self._not_found(f"flavor {self.flavor!r}") from error
         image_id = self._resolve_image_id()
         network_id = self._resolve_network_id()
         attrs: dict[str, Any] = {
