@@ -86,6 +86,22 @@ def test_a_corrupt_upload_is_not_published(any_store: ArtifactStore, tmp_path: P
     assert any_store.head(f"kernel/{set_id}/manifest.json") is None
 
 
+def test_big_objects_are_checked_by_size_and_etag(s3_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gentoo_farm.master.store import sets
+
+    store = open_store(s3_settings)
+    data = b"pretend this is many gigabytes"
+    store.put_bytes("images/20261125T000000Z-big/disk.qcow2", data)
+    monkeypatch.setattr(sets, "FULL_VERIFY_BYTES", 8)
+    sha512 = hashlib.sha512(data).hexdigest()
+    right = ExpectedFile(len(data), sha512, hashlib.md5(data).hexdigest())
+    wrong = ExpectedFile(len(data), sha512, hashlib.md5(b"other bytes").hexdigest())
+
+    with pytest.raises(StoreError, match=r"disk.qcow2 .*ETag .* != md5"):
+        finalize_set(store, "images", "20261125T000000Z-big", "big", {"disk.qcow2": wrong})
+    assert finalize_set(store, "images", "20261125T000000Z-big", "big", {"disk.qcow2": right}).set_id
+
+
 def test_a_missing_upload_names_the_key(any_store: ArtifactStore) -> None:
     set_id = new_set_id("k")
     with pytest.raises(StoreError, match=f"kernel/{set_id}/vmlinuz.tar.xz is missing"):

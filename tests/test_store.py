@@ -130,6 +130,7 @@ def test_worker_uploads_through_signed_urls(any_store: ArtifactStore, tmp_path: 
     assert json.loads(reported[len(RESULT_MARKER) :])["uploaded"]["stored-vmlinuz.tar.xz"] == {
         "size": 3 * 1024 * 1024,
         "sha512": hashlib.sha512(files[tmp_path / "vmlinuz.tar.xz"]).hexdigest(),
+        "md5": hashlib.md5(files[tmp_path / "vmlinuz.tar.xz"]).hexdigest(),
     }
     assert "uploaded 2 files" in result.stdout
     # The URLs are credentials: the log shows where files went, never the signature.

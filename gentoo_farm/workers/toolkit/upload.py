@@ -34,11 +34,14 @@ class _CountingReader:
         self.sent = 0
         self.next_report = 10
         self.sha512 = hashlib.sha512()
+        # S3 stores the MD5 of a single-part PUT as its ETag: publishing checks big files against it.
+        self.md5 = hashlib.md5(usedforsecurity=False)
 
     def read(self, amount: int = CHUNK) -> bytes:
         data = self.stream.read(amount)
         self.sent += len(data)
         self.sha512.update(data)
+        self.md5.update(data)
         percent = self.sent * 100 // self.size if self.size else 100
         if percent >= self.next_report and self.size > CHUNK:
             progress(f"  {self.label}: {percent}% of {self.size} bytes")
@@ -52,8 +55,8 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-def put_file(path: Path, url: str, attempts: int, timeout: float) -> str:
-    """PUT one file; returns the sha512 of the bytes that were sent."""
+def put_file(path: Path, url: str, attempts: int, timeout: float) -> dict[str, object]:
+    """PUT one file; returns the size, sha512 and md5 of the bytes that were sent."""
     size = path.stat().st_size
     for attempt in range(1, attempts + 1):
         with open(path, "rb") as stream:
@@ -67,7 +70,11 @@ def put_file(path: Path, url: str, attempts: int, timeout: float) -> str:
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     response.read()
-                return reader.sha512.hexdigest()
+                return {
+                    "size": reader.sent,
+                    "sha512": reader.sha512.hexdigest(),
+                    "md5": reader.md5.hexdigest(),
+                }
             except urllib.error.HTTPError as error:
                 detail = error.read().decode("utf-8", "replace").strip()[:300]
                 if error.code not in RETRYABLE_STATUS or attempt == attempts:
@@ -97,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-checksums",
         action="store_true",
-        help="hand {stored name: {size, sha512}} of what was sent back to the build (property 'uploaded')",
+        help="hand {stored name: {size, sha512, md5}} of what was sent to the build (property 'uploaded')",
     )
 
 
@@ -119,12 +126,9 @@ def run(args: argparse.Namespace) -> None:
     for number, (name, url) in enumerate(sorted(uploads.items()), start=1):
         path = Path(name)
         progress(f"[{number}/{len(uploads)}] {path} -> {shown(url)}")
-        sha512 = put_file(path, url, args.attempts, args.timeout)
+        checksums = put_file(path, url, args.attempts, args.timeout)
         # Keyed by the file's name in the store (the URL's last segment): what publishing checks.
-        sent[PurePosixPath(unquote(urlsplit(url).path)).name] = {
-            "size": path.stat().st_size,
-            "sha512": sha512,
-        }
+        sent[PurePosixPath(unquote(urlsplit(url).path)).name] = checksums
         total += path.stat().st_size
     seconds = time.monotonic() - started
     progress(f"uploaded {len(uploads)} files, {total} bytes in {seconds:.1f} s")
