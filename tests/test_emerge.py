@@ -1,6 +1,5 @@
 """``farm-worker emerge`` with real Portage: cold from source, then warm from the farm binhost and mirror."""
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.world import World, WorldServer, build_world
-from tests.world.stages import StageRun, run_stage
+from tests.world.stages import StageRun, push_back, run_stage
 
 ALL_PACKAGES = {
     "dev-libs/farm-core-1.0",
-    *(f"dev-libs/farm-synth{index}-1.0" for index in range(1, 7)),
+    *(f"dev-libs/farm-synth{index}-1.0" for index in range(1, 5)),
     "app-misc/farm-hello-1.0",
     "app-misc/farm-motd-1.0",
     "app-misc/farm-tools-1.0",
@@ -68,14 +67,6 @@ def emerge(
     )  # fmt: skip
 
 
-def push_back(work: Path, farm: WorldServer) -> None:
-    """What the image build does after emerge (the store's push-back; a plain copy for this test)."""
-    shutil.copytree(work / "pkgs", farm.directory / "binpkgs", dirs_exist_ok=True)
-    for distfile in (work / "distfiles").iterdir():
-        if distfile.is_file() and not distfile.name.startswith("."):
-            shutil.copy2(distfile, farm.directory / "distfiles")
-
-
 def assert_image_content(world: World, root: Path) -> None:
     hello = root / world.static_binary.lstrip("/")
     assert (
@@ -108,7 +99,8 @@ def test_cold_build_fills_binhost_then_warm_build_compiles_nothing(
     assert (tmp_path / "cold/pkgs/Packages").is_file()
     assert_image_content(world, cold_root)
 
-    push_back(tmp_path / "cold", farm_store)
+    store = farm_store.directory
+    push_back(tmp_path / "cold/pkgs", tmp_path / "cold/distfiles", store / "binpkgs", store / "distfiles")
     upstream.clear_log()
     farm_store.clear_log()
 

@@ -157,7 +157,8 @@ def host_shims(workdir: Path) -> Path:
 
 def worker_features() -> str:
     """FEATURES this worker can honour; Portage's defaults stay wherever the worker supports them."""
-    features = ["-news", "-qa-unresolved-soname-deps"]
+    # A build root is thrown away if the build dies, so syncing it to disk after every merge buys nothing.
+    features = ["-news", "-merge-sync", "-qa-unresolved-soname-deps"]
     if shutil.which("sandbox") is None:
         features += ["-sandbox", "-usersandbox"]
     try:

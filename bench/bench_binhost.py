@@ -1,0 +1,103 @@
+"""Cold vs warm emerge of the image's package set, side by side in one run.
+
+Cold: a fresh build root, an empty farm binhost and mirror; every package compiles from source and
+every distfile comes from upstream. Warm: another fresh build root after the cold run's binary
+packages and distfiles were pushed to the farm binhost and mirror. Both run the real
+``farm-worker emerge`` (real Portage) against the stand-in world on 127.0.0.1. Prints each side's
+wall time and warm/cold (goal: <= 0.10).
+
+    python bench/bench_binhost.py [--jobs N] [--keep DIR]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.world import World, WorldServer, build_world
+from tests.world.stages import StageRun, push_back, run_stage
+
+GOAL = 0.10
+
+
+def unpack(world: World, root: Path) -> None:
+    run = run_stage(
+        "chroot",
+        "--stage3",
+        world.file(world.stage3_path),
+        "--snapshot",
+        world.file(world.snapshot_path),
+        "--root",
+        root,
+    )
+    if run.returncode != 0:
+        sys.exit(f"chroot failed: {run.error or run.stderr}")
+
+
+def timed_emerge(
+    world: World, root: Path, work: Path, farm: WorldServer, upstream: WorldServer, jobs: int
+) -> tuple[float, StageRun]:
+    started = time.monotonic()
+    run = run_stage(
+        "emerge",
+        "--root", root, "--pkgdir", work / "pkgs", "--distdir", work / "distfiles",
+        "--workdir", work / "scratch", "--profile", world.profile,
+        "--binhost", f"{farm.url}/binpkgs", "--distfile-mirror", farm.url, "--upstream-mirror", upstream.url,
+        "--jobs", jobs, *world.package_set,
+        timeout=3600, log=work.with_suffix(".log"),
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    if run.returncode != 0:
+        sys.exit(f"emerge failed ({work.with_suffix('.log')}): {run.error}")
+    return elapsed, run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="parallel make jobs (default: 2)")
+    parser.add_argument("--keep", type=Path, help="work in this (new) directory and keep it, logs included")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-binhost-") as scratch:
+        base = args.keep or Path(scratch)
+        base.mkdir(parents=True, exist_ok=args.keep is None)
+        world = build_world(base / "world")
+        store = base / "store"
+        (store / "binpkgs").mkdir(parents=True)
+        (store / "distfiles").mkdir()
+        with WorldServer(world.mirror_dir) as upstream, WorldServer(store) as farm:
+            unpack(world, base / "cold-root")
+            cold_time, cold = timed_emerge(
+                world, base / "cold-root", base / "cold", farm, upstream, args.jobs
+            )
+            upstream_fetches = [path for path in upstream.requested_paths() if path.startswith("/distfiles/")]
+            push_back(base / "cold/pkgs", base / "cold/distfiles", store / "binpkgs", store / "distfiles")
+            upstream.clear_log()
+
+            unpack(world, base / "warm-root")
+            warm_time, warm = timed_emerge(
+                world, base / "warm-root", base / "warm", farm, upstream, args.jobs
+            )
+            warm_upstream = [path for path in upstream.requested_paths() if path.startswith("/distfiles/")]
+
+    ratio = warm_time / cold_time
+    print(f"package set: {' '.join(world.package_set)} ({len(cold.result['packages_compiled'])} packages)")
+    print(
+        f"cold: {cold_time:7.1f} s  compiled {len(cold.result['packages_compiled'])}, "
+        f"binary {len(cold.result['packages_binary'])}, distfiles from upstream {len(upstream_fetches)}"
+    )
+    print(
+        f"warm: {warm_time:7.1f} s  compiled {len(warm.result['packages_compiled'])}, "
+        f"binary {len(warm.result['packages_binary'])}, distfiles from upstream {len(warm_upstream)}"
+    )
+    print(f"warm/cold: {ratio:.3f} (goal <= {GOAL:.2f}: {'met' if ratio <= GOAL else 'not met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
