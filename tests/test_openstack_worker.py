@@ -339,6 +339,49 @@ def test_build_runs_on_a_fresh_server_that_is_deleted_after(farm: Farm, stand_in
         assert token not in bodies
     assert not any(secret in json.dumps(properties) for secret in [*farm.secrets(), *tokens])
 
+    # the one-time password in that user-data died with the server
+    assert server.user_data is not None
+    password = _user_data_password(server.user_data)
+    answer = _pb_login(farm.master.pb_port, worker_name, password)
+    assert "UnauthorizedLogin" in answer, answer
+
+
+PB_LOGIN = """\
+import sys
+
+from twisted.internet import reactor
+from twisted.spread import pb
+from twisted.cred import credentials
+
+port, user, password = sys.argv[1:]
+factory = pb.PBClientFactory()
+reactor.connectTCP("127.0.0.1", int(port), factory)
+login = factory.login(
+    credentials.UsernamePassword(user.encode(), password.encode()), client=pb.Referenceable()
+)
+login.addCallbacks(lambda _: print("accepted"), lambda failure: print(failure.type, failure.value))
+login.addBoth(lambda _: reactor.stop())
+reactor.callLater(30, reactor.stop)
+reactor.run()
+"""
+
+
+def _pb_login(port: int, user: str, password: str) -> str:
+    """Log in to the master's worker port as ``user``; what the master answered."""
+    result = subprocess.run(
+        [sys.executable, "-c", PB_LOGIN, str(port), user, password],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout + result.stderr
+
+
+def _user_data_password(user_data: str) -> str:
+    match = re.search(r'"\$basedir" \S+ \S+ (\S+)', user_data)
+    assert match is not None, user_data
+    return match.group(1)
+
 
 def test_boot_from_volume_with_key_and_network(farm: Farm, stand_in: ComputeStandIn) -> None:
     brid = farm.master.force("on-volume")
@@ -449,11 +492,7 @@ def test_ten_builds_never_run_more_than_three_servers(farm: Farm, stand_in: Comp
     assert stand_in.peak_servers == 3
     assert len(stand_in.deleted) == 10
     # one-time passwords: every instance got its own
-    passwords = {
-        re.search(r'"\$basedir" \S+ \S+ (\S+)', server.user_data).group(1)
-        for server in stand_in.deleted.values()
-        if server.user_data
-    }
+    passwords = {_user_data_password(server.user_data or "") for server in stand_in.deleted.values()}
     assert len(passwords) == 10
 
 
