@@ -224,6 +224,19 @@ def test_retention_keeps_n_sets_and_everything_still_referenced(
     assert all(any_store.head(key) is None for key in plan.doomed_keys)
 
 
+def test_retention_clears_push_back_staging_a_dead_build_left(local_settings) -> None:
+    store = open_store(local_settings)
+    store.put_bytes("incoming/dead-build/binpkgs/a/b-1-1.gpkg.tar", b"old")
+    store.put_bytes("incoming/running-build/binpkgs/a/c-1-1.gpkg.tar", b"new")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(store.path_of("incoming/dead-build/binpkgs/a/b-1-1.gpkg.tar"), (two_days_ago, two_days_ago))
+
+    assert apply_retention(store, keep=1).doomed_keys == ("incoming/dead-build/binpkgs/a/b-1-1.gpkg.tar",)
+    assert [info.key for info in store.list("incoming/")] == [
+        "incoming/running-build/binpkgs/a/c-1-1.gpkg.tar"
+    ]
+
+
 def test_farm_prune_dry_run_lists_then_prune_deletes(local_settings, tmp_path: Path, capsys) -> None:
     import argparse
     from types import SimpleNamespace

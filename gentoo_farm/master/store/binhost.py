@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from portage.getbinpkg import PackageIndex
 
 from gentoo_farm.master.store.base import (
+    INCOMING,
     READ_CHUNK,
     ArtifactStore,
     ObjectNotFound,
@@ -38,7 +39,6 @@ LAYOUT_CONF_KEY = "distfiles/layout.conf"
 LAYOUT_CONF = b"[structure]\n0=flat\n"
 # Portage elides these from entries that equal the header; reading them back in keeps the merge exact.
 INHERITED_KEYS = ["CHOST", "REPO"]
-INCOMING = "incoming"
 STAGED_INDEX = "Packages"
 
 

@@ -18,14 +18,24 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gentoo_farm.master.store.base import KINDS, READ_CHUNK, ArtifactStore, ObjectNotFound, StoreError
+from gentoo_farm.master.store.base import (
+    INCOMING,
+    KINDS,
+    READ_CHUNK,
+    ArtifactStore,
+    ObjectNotFound,
+    StoreError,
+)
 
 MANIFEST = "manifest.json"
 FULL_VERIFY_BYTES = 512 * 1024 * 1024
 """Objects up to this size are read back in full and hashed; bigger ones are checked by size and ETag."""
+
+STAGING_MAX_AGE = timedelta(days=1)
+"""Staged push-back uploads older than this belong to builds that died before their merge."""
 
 _SET_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-zA-Z]+")
 
@@ -298,7 +308,8 @@ def plan_retention(store: ArtifactStore, keep: int) -> RetentionPlan:
     """Decide what :func:`apply_retention` deletes.
 
     Per kind the ``keep`` newest complete sets stay, plus the set each pointer names, plus every set a
-    kept set lists in its ``sources`` (e.g. the kernel of a kept image).
+    kept set lists in its ``sources`` (e.g. the kernel of a kept image). Push-back uploads staged longer
+    than :data:`STAGING_MAX_AGE` ago (their build died before merging) go too.
     """
     if keep < 1:
         raise StoreError(f"[store] keep must be at least 1, got {keep}")
@@ -334,6 +345,8 @@ def plan_retention(store: ArtifactStore, keep: int) -> RetentionPlan:
             # An incomplete set newer than the newest complete one may be a publish still under way.
             if is_complete or sid.split("-")[0] < newest_complete_date:
                 doomed.extend(keys)
+    stale = datetime.now(UTC) - STAGING_MAX_AGE
+    doomed.extend(info.key for info in store.list(f"{INCOMING}/") if info.modified < stale)
     return RetentionPlan(
         {kind: tuple(sorted(ids, reverse=True)) for kind, ids in kept.items()}, tuple(sorted(doomed))
     )
