@@ -121,7 +121,10 @@ class KernelSection:
 
 @dataclass(frozen=True)
 class OverlaySection:
-    path: Path = Path("overlay")
+    repository: str = "overlay.git"
+    """The git repository holding the overlay tree (root/ + overlay.toml); a push rebuilds it."""
+    branch: str = "main"
+    poll_interval: int = 3600
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 HOOK_USER = "change-hook"
 KERNEL_POLLER = "kernel-config"
+OVERLAY_POLLER = "overlay"
 
 
 @dataclass(frozen=True)

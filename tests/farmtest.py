@@ -12,7 +12,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.world import World
 
 FARM = str(Path(sys.executable).parent / "farm")
 
@@ -127,3 +130,18 @@ def init_farm(root: Path) -> Farm:
     set_option(root, "schedule", "nightly", "false")
     farm = Farm(root=root, admin_password=password, url=f"http://127.0.0.1:{web_port}/")
     return farm
+
+
+def toml_list(values: list[str] | tuple[str, ...]) -> str:
+    return "[" + ", ".join(json.dumps(value) for value in values) + "]"
+
+
+def configure_for_world(farm: Farm, world: "World", upstream_url: str, kernel_source: str) -> None:
+    """Point a farm at the stand-in world: its mirror, release key, profile, package set, kernel source."""
+    set_option(farm.root, "upstream", "mirror", json.dumps(upstream_url))
+    set_option(farm.root, "upstream", "release_key", json.dumps(str(world.release_key)))
+    set_option(farm.root, "upstream", "profile", json.dumps(world.profile))
+    set_option(farm.root, "kernel", "source", json.dumps(kernel_source))
+    set_option(farm.root, "image", "packages", toml_list(world.package_set))
+    set_option(farm.root, "image", "boot_expect", toml_list([world.hello_message]))
+    set_option(farm.root, "image", "disk_size", '"1G"')

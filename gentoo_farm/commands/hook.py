@@ -1,17 +1,16 @@
-"""Print the git post-receive hook that makes a push to the kernel config build at once."""
+"""Print the git post-receive hook that makes a push to a recipe repository build at once."""
 
 import argparse
-import shlex
 from pathlib import Path
 
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.farmdir import HOOK_USER, KERNEL_POLLER, FarmDir
-from gentoo_farm.master.change_sources import kernel_repository_url
+from gentoo_farm.farmdir import HOOK_USER, KERNEL_POLLER, OVERLAY_POLLER, FarmDir
+from gentoo_farm.master.change_sources import RecipeRepository, recipe_repositories, recipe_repository
 
 HOOK_TEMPLATE = """#!/bin/sh
 # gentoo-farm: knock the build master's poller so a push is built at once.
 # A lost knock only delays the build: the master polls this repository anyway.
-url={url}
+url='{url}'
 secret_file="{secret_file}"
 cat >/dev/null  # git hands the pushed refs on stdin; the poller reads them from the repository
 if ! secret=$(cat "$secret_file" 2>/dev/null); then
@@ -25,25 +24,30 @@ fi
 """
 
 
-def render_hook(config: FarmConfig, secret_file: str) -> str:
+def render_hook(config: FarmConfig, repository: RecipeRepository, secret_file: str) -> str:
     """The hook script; ``secret_file`` is expanded by the shell, so it may use $HOME."""
-    url = f"{config.master.buildbot_url}change_hook/poller?poller={KERNEL_POLLER}"
-    return HOOK_TEMPLATE.format(url=shlex.quote(url), secret_file=secret_file, user=HOOK_USER)
+    url = f"{config.master.buildbot_url}change_hook/poller?poller={repository.poller}"
+    return HOOK_TEMPLATE.format(url=url, secret_file=secret_file, user=HOOK_USER)
 
 
-def install_local_hook(config: FarmConfig) -> None:
-    """(Re)write the hook of a kernel-config repository on this machine, so it knocks the current URL."""
-    repository = Path(kernel_repository_url(config))
-    if not (repository / "hooks").is_dir():
-        return
-    post_receive = repository / "hooks" / "post-receive"
-    post_receive.write_text(render_hook(config, str(FarmDir(config.basedir).hook_secret)))
-    post_receive.chmod(0o755)
+def install_local_hooks(config: FarmConfig) -> None:
+    """(Re)write the hooks of recipe repositories on this machine, so they knock the current URL."""
+    for repository in recipe_repositories(config):
+        hooks = Path(repository.url) / "hooks"
+        if hooks.is_dir():
+            post_receive = hooks / "post-receive"
+            post_receive.write_text(render_hook(config, repository, str(FarmDir(config.basedir).hook_secret)))
+            post_receive.chmod(0o755)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="hook_action", required=True, metavar="ACTION")
     print_parser = sub.add_parser("print", help="print the post-receive hook for a remote repository")
+    print_parser.add_argument(
+        "repository",
+        choices=[KERNEL_POLLER, OVERLAY_POLLER],
+        help="which recipe repository the hook is for",
+    )
     print_parser.add_argument(
         "--secret-file",
         default="$HOME/.config/gentoo-farm/change-hook.secret",
@@ -52,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: FarmConfig) -> int:
-    print(render_hook(config, args.secret_file), end="")
+    print(render_hook(config, recipe_repository(config, args.repository), args.secret_file), end="")
     print(
         f"# Install as hooks/post-receive (chmod +x) in the repository on the git server and copy\n"
         f"# {FarmDir(config.basedir).hook_secret} to {args.secret_file} there (mode 0600).\n",

@@ -1,4 +1,4 @@
-"""Create a farm: farm.toml, a Buildbot master, an admin login and the kernel-config repository."""
+"""Create a farm: farm.toml, a Buildbot master, an admin login, the kernel config and overlay repositories."""
 
 import argparse
 import os
@@ -11,10 +11,10 @@ from importlib import resources
 from pathlib import Path
 
 from gentoo_farm.cli import CommandError
-from gentoo_farm.commands.hook import install_local_hook
+from gentoo_farm.commands.hook import install_local_hooks
 from gentoo_farm.config import CONFIG_NAME, load_config
-from gentoo_farm.farmdir import HOOK_USER, FarmDir
-from gentoo_farm.master.change_sources import kernel_repository_url
+from gentoo_farm.farmdir import HOOK_USER, KERNEL_POLLER, OVERLAY_POLLER, FarmDir
+from gentoo_farm.master.change_sources import recipe_repository
 from gentoo_farm.master.passwords import PasswordFile, generate_password
 
 CREATES_FARM = True
@@ -40,24 +40,19 @@ def _git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _kernel_config_repository(farm: FarmDir, bare: Path, branch: str) -> None:
-    _git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(bare), cwd=farm.root)
+def _recipe_repository(bare: Path, branch: str, content: Path, message: str) -> None:
+    """A bare repository whose first commit is ``content``, so users clone, edit and push."""
+    _git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(bare), cwd=bare.parent)
     with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch) / "kernel-config"
-        shutil.copytree(_defaults() / "kernel-config", work)
+        work = Path(scratch) / "work"
+        shutil.copytree(content, work, symlinks=True)
         _git("init", "--quiet", f"--initial-branch={branch}", cwd=work)
         _git("add", "-A", cwd=work)
         _git(
-            "-c",
-            "user.name=farm init",
-            "-c",
-            "user.email=farm@localhost",
-            "commit",
-            "--quiet",
-            "-m",
-            "Default kernel config from gentoo-farm",
+            "-c", "user.name=farm init", "-c", "user.email=farm@localhost",
+            "commit", "--quiet", "-m", message,
             cwd=work,
-        )
+        )  # fmt: skip
         _git("push", "--quiet", str(bare), f"HEAD:refs/heads/{branch}", cwd=work)
 
 
@@ -80,10 +75,13 @@ def run(args: argparse.Namespace, config: None) -> int:
     with os.fdopen(fd, "w") as handle:
         handle.write(hook_password)
 
-    shutil.copytree(_defaults() / "overlay", config.overlay.path, symlinks=True)
     config.upstream.release_key.parent.mkdir(parents=True, exist_ok=True)
-    _kernel_config_repository(farm, Path(kernel_repository_url(config)), config.kernel.branch)
-    install_local_hook(config)
+    kernel = recipe_repository(config, KERNEL_POLLER)
+    overlay = recipe_repository(config, OVERLAY_POLLER)
+    defaults = _defaults()
+    _recipe_repository(Path(kernel.url), kernel.branch, defaults / "kernel-config", "Default kernel config")
+    _recipe_repository(Path(overlay.url), overlay.branch, defaults / "overlay", "Default image overlay")
+    install_local_hooks(config)
 
     subprocess.run(
         [
@@ -101,8 +99,8 @@ def run(args: argparse.Namespace, config: None) -> int:
 
     print(f"Created a farm in {root}")
     print(f"  configuration   {root / CONFIG_NAME}")
-    print(f"  kernel config   git clone {kernel_repository_url(config)}  (a push rebuilds the kernel)")
-    print(f"  image overlay   {config.overlay.path}")
+    print(f"  kernel config   git clone {kernel.url}  (a push rebuilds the kernel)")
+    print(f"  image overlay   git clone {overlay.url}  (a push rebuilds the overlay)")
     print(f"  release key     put Gentoo's release key at {config.upstream.release_key}")
     print()
     print(f"Web UI login: admin / {admin_password}")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from gentoo_farm.cli import CommandError
-from gentoo_farm.commands.hook import install_local_hook
+from gentoo_farm.commands.hook import install_local_hooks
 from gentoo_farm.commands.status import master_pid
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, config: FarmConfig) -> int:
     if master_pid(farm) is not None:
         print(f"The master is already running: {config.master.buildbot_url}")
         return 0
-    install_local_hook(config)
+    install_local_hooks(config)
     print(f"Starting the build master in {farm.master} ...", flush=True)
     started = buildbot("start", f"--start_timeout={START_TIMEOUT}", str(farm.master))
     if started.returncode != 0:

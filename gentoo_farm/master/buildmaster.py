@@ -21,7 +21,7 @@ def buildmaster_config(farm_root: Path) -> dict[str, Any]:
         "db": {"db_url": config.master.db_url},
         "protocols": {"pb": {"port": workers.pb_port(config)}},
         "workers": workers.workers(config, farm),
-        "builders": builders.builders(config, farm),
+        "builders": builders.builders(config),
         "schedulers": schedulers.schedulers(config),
         "change_source": change_sources.change_sources(config),
         "services": services.services(config),

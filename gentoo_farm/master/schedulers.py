@@ -1,15 +1,18 @@
 """c['schedulers']: the web UI's force buttons, the kernel-config push and the nightly rebuild."""
 
+from collections.abc import Callable
+
 from buildbot.plugins import schedulers as sched
 from buildbot.plugins import util
 from buildbot.schedulers.base import BaseScheduler
 
 from gentoo_farm.config import FarmConfig
+from gentoo_farm.farmdir import KERNEL_POLLER, OVERLAY_POLLER
 from gentoo_farm.master.builders import IMAGE, KERNEL, MIRROR, OVERLAY
-from gentoo_farm.master.change_sources import kernel_repository_url
+from gentoo_farm.master.change_sources import RecipeRepository, recipe_repository
+from gentoo_farm.master.factories.common import IMAGE_AFTER_INPUTS
 
 BUILD_IMAGE = "build-image"
-KERNEL_PUSH = "kernel-config-push"
 
 
 def _build_image(config: FarmConfig) -> sched.ForceScheduler:
@@ -50,6 +53,19 @@ def _force(builder: str, label: str) -> sched.ForceScheduler:
     )
 
 
+def _on_push(
+    repository: RecipeRepository, builder: str, is_important: Callable[[object], bool] | None = None
+) -> sched.SingleBranchScheduler:
+    return sched.SingleBranchScheduler(
+        name=f"{repository.poller}-push",
+        change_filter=util.ChangeFilter(repository=repository.url, branch=repository.branch),
+        fileIsImportant=is_important,
+        onlyImportant=is_important is not None,
+        treeStableTimer=None,
+        builderNames=[builder],
+    )
+
+
 def _kernel_config_changed(config: FarmConfig):
     def is_important(change: object) -> bool:
         return config.kernel.config_file in change.files
@@ -63,17 +79,10 @@ def schedulers(config: FarmConfig) -> list[BaseScheduler]:
         _force(MIRROR, "Refresh mirror"),
         _force(KERNEL, "Build kernel"),
         _force(OVERLAY, "Build overlay"),
-        sched.SingleBranchScheduler(
-            name=KERNEL_PUSH,
-            change_filter=util.ChangeFilter(
-                repository=kernel_repository_url(config), branch=config.kernel.branch
-            ),
-            fileIsImportant=_kernel_config_changed(config),
-            onlyImportant=True,
-            treeStableTimer=None,
-            builderNames=[KERNEL],
-        ),
+        _on_push(recipe_repository(config, KERNEL_POLLER), KERNEL, _kernel_config_changed(config)),
+        _on_push(recipe_repository(config, OVERLAY_POLLER), OVERLAY),
     ]
+    result.append(sched.Triggerable(name=IMAGE_AFTER_INPUTS, builderNames=[IMAGE]))
     if config.schedule.nightly:
         hour, minute = (int(part) for part in config.schedule.nightly_time.split(":"))
         result.append(sched.Nightly(name="nightly", builderNames=[MIRROR, IMAGE], hour=hour, minute=minute))

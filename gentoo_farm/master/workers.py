@@ -28,6 +28,8 @@ def workers(config: FarmConfig, farm: FarmDir) -> list[LocalLatentWorker]:
             master_address=master_address(config),
             max_builds=local.max_builds,
             build_wait_timeout=local.build_wait_timeout,
+            # Kept across builds (each start gets a fresh base directory): ccache, kernel sources.
+            properties={"cache_dir": str(farm.root / "cache" / name)},
         )
         for name in local_worker_names(config)
     ]

@@ -6,8 +6,11 @@ from buildbot.plugins import util
 from buildbot.www.auth import CustomAuth
 
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.farmdir import KERNEL_POLLER, FarmDir
+from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.master.change_sources import recipe_repositories
+from gentoo_farm.master.images_page import images_dashboard
 from gentoo_farm.master.passwords import PasswordFile, PasswordFileChecker
+from gentoo_farm.master.store import open_store
 
 VIEWER = "viewer"
 
@@ -41,9 +44,16 @@ def www(config: FarmConfig, farm: FarmDir) -> dict[str, Any]:
     host, _, port = config.master.web_address.rpartition(":")
     return {
         "port": f"tcp:{port}:interface={host}",
-        "plugins": {"waterfall_view": {}, "console_view": {}, "grid_view": {}},
+        "plugins": {
+            "waterfall_view": {},
+            "console_view": {},
+            "grid_view": {},
+            "wsgi_dashboards": [images_dashboard(open_store(config.store), config.store.url_expiry_seconds)],
+        },
         "auth": PasswordFileAuth(PasswordFile(farm.htpasswd)),
         "authz": _authz(config),
-        "change_hook_dialects": {"poller": {"allowed": [KERNEL_POLLER]}},
+        "change_hook_dialects": {
+            "poller": {"allowed": [repository.poller for repository in recipe_repositories(config)]}
+        },
         "change_hook_auth": [PasswordFileChecker(PasswordFile(farm.hook_htpasswd))],
     }

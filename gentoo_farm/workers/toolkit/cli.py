@@ -11,8 +11,8 @@ from gentoo_farm.workers.toolkit import StageError
 # (dashes become underscores).
 STAGES: tuple[str, ...] = (
     "input-key",
-    "stamp",
     "fetch",
+    "get",
     "chroot",
     "emerge",
     "kernel",

@@ -1,0 +1,1 @@
+"""One module per builder, each a ``factory(config) -> BuildFactory``: the sequence of named stages."""

@@ -1,0 +1,45 @@
+"""The overlay builder: the watched overlay tree at the pushed revision as a vmoverride tarball."""
+
+from buildbot.plugins import steps, util
+from buildbot.process.factory import BuildFactory
+
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.farmdir import OVERLAY_POLLER
+from gentoo_farm.master.change_sources import recipe_repository
+from gentoo_farm.master.factories.common import publish, trigger_image, up_to_date
+from gentoo_farm.steps.image import BuildOverlay
+from gentoo_farm.steps.inputs import ComputeInputKey
+
+CHECKOUT = "overlay"
+TARBALL = "vmoverride.tar.gz"
+
+
+def factory(config: FarmConfig) -> BuildFactory:
+    repository = recipe_repository(config, OVERLAY_POLLER)
+    factory = BuildFactory()
+    factory.addSteps(
+        [
+            steps.RemoveDirectory(name="clean", dir="build"),
+            steps.Git(
+                name="checkout overlay",
+                repourl=repository.url,
+                branch=repository.branch,
+                workdir=CHECKOUT,
+                mode="full",
+                method="clobber",
+            ),
+            # The tree, not the checkout: git's own files change with every clone.
+            ComputeInputKey("overlay", files=[f"../{CHECKOUT}/root", f"../{CHECKOUT}/overlay.toml"]),
+            up_to_date(config, "overlay"),
+            BuildOverlay(overlay=f"../{CHECKOUT}", output=f"out/{TARBALL}"),
+            *publish(
+                config,
+                "overlay",
+                artifact=TARBALL,
+                files={TARBALL: f"out/{TARBALL}"},
+                metadata={"revision": util.Property("got_revision")},
+            ),
+            trigger_image(config),
+        ]
+    )
+    return factory

@@ -1,0 +1,224 @@
+"""The whole farm against the stand-in Gentoo world: real master, local workers, Portage, kernel, qemu.
+
+One farm for the module, the tests in order: the first image (kernel compiled from source, packages
+compiled), a rebuild that comes from the binhost and the distfile mirror, downloads and the Images
+page, a kernel config push that reaches a booted image, and the failures that must leave the
+published sets as they were.
+"""
+
+import hashlib
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser import artifacts_dir, chromium
+from tests.debian import kernel_source_tarball
+from tests.farmtest import Farm, configure_for_world, farm_command, init_farm
+from tests.world import World, WorldServer, build_world
+
+pytestmark = pytest.mark.slow
+
+SUCCESS, FAILURE = 0, 2
+KERNEL_BUILD_TIMEOUT = 1500
+IMAGE_BUILD_TIMEOUT = 900
+
+
+@dataclass
+class Pipeline:
+    farm: Farm
+    world: World
+    upstream: WorldServer
+    root: Path
+
+    def store_json(self, key: str) -> dict:
+        return json.loads((self.farm.root / "store" / key).read_text())
+
+    def latest(self, kind: str) -> str:
+        return self.store_json(f"{kind}/latest.json")["set_id"]
+
+    def force(self, scheduler: str, builder: str, **params: object) -> dict:
+        before = len(self.farm.builds(builder))
+        status, answer = self.farm.force(scheduler, builderNames=[builder], **params)
+        assert status == 200, answer
+        return self.farm.wait_for_build(builder, before + 1, timeout=IMAGE_BUILD_TIMEOUT)
+
+    def push(self, repository: str, message: str, change: Callable[[Path], None]) -> str:
+        clone = self.root / f"clone-{repository}-{time.monotonic_ns()}"
+        git("clone", "--quiet", str(self.farm.root / f"{repository}.git"), str(clone), cwd=self.root)
+        change(clone)
+        git("add", "-A", cwd=clone)
+        git("-c", "user.name=Dev", "-c", "user.email=dev@example.org", "commit", "-qm", message, cwd=clone)
+        git("push", "--quiet", cwd=clone)
+        return git("rev-parse", "HEAD", cwd=clone)
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def step_summary(farm: Farm, build: dict, name: str) -> str:
+    (step,) = [step for step in farm.steps(build) if step["name"] == name]
+    return step["state_string"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    root = tmp_path_factory.mktemp("pipeline")
+    source = kernel_source_tarball(root / "debs")
+    world = build_world(root / "world", extra_distfiles=[source])
+    with WorldServer(world.mirror_dir) as upstream:
+        farm = init_farm(root / "farm")
+        configure_for_world(farm, world, upstream.url, source.name)
+        farm_command("--farm", str(farm.root), "up")
+        try:
+            farm.login()
+            yield Pipeline(farm, world, upstream, root)
+        finally:
+            farm_command("--farm", str(farm.root), "down", check=False)
+
+
+def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pipeline) -> None:
+    farm = pipeline.farm
+    kernel = pipeline.force("force-kernel", "kernel")
+    assert kernel["results"] == SUCCESS, kernel["state_string"]
+    overlay = pipeline.force("force-overlay", "overlay")
+    assert overlay["results"] == SUCCESS, overlay["state_string"]
+    # The last input to be published starts the image build.
+    mirror = pipeline.force("force-mirror", "mirror")
+    assert mirror["results"] == SUCCESS, mirror["state_string"]
+
+    image = farm.wait_for_build("image", 1, timeout=IMAGE_BUILD_TIMEOUT)
+
+    assert image["results"] == SUCCESS, image["state_string"]
+    properties = farm.properties(image)
+    assert properties["packages_compiled"], "a first build with an empty binhost compiles"
+    console = farm.log(image, "boot test", "serial console")
+    assert "SYSLINUX" in console
+    assert "root=/dev/vda1" in console
+    assert pipeline.world.hello_message in console
+    assert pipeline.latest("images") == properties["images_set_id"]
+    # The binhost and the distfile mirror were filled by the push back.
+    store = farm.root / "store"
+    assert "CPV:" in (store / "binpkgs" / pipeline.world.profile / "Packages").read_text()
+    assert {path.name for path in (store / "distfiles").iterdir()} >= set(pipeline.world.distfiles)
+
+
+def test_rebuild_compiles_nothing_and_fetches_nothing_from_upstream(pipeline: Pipeline) -> None:
+    pipeline.upstream.clear_log()
+    # Asking again for a package of the set changes the input key but not what gets emerged.
+    image = pipeline.force("build-image", "image", extra_packages=pipeline.world.static_package)
+
+    assert image["results"] == SUCCESS, image["state_string"]
+    properties = pipeline.farm.properties(image)
+    assert properties["packages_compiled"] == []
+    assert properties["packages_binary"]
+    assert [path for path in pipeline.upstream.requested_paths() if "distfiles" in path] == []
+
+
+def test_an_unchanged_input_is_up_to_date_in_seconds(pipeline: Pipeline) -> None:
+    before = pipeline.latest("overlay")
+    overlay = pipeline.force("force-overlay", "overlay")
+    assert overlay["results"] == SUCCESS
+    assert "up to date" in step_summary(pipeline.farm, overlay, "up to date?")
+    assert overlay["complete_at"] - overlay["started_at"] < 30
+    assert pipeline.latest("overlay") == before
+
+
+def test_download_latest_and_the_images_page(pipeline: Pipeline) -> None:
+    farm = pipeline.farm
+    listing = json.loads(farm_command("--farm", str(farm.root), "images", "--json").stdout)
+    latest = next(image for image in listing if image["latest"])
+    downloads = pipeline.root / "downloads"
+
+    result = farm_command("--farm", str(farm.root), "download", "latest", str(downloads))
+
+    (downloaded,) = downloads.glob("*.qcow2")
+    assert str(downloaded) in result.stdout
+    assert hashlib.sha512(downloaded.read_bytes()).hexdigest() == latest["sha512"]
+
+    with chromium() as browser:
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"{farm.url}#/images")
+        frame = page.frame_locator("iframe")
+        link = frame.get_by_role("link", name=latest["name"]).first
+        expect(link).to_be_visible()
+        page.screenshot(path=str(artifacts_dir() / "images-page.png"), full_page=True)
+        href = link.get_attribute("href")
+    with urllib.request.urlopen(href, timeout=60) as response:
+        assert hashlib.sha512(response.read()).hexdigest() == latest["sha512"]
+
+
+def test_kernel_config_push_rebuilds_kernel_and_image_with_the_new_release(pipeline: Pipeline) -> None:
+    farm = pipeline.farm
+
+    def new_local_version(clone: Path) -> None:
+        with (clone / "config").open("a") as config:
+            config.write('CONFIG_LOCALVERSION="-pushed"\n')
+
+    revision = pipeline.push("kernel-config", "kernel: new local version", new_local_version)
+
+    kernel = farm.wait_for_build("kernel", 2, timeout=KERNEL_BUILD_TIMEOUT)
+    assert kernel["results"] == SUCCESS, kernel["state_string"]
+    assert farm.properties(kernel)["got_revision"] == revision
+    release = farm.properties(kernel)["kernel_release"]
+    assert release.endswith("-pushed")
+    image = farm.wait_for_build("image", 3, timeout=IMAGE_BUILD_TIMEOUT)
+    assert image["results"] == SUCCESS, image["state_string"]
+    assert release in farm.log(image, "boot test", "serial console")
+
+
+def test_a_config_that_does_not_compile_fails_clearly_and_publishes_nothing(pipeline: Pipeline) -> None:
+    farm = pipeline.farm
+    kernel_before, image_before = pipeline.latest("kernel"), pipeline.latest("images")
+
+    def break_the_build(clone: Path) -> None:
+        # -Werror with a tiny stack frame limit: gcc rejects the first real function it compiles.
+        with (clone / "config").open("a") as config:
+            config.write("CONFIG_WERROR=y\nCONFIG_FRAME_WARN=16\n")
+
+    pipeline.push("kernel-config", "kernel: broken", break_the_build)
+    kernel = farm.wait_for_build("kernel", 3, timeout=KERNEL_BUILD_TIMEOUT)
+
+    assert kernel["results"] == FAILURE
+    assert "error: the frame size of" in step_summary(farm, kernel, "build kernel")
+    assert pipeline.latest("kernel") == kernel_before
+    assert pipeline.latest("images") == image_before
+
+
+def test_an_overlay_without_extlinux_conf_fails_the_image_and_keeps_the_last_one(pipeline: Pipeline) -> None:
+    farm = pipeline.farm
+    image_before = pipeline.latest("images")
+    images_before, overlays_before = len(farm.builds("image")), len(farm.builds("overlay"))
+
+    def remove_extlinux_conf(clone: Path) -> None:
+        (clone / "root" / "boot" / "extlinux.conf").unlink()
+
+    pipeline.push("overlay", "overlay: no extlinux.conf", remove_extlinux_conf)
+    overlay = farm.wait_for_build("overlay", overlays_before + 1, timeout=300)
+    assert overlay["results"] == SUCCESS
+    image = farm.wait_for_build("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
+
+    assert image["results"] == FAILURE
+    assert "extlinux.conf" in step_summary(farm, image, "assemble image")
+    assert pipeline.latest("images") == image_before
+
+
+def test_upstream_down_fails_the_mirror_build_and_keeps_the_published_stage3(pipeline: Pipeline) -> None:
+    stage3_before = pipeline.latest("stage3")
+    pipeline.upstream.go_down()
+    try:
+        mirror = pipeline.force("force-mirror", "mirror")
+    finally:
+        pipeline.upstream.come_up()
+
+    assert mirror["results"] == FAILURE
+    assert "cannot" in step_summary(pipeline.farm, mirror, "fetch-release")
+    assert pipeline.latest("stage3") == stage3_before
