@@ -162,3 +162,21 @@ def test_disk_without_a_loop_device_says_so(tmp_path: Path) -> None:
     assert "Traceback" not in process.stderr
     assert "no loop device available" in process.stderr
     assert not (tmp_path / "o.raw").exists()
+
+
+@pytest.mark.slow
+def test_stand_in_stage3_needs_the_recipe_empty_fstab_to_reach_the_default_runlevel(
+    tmp_path: Path, kernel_tarball: Path
+) -> None:
+    root = make_root(tmp_path)
+    overlay = make_overlay(tmp_path, lambda tree: (tree / "etc/fstab").unlink())
+    assert assemble(root, kernel_tarball, overlay).returncode == 0
+    image = tmp_path / "stage3-fstab.qcow2"
+    assert farm_worker("disk", root, "--output", image, "--no-compress").returncode == 0
+
+    booted = farm_worker("boot-test", image, "--timeout", 30)
+    assert booted.returncode == 1
+    assert "boot test failed: the init reaching the default runlevel" in booted.stderr
+    console = serial_log_printed(booted)
+    assert "fsck.ext3: No such file or directory while trying to open /dev/ROOT" in console
+    assert "INIT: the boot runlevel failed" in console
