@@ -144,7 +144,7 @@ class S3Store(ArtifactStore):
             self.client.put_object(**arguments)
 
     def put_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
-        if not path.is_file() and not path.exists():
+        if not path.exists():
             raise StoreError(f"cannot read {path}: no such file")
         with self._translated(key):
             self.client.upload_file(
