@@ -381,3 +381,18 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         assert self.get_nth_step(0).getResultSummary() == {
             "step": f"glance: no published image '20990101T000000Z-nothing' in {self.store.location}"
         }
+
+
+def test_protected_images_are_not_rotated(store, tmp_path, farm_id, conn):
+    first = publish_image(
+        publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 5))), target(keep=1)
+    )
+    conn.image.update_image(first.image_id, is_protected=True)
+
+    second = publish_image(
+        publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 6))), target(keep=1)
+    )
+
+    assert (second.rotated, second.rotation_error) == ([], "")
+    assert {image.id for image in farm_images(conn, farm_id)} == {first.image_id, second.image_id}
+    conn.image.update_image(first.image_id, is_protected=False)

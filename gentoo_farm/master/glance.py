@@ -104,11 +104,15 @@ class PublishResult:
     """Names (and ids) of older farm images deleted by rotation."""
     messages: list[str] = field(default_factory=list)
     """What happened, step by step, for the build log."""
+    rotation_error: str = ""
+    """Why rotation failed after a good publish (the image is up; old ones may linger)."""
 
     def summary(self) -> str:
         text = f"{self.cloud}: {self.name} {self.method} ({self.image_id})"
         if self.rotated:
             text += f", rotated out {len(self.rotated)}"
+        if self.rotation_error:
+            text += f", but {self.rotation_error}"
         return text
 
 
@@ -203,15 +207,22 @@ def publish_image(
     cloud = target.cloud
     with _api_errors(cloud, "connecting"):
         conn = connect(cloud)
-        conn.authorize()
-        check_reachable(conn, cloud)
-    publisher = _TargetPublisher(conn, upload, target, active_timeout, poll_interval)
-    with _api_errors(cloud, f"publishing {upload.name}"):
-        result = publisher.publish()
-    with _api_errors(cloud, "rotating old farm images"):
-        result.rotated = rotate_images(conn, upload.farm_id, target.keep, keep_id=result.image_id)
-    result.messages.extend(f"rotated out {name}" for name in result.rotated)
-    return result
+    with contextlib.closing(conn):
+        with _api_errors(cloud, "connecting"):
+            conn.authorize()
+            check_reachable(conn, cloud)
+        publisher = _TargetPublisher(conn, upload, target, active_timeout, poll_interval)
+        with _api_errors(cloud, f"publishing {upload.name}"):
+            result = publisher.publish()
+        # The image is up: a rotation that fails is worth a warning, not a failed publish.
+        try:
+            with _api_errors(cloud, "rotating old farm images"):
+                result.rotated = rotate_images(conn, upload.farm_id, target.keep, keep_id=result.image_id)
+        except GlancePublishError as error:
+            result.rotation_error = str(error)
+            result.messages.append(result.rotation_error)
+        result.messages.extend(f"rotated out {name}" for name in result.rotated)
+        return result
 
 
 def check_reachable(conn: openstack.connection.Connection, cloud: str) -> None:
@@ -250,14 +261,15 @@ def rotate_images(
     """Delete this farm's active images beyond the ``keep`` newest, and its dead ones (killed, or an
     import that failed and left the image queued: e.g. the master died mid-publish); returns what went.
 
-    ``keep_id`` (the image just published) is never deleted, whatever its age.
+    ``keep_id`` (the image just published) is never deleted, whatever its age, nor is an image
+    someone marked protected.
     """
     if keep < 1:
         raise GlancePublishError(f"keep must be at least 1, got {keep}")
     ours = farm_images(conn, farm_id)
     active = [image for image in ours if image.status == "active"]
     dead = [image for image in ours if _is_dead(image)]
-    doomed = [image for image in [*active[keep:], *dead] if image.id != keep_id]
+    doomed = [image for image in [*active[keep:], *dead] if image.id != keep_id and not image.is_protected]
     for image in doomed:
         conn.image.delete_image(image, ignore_missing=True)
     return [f"{image.name} ({image.id})" for image in doomed]
@@ -324,7 +336,10 @@ class _TargetPublisher:
     def _import_allowed(self) -> bool:
         if not self.target.use_import:
             return False
-        methods = self.conn.image.get_import_info().import_methods or {}
+        try:
+            methods = self.conn.image.get_import_info().import_methods or {}
+        except sdk_exceptions.NotFoundException:
+            methods = {}  # a Glance from before the import API
         if "web-download" in (methods.get("value") or []):
             return True
         self.say("this Glance does not offer web-download imports: streaming the image instead")

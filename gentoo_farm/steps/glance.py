@@ -85,6 +85,8 @@ class PublishToGlance(buildstep.BuildStep):
                 await log.addStderr(f"{error}\n")
                 continue
             published[target.cloud] = result.image_id
+            if result.rotation_error:
+                results = worst_status(results, WARNINGS)
             self.outcomes.append(result.summary())
             await log.addStdout("".join(f"{message}\n" for message in result.messages))
         self.setProperty("glance_images", published, self.name, runtime=True)
