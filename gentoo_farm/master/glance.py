@@ -126,9 +126,8 @@ def upload_from_record(
 ) -> ImageUpload:
     """The :class:`ImageUpload` for an image set of the catalog (:mod:`gentoo_farm.master.catalog`)."""
     manifest = record.manifest
-    metadata = manifest.get("metadata") or {}
-    sources = manifest.get("sources") or {}
-    assert isinstance(metadata, Mapping) and isinstance(sources, Mapping)
+    metadata = dict(manifest.get("metadata") or {})  # type: ignore[call-overload]
+    sources = dict(manifest.get("sources") or {})  # type: ignore[call-overload]
     input_keys = {"image": str(manifest.get("input_key", ""))}
     input_keys.update({str(kind): str(set_id) for kind, set_id in sources.items()})
     return ImageUpload(
