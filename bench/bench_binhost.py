@@ -37,6 +37,15 @@ def unpack(world: World, root: Path) -> None:
         sys.exit(f"chroot failed: {run.error or run.stderr}")
 
 
+def upstream_distfiles(upstream: WorldServer) -> list[str]:
+    """Distfiles the upstream mirror served (Portage also asks every mirror for its layout.conf)."""
+    return [
+        path
+        for path in upstream.requested_paths()
+        if path.startswith("/distfiles/") and path != "/distfiles/layout.conf"
+    ]
+
+
 def timed_emerge(
     world: World, root: Path, work: Path, farm: WorldServer, upstream: WorldServer, jobs: int
 ) -> tuple[float, StageRun]:
@@ -75,7 +84,7 @@ def main() -> int:
             cold_time, cold = timed_emerge(
                 world, base / "cold-root", base / "cold", farm, upstream, args.jobs
             )
-            upstream_fetches = [path for path in upstream.requested_paths() if path.startswith("/distfiles/")]
+            upstream_fetches = upstream_distfiles(upstream)
             push_back(base / "cold/pkgs", base / "cold/distfiles", store / "binpkgs", store / "distfiles")
             upstream.clear_log()
 
@@ -83,7 +92,7 @@ def main() -> int:
             warm_time, warm = timed_emerge(
                 world, base / "warm-root", base / "warm", farm, upstream, args.jobs
             )
-            warm_upstream = [path for path in upstream.requested_paths() if path.startswith("/distfiles/")]
+            warm_upstream = upstream_distfiles(upstream)
 
     ratio = warm_time / cold_time
     print(f"package set: {' '.join(world.package_set)} ({len(cold.result['packages_compiled'])} packages)")
