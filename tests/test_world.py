@@ -3,6 +3,7 @@
 import hashlib
 import subprocess
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.world import World, WorldServer, build_world
+from tests.world.server import CHUNK_SIZE
 
 
 @pytest.fixture
@@ -94,6 +96,14 @@ def test_server_serves_ranges_logs_and_fails_on_demand(world: World) -> None:
             assert response.read() == tarball.read_bytes()[100:]
         assert server.requests[-1].range == "bytes=100-"
         assert server.requested_paths() == [f"/{world.stage3_path}"]
+
+        server.delay_per_chunk = 0.05
+        started = time.monotonic()
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.read() == tarball.read_bytes()
+        chunks = tarball.stat().st_size // CHUNK_SIZE
+        assert time.monotonic() - started >= 0.05 * chunks > 0.2
+        server.delay_per_chunk = 0
 
         server.fail_status = 503
         with pytest.raises(urllib.error.HTTPError) as failure:
