@@ -228,10 +228,13 @@ def test_failed_import_is_noticed(store, tmp_path, farm_id, conn):
 def test_refused_import_is_noticed(store, tmp_path, farm_id, conn):
     upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 30)))
     # Glance only fetches from the host/port its import filter allows.
-    elsewhere = replace(upload, url="http://127.0.0.1:1/image.qcow2")
+    elsewhere = replace(upload, url="http://127.0.0.1:1/image.qcow2?X-Amz-Signature=secret")
 
-    with pytest.raises(GlancePublishError, match=r"refused the web-download import .* HTTP 4"):
+    with pytest.raises(GlancePublishError, match=r"refused the web-download import .* HTTP 4") as refused:
         publish_image(elsewhere, target())
+
+    # Glance echoes the URL it refused; a presigned URL's signature must not reach the build's status.
+    assert "secret" not in str(refused.value)
 
     assert not farm_images(conn, farm_id)
 

@@ -457,7 +457,7 @@ class _TargetPublisher:
         with contextlib.suppress(sdk_exceptions.SDKException, ks_exceptions.ClientException):
             messages = [task.message for task in self.conn.image.image_tasks(image.id) if task.message]
             if messages:
-                return f": {messages[-1]}"
+                return f": {_response_text(messages[-1])}"
         return ""
 
     def _verify(self, image: Image, expected_sha512: str) -> None:
@@ -485,6 +485,7 @@ def _without_query(url: str) -> str:
 
 
 def _response_text(text: str) -> str:
-    """The gist of an HTML or JSON error page, on one line."""
+    """The gist of an HTML or JSON error page, on one line, without URL signatures Glance may echo."""
     plain = re.sub(r"<[^>]+>", " ", text)
+    plain = re.sub(r"(https?://[^\s?\"']+)\?[^\s\"']*", r"\1?...", plain)
     return " ".join(plain.split())[:300]
