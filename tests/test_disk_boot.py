@@ -174,9 +174,10 @@ def test_stand_in_stage3_needs_the_recipe_empty_fstab_to_reach_the_default_runle
     image = tmp_path / "stage3-fstab.qcow2"
     assert farm_worker("disk", root, "--output", image, "--no-compress").returncode == 0
 
-    booted = farm_worker("boot-test", image, "--timeout", 30)
+    booted = farm_worker("boot-test", image, "--timeout", 300)
     assert booted.returncode == 1
     assert "boot test failed: the init reaching the default runlevel" in booted.stderr
+    assert "the boot dropped to the maintenance login (sulogin)" in booted.stderr
     console = serial_log_printed(booted)
     assert "fsck.ext3: No such file or directory while trying to open /dev/ROOT" in console
     assert "INIT: the boot runlevel failed" in console

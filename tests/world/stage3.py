@@ -224,7 +224,10 @@ while read -r process; do sh -c "$process" < /dev/console > /dev/console 2>&1; d
 entries bootwait > /run/init.bootwait
 while read -r process; do
 	if ! sh -c "$process" < /dev/console > /dev/console 2>&1; then
-		echo "INIT: the boot runlevel failed: the system needs maintenance (log in on the console)"
+		# What sysvinit's sulogin shows when the boot runlevel fails: a root shell or nothing.
+		echo "INIT: the boot runlevel failed"
+		echo "Give root password for maintenance"
+		echo "(or press Control-D to continue): "
 		while :; do sleep 3600 & wait $!; done
 	fi
 done < /run/init.bootwait

@@ -35,7 +35,11 @@ SERIAL_LOG_END = "----- end of serial console log -----"
 METADATA_ADDRESS = "169.254.169.254"
 # The guest's link-local network: slirp forwards only addresses inside its own net=.
 GUEST_NETWORK = "169.254.0.0/16"
-KERNEL_PANIC = "Kernel panic - not syncing"
+# Console lines after which a boot cannot succeed: the watch stops there instead of at the timeout.
+FATAL_CONSOLE_LINES = {
+    "Kernel panic - not syncing": "the kernel panicked",
+    "Give root password for maintenance": "the boot dropped to the maintenance login (sulogin)",
+}
 POLL_SECONDS = 0.5
 
 
@@ -201,8 +205,9 @@ def boot_and_watch(
             elapsed = time.monotonic() - started
             if unmet is None:
                 return None, f"all checks met after {elapsed:.1f} s"
-            if KERNEL_PANIC in console:
-                return unmet, f"the kernel panicked after {elapsed:.1f} s"
+            fatal = next((why for line, why in FATAL_CONSOLE_LINES.items() if line in console), None)
+            if fatal:
+                return unmet, f"{fatal} after {elapsed:.1f} s"
             if qemu.poll() is not None:
                 details = qemu_log.read_text(errors="replace").strip()
                 return unmet, f"qemu exited with status {qemu.returncode} after {elapsed:.1f} s" + (
