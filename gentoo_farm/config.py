@@ -90,6 +90,10 @@ class OpenStackWorkersSection:
     boot_timeout: int = 600
     builders: list[str] = field(default_factory=list)
     """Builders that may use these workers; empty means all."""
+    master_address: str = ""
+    """HOST:PORT the instances reach the master's worker port at (default: master.worker_address)."""
+    install: str = "gentoo-farm"
+    """The pip requirement an instance installs buildbot-worker and the toolkit from (e.g. a wheel URL)."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import os
 import urllib.error
 import urllib.request
 
+from buildbot.process.results import Results
+
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace, config: FarmConfig) -> int:
         state = "connected" if worker["connected_to"] else "idle (starts on demand)"
         print(f"worker   {worker['name']}: {state}")
     for build in builds:
-        outcome = "running" if not build["complete"] else RESULTS.get(build["results"], "?")
+        outcome = "running" if not build["complete"] else Results[build["results"]]
         builder = builders.get(build["builderid"], "?")
         print(f"build    {builder} #{build['number']}: {outcome} - {build['state_string']}")
     return 0

@@ -4,7 +4,7 @@ from buildbot.plugins import util
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories import image, kernel, mirror, overlay
-from gentoo_farm.master.workers import local_worker_names
+from gentoo_farm.master.workers import worker_names_for
 
 MIRROR, KERNEL, OVERLAY, IMAGE = "mirror", "kernel", "overlay", "image"
 FACTORIES = {MIRROR: mirror.factory, KERNEL: kernel.factory, OVERLAY: overlay.factory, IMAGE: image.factory}
@@ -12,6 +12,6 @@ FACTORIES = {MIRROR: mirror.factory, KERNEL: kernel.factory, OVERLAY: overlay.fa
 
 def builders(config: FarmConfig) -> list[util.BuilderConfig]:
     return [
-        util.BuilderConfig(name=name, workernames=local_worker_names(config), factory=make(config))
+        util.BuilderConfig(name=name, workernames=worker_names_for(config, name), factory=make(config))
         for name, make in FACTORIES.items()
     ]

@@ -6,11 +6,13 @@ from buildbot.plugins import steps, util
 from twisted.internet import defer, threads
 
 from gentoo_farm.config import FarmConfig, FarmConfigError
+from gentoo_farm.master.change_sources import RecipeRepository
 from gentoo_farm.master.store import open_store
+from gentoo_farm.master.store.binhost import binhost_prefix
 from gentoo_farm.master.store.sets import latest_set
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import ARTIFACT, PRODUCED_BY
-from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, PublishSet
+from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, MergeBinhost, PublishSet, PushBackUrls
 
 IMAGE_AFTER_INPUTS = "image-after-new-input"
 """The Triggerable scheduler the mirror, kernel and overlay builders start an image build with."""
@@ -25,6 +27,21 @@ def store_url(config: FarmConfig) -> str:
             "distfile mirror from it"
         )
     return url.rstrip("/")
+
+
+def checkout(repository: RecipeRepository, workdir: str) -> list[object]:
+    """A clean build directory and the recipe repository at the revision that started the build."""
+    return [
+        steps.RemoveDirectory(name="clean", dir="build"),
+        steps.Git(
+            name=f"checkout {repository.poller}",
+            repourl=repository.url,
+            branch=repository.branch,
+            workdir=workdir,
+            mode="full",
+            method="clobber",
+        ),
+    ]
 
 
 def cache_dir(name: str) -> util.Interpolate:
@@ -69,6 +86,31 @@ def publish(
             **step_options,
         ),
     ]  # fmt: skip
+
+
+def push_back(config: FarmConfig, distdir: object, pkgdir: str | None = None) -> list[object]:
+    """Send the distfiles (and binary packages) this build fetched or made and the farm lacks to its
+    distfile mirror (and binhost), so the next build takes them from there."""
+    store = store_url(config)
+    binhost = f"{store}/{binhost_prefix(config.upstream.profile)}"
+    listing: list[object] = [
+        "--distdir",
+        distdir,
+        "--mirror",
+        f"{store}/distfiles",
+        "--output",
+        "push-back.json",
+    ]
+    if pkgdir:
+        listing += ["--pkgdir", pkgdir, "--binhost", binhost]
+    pushed: list[object] = [
+        FarmWorkerStep("list-new", stage_args=listing, name="what is new"),
+        PushBackUrls(config.store, name="sign push-back uploads"),
+        FarmWorkerStep("upload", stage_args=["--map", "push-back-uploads.json"], name="push back"),
+    ]
+    if pkgdir:
+        pushed.append(MergeBinhost(config.store, config.upstream.profile, name="merge binhost index"))
+    return pushed
 
 
 def trigger_image(config: FarmConfig) -> steps.Trigger:

@@ -13,14 +13,13 @@ from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.master.factories.common import publish, store_url, up_to_date
+from gentoo_farm.master.factories.common import publish, push_back, store_url, up_to_date
 from gentoo_farm.master.store.binhost import binhost_prefix
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.packages import EmergePackages, UnpackBuildRoot
-from gentoo_farm.steps.publish import MergeBinhost, PushBackUrls
 
 INPUTS = {
     "stage3": "inputs/stage3.tar.xz",
@@ -76,25 +75,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 distfile_mirror=store,
                 upstream_mirrors=[config.upstream.mirror],
             ),
-            FarmWorkerStep(
-                "list-new",
-                stage_args=[
-                    "--pkgdir",
-                    "packages",
-                    "--binhost",
-                    binhost,
-                    "--distdir",
-                    "distfiles",
-                    "--mirror",
-                    f"{store}/distfiles",
-                    "--output",
-                    "push-back.json",
-                ],
-                name="what is new",
-            ),
-            PushBackUrls(config.store),
-            FarmWorkerStep("upload", stage_args=["--map", "push-back-uploads.json"], name="push back"),
-            MergeBinhost(config.store, config.upstream.profile),
+            *push_back(config, distdir="distfiles", pkgdir="packages"),
             AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"]),
             BuildDisk(
                 root=ROOT,

@@ -1,12 +1,20 @@
 """The kernel builder: the watched kernel config at the pushed revision, compiled into a vmlinuz tarball."""
 
-from buildbot.plugins import steps, util
+from buildbot.plugins import util
 from buildbot.process.factory import BuildFactory
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import KERNEL_POLLER
 from gentoo_farm.master.change_sources import recipe_repository
-from gentoo_farm.master.factories.common import cache_dir, publish, store_url, trigger_image, up_to_date
+from gentoo_farm.master.factories.common import (
+    cache_dir,
+    checkout,
+    publish,
+    push_back,
+    store_url,
+    trigger_image,
+    up_to_date,
+)
 from gentoo_farm.steps.inputs import ComputeInputKey
 from gentoo_farm.steps.kernel import BuildKernel
 
@@ -21,15 +29,7 @@ def factory(config: FarmConfig) -> BuildFactory:
     factory = BuildFactory()
     factory.addSteps(
         [
-            steps.RemoveDirectory(name="clean", dir="build"),
-            steps.Git(
-                name="checkout kernel config",
-                repourl=repository.url,
-                branch=repository.branch,
-                workdir=CHECKOUT,
-                mode="full",
-                method="clobber",
-            ),
+            *checkout(repository, CHECKOUT),
             ComputeInputKey("kernel", files=[kernel_config], values={"source": source}),
             up_to_date(config, "kernel"),
             BuildKernel(
@@ -43,6 +43,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 work_dir=cache_dir("kernel"),
                 ccache_dir=cache_dir("ccache"),
             ),
+            *push_back(config, distdir=cache_dir("kernel/distfiles")),
             *publish(
                 config,
                 "kernel",

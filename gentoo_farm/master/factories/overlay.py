@@ -1,12 +1,12 @@
 """The overlay builder: the watched overlay tree at the pushed revision as a vmoverride tarball."""
 
-from buildbot.plugins import steps, util
+from buildbot.plugins import util
 from buildbot.process.factory import BuildFactory
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import OVERLAY_POLLER
 from gentoo_farm.master.change_sources import recipe_repository
-from gentoo_farm.master.factories.common import publish, trigger_image, up_to_date
+from gentoo_farm.master.factories.common import checkout, publish, trigger_image, up_to_date
 from gentoo_farm.steps.image import BuildOverlay
 from gentoo_farm.steps.inputs import ComputeInputKey
 
@@ -19,15 +19,7 @@ def factory(config: FarmConfig) -> BuildFactory:
     factory = BuildFactory()
     factory.addSteps(
         [
-            steps.RemoveDirectory(name="clean", dir="build"),
-            steps.Git(
-                name="checkout overlay",
-                repourl=repository.url,
-                branch=repository.branch,
-                workdir=CHECKOUT,
-                mode="full",
-                method="clobber",
-            ),
+            *checkout(repository, CHECKOUT),
             # The tree, not the checkout: git's own files change with every clone.
             ComputeInputKey("overlay", files=[f"../{CHECKOUT}/root", f"../{CHECKOUT}/overlay.toml"]),
             up_to_date(config, "overlay"),
