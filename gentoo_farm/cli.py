@@ -11,7 +11,9 @@ from gentoo_farm.config import FarmConfigError, load_config
 
 # Each name is a module of gentoo_farm.commands with add_arguments(parser) and
 # run(args, config) -> int; a module with CREATES_FARM = True runs without a farm.toml.
-COMMANDS: tuple[str, ...] = ("init", "up", "down", "status", "check", "passwd", "hook")
+COMMANDS: tuple[str, ...] = (
+    "init", "up", "down", "status", "check", "passwd", "hook", "images", "download", "prune",
+)  # fmt: skip
 
 
 class CommandError(Exception):
