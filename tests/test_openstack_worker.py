@@ -28,6 +28,7 @@ from portage.binrepo.config import BinRepoConfigLoader
 
 from gentoo_farm.workers.bootstrap import WorkerBootstrap
 from gentoo_farm.workers.openstack import OpenStackLatentWorker, openstack_worker_pool
+from gentoo_farm.workers.toolkit import RESULT_MARKER
 from tests.services.compute import ComputeStandIn
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
 from tests.services.keystone import Keystone, free_port, keystone  # noqa: F401  (session fixture)
@@ -40,6 +41,7 @@ AWS_SECRET_KEY = "farm-aws-secret-leak-check-9d2c1b"
 BINHOST_URL = "http://127.0.0.1:1/binpkgs/default/linux/amd64/23.0"
 MIRROR_URL = "http://127.0.0.1:1/distfiles"
 MAX_START_ATTEMPTS = 2
+INPUT_KEY_ARGS = ["--kind", "image", "--value", "worker=openstack"]
 NETWORK_ID = "5f0e8a43-2b1c-4d8e-9a7f-0c6b3d2e1f4a"
 BOOT_TIMEOUT = 6
 CONNECT_TIMEOUT = 20
@@ -90,7 +92,7 @@ c["workers"] = pool + on_volume
 c["services"] = [OpenStackOrphanReaper(cloud={cloud!r}, farm_id={farm_id!r}, interval=5)]
 
 quick = util.BuildFactory()
-quick.addStep(FarmWorkerStep("stamp", ["--builder", "quick", "--input-key", "k1", "--output", "stamp.json"]))
+quick.addStep(FarmWorkerStep("input-key", {input_key_args!r}))
 quick.addStep(steps.ShellCommand(command=["sleep", "1"]))
 long = util.BuildFactory()
 long.addStep(steps.ShellCommand(command=["sleep", "600"]))
@@ -133,6 +135,7 @@ class Master:
                 connect_timeout=CONNECT_TIMEOUT,
                 max_start_attempts=MAX_START_ATTEMPTS,
                 network=NETWORK_ID,
+                input_key_args=INPUT_KEY_ARGS,
             )
         )
 
@@ -318,9 +321,18 @@ def test_build_runs_on_a_fresh_server_that_is_deleted_after(farm: Farm, stand_in
     assert server.request["security_groups"] == [{"name": "default"}]
     # the toolkit ran on the VM and reported back through FarmWorkerStep
     properties = farm.master.properties(build["buildid"])
-    assert properties["stamp_path"][0] == "stamp.json"
+    here = subprocess.run(
+        [str(VENV_BIN / "farm-worker"), "input-key", *INPUT_KEY_ARGS],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(here.stdout.splitlines()[-1].removeprefix(RESULT_MARKER)) == {
+        "input_key": properties["input_key"][0]
+    }
+    assert properties["input_key"][1] == "farm-worker input-key"
     assert server.vm_dir is not None
-    assert (server.vm_dir / "home" / "worker" / "quick" / "build" / "stamp.json").is_file()
+    assert (server.vm_dir / "home" / "worker" / "quick" / "build").is_dir()
     # the VM's Portage points at the farm binhost and distfile mirror
     portage = server.vm_dir / "root" / "etc" / "portage"
     binrepo = (portage / "binrepos.conf" / "gentoo-farm.conf").read_text()
