@@ -14,7 +14,7 @@ class BuildOverlay(FarmWorkerStep):
     renderables = ("overlay", "output")
 
     def __init__(self, overlay: object, output: object, **kwargs) -> None:
-        kwargs.setdefault("name", "build overlay")
+        kwargs.setdefault("name", "build-overlay")
         super().__init__("overlay", **kwargs)
         self.overlay = overlay
         self.output = output
@@ -31,7 +31,7 @@ class AssembleImage(FarmWorkerStep):
     def __init__(
         self, root: object, vmlinuz: object, overlay: object, user: object = "ec2-user", **kwargs
     ) -> None:
-        kwargs.setdefault("name", "assemble image")
+        kwargs.setdefault("name", "assemble-image")
         super().__init__("assemble", **kwargs)
         self.root = root
         self.vmlinuz = vmlinuz
@@ -56,7 +56,7 @@ class BuildDisk(FarmWorkerStep):
         inputs: Mapping[str, object] | None = None,
         **kwargs,
     ) -> None:
-        kwargs.setdefault("name", "build disk")
+        kwargs.setdefault("name", "build-disk")
         super().__init__("disk", **kwargs)
         self.root = root
         self.output = output
@@ -77,13 +77,16 @@ class BuildDisk(FarmWorkerStep):
 class BootTest(FarmWorkerStep):
     """``farm-worker boot-test``: boot the image in qemu; the serial console becomes its own log."""
 
-    renderables = ("image", "timeout", "expect")
+    renderables = ("image", "boot_timeout", "expect")
 
-    def __init__(self, image: object, timeout: object = 300, expect: Sequence[object] = (), **kwargs) -> None:
-        kwargs.setdefault("name", "boot test")
+    def __init__(
+        self, image: object, boot_timeout: object = 300, expect: Sequence[object] = (), **kwargs
+    ) -> None:
+        kwargs.setdefault("name", "boot-test")
         super().__init__("boot-test", **kwargs)
         self.image = image
-        self.timeout = timeout
+        # Not "timeout": ShellMixin uses that name for its no-output timeout of the whole command.
+        self.boot_timeout = boot_timeout
         self.expect = expect
         self.serial_lines: list[str] = []
         self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._collect_serial_log))
@@ -102,7 +105,7 @@ class BootTest(FarmWorkerStep):
                 self.serial_lines.append(line + "\n")
 
     def stage_arguments(self) -> list[object]:
-        arguments: list[object] = [self.image, "--timeout", self.timeout]
+        arguments: list[object] = [self.image, "--timeout", self.boot_timeout]
         for text in self.expect:
             arguments += ["--expect", text]
         return arguments

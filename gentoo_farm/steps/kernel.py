@@ -24,7 +24,7 @@ class BuildKernel(FarmWorkerStep):
         source_sha512: object = None,
         **kwargs,
     ) -> None:
-        kwargs.setdefault("name", "build kernel")
+        kwargs.setdefault("name", "build-kernel")
         kwargs.setdefault("description", ["building", "kernel"])
         kwargs.setdefault("descriptionDone", ["kernel"])
         super().__init__("kernel", **kwargs)
@@ -60,7 +60,7 @@ class KernelFromPackage(FarmWorkerStep):
     renderables = ("package", "output")
 
     def __init__(self, package: object, output: object, **kwargs) -> None:
-        kwargs.setdefault("name", "kernel from package")
+        kwargs.setdefault("name", "kernel-from-package")
         super().__init__("kernel-package", **kwargs)
         self.package = package
         self.output = output

@@ -1,0 +1,158 @@
+"""The kernel and image steps: rendered stage arguments, properties, status text and the serial log."""
+
+import json
+
+from gentoo_farm.steps.image import BootTest, BuildDisk
+from gentoo_farm.steps.kernel import BuildKernel
+from gentoo_farm.workers.toolkit import RESULT_MARKER
+from gentoo_farm.workers.toolkit.boot_test import SERIAL_LOG_END, SERIAL_LOG_MARKER
+
+# isort: split
+# Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.
+from buildbot.process.properties import Property
+from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.steps import ExpectShell, TestBuildStepMixin
+from twisted.trial import unittest
+
+CONSOLE = "SYSLINUX 6.04 20210613 Copyright (C) 1994-2015 H. Peter Anvin et al\nINIT: version 3.08 booting\n"
+
+
+def result_line(**values: object) -> str:
+    return RESULT_MARKER + json.dumps(values) + "\n"
+
+
+class TestBootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    def setUp(self):
+        self.setup_test_reactor()
+        return self.setup_test_build_step()
+
+    def expect_boot(self, exit_code: int, stderr: str = ""):
+        command = ExpectShell(
+            workdir="wkdir",
+            command=[
+                "farm-worker",
+                "boot-test",
+                "images/gentoo.qcow2",
+                "--timeout",
+                "300",
+                "--expect",
+                "farm-hello: emerged package runs",
+            ],
+        ).stdout(
+            "booting images/gentoo.qcow2\n"
+            f"{SERIAL_LOG_MARKER}images/gentoo.qcow2.serial.log -----\n{CONSOLE}{SERIAL_LOG_END}\n"
+            + result_line(
+                boot_test_serial_log="images/gentoo.qcow2.serial.log", boot_test_passed=exit_code == 0
+            )
+        )
+        if stderr:
+            command = command.stderr(stderr)
+        self.expect_commands(command.exit(exit_code))
+
+    async def test_serial_console_becomes_its_own_log(self):
+        self.setup_step(BootTest(Property("image"), expect=["farm-hello: emerged package runs"]))
+        self.build.setProperty("image", "images/gentoo.qcow2", "test")
+        self.expect_boot(0)
+        self.expect_outcome(SUCCESS)
+        self.expect_log_file("serial console", CONSOLE)
+        self.expect_property("boot_test_passed", True)
+        await self.run_step()
+
+    async def test_failed_check_is_the_status_text_and_the_log_is_still_attached(self):
+        self.setup_step(BootTest("images/gentoo.qcow2", expect=["farm-hello: emerged package runs"]))
+        message = (
+            "boot test failed: the hostname 'farm-boot-test' from the metadata not seen on the serial "
+            "console (the boot did not get there within 300 s)"
+        )
+        self.expect_boot(1, f"farm-worker boot-test: error: {message}\n")
+        self.expect_outcome(FAILURE)
+        self.expect_result_summary({"step": f"boot-test: {message}"})
+        self.expect_log_file("serial console", CONSOLE)
+        await self.run_step()
+
+
+class TestBuildKernel(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    def setUp(self):
+        self.setup_test_reactor()
+        return self.setup_test_build_step()
+
+    async def test_compiler_error_is_the_status_text(self):
+        self.setup_step(
+            BuildKernel(
+                ["http://mirror.test/distfiles/linux-6.1.tar.xz", "http://other.test/linux-6.1.tar.xz"],
+                "../kernel-config/config",
+                "vmlinuz.tar.zst",
+                "/var/cache/farm/kernel",
+                "/var/cache/farm/ccache",
+            )
+        )
+        error = "kernel build failed: kernel/fork.c:12:1: error: expected ';' before '}' token"
+        self.expect_commands(
+            ExpectShell(
+                workdir="wkdir",
+                command=[
+                    "farm-worker",
+                    "kernel",
+                    "--source-url",
+                    "http://mirror.test/distfiles/linux-6.1.tar.xz",
+                    "--source-url",
+                    "http://other.test/linux-6.1.tar.xz",
+                    "--config",
+                    "../kernel-config/config",
+                    "--output",
+                    "vmlinuz.tar.zst",
+                    "--work-dir",
+                    "/var/cache/farm/kernel",
+                    "--ccache-dir",
+                    "/var/cache/farm/ccache",
+                ],
+            )
+            .stderr(f"farm-worker kernel: error: {error}\nmake[2]: *** [kernel/fork.o] Error 1\n")
+            .exit(1)
+        )
+        self.expect_outcome(FAILURE)
+        self.expect_result_summary({"step": f"build-kernel: {error}"})
+        await self.run_step()
+
+
+class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+    def setUp(self):
+        self.setup_test_reactor()
+        return self.setup_test_build_step()
+
+    async def test_inputs_and_compression_become_arguments_and_results_properties(self):
+        self.setup_step(
+            BuildDisk(
+                "root",
+                "images/gentoo.qcow2",
+                size="4G",
+                compress=False,
+                inputs={"stage3": "aa11", "kernel": Property("kernel_key")},
+            )
+        )
+        self.build.setProperty("kernel_key", "bb22", "test")
+        self.expect_commands(
+            ExpectShell(
+                workdir="wkdir",
+                command=[
+                    "farm-worker",
+                    "disk",
+                    "root",
+                    "--output",
+                    "images/gentoo.qcow2",
+                    "--size",
+                    "4G",
+                    "--no-compress",
+                    "--input",
+                    "kernel=bb22",
+                    "--input",
+                    "stage3=aa11",
+                ],
+            )
+            .stdout(result_line(image_sha512="ff" * 64, kernel_release="6.1.192-farm"))
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS)
+        self.expect_property("kernel_release", "6.1.192-farm")
+        await self.run_step()
