@@ -43,6 +43,8 @@ class PublishToGlance(buildstep.BuildStep):
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("warnOnWarnings", True)
+        kwargs.setdefault("description", "publishing to Glance")
+        kwargs.setdefault("descriptionDone", "glance")
         super().__init__(**kwargs)
         self.store_settings = store_settings
         self.targets = list(targets)
