@@ -26,6 +26,7 @@ from gentoo_farm.master.store.base import (
     KINDS,
     READ_CHUNK,
     ArtifactStore,
+    ObjectInfo,
     ObjectNotFound,
     StoreError,
 )
@@ -34,8 +35,8 @@ MANIFEST = "manifest.json"
 FULL_VERIFY_BYTES = 512 * 1024 * 1024
 """Objects up to this size are read back in full and hashed; bigger ones are checked by size and ETag."""
 
-STAGING_MAX_AGE = timedelta(days=1)
-"""Staged push-back uploads older than this belong to builds that died before their merge."""
+ABANDONED_AFTER = timedelta(days=1)
+"""Uploads of a set without a manifest, or staged push-backs, untouched this long belong to a dead build."""
 
 _SET_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-zA-Z]+")
 
@@ -264,20 +265,20 @@ def latest_set(store: ArtifactStore, kind: str) -> PublishedSet | None:
         return None
 
 
-def _set_ids(store: ArtifactStore, kind: str) -> dict[str, list[str]]:
-    """Every set id under ``kind/`` with all its keys, complete or not."""
-    sets: dict[str, list[str]] = {}
+def _set_objects(store: ArtifactStore, kind: str) -> dict[str, dict[str, ObjectInfo]]:
+    """Every set id under ``kind/`` with all its objects by key, complete or not."""
+    sets: dict[str, dict[str, ObjectInfo]] = {}
     for info in store.list(f"{kind}/"):
         parts = info.key.split("/")
         if len(parts) == 3 and _SET_ID.fullmatch(parts[1]):
-            sets.setdefault(parts[1], []).append(info.key)
+            sets.setdefault(parts[1], {})[info.key] = info
     return sets
 
 
 def list_sets(store: ArtifactStore, kind: str) -> list[PublishedSet]:
     """Complete (manifest-bearing) sets of ``kind``, newest first."""
     found = []
-    for set_id, keys in sorted(_set_ids(store, check_kind(kind)).items(), reverse=True):
+    for set_id, keys in sorted(_set_objects(store, check_kind(kind)).items(), reverse=True):
         manifest_key = f"{kind}/{set_id}/{MANIFEST}"
         if manifest_key in keys:
             found.append(read_manifest(store, manifest_key))
@@ -304,16 +305,19 @@ class RetentionPlan:
     """Every key that goes (whole sets, and leftovers of crashed publishes)."""
 
 
-def plan_retention(store: ArtifactStore, keep: int) -> RetentionPlan:
+def plan_retention(
+    store: ArtifactStore, keep: int, abandoned_after: timedelta = ABANDONED_AFTER
+) -> RetentionPlan:
     """Decide what :func:`apply_retention` deletes.
 
     Per kind the ``keep`` newest complete sets stay, plus the set each pointer names, plus every set a
-    kept set lists in its ``sources`` (e.g. the kernel of a kept image). Push-back uploads staged longer
-    than :data:`STAGING_MAX_AGE` ago (their build died before merging) go too.
+    kept set lists in its ``sources`` (e.g. the kernel of a kept image). Sets without a manifest (a crashed
+    publish) and staged push-back uploads go once nothing in them changed for ``abandoned_after``:
+    until then they may belong to a build still uploading.
     """
     if keep < 1:
         raise StoreError(f"[store] keep must be at least 1, got {keep}")
-    all_sets = {kind: _set_ids(store, kind) for kind in KINDS}
+    all_sets = {kind: _set_objects(store, kind) for kind in KINDS}
     complete = {
         kind: sorted((sid for sid, keys in sets.items() if f"{kind}/{sid}/{MANIFEST}" in keys), reverse=True)
         for kind, sets in all_sets.items()
@@ -335,26 +339,25 @@ def plan_retention(store: ArtifactStore, keep: int) -> RetentionPlan:
                     and f"{source_kind}/{source_id}/{MANIFEST}" in all_sets[source_kind][source_id]
                 ):
                     pending.append((source_kind, source_id))
+    abandoned = datetime.now(UTC) - abandoned_after
     doomed: list[str] = []
     for kind, sets in all_sets.items():
-        newest_complete_date = complete[kind][0].split("-")[0] if complete[kind] else ""
-        for sid, keys in sets.items():
+        for sid, objects in sets.items():
             if sid in kept[kind]:
                 continue
-            is_complete = sid in complete[kind]
-            # An incomplete set newer than the newest complete one may be a publish still under way.
-            if is_complete or sid.split("-")[0] < newest_complete_date:
-                doomed.extend(keys)
-    stale = datetime.now(UTC) - STAGING_MAX_AGE
-    doomed.extend(info.key for info in store.list(f"{INCOMING}/") if info.modified < stale)
+            if sid in complete[kind] or max(info.modified for info in objects.values()) <= abandoned:
+                doomed.extend(objects)
+    doomed.extend(info.key for info in store.list(f"{INCOMING}/") if info.modified <= abandoned)
     return RetentionPlan(
         {kind: tuple(sorted(ids, reverse=True)) for kind, ids in kept.items()}, tuple(sorted(doomed))
     )
 
 
-def apply_retention(store: ArtifactStore, keep: int, dry_run: bool = False) -> RetentionPlan:
+def apply_retention(
+    store: ArtifactStore, keep: int, dry_run: bool = False, abandoned_after: timedelta = ABANDONED_AFTER
+) -> RetentionPlan:
     """Delete what :func:`plan_retention` says goes (nothing when ``dry_run``); returns the plan."""
-    plan = plan_retention(store, keep)
+    plan = plan_retention(store, keep, abandoned_after)
     if not dry_run and plan.doomed_keys:
         store.delete(list(plan.doomed_keys))
     return plan
