@@ -147,8 +147,8 @@ def test_download_latest_and_the_images_page(pipeline: Pipeline) -> None:
         page = browser.new_page()
         page.set_default_timeout(30_000)
         page.goto(f"{farm.url}#/images")
-        frame = page.frame_locator("iframe")
-        link = frame.get_by_role("link", name=latest["name"]).first
+        row = page.locator(".farm-images tr", has_text=latest["name"]).first
+        link = row.locator("a.farm-download")
         expect(link).to_be_visible()
         page.screenshot(path=str(artifacts_dir() / "images-page.png"), full_page=True)
         href = link.get_attribute("href")
