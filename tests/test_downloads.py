@@ -60,6 +60,7 @@ def test_images_lists_what_was_published(published, capsys) -> None:
     assert newest["sha512"] == hashlib.sha512(DISK).hexdigest()
     # The link works for a person: the store server (local) or a presigned URL (private bucket).
     assert urllib.request.urlopen(newest["url"], timeout=30).read() == DISK
+    assert ("X-Amz-Signature=" in newest["url"]) == (published.store.type == "s3")
 
     assert images.run(_parse(images), published) == 0
     table = capsys.readouterr().out.splitlines()

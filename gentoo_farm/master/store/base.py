@@ -23,7 +23,7 @@ READ_CHUNK = 1024 * 1024
 INCOMING = "incoming"
 """Top-level prefix where builds stage uploads the master moves into place (binhost push-back)."""
 
-_KEY_PATTERN = re.compile(r"[A-Za-z0-9._+@=,-]+(/[A-Za-z0-9._+@=,-]+)*")
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9._+@=,~-]+(/[A-Za-z0-9._+@=,~-]+)*")
 
 
 class StoreError(Exception):
