@@ -1,0 +1,76 @@
+"""What farm.toml turns into in Buildbot's config: schedules, worker pools, bindings, the hook."""
+
+from pathlib import Path
+
+import pytest
+from buildbot.schedulers.timed import Nightly
+
+from gentoo_farm.master.buildmaster import buildmaster_config
+from tests.farmtest import farm_command, set_option
+
+
+@pytest.fixture(scope="module")
+def farm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("config") / "farm"
+    farm_command("init", str(root))
+    return root
+
+
+def _nightly(config: dict) -> list[Nightly]:
+    return [scheduler for scheduler in config["schedulers"] if isinstance(scheduler, Nightly)]
+
+
+def _time_of(nightly: Nightly) -> tuple[int, int]:
+    # Buildbot services keep their configuration as given until they are started.
+    return nightly._config_kwargs["hour"], nightly._config_kwargs["minute"]
+
+
+def test_defaults_bind_loopback_and_schedule_a_nightly_mirror_and_image(farm_dir: Path) -> None:
+    config = buildmaster_config(farm_dir)
+
+    assert config["www"]["port"] == "tcp:8010:interface=127.0.0.1"
+    assert config["protocols"]["pb"]["port"] == "tcp:9989:interface=127.0.0.1"
+    assert config["db"]["db_url"] == "sqlite:///state.sqlite"
+    (nightly,) = _nightly(config)
+    assert nightly.builderNames == ["mirror", "image"]
+    assert _time_of(nightly) == (3, 30)
+    assert {builder.name: builder.workernames for builder in config["builders"]} == {
+        name: ["local-1"] for name in ("mirror", "kernel", "overlay", "image")
+    }
+
+
+def test_nightly_time_and_switch(tmp_path: Path, farm_dir: Path) -> None:
+    (tmp_path / "farm.toml").write_text((farm_dir / "farm.toml").read_text())
+    set_option(tmp_path, "schedule", "nightly_time", '"22:05"')
+    (nightly,) = _nightly(buildmaster_config(tmp_path))
+    assert _time_of(nightly) == (22, 5)
+
+    set_option(tmp_path, "schedule", "nightly", "false")
+    assert _nightly(buildmaster_config(tmp_path)) == []
+
+
+def test_openstack_pool_gives_one_latent_worker_per_instance_for_its_builders(
+    tmp_path: Path, farm_dir: Path
+) -> None:
+    (tmp_path / "farm.toml").write_text(
+        (farm_dir / "farm.toml").read_text()
+        + '\n[[workers.openstack]]\nname = "os"\ncloud = "home"\nflavor = "m1.large"\nimage = "farm-latest"\n'
+        'network = "private"\nmax_instances = 3\nbuilders = ["image", "kernel"]\n'
+    )
+    config = buildmaster_config(tmp_path)
+
+    assert [worker.name for worker in config["workers"]] == ["local-1", "os-1", "os-2", "os-3"]
+    workers = {builder.name: builder.workernames for builder in config["builders"]}
+    assert workers["image"] == workers["kernel"] == ["local-1", "os-1", "os-2", "os-3"]
+    assert workers["mirror"] == workers["overlay"] == ["local-1"]
+    reapers = [service for service in config["services"] if "reaper" in service.name]
+    assert len(reapers) == 1
+
+
+def test_hook_for_a_remote_repository(farm_dir: Path) -> None:
+    hook = farm_command("--farm", str(farm_dir), "hook", "print", "overlay").stdout
+
+    assert hook.startswith("#!/bin/sh\n")
+    assert "url='http://127.0.0.1:8010/change_hook/poller?poller=overlay'" in hook
+    assert 'secret_file="$HOME/.config/gentoo-farm/change-hook.secret"' in hook
+    assert str(farm_dir / "secrets" / "change-hook.secret") in hook  # where to copy it from
