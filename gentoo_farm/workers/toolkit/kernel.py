@@ -23,13 +23,17 @@ from pathlib import Path
 from gentoo_farm.master.store.sets import file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
-from gentoo_farm.workers.toolkit.tools import require_file, run_tool, tail
+from gentoo_farm.workers.toolkit.tools import ToolError, require_file, run_tool, tail
 from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
 
 DOWNLOAD_TIMEOUT = 60
 COMPILER = "ccache gcc"
-# The lines of a failed build that say why: gcc/ld errors and make's own complaints.
-ERROR_LINE = re.compile(r"(error:|Error \d|undefined reference|No rule to make target|fatal error)")
+# The lines of a failed build that say why, best first: the compiler's and linker's errors, then
+# make's own complaints (which only say which target failed).
+ERROR_LINES = (
+    re.compile(r"(fatal )?error:|undefined reference"),
+    re.compile(r"No rule to make target|\*\*\* .*Error \d"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,8 +109,11 @@ def unpack_source(tarball: Path, sources: Path) -> Path:
 
 
 def compiler_error(output: str) -> str:
-    errors = [line.strip() for line in output.splitlines() if ERROR_LINE.search(line)]
-    return errors[0] if errors else "see the build log"
+    for pattern in ERROR_LINES:
+        for line in output.splitlines():
+            if pattern.search(line):
+                return line.strip()
+    return "see the build log"
 
 
 def make(
@@ -124,8 +131,10 @@ def make(
     ]
     try:
         return run_tool(command, what=what, env=environment, stream=True)
-    except StageError as error:
-        raise StageError(f"{what} failed: {compiler_error(str(error))}\n{tail(str(error))}") from None
+    except ToolError as error:
+        # gcc names files relative to the build directory; the source tree's own paths read better.
+        output = error.output.replace(os.path.relpath(source, build) + "/", "").replace(f"{source}/", "")
+        raise StageError(f"{what} failed: {compiler_error(output)}\n{tail(output)}") from None
 
 
 def run(args: argparse.Namespace) -> None:

@@ -13,6 +13,14 @@ from gentoo_farm.workers.toolkit import StageError, progress
 ERROR_TAIL_LINES = 25
 
 
+class ToolError(StageError):
+    """A tool exited non-zero; ``output`` keeps what it printed (the last lines, for a streamed tool)."""
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
 def run_tool(
     command: Sequence[str | Path],
     *,
@@ -21,7 +29,7 @@ def run_tool(
     env: Mapping[str, str] | None = None,
     stream: bool = False,
 ) -> str:
-    """Run ``command``; return its output, or raise :class:`StageError` naming ``what`` failed and why.
+    """Run ``command``; return its output, or raise :class:`ToolError` naming ``what`` failed and why.
 
     With ``stream`` every output line is printed as it comes (a long build's log streams into the
     step); otherwise the output is captured and only shown when the tool fails.
@@ -52,7 +60,7 @@ def run_tool(
     returncode = process.wait()
     output = "".join(kept)
     if returncode != 0:
-        raise StageError(f"{what} failed ({argv[0]} exited with status {returncode}):\n{tail(output)}")
+        raise ToolError(f"{what} failed ({argv[0]} exited with status {returncode}):\n{tail(output)}", output)
     return output
 
 
