@@ -508,38 +508,6 @@ def test_ten_builds_never_run_more_than_three_servers(farm: Farm, stand_in: Comp
     assert len(passwords) == 10
 
 
-@pytest.mark.slow
-def test_master_killed_mid_build_orphan_is_reaped_untagged_server_untouched(
-    farm: Farm, stand_in: ComputeStandIn
-) -> None:
-    brid = farm.master.force("long")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(
-        b["state_string"] == "building" or "sleep" in b["state_string"] for b in farm.master.builds(brid)
-    ):
-        time.sleep(0.5)
-    (orphan,) = stand_in.servers.values()
-    flavor = farm.cloud.compute.find_flavor("m1.small")
-    untagged = farm.cloud.compute.create_server(
-        name="someone-elses-server",
-        flavor_id=flavor.id,
-        image_id=farm.image_ids["other-farm"],
-        networks="auto",
-    )
-
-    farm.master.kill()
-    time.sleep(1)
-    assert orphan.id in stand_in.servers, "the server outlives a killed master"
-    farm.master.start()
-
-    stand_in.wait_for(lambda: orphan.id in stand_in.deleted, 60, "the orphan to be reaped")
-    assert untagged.id in stand_in.servers
-    assert "deleting orphan server" in farm.master.log_tail(400)
-    stand_in.delete_server(stand_in.servers[untagged.id].project_id, untagged.id)
-    farm.master.stop()
-    farm.wait_no_servers()
-
-
 def test_bad_worker_configuration_is_reported_naming_the_key() -> None:
     good = {
         "cloud": CLOUD,
@@ -627,3 +595,35 @@ def test_bootstrap_points_portage_at_the_farm_as_portage_reads_it(tmp_path: Path
         f"buildbot-worker create-worker --umask=0o022 --keepalive=60 {home_worker} 10.0.0.1:9989 os-1 s3cr3t",
         f"buildbot-worker start {home_worker}",
     ] * 2
+
+
+@pytest.mark.slow
+def test_master_killed_mid_build_orphan_is_reaped_untagged_server_untouched(
+    farm: Farm, stand_in: ComputeStandIn
+) -> None:
+    brid = farm.master.force("long")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+        b["state_string"] == "building" or "sleep" in b["state_string"] for b in farm.master.builds(brid)
+    ):
+        time.sleep(0.5)
+    (orphan,) = stand_in.servers.values()
+    flavor = farm.cloud.compute.find_flavor("m1.small")
+    untagged = farm.cloud.compute.create_server(
+        name="someone-elses-server",
+        flavor_id=flavor.id,
+        image_id=farm.image_ids["other-farm"],
+        networks="auto",
+    )
+
+    farm.master.kill()
+    time.sleep(1)
+    assert orphan.id in stand_in.servers, "the server outlives a killed master"
+    farm.master.start()
+
+    stand_in.wait_for(lambda: orphan.id in stand_in.deleted, 60, "the orphan to be reaped")
+    assert untagged.id in stand_in.servers
+    assert "deleting orphan server" in farm.master.log_tail(400)
+    stand_in.delete_server(stand_in.servers[untagged.id].project_id, untagged.id)
+    farm.master.stop()
+    farm.wait_no_servers()

@@ -130,10 +130,16 @@ class OpenStackLatentWorker(AbstractLatentWorker):
     image. ``boot_timeout``: seconds for the server to become ACTIVE; ``connect_timeout``: seconds
     from ACTIVE until the worker must have connected. A build request whose instance fails that way
     ``max_start_attempts`` times fails with the last reason; quota and API errors are retried with
-    Buildbot's quarantine backoff (10 s doubling up to an hour).
+    Buildbot's quarantine backoff (10 s doubling up to an hour); configuration errors (unknown flavor,
+    image, network or key, credentials refused) fail the build at once.
+
+    The worker password is not configured: every instance gets a fresh one from :mod:`secrets`
+    (``getRandomPass`` draws from :mod:`random` and lasts a whole configuration), which the master
+    forgets as soon as the instance is deleted. ``stop_instance`` always waits for the deletion,
+    bounded by ``delete_timeout``; a server it could not delete is left to the orphan reaper.
     """
 
-    # a build request is retried after a failed start; the check polls the server meanwhile
+    # seconds between looks at a server whose worker has not connected yet (ERROR, connect_timeout)
     DEFAULT_CHECK_INTERVAL = 5
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -276,7 +282,9 @@ class OpenStackLatentWorker(AbstractLatentWorker):
 
     # -- talking to the cloud (these run in threads) ---------------------------------------------
 
-    def _call(self, action: str, function: Callable[..., _Result], *args: Any, **kwargs: Any):
+    def _call(
+        self, action: str, function: Callable[..., _Result], *args: Any, **kwargs: Any
+    ) -> defer.Deferred[_Result]:
         """Run ``function`` in a thread; SDK errors become :class:`CloudCallFailed`."""
 
         def guarded() -> _Result:
