@@ -152,7 +152,7 @@ def test_altered_digests_have_a_bad_signature(world: World, upstream: WorldServe
 
     assert run.returncode == 1
     assert run.error == (
-        f"{world.stage3_name}.DIGESTS: BAD signature ({world.stage3_name}.DIGESTS does not match: "
+        f"{world.stage3_name}.DIGESTS: BAD signature (its clear signature does not match: "
         "the file was altered or corrupted)"
     )
 

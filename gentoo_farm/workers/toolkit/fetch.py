@@ -17,7 +17,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from gentoo_farm.workers.toolkit import StageError, progress, report
@@ -43,14 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the mirror per request"
     )
-
-
-@dataclass(frozen=True)
-class SignatureCheck:
-    """What ``gpgv`` said, from its machine-readable status lines."""
-
-    status: list[str]
-    signed_text: bytes
 
 
 class Verifier:
@@ -82,7 +73,6 @@ class Verifier:
 
         Returns the signed text of a clear-signed file. Raises StageError naming the file and why.
         """
-        checked = signature or signed
         with tempfile.TemporaryDirectory(prefix="farm-gpgv-") as scratch:
             output = Path(scratch) / "signed-text"
             command = ["gpgv", "--status-fd", "1", "--keyring", str(self.keyring)]
@@ -97,13 +87,14 @@ class Verifier:
             keywords = {status[0]: status[1:] for status in statuses if status}
             if result.returncode == 0 and "GOODSIG" in keywords and "VALIDSIG" in keywords:
                 return output.read_bytes() if output.exists() else b""
-        raise StageError(self._explain(signed.name, checked.name, keywords))
+        raise StageError(self._explain(signed.name, signature.name if signature else None, keywords))
 
-    def _explain(self, name: str, signature_name: str, keywords: dict[str, list[str]]) -> str:
+    def _explain(self, name: str, signature_name: str | None, keywords: dict[str, list[str]]) -> str:
         if "BADSIG" in keywords:
-            return (
-                f"{name}: BAD signature ({signature_name} does not match: the file was altered or corrupted)"
+            mismatch = (
+                f"{signature_name} does not match" if signature_name else "its clear signature does not match"
             )
+            return f"{name}: BAD signature ({mismatch}: the file was altered or corrupted)"
         if "EXPKEYSIG" in keywords:
             return f"{name}: signed with an expired key ({keywords['EXPKEYSIG'][0]})"
         if "REVKEYSIG" in keywords:
@@ -113,7 +104,7 @@ class Verifier:
             return (
                 f"{name}: signed by key {key_id}, which is not in the configured release key {self.key_file}"
             )
-        return f"{signature_name}: no valid OpenPGP signature found"
+        return f"{signature_name or name}: no valid OpenPGP signature found"
 
 
 def download(url: str, destination: Path, *, timeout: float) -> None:
