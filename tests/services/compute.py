@@ -40,6 +40,8 @@ from urllib.parse import parse_qs, urlsplit
 from tests.services.keystone import Keystone, free_port
 
 API_VERSION = "2.1"
+# a PID namespace needs CAP_SYS_ADMIN; without root, a user namespace grants it
+UNSHARE = ["unshare"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user"]
 TOKEN_CACHE_SECONDS = 60.0
 
 FLAVORS = {
@@ -358,7 +360,7 @@ class ComputeStandIn:
             with console.open("wb") as output:
                 server.process = subprocess.Popen(
                     [
-                        "unshare",
+                        *UNSHARE,
                         "--pid",
                         "--fork",
                         "--kill-child",
