@@ -5,6 +5,7 @@ same input key ends "up to date" without running the rest."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +28,7 @@ DISK = b"a qcow2 image, as far as this test is concerned\n" * 1000
 class PublishThroughMaster(RunMasterBase):
     timeout = 120
 
-    async def setup_config(self, settings: LocalStoreSettings) -> None:
+    async def setup_config(self, settings: LocalStoreSettings, basedir: Path) -> None:
         toolkit_path = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
         factory = BuildFactory(
             [
@@ -61,14 +62,16 @@ class PublishThroughMaster(RunMasterBase):
                         properties=[util.StringParameter(name="input_key", default="key-1")],
                     )
                 ],
-            }
+            },
+            basedir=str(basedir),
         )
 
     async def test_publish_then_up_to_date(self) -> None:
         directory = Path(tempfile.mkdtemp(prefix="farm-master-publish-"))
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
         with running_store_server(directory / "store", directory / "server.log") as url:
             settings = LocalStoreSettings(path=directory / "store", public_url=url)
-            await self.setup_config(settings)
+            await self.setup_config(settings, directory / "master")
 
             first = await self.doForceBuild(wantSteps=True, wantProperties=True, wantLogs=True)
             self.assertEqual(first["results"], SUCCESS, first["state_string"])

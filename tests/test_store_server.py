@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +27,8 @@ def _request(url: str, data: bytes | None = None, method: str = "GET") -> tuple[
 
 class StoreServerServiceTest(unittest.TestCase):
     async def test_serves_reads_and_signed_writes_until_stopped(self) -> None:
-        root = Path(self.mktemp()).resolve()
+        root = Path(tempfile.mkdtemp(prefix="farm-store-server-"))
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
         service = StoreServer(store_path=str(root), listen="127.0.0.1:0")
         await service.reconfigService(store_path=str(root), listen="127.0.0.1:0")
         await service.startService()
