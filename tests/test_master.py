@@ -25,12 +25,12 @@ def test_forced_build_runs_on_a_local_worker_and_publishes_its_artifact(running_
     properties = running_farm.properties(build)
     assert properties["reason"] == "from a test"
     key = properties["input_key"]
-    assert f"overlay input key {key}" in running_farm.log(build, "input key")
+    assert f"overlay input key {key}" in running_farm.log(build, "input-key")
     latest = json.loads((running_farm.root / "store" / "overlay" / "latest.json").read_text())
     assert latest["input_key"] == key
     # Only an image build needs every input; with no stage3 or kernel yet, none is started.
     steps = {step["name"]: step for step in running_farm.steps(build)}
-    assert steps["trigger image build"]["results"] == SKIPPED
+    assert steps["trigger-image"]["results"] == SKIPPED
     # The local worker was started for the build, in its own directory, and is gone afterwards.
     assert properties["workername"] == "local-1"
     deadline = time.monotonic() + 60
@@ -97,7 +97,7 @@ def test_push_of_the_kernel_config_builds_the_kernel_at_that_revision(
     assert properties["got_revision"] == revision
     # This farm has no upstream to fetch the kernel source from: the build says so.
     assert build["results"] == FAILURE
-    (compile_step,) = [step for step in running_farm.steps(build) if step["name"] == "build kernel"]
+    (compile_step,) = [step for step in running_farm.steps(build) if step["name"] == "build-kernel"]
     assert "linux-6.1.tar.xz" in compile_step["state_string"]
     changes = running_farm.api("changes")["changes"]
     assert {tuple(change["files"]) for change in changes} == {("NOTES",), ("config",)}

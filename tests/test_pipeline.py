@@ -99,7 +99,7 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
     assert image["results"] == SUCCESS, image["state_string"]
     properties = farm.properties(image)
     assert properties["packages_compiled"], "a first build with an empty binhost compiles"
-    console = farm.log(image, "boot test", "serial console")
+    console = farm.log(image, "boot-test", "serial console")
     assert "SYSLINUX" in console
     assert "root=/dev/vda1" in console
     assert pipeline.world.hello_message in console
@@ -126,7 +126,7 @@ def test_an_unchanged_input_is_up_to_date_in_seconds(pipeline: Pipeline) -> None
     before = pipeline.latest("overlay")
     overlay = pipeline.force("force-overlay", "overlay")
     assert overlay["results"] == SUCCESS
-    assert "up to date" in step_summary(pipeline.farm, overlay, "up to date?")
+    assert "up to date" in step_summary(pipeline.farm, overlay, "up-to-date")
     assert overlay["complete_at"] - overlay["started_at"] < 30
     assert pipeline.latest("overlay") == before
 
@@ -172,7 +172,7 @@ def test_kernel_config_push_rebuilds_kernel_and_image_with_the_new_release(pipel
     assert release.endswith("-pushed")
     image = farm.wait_for_build("image", 3, timeout=IMAGE_BUILD_TIMEOUT)
     assert image["results"] == SUCCESS, image["state_string"]
-    assert release in farm.log(image, "boot test", "serial console")
+    assert release in farm.log(image, "boot-test", "serial console")
 
 
 def test_a_config_that_does_not_compile_fails_clearly_and_publishes_nothing(pipeline: Pipeline) -> None:
@@ -188,7 +188,7 @@ def test_a_config_that_does_not_compile_fails_clearly_and_publishes_nothing(pipe
     kernel = farm.wait_for_build("kernel", 3, timeout=KERNEL_BUILD_TIMEOUT)
 
     assert kernel["results"] == FAILURE
-    assert "error: the frame size of" in step_summary(farm, kernel, "build kernel")
+    assert "error: the frame size of" in step_summary(farm, kernel, "build-kernel")
     assert pipeline.latest("kernel") == kernel_before
     assert pipeline.latest("images") == image_before
 
@@ -207,7 +207,7 @@ def test_an_overlay_without_extlinux_conf_fails_the_image_and_keeps_the_last_one
     image = farm.wait_for_build("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
 
     assert image["results"] == FAILURE
-    assert "extlinux.conf" in step_summary(farm, image, "assemble image")
+    assert "extlinux.conf" in step_summary(farm, image, "assemble-image")
     assert pipeline.latest("images") == image_before
 
 

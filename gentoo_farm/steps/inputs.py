@@ -24,7 +24,7 @@ class ComputeInputKey(FarmWorkerStep):
     def __init__(
         self, kind: str, files: Sequence[object] = (), values: Mapping[str, object] | None = None, **kwargs
     ) -> None:
-        kwargs.setdefault("name", "input key")
+        kwargs.setdefault("name", "input-key")
         kwargs.setdefault("description", "computing input key")
         super().__init__("input-key", **kwargs)
         self.kind = kind
@@ -63,7 +63,7 @@ class ResolveImageInputs(CompositeStepMixin, StoreStep):
         map_path: str = "downloads.json",
         **kwargs,
     ) -> None:
-        kwargs.setdefault("name", "resolve inputs")
+        kwargs.setdefault("name", "resolve-inputs")
         super().__init__(store_settings, **kwargs)
         self.downloads = downloads
         self.kernel_revision = kernel_revision

@@ -34,7 +34,7 @@ def checkout(repository: RecipeRepository, workdir: str) -> list[object]:
     return [
         steps.RemoveDirectory(name="clean", dir="build"),
         steps.Git(
-            name=f"checkout {repository.poller}",
+            name=f"checkout-{repository.poller}",
             repourl=repository.url,
             branch=repository.branch,
             workdir=workdir,
@@ -50,7 +50,7 @@ def cache_dir(name: str) -> util.Interpolate:
 
 
 def up_to_date(config: FarmConfig, kind: str) -> CheckUpToDate:
-    return CheckUpToDate(config.store, kind, util.Property("input_key"), name="up to date?")
+    return CheckUpToDate(config.store, kind, util.Property("input_key"), name="up-to-date")
 
 
 def publish(
@@ -68,11 +68,11 @@ def publish(
     build = util.Interpolate("%(prop:buildername)s/%(prop:buildnumber)s")
     return [
         MakeUploadUrls(
-            config.store, kind, util.Property("input_key"), files, map_path, name=f"sign {kind} uploads",
+            config.store, kind, util.Property("input_key"), files, map_path, name=f"sign-{kind}-uploads",
             **step_options,
         ),
         FarmWorkerStep(
-            "upload", stage_args=["--map", map_path, "--report-checksums"], name=f"upload {kind}",
+            "upload", stage_args=["--map", map_path, "--report-checksums"], name=f"upload-{kind}",
             **step_options,
         ),
         PublishSet(
@@ -82,7 +82,7 @@ def publish(
             util.Property("uploaded"),
             metadata={ARTIFACT: artifact, "build": build, **(metadata or {})},
             sources=sources,
-            name=f"publish {kind}",
+            name=f"publish-{kind}",
             **step_options,
         ),
     ]  # fmt: skip
@@ -104,12 +104,12 @@ def push_back(config: FarmConfig, distdir: object, pkgdir: str | None = None) ->
     if pkgdir:
         listing += ["--pkgdir", pkgdir, "--binhost", binhost]
     pushed: list[object] = [
-        FarmWorkerStep("list-new", stage_args=listing, name="what is new"),
-        PushBackUrls(config.store, name="sign push-back uploads"),
-        FarmWorkerStep("upload", stage_args=["--map", "push-back-uploads.json"], name="push back"),
+        FarmWorkerStep("list-new", stage_args=listing),
+        PushBackUrls(config.store),
+        FarmWorkerStep("upload", stage_args=["--map", "push-back-uploads.json"], name="push-back"),
     ]
     if pkgdir:
-        pushed.append(MergeBinhost(config.store, config.upstream.profile, name="merge binhost index"))
+        pushed.append(MergeBinhost(config.store, config.upstream.profile))
     return pushed
 
 
@@ -124,7 +124,7 @@ def trigger_image(config: FarmConfig) -> steps.Trigger:
         return threads.deferToThread(check)
 
     return steps.Trigger(
-        name="trigger image build",
+        name="trigger-image",
         schedulerNames=[IMAGE_AFTER_INPUTS],
         waitForFinish=False,
         doStepIf=all_inputs_published,

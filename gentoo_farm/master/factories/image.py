@@ -62,7 +62,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 },
             ),
             up_to_date(config, "images"),
-            FarmWorkerStep("get", stage_args=["--map", "downloads.json"], name="download inputs"),
+            FarmWorkerStep("get", stage_args=["--map", "downloads.json"], name="download-inputs"),
             UnpackBuildRoot(stage3=INPUTS["stage3"], snapshot=INPUTS["portage"], root=ROOT),
             EmergePackages(
                 atoms=util.Transform(lambda extra: [*config.image.packages, *extra.split()], extra_packages),
@@ -85,7 +85,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 inputs=util.Property("image_input_keys"),
             ),
             BootTest(
-                image=f"image/{DISK}", timeout=config.image.boot_timeout, expect=config.image.boot_expect
+                image=f"image/{DISK}", boot_timeout=config.image.boot_timeout, expect=config.image.boot_expect
             ),
             *publish(
                 config,

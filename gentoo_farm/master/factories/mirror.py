@@ -30,7 +30,7 @@ def factory(config: FarmConfig) -> BuildFactory:
         [
             steps.RemoveDirectory(name="clean", dir="build"),
             steps.FileDownload(
-                name="release key",
+                name="release-key",
                 mastersrc=str(config.upstream.release_key),
                 workerdest="release-key.asc",
             ),
