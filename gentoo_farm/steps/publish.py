@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from buildbot.process import buildstep
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from buildbot.steps.worker import CompositeStepMixin
-from twisted.internet import threads
+from twisted.internet import reactor, threads
 
 from gentoo_farm.master.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.master.store.binhost import PushbackCandidates, merge_pushback, pushback_uploads
@@ -204,7 +204,8 @@ class PublishSet(StoreStep):
                     expected,
                     dict(self.metadata),
                     dict(self.sources),
-                    lambda line: log.addStdout(line + "\n"),
+                    # Called in the publishing thread: Buildbot's logs live on the reactor.
+                    lambda line: reactor.callFromThread(log.addStdout, line + "\n"),
                 )
                 return published, apply_retention(store, self.store_settings.keep).doomed_keys
 
