@@ -467,6 +467,28 @@ def test_fault_is_retried_on_a_new_instance_and_nothing_is_left(
 
 
 @pytest.mark.slow
+def test_persistent_quota_backs_off_instead_of_looping(farm: Farm, stand_in: ComputeStandIn) -> None:
+    stand_in.max_instances = 0
+    brid = farm.master.force("quick")
+    time.sleep(25)
+    with stand_in._lock:
+        creates = [
+            r for r in stand_in.requests if r.method == "POST" and r.path.rstrip("/").endswith("/servers")
+        ]
+    # Buildbot's quarantine: each worker waits 10 s, then 20 s, ... after a failed start
+    assert 1 <= len(creates) <= 9, len(creates)
+    stand_in.max_instances = 100
+
+    request = farm.master.wait_request(brid, timeout=180)
+    builds = farm.master.builds(brid)
+    assert RESULTS[request["results"]] == "success"
+    assert "quota exceeded (HTTP 403): Quota exceeded for instances" in farm.master.preparation_log(
+        builds[0]["buildid"]
+    )
+    farm.wait_no_servers()
+
+
+@pytest.mark.slow
 def test_a_request_gives_up_after_bounded_attempts_with_the_reason(
     farm: Farm, stand_in: ComputeStandIn
 ) -> None:
