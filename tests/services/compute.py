@@ -12,7 +12,8 @@ namespace, and with it every process the user-data started (the buildbot-worker 
 
 Fault switches (set by tests): :attr:`ComputeStandIn.boot_faults` (``"error"`` — ERROR after
 :attr:`error_after` seconds; ``"never-active"`` — stuck in BUILD; ``"no-boot"`` — ACTIVE but the
-user-data never runs), :attr:`create_errors` (HTTP status + message returned by the next creates,
+user-data never runs; ``"crash"`` — ACTIVE without running the user-data, then ERROR after
+:attr:`error_after` seconds), :attr:`create_errors` (HTTP status + message returned by the next creates,
 e.g. 413/403 quota or 500), and :attr:`max_instances` (quota: 403 beyond it). Every request is
 recorded in :attr:`requests` (method, path, headers, body) for leak checks.
 """
@@ -341,8 +342,13 @@ class ComputeStandIn:
             (vm_dir / "root").mkdir(parents=True)
             (vm_dir / "home").mkdir()
             console = vm_dir / "console.log"
-            if server.boot_fault == "no-boot" or server.user_data is None:
+            if server.boot_fault in ("no-boot", "crash") or server.user_data is None:
                 console.write_text("Booting from Hard Disk...\nNo bootable device.\n")
+                if server.boot_fault == "crash":
+                    timer = threading.Timer(self.error_after, self._fail, (server,))
+                    timer.daemon = True
+                    server.timers.append(timer)
+                    timer.start()
                 return
             if self.prepare_vm is not None:
                 self.prepare_vm(vm_dir)
