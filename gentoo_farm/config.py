@@ -73,6 +73,8 @@ class LocalWorkersSection:
     max_builds: int = 1
     build_wait_timeout: int = 0
     """Seconds a started worker waits for another build before it stops (0: stop after each build)."""
+    cache_dir: Path = Path("cache")
+    """What workers keep between builds (ccache, kernel sources), one directory per worker."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ published sets as they were.
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -20,13 +21,17 @@ from playwright.sync_api import expect
 
 from tests.browser import artifacts_dir, chromium
 from tests.debian import kernel_source_tarball
-from tests.farmtest import Farm, configure_for_world, farm_command, init_farm
+from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, set_option
 from tests.world import World, WorldServer, build_world
 
-pytestmark = pytest.mark.slow
+# A kernel compiled from source (minutes), several image builds, qemu boots under TCG.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 SUCCESS, FAILURE = 0, 2
 KERNEL_BUILD_TIMEOUT = 1500
+WORKER_CACHE = (
+    Path(os.environ.get("FARM_TEST_CACHE", Path.home() / ".cache" / "gentoo-farm")) / "pipeline-workers"
+)
 IMAGE_BUILD_TIMEOUT = 900
 
 
@@ -76,6 +81,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     with WorldServer(world.mirror_dir) as upstream:
         farm = init_farm(root / "farm")
         configure_for_world(farm, world, upstream.url, source.name)
+        # ccache survives the farm, as it would on a long-lived build host: a rerun compiles in seconds.
+        set_option(farm.root, "workers.local", "cache_dir", json.dumps(str(WORKER_CACHE)))
         farm_command("--farm", str(farm.root), "up")
         try:
             farm.login()

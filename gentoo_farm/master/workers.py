@@ -75,7 +75,7 @@ def workers(config: FarmConfig, farm: FarmDir) -> list[AbstractLatentWorker]:
             max_builds=local.max_builds,
             build_wait_timeout=local.build_wait_timeout,
             # Kept across builds (each start gets a fresh base directory): ccache, kernel sources.
-            properties={"cache_dir": str(farm.root / "cache" / name)},
+            properties={"cache_dir": str(local.cache_dir / name)},
         )
         for name in local_worker_names(config)
     ]
