@@ -30,7 +30,7 @@ def with_settings(config: Path, destination: Path, **settings: str) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(3600)
 def test_kernel_from_source_rebuilds_from_ccache_reports_compiler_errors_and_boots(tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
     source = debian.kernel_source_tarball(mirror / "distfiles")
@@ -78,7 +78,7 @@ def test_kernel_from_source_rebuilds_from_ccache_reports_compiler_errors_and_boo
             int(rebuilt_results["kernel_ccache_hits"]),
             int(rebuilt_results["kernel_ccache_misses"]),
         )
-        assert hits > 20 * misses, (hits, misses)
+        assert hits > 10 * misses, (hits, misses)
         assert (
             float(rebuilt_results["kernel_build_seconds"]) < float(cold_results["kernel_build_seconds"]) / 2
         )
