@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gentoo_farm.workers.toolkit import StageError
-from gentoo_farm.workers.toolkit.fetch import parse_digests, parse_pointer
+from gentoo_farm.workers.toolkit.fetch import parse_digests, parse_md5sum, parse_pointer
 from tests.world import World, WorldServer, build_world, signing, write_digests
 from tests.world.stages import StageRun, run_stage
 
@@ -56,6 +56,7 @@ def test_good_world_verifies_and_reports_the_release(
         "snapshot_file": world.snapshot_name,
         "snapshot_path": str(tmp_path / "dl" / world.snapshot_name),
         "snapshot_sha512": hashlib.sha512(snapshot).hexdigest(),
+        "snapshot_md5": hashlib.md5(snapshot).hexdigest(),
     }
     assert (tmp_path / "dl" / world.stage3_name).read_bytes() == stage3
     assert f"{world.stage3_name}: BLAKE2B and SHA512 match" in run.stdout
@@ -201,6 +202,149 @@ def test_missing_release_key_is_a_configuration_error(
     assert run.error == f"release key {tmp_path / 'nope.asc'}: no such file"
 
 
+def tarballs_requested(server: WorldServer) -> list[str]:
+    return [path for path in server.requested_paths() if path.endswith(".tar.xz")]
+
+
+def test_check_only_learns_the_release_without_downloading_a_tarball(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    check = fetch(world, upstream, tmp_path / "check", "--check-only")
+
+    assert check.returncode == 0, check.stderr
+    stage3 = world.file(world.stage3_path).read_bytes()
+    snapshot = world.file("snapshots/portage-latest.tar.xz").read_bytes()
+    assert check.result == {
+        "stage3_timestamp": world.stage3_timestamp,
+        "stage3_file": world.stage3_name,
+        "stage3_sha512": hashlib.sha512(stage3).hexdigest(),
+        "snapshot_md5": hashlib.md5(snapshot).hexdigest(),
+    }
+    assert tarballs_requested(upstream) == []
+    assert sorted(upstream.requested_paths()) == sorted(
+        [
+            f"/{world.pointer_path}",
+            f"/{world.stage3_path}.DIGESTS",
+            "/snapshots/portage-latest.tar.xz.md5sum",
+        ]
+    )
+    assert sum(path.stat().st_size for path in (tmp_path / "check").iterdir()) < 16 * 1024
+
+    # A full fetch told to expect what the check saw gets exactly that, and says the same.
+    full = fetch(
+        world,
+        upstream,
+        tmp_path / "dl",
+        "--expect-stage3-sha512",
+        check.result["stage3_sha512"],
+        "--expect-snapshot-md5",
+        check.result["snapshot_md5"],
+    )
+    assert full.returncode == 0, full.stderr
+    assert {name: full.result[name] for name in check.result} == check.result
+
+
+def test_check_only_refuses_a_pointer_with_a_bad_signature(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    # Someone points "latest" at an older (still validly signed) release: the pointer's signature breaks.
+    pointer = world.file(world.pointer_path)
+    pointer.write_text(pointer.read_text().replace(world.stage3_timestamp, "20250101T000000Z"))
+
+    run = fetch(world, upstream, tmp_path / "check", "--check-only")
+
+    assert run.returncode == 1
+    assert run.error == (
+        "latest-stage3-amd64-openrc.txt: BAD signature (its clear signature does not match: "
+        "the file was altered or corrupted)"
+    )
+    assert run.result == {}
+    assert upstream.requested_paths() == [f"/{world.pointer_path}"]
+
+
+def test_check_only_with_the_mirror_down_names_the_url(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    upstream.go_down()
+
+    run = fetch(world, upstream, tmp_path / "check", "--check-only")
+
+    assert run.returncode == 1
+    assert run.error == f"cannot download {upstream.url}/{world.pointer_path}: [Errno 111] Connection refused"
+    assert run.result == {}
+
+
+def test_check_only_without_the_snapshot_md5sum_names_the_url(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    world.file("snapshots/portage-latest.tar.xz.md5sum").unlink()
+
+    run = fetch(world, upstream, tmp_path / "check", "--check-only")
+
+    assert run.returncode == 1
+    assert run.error == (
+        f"cannot download {upstream.url}/snapshots/portage-latest.tar.xz.md5sum: HTTP 404 Not Found"
+    )
+
+
+def test_full_fetch_fails_when_the_stage3_changed_since_the_check(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    checked = "ab" * 64  # what an earlier check saw: another release than the one upstream has now
+
+    run = fetch(world, upstream, tmp_path / "dl", "--expect-stage3-sha512", checked)
+
+    assert run.returncode == 1
+    now = hashlib.sha512(world.file(world.stage3_path).read_bytes()).hexdigest()
+    assert run.error == (
+        f"{world.stage3_name} (SHA512) changed upstream since the check (the check saw {checked[:16]}..., "
+        f"the mirror now has {now[:16]}...): check again to build from the new one"
+    )
+    # Refused before the big download.
+    assert tarballs_requested(upstream) == []
+
+
+@pytest.mark.parametrize("md5sum_updated", [True, False], ids=["md5sum-updated", "during-the-download"])
+def test_full_fetch_fails_when_the_snapshot_changed_since_the_check(
+    world: World, upstream: WorldServer, tmp_path: Path, md5sum_updated: bool
+) -> None:
+    check = fetch(world, upstream, tmp_path / "check", "--check-only")
+    assert check.returncode == 0, check.stderr
+    # The next day's snapshot appears upstream, validly signed, between the check and the fetch.
+    latest = world.file("snapshots/portage-latest.tar.xz")
+    latest.write_bytes(latest.read_bytes() + b"\0")
+    try:
+        signing.sign_detached(world.gnupg_home, latest, latest.with_name(latest.name + ".gpgsig"))
+    finally:
+        signing.stop_agent(world.gnupg_home)
+    new_md5 = hashlib.md5(latest.read_bytes()).hexdigest()
+    if md5sum_updated:
+        latest.with_name(latest.name + ".md5sum").write_text(f"{new_md5}  {latest.name}\n")
+    # else: the mirror replaced the tarball while the fetch ran, after it read the (old) .md5sum.
+    upstream.clear_log()
+
+    run = fetch(
+        world,
+        upstream,
+        tmp_path / "dl",
+        "--expect-stage3-sha512",
+        check.result["stage3_sha512"],
+        "--expect-snapshot-md5",
+        check.result["snapshot_md5"],
+    )
+
+    assert run.returncode == 1
+    assert run.error == (
+        f"portage-latest.tar.xz (MD5) changed upstream since the check (the check saw "
+        f"{check.result['snapshot_md5'][:16]}..., the mirror now has {new_md5[:16]}...): "
+        "check again to build from the new one"
+    )
+    # An up-to-date .md5sum refuses before any big download; a stale one, after the snapshot's.
+    downloaded = [f"/{world.stage3_path}", "/snapshots/portage-latest.tar.xz"]
+    assert tarballs_requested(upstream) == ([] if md5sum_updated else downloaded)
+    assert run.result == {}
+
+
 def test_pointer_and_digests_formats() -> None:
     # An older, unsigned pointer; and a DIGESTS in the pre-2023 layout with extra files and algorithms.
     pointer = "# Latest as of Mon, 01 Jan 2024 00:00:04 +0000\n# ts=1704067204\n\n" + (
@@ -222,3 +366,10 @@ def test_pointer_and_digests_formats() -> None:
     assert parse_digests(digests, "stage3.tar.xz", "x.DIGESTS") == {"SHA512": "abc", "BLAKE2B": "0ff"}
     with pytest.raises(StageError, match=re.escape("x.DIGESTS: no BLAKE2B or SHA512 line for other.tar.xz")):
         parse_digests(digests, "other.tar.xz", "x.DIGESTS")
+
+    # Gentoo's snapshot .md5sum (text mode), and the binary-mode '*' marker md5sum(1) may write.
+    md5 = "D41D8CD98F00B204E9800998ECF8427E"
+    assert parse_md5sum(f"{md5}  portage-latest.tar.xz\n", "portage-latest.tar.xz", "m") == md5.lower()
+    assert parse_md5sum(f"{md5} *portage-latest.tar.xz\n", "portage-latest.tar.xz", "m") == md5.lower()
+    with pytest.raises(StageError, match=re.escape("m: no '<md5>  portage-latest.tar.xz' line found")):
+        parse_md5sum("<html>not found</html>\n", "portage-latest.tar.xz", "m")

@@ -142,10 +142,12 @@ def _build_stage3(world: World, work: Path) -> None:
     (world.mirror_dir / world.pointer_path).write_text(signing.clear_sign(world.gnupg_home, pointer_text))
 
 
-def _build_snapshot(world: World, work: Path) -> None:
+def _build_snapshot(world: World, work: Path, compile_scale: int) -> None:
     snapshots = world.mirror_dir / "snapshots"
     snapshots.mkdir(parents=True)
-    repository.write_repository(work / "portage", world.mirror_dir / "distfiles", SNAPSHOT_TIMESTAMP_CHK)
+    repository.write_repository(
+        work / "portage", world.mirror_dir / "distfiles", SNAPSHOT_TIMESTAMP_CHK, compile_scale
+    )
     dated = snapshots / world.snapshot_name
     _tar_xz(work, ["portage"], dated)
     # Gentoo publishes the dated snapshot and a portage-latest copy, each with .gpgsig and .md5sum.
@@ -157,16 +159,16 @@ def _build_snapshot(world: World, work: Path) -> None:
         tarball.with_name(tarball.name + ".md5sum").write_text(f"{md5}  {tarball.name}\n")
 
 
-def _generate(root: Path) -> None:
+def _generate(root: Path, compile_scale: int) -> None:
     world = _world_for(root)
     work = root / "work"
     work.mkdir(parents=True)
     signing.make_signing_key(world.gnupg_home)
     try:
         signing.export_public_key(world.gnupg_home, world.release_key)
-        repository.write_distfiles(world.mirror_dir / "distfiles")
+        repository.write_distfiles(world.mirror_dir / "distfiles", compile_scale)
         _build_stage3(world, work)
-        _build_snapshot(world, work)
+        _build_snapshot(world, work, compile_scale)
     finally:
         signing.stop_agent(world.gnupg_home)
     shutil.rmtree(work)
@@ -185,8 +187,9 @@ def cache_root() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "gentoo-farm" / "world"
 
 
-def _cached_world() -> Path:
-    cached = cache_root() / generator_hash()
+def _cached_world(compile_scale: int) -> Path:
+    key = generator_hash() if compile_scale == 1 else f"{generator_hash()}-scale{compile_scale}"
+    cached = cache_root() / key
     if cached.is_dir():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -195,16 +198,22 @@ def _cached_world() -> Path:
         if not cached.is_dir():
             scratch = Path(tempfile.mkdtemp(prefix=f"{cached.name}.", dir=cached.parent))
             try:
-                _generate(scratch / "world")
+                _generate(scratch / "world", compile_scale)
                 (scratch / "world").rename(cached)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     return cached
 
 
-def build_world(dest: Path, *, extra_distfiles: Iterable[Path] = ()) -> World:
-    """Lay out a fresh copy of the world in ``dest`` (created; must not exist yet)."""
-    shutil.copytree(_cached_world(), dest, symlinks=True, ignore=shutil.ignore_patterns("S.*"))
+def build_world(dest: Path, *, extra_distfiles: Iterable[Path] = (), compile_scale: int = 1) -> World:
+    """Lay out a fresh copy of the world in ``dest`` (created; must not exist yet).
+
+    ``compile_scale`` multiplies the C each synthetic library compiles (the benchmark's heavier world;
+    the package set is the same). Each scale is a world of its own in the cache.
+    """
+    if compile_scale < 1:
+        raise ValueError(f"compile_scale must be at least 1, not {compile_scale}")
+    shutil.copytree(_cached_world(compile_scale), dest, symlinks=True, ignore=shutil.ignore_patterns("S.*"))
     world = _world_for(Path(dest))
     extra_names = []
     for extra in extra_distfiles:

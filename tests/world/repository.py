@@ -22,6 +22,8 @@ SERVICE_PACKAGE = "app-misc/farm-motd"
 SERVICE_NAME = "farm-motd"
 # Each synthetic library is UNITS_PER_LIBRARY C files of FUNCTIONS_PER_UNIT optimisable functions:
 # about 7 s of gcc -O2 per library on this machine (idle). Few, heavy packages, like a real image's set.
+# A ``compile_scale`` of N gives each library N times the units (the benchmark's heavier world); the
+# package set, its names and its dependencies stay the same.
 SYNTHETIC_LIBRARIES = 4
 UNITS_PER_LIBRARY = 4
 FUNCTIONS_PER_UNIT = 200
@@ -248,7 +250,7 @@ def _library_ebuild(description: str, dependencies: str = "", extra_install: str
     )
 
 
-def packages() -> list[Package]:
+def packages(compile_scale: int = 1) -> list[Package]:
     """Every package of the repository, dependencies before dependants."""
     core = Package(
         "dev-libs/farm-core",
@@ -263,7 +265,9 @@ def packages() -> list[Package]:
     result = [core]
     synthetic_atoms = []
     for index in range(1, SYNTHETIC_LIBRARIES + 1):
-        units = {f"unit{unit}.c": _synthetic_unit(index, unit) for unit in range(UNITS_PER_LIBRARY)}
+        units = {
+            f"unit{unit}.c": _synthetic_unit(index, unit) for unit in range(UNITS_PER_LIBRARY * compile_scale)
+        }
         header = f"farmsynth{index}.h"
         previous = f" dev-libs/farm-synth{index - 1}" if index > 1 else ""
         atom = f"dev-libs/farm-synth{index}"
@@ -338,12 +342,12 @@ def manifest_line(path: Path) -> str:
     return f"DIST {path.name} {len(data)} BLAKE2B {blake2b} SHA512 {sha512}\n"
 
 
-def write_distfiles(distdir: Path) -> list[str]:
+def write_distfiles(distdir: Path, compile_scale: int = 1) -> list[str]:
     """Write every package's source tarball and a flat ``layout.conf``; return the file names."""
     distdir.mkdir(parents=True, exist_ok=True)
     (distdir / "layout.conf").write_text("[structure]\n0=flat\n")
     names = []
-    for package in packages():
+    for package in packages(compile_scale):
         if package.distfile is None:
             continue
         top = f"{package.name}-{package.version}"
@@ -352,12 +356,12 @@ def write_distfiles(distdir: Path) -> list[str]:
     return names
 
 
-def write_repository(repo: Path, distdir: Path, timestamp: str) -> None:
+def write_repository(repo: Path, distdir: Path, timestamp: str, compile_scale: int = 1) -> None:
     """Write the ebuild repository; Manifests hash the distfiles already written to ``distdir``."""
     profiles = repo / "profiles"
     profile = profiles / PROFILE
     profile.mkdir(parents=True)
-    all_packages = packages()
+    all_packages = packages(compile_scale)
     categories = sorted({package.atom.split("/")[0] for package in all_packages})
     (profiles / "repo_name").write_text(f"{REPO_NAME}\n")
     (profiles / "categories").write_text("".join(f"{category}\n" for category in categories))

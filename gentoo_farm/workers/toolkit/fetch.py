@@ -4,6 +4,11 @@ The stage3 is found through ``releases/<arch>/autobuilds/latest-stage3-<variant>
 against its ``.DIGESTS`` (BLAKE2B and SHA512) and its detached ``.asc`` signature, the snapshot against its
 ``.gpgsig``. Signatures are verified with ``gpgv`` against the release key FILE given as configuration
 (Gentoo has rotated that key before). Downloads resume (HTTP Range) after an interruption.
+
+``--check-only`` learns what upstream offers without downloading a tarball: the verified pointer, the
+stage3's signed DIGESTS (its SHA512) and the snapshot's published ``.md5sum`` — a few kilobytes. A later
+full fetch given those values (``--expect-stage3-sha512``, ``--expect-snapshot-md5``) fails if upstream
+changed in between, so what it verifies is exactly what the check saw.
 """
 
 import argparse
@@ -17,15 +22,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from gentoo_farm.workers.toolkit import StageError, progress, report
 
 CLEARSIGN_HEADER = "-----BEGIN PGP SIGNED MESSAGE-----"
 DIGEST_ALGORITHMS = {"BLAKE2B": hashlib.blake2b, "SHA512": hashlib.sha512}
+# Gentoo publishes an MD5 (only) beside each snapshot; it identifies a snapshot, it does not vouch for it.
+IDENTIFYING_ALGORITHMS = {**DIGEST_ALGORITHMS, "MD5": hashlib.md5}
 DOWNLOAD_ATTEMPTS = 3
 PROGRESS_INTERVAL = 2.0
 TIMESTAMP_MEMBER = re.compile(r"^(?:\./)?[^/]+/metadata/timestamp\.chk$")
+MD5SUM_LINE = re.compile(r"([0-9a-fA-F]{32}) [ *](\S+)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +50,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot", default="latest", help="snapshot date YYYYMMDD, or 'latest' (default)")
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the mirror per request"
+    )
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="download no tarball: report the latest stage3 (from its verified pointer and DIGESTS) "
+        "and the snapshot's published MD5",
+    )
+    parser.add_argument(
+        "--expect-stage3-sha512",
+        metavar="HEX",
+        help="fail unless the stage3 is this one (the SHA512 an earlier --check-only reported)",
+    )
+    parser.add_argument(
+        "--expect-snapshot-md5",
+        metavar="HEX",
+        help="fail unless the snapshot is this one (the MD5 an earlier --check-only reported)",
     )
 
 
@@ -207,7 +232,7 @@ def parse_digests(text: str, file_name: str, source: str) -> dict[str, str]:
 
 
 def file_digests(path: Path, algorithms: list[str]) -> dict[str, str]:
-    hashers = {name: DIGEST_ALGORITHMS[name]() for name in algorithms}
+    hashers = {name: IDENTIFYING_ALGORITHMS[name]() for name in algorithms}
     with path.open("rb") as stream:
         while block := stream.read(1024 * 1024):
             for hasher in hashers.values():
@@ -223,7 +248,24 @@ def _signed_text(path: Path, verifier: Verifier) -> str:
     return text
 
 
-def fetch_stage3(args: argparse.Namespace, verifier: Verifier) -> dict[str, str]:
+@dataclass(frozen=True)
+class Stage3Release:
+    """The stage3 a mirror's latest pointer names, with its verified DIGESTS."""
+
+    autobuilds: str
+    timestamp: str
+    relative_path: str
+    tarball: Path
+    digests_file: Path
+    digests: dict[str, str]
+
+    @property
+    def sha512(self) -> str:
+        return self.digests["SHA512"]
+
+
+def read_latest_stage3(args: argparse.Namespace, verifier: Verifier) -> Stage3Release:
+    """Read and verify the latest-stage3 pointer and the DIGESTS of the tarball it names (no tarball yet)."""
     autobuilds = f"{args.mirror.rstrip('/')}/releases/{args.arch}/autobuilds"
     pointer = args.dest / f"latest-stage3-{args.variant}.txt"
     pointer_url = f"{autobuilds}/{pointer.name}"
@@ -232,31 +274,73 @@ def fetch_stage3(args: argparse.Namespace, verifier: Verifier) -> dict[str, str]
     timestamp, relative_path = parse_pointer(_signed_text(pointer, verifier), pointer.name)
     tarball = args.dest / Path(relative_path).name
     progress(f"latest stage3: {relative_path}")
-
     digests_file = tarball.with_name(tarball.name + ".DIGESTS")
-    signature = tarball.with_name(tarball.name + ".asc")
-    for companion in (digests_file, signature):
-        download(f"{autobuilds}/{timestamp}/{companion.name}", companion, timeout=args.timeout)
-    download(f"{autobuilds}/{relative_path}", tarball, timeout=args.timeout)
+    download(f"{autobuilds}/{timestamp}/{digests_file.name}", digests_file, timeout=args.timeout)
+    digests = parse_digests(_signed_text(digests_file, verifier), tarball.name, digests_file.name)
+    if "SHA512" not in digests:
+        raise StageError(f"{digests_file.name}: lists no SHA512 for {tarball.name}")
+    return Stage3Release(autobuilds, timestamp, relative_path, tarball, digests_file, digests)
 
-    expected = parse_digests(_signed_text(digests_file, verifier), tarball.name, digests_file.name)
-    actual = file_digests(tarball, sorted(expected))
-    for algorithm, digest in sorted(expected.items()):
+
+def _unchanged_since_check(what: str, checked: str | None, now: str) -> None:
+    if checked is not None and checked.lower() != now:
+        raise StageError(
+            f"{what} changed upstream since the check (the check saw {checked[:16]}..., the mirror now has "
+            f"{now[:16]}...): check again to build from the new one"
+        )
+
+
+def fetch_stage3(args: argparse.Namespace, verifier: Verifier) -> dict[str, str]:
+    release = read_latest_stage3(args, verifier)
+    tarball = release.tarball
+    _unchanged_since_check(f"{tarball.name} (SHA512)", args.expect_stage3_sha512, release.sha512)
+    signature = tarball.with_name(tarball.name + ".asc")
+    download(f"{release.autobuilds}/{release.timestamp}/{signature.name}", signature, timeout=args.timeout)
+    download(f"{release.autobuilds}/{release.relative_path}", tarball, timeout=args.timeout)
+
+    actual = file_digests(tarball, sorted(release.digests))
+    for algorithm, digest in sorted(release.digests.items()):
         if actual[algorithm] != digest:
             raise StageError(
                 f"{tarball.name}: {algorithm} checksum mismatch (DIGESTS lists {digest[:16]}..., "
                 f"the download has {actual[algorithm][:16]}...): the file is corrupt or was tampered with"
             )
-    progress(f"{tarball.name}: {' and '.join(sorted(expected))} match {digests_file.name}")
+    progress(f"{tarball.name}: {' and '.join(sorted(release.digests))} match {release.digests_file.name}")
     verifier.verify(tarball, signature)
     progress(f"{tarball.name}: good signature from the configured release key")
-    sha512 = actual.get("SHA512") or file_digests(tarball, ["SHA512"])["SHA512"]
     return {
-        "stage3_timestamp": timestamp,
+        "stage3_timestamp": release.timestamp,
         "stage3_file": tarball.name,
         "stage3_path": str(tarball.resolve()),
-        "stage3_sha512": sha512,
+        "stage3_sha512": actual["SHA512"],
     }
+
+
+def parse_md5sum(text: str, file_name: str, source: str) -> str:
+    """The MD5 an ``md5sum``-format file (Gentoo's ``portage-*.tar.xz.md5sum``) lists for ``file_name``."""
+    for line in text.splitlines():
+        match = MD5SUM_LINE.fullmatch(line.strip())
+        if match and Path(match.group(2)).name == file_name:
+            return match.group(1).lower()
+    raise StageError(f"{source}: no '<md5>  {file_name}' line found")
+
+
+def _snapshot_name(args: argparse.Namespace) -> str:
+    if args.snapshot != "latest" and not re.fullmatch(r"\d{8}", args.snapshot):
+        raise StageError(f"--snapshot {args.snapshot!r}: expected a date YYYYMMDD or 'latest'")
+    return f"portage-{args.snapshot}.tar.xz"
+
+
+def read_snapshot_md5(args: argparse.Namespace) -> str:
+    """The MD5 the mirror publishes beside the snapshot: changes whenever the snapshot does.
+
+    The ``.md5sum`` is unsigned; it only tells whether a fetch is needed. What gets used is the tarball
+    the full fetch verifies against its ``.gpgsig`` (and finds to have this MD5).
+    """
+    name = _snapshot_name(args)
+    url = f"{args.mirror.rstrip('/')}/snapshots/{name}.md5sum"
+    progress(f"reading {url}")
+    return parse_md5sum(fetch_text(url, timeout=args.timeout), name, f"{name}.md5sum")
 
 
 def snapshot_date_of(tarball: Path) -> str:
@@ -275,15 +359,16 @@ def snapshot_date_of(tarball: Path) -> str:
 
 
 def fetch_snapshot(args: argparse.Namespace, verifier: Verifier) -> dict[str, str]:
-    if args.snapshot != "latest" and not re.fullmatch(r"\d{8}", args.snapshot):
-        raise StageError(f"--snapshot {args.snapshot!r}: expected a date YYYYMMDD or 'latest'")
     snapshots = f"{args.mirror.rstrip('/')}/snapshots"
-    tarball = args.dest / f"portage-{args.snapshot}.tar.xz"
+    tarball = args.dest / _snapshot_name(args)
     signature = tarball.with_name(tarball.name + ".gpgsig")
     download(f"{snapshots}/{signature.name}", signature, timeout=args.timeout)
     download(f"{snapshots}/{tarball.name}", tarball, timeout=args.timeout)
     verifier.verify(tarball, signature)
     progress(f"{tarball.name}: good signature from the configured release key")
+    digests = file_digests(tarball, ["MD5", "SHA512"])
+    # The mirror may have replaced the snapshot between reading its .md5sum and the download.
+    _unchanged_since_check(f"{tarball.name} (MD5)", args.expect_snapshot_md5, digests["MD5"])
     date = snapshot_date_of(tarball) if args.snapshot == "latest" else args.snapshot
     dated = tarball.with_name(f"portage-{date}.tar.xz")
     if dated != tarball:
@@ -293,14 +378,37 @@ def fetch_snapshot(args: argparse.Namespace, verifier: Verifier) -> dict[str, st
         "snapshot_date": date,
         "snapshot_file": dated.name,
         "snapshot_path": str(dated.resolve()),
-        "snapshot_sha512": file_digests(dated, ["SHA512"])["SHA512"],
+        "snapshot_sha512": digests["SHA512"],
+        "snapshot_md5": digests["MD5"],
+    }
+
+
+def check_upstream(args: argparse.Namespace, verifier: Verifier) -> dict[str, str]:
+    """What upstream offers now, from files of a few kilobytes: the values a build's input key is made of."""
+    release = read_latest_stage3(args, verifier)
+    snapshot_md5 = read_snapshot_md5(args)
+    progress(f"upstream offers {release.tarball.name} and {_snapshot_name(args)} (MD5 {snapshot_md5})")
+    return {
+        "stage3_timestamp": release.timestamp,
+        "stage3_file": release.tarball.name,
+        "stage3_sha512": release.sha512,
+        "snapshot_md5": snapshot_md5,
     }
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.check_only and (args.expect_stage3_sha512 or args.expect_snapshot_md5):
+        raise StageError("--check-only reports what to expect; it takes no --expect-* option")
     args.dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="farm-fetch-") as scratch:
         verifier = Verifier(args.release_key, Path(scratch))
+        if args.check_only:
+            report(**check_upstream(args, verifier))
+            return
+        if args.expect_snapshot_md5 is not None:
+            # Cheap: spares downloading a stage3 and a snapshot only to refuse the snapshot afterwards.
+            name = _snapshot_name(args)
+            _unchanged_since_check(f"{name} (MD5)", args.expect_snapshot_md5, read_snapshot_md5(args))
         stage3 = fetch_stage3(args, verifier)
         snapshot = fetch_snapshot(args, verifier)
     report(**stage3, **snapshot)
