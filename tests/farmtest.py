@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from buildbot.process.results import RETRY
+
 if TYPE_CHECKING:
     from tests.world import World
 
@@ -92,10 +94,15 @@ class Farm:
         return self.api(f"builders/{builder_id}/builds?order=buildid")["builds"]
 
     def wait_for_build(self, builder: str, number: int = 1, timeout: float = 300) -> dict[str, Any]:
+        """The first finished build numbered ``number`` or later that was not retried.
+
+        A latent worker that is still stopping when the next build wants it makes Buildbot mark
+        that build RETRY and run the request again as the next number.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for build in self.builds(builder):
-                if build["number"] == number and build["complete"]:
+                if build["number"] >= number and build["complete"] and build["results"] != RETRY:
                     return build
             time.sleep(1)
         raise AssertionError(f"{builder} build #{number} did not finish within {timeout} s")

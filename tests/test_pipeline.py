@@ -93,6 +93,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
 
 def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pipeline) -> None:
     farm = pipeline.farm
+    images_before = len(farm.builds("image"))
     kernel = pipeline.force("force-kernel", "kernel")
     assert kernel["results"] == SUCCESS, kernel["state_string"]
     overlay = pipeline.force("force-overlay", "overlay")
@@ -101,7 +102,7 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
     mirror = pipeline.force("force-mirror", "mirror")
     assert mirror["results"] == SUCCESS, mirror["state_string"]
 
-    image = farm.wait_for_build("image", 1, timeout=IMAGE_BUILD_TIMEOUT)
+    image = farm.wait_for_build("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
 
     assert image["results"] == SUCCESS, image["state_string"]
     properties = farm.properties(image)
@@ -165,6 +166,7 @@ def test_download_latest_and_the_images_page(pipeline: Pipeline) -> None:
 
 def test_kernel_config_push_rebuilds_kernel_and_image_with_the_new_release(pipeline: Pipeline) -> None:
     farm = pipeline.farm
+    kernels_before, images_before = len(farm.builds("kernel")), len(farm.builds("image"))
 
     def new_local_version(clone: Path) -> None:
         with (clone / "config").open("a") as config:
@@ -172,12 +174,12 @@ def test_kernel_config_push_rebuilds_kernel_and_image_with_the_new_release(pipel
 
     revision = pipeline.push("kernel-config", "kernel: new local version", new_local_version)
 
-    kernel = farm.wait_for_build("kernel", 2, timeout=KERNEL_BUILD_TIMEOUT)
+    kernel = farm.wait_for_build("kernel", kernels_before + 1, timeout=KERNEL_BUILD_TIMEOUT)
     assert kernel["results"] == SUCCESS, kernel["state_string"]
     assert farm.properties(kernel)["got_revision"] == revision
     release = farm.properties(kernel)["kernel_release"]
     assert release.endswith("-pushed")
-    image = farm.wait_for_build("image", 3, timeout=IMAGE_BUILD_TIMEOUT)
+    image = farm.wait_for_build("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
     assert image["results"] == SUCCESS, image["state_string"]
     assert release in farm.log(image, "boot-test", "serial console")
 
@@ -185,6 +187,7 @@ def test_kernel_config_push_rebuilds_kernel_and_image_with_the_new_release(pipel
 def test_a_config_that_does_not_compile_fails_clearly_and_publishes_nothing(pipeline: Pipeline) -> None:
     farm = pipeline.farm
     kernel_before, image_before = pipeline.latest("kernel"), pipeline.latest("images")
+    kernels_before = len(farm.builds("kernel"))
 
     def break_the_build(clone: Path) -> None:
         # -Werror with a tiny stack frame limit: gcc rejects the first real function it compiles.
@@ -192,7 +195,7 @@ def test_a_config_that_does_not_compile_fails_clearly_and_publishes_nothing(pipe
             config.write("CONFIG_WERROR=y\nCONFIG_FRAME_WARN=16\n")
 
     pipeline.push("kernel-config", "kernel: broken", break_the_build)
-    kernel = farm.wait_for_build("kernel", 3, timeout=KERNEL_BUILD_TIMEOUT)
+    kernel = farm.wait_for_build("kernel", kernels_before + 1, timeout=KERNEL_BUILD_TIMEOUT)
 
     assert kernel["results"] == FAILURE
     assert "error: the frame size of" in step_summary(farm, kernel, "build-kernel")
