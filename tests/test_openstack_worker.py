@@ -567,6 +567,11 @@ def test_bad_worker_configuration_is_reported_naming_the_key() -> None:
             OpenStackLatentWorker("os-1", **{**good, key: value})
         assert any(message in error for error in errors.errors), (key, errors.errors)
     with capture_config_errors() as errors:
+        OpenStackLatentWorker("os 1", **good)
+    assert errors.errors == [
+        "OpenStack worker 'os 1': worker name 'os 1': letters, digits, '.', '_' and '-' only"
+    ]
+    with capture_config_errors() as errors:
         assert len(openstack_worker_pool("os", 3, **good)) == 3
     assert not errors.errors
 

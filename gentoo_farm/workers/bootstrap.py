@@ -73,6 +73,12 @@ _MASTER_ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
 _WORKER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
 
+def check_worker_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is safe as a worker name, a file name and a shell word."""
+    if not isinstance(name, str) or not _WORKER_NAME.match(name):
+        raise ValueError(f"worker name {name!r}: letters, digits, '.', '_' and '-' only")
+
+
 @dataclass(frozen=True)
 class WorkerBootstrap:
     """What every VM of one ``[[workers.openstack]]`` entry needs to become a worker.
@@ -99,8 +105,7 @@ class WorkerBootstrap:
 
     def render(self, worker_name: str, password: str) -> str:
         """The user-data script for one instance of ``worker_name`` with its one-time password."""
-        if not _WORKER_NAME.match(worker_name):
-            raise ValueError(f"worker name {worker_name!r}: letters, digits, '.', '_' and '-' only")
+        check_worker_name(worker_name)
         if not password:
             raise ValueError("the worker password must not be empty")
         binrepo_section = (

@@ -34,7 +34,7 @@ from twisted.python import log
 from zope.interface import implementer
 
 from gentoo_farm.master.glance import FARM_ID_PROPERTY, farm_images
-from gentoo_farm.workers.bootstrap import WorkerBootstrap
+from gentoo_farm.workers.bootstrap import WorkerBootstrap, check_worker_name
 
 FARM_ID_KEY = "gentoo_farm_id"
 WORKER_KEY = "gentoo_farm_worker"
@@ -193,6 +193,10 @@ class OpenStackLatentWorker(AbstractLatentWorker):
         **kwargs: Any,
     ) -> None:
         where = f"OpenStack worker {name!r}"
+        try:
+            check_worker_name(name)
+        except ValueError as error:
+            config.error(f"{where}: {error}")
         for key, value in (("cloud", cloud), ("flavor", flavor), ("image", image)):
             if not isinstance(value, str) or not value.strip():
                 config.error(f"{where}: {key} must be a non-empty string, got {value!r}")
