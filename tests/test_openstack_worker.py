@@ -89,7 +89,11 @@ on_volume = openstack_worker_pool(
     **common,
 )
 c["workers"] = pool + on_volume
-c["services"] = [OpenStackOrphanReaper(cloud={cloud!r}, farm_id={farm_id!r}, interval=5)]
+c["services"] = [
+    OpenStackOrphanReaper(cloud={cloud!r}, farm_id={farm_id!r}, interval=5),
+    # a cloud the master cannot use: its reaper complains in the log, the master carries on
+    OpenStackOrphanReaper(cloud="no-such-cloud", farm_id={farm_id!r}, interval=5),
+]
 
 quick = util.BuildFactory()
 quick.addStep(FarmWorkerStep("input-key", {input_key_args!r}))
@@ -350,6 +354,9 @@ def test_build_runs_on_a_fresh_server_that_is_deleted_after(farm: Farm, stand_in
     for token in tokens:
         assert token not in bodies
     assert not any(secret in json.dumps(properties) for secret in [*farm.secrets(), *tokens])
+
+    reaper = f"openstack-orphan-reaper-no-such-cloud-{FARM_ID}"
+    assert f"{reaper}: sweep failed: cloud no-such-cloud: listing servers:" in farm.master.log_tail(2000)
 
     # the one-time password in that user-data died with the server
     assert server.user_data is not None
