@@ -7,6 +7,8 @@ reaper; one master serves the whole module (the SIGKILL test restarts it, so it 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -640,6 +643,72 @@ def test_bootstrap_points_portage_at_the_farm_as_portage_reads_it(tmp_path: Path
         f"buildbot-worker create-worker --umask=0o022 --keepalive=60 {home_worker} 10.0.0.1:9989 os-1 s3cr3t",
         f"buildbot-worker start {home_worker}",
     ] * 2
+
+
+RECORDER = """\
+import os
+import sys
+
+
+def _record(tool):
+    with open(os.path.join(os.environ["FARM_WORKER_HOME"], "calls"), "a") as calls:
+        calls.write(" ".join([tool, *sys.argv[1:]]) + "\\n")
+
+
+def buildbot_worker():
+    _record("buildbot-worker")
+
+
+def farm_worker():
+    _record("farm-worker")
+"""
+
+
+def _recorder_wheel(directory: Path) -> Path:
+    """A wheel whose buildbot-worker and farm-worker only record how they were called."""
+    files = {
+        "farm_recorder.py": RECORDER,
+        "farm_recorder-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: farm-recorder\nVersion: 1.0\n",
+        "farm_recorder-1.0.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+        "farm_recorder-1.0.dist-info/entry_points.txt": (
+            "[console_scripts]\nbuildbot-worker = farm_recorder:buildbot_worker\n"
+            "farm-worker = farm_recorder:farm_worker\n"
+        ),
+    }
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text.encode())}")
+    record.append("farm_recorder-1.0.dist-info/RECORD,,")
+    wheel = directory / "farm_recorder-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr("farm_recorder-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+@pytest.mark.slow
+def test_bootstrap_installs_the_worker_when_the_image_lacks_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    wheel = _recorder_wheel(tmp_path)
+    script = tmp_path / "user-data"
+    script.write_text(
+        WorkerBootstrap("10.0.0.1:9989", BINHOST_URL, MIRROR_URL, str(wheel)).render("os-1", "pw")
+    )
+    env = {"PATH": "/usr/bin:/bin", "PORTAGE_CONFIGROOT": f"{tmp_path}/root/", "FARM_WORKER_HOME": str(home)}
+    run = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=300)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"gentoo-farm: installing the worker into {home}/venv" in run.stdout
+    assert (home / "venv" / "bin" / "farm-worker").is_file()
+    assert (home / "calls").read_text().splitlines() == [
+        f"buildbot-worker create-worker --umask=0o022 --keepalive=60 {home}/worker 10.0.0.1:9989 os-1 pw",
+        f"buildbot-worker start {home}/worker",
+    ]
 
 
 @pytest.mark.slow
