@@ -506,10 +506,7 @@ def test_persistent_quota_backs_off_instead_of_looping(farm: Farm, stand_in: Com
     stand_in.max_instances = 0
     brid = farm.master.force("quick")
     time.sleep(25)
-    with stand_in._lock:
-        creates = [
-            r for r in stand_in.requests if r.method == "POST" and r.path.rstrip("/").endswith("/servers")
-        ]
+    creates = stand_in.server_creates()
     # Buildbot's quarantine: each worker waits 10 s, then 20 s, ... after a failed start
     assert 1 <= len(creates) <= 9, len(creates)
     stand_in.max_instances = 100

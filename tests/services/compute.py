@@ -194,6 +194,13 @@ class ComputeStandIn:
             f"timed out after {timeout:.0f} s waiting for {what}; servers: {self.describe()}"
         )
 
+    def server_creates(self) -> list[RecordedRequest]:
+        """The create-server requests received so far (accepted or refused)."""
+        with self._lock:
+            return [
+                r for r in self.requests if r.method == "POST" and r.path.rstrip("/").endswith("/servers")
+            ]
+
     def describe(self) -> str:
         with self._lock:
             return ", ".join(f"{s.name} {s.status}" for s in self.servers.values()) or "none"
