@@ -119,3 +119,15 @@ def test_farm_status_reports_the_running_master(running_farm: Farm) -> None:
     status = farm_command("--farm", str(running_farm.root), "status").stdout
     assert "master   running" in status
     assert "worker   local-1: idle (starts on demand)" in status
+
+
+def test_consecutive_builds_each_start_a_fresh_worker_and_the_second_is_up_to_date(running_farm: Farm) -> None:
+    running_farm.login()
+    for number in (1, 2):
+        status, answer = running_farm.force("force-overlay", builderNames=["overlay"])
+        assert status == 200, answer
+        build = running_farm.wait_for_build("overlay", number)
+        assert build["results"] == SUCCESS, build["state_string"]
+    steps = {step["name"]: step for step in running_farm.steps(build)}
+    assert steps["up-to-date"]["state_string"].startswith("up-to-date: up to date: overlay")
+    assert "build-overlay" not in steps

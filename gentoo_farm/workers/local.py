@@ -31,7 +31,8 @@ class LocalLatentWorker(AbstractLatentWorker):
         super().checkConfig(name, None, **kwargs)
 
     def reconfigService(self, name: str, *, basedir: Path, master_address: tuple[str, int], **kwargs: object):
-        self.worker_basedir = Path(basedir)
+        # Not "worker_basedir": AbstractWorker keeps the base directory the worker reports there.
+        self.instance_dir = Path(basedir)
         self.master_address = master_address
         self.process: subprocess.Popen[bytes] | None = None
         return super().reconfigService(name, self.getRandomPass(), **kwargs)
@@ -43,15 +44,15 @@ class LocalLatentWorker(AbstractLatentWorker):
         return True
 
     def _create_and_start(self) -> subprocess.Popen[bytes]:
-        shutil.rmtree(self.worker_basedir, ignore_errors=True)
-        self.worker_basedir.mkdir(parents=True)
+        shutil.rmtree(self.instance_dir, ignore_errors=True)
+        self.instance_dir.mkdir(parents=True)
         host, port = self.master_address
         subprocess.run(
             [
                 str(_venv_bin() / "buildbot-worker"),
                 "create-worker",
                 "--umask=0o022",
-                str(self.worker_basedir),
+                str(self.instance_dir),
                 f"{host}:{port}",
                 self.workername,
                 self.password,
@@ -60,11 +61,11 @@ class LocalLatentWorker(AbstractLatentWorker):
             capture_output=True,
         )
         # The password is in buildbot.tac; it is good for this start only, but keep it private.
-        (self.worker_basedir / "buildbot.tac").chmod(0o600)
+        (self.instance_dir / "buildbot.tac").chmod(0o600)
         environment = dict(os.environ, PATH=f"{_venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}")
-        with (self.worker_basedir / "worker.log").open("ab") as log_file:
+        with (self.instance_dir / "worker.log").open("ab") as log_file:
             return subprocess.Popen(
-                [str(_venv_bin() / "buildbot-worker"), "start", "--nodaemon", str(self.worker_basedir)],
+                [str(_venv_bin() / "buildbot-worker"), "start", "--nodaemon", str(self.instance_dir)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=environment,
@@ -75,7 +76,7 @@ class LocalLatentWorker(AbstractLatentWorker):
         if self.process is not None and self.process.poll() is not None:
             return False, (
                 f"worker process exited with status {self.process.returncode}; "
-                f"see {self.worker_basedir / 'worker.log'}"
+                f"see {self.instance_dir / 'worker.log'}"
             )
         return True, ""
 
@@ -95,4 +96,4 @@ class LocalLatentWorker(AbstractLatentWorker):
             log.msg(f"{self.workername}: worker did not stop in {STOP_TIMEOUT} s, killing it")
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=STOP_TIMEOUT)
-        shutil.rmtree(self.worker_basedir, ignore_errors=True)
+        shutil.rmtree(self.instance_dir, ignore_errors=True)
