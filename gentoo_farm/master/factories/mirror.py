@@ -1,4 +1,10 @@
-"""The mirror builder: fetch the latest stage3 and Portage snapshot, verify them, re-publish them."""
+"""The mirror builder: learn what upstream offers, and only when that is new fetch, verify and re-publish it.
+
+A nightly run against an unchanged upstream reads a few kilobytes (the signed latest-stage3 pointer, the
+stage3's DIGESTS, the snapshot's ``.md5sum``) and ends "up to date". Otherwise the full fetch is told what
+the check saw and refuses anything else, so the published sets are exactly what was checked and verified:
+if upstream moves on in between, the build fails saying so and the next one takes the new release.
+"""
 
 from collections.abc import Callable
 
@@ -7,10 +13,11 @@ from buildbot.process.factory import BuildFactory
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories.common import publish, trigger_image, up_to_date
+from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import ComputeInputKey
-from gentoo_farm.steps.packages import FetchRelease
 
 DOWNLOADS = "downloads"
+RELEASE_KEY = "release-key.asc"
 
 
 def _with_signatures(*suffixes: str) -> Callable[[str], dict[str, str]]:
@@ -22,32 +29,47 @@ def _with_signatures(*suffixes: str) -> Callable[[str], dict[str, str]]:
     return files
 
 
+def _upstream(config: FarmConfig) -> list[object]:
+    """``farm-worker fetch`` arguments naming the upstream release and the key it is verified against."""
+    return [
+        "--mirror", config.upstream.mirror, "--release-key", RELEASE_KEY, "--dest", DOWNLOADS,
+        "--variant", config.upstream.stage3.removeprefix("stage3-"),
+    ]  # fmt: skip
+
+
 def factory(config: FarmConfig) -> BuildFactory:
     stage3_name = util.Property("stage3_file")
     snapshot_name = util.Property("snapshot_file")
+    as_checked = [
+        "--expect-stage3-sha512", util.Property("stage3_sha512"),
+        "--expect-snapshot-md5", util.Property("snapshot_md5"),
+    ]  # fmt: skip
     factory = BuildFactory()
     factory.addSteps(
         [
             steps.RemoveDirectory(name="clean", dir="build"),
             steps.FileDownload(
-                name="release-key",
-                mastersrc=str(config.upstream.release_key),
-                workerdest="release-key.asc",
+                name="release-key", mastersrc=str(config.upstream.release_key), workerdest=RELEASE_KEY
             ),
-            FetchRelease(
-                mirror=config.upstream.mirror,
-                release_key="release-key.asc",
-                dest=DOWNLOADS,
-                variant=config.upstream.stage3.removeprefix("stage3-"),
+            FarmWorkerStep(
+                "fetch",
+                stage_args=[*_upstream(config), "--check-only"],
+                name="upstream-state",
+                description=["reading", "upstream", "state"],
+                descriptionDone=["upstream", "state", "read"],
             ),
             ComputeInputKey(
                 "mirror",
-                values={
-                    "stage3": util.Property("stage3_sha512"),
-                    "snapshot": util.Property("snapshot_sha512"),
-                },
+                values={"stage3": util.Property("stage3_sha512"), "snapshot": util.Property("snapshot_md5")},
             ),
             up_to_date(config, "portage"),
+            FarmWorkerStep(
+                "fetch",
+                stage_args=[*_upstream(config), *as_checked],
+                name="fetch-release",
+                description=["fetching", "stage3", "and", "snapshot"],
+                descriptionDone=["stage3", "and", "snapshot", "verified"],
+            ),
             *publish(
                 config,
                 "stage3",
