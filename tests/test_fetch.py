@@ -287,6 +287,14 @@ def test_check_only_without_the_snapshot_md5sum_names_the_url(
     )
 
 
+def test_check_only_takes_no_expectations(world: World, upstream: WorldServer, tmp_path: Path) -> None:
+    run = fetch(world, upstream, tmp_path / "check", "--check-only", "--expect-snapshot-md5", "0" * 32)
+
+    assert run.returncode == 1
+    assert run.error == "--check-only reports what to expect; it takes no --expect-* option"
+    assert upstream.requested_paths() == []
+
+
 def test_full_fetch_fails_when_the_stage3_changed_since_the_check(
     world: World, upstream: WorldServer, tmp_path: Path
 ) -> None:
