@@ -6,6 +6,7 @@
 
 import fcntl
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -65,5 +66,8 @@ def kernel_source_tarball(destination: Path) -> Path:
     destination.mkdir(parents=True, exist_ok=True)
     linked = destination / tarball.name
     if not linked.exists():
-        os.link(tarball, linked)
+        try:
+            os.link(tarball, linked)
+        except OSError:  # another filesystem: a copy does the same job
+            shutil.copyfile(tarball, linked)
     return linked
