@@ -107,7 +107,7 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
     assert image["results"] == SUCCESS, image["state_string"]
     properties = farm.properties(image)
     assert properties["packages_compiled"], "a first build with an empty binhost compiles"
-    console = farm.log(image, "boot-test", "serial console")
+    console = farm.log(image, "boot-test", "serial_console")
     assert "SYSLINUX" in console
     assert "root=/dev/vda1" in console
     assert pipeline.world.hello_message in console
@@ -181,7 +181,7 @@ def test_kernel_config_push_rebuilds_kernel_and_image_with_the_new_release(pipel
     assert release.endswith("-pushed")
     image = farm.wait_for_build("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
     assert image["results"] == SUCCESS, image["state_string"]
-    assert release in farm.log(image, "boot-test", "serial console")
+    assert release in farm.log(image, "boot-test", "serial_console")
 
 
 def test_a_config_that_does_not_compile_fails_clearly_and_publishes_nothing(pipeline: Pipeline) -> None:
