@@ -126,3 +126,25 @@ def test_unreachable_mirror_fails_naming_every_url_tried(tmp_path: Path) -> None
     assert "Traceback" not in process.stderr
     assert "cannot fetch the kernel source" in process.stderr
     assert all(url in process.stderr for url in urls)
+
+
+def test_kernel_package_in_gentoo_dist_kernel_layout(tmp_path: Path) -> None:
+    """gentoo-kernel-bin's /usr/lib/modules/KVER/{vmlinuz,config}; drivers built in: no initramfs."""
+    modules = tmp_path / "image" / "usr/lib/modules/6.1.99-gentoo-dist"
+    (modules / "kernel/drivers/thermal").mkdir(parents=True)
+    (modules / "vmlinuz").write_bytes(b"\x4d\x5a kernel image")
+    (modules / "config").write_text(
+        "CONFIG_MODULES=y\nCONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO_BLK=y\nCONFIG_EXT4_FS=y\n"
+    )
+    (modules / "modules.order").write_text("")
+    (modules / "modules.builtin").write_text("")
+
+    output = tmp_path / "vmlinuz.tar.gz"
+    process = farm_worker("kernel-package", tmp_path / "image", "--output", output)
+    assert process.returncode == 0, process.stderr
+    assert results(process)["kernel_release"] == "6.1.99-gentoo-dist"
+    assert results(process)["kernel_initramfs"] is False
+    names = subprocess.run(["tar", "-tf", output], capture_output=True, text=True, check=True).stdout.split()
+    assert names[:2] == ["boot/vmlinuz-6.1.99-gentoo-dist", "boot/config-6.1.99-gentoo-dist"]
+    assert "lib/modules/6.1.99-gentoo-dist/modules.dep" in names
+    assert not any(name.endswith(("/vmlinuz", "/config")) for name in names)

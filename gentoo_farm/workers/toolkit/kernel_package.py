@@ -44,7 +44,7 @@ def find_kernel_release(unpacked: Path, package: Path) -> str:
     kernels = sorted((unpacked / "boot").glob("vmlinuz-*"))
     if not kernels:
         # Gentoo's dist-kernels keep the image beside the modules: /usr/lib/modules/KVER/vmlinuz.
-        kernels = sorted(unpacked.glob("*lib/modules/*/vmlinuz"))
+        kernels = sorted(path for root in MODULE_ROOTS for path in (unpacked / root).glob("*/vmlinuz"))
         if len(kernels) == 1:
             return kernels[0].parent.name
     if len(kernels) != 1:
