@@ -48,6 +48,7 @@ STANDARD_PROPERTIES: Mapping[str, str] = {
 FARM_ID_PROPERTY = "farm_id"
 """The property that makes an image ours (rotation, and ``farm-latest`` for OpenStack workers)."""
 
+CONNECT_RETRIES = 3
 API_TIMEOUT = 120.0
 """Seconds any one API request may take (uploads count from the last byte sent)."""
 ACTIVE_TIMEOUT = 1800.0
@@ -161,7 +162,9 @@ def check_target(target: GlanceTargetSettings) -> None:
 def connect(cloud: str) -> openstack.connection.Connection:
     """A connection to ``cloud`` from clouds.yaml (OS_CLIENT_CONFIG_FILE or the standard places)."""
     try:
-        return openstack.connect(cloud=cloud, api_timeout=API_TIMEOUT)
+        # A web server may close an idle keep-alive connection just as it is reused (gunicorn
+        # after 2 s): retrying the connection is safe, every call we make is idempotent or checked.
+        return openstack.connect(cloud=cloud, api_timeout=API_TIMEOUT, connect_retries=CONNECT_RETRIES)
     except sdk_exceptions.ConfigException as error:
         raise GlancePublishError(f"cloud {cloud!r}: not usable from clouds.yaml: {error}") from error
 
