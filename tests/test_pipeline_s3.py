@@ -1,0 +1,150 @@
+"""The whole farm publishing to S3 (moto's server) and a real Glance behind a real Keystone.
+
+The same pipeline as test_pipeline.py with the production store: the binhost and distfile mirror
+live in the bucket, workers upload through presigned URLs, the image goes to Glance by
+web-download import from the bucket. The kernel comes from the workers' warm ccache.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.debian import kernel_source_tarball
+from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, set_option
+from tests.services.glance import Glance, glance  # noqa: F401
+from tests.services.keystone import Keystone, keystone  # noqa: F401
+from tests.services.s3 import FAKE_CREDENTIALS
+from tests.test_pipeline import IMAGE_BUILD_TIMEOUT, KERNEL_BUILD_TIMEOUT, WORKER_CACHE
+from tests.world import WorldServer, build_world
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+SUCCESS, WARNINGS = 0, 1
+CLOUD = "farm-test"
+BUCKET = "gentoo-farm"
+PUBLIC_READ = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::{BUCKET}/*",
+        }
+    ],
+}
+
+
+@dataclass
+class S3Farm:
+    farm: Farm
+    glance: Glance
+    root: Path
+
+    def latest_image(self) -> dict:
+        body = boto3.client("s3", endpoint_url=self.endpoint).get_object(
+            Bucket=BUCKET, Key="images/latest.json"
+        )
+        return json.loads(body["Body"].read())
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.glance.download_port}"
+
+    def glance_images(self) -> list:
+        connection = self.glance.keystone.connection("demo", "demo")
+        return [image for image in connection.image.images() if image.name.startswith("gentoo-")]
+
+    def build(
+        self, builder: str, scheduler: str, timeout: float = IMAGE_BUILD_TIMEOUT, **params: object
+    ) -> dict:
+        before = len(self.farm.builds(builder))
+        status, answer = self.farm.force(scheduler, builderNames=[builder], **params)
+        assert status == 200, answer
+        return self.farm.wait_for_build(builder, before + 1, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def s3_farm(
+    tmp_path_factory: pytest.TempPathFactory,
+    keystone: Keystone,  # noqa: F811
+    glance: Glance,  # noqa: F811
+) -> Iterator[S3Farm]:
+    root = tmp_path_factory.mktemp("pipeline-s3")
+    source = kernel_source_tarball(root / "debs")
+    world = build_world(root / "world", extra_distfiles=[source])
+    clouds = keystone.write_clouds_yaml(root / "clouds.yaml", cloud=CLOUD, username="demo")
+    # Glance may web-download only from 127.0.0.1 on its download port: the bucket is served there.
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=glance.download_port, verbose=False)
+    with pytest.MonkeyPatch.context() as environment, WorldServer(world.mirror_dir) as upstream:
+        for name, value in {**FAKE_CREDENTIALS, "OS_CLIENT_CONFIG_FILE": str(clouds)}.items():
+            environment.setenv(name, value)
+        s3.start()
+        endpoint = f"http://127.0.0.1:{glance.download_port}"
+        s3_client = boto3.client("s3", endpoint_url=endpoint)
+        s3_client.create_bucket(Bucket=BUCKET)
+        # Portage reads the binhost and the distfile mirror anonymously: the bucket is public-read
+        # (writes still need the master's credentials or a URL it signed).
+        s3_client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(PUBLIC_READ))
+        farm = init_farm(root / "farm")
+        configure_for_world(farm, world, upstream.url, source.name)
+        set_option(farm.root, "workers.local", "cache_dir", json.dumps(str(WORKER_CACHE)))
+        for key, value in {
+            "type": '"s3"',
+            "bucket": json.dumps(BUCKET),
+            "endpoint_url": json.dumps(endpoint),
+            "region": '"us-east-1"',
+            "public_url": json.dumps(f"{endpoint}/{BUCKET}"),
+        }.items():
+            set_option(farm.root, "store", key, value)
+        with (farm.root / "farm.toml").open("a") as toml:
+            toml.write(f'\n[[glance]]\ncloud = "{CLOUD}"\nkeep = 2\n')
+        farm_command("--farm", str(farm.root), "up")
+        try:
+            farm.login()
+            yield S3Farm(farm, glance, root)
+        finally:
+            farm_command("--farm", str(farm.root), "down", check=False)
+            s3.stop()
+
+
+def test_an_image_build_publishes_to_s3_and_glance(s3_farm: S3Farm) -> None:
+    farm = s3_farm.farm
+    for builder, timeout in (("kernel", KERNEL_BUILD_TIMEOUT), ("overlay", 300), ("mirror", 300)):
+        build = s3_farm.build(builder, f"force-{builder}", timeout=timeout)
+        assert build["results"] == SUCCESS, f"{builder}: {build['state_string']}"
+    image = farm.wait_for_build("image", 1, timeout=IMAGE_BUILD_TIMEOUT)
+
+    assert image["results"] == SUCCESS, image["state_string"]
+    latest = s3_farm.latest_image()
+    (disk,) = [file for file in latest["files"] if file["name"].endswith(".qcow2")]
+    (published,) = s3_farm.glance_images()
+    assert published.status == "active"
+    assert (published.hash_algo, published.hash_value) == ("sha512", disk["sha512"])
+    assert (published.disk_format, published.container_format) == ("qcow2", "bare")
+    assert published.os_distro == "gentoo"
+    assert published.hw_disk_bus == "virtio"
+    assert farm.properties(image)["glance_images"] == {CLOUD: published.id}
+
+    downloads = s3_farm.root / "downloads"
+    farm_command("--farm", str(farm.root), "download", "latest", str(downloads))
+    (downloaded,) = downloads.glob("*.qcow2")
+    assert hashlib.sha512(downloaded.read_bytes()).hexdigest() == disk["sha512"]
+
+
+def test_glance_down_warns_and_keeps_the_s3_publish(s3_farm: S3Farm) -> None:
+    before = s3_farm.latest_image()["set_id"]
+    with s3_farm.glance.down():
+        image = s3_farm.build("image", "build-image", extra_packages="app-misc/farm-hello")
+
+    assert image["results"] == WARNINGS, image["state_string"]
+    (glance_step,) = [step for step in s3_farm.farm.steps(image) if step["name"] == "glance"]
+    assert "unreachable" in glance_step["state_string"]
+    assert s3_farm.latest_image()["set_id"] != before
+    assert len(s3_farm.glance_images()) == 1
