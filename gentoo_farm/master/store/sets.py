@@ -13,7 +13,6 @@ A crash anywhere before step 4 leaves the pointers on the previous complete set.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -21,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from gentoo_farm.checksums import file_sha512, sha512_line
 from gentoo_farm.master.store.base import (
     INCOMING,
     KINDS,
-    READ_CHUNK,
     ArtifactStore,
     ObjectInfo,
     ObjectNotFound,
@@ -128,19 +127,6 @@ def object_key(kind: str, set_id: str, name: str) -> str:
 def pointer_keys(kind: str) -> tuple[str, str]:
     """The Gentoo-style text pointer and the JSON index of the latest set of ``kind``."""
     return f"{kind}/latest-{kind}.txt", f"{kind}/latest.json"
-
-
-def sha512_line(sha512: str, name: str) -> bytes:
-    """The ``.sha512`` file beside an object, in ``sha512sum`` format (``sha512sum -c`` checks it)."""
-    return f"{sha512}  {name}\n".encode()
-
-
-def file_sha512(path: Path) -> str:
-    digest = hashlib.sha512()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile) -> None:

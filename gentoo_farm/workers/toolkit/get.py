@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gentoo_farm.master.store.sets import file_sha512
+from gentoo_farm.checksums import file_sha512
 from gentoo_farm.workers.toolkit import StageError, progress
 from gentoo_farm.workers.toolkit.fetch import download
 from gentoo_farm.workers.toolkit.upload import shown

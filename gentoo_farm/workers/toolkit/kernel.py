@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gentoo_farm.master.store.sets import file_sha512, sha512_line
+from gentoo_farm.checksums import file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
 from gentoo_farm.workers.toolkit.tools import ToolError, require_file, run_tool, tail
