@@ -21,15 +21,6 @@ from tests.debian import kernel_source_tarball
 from tests.farmtest import Farm, configure_for_world, farm_command, init_farm
 from tests.world import WorldServer, build_world
 
-RESULTS = {
-    0: "success",
-    1: "warnings",
-    2: "failure",
-    3: "skipped",
-    4: "exception",
-    5: "retry",
-    6: "cancelled",
-}
 BUILD_TIMEOUT = 3600
 
 

@@ -27,6 +27,7 @@ import openstack
 import portage.util
 import pytest
 from buildbot.config.errors import capture_config_errors
+from buildbot.process.results import Results
 from portage.binrepo.config import BinRepoConfigLoader
 
 from gentoo_farm.workers.bootstrap import WorkerBootstrap
@@ -48,15 +49,6 @@ INPUT_KEY_ARGS = ["--kind", "image", "--value", "worker=openstack"]
 NETWORK_ID = "5f0e8a43-2b1c-4d8e-9a7f-0c6b3d2e1f4a"
 BOOT_TIMEOUT = 6
 CONNECT_TIMEOUT = 20
-RESULTS = {
-    0: "success",
-    1: "warnings",
-    2: "failure",
-    3: "skipped",
-    4: "exception",
-    5: "retry",
-    6: "cancelled",
-}
 
 MASTER_CFG = """\
 from buildbot.plugins import schedulers, steps, util
@@ -314,7 +306,7 @@ def test_build_runs_on_a_fresh_server_that_is_deleted_after(farm: Farm, stand_in
     brid = farm.master.force("quick")
     request = farm.master.wait_request(brid, timeout=120)
     builds = farm.master.builds(brid)
-    assert RESULTS[request["results"]] == "success", [b["state_string"] for b in builds]
+    assert Results[request["results"]] == "success", [b["state_string"] for b in builds]
     build = builds[-1]
     assert build["state_string"] == "build successful"
     farm.wait_no_servers()
@@ -409,7 +401,7 @@ def test_boot_from_volume_with_key_and_network(farm: Farm, stand_in: ComputeStan
     brid = farm.master.force("on-volume")
     request = farm.master.wait_request(brid, timeout=120)
 
-    assert RESULTS[request["results"]] == "success"
+    assert Results[request["results"]] == "success"
     farm.wait_no_servers()
     (server,) = stand_in.deleted.values()
     assert "imageRef" not in server.request
@@ -432,7 +424,7 @@ def test_ten_builds_never_run_more_than_three_servers(farm: Farm, stand_in: Comp
     brids = [farm.master.force("quick") for _ in range(10)]
     results = [farm.master.wait_request(brid, timeout=600)["results"] for brid in brids]
 
-    assert [RESULTS[r] for r in results] == ["success"] * 10
+    assert [Results[r] for r in results] == ["success"] * 10
     farm.wait_no_servers()
     # three idle workers took three requests at once (it runs before the fault tests quarantine any)
     assert stand_in.peak_servers == 3
@@ -489,12 +481,12 @@ def test_fault_is_retried_on_a_new_instance_and_nothing_is_left(
         stand_in.create_errors.append(how)
     request, builds = _request_with_fault(farm, stand_in)
 
-    assert RESULTS[request["results"]] == "success", [b["state_string"] for b in builds]
+    assert Results[request["results"]] == "success", [b["state_string"] for b in builds]
     first, *_, last = builds
-    assert RESULTS[first["results"]] == "retry"
+    assert Results[first["results"]] == "retry"
     assert first["state_string"] == "worker not available"
     assert re.search(reason, farm.master.preparation_log(first["buildid"]))
-    assert RESULTS[last["results"]] == "success"
+    assert Results[last["results"]] == "success"
     farm.wait_no_servers()
     if how == "boot":
         faulty = [s for s in stand_in.deleted.values() if s.boot_fault == fault]
@@ -513,7 +505,7 @@ def test_persistent_quota_backs_off_instead_of_looping(farm: Farm, stand_in: Com
 
     request = farm.master.wait_request(brid, timeout=180)
     builds = farm.master.builds(brid)
-    assert RESULTS[request["results"]] == "success"
+    assert Results[request["results"]] == "success"
     assert "quota exceeded (HTTP 403): Quota exceeded for instances" in farm.master.preparation_log(
         builds[0]["buildid"]
     )
@@ -527,8 +519,8 @@ def test_a_request_gives_up_after_bounded_attempts_with_the_reason(
     stand_in.boot_faults.extend(["error"] * (MAX_START_ATTEMPTS + 1))
     request, builds = _request_with_fault(farm, stand_in)
 
-    assert RESULTS[request["results"]] == "exception"
-    assert [RESULTS[b["results"]] for b in builds] == ["retry"] * MAX_START_ATTEMPTS + ["exception"]
+    assert Results[request["results"]] == "exception"
+    assert [Results[b["results"]] for b in builds] == ["retry"] * MAX_START_ATTEMPTS + ["exception"]
     final_log = farm.master.preparation_log(builds[-1]["buildid"])
     assert f"gave up after {MAX_START_ATTEMPTS} failed instance starts" in final_log
     assert "went to ERROR: No valid host was found" in final_log
@@ -540,7 +532,7 @@ def test_a_configuration_error_fails_the_build_at_once(farm: Farm, stand_in: Com
     stand_in.create_errors.append((400, "Invalid key_name provided."))
     request, builds = _request_with_fault(farm, stand_in)
 
-    assert RESULTS[request["results"]] == "exception"
+    assert Results[request["results"]] == "exception"
     assert len(builds) == 1
     assert "rejected (HTTP 400): Invalid key_name provided." in farm.master.preparation_log(
         builds[0]["buildid"]

@@ -11,16 +11,6 @@ from buildbot.process.results import Results
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 
-RESULTS = {
-    0: "success",
-    1: "warnings",
-    2: "failure",
-    3: "skipped",
-    4: "exception",
-    5: "retry",
-    6: "cancelled",
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--builds", type=int, default=5, help="how many recent builds to list")
