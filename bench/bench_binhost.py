@@ -28,7 +28,7 @@ from tests.world import World, WorldServer, build_world
 from tests.world.stages import StageRun, push_back, run_stage
 
 GOAL = 0.10
-DEFAULT_COMPILE_SCALE = 4
+DEFAULT_COMPILE_SCALE = 8
 
 
 def unpack(world: World, root: Path) -> None:
