@@ -5,12 +5,12 @@ from pathlib import Path
 import buildbot.test  # noqa: F401  (imported first, on purpose: see below)
 import pytest
 
+from tests.farmtest import Farm, farm_command, init_farm
+
 # Importing buildbot.test turns every warning into an error, for the whole process. Twisted's and
 # alembic's deprecations are not this project's to fix: once that import has happened (here, before
 # any test module), ignore deprecations.
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-from tests.farmtest import Farm, farm_command, init_farm
 
 
 @pytest.fixture
