@@ -121,6 +121,8 @@ class KernelSection:
     config_file: str = "config"
     source: str = "linux-6.1.tar.xz"
     """The kernel source distfile, fetched through the farm's distfile mirror."""
+    package: str = ""
+    """A binary kernel package distfile (gentoo-kernel-bin's, a .deb ...): used instead of compiling."""
     poll_interval: int = 3600
     """Seconds between polls; a push knocks the poller through the change hook at once."""
 

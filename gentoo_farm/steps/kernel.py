@@ -55,15 +55,32 @@ class BuildKernel(FarmWorkerStep):
 
 
 class KernelFromPackage(FarmWorkerStep):
-    """``farm-worker kernel-package``: a distribution's binary kernel package as the vmlinuz tarball."""
+    """``farm-worker kernel-package``: a distribution's binary kernel package as the vmlinuz tarball.
 
-    renderables = ("package", "output")
+    The package is a path on the worker, or fetched from ``package_urls`` (tried in order) into ``distdir``.
+    """
 
-    def __init__(self, package: object, output: object, **kwargs) -> None:
+    renderables = ("package", "output", "package_urls", "distdir")
+
+    def __init__(
+        self,
+        package: object = None,
+        output: object = None,
+        package_urls: Sequence[object] = (),
+        distdir: object = None,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("name", "kernel-from-package")
         super().__init__("kernel-package", **kwargs)
         self.package = package
         self.output = output
+        self.package_urls = package_urls
+        self.distdir = distdir
 
     def stage_arguments(self) -> list[object]:
-        return [self.package, "--output", self.output]
+        arguments: list[object] = [self.package] if self.package else []
+        for url in self.package_urls:
+            arguments += ["--package-url", url]
+        if self.distdir:
+            arguments += ["--distdir", self.distdir]
+        return [*arguments, "--output", self.output]

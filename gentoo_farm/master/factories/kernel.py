@@ -1,6 +1,7 @@
-"""The kernel builder: the watched kernel config at the pushed revision, compiled into a vmlinuz tarball."""
+"""The kernel builder: the watched kernel config at the pushed revision, compiled into a vmlinuz tarball,
+or a binary kernel package (``[kernel] package``) made into one."""
 
-from buildbot.plugins import util
+from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
 from gentoo_farm.config import FarmConfig
@@ -16,34 +17,54 @@ from gentoo_farm.master.factories.common import (
     up_to_date,
 )
 from gentoo_farm.steps.inputs import ComputeInputKey
-from gentoo_farm.steps.kernel import BuildKernel
+from gentoo_farm.steps.kernel import BuildKernel, KernelFromPackage
 
 CHECKOUT = "kernel-config"
 TARBALL = "vmlinuz.tar.zst"
 
 
-def factory(config: FarmConfig) -> BuildFactory:
-    repository = recipe_repository(config, KERNEL_POLLER)
+def _distfile_urls(config: FarmConfig, name: str) -> list[str]:
+    """The farm's distfile mirror first: upstream is only asked once per distfile."""
+    return [f"{store_url(config)}/distfiles/{name}", f"{config.upstream.mirror}/distfiles/{name}"]
+
+
+def _from_source(config: FarmConfig) -> list[object]:
     kernel_config = f"../{CHECKOUT}/{config.kernel.config_file}"
-    source = config.kernel.source
+    return [
+        *checkout(recipe_repository(config, KERNEL_POLLER), CHECKOUT),
+        ComputeInputKey("kernel", files=[kernel_config], values={"source": config.kernel.source}),
+        up_to_date(config, "kernel"),
+        BuildKernel(
+            source_urls=_distfile_urls(config, config.kernel.source),
+            config=kernel_config,
+            output=f"out/{TARBALL}",
+            work_dir=cache_dir("kernel"),
+            ccache_dir=cache_dir("ccache"),
+        ),
+        *push_back(config, distdir=cache_dir("kernel/distfiles")),
+    ]
+
+
+def _from_package(config: FarmConfig) -> list[object]:
+    distdir = cache_dir("kernel/distfiles")
+    return [
+        steps.RemoveDirectory(name="clean", dir="build"),
+        ComputeInputKey("kernel", values={"package": config.kernel.package}),
+        up_to_date(config, "kernel"),
+        KernelFromPackage(
+            package_urls=_distfile_urls(config, config.kernel.package),
+            distdir=distdir,
+            output=f"out/{TARBALL}",
+        ),
+        *push_back(config, distdir=distdir),
+    ]
+
+
+def factory(config: FarmConfig) -> BuildFactory:
     factory = BuildFactory()
+    factory.addSteps(_from_package(config) if config.kernel.package else _from_source(config))
     factory.addSteps(
         [
-            *checkout(repository, CHECKOUT),
-            ComputeInputKey("kernel", files=[kernel_config], values={"source": source}),
-            up_to_date(config, "kernel"),
-            BuildKernel(
-                # The farm's distfile mirror first: upstream is only asked once per source version.
-                source_urls=[
-                    f"{store_url(config)}/distfiles/{source}",
-                    f"{config.upstream.mirror}/distfiles/{source}",
-                ],
-                config=kernel_config,
-                output=f"out/{TARBALL}",
-                work_dir=cache_dir("kernel"),
-                ccache_dir=cache_dir("ccache"),
-            ),
-            *push_back(config, distdir=cache_dir("kernel/distfiles")),
             *publish(
                 config,
                 "kernel",
@@ -51,7 +72,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 files={TARBALL: f"out/{TARBALL}"},
                 metadata={
                     "kernel": util.Property("kernel_release"),
-                    "revision": util.Property("got_revision"),
+                    "revision": util.Property("got_revision", default=""),
                 },
             ),
             trigger_image(config),

@@ -59,14 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel make jobs")
 
 
-def fetch_source(urls: list[str], distfiles: Path, expected_sha512: str | None) -> Path:
-    """Download the tarball (unless already here and intact) from the first URL that serves it."""
+def fetch_source(
+    urls: list[str], distfiles: Path, expected_sha512: str | None, what: str = "kernel source"
+) -> Path:
+    """Download the distfile (unless already here and intact) from the first URL that serves it."""
     name = Path(urllib.request.urlparse(urls[0]).path).name
     if not name:
-        raise StageError(f"--source-url {urls[0]}: the URL names no file")
+        raise StageError(f"{urls[0]}: the URL names no file")
     tarball = distfiles / name
     if tarball.is_file() and (expected_sha512 is None or file_sha512(tarball) == expected_sha512):
-        progress(f"kernel source {name}: already downloaded")
+        progress(f"{what} {name}: already downloaded")
         return tarball
     distfiles.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_name(name + ".partial")
@@ -80,12 +82,12 @@ def fetch_source(urls: list[str], distfiles: Path, expected_sha512: str | None) 
             failures.append(f"{url}: {getattr(error, 'reason', error)}")
             continue
         if expected_sha512 is not None and file_sha512(partial) != expected_sha512:
-            failures.append(f"{url}: sha512 does not match --source-sha512")
+            failures.append(f"{url}: sha512 does not match the expected one")
             continue
         partial.replace(tarball)
         return tarball
     partial.unlink(missing_ok=True)
-    raise StageError("cannot fetch the kernel source: " + "; ".join(failures))
+    raise StageError(f"cannot fetch the {what}: " + "; ".join(failures))
 
 
 def unpack_source(tarball: Path, sources: Path) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from gentoo_farm.checksums import file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
+from gentoo_farm.workers.toolkit.kernel import fetch_source
 from gentoo_farm.workers.toolkit.tools import run_tool
 from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
 
@@ -22,7 +23,18 @@ MODULE_ROOTS = ("lib/modules", "usr/lib/modules")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("package", type=Path, help="the kernel package: .deb, tarball or unpacked directory")
+    parser.add_argument(
+        "package", type=Path, nargs="?", help="the kernel package: .deb, tarball or unpacked directory"
+    )
+    parser.add_argument(
+        "--package-url",
+        dest="package_urls",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="fetch the package from here instead (repeatable: the farm's distfile mirror first)",
+    )
+    parser.add_argument("--distdir", type=Path, help="where a fetched package is kept (with --package-url)")
     parser.add_argument(
         "--output", required=True, type=Path, help="the vmlinuz tarball to write (e.g. vmlinuz.tar.zst)"
     )
@@ -77,6 +89,12 @@ def stage_kernel(unpacked: Path, release: str, staging: Path, package: Path) -> 
 
 
 def run(args: argparse.Namespace) -> None:
+    if (args.package is None) == (not args.package_urls):
+        raise StageError("give either a kernel package path or --package-url (with --distdir)")
+    if args.package_urls:
+        if args.distdir is None:
+            raise StageError("--package-url needs --distdir (where the fetched package is kept)")
+        args.package = fetch_source(args.package_urls, args.distdir, None, what="kernel package")
     if not args.package.exists():
         raise StageError(f"{args.package}: kernel package does not exist")
     with tempfile.TemporaryDirectory(prefix="kernel-package-", dir=args.work_dir) as scratch_name:
