@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from buildbot.process.results import FAILURE, SUCCESS
 
 from gentoo_farm.config import load_config
 from gentoo_farm.master.store import open_store
@@ -18,7 +19,6 @@ from tests.world import World, WorldServer, build_world, signing
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-SUCCESS, FAILURE, RETRY = 0, 2, 5
 BUILD_TIMEOUT = 300
 
 
@@ -32,12 +32,7 @@ class MirrorFarm:
         number = len(self.farm.builds("mirror")) + 1
         status, answer = self.farm.force("force-mirror", builderNames=["mirror"])
         assert status == 200, answer
-        build = self.farm.wait_for_build("mirror", number, timeout=BUILD_TIMEOUT)
-        # The local worker of the previous build may still be stopping: Buildbot retries the request.
-        while build["results"] == RETRY:
-            number += 1
-            build = self.farm.wait_for_build("mirror", number, timeout=BUILD_TIMEOUT)
-        return build
+        return self.farm.wait_for_build("mirror", number, timeout=BUILD_TIMEOUT)
 
     def latest(self, kind: str) -> PublishedSet:
         published = latest_set(open_store(load_config(self.farm.root).store), kind)
