@@ -14,6 +14,12 @@ from buildbot.test.steps import ExpectShell, TestBuildStepMixin
 from twisted.trial import unittest
 
 
+FETCH_ARGUMENTS = (
+    "--mirror", "http://mirror.test", "--release-key", "key.asc", "--dest", "downloads",
+    "--arch", "amd64", "--variant", "amd64-openrc", "--snapshot", "latest",
+)  # fmt: skip
+
+
 def result_line(**values: object) -> str:
     return RESULT_MARKER + json.dumps(values) + "\n"
 
@@ -55,6 +61,38 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.expect_outcome(SUCCESS)
         self.expect_property("stage3_timestamp", "20261122T170403Z")
         self.expect_property("snapshot_date", "20261124")
+        await self.run_step()
+
+    async def test_check_only_reads_what_upstream_offers(self):
+        common = FETCH_ARGUMENTS
+        self.setup_step(FetchRelease("http://mirror.test", "key.asc", "downloads", check_only=True))
+        self.expect_commands(
+            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch", *common, "--check-only"])
+            .stdout(result_line(stage3_sha512="aa", snapshot_md5="bb"))
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS, "upstream state read")
+        self.expect_property("snapshot_md5", "bb")
+        await self.run_step()
+
+    async def test_the_full_fetch_must_find_what_the_check_saw(self):
+        common = FETCH_ARGUMENTS
+        self.setup_step(
+            FetchRelease(
+                "http://mirror.test",
+                "key.asc",
+                "downloads",
+                expect_stage3_sha512=Property("stage3_sha512"),
+                expect_snapshot_md5=Property("snapshot_md5"),
+            )
+        )
+        self.build.setProperty("stage3_sha512", "aa", "test")
+        self.build.setProperty("snapshot_md5", "bb", "test")
+        expected = [*common, "--expect-stage3-sha512", "aa", "--expect-snapshot-md5", "bb"]
+        self.expect_commands(
+            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch", *expected]).exit(0)
+        )
+        self.expect_outcome(SUCCESS)
         await self.run_step()
 
     async def test_bad_signature_is_the_status_text(self):

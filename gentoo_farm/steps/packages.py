@@ -9,10 +9,15 @@ class FetchRelease(FarmWorkerStep):
     """Download the latest stage3 and a Portage snapshot and verify them against the release key.
 
     Sets ``stage3_timestamp``, ``stage3_file``, ``stage3_path``, ``stage3_sha512``, ``snapshot_date``,
-    ``snapshot_file``, ``snapshot_path`` and ``snapshot_sha512``.
+    ``snapshot_file``, ``snapshot_path``, ``snapshot_sha512`` and ``snapshot_md5``. With ``check_only``
+    it only reads what upstream offers (the signed pointer and DIGESTS, the snapshot's .md5sum): a few
+    kilobytes that the input key is made of. ``expect_*`` make the full fetch refuse anything else.
     """
 
-    renderables = ("mirror", "release_key", "dest", "arch", "variant", "snapshot")
+    renderables = (
+        "mirror", "release_key", "dest", "arch", "variant", "snapshot",
+        "expect_stage3_sha512", "expect_snapshot_md5",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -22,12 +27,22 @@ class FetchRelease(FarmWorkerStep):
         arch: object = "amd64",
         variant: object = "amd64-openrc",
         snapshot: object = "latest",
+        check_only: bool = False,
+        expect_stage3_sha512: object = None,
+        expect_snapshot_md5: object = None,
         **kwargs,
     ) -> None:
+        if check_only:
+            kwargs.setdefault("name", "upstream-state")
+            kwargs.setdefault("description", ["reading", "upstream", "state"])
+            kwargs.setdefault("descriptionDone", ["upstream", "state", "read"])
         kwargs.setdefault("name", "fetch-release")
         kwargs.setdefault("description", ["fetching", "stage3", "and", "snapshot"])
         kwargs.setdefault("descriptionDone", ["stage3", "and", "snapshot", "verified"])
         super().__init__("fetch", **kwargs)
+        self.check_only = check_only
+        self.expect_stage3_sha512 = expect_stage3_sha512
+        self.expect_snapshot_md5 = expect_snapshot_md5
         self.mirror = mirror
         self.release_key = release_key
         self.dest = dest
@@ -36,10 +51,17 @@ class FetchRelease(FarmWorkerStep):
         self.snapshot = snapshot
 
     def stage_arguments(self) -> list[object]:
-        return [
+        arguments: list[object] = [
             "--mirror", self.mirror, "--release-key", self.release_key, "--dest", self.dest,
             "--arch", self.arch, "--variant", self.variant, "--snapshot", self.snapshot,
         ]  # fmt: skip
+        if self.check_only:
+            arguments.append("--check-only")
+        if self.expect_stage3_sha512:
+            arguments += ["--expect-stage3-sha512", self.expect_stage3_sha512]
+        if self.expect_snapshot_md5:
+            arguments += ["--expect-snapshot-md5", self.expect_snapshot_md5]
+        return arguments
 
 
 class UnpackBuildRoot(FarmWorkerStep):

@@ -13,8 +13,8 @@ from buildbot.process.factory import BuildFactory
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories.common import publish, trigger_image, up_to_date
-from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import ComputeInputKey
+from gentoo_farm.steps.packages import FetchRelease
 
 DOWNLOADS = "downloads"
 RELEASE_KEY = "release-key.asc"
@@ -29,21 +29,20 @@ def _with_signatures(*suffixes: str) -> Callable[[str], dict[str, str]]:
     return files
 
 
-def _upstream(config: FarmConfig) -> list[object]:
-    """``farm-worker fetch`` arguments naming the upstream release and the key it is verified against."""
-    return [
-        "--mirror", config.upstream.mirror, "--release-key", RELEASE_KEY, "--dest", DOWNLOADS,
-        "--variant", config.upstream.stage3.removeprefix("stage3-"),
-    ]  # fmt: skip
+def _fetch(config: FarmConfig, **options: object) -> FetchRelease:
+    """``farm-worker fetch`` of the configured upstream release, verified against the release key."""
+    return FetchRelease(
+        mirror=config.upstream.mirror,
+        release_key=RELEASE_KEY,
+        dest=DOWNLOADS,
+        variant=config.upstream.stage3.removeprefix("stage3-"),
+        **options,
+    )
 
 
 def factory(config: FarmConfig) -> BuildFactory:
     stage3_name = util.Property("stage3_file")
     snapshot_name = util.Property("snapshot_file")
-    as_checked = [
-        "--expect-stage3-sha512", util.Property("stage3_sha512"),
-        "--expect-snapshot-md5", util.Property("snapshot_md5"),
-    ]  # fmt: skip
     factory = BuildFactory()
     factory.addSteps(
         [
@@ -51,24 +50,16 @@ def factory(config: FarmConfig) -> BuildFactory:
             steps.FileDownload(
                 name="release-key", mastersrc=str(config.upstream.release_key), workerdest=RELEASE_KEY
             ),
-            FarmWorkerStep(
-                "fetch",
-                stage_args=[*_upstream(config), "--check-only"],
-                name="upstream-state",
-                description=["reading", "upstream", "state"],
-                descriptionDone=["upstream", "state", "read"],
-            ),
+            _fetch(config, check_only=True),
             ComputeInputKey(
                 "mirror",
                 values={"stage3": util.Property("stage3_sha512"), "snapshot": util.Property("snapshot_md5")},
             ),
             up_to_date(config, "portage"),
-            FarmWorkerStep(
-                "fetch",
-                stage_args=[*_upstream(config), *as_checked],
-                name="fetch-release",
-                description=["fetching", "stage3", "and", "snapshot"],
-                descriptionDone=["stage3", "and", "snapshot", "verified"],
+            _fetch(
+                config,
+                expect_stage3_sha512=util.Property("stage3_sha512"),
+                expect_snapshot_md5=util.Property("snapshot_md5"),
             ),
             *publish(
                 config,
