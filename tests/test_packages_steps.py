@@ -13,7 +13,6 @@ from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import ExpectShell, TestBuildStepMixin
 from twisted.trial import unittest
 
-
 FETCH_ARGUMENTS = (
     "--mirror", "http://mirror.test", "--release-key", "key.asc", "--dest", "downloads",
     "--arch", "amd64", "--variant", "amd64-openrc", "--snapshot", "latest",
