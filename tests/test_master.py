@@ -121,7 +121,7 @@ def test_farm_status_reports_the_running_master(running_farm: Farm) -> None:
     assert "worker   local-1: idle (starts on demand)" in status
 
 
-def test_consecutive_builds_each_start_a_fresh_worker_and_the_second_is_up_to_date(running_farm: Farm) -> None:
+def test_consecutive_builds_each_start_a_fresh_worker_the_second_up_to_date(running_farm: Farm) -> None:
     running_farm.login()
     for number in (1, 2):
         status, answer = running_farm.force("force-overlay", builderNames=["overlay"])
