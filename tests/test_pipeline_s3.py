@@ -15,6 +15,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from gentoo_farm.config import load_config
+from gentoo_farm.master.glance import FARM_ID_PROPERTY
 from tests.debian import kernel_source_tarball
 from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, set_option
 from tests.services.glance import Glance, glance  # noqa: F401
@@ -58,8 +60,12 @@ class S3Farm:
         return f"http://127.0.0.1:{self.glance.download_port}"
 
     def glance_images(self) -> list:
+        """This farm's images (the Glance is shared with other test modules)."""
+        farm_id = load_config(self.farm.root).farm.id
         connection = self.glance.keystone.connection("demo", "demo")
-        return [image for image in connection.image.images() if image.name.startswith("gentoo-")]
+        return [
+            image for image in connection.image.images() if image.properties.get(FARM_ID_PROPERTY) == farm_id
+        ]
 
     def build(
         self, builder: str, scheduler: str, timeout: float = IMAGE_BUILD_TIMEOUT, **params: object

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from buildbot.process import buildstep
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from buildbot.steps.worker import CompositeStepMixin
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 
 from gentoo_farm.master.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.master.store.binhost import PushbackCandidates, merge_pushback, pushback_uploads
@@ -192,6 +192,8 @@ class PublishSet(StoreStep):
             self.outcome = f"no set id: run MakeUploadUrls first or give set_id (property {SET_ID_PROPERTY})"
             return FAILURE
         log = await self.addLog("publish")
+        # The publishing thread collects its lines; Buildbot's logs are written on the reactor.
+        lines: list[str] = []
         try:
             expected = self.expected_files()
 
@@ -204,17 +206,17 @@ class PublishSet(StoreStep):
                     expected,
                     dict(self.metadata),
                     dict(self.sources),
-                    # Called in the publishing thread: Buildbot's logs live on the reactor.
-                    lambda line: reactor.callFromThread(log.addStdout, line + "\n"),
+                    lines.append,
                 )
                 return published, apply_retention(store, self.store_settings.keep).doomed_keys
 
             published, deleted = await threads.deferToThread(lambda: publish(open_store(self.store_settings)))
         except StoreError as error:
+            await log.addStdout("".join(line + "\n" for line in lines))
             await log.finish()
             return await self.fail(error)
-        for key in deleted:
-            await log.addStdout(f"retention: deleted {key}\n")
+        lines += [f"retention: deleted {key}" for key in deleted]
+        await log.addStdout("".join(line + "\n" for line in lines))
         await log.finish()
         for name, value in published_properties(published).items():
             self.setProperty(name, value, self.name, runtime=True)
