@@ -33,7 +33,7 @@ DEFAULT_COMPILE_SCALE = 8
 
 def unpack(world: World, root: Path) -> None:
     run = run_stage(
-        "chroot",
+        "unpack-root",
         "--stage3",
         world.file(world.stage3_path),
         "--snapshot",

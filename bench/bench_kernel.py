@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gentoo_farm.workers.toolkit import RESULT_MARKER
+from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.workers.toolkit.kernel import fetch_source, unpack_source
 from tests import debian
 from tests.world.server import WorldServer

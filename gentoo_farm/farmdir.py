@@ -4,8 +4,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOOK_USER = "change-hook"
-KERNEL_POLLER = "kernel-config"
-OVERLAY_POLLER = "overlay"
 
 
 @dataclass(frozen=True)

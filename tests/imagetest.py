@@ -7,8 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from gentoo_farm.workers.toolkit import RESULT_MARKER
-from gentoo_farm.workers.toolkit.boot_test import SERIAL_LOG_END, SERIAL_LOG_MARKER
+from gentoo_farm.stageprotocol import RESULT_MARKER, SERIAL_LOG_END, SERIAL_LOG_MARKER
 from tests.world.stage3 import populate_stage3_root
 
 DEFAULT_OVERLAY = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "overlay"

@@ -18,15 +18,15 @@ from pathlib import Path
 import boto3
 import pytest
 
-from gentoo_farm.master.store import ArtifactStore, open_store
-from gentoo_farm.master.store.binhost import (
+from gentoo_farm.stageprotocol import RESULT_MARKER
+from gentoo_farm.store import ArtifactStore, open_store
+from gentoo_farm.store.binhost import (
     LAYOUT_CONF,
     PushbackCandidates,
     index_key,
     parse_index,
     pushback_uploads,
 )
-from gentoo_farm.workers.toolkit import RESULT_MARKER
 from tests.world.repository import PROFILE, write_distfiles, write_repository
 
 pytest_plugins = ["tests.services.store"]
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 BUILDS = {"a": "app-misc/farm-hello", "b": "app-misc/farm-motd"}
 MERGE = (
-    "import sys; from gentoo_farm.master.store.binhost import merge_pushback; "
+    "import sys; from gentoo_farm.store.binhost import merge_pushback; "
     "{open}; print(merge_pushback(store, *sys.argv[1:3]))"
 )
 
@@ -133,11 +133,11 @@ def push(store: ArtifactStore, work: Path, binhost: str, mirror: str) -> str:
 def store_opener(settings) -> str:
     if settings.type == "local":
         return (
-            "from pathlib import Path; from gentoo_farm.master.store.local import LocalStore; "
+            "from pathlib import Path; from gentoo_farm.store.local import LocalStore; "
             f"store = LocalStore(Path({str(settings.path)!r}), '')"
         )
     return (
-        "from gentoo_farm.master.store.s3 import S3Store; "
+        "from gentoo_farm.store.s3 import S3Store; "
         f"store = S3Store({settings.bucket!r}, prefix={settings.prefix!r}, "
         f"endpoint_url={settings.endpoint_url!r})"
     )
@@ -221,7 +221,7 @@ def test_list_new_skips_what_the_farm_already_has(
     store = open_store(local_settings)
     base = store.public_base_url()
     binhost, mirror = f"{base}/binpkgs/{PROFILE}", f"{base}/distfiles"
-    from gentoo_farm.master.store.binhost import merge_pushback
+    from gentoo_farm.store.binhost import merge_pushback
 
     merge_pushback(store, PROFILE, push(store, builds["a"], binhost, mirror))
     farm_worker(

@@ -41,7 +41,7 @@ def farm_store(tmp_path: Path) -> Iterator[WorldServer]:
 
 def build_root(world: World, root: Path) -> Path:
     unpacked = run_stage(
-        "chroot",
+        "unpack-root",
         "--stage3",
         world.file(world.stage3_path),
         "--snapshot",

@@ -1,4 +1,4 @@
-"""``farm-worker fetch`` and ``chroot`` against the stand-in world: what verifies, and what fails and why."""
+"""``farm-worker fetch-release`` and ``unpack-root`` on the stand-in world: what verifies, what fails, why."""
 
 import hashlib
 import re
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gentoo_farm.workers.toolkit import StageError
-from gentoo_farm.workers.toolkit.fetch import parse_digests, parse_md5sum, parse_pointer
+from gentoo_farm.workers.toolkit.fetch_release import parse_digests, parse_md5sum, parse_pointer
 from tests.world import World, WorldServer, build_world, signing, write_digests
 from tests.world.stages import StageRun, run_stage
 
@@ -26,7 +26,7 @@ def upstream(world: World) -> Iterator[WorldServer]:
 
 def fetch(world: World, server: WorldServer, dest: Path, *extra: str) -> StageRun:
     return run_stage(
-        "fetch",
+        "fetch-release",
         "--mirror",
         server.url,
         "--release-key",
@@ -66,7 +66,7 @@ def test_good_world_verifies_and_reports_the_release(
 
     root = tmp_path / "root"
     unpacked = run_stage(
-        "chroot",
+        "unpack-root",
         "--stage3",
         run.result["stage3_path"],
         "--snapshot",
@@ -81,7 +81,7 @@ def test_good_world_verifies_and_reports_the_release(
     assert unpacked.result["build_root"] == str(root)
 
     again = run_stage(
-        "chroot",
+        "unpack-root",
         "--stage3",
         run.result["stage3_path"],
         "--snapshot",
@@ -196,7 +196,13 @@ def test_missing_release_key_is_a_configuration_error(
     world: World, upstream: WorldServer, tmp_path: Path
 ) -> None:
     run = run_stage(
-        "fetch", "--mirror", upstream.url, "--release-key", tmp_path / "nope.asc", "--dest", tmp_path / "dl"
+        "fetch-release",
+        "--mirror",
+        upstream.url,
+        "--release-key",
+        tmp_path / "nope.asc",
+        "--dest",
+        tmp_path / "dl",
     )
     assert run.returncode == 1
     assert run.error == f"release key {tmp_path / 'nope.asc'}: no such file"

@@ -19,9 +19,9 @@ import openstack.connection
 import pytest
 from openstack.image.v2.image import Image
 
+from gentoo_farm.catalog import find_image
 from gentoo_farm.config import GlanceTarget
-from gentoo_farm.master.catalog import find_image
-from gentoo_farm.master.glance import (
+from gentoo_farm.glance import (
     GlancePublishError,
     GlanceUnavailable,
     ImageUpload,
@@ -31,9 +31,9 @@ from gentoo_farm.master.glance import (
     rotate_images,
     upload_from_record,
 )
-from gentoo_farm.master.store.local import LocalStore
-from gentoo_farm.master.store.sets import publish_files
 from gentoo_farm.steps.glance import PublishToGlance
+from gentoo_farm.store.local import LocalStore
+from gentoo_farm.store.sets import publish_files
 from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
 from tests.services.store import LocalStoreSettings

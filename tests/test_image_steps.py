@@ -2,10 +2,9 @@
 
 import json
 
+from gentoo_farm.stageprotocol import RESULT_MARKER, SERIAL_LOG_END, SERIAL_LOG_MARKER
 from gentoo_farm.steps.image import BootTest, BuildDisk
 from gentoo_farm.steps.kernel import BuildKernel
-from gentoo_farm.workers.toolkit import RESULT_MARKER
-from gentoo_farm.workers.toolkit.boot_test import SERIAL_LOG_END, SERIAL_LOG_MARKER
 
 # isort: split
 # Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.

@@ -12,8 +12,8 @@ import pytest
 from buildbot.process.results import FAILURE, SUCCESS
 
 from gentoo_farm.config import load_config
-from gentoo_farm.master.store import open_store
-from gentoo_farm.master.store.sets import PublishedSet, latest_set
+from gentoo_farm.store import open_store
+from gentoo_farm.store.sets import PublishedSet, latest_set
 from tests.farmtest import Farm, configure_for_world, farm_command, init_farm
 from tests.world import World, WorldServer, build_world, signing
 

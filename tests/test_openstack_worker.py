@@ -30,9 +30,9 @@ from buildbot.config.errors import capture_config_errors
 from buildbot.process.results import Results
 from portage.binrepo.config import BinRepoConfigLoader
 
+from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.workers.bootstrap import WorkerBootstrap
 from gentoo_farm.workers.openstack import OpenStackLatentWorker, openstack_worker_pool
-from gentoo_farm.workers.toolkit import RESULT_MARKER
 from tests.services.compute import ComputeStandIn
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
 from tests.services.keystone import Keystone, free_port, keystone  # noqa: F401  (session fixture)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gentoo_farm.workers.toolkit import RESULT_MARKER
+from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.workers.toolkit.overlay import EDITS_MEMBER, FIXED_MTIME
 
 DEFAULT_OVERLAY = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "overlay"

@@ -2,8 +2,8 @@
 
 import json
 
-from gentoo_farm.steps.packages import EmergePackages, FetchRelease, UnpackBuildRoot
-from gentoo_farm.workers.toolkit import RESULT_MARKER
+from gentoo_farm.stageprotocol import RESULT_MARKER
+from gentoo_farm.steps.packages import EmergePackages, FetchRelease, UnpackRoot
 
 # isort: split
 # Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.
@@ -36,7 +36,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                 workdir="wkdir",
                 command=[
                     "farm-worker",
-                    "fetch",
+                    "fetch-release",
                     "--mirror",
                     "http://mirror.test",
                     "--release-key",
@@ -66,7 +66,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         common = FETCH_ARGUMENTS
         self.setup_step(FetchRelease("http://mirror.test", "key.asc", "downloads", check_only=True))
         self.expect_commands(
-            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch", *common, "--check-only"])
+            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch-release", *common, "--check-only"])
             .stdout(result_line(stage3_sha512="aa", snapshot_md5="bb"))
             .exit(0)
         )
@@ -89,7 +89,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.build.setProperty("snapshot_md5", "bb", "test")
         expected = [*common, "--expect-stage3-sha512", "aa", "--expect-snapshot-md5", "bb"]
         self.expect_commands(
-            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch", *expected]).exit(0)
+            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch-release", *expected]).exit(0)
         )
         self.expect_outcome(SUCCESS)
         await self.run_step()
@@ -106,7 +106,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                 workdir="wkdir",
                 command=[
                     "farm-worker",
-                    "fetch",
+                    "fetch-release",
                     "--mirror",
                     "http://mirror.test",
                     "--release-key",
@@ -128,14 +128,14 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         await self.run_step()
 
 
-class TestUnpackBuildRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
+class TestUnpackRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
         return self.setup_test_build_step()
 
     async def test_unpacks_what_fetch_reported(self):
         self.setup_step(
-            UnpackBuildRoot(
+            UnpackRoot(
                 Property("stage3_path"), Property("snapshot_path"), Interpolate("%(prop:builddir)s/root")
             )
         )
@@ -147,7 +147,7 @@ class TestUnpackBuildRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCas
                 workdir="wkdir",
                 command=[
                     "farm-worker",
-                    "chroot",
+                    "unpack-root",
                     "--stage3",
                     "/dl/stage3.tar.xz",
                     "--snapshot",

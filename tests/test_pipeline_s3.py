@@ -16,7 +16,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from gentoo_farm.config import load_config
-from gentoo_farm.master.glance import FARM_ID_PROPERTY
+from gentoo_farm.glance import FARM_ID_PROPERTY
 from tests.debian import kernel_source_tarball
 from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, set_option
 from tests.services.glance import Glance, glance  # noqa: F401

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gentoo_farm.master.store import ArtifactStore, StoreError, open_store
-from gentoo_farm.master.store.s3 import S3Store
-from gentoo_farm.master.store.sets import (
+from gentoo_farm.store import ArtifactStore, StoreError, open_store
+from gentoo_farm.store.s3 import S3Store
+from gentoo_farm.store.sets import (
     ExpectedFile,
     apply_retention,
     finalize_set,
@@ -87,7 +87,7 @@ def test_a_corrupt_upload_is_not_published(any_store: ArtifactStore, tmp_path: P
 
 
 def test_big_objects_are_checked_by_size_and_etag(s3_settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gentoo_farm.master.store import sets
+    from gentoo_farm.store import sets
 
     store = open_store(s3_settings)
     data = b"pretend this is many gigabytes"
@@ -112,9 +112,9 @@ PUBLISHER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from gentoo_farm.master.store.local import LocalStore
-    from gentoo_farm.master.store.s3 import S3Store
-    from gentoo_farm.master.store.sets import publish_files
+    from gentoo_farm.store.local import LocalStore
+    from gentoo_farm.store.s3 import S3Store
+    from gentoo_farm.store.sets import publish_files
 
     backend, location, endpoint, directory = sys.argv[1:5]
     if backend == "local":

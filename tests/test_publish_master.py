@@ -16,10 +16,10 @@ from buildbot.process.factory import BuildFactory
 from buildbot.process.results import SUCCESS
 from buildbot.test.util.integration import RunMasterBase
 
-from gentoo_farm.master.store import open_store
-from gentoo_farm.master.store.sets import latest_set, list_sets
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, PublishSet
+from gentoo_farm.store import open_store
+from gentoo_farm.store.sets import latest_set, list_sets
 from tests.services.store import LocalStoreSettings, running_store_server
 
 DISK = b"a qcow2 image, as far as this test is concerned\n" * 1000

@@ -14,9 +14,9 @@ from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import ExpectDownloadFile, ExpectRemoteRef, ExpectUploadFile, TestBuildStepMixin
 from twisted.trial import unittest
 
-from gentoo_farm.master.store import open_store
-from gentoo_farm.master.store.sets import latest_set, publish_files
 from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, MergeBinhost, PublishSet, PushBackUrls
+from gentoo_farm.store import open_store
+from gentoo_farm.store.sets import latest_set, publish_files
 from tests.services.store import LocalStoreSettings
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from gentoo_farm.master.store import ArtifactStore, PreconditionFailed, StoreError
-from gentoo_farm.master.store.binhost import store_lock
-from gentoo_farm.master.store.s3 import S3Store
-from gentoo_farm.workers.toolkit import RESULT_MARKER
+from gentoo_farm.stageprotocol import RESULT_MARKER
+from gentoo_farm.store import ArtifactStore, PreconditionFailed, StoreError
+from gentoo_farm.store.binhost import store_lock
+from gentoo_farm.store.s3 import S3Store
 
 pytest_plugins = ["tests.services.store"]
 
@@ -138,7 +138,7 @@ def test_worker_uploads_through_signed_urls(any_store: ArtifactStore, tmp_path: 
 
 
 def test_worker_upload_reports_a_refused_url(local_settings, tmp_path: Path) -> None:
-    from gentoo_farm.master.store import open_store
+    from gentoo_farm.store import open_store
 
     store = open_store(local_settings)
     (tmp_path / "f").write_bytes(b"data")
@@ -162,7 +162,7 @@ def _put(url: str, data: bytes) -> int:
 
 
 def test_store_server_is_read_only_without_a_valid_signature(local_settings) -> None:
-    from gentoo_farm.master.store import open_store
+    from gentoo_farm.store import open_store
 
     store = open_store(local_settings)
     base = local_settings.public_url

@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path, PurePosixPath
 
+from gentoo_farm.catalog import find_image
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands.images import human_size
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.master.catalog import find_image
-from gentoo_farm.master.store import ArtifactStore, StoreError, open_store
-from gentoo_farm.master.store.base import READ_CHUNK
+from gentoo_farm.store import ArtifactStore, StoreError, open_store
+from gentoo_farm.store.base import READ_CHUNK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

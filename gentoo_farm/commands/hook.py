@@ -4,8 +4,14 @@ import argparse
 from pathlib import Path
 
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.farmdir import HOOK_USER, KERNEL_POLLER, OVERLAY_POLLER, FarmDir
-from gentoo_farm.master.change_sources import RecipeRepository, recipe_repositories, recipe_repository
+from gentoo_farm.farmdir import HOOK_USER, FarmDir
+from gentoo_farm.recipes import (
+    KERNEL_POLLER,
+    OVERLAY_POLLER,
+    RecipeRepository,
+    recipe_repositories,
+    recipe_repository,
+)
 
 HOOK_TEMPLATE = """#!/bin/sh
 # gentoo-farm: knock the build master's poller so a push is built at once.

@@ -6,10 +6,10 @@ import argparse
 import json
 from dataclasses import asdict
 
+from gentoo_farm.catalog import ImageRecord, published_images
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.master.catalog import ImageRecord, published_images
-from gentoo_farm.master.store import StoreError, open_store
+from gentoo_farm.store import StoreError, open_store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

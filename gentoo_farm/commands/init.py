@@ -13,9 +13,9 @@ from pathlib import Path
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands.hook import install_local_hooks
 from gentoo_farm.config import CONFIG_NAME, load_config
-from gentoo_farm.farmdir import HOOK_USER, KERNEL_POLLER, OVERLAY_POLLER, FarmDir
-from gentoo_farm.master.change_sources import recipe_repository
-from gentoo_farm.master.passwords import PasswordFile, generate_password
+from gentoo_farm.farmdir import HOOK_USER, FarmDir
+from gentoo_farm.passwords import PasswordFile, generate_password
+from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, recipe_repository
 
 CREATES_FARM = True
 

@@ -6,7 +6,7 @@ import sys
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.master.passwords import PasswordFile, generate_password
+from gentoo_farm.passwords import PasswordFile, generate_password
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

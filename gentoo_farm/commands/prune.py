@@ -6,8 +6,8 @@ import argparse
 
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.master.store import StoreError, open_store
-from gentoo_farm.master.store.sets import apply_retention
+from gentoo_farm.store import StoreError, open_store
+from gentoo_farm.store.sets import apply_retention
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

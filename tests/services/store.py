@@ -16,7 +16,7 @@ from typing import Literal
 
 import pytest
 
-from gentoo_farm.master.store import ArtifactStore, open_store
+from gentoo_farm.store import ArtifactStore, open_store
 from tests.services.s3 import S3StoreSettings, s3_server, s3_settings  # noqa: F401  (fixtures)
 
 SERVER_START_TIMEOUT = 20
@@ -40,11 +40,11 @@ class LocalStoreSettings:
 
 @contextlib.contextmanager
 def running_store_server(root: Path, log: Path) -> Iterator[str]:
-    """``python -m gentoo_farm.master.store.server`` on a free port; yields its base URL."""
+    """``python -m gentoo_farm.store.server`` on a free port; yields its base URL."""
     root.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gentoo_farm.master.store.server", str(root), "--listen", "127.0.0.1:0"],
+            [sys.executable, "-m", "gentoo_farm.store.server", str(root), "--listen", "127.0.0.1:0"],
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )

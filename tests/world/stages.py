@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gentoo_farm.workers.toolkit import RESULT_MARKER
+from gentoo_farm.stageprotocol import RESULT_MARKER
 
 
 @dataclass

@@ -1,0 +1,85 @@
+"""What the farm has published, as people see it: ``farm images``, ``farm download``, the Images page."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gentoo_farm.store import ArtifactStore
+from gentoo_farm.store.sets import PublishedFile, PublishedSet, latest_set, list_sets
+
+DISK_SUFFIXES = (".qcow2", ".raw", ".img")
+DEFAULT_URL_EXPIRY = 3600
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    name: str
+    """The image's name, e.g. ``gentoo-20261125-amd64`` (manifest ``name``, else the disk file's stem)."""
+    date: str
+    """When the set was published (UTC, ISO 8601)."""
+    kernel: str
+    """Kernel version the image boots (the manifest's ``kernel``), empty when unknown."""
+    size: int
+    sha512: str
+    url: str
+    """Download URL of the disk image; presigned (and short-lived) when the bucket is private."""
+    key: str
+    """The disk image's store key."""
+    set_id: str
+    latest: bool
+    manifest: Mapping[str, object] = field(default_factory=dict)
+    """The set's manifest.json as published (files, metadata, sources, input key)."""
+    manifest_url: str = ""
+
+
+def disk_file(published: PublishedSet) -> PublishedFile | None:
+    """The disk image of an image set: qcow2 first, then raw."""
+    for suffix in DISK_SUFFIXES:
+        for file in published.files:
+            if file.name.endswith(suffix):
+                return file
+    return None
+
+
+def image_record(
+    store: ArtifactStore, published: PublishedSet, latest_id: str | None, url_expiry: int = DEFAULT_URL_EXPIRY
+) -> ImageRecord | None:
+    disk = disk_file(published)
+    if disk is None:
+        return None
+    stem = disk.name.rsplit(".", 1)[0]
+    return ImageRecord(
+        name=str(published.metadata.get("name") or stem),
+        date=published.published_at,
+        kernel=str(published.metadata.get("kernel") or ""),
+        size=disk.size,
+        sha512=disk.sha512,
+        url=store.download_url(disk.key, url_expiry),
+        key=disk.key,
+        set_id=published.set_id,
+        latest=published.set_id == latest_id,
+        manifest=published.to_json(),
+        manifest_url=store.download_url(published.manifest_key, url_expiry),
+    )
+
+
+def published_images(store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY) -> list[ImageRecord]:
+    """Every complete published image set, newest first. Blocking: call it from a thread in the master."""
+    latest = latest_set(store, "images")
+    latest_id = latest.set_id if latest else None
+    records = (
+        image_record(store, published, latest_id, url_expiry) for published in list_sets(store, "images")
+    )
+    return [record for record in records if record is not None]
+
+
+def find_image(store: ArtifactStore, name: str, url_expiry: int = DEFAULT_URL_EXPIRY) -> ImageRecord | None:
+    """``latest``, an image name or a set id; the newest match wins."""
+    if name == "latest":
+        latest = latest_set(store, "images")
+        return image_record(store, latest, latest.set_id, url_expiry) if latest else None
+    for record in published_images(store, url_expiry):
+        if name in (record.name, record.set_id):
+            return record
+    return None

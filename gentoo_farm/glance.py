@@ -1,0 +1,494 @@
+"""Publish a farm image to Glance (one or more clouds from clouds.yaml) and rotate old farm images.
+
+Everything here blocks (openstacksdk): the master calls it from a thread, never on the reactor.
+
+Per target the image is created with the farm's properties, filled either by a web-download import
+from the store URL (Glance fetches it itself) or by a streamed upload, waited on until ``active``, and
+its ``os_hash_value`` is checked against our sha512. Only then are older farm images rotated out: the
+``keep`` newest images carrying this farm's ``farm_id`` stay, the one just published always stays, and
+images without our ``farm_id`` are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import openstack
+import openstack.connection
+from keystoneauth1 import exceptions as ks_exceptions
+from openstack import exceptions as sdk_exceptions
+from openstack.image.v2.image import Image
+
+from gentoo_farm.catalog import ImageRecord
+from gentoo_farm.store import ArtifactStore
+
+VISIBILITIES = ("private", "shared", "community", "public")
+DISK_FORMATS = ("qcow2", "raw")
+IMAGE_NAME = re.compile(r"gentoo-\d{8}(\.\d+)?-amd64")
+
+STANDARD_PROPERTIES: Mapping[str, str] = {
+    "os_distro": "gentoo",
+    "os_type": "linux",
+    "hw_disk_bus": "virtio",
+    "hw_vif_model": "virtio",
+    # Our disks boot with extlinux from an MBR; Gentoo's own qcow2s are UEFI-only, ours are not.
+    "hw_firmware_type": "bios",
+}
+FARM_ID_PROPERTY = "farm_id"
+"""The property that makes an image ours (rotation, and ``farm-latest`` for OpenStack workers)."""
+
+CONNECT_RETRIES = 3
+API_TIMEOUT = 120.0
+"""Seconds any one API request may take (uploads count from the last byte sent)."""
+ACTIVE_TIMEOUT = 1800.0
+POLL_INTERVAL = 2.0
+COPY_CHUNK = 1024 * 1024
+
+
+class GlanceTargetSettings(Protocol):
+    """One ``[[glance]]`` table of farm.toml (gentoo_farm.config.GlanceTarget)."""
+
+    cloud: str
+    visibility: str
+    disk_format: str
+    keep: int
+    use_import: bool
+    properties: dict[str, str]
+
+
+class GlancePublishError(Exception):
+    """Publishing to one target failed; the message names the cloud and what went wrong."""
+
+
+class GlanceUnavailable(GlancePublishError):
+    """The cloud's Keystone or Glance could not be reached (or answered 5xx): try again later."""
+
+
+@dataclass(frozen=True)
+class ImageUpload:
+    """What is published: a qcow2 the store holds, and what the farm knows about it."""
+
+    name: str
+    """``gentoo-YYYYMMDD[.N]-amd64``."""
+    sha512: str
+    """sha512 of the qcow2, as published in the store."""
+    size: int
+    url: str
+    """Where Glance can fetch the qcow2 from (web-download import)."""
+    open_data: Callable[[], BinaryIO]
+    """A fresh stream of the qcow2's bytes, for a streamed upload or a raw conversion."""
+    farm_id: str
+    build_id: str = ""
+    input_keys: Mapping[str, str] = field(default_factory=dict)
+    """``{"image": <input key>, "kernel": <kernel set id>, ...}``, recorded as ``farm_input_<name>``."""
+
+
+@dataclass
+class PublishResult:
+    cloud: str
+    image_id: str
+    name: str
+    method: str
+    """``web-download``, ``upload`` or ``already published``."""
+    rotated: list[str] = field(default_factory=list)
+    """Names (and ids) of older farm images deleted by rotation."""
+    messages: list[str] = field(default_factory=list)
+    """What happened, step by step, for the build log."""
+    rotation_error: str = ""
+    """Why rotation failed after a good publish (the image is up; old ones may linger)."""
+
+    def summary(self) -> str:
+        text = f"{self.cloud}: {self.name} {self.method} ({self.image_id})"
+        if self.rotated:
+            text += f", rotated out {len(self.rotated)}"
+        if self.rotation_error:
+            text += f", but {self.rotation_error}"
+        return text
+
+
+def image_name(day: date, serial: int = 0) -> str:
+    """``gentoo-20261125-amd64``, or ``gentoo-20261125.2-amd64`` for the day's third image."""
+    return f"gentoo-{day:%Y%m%d}{f'.{serial}' if serial else ''}-amd64"
+
+
+def upload_from_record(
+    store: ArtifactStore, record: ImageRecord, farm_id: str, url_expiry: int = 3600
+) -> ImageUpload:
+    """The :class:`ImageUpload` for an image set of the catalog (:mod:`gentoo_farm.catalog`)."""
+    manifest = record.manifest
+    metadata = dict(manifest.get("metadata") or {})  # type: ignore[call-overload]
+    sources = dict(manifest.get("sources") or {})  # type: ignore[call-overload]
+    input_keys = {"image": str(manifest.get("input_key", ""))}
+    input_keys.update({str(kind): str(set_id) for kind, set_id in sources.items()})
+    return ImageUpload(
+        name=record.name,
+        sha512=record.sha512,
+        size=record.size,
+        url=store.download_url(record.key, url_expiry),
+        open_data=lambda: store.open_read(record.key),
+        farm_id=farm_id,
+        build_id=str(metadata.get("build_id", "")),
+        input_keys=input_keys,
+    )
+
+
+def check_target(target: GlanceTargetSettings) -> None:
+    """Refuse a target setting Glance would refuse later, naming the key."""
+    where = f"[[glance]] cloud = {target.cloud!r}"
+    if target.visibility not in VISIBILITIES:
+        raise GlancePublishError(f"{where}: visibility must be one of {', '.join(VISIBILITIES)}")
+    if target.disk_format not in DISK_FORMATS:
+        raise GlancePublishError(f"{where}: disk_format must be one of {', '.join(DISK_FORMATS)}")
+    if target.keep < 1:
+        raise GlancePublishError(f"{where}: keep must be at least 1 (the newest image is never deleted)")
+    clashes = sorted(
+        key for key in target.properties if key.startswith("farm_") or key in STANDARD_PROPERTIES
+    )
+    if clashes:
+        raise GlancePublishError(f"{where}: properties may not override {', '.join(clashes)}")
+
+
+def connect(cloud: str) -> openstack.connection.Connection:
+    """A connection to ``cloud`` from clouds.yaml (OS_CLIENT_CONFIG_FILE or the standard places)."""
+    try:
+        # A web server may close an idle keep-alive connection just as it is reused (gunicorn
+        # after 2 s): retrying the connection is safe, every call we make is idempotent or checked.
+        return openstack.connect(cloud=cloud, api_timeout=API_TIMEOUT, connect_retries=CONNECT_RETRIES)
+    except sdk_exceptions.ConfigException as error:
+        raise GlancePublishError(f"cloud {cloud!r}: not usable from clouds.yaml: {error}") from error
+
+
+@contextlib.contextmanager
+def _api_errors(cloud: str, doing: str) -> Iterator[None]:
+    """Turn SDK and HTTP-level failures into messages that name the cloud and the action."""
+    try:
+        yield
+    except GlancePublishError:
+        raise
+    except (ks_exceptions.ConnectionError, ks_exceptions.DiscoveryFailure) as error:
+        raise GlanceUnavailable(
+            f"cloud {cloud!r}: cannot reach the cloud while {doing}: {_connection_problem(error)}"
+        ) from error
+    except ks_exceptions.HttpError as error:
+        if error.http_status is not None and error.http_status >= 500:
+            raise GlanceUnavailable(f"cloud {cloud!r}: {doing}: the cloud answered {error}") from error
+        raise GlancePublishError(f"cloud {cloud!r}: {doing}: {error}") from error
+    except sdk_exceptions.HttpException as error:
+        if error.status_code is not None and error.status_code >= 500:
+            raise GlanceUnavailable(f"cloud {cloud!r}: {doing}: Glance answered {error}") from error
+        raise GlancePublishError(f"cloud {cloud!r}: {doing}: {error}") from error
+    except sdk_exceptions.SDKException as error:
+        raise GlancePublishError(f"cloud {cloud!r}: {doing}: {error}") from error
+
+
+def publish_image(
+    upload: ImageUpload,
+    target: GlanceTargetSettings,
+    *,
+    active_timeout: float = ACTIVE_TIMEOUT,
+    poll_interval: float = POLL_INTERVAL,
+) -> PublishResult:
+    """Publish ``upload`` to ``target`` and rotate older farm images there.
+
+    Raises :class:`GlanceUnavailable` when the cloud cannot be reached, :class:`GlancePublishError`
+    for anything else (import failed, checksum mismatch, timeout, bad settings). A failed attempt
+    deletes the half-made image it created.
+    """
+    check_target(target)
+    cloud = target.cloud
+    with _api_errors(cloud, "connecting"):
+        conn = connect(cloud)
+    with contextlib.closing(conn):
+        with _api_errors(cloud, "connecting"):
+            conn.authorize()
+            check_reachable(conn, cloud)
+        publisher = _TargetPublisher(conn, upload, target, active_timeout, poll_interval)
+        with _api_errors(cloud, f"publishing {upload.name}"):
+            result = publisher.publish()
+        # The image is up: a rotation that fails is worth a warning, not a failed publish.
+        try:
+            with _api_errors(cloud, "rotating old farm images"):
+                result.rotated = rotate_images(conn, upload.farm_id, target.keep, keep_id=result.image_id)
+        except GlancePublishError as error:
+            result.rotation_error = str(error)
+            result.messages.append(result.rotation_error)
+        result.messages.extend(f"rotated out {name}" for name in result.rotated)
+        return result
+
+
+def check_reachable(conn: openstack.connection.Connection, cloud: str) -> None:
+    """Knock on the catalog's image endpoint, so that a Glance that is down is called that.
+
+    Without this the SDK's version discovery swallows the connection error and reports that the
+    image service "does not have any supported versions".
+    """
+    endpoint = conn.session.get_endpoint(service_type="image", interface="public")
+    if not endpoint:
+        raise GlancePublishError(f"cloud {cloud!r}: the service catalog has no image (Glance) endpoint")
+    try:
+        response = conn.session.get(endpoint, authenticated=False, raise_exc=False, timeout=30)
+    except ks_exceptions.ConnectionError as error:
+        raise GlanceUnavailable(
+            f"cloud {cloud!r}: Glance at {endpoint} is unreachable: {_connection_problem(error)}"
+        ) from error
+    if response.status_code >= 500:
+        raise GlanceUnavailable(f"cloud {cloud!r}: Glance at {endpoint} answered HTTP {response.status_code}")
+
+
+def farm_images(conn: openstack.connection.Connection, farm_id: str) -> list[Image]:
+    """This farm's images in the connection's project, newest first."""
+    project_id = conn.current_project_id
+    ours = [
+        image
+        for image in conn.image.images(owner=project_id, visibility="all")
+        if (image.properties or {}).get(FARM_ID_PROPERTY) == farm_id
+    ]
+    return sorted(ours, key=lambda image: (image.created_at or "", image.name or ""), reverse=True)
+
+
+def rotate_images(
+    conn: openstack.connection.Connection, farm_id: str, keep: int, keep_id: str | None = None
+) -> list[str]:
+    """Delete this farm's active images beyond the ``keep`` newest, and its dead ones (killed, or an
+    import that failed and left the image queued: e.g. the master died mid-publish); returns what went.
+
+    ``keep_id`` (the image just published) is never deleted, whatever its age, nor is an image
+    someone marked protected.
+    """
+    if keep < 1:
+        raise GlancePublishError(f"keep must be at least 1, got {keep}")
+    ours = farm_images(conn, farm_id)
+    active = [image for image in ours if image.status == "active"]
+    dead = [image for image in ours if _is_dead(image)]
+    doomed = [image for image in [*active[keep:], *dead] if image.id != keep_id and not image.is_protected]
+    for image in doomed:
+        conn.image.delete_image(image, ignore_missing=True)
+    return [f"{image.name} ({image.id})" for image in doomed]
+
+
+def _is_dead(image: Image) -> bool:
+    return image.status == "killed" or bool((image.properties or {}).get("os_glance_failed_import"))
+
+
+class _TargetPublisher:
+    def __init__(
+        self,
+        conn: openstack.connection.Connection,
+        upload: ImageUpload,
+        target: GlanceTargetSettings,
+        active_timeout: float,
+        poll_interval: float,
+    ) -> None:
+        self.conn = conn
+        self.upload = upload
+        self.target = target
+        self.cloud = target.cloud
+        self.active_timeout = active_timeout
+        self.poll_interval = poll_interval
+        self.messages: list[str] = []
+
+    def say(self, message: str) -> None:
+        self.messages.append(message)
+
+    def publish(self) -> PublishResult:
+        existing = self._existing_copy()
+        if existing is not None:
+            self.say(f"{existing.name} ({existing.id}) is already active with the same sha512")
+            return PublishResult(
+                self.cloud, existing.id, existing.name, "already published", [], self.messages
+            )
+        if self.target.disk_format == "raw":
+            with tempfile.TemporaryDirectory(prefix="farm-glance-") as scratch:
+                raw, raw_sha512 = self._convert_to_raw(Path(scratch))
+                image = self._create({"farm_raw_sha512": raw_sha512})
+                self._finish(image, "upload", raw_sha512, lambda: self._put(image, raw.open("rb"), raw))
+                return PublishResult(self.cloud, image.id, image.name, "upload", messages=self.messages)
+        method = "web-download" if self._import_allowed() else "upload"
+        image = self._create({})
+        if method == "web-download":
+            self._finish(image, method, self.upload.sha512, lambda: self._import(image))
+        else:
+            self._finish(image, method, self.upload.sha512, lambda: self._stream(image))
+        return PublishResult(self.cloud, image.id, image.name, method, messages=self.messages)
+
+    def _existing_copy(self) -> Image | None:
+        """A previous run's complete copy of this very image (a re-run of the step is then a no-op)."""
+        for image in farm_images(self.conn, self.upload.farm_id):
+            properties = image.properties or {}
+            if (
+                image.name == self.upload.name
+                and image.status == "active"
+                and properties.get("farm_sha512") == self.upload.sha512
+                and image.disk_format == self.target.disk_format
+            ):
+                return image
+        return None
+
+    def _import_allowed(self) -> bool:
+        if not self.target.use_import:
+            return False
+        try:
+            methods = self.conn.image.get_import_info().import_methods or {}
+        except sdk_exceptions.NotFoundException:
+            methods = {}  # a Glance from before the import API
+        if "web-download" in (methods.get("value") or []):
+            return True
+        self.say("this Glance does not offer web-download imports: streaming the image instead")
+        return False
+
+    def _properties(self, extra: Mapping[str, str]) -> dict[str, str]:
+        upload = self.upload
+        farm = {
+            FARM_ID_PROPERTY: upload.farm_id,
+            "farm_build_id": upload.build_id,
+            "farm_sha512": upload.sha512,
+            **{f"farm_input_{name}": value for name, value in upload.input_keys.items()},
+            **extra,
+        }
+        return {**STANDARD_PROPERTIES, **self.target.properties, **farm}
+
+    def _create(self, extra: Mapping[str, str]) -> Image:
+        image = Image.new(
+            name=self.upload.name,
+            disk_format=self.target.disk_format,
+            container_format="bare",
+            visibility=self.target.visibility,
+            **self._properties(extra),
+        ).create(self.conn.image)
+        self.say(f"created {image.name} ({image.id}), {self.target.disk_format}, {self.target.visibility}")
+        return image
+
+    def _finish(self, image: Image, method: str, expected_sha512: str, transfer: Callable[[], None]) -> None:
+        """Transfer the data, wait for ``active``, verify; on any failure delete the half-made image."""
+        try:
+            transfer()
+            active = self._wait_active(image)
+            self._verify(active, expected_sha512)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.conn.image.delete_image(image, ignore_missing=True)
+                self.say(f"deleted the failed image {image.id}")
+            raise
+        self.say(f"{image.name} is active ({method}), sha512 verified")
+
+    def _import(self, image: Image) -> None:
+        response = self.conn.image.import_image(image, method="web-download", uri=self.upload.url)
+        # openstacksdk hands back failed import requests without raising.
+        if response.status_code >= 400:
+            error = GlanceUnavailable if response.status_code >= 500 else GlancePublishError
+            raise error(
+                f"cloud {self.cloud!r}: Glance refused the web-download import of {self.upload.name}: "
+                f"HTTP {response.status_code} {_response_text(response.text)}"
+            )
+        self.say(f"web-download import requested from {_without_query(self.upload.url)}")
+
+    def _stream(self, image: Image) -> None:
+        with self.upload.open_data() as data:
+            self._send(image, data, self.upload.size)
+
+    def _put(self, image: Image, data: BinaryIO, path: Path) -> None:
+        with data:
+            self._send(image, data, path.stat().st_size)
+
+    def _send(self, image: Image, data: BinaryIO, size: int) -> None:
+        response = image.upload(self.conn.image, data=data, size=size)
+        sdk_exceptions.raise_from_response(response)
+        self.say(f"uploaded {size} bytes")
+
+    def _convert_to_raw(self, scratch: Path) -> tuple[Path, str]:
+        qcow2 = scratch / "image.qcow2"
+        raw = scratch / "image.raw"
+        with self.upload.open_data() as source, qcow2.open("wb") as copy:
+            shutil.copyfileobj(source, copy, COPY_CHUNK)
+        converted = subprocess.run(
+            ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(raw)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if converted.returncode != 0:
+            raise GlancePublishError(
+                f"cloud {self.cloud!r} wants raw images: qemu-img convert of {self.upload.name} failed: "
+                f"{converted.stderr.strip()}"
+            )
+        qcow2.unlink()
+        digest = hashlib.sha512()
+        with raw.open("rb") as stream:
+            while chunk := stream.read(COPY_CHUNK):
+                digest.update(chunk)
+        self.say(f"converted to raw ({raw.stat().st_size} bytes) for this cloud")
+        return raw, digest.hexdigest()
+
+    def _wait_active(self, image: Image) -> Image:
+        deadline = time.monotonic() + self.active_timeout
+        while True:
+            current = self.conn.image.get_image(image.id)
+            properties = current.properties or {}
+            if current.status == "active":
+                return current
+            if current.status in ("killed", "deleted", "pending_delete", "deactivated"):
+                raise GlancePublishError(
+                    f"cloud {self.cloud!r}: image {current.name} ({current.id}) went {current.status}"
+                    f"{self._task_reason(current)}"
+                )
+            # A failed import sends the image back to "queued" and names the store it failed for.
+            if properties.get("os_glance_failed_import"):
+                raise GlancePublishError(
+                    f"cloud {self.cloud!r}: the import of {current.name} ({current.id}) failed in store "
+                    f"{properties['os_glance_failed_import']}{self._task_reason(current)}"
+                )
+            if time.monotonic() >= deadline:
+                raise GlancePublishError(
+                    f"cloud {self.cloud!r}: image {current.name} ({current.id}) still {current.status} after "
+                    f"{self.active_timeout:.0f} s"
+                )
+            time.sleep(self.poll_interval)
+
+    def _task_reason(self, image: Image) -> str:
+        """Glance's own words about the failed import task, when it says any."""
+        with contextlib.suppress(sdk_exceptions.SDKException, ks_exceptions.ClientException):
+            messages = [task.message for task in self.conn.image.image_tasks(image.id) if task.message]
+            if messages:
+                return f": {_response_text(messages[-1])}"
+        return ""
+
+    def _verify(self, image: Image, expected_sha512: str) -> None:
+        if image.hash_algo != "sha512":
+            raise GlancePublishError(
+                f"cloud {self.cloud!r}: Glance hashed {image.name} with {image.hash_algo!r}, not sha512: "
+                "cannot verify the upload"
+            )
+        if image.hash_value != expected_sha512:
+            raise GlancePublishError(
+                f"cloud {self.cloud!r}: {image.name} ({image.id}) arrived corrupted: Glance's sha512 "
+                f"{(image.hash_value or '')[:16]}... != ours {expected_sha512[:16]}..."
+            )
+
+
+def _connection_problem(error: Exception) -> str:
+    """``Connection refused`` rather than three nested exception reprs, when the OS said why."""
+    reasons = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(error))
+    return reasons[-1].strip() if reasons else str(error)
+
+
+def _without_query(url: str) -> str:
+    """A URL fit for a build log: presigned query strings carry credentials-like signatures."""
+    return url.split("?", 1)[0]
+
+
+def _response_text(text: str) -> str:
+    """The gist of an HTML or JSON error page, on one line, without URL signatures Glance may echo."""
+    plain = re.sub(r"<[^>]+>", " ", text)
+    plain = re.sub(r"(https?://[^\s?\"']+)\?[^\s\"']*", r"\1?...", plain)
+    return " ".join(plain.split())[:300]

@@ -1,0 +1,208 @@
+"""The local-directory backend: the embedded default, served over HTTP by :mod:`.server`."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import io
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import quote, urlencode
+
+from gentoo_farm.store.base import (
+    READ_CHUNK,
+    ArtifactStore,
+    ObjectInfo,
+    ObjectNotFound,
+    PreconditionFailed,
+    ProgressCallback,
+    StoreError,
+    check_key,
+)
+
+# Private state lives under a dot directory: keys can never name it and the server never serves it.
+STATE_DIR = ".farm"
+SECRET_FILE = "upload-secret"
+
+
+def _etag(stat: os.stat_result) -> str:
+    # Every write is a rename of a fresh file, so the inode alone changes on each replacement.
+    return f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
+def upload_signature(secret: bytes, key: str, expires: int) -> str:
+    return hmac.new(secret, f"PUT\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+class LocalStore(ArtifactStore):
+    def __init__(self, root: Path, public_url: str) -> None:
+        if not root.is_absolute():
+            raise StoreError(f"store path {root} must be absolute")
+        self.root = root
+        self.location = str(root)
+        self._public_url = public_url.rstrip("/")
+        try:
+            (root / STATE_DIR / "locks").mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create the store directory {root}: {error.strerror}") from error
+
+    # -- paths and locks ------------------------------------------------------------------------
+
+    def path_of(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    @contextlib.contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        lock_name = hashlib.sha256(key.encode()).hexdigest()
+        with open(self.root / STATE_DIR / "locks" / lock_name, "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def upload_secret(self) -> bytes:
+        """The HMAC key for signed upload URLs, made once per store and kept beside it (mode 0600)."""
+        path = self.root / STATE_DIR / SECRET_FILE
+        with contextlib.suppress(FileNotFoundError):
+            return path.read_bytes()
+        with self._key_lock(STATE_DIR):
+            if not path.exists():
+                fd = os.open(path.with_suffix(".new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as new_secret:
+                    new_secret.write(secrets.token_bytes(32))
+                os.replace(path.with_suffix(".new"), path)
+            return path.read_bytes()
+
+    def _write_atomically(self, key: str, source: BinaryIO, progress: ProgressCallback | None = None) -> None:
+        target = self.path_of(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                dir=target.parent, prefix=f".{target.name}.", delete=False
+            ) as tmp:
+                try:
+                    while chunk := source.read(READ_CHUNK):
+                        tmp.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+                    tmp.flush()
+                    os.fchmod(tmp.fileno(), 0o644)
+                except BaseException:
+                    os.unlink(tmp.name)
+                    raise
+            os.replace(tmp.name, target)
+        except OSError as error:
+            raise StoreError(f"cannot write {target}: {error.strerror}") from error
+
+    # -- ArtifactStore --------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            stat = self.path_of(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC), _etag(stat))
+
+    def open_read(self, key: str, start: int = 0) -> BinaryIO:
+        try:
+            stream = open(self.path_of(key), "rb")  # noqa: SIM115 - the caller owns the stream
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(f"{key} is not in the store {self.location}") from None
+        stream.seek(start)
+        return stream
+
+    def put_bytes(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False
+    ) -> None:
+        if if_match is None and not if_absent:
+            self._write_atomically(key, io.BytesIO(data))
+            return
+        with self._key_lock(key):
+            current = self.head(key)
+            if if_absent and current is not None:
+                raise PreconditionFailed(f"{key} already exists in {self.location}")
+            if if_match is not None and (current is None or current.etag != if_match):
+                raise PreconditionFailed(f"{key} changed in {self.location} since it was read")
+            self._write_atomically(key, io.BytesIO(data))
+
+    def put_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
+        try:
+            source = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise StoreError(f"cannot read {path}: {error.strerror}") from error
+        with source:
+            self._write_atomically(key, source, progress)
+
+    def put_stream(self, key: str, stream: BinaryIO) -> None:
+        """Write an object from an open stream (the store server's signed PUT)."""
+        self._write_atomically(key, stream)
+
+    def check_upload_signature(self, key: str, expires: str, signature: str) -> str | None:
+        """Why a signed upload URL is not valid for ``key`` now, or None when it is."""
+        if not expires.isdigit() or not signature:
+            return "the URL is not signed (expires and signature are required)"
+        if int(expires) < time.time():
+            return "the upload URL has expired"
+        if not hmac.compare_digest(upload_signature(self.upload_secret(), key, int(expires)), signature):
+            return "the signature does not match this key"
+        return None
+
+    def copy(self, source_key: str, dest_key: str) -> None:
+        with self.open_read(source_key) as source:
+            self._write_atomically(dest_key, source)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            path = self.path_of(key)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            # Empty set directories would linger forever; remove them up to the kind's folder.
+            for parent in path.parents:
+                if parent == self.root:
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        directory, _, _ = prefix.rpartition("/")
+        start = self.root / directory if directory else self.root
+        if not start.is_dir():
+            return
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+            relative = Path(dirpath).relative_to(self.root)
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                key = (relative / name).as_posix() if relative != Path(".") else name
+                if key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):
+            info = self.head(key)
+            if info is not None:
+                yield info
+
+    def upload_url(self, key: str, expires_in: int) -> str:
+        expires = int(time.time()) + expires_in
+        query = urlencode(
+            {"expires": expires, "signature": upload_signature(self.upload_secret(), key, expires)}
+        )
+        return f"{self._public_url}/{quote(check_key(key))}?{query}"
+
+    def download_url(self, key: str, expires_in: int) -> str:
+        return f"{self._public_url}/{quote(check_key(key))}"
+
+    def public_base_url(self) -> str | None:
+        return self._public_url

@@ -1,0 +1,349 @@
+"""Published sets: dated objects + ``.sha512`` + manifest.json, and ``latest`` pointers written last.
+
+A set of kind K lives under ``K/<set id>/``; the set id is ``<UTC timestamp>-<input key prefix>``, so keys
+carry the date and the hash of what went in. Publishing order is what makes it crash-safe:
+
+1. every object (and its ``.sha512``) is uploaded,
+2. each is verified by reading it back (size + sha512; size + ETag for objects past ``full_verify_bytes``),
+3. ``manifest.json`` is written (a set without it is incomplete and is never named by anything),
+4. the pointers ``K/latest-K.txt`` (Gentoo style) and ``K/latest.json`` are replaced.
+
+A crash anywhere before step 4 leaves the pointers on the previous complete set.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from gentoo_farm.checksums import file_sha512, sha512_line
+from gentoo_farm.store.base import (
+    INCOMING,
+    KINDS,
+    ArtifactStore,
+    ObjectInfo,
+    ObjectNotFound,
+    StoreError,
+)
+
+MANIFEST = "manifest.json"
+FULL_VERIFY_BYTES = 512 * 1024 * 1024
+"""Objects up to this size are read back in full and hashed; bigger ones are checked by size and ETag."""
+
+ABANDONED_AFTER = timedelta(days=1)
+"""Uploads of a set without a manifest, or staged push-backs, untouched this long belong to a dead build."""
+
+_SET_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-zA-Z]+")
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    name: str
+    key: str
+    size: int
+    sha512: str
+
+
+@dataclass(frozen=True)
+class PublishedSet:
+    kind: str
+    set_id: str
+    input_key: str
+    published_at: str
+    files: tuple[PublishedFile, ...]
+    metadata: Mapping[str, object] = field(default_factory=dict)
+    """What the build says about the set (build id, kernel version, image name, ...)."""
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Sets this one was made from, ``{kind: set id}``; retention keeps them while this set is kept."""
+
+    @property
+    def manifest_key(self) -> str:
+        return f"{self.kind}/{self.set_id}/{MANIFEST}"
+
+    def file(self, name: str) -> PublishedFile:
+        for published in self.files:
+            if published.name == name:
+                return published
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "set_id": self.set_id,
+            "input_key": self.input_key,
+            "published_at": self.published_at,
+            "files": [vars(published) for published in self.files],
+            "metadata": dict(self.metadata),
+            "sources": dict(self.sources),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object], where: str) -> PublishedSet:
+        try:
+            return cls(
+                kind=str(data["kind"]),
+                set_id=str(data["set_id"]),
+                input_key=str(data["input_key"]),
+                published_at=str(data["published_at"]),
+                files=tuple(PublishedFile(**entry) for entry in data["files"]),  # type: ignore[union-attr]
+                metadata=dict(data.get("metadata") or {}),  # type: ignore[call-overload]
+                sources=dict(data.get("sources") or {}),  # type: ignore[call-overload]
+            )
+        except (KeyError, TypeError) as error:
+            raise StoreError(f"{where} is not a valid set manifest: {error}") from error
+
+
+@dataclass(frozen=True)
+class ExpectedFile:
+    """What the producer of an object says it is (the worker's report), checked against the store."""
+
+    size: int
+    sha512: str
+    md5: str | None = None
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise StoreError(f"unknown artifact kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return kind
+
+
+def new_set_id(input_key: str, when: datetime | None = None) -> str:
+    """``20261125T203100Z-1a2b3c4d5e6f``: sortable by date, names what went in."""
+    digest = re.sub(r"[^0-9a-zA-Z]", "", input_key)[:12] or "x"
+    return f"{(when or datetime.now(UTC)).strftime('%Y%m%dT%H%M%SZ')}-{digest}"
+
+
+def object_key(kind: str, set_id: str, name: str) -> str:
+    if "/" in name or name.startswith(".") or name == MANIFEST:
+        raise StoreError(f"invalid artifact file name {name!r}")
+    return f"{check_kind(kind)}/{set_id}/{name}"
+
+
+def pointer_keys(kind: str) -> tuple[str, str]:
+    """The Gentoo-style text pointer and the JSON index of the latest set of ``kind``."""
+    return f"{kind}/latest-{kind}.txt", f"{kind}/latest.json"
+
+
+def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile) -> None:
+    """Read the object back and compare it with what its producer reported; StoreError names the mismatch."""
+    info = store.head(key)
+    if info is None:
+        raise StoreError(f"{key} is missing from {store.location} (the upload did not arrive)")
+    if info.size != expected.size:
+        raise StoreError(f"{key} in {store.location} has {info.size} bytes, expected {expected.size}")
+    if info.size <= FULL_VERIFY_BYTES:
+        actual = store.sha512(key)
+        if actual != expected.sha512:
+            raise StoreError(
+                f"{key} in {store.location}: sha512 {actual[:16]}... != expected {expected.sha512[:16]}..."
+            )
+        return
+    single_part_etag = info.etag.strip('"')
+    if expected.md5 and "-" not in single_part_etag and single_part_etag != expected.md5:
+        raise StoreError(f"{key} in {store.location}: ETag {single_part_etag} != md5 {expected.md5}")
+
+
+def _write_sha512_files(
+    store: ArtifactStore, kind: str, set_id: str, expected: Mapping[str, ExpectedFile]
+) -> None:
+    for name, file in expected.items():
+        store.put_bytes(object_key(kind, set_id, name) + ".sha512", sha512_line(file.sha512, name))
+
+
+def finalize_set(
+    store: ArtifactStore,
+    kind: str,
+    set_id: str,
+    input_key: str,
+    expected: Mapping[str, ExpectedFile],
+    metadata: Mapping[str, object] | None = None,
+    sources: Mapping[str, str] | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> PublishedSet:
+    """Verify objects already uploaded to ``kind/set_id/`` (by a worker, through signed URLs), then
+    write their ``.sha512`` files, the manifest and, last, the latest pointers."""
+    check_kind(kind)
+    if not expected:
+        raise StoreError(f"nothing to publish for {kind} set {set_id}")
+    for name, file in expected.items():
+        verify_object(store, object_key(kind, set_id, name), file)
+        progress(f"verified {object_key(kind, set_id, name)} ({file.size} bytes)")
+    _write_sha512_files(store, kind, set_id, expected)
+    for name, file in expected.items():
+        sums_key = object_key(kind, set_id, name) + ".sha512"
+        if store.get_bytes(sums_key) != sha512_line(file.sha512, name):
+            raise StoreError(f"{sums_key} in {store.location} does not read back as written")
+    published = PublishedSet(
+        kind=kind,
+        set_id=set_id,
+        input_key=input_key,
+        published_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        files=tuple(
+            PublishedFile(name, object_key(kind, set_id, name), file.size, file.sha512)
+            for name, file in sorted(expected.items())
+        ),
+        metadata=dict(metadata or {}),
+        sources=dict(sources or {}),
+    )
+    manifest = json.dumps(published.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    store.put_bytes(published.manifest_key, manifest)
+    if store.get_bytes(published.manifest_key) != manifest:
+        raise StoreError(f"{published.manifest_key} in {store.location} does not read back as written")
+    _write_pointers(store, published)
+    progress(f"published {kind} set {set_id}; latest now points at it")
+    return published
+
+
+def publish_files(
+    store: ArtifactStore,
+    kind: str,
+    input_key: str,
+    files: Mapping[str, Path],
+    metadata: Mapping[str, object] | None = None,
+    sources: Mapping[str, str] | None = None,
+    set_id: str | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> PublishedSet:
+    """Upload local files as a new set of ``kind`` and publish it (master-side path, e.g. the mirror)."""
+    check_kind(kind)
+    set_id = set_id or new_set_id(input_key)
+    expected: dict[str, ExpectedFile] = {}
+    for name, path in files.items():
+        if not path.exists() or path.is_dir():
+            raise StoreError(f"cannot publish {path}: no such file")
+        expected[name] = ExpectedFile(path.stat().st_size, file_sha512(path))
+        store.put_file(object_key(kind, set_id, name), path)
+        progress(f"uploaded {object_key(kind, set_id, name)}")
+    return finalize_set(store, kind, set_id, input_key, expected, metadata, sources, progress)
+
+
+def _write_pointers(store: ArtifactStore, published: PublishedSet) -> None:
+    text_key, json_key = pointer_keys(published.kind)
+    now = datetime.now(UTC)
+    lines = [
+        f"# Latest as of {now.strftime('%a, %d %b %Y %H:%M:%S +0000')}",
+        f"# ts={int(now.timestamp())}",
+        *(f"{published.set_id}/{file.name} {file.size}" for file in published.files),
+    ]
+    # JSON first: the text pointer is what Gentoo-style readers look at, so it flips last.
+    store.put_bytes(json_key, json.dumps(published.to_json(), indent=2, sort_keys=True).encode() + b"\n")
+    store.put_bytes(text_key, ("\n".join(lines) + "\n").encode())
+
+
+def read_manifest(store: ArtifactStore, key: str) -> PublishedSet:
+    try:
+        return PublishedSet.from_json(json.loads(store.get_bytes(key)), key)
+    except json.JSONDecodeError as error:
+        raise StoreError(f"{key} in {store.location} is not valid JSON: {error}") from error
+
+
+def latest_set(store: ArtifactStore, kind: str) -> PublishedSet | None:
+    """The set the ``latest`` pointer names, or None before the first publish."""
+    _, json_key = pointer_keys(check_kind(kind))
+    try:
+        return read_manifest(store, json_key)
+    except ObjectNotFound:
+        return None
+
+
+def _set_objects(store: ArtifactStore, kind: str) -> dict[str, dict[str, ObjectInfo]]:
+    """Every set id under ``kind/`` with all its objects by key, complete or not."""
+    sets: dict[str, dict[str, ObjectInfo]] = {}
+    for info in store.list(f"{kind}/"):
+        parts = info.key.split("/")
+        if len(parts) == 3 and _SET_ID.fullmatch(parts[1]):
+            sets.setdefault(parts[1], {})[info.key] = info
+    return sets
+
+
+def list_sets(store: ArtifactStore, kind: str) -> list[PublishedSet]:
+    """Complete (manifest-bearing) sets of ``kind``, newest first."""
+    found = []
+    for set_id, keys in sorted(_set_objects(store, check_kind(kind)).items(), reverse=True):
+        manifest_key = f"{kind}/{set_id}/{MANIFEST}"
+        if manifest_key in keys:
+            found.append(read_manifest(store, manifest_key))
+    return found
+
+
+def find_set(store: ArtifactStore, kind: str, input_key: str) -> PublishedSet | None:
+    """The newest complete set made from ``input_key`` ("up to date" check), or None."""
+    latest = latest_set(store, kind)
+    if latest is not None and latest.input_key == input_key:
+        return latest
+    suffix = new_set_id(input_key).split("-", 1)[1]
+    for published in list_sets(store, kind):
+        if published.set_id.endswith(f"-{suffix}") and published.input_key == input_key:
+            return published
+    return None
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    kept: Mapping[str, tuple[str, ...]]
+    """Set ids that stay, per kind."""
+    doomed_keys: tuple[str, ...]
+    """Every key that goes (whole sets, and leftovers of crashed publishes)."""
+
+
+def plan_retention(
+    store: ArtifactStore, keep: int, abandoned_after: timedelta = ABANDONED_AFTER
+) -> RetentionPlan:
+    """Decide what :func:`apply_retention` deletes.
+
+    Per kind the ``keep`` newest complete sets stay, plus the set each pointer names, plus every set a
+    kept set lists in its ``sources`` (e.g. the kernel of a kept image). Sets without a manifest (a crashed
+    publish) and staged push-back uploads go once nothing in them changed for ``abandoned_after``:
+    until then they may belong to a build still uploading.
+    """
+    if keep < 1:
+        raise StoreError(f"[store] keep must be at least 1, got {keep}")
+    all_sets = {kind: _set_objects(store, kind) for kind in KINDS}
+    complete = {
+        kind: sorted((sid for sid, keys in sets.items() if f"{kind}/{sid}/{MANIFEST}" in keys), reverse=True)
+        for kind, sets in all_sets.items()
+    }
+    kept: dict[str, set[str]] = {kind: set(ids[:keep]) for kind, ids in complete.items()}
+    for kind in KINDS:
+        latest = latest_set(store, kind)
+        if latest is not None:
+            kept[kind].add(latest.set_id)
+    # Images reference kernels/overlays/stage3s...; follow references until nothing new is protected.
+    pending = [(kind, sid) for kind, ids in kept.items() for sid in ids]
+    while pending:
+        kind, sid = pending.pop()
+        for source_kind, source_id in read_manifest(store, f"{kind}/{sid}/{MANIFEST}").sources.items():
+            if source_kind in kept and source_id not in kept[source_kind]:
+                kept[source_kind].add(source_id)
+                if (
+                    source_id in all_sets[source_kind]
+                    and f"{source_kind}/{source_id}/{MANIFEST}" in all_sets[source_kind][source_id]
+                ):
+                    pending.append((source_kind, source_id))
+    abandoned = datetime.now(UTC) - abandoned_after
+    doomed: list[str] = []
+    for kind, sets in all_sets.items():
+        for sid, objects in sets.items():
+            if sid in kept[kind]:
+                continue
+            if sid in complete[kind] or max(info.modified for info in objects.values()) <= abandoned:
+                doomed.extend(objects)
+    doomed.extend(info.key for info in store.list(f"{INCOMING}/") if info.modified <= abandoned)
+    return RetentionPlan(
+        {kind: tuple(sorted(ids, reverse=True)) for kind, ids in kept.items()}, tuple(sorted(doomed))
+    )
+
+
+def apply_retention(
+    store: ArtifactStore, keep: int, dry_run: bool = False, abandoned_after: timedelta = ABANDONED_AFTER
+) -> RetentionPlan:
+    """Delete what :func:`plan_retention` says goes (nothing when ``dry_run``); returns the plan."""
+    plan = plan_retention(store, keep, abandoned_after)
+    if not dry_run and plan.doomed_keys:
+        store.delete(list(plan.doomed_keys))
+    return plan

@@ -1,0 +1,132 @@
+"""Pieces every builder shares: store URLs, the publish sequence, the trigger of an image build."""
+
+from collections.abc import Mapping
+
+from buildbot.plugins import steps, util
+from twisted.internet import defer, threads
+
+from gentoo_farm.config import FarmConfig, FarmConfigError
+from gentoo_farm.recipes import RecipeRepository
+from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.steps.inputs import ARTIFACT, PRODUCED_BY
+from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, MergeBinhost, PublishSet, PushBackUrls
+from gentoo_farm.store import open_store
+from gentoo_farm.store.binhost import binhost_prefix
+from gentoo_farm.store.sets import latest_set
+
+IMAGE_AFTER_INPUTS = "image-after-new-input"
+"""The Triggerable scheduler the mirror, kernel and overlay builders start an image build with."""
+
+
+def store_url(config: FarmConfig) -> str:
+    """The store's base URL as workers (and their Portage) read it."""
+    url = open_store(config.store).public_base_url()
+    if not url:
+        raise FarmConfigError(
+            "store.public_url: an S3 store needs a public (or proxied) URL: workers read the binhost and "
+            "distfile mirror from it"
+        )
+    return url.rstrip("/")
+
+
+def checkout(repository: RecipeRepository, workdir: str) -> list[object]:
+    """A clean build directory and the recipe repository at the revision that started the build."""
+    return [
+        steps.RemoveDirectory(name="clean", dir="build"),
+        steps.Git(
+            name=f"checkout-{repository.poller}",
+            repourl=repository.url,
+            branch=repository.branch,
+            workdir=workdir,
+            mode="full",
+            method="clobber",
+        ),
+    ]
+
+
+def cache_dir(name: str) -> util.Interpolate:
+    """A directory the worker keeps between builds (ccache, kernel sources): its ``cache_dir`` property."""
+    return util.Interpolate(f"%(prop:cache_dir)s/{name}")
+
+
+def up_to_date(config: FarmConfig, kind: str) -> CheckUpToDate:
+    return CheckUpToDate(config.store, kind, util.Property("input_key"), name="up-to-date")
+
+
+def publish(
+    config: FarmConfig,
+    kind: str,
+    artifact: object,
+    files: object,
+    metadata: Mapping[str, object] | None = None,
+    sources: object = None,
+    **step_options: object,
+) -> list[object]:
+    """Upload ``files`` ({name in the set: path on the worker}) through signed URLs, then verify and
+    publish them as one set whose ``latest`` pointer moves only when every file is in place."""
+    map_path = f"{kind}-uploads.json"
+    build = util.Interpolate("%(prop:buildername)s/%(prop:buildnumber)s")
+    return [
+        MakeUploadUrls(
+            config.store, kind, util.Property("input_key"), files, map_path, name=f"sign-{kind}-uploads",
+            **step_options,
+        ),
+        FarmWorkerStep(
+            "upload", stage_args=["--map", map_path, "--report-checksums"], name=f"upload-{kind}",
+            **step_options,
+        ),
+        PublishSet(
+            config.store,
+            kind,
+            util.Property("input_key"),
+            util.Property("uploaded"),
+            metadata={ARTIFACT: artifact, "build": build, **(metadata or {})},
+            sources=sources,
+            name=f"publish-{kind}",
+            **step_options,
+        ),
+    ]  # fmt: skip
+
+
+def push_back(config: FarmConfig, distdir: object, pkgdir: str | None = None) -> list[object]:
+    """Send the distfiles (and binary packages) this build fetched or made and the farm lacks to its
+    distfile mirror (and binhost), so the next build takes them from there."""
+    store = store_url(config)
+    binhost = f"{store}/{binhost_prefix(config.upstream.profile)}"
+    listing: list[object] = [
+        "--distdir",
+        distdir,
+        "--mirror",
+        f"{store}/distfiles",
+        "--output",
+        "push-back.json",
+    ]
+    if pkgdir:
+        listing += ["--pkgdir", pkgdir, "--binhost", binhost]
+    pushed: list[object] = [
+        FarmWorkerStep("list-new", stage_args=listing),
+        PushBackUrls(config.store),
+        FarmWorkerStep("upload", stage_args=["--map", "push-back-uploads.json"], name="push-back"),
+    ]
+    if pkgdir:
+        pushed.append(MergeBinhost(config.store, config.upstream.profile))
+    return pushed
+
+
+def trigger_image(config: FarmConfig) -> steps.Trigger:
+    """Start an image build with the new input, once every input of an image has been published."""
+
+    def all_inputs_published(step: steps.BuildStep) -> defer.Deferred[bool]:
+        def check() -> bool:
+            store = open_store(config.store)
+            return all(latest_set(store, kind) is not None for kind in PRODUCED_BY)
+
+        return threads.deferToThread(check)
+
+    return steps.Trigger(
+        name="trigger-image",
+        schedulerNames=[IMAGE_AFTER_INPUTS],
+        waitForFinish=False,
+        doStepIf=all_inputs_published,
+        set_properties={"reason": util.Interpolate("new %(prop:buildername)s %(prop:publish_set_id)s")},
+    )

@@ -1,0 +1,109 @@
+"""The image builder: stage3 + snapshot + packages + kernel + overlay -> a qcow2 that boots, published.
+
+Read top to bottom, it is the recipe: resolve the published inputs, unpack, emerge through the farm's
+binhost and distfile mirror, push new packages back, lay in kernel and overlay, make the disk, boot
+it, and only then publish to the store and Glance.
+"""
+
+import json
+from datetime import UTC, datetime
+
+from buildbot.interfaces import IProperties
+from buildbot.plugins import steps, util
+from buildbot.process.factory import BuildFactory
+
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.master.factories.common import publish, push_back, store_url, up_to_date
+from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.steps.glance import PublishToGlance
+from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk
+from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
+from gentoo_farm.steps.packages import EmergePackages, UnpackRoot
+from gentoo_farm.store.binhost import binhost_prefix
+
+INPUTS = {
+    "stage3": "inputs/stage3.tar.xz",
+    "portage": "inputs/portage.tar.xz",
+    "kernel": "inputs/vmlinuz.tar.zst",
+    "overlay": "inputs/vmoverride.tar.gz",
+}
+ROOT = "root"
+DISK = "gentoo-amd64.qcow2"
+
+
+@util.renderer
+def image_name(properties: IProperties) -> str:
+    return datetime.now(UTC).strftime("gentoo-%Y%m%d-amd64")
+
+
+def publishing_requested(step: steps.BuildStep) -> bool:
+    """Forced builds may opt out of publishing; scheduled ones always publish."""
+    return bool(step.getProperty("publish", True))
+
+
+def factory(config: FarmConfig) -> BuildFactory:
+    store = store_url(config)
+    binhost = f"{store}/{binhost_prefix(config.upstream.profile)}"
+    extra_packages = util.Property("extra_packages", default="")
+    factory = BuildFactory()
+    factory.addSteps(
+        [
+            steps.RemoveDirectory(name="clean", dir="build"),
+            ResolveImageInputs(
+                config.store, INPUTS, kernel_revision=util.Property("kernel_revision", default="")
+            ),
+            ComputeInputKey(
+                "images",
+                values={
+                    "inputs": util.Transform(json.dumps, util.Property("image_input_keys"), sort_keys=True),
+                    "packages": " ".join(config.image.packages),
+                    "extra_packages": extra_packages,
+                    "disk": f"{config.image.disk_size} compress={config.image.compress}",
+                },
+            ),
+            up_to_date(config, "images"),
+            FarmWorkerStep("download-inputs", stage_args=["--map", "downloads.json"]),
+            UnpackRoot(stage3=INPUTS["stage3"], snapshot=INPUTS["portage"], root=ROOT),
+            EmergePackages(
+                atoms=util.Transform(lambda extra: [*config.image.packages, *extra.split()], extra_packages),
+                root=ROOT,
+                pkgdir="packages",
+                distdir="distfiles",
+                scratch_dir="portage",
+                profile=config.upstream.profile,
+                binhost=binhost,
+                distfile_mirror=store,
+                upstream_mirrors=[config.upstream.mirror],
+            ),
+            *push_back(config, distdir="distfiles", pkgdir="packages"),
+            AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"]),
+            BuildDisk(
+                root=ROOT,
+                output=f"image/{DISK}",
+                size=config.image.disk_size,
+                compress=config.image.compress,
+                inputs=util.Property("image_input_keys"),
+            ),
+            BootTest(
+                image=f"image/{DISK}", boot_timeout=config.image.boot_timeout, expect=config.image.boot_expect
+            ),
+            *publish(
+                config,
+                "images",
+                artifact=DISK,
+                files={DISK: f"image/{DISK}"},
+                metadata={
+                    "name": image_name,
+                    "kernel": util.Property("kernel_release"),
+                    "packages": util.Property("packages_binary"),
+                },
+                sources=util.Property("image_sources"),
+                doStepIf=publishing_requested,
+            ),
+        ]
+    )
+    if config.glance:
+        factory.addStep(
+            PublishToGlance(config.store, config.glance, config.farm.id, doStepIf=publishing_requested)
+        )
+    return factory

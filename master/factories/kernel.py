@@ -1,0 +1,80 @@
+"""The kernel builder: the watched kernel config at the pushed revision, compiled into a vmlinuz tarball,
+or a binary kernel package (``[kernel] package``) made into one."""
+
+from buildbot.plugins import steps, util
+from buildbot.process.factory import BuildFactory
+
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.master.factories.common import (
+    cache_dir,
+    checkout,
+    publish,
+    push_back,
+    store_url,
+    trigger_image,
+    up_to_date,
+)
+from gentoo_farm.recipes import KERNEL_POLLER, recipe_repository
+from gentoo_farm.steps.inputs import ComputeInputKey
+from gentoo_farm.steps.kernel import BuildKernel, KernelFromPackage
+
+CHECKOUT = "kernel-config"
+TARBALL = "vmlinuz.tar.zst"
+
+
+def _distfile_urls(config: FarmConfig, name: str) -> list[str]:
+    """The farm's distfile mirror first: upstream is only asked once per distfile."""
+    return [f"{store_url(config)}/distfiles/{name}", f"{config.upstream.mirror}/distfiles/{name}"]
+
+
+def _from_source(config: FarmConfig) -> list[object]:
+    kernel_config = f"../{CHECKOUT}/{config.kernel.config_file}"
+    return [
+        *checkout(recipe_repository(config, KERNEL_POLLER), CHECKOUT),
+        ComputeInputKey("kernel", files=[kernel_config], values={"source": config.kernel.source}),
+        up_to_date(config, "kernel"),
+        BuildKernel(
+            source_urls=_distfile_urls(config, config.kernel.source),
+            config=kernel_config,
+            output=f"out/{TARBALL}",
+            work_dir=cache_dir("kernel"),
+            ccache_dir=cache_dir("ccache"),
+        ),
+        *push_back(config, distdir=cache_dir("kernel/distfiles")),
+    ]
+
+
+def _from_package(config: FarmConfig) -> list[object]:
+    distdir = cache_dir("kernel/distfiles")
+    return [
+        steps.RemoveDirectory(name="clean", dir="build"),
+        ComputeInputKey("kernel", values={"package": config.kernel.package}),
+        up_to_date(config, "kernel"),
+        KernelFromPackage(
+            package_urls=_distfile_urls(config, config.kernel.package),
+            distdir=distdir,
+            output=f"out/{TARBALL}",
+        ),
+        *push_back(config, distdir=distdir),
+    ]
+
+
+def factory(config: FarmConfig) -> BuildFactory:
+    factory = BuildFactory()
+    factory.addSteps(_from_package(config) if config.kernel.package else _from_source(config))
+    factory.addSteps(
+        [
+            *publish(
+                config,
+                "kernel",
+                artifact=TARBALL,
+                files={TARBALL: f"out/{TARBALL}"},
+                metadata={
+                    "kernel": util.Property("kernel_release"),
+                    "revision": util.Property("got_revision", default=""),
+                },
+            ),
+            trigger_image(config),
+        ]
+    )
+    return factory

@@ -1,0 +1,36 @@
+"""The overlay builder: the watched overlay tree at the pushed revision as a vmoverride tarball."""
+
+from buildbot.plugins import util
+from buildbot.process.factory import BuildFactory
+
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.master.factories.common import checkout, publish, trigger_image, up_to_date
+from gentoo_farm.recipes import OVERLAY_POLLER, recipe_repository
+from gentoo_farm.steps.inputs import ComputeInputKey
+from gentoo_farm.steps.overlay import BuildOverlay
+
+CHECKOUT = "overlay"
+TARBALL = "vmoverride.tar.gz"
+
+
+def factory(config: FarmConfig) -> BuildFactory:
+    repository = recipe_repository(config, OVERLAY_POLLER)
+    factory = BuildFactory()
+    factory.addSteps(
+        [
+            *checkout(repository, CHECKOUT),
+            # The tree, not the checkout: git's own files change with every clone.
+            ComputeInputKey("overlay", files=[f"../{CHECKOUT}/root", f"../{CHECKOUT}/overlay.toml"]),
+            up_to_date(config, "overlay"),
+            BuildOverlay(overlay=f"../{CHECKOUT}", output=f"out/{TARBALL}"),
+            *publish(
+                config,
+                "overlay",
+                artifact=TARBALL,
+                files={TARBALL: f"out/{TARBALL}"},
+                metadata={"revision": util.Property("got_revision")},
+            ),
+            trigger_image(config),
+        ]
+    )
+    return factory

@@ -1,0 +1,88 @@
+"""c['schedulers']: the web UI's force buttons, the kernel-config push and the nightly rebuild."""
+
+from collections.abc import Callable
+
+from buildbot.plugins import schedulers as sched
+from buildbot.plugins import util
+from buildbot.schedulers.base import BaseScheduler
+
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.master.builders import IMAGE, KERNEL, MIRROR, OVERLAY
+from gentoo_farm.master.factories.common import IMAGE_AFTER_INPUTS
+from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, RecipeRepository, recipe_repository
+
+BUILD_IMAGE = "build-image"
+
+
+def _build_image(config: FarmConfig) -> sched.ForceScheduler:
+    return sched.ForceScheduler(
+        name=BUILD_IMAGE,
+        label="Build image",
+        buttonName="Build image",
+        builderNames=[IMAGE],
+        reason=util.StringParameter(name="reason", label="Reason", default="built from the web UI", size=60),
+        codebases=[util.CodebaseParameter("", hide=True)],
+        properties=[
+            util.StringParameter(
+                name="kernel_revision",
+                label="Kernel config revision (empty: the latest published kernel)",
+                default="",
+                regex=r"^[0-9a-fA-F]{0,40}$",
+                size=40,
+            ),
+            util.StringParameter(
+                name="extra_packages",
+                label=f"Extra packages (besides {' '.join(config.image.packages)})",
+                default="",
+                regex=r"^[A-Za-z0-9_+./:=<>~*@ -]*$",
+                size=60,
+            ),
+            util.BooleanParameter(name="publish", label="Publish to the store and Glance", default=True),
+        ],
+    )
+
+
+def _force(builder: str, label: str) -> sched.ForceScheduler:
+    return sched.ForceScheduler(
+        name=f"force-{builder}",
+        label=label,
+        buttonName=label,
+        builderNames=[builder],
+        codebases=[util.CodebaseParameter("", hide=True)],
+    )
+
+
+def _on_push(
+    repository: RecipeRepository, builder: str, is_important: Callable[[object], bool] | None = None
+) -> sched.SingleBranchScheduler:
+    return sched.SingleBranchScheduler(
+        name=f"{repository.poller}-push",
+        change_filter=util.ChangeFilter(repository=repository.url, branch=repository.branch),
+        fileIsImportant=is_important,
+        onlyImportant=is_important is not None,
+        treeStableTimer=None,
+        builderNames=[builder],
+    )
+
+
+def _kernel_config_changed(config: FarmConfig):
+    def is_important(change: object) -> bool:
+        return config.kernel.config_file in change.files
+
+    return is_important
+
+
+def schedulers(config: FarmConfig) -> list[BaseScheduler]:
+    result: list[BaseScheduler] = [
+        _build_image(config),
+        _force(MIRROR, "Refresh mirror"),
+        _force(KERNEL, "Build kernel"),
+        _force(OVERLAY, "Build overlay"),
+        _on_push(recipe_repository(config, KERNEL_POLLER), KERNEL, _kernel_config_changed(config)),
+        _on_push(recipe_repository(config, OVERLAY_POLLER), OVERLAY),
+    ]
+    result.append(sched.Triggerable(name=IMAGE_AFTER_INPUTS, builderNames=[IMAGE]))
+    if config.schedule.nightly:
+        hour, minute = (int(part) for part in config.schedule.nightly_time.split(":"))
+        result.append(sched.Nightly(name="nightly", builderNames=[MIRROR, IMAGE], hour=hour, minute=minute))
+    return result

@@ -1,0 +1,22 @@
+"""c['services']: long-running helpers inside the master."""
+
+from buildbot.util.service import BuildbotService
+
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.store.server import StoreServer
+from gentoo_farm.workers.openstack import OpenStackOrphanReaper
+
+
+def services(config: FarmConfig) -> list[BuildbotService]:
+    result: list[BuildbotService] = []
+    store = config.store
+    if store.type == "local":
+        # A local store is served by the master itself: Portage reads the binhost and distfile
+        # mirror from it, people download images from it, workers upload to it with signed URLs.
+        result.append(
+            StoreServer(store_path=str(store.path), listen=store.listen, public_url=store.public_url)
+        )
+    # Servers this farm started and no worker owns any more (a crashed or moved master) are deleted.
+    for cloud in sorted({pool.cloud for pool in config.workers.openstack}):
+        result.append(OpenStackOrphanReaper(cloud, config.farm.id))
+    return result

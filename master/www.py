@@ -1,0 +1,59 @@
+"""c['www']: the React web UI with its views, logins with roles, and the change hook."""
+
+from typing import Any
+
+from buildbot.plugins import util
+from buildbot.www.auth import CustomAuth
+
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.master.images_page import images_dashboard
+from gentoo_farm.passwords import PasswordFile, PasswordFileChecker
+from gentoo_farm.recipes import recipe_repositories
+from gentoo_farm.store import open_store
+
+VIEWER = "viewer"
+
+
+class PasswordFileAuth(CustomAuth):
+    """Web UI logins checked against the farm's bcrypt password file."""
+
+    def __init__(self, password_file: PasswordFile, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.password_file = password_file
+
+    def check_credentials(self, username: bytes, password: bytes) -> bool:
+        return self.password_file.check(username.decode(), password)
+
+
+def _authz(config: FarmConfig) -> util.Authz:
+    roles: dict[str, list[str]] = {}
+    for user in config.master.users:
+        for role in [*user.roles, VIEWER]:
+            roles.setdefault(role, []).append(user.name)
+    allow_rules = [util.AnyControlEndpointMatcher(role="admin")]
+    if not config.master.anonymous_view:
+        allow_rules.append(util.AnyEndpointMatcher(role=VIEWER))
+    return util.Authz(
+        allowRules=allow_rules,
+        roleMatchers=[util.RolesFromUsername(roles=[role], usernames=names) for role, names in roles.items()],
+    )
+
+
+def www(config: FarmConfig, farm: FarmDir) -> dict[str, Any]:
+    host, _, port = config.master.web_address.rpartition(":")
+    return {
+        "port": f"tcp:{port}:interface={host}",
+        "plugins": {
+            "waterfall_view": {},
+            "console_view": {},
+            "grid_view": {},
+            "wsgi_dashboards": [images_dashboard(open_store(config.store), config.store.url_expiry_seconds)],
+        },
+        "auth": PasswordFileAuth(PasswordFile(farm.htpasswd)),
+        "authz": _authz(config),
+        "change_hook_dialects": {
+            "poller": {"allowed": [repository.poller for repository in recipe_repositories(config)]}
+        },
+        "change_hook_auth": [PasswordFileChecker(PasswordFile(farm.hook_htpasswd))],
+    }

@@ -1,0 +1,100 @@
+"""Master-side step: publish the build's image (already in the store) to every configured Glance target."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from buildbot.process import buildstep, properties
+from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS, worst_status
+from twisted.internet import threads
+
+from gentoo_farm.catalog import find_image
+from gentoo_farm.glance import (
+    GlancePublishError,
+    GlanceTargetSettings,
+    GlanceUnavailable,
+    PublishResult,
+    publish_image,
+    upload_from_record,
+)
+from gentoo_farm.store import StoreError, StoreSettings, open_store
+
+
+class PublishToGlance(buildstep.BuildStep):
+    """Upload the image set ``set_id`` (default: the ``images_set_id`` property the store's publish
+    steps set) to each target, one after the other, in a thread.
+
+    A cloud that cannot be reached makes the step WARNINGS, not FAILURE: the image is safely in the
+    store and the next build (or a rebuild) publishes it there. Any other Glance failure (an import
+    that failed, a corrupted upload, bad settings) is a FAILURE. The status text says per target what
+    happened; the ``glance`` log has the details; the property ``glance_images`` maps each cloud
+    that took the image to its image id.
+    """
+
+    name = "glance"
+    renderables = ("set_id",)
+
+    def __init__(
+        self,
+        store_settings: StoreSettings,
+        targets: Sequence[GlanceTargetSettings],
+        farm_id: str,
+        set_id: object = properties.Property("images_set_id"),
+        **kwargs: object,
+    ) -> None:
+        kwargs.setdefault("warnOnWarnings", True)
+        kwargs.setdefault("description", "publishing to Glance")
+        kwargs.setdefault("descriptionDone", "glance")
+        super().__init__(**kwargs)
+        self.store_settings = store_settings
+        self.targets = list(targets)
+        self.farm_id = farm_id
+        self.set_id = set_id
+        self.outcomes: list[str] = []
+
+    async def run(self) -> int:
+        if not self.targets:
+            self.outcomes.append("no Glance targets configured")
+            return SKIPPED
+        log = await self.addLog("glance")
+        expiry = self.store_settings.url_expiry_seconds
+        try:
+            store = await threads.deferToThread(open_store, self.store_settings)
+            record = await threads.deferToThread(find_image, store, str(self.set_id), expiry)
+        except StoreError as error:
+            self.outcomes.append(f"cannot read the store: {error}")
+            await log.addStderr(f"{error}\n")
+            return FAILURE
+        if record is None:
+            self.outcomes.append(f"no published image {self.set_id!r} in {store.location}")
+            await log.addStderr(self.outcomes[-1] + "\n")
+            return FAILURE
+        upload = upload_from_record(store, record, self.farm_id, expiry)
+        results = SUCCESS
+        published: dict[str, str] = {}
+        for target in self.targets:
+            await log.addStdout(f"--- {target.cloud}: publishing {upload.name}\n")
+            try:
+                result: PublishResult = await threads.deferToThread(publish_image, upload, target)
+            except GlanceUnavailable as error:
+                results = worst_status(results, WARNINGS)
+                self.outcomes.append(f"{error} (not published there; the image is in the store)")
+                await log.addStderr(f"{error}\n(the image stays in the store; a rebuild publishes it)\n")
+                continue
+            except GlancePublishError as error:
+                results = worst_status(results, FAILURE)
+                self.outcomes.append(str(error))
+                await log.addStderr(f"{error}\n")
+                continue
+            published[target.cloud] = result.image_id
+            if result.rotation_error:
+                results = worst_status(results, WARNINGS)
+            self.outcomes.append(result.summary())
+            await log.addStdout("".join(f"{message}\n" for message in result.messages))
+        self.setProperty("glance_images", published, self.name, runtime=True)
+        return results
+
+    def getResultSummary(self) -> dict[str, str]:
+        if self.outcomes:
+            return {"step": f"glance: {'; '.join(self.outcomes)}"}
+        return super().getResultSummary()

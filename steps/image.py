@@ -1,0 +1,103 @@
+"""The image builder's steps: assembly, disk, boot test."""
+
+from collections.abc import Mapping, Sequence
+
+from buildbot.process import logobserver
+
+from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
+from gentoo_farm.steps.base import FarmWorkerStep
+
+
+class AssembleImage(FarmWorkerStep):
+    """``farm-worker assemble``: kernel + overlay + cloud user into the build root."""
+
+    renderables = ("root", "vmlinuz", "overlay", "user")
+
+    def __init__(
+        self, root: object, vmlinuz: object, overlay: object, user: object = "ec2-user", **kwargs
+    ) -> None:
+        kwargs.setdefault("name", "assemble-image")
+        super().__init__("assemble", **kwargs)
+        self.root = root
+        self.vmlinuz = vmlinuz
+        self.overlay = overlay
+        self.user = user
+
+    def stage_arguments(self) -> list[object]:
+        return [self.root, "--vmlinuz", self.vmlinuz, "--overlay", self.overlay, "--user", self.user]
+
+
+class BuildDisk(FarmWorkerStep):
+    """``farm-worker disk``: raw disk + qcow2, sha512 and manifest.json (``image_path`` and friends)."""
+
+    renderables = ("root", "output", "size", "compress", "inputs")
+
+    def __init__(
+        self,
+        root: object,
+        output: object,
+        size: object = None,
+        compress: object = True,
+        inputs: Mapping[str, object] | None = None,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("name", "build-disk")
+        super().__init__("disk", **kwargs)
+        self.root = root
+        self.output = output
+        self.size = size
+        self.compress = compress
+        self.inputs = inputs or {}
+
+    def stage_arguments(self) -> list[object]:
+        arguments: list[object] = [self.root, "--output", self.output]
+        if self.size:
+            arguments += ["--size", self.size]
+        arguments.append("--compress" if self.compress else "--no-compress")
+        for name, key in sorted(self.inputs.items()):
+            arguments += ["--input", f"{name}={key}"]
+        return arguments
+
+
+class BootTest(FarmWorkerStep):
+    """``farm-worker boot-test``: boot the image in qemu; the serial console becomes its own log."""
+
+    renderables = ("image", "boot_timeout", "expect")
+
+    def __init__(
+        self, image: object, boot_timeout: object = 300, expect: Sequence[object] = (), **kwargs
+    ) -> None:
+        kwargs.setdefault("name", "boot-test")
+        super().__init__("boot-test", **kwargs)
+        self.image = image
+        # Not "timeout": ShellMixin uses that name for its no-output timeout of the whole command.
+        self.boot_timeout = boot_timeout
+        self.expect = expect
+        self.serial_lines: list[str] = []
+        self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._collect_serial_log))
+
+    def _collect_serial_log(self):
+        inside = False
+        while True:
+            stream, line = yield
+            if stream != "o":
+                continue
+            if line.startswith(SERIAL_LOG_MARKER):
+                inside = True
+            elif line == SERIAL_LOG_END:
+                inside = False
+            elif inside:
+                self.serial_lines.append(line + "\n")
+
+    def stage_arguments(self) -> list[object]:
+        arguments: list[object] = [self.image, "--timeout", self.boot_timeout]
+        for text in self.expect:
+            arguments += ["--expect", text]
+        return arguments
+
+    async def run(self) -> int:
+        result = await super().run()
+        log = await self.addLog("serial console")
+        await log.addStdout("".join(self.serial_lines) or "(the stage printed no serial log)\n")
+        await log.finish()
+        return result

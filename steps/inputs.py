@@ -1,0 +1,114 @@
+"""What is this build made from? Its input key, and for an image the published sets it uses."""
+
+import json
+from collections.abc import Mapping, Sequence
+
+from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.steps.worker import CompositeStepMixin
+
+from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.steps.publish import StoreStep
+from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
+from gentoo_farm.store.sets import PublishedSet, latest_set, list_sets
+
+# The manifest metadata key naming a set's main file (the one later builds download).
+ARTIFACT = "artifact"
+PRODUCED_BY = {"stage3": "mirror", "portage": "mirror", "kernel": "kernel", "overlay": "overlay"}
+
+
+class ComputeInputKey(FarmWorkerStep):
+    """Sets the ``input_key`` property from the files, trees and values a build depends on."""
+
+    renderables = ("kind", "files", "values")
+
+    def __init__(
+        self, kind: str, files: Sequence[object] = (), values: Mapping[str, object] | None = None, **kwargs
+    ) -> None:
+        kwargs.setdefault("name", "input-key")
+        kwargs.setdefault("description", "computing input key")
+        super().__init__("input-key", **kwargs)
+        self.kind = kind
+        self.files = files
+        self.values = values or {}
+
+    def getResultSummary(self) -> dict[str, str]:
+        if self.results == SUCCESS:
+            return {"step": f"input key {self.getProperty('input_key')}"}
+        return super().getResultSummary()
+
+    def stage_arguments(self) -> list[object]:
+        arguments: list[object] = ["--kind", self.kind]
+        for path in self.files:
+            arguments += ["--file", path]
+        for name, value in sorted(self.values.items()):
+            arguments += ["--value", f"{name}={value}"]
+        return arguments
+
+
+class ResolveImageInputs(CompositeStepMixin, StoreStep):
+    """Find the published stage3, snapshot, kernel and overlay an image is built from.
+
+    Sets ``image_sources`` ({kind: set id}) and ``image_input_keys`` ({kind: input key}), and writes
+    the download map for ``farm-worker download-inputs`` to the worker (URLs may be signed: never a property).
+    ``downloads`` maps each kind to the path its artifact gets on the worker.
+    """
+
+    renderables = ("kernel_revision",)
+
+    def __init__(
+        self,
+        store_settings: StoreSettings,
+        downloads: Mapping[str, str],
+        kernel_revision: object = "",
+        map_path: str = "downloads.json",
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("name", "resolve-inputs")
+        super().__init__(store_settings, **kwargs)
+        self.downloads = downloads
+        self.kernel_revision = kernel_revision
+        self.map_path = map_path
+
+    def _resolve(self, store: ArtifactStore) -> tuple[dict[str, PublishedSet], dict[str, dict[str, str]]]:
+        sets: dict[str, PublishedSet] = {}
+        download_map: dict[str, dict[str, str]] = {}
+        for kind, worker_path in self.downloads.items():
+            published = self._find(store, kind)
+            artifact = published.file(str(published.metadata[ARTIFACT]))
+            sets[kind] = published
+            download_map[worker_path] = {
+                "url": store.download_url(artifact.key, self.store_settings.url_expiry_seconds),
+                "sha512": artifact.sha512,
+            }
+        return sets, download_map
+
+    def _find(self, store: ArtifactStore, kind: str) -> PublishedSet:
+        revision = str(self.kernel_revision or "")
+        if kind == "kernel" and revision:
+            for published in list_sets(store, kind):
+                if str(published.metadata.get("revision", "")).startswith(revision):
+                    return published
+            raise StoreError(f"no kernel was published from config revision {revision}: build it first")
+        published = latest_set(store, kind)
+        if published is None:
+            raise StoreError(f"no {kind} is published yet: run the {PRODUCED_BY[kind]} builder first")
+        return published
+
+    async def run(self) -> int:
+        try:
+            sets, download_map = await self.in_thread(self._resolve)
+        except StoreError as error:
+            return await self.fail(error)
+        written = await self.downloadFileContentToWorker(self.map_path, json.dumps(download_map), mode=0o600)
+        if written is None:
+            self.outcome = f"could not write {self.map_path} on the worker"
+            return FAILURE
+        sources = {kind: published.set_id for kind, published in sets.items()}
+        input_keys = {kind: published.input_key for kind, published in sets.items()}
+        self.setProperty("image_sources", sources, self.name, runtime=True)
+        self.setProperty("image_input_keys", input_keys, self.name, runtime=True)
+        kernel = sets.get("kernel")
+        if kernel is not None:
+            self.setProperty("kernel_release", kernel.metadata.get("kernel", ""), self.name, runtime=True)
+        self.outcome = ", ".join(f"{kind} {published.set_id}" for kind, published in sets.items())
+        return SUCCESS

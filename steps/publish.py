@@ -1,0 +1,294 @@
+"""Master-side steps around the artifact store: "up to date" checks, upload URLs, publishing, binhost merge.
+
+Each step is thin: it renders its arguments, runs one blocking store call in a thread (never on the reactor)
+and turns the outcome into properties and a status line. Signed URLs are credentials: they reach the worker
+as a file (mode 0600) and never appear in logs or properties.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+
+from buildbot.process import buildstep
+from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.steps.worker import CompositeStepMixin
+from twisted.internet import threads
+
+from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
+from gentoo_farm.store.binhost import PushbackCandidates, merge_pushback, pushback_uploads
+from gentoo_farm.store.sets import (
+    ExpectedFile,
+    PublishedSet,
+    apply_retention,
+    finalize_set,
+    find_set,
+    new_set_id,
+    object_key,
+)
+
+SET_ID_PROPERTY = "publish_set_id"
+PUSHBACK_TOKEN_PROPERTY = "pushback_token"
+
+
+def published_properties(published: PublishedSet) -> dict[str, object]:
+    """What later steps and downstream builds read about a set (no signed URLs: the UI shows properties)."""
+    return {
+        f"{published.kind}_set_id": published.set_id,
+        f"{published.kind}_manifest": published.manifest_key,
+        f"{published.kind}_files": {file.name: file.key for file in published.files},
+        f"{published.kind}_sha512": {file.name: file.sha512 for file in published.files},
+    }
+
+
+class StoreStep(buildstep.BuildStep):
+    """Base of the steps here: one store, opened per run, and a status line that says what failed."""
+
+    def __init__(self, store_settings: StoreSettings, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.store_settings = store_settings
+        self.outcome: str | None = None
+
+    async def in_thread(self, function, *args: object) -> object:  # type: ignore[no-untyped-def]
+        def call() -> object:
+            return function(open_store(self.store_settings), *args)
+
+        return await threads.deferToThread(call)
+
+    async def fail(self, error: StoreError) -> int:
+        self.outcome = str(error)
+        await self.addCompleteLog("error", str(error) + "\n")
+        return FAILURE
+
+    def getResultSummary(self) -> dict[str, str]:
+        if self.outcome:
+            return {"step": f"{self.name}: {self.outcome}"}
+        return super().getResultSummary()
+
+
+class CheckUpToDate(StoreStep):
+    """Ends the build in seconds when the store already holds the artifact of this input key.
+
+    The existing set is handed on as properties (``<kind>_set_id``, ``<kind>_files``...) and the remaining
+    steps are skipped, the way a failing ``haltOnFailure`` step skips them, but with SUCCESS.
+    """
+
+    renderables = ("input_key",)
+
+    def __init__(self, store_settings: StoreSettings, kind: str, input_key: str, **kwargs: object) -> None:
+        kwargs.setdefault("name", f"{kind}-up-to-date")
+        super().__init__(store_settings, **kwargs)
+        self.kind = kind
+        self.input_key = input_key
+
+    async def run(self) -> int:
+        try:
+            published = await self.in_thread(find_set, self.kind, str(self.input_key))
+        except StoreError as error:
+            return await self.fail(error)
+        self.setProperty("up_to_date", published is not None, self.name, runtime=True)
+        if published is None:
+            self.outcome = f"no {self.kind} for input key {str(self.input_key)[:12]} yet: building"
+            return SUCCESS
+        assert isinstance(published, PublishedSet)
+        for name, value in published_properties(published).items():
+            self.setProperty(name, value, self.name, runtime=True)
+        self.outcome = f"up to date: {self.kind} {published.set_id} already published"
+        self.build.terminate = True
+        return SUCCESS
+
+
+class MakeUploadUrls(CompositeStepMixin, StoreStep):
+    """Sign one PUT URL per file of a new set and write the map to the worker for ``farm-worker upload``.
+
+    ``files`` maps artifact file names to paths on the worker. The new set id becomes the property
+    ``publish_set_id`` for :class:`PublishSet`.
+    """
+
+    renderables = ("files", "input_key", "map_path")
+
+    def __init__(
+        self,
+        store_settings: StoreSettings,
+        kind: str,
+        input_key: str,
+        files: Mapping[str, str],
+        map_path: str = "upload-map.json",
+        **kwargs: object,
+    ) -> None:
+        kwargs.setdefault("name", f"{kind}-upload-urls")
+        super().__init__(store_settings, **kwargs)
+        self.kind = kind
+        self.input_key = input_key
+        self.files = files
+        self.map_path = map_path
+
+    async def run(self) -> int:
+        set_id = new_set_id(str(self.input_key))
+        expiry = self.store_settings.url_expiry_seconds
+
+        def sign(store: ArtifactStore) -> dict[str, str]:
+            return {
+                str(path): store.upload_url(object_key(self.kind, set_id, name), expiry)
+                for name, path in dict(self.files).items()
+            }
+
+        try:
+            uploads = await threads.deferToThread(lambda: sign(open_store(self.store_settings)))
+        except StoreError as error:
+            return await self.fail(error)
+        written = await self.downloadFileContentToWorker(str(self.map_path), json.dumps(uploads), mode=0o600)
+        if written is None:
+            self.outcome = f"could not write {self.map_path} on the worker"
+            return FAILURE
+        self.setProperty(SET_ID_PROPERTY, set_id, self.name, runtime=True)
+        self.outcome = f"{len(uploads)} upload URLs for {self.kind} {set_id} (valid {expiry} s)"
+        return SUCCESS
+
+
+class PublishSet(StoreStep):
+    """Verify what the worker uploaded, write checksums and manifest, flip ``latest``, apply retention.
+
+    ``files`` maps each file name to ``{"size": ..., "sha512": ...}`` as its producer reported it
+    (e.g. ``farm-worker upload --report-checksums`` or the disk stage). ``metadata`` goes into the manifest
+    (build id, kernel version, image name); ``sources`` names the sets this one was built from.
+    """
+
+    renderables = ("input_key", "files", "metadata", "sources", "set_id")
+
+    def __init__(
+        self,
+        store_settings: StoreSettings,
+        kind: str,
+        input_key: str,
+        files: Mapping[str, Mapping[str, object]],
+        metadata: Mapping[str, object] | None = None,
+        sources: Mapping[str, str] | None = None,
+        set_id: str | None = None,
+        **kwargs: object,
+    ) -> None:
+        kwargs.setdefault("name", f"publish-{kind}")
+        super().__init__(store_settings, **kwargs)
+        self.kind = kind
+        self.input_key = input_key
+        self.files = files
+        self.metadata = metadata or {}
+        self.sources = sources or {}
+        self.set_id = set_id
+
+    def expected_files(self) -> dict[str, ExpectedFile]:
+        try:
+            return {
+                str(name): ExpectedFile(int(info["size"]), str(info["sha512"]), info.get("md5"))  # type: ignore[arg-type]
+                for name, info in dict(self.files).items()
+            }
+        except (KeyError, TypeError, ValueError) as error:
+            raise StoreError(f"files to publish must map names to {{size, sha512}}: {error}") from error
+
+    async def run(self) -> int:
+        set_id = str(self.set_id or self.getProperty(SET_ID_PROPERTY) or "")
+        if not set_id:
+            self.outcome = f"no set id: run MakeUploadUrls first or give set_id (property {SET_ID_PROPERTY})"
+            return FAILURE
+        log = await self.addLog("publish")
+        # The publishing thread collects its lines; Buildbot's logs are written on the reactor.
+        lines: list[str] = []
+        try:
+            expected = self.expected_files()
+
+            def publish(store: ArtifactStore) -> tuple[PublishedSet, tuple[str, ...]]:
+                published = finalize_set(
+                    store,
+                    self.kind,
+                    set_id,
+                    str(self.input_key),
+                    expected,
+                    dict(self.metadata),
+                    dict(self.sources),
+                    lines.append,
+                )
+                return published, apply_retention(store, self.store_settings.keep).doomed_keys
+
+            published, deleted = await threads.deferToThread(lambda: publish(open_store(self.store_settings)))
+        except StoreError as error:
+            await log.addStdout("".join(line + "\n" for line in lines))
+            await log.finish()
+            return await self.fail(error)
+        lines += [f"retention: deleted {key}" for key in deleted]
+        await log.addStdout("".join(line + "\n" for line in lines))
+        await log.finish()
+        for name, value in published_properties(published).items():
+            self.setProperty(name, value, self.name, runtime=True)
+        self.outcome = f"published {self.kind} {set_id}" + (
+            f", retention removed {len(deleted)} objects" if deleted else ""
+        )
+        return SUCCESS
+
+
+class PushBackUrls(CompositeStepMixin, StoreStep):
+    """Read ``farm-worker list-new``'s result from the worker; sign URLs for exactly those files."""
+
+    renderables = ("candidates_path", "map_path")
+
+    def __init__(
+        self,
+        store_settings: StoreSettings,
+        candidates_path: str = "push-back.json",
+        map_path: str = "push-back-uploads.json",
+        **kwargs: object,
+    ) -> None:
+        kwargs.setdefault("name", "push-back-urls")
+        super().__init__(store_settings, **kwargs)
+        self.candidates_path = candidates_path
+        self.map_path = map_path
+
+    async def run(self) -> int:
+        content = await self.getFileContentFromWorker(str(self.candidates_path))
+        if content is None:
+            self.outcome = f"{self.candidates_path} not found on the worker (did list-new run?)"
+            return FAILURE
+        token = f"{self.build.buildid}-{uuid.uuid4().hex[:12]}"
+        try:
+            candidates = PushbackCandidates.from_json(content, str(self.candidates_path))
+            uploads = await self.in_thread(
+                pushback_uploads, token, candidates, self.store_settings.url_expiry_seconds
+            )
+        except StoreError as error:
+            return await self.fail(error)
+        written = await self.downloadFileContentToWorker(str(self.map_path), json.dumps(uploads), mode=0o600)
+        if written is None:
+            self.outcome = f"could not write {self.map_path} on the worker"
+            return FAILURE
+        self.setProperty(PUSHBACK_TOKEN_PROPERTY, token, self.name, runtime=True)
+        self.outcome = f"{len(candidates.binpkgs)} packages, {len(candidates.distfiles)} distfiles to push"
+        return SUCCESS
+
+
+class MergeBinhost(StoreStep):
+    """Move the build's staged packages into the binhost and merge their index entries (under the lock)."""
+
+    renderables = ("profile",)
+
+    def __init__(self, store_settings: StoreSettings, profile: str, **kwargs: object) -> None:
+        kwargs.setdefault("name", "merge-binhost")
+        super().__init__(store_settings, **kwargs)
+        self.profile = profile
+
+    async def run(self) -> int:
+        token = self.getProperty(PUSHBACK_TOKEN_PROPERTY)
+        if not token:
+            self.outcome = "nothing was pushed back (no push-back token)"
+            return SUCCESS
+        try:
+            result = await self.in_thread(merge_pushback, str(self.profile), str(token))
+        except StoreError as error:
+            return await self.fail(error)
+        lines = [f"added {path}" for path in result.added]
+        lines += [
+            f"already in the binhost (another build pushed it first): {path}" for path in result.already_there
+        ]
+        lines += [f"staged index names a file that never arrived: {path}" for path in result.missing]
+        await self.addCompleteLog("binhost", "\n".join(lines) + "\n")
+        self.outcome = f"binhost: {len(result.added)} added, {len(result.already_there)} already there"
+        return WARNINGS if result.missing else SUCCESS

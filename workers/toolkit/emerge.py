@@ -1,0 +1,263 @@
+"""Emerge a package set into a build root with Portage, through the farm binhost and distfile mirror.
+
+Portage runs with ``ROOT`` and ``SYSROOT`` set to the build root and the root's own ``/etc/portage``
+as its configuration, so the image's settings apply. The farm's pieces come from the environment
+and from a ``binrepos.conf`` entry that exists only while emerge runs: the farm binhost, the farm
+distfile mirror first in ``GENTOO_MIRRORS`` (then upstream), ``--usepkg --getbinpkg --buildpkg``, and
+the caller's ``PKGDIR``/``DISTDIR`` (the caller pushes what lands there back to the farm's store).
+"""
+
+import argparse
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.unpack_root import REPOSITORY_DIR
+
+FARM_BINREPO = "farm-binhost.conf"
+EMERGING = re.compile(r"^>>> Emerging (?P<binary>binary )?\(\d+ of \d+\) (?P<cpv>[^\s:]+)")
+FAILED = re.compile(r"^ \* ERROR: (?P<cpv>[^\s:]+)(?:::\S+)? failed \((?P<phase>\w+) phase\)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("atoms", nargs="+", metavar="ATOM", help="packages or sets to emerge")
+    parser.add_argument("--root", required=True, type=Path, help="the build root (made by the chroot stage)")
+    parser.add_argument("--pkgdir", required=True, type=Path, help="where new binary packages are written")
+    parser.add_argument("--distdir", required=True, type=Path, help="where fetched distfiles are written")
+    parser.add_argument("--workdir", required=True, type=Path, help="scratch space for builds and logs")
+    parser.add_argument("--profile", help="profile to select, relative to the repository's profiles/")
+    parser.add_argument("--binhost", help="URL of the farm binhost (a PKGDIR with a Packages index)")
+    parser.add_argument(
+        "--binhost-verify-signature",
+        action="store_true",
+        help="require signed binary packages (needs a keyring in the root's /etc/portage/gnupg)",
+    )
+    parser.add_argument("--distfile-mirror", help="URL of the farm distfile mirror, tried first")
+    parser.add_argument(
+        "--upstream-mirror",
+        action="append",
+        default=[],
+        help="upstream Gentoo mirror, tried after the farm mirror (repeatable)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="parallel make jobs (MAKEOPTS -j)"
+    )
+
+
+@dataclass
+class EmergeOutcome:
+    """What Portage's own output says happened."""
+
+    compiled: list[str] = field(default_factory=list)
+    binary: list[str] = field(default_factory=list)
+    failure: str | None = None
+
+    def consume(self, line: str) -> None:
+        if match := EMERGING.match(line):
+            (self.binary if match["binary"] else self.compiled).append(match["cpv"])
+        elif match := FAILED.match(line):
+            self.failure = f"{match['cpv']} failed in its {match['phase']} phase"
+
+
+def emerge_command() -> str:
+    """The emerge of the Portage this toolkit runs with (beside the interpreter), else the one on PATH."""
+    beside = Path(sys.executable).parent / "emerge"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("emerge")
+    if found is None:
+        raise StageError(
+            "emerge not found: install Portage on this worker (PyPI 'portage' or sys-apps/portage)"
+        )
+    return found
+
+
+def select_profile(root: Path, profile: str | None) -> Path:
+    """Point the root's make.profile at ``profile`` (as eselect does) or check the stage3's own choice."""
+    link = root / "etc/portage/make.profile"
+    if profile is not None:
+        target = root / REPOSITORY_DIR / "profiles" / profile
+        if not target.is_dir():
+            raise StageError(f"profile {profile}: no such directory {target}")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(target, link.parent))
+    if not link.resolve().is_dir():
+        raise StageError(f"{link}: missing or points nowhere; pass --profile to select one")
+    return link.resolve()
+
+
+def write_binrepo(root: Path, args: argparse.Namespace) -> Path:
+    conf_dir = root / "etc/portage/binrepos.conf"
+    if conf_dir.exists() and not conf_dir.is_dir():
+        raise StageError(
+            f"{conf_dir} is a file; make it a directory (as current stage3s ship it) to add the farm binhost"
+        )
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    entry = conf_dir / FARM_BINREPO
+    entry.write_text(
+        "[farm]\n"
+        f"priority = 100\nsync-uri = {args.binhost.rstrip('/')}\n"
+        f"location = {args.workdir.resolve() / 'binhost-cache'}\n"
+        f"verify-signature = {'true' if args.binhost_verify_signature else 'false'}\n"
+    )
+    return entry
+
+
+def private_running_root(workdir: Path, profile: Path, binrepo: Path | None, features: str) -> dict[str, str]:
+    """Give a Portage installed as a Python package a running root of its own.
+
+    Installed that way (a venv on a non-Gentoo worker), Portage takes its install prefix as the running
+    root and, even with ROOT elsewhere, refuses to run unless that prefix holds a valid profile. Rather
+    than edit the toolkit's installation, point it at a private prefix in the work directory. On a
+    Gentoo worker Portage's prefix is "" and the worker's own configuration serves as it always does.
+    """
+    from portage import const
+
+    if not const.EPREFIX:
+        return {}
+    prefix = workdir.resolve() / "portage-prefix"
+    config = prefix / "etc/portage"
+    config.mkdir(parents=True, exist_ok=True)
+    global_config = prefix / const.GLOBAL_CONFIG_PATH.lstrip("/")
+    global_config.parent.mkdir(parents=True, exist_ok=True)
+    for link, target in (
+        (global_config, Path(const.EPREFIX) / const.GLOBAL_CONFIG_PATH.lstrip("/")),
+        (config / "make.profile", profile),
+    ):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    # The running root's config sees none of our environment, so it gets the same FEATURES and binhost.
+    (config / "make.conf").write_text(f'FEATURES="{features}"\n')
+    running_binrepo = config / "binrepos.conf"
+    running_binrepo.unlink(missing_ok=True)
+    if binrepo is not None:
+        shutil.copyfile(binrepo, running_binrepo)
+    return {"PORTAGE_OVERRIDE_EPREFIX": str(prefix)}
+
+
+def host_shims(workdir: Path) -> Path:
+    """Portage unpacks with ``gtar``; hosts without that name get a link to tar."""
+    shims = workdir.resolve() / "shims"
+    shims.mkdir(parents=True, exist_ok=True)
+    gtar = shims / "gtar"
+    if shutil.which("gtar") is None and not gtar.exists():
+        tar = shutil.which("tar")
+        if tar is None:
+            raise StageError("tar not found on this worker")
+        gtar.symlink_to(tar)
+    return shims
+
+
+def worker_features() -> str:
+    """FEATURES this worker can honour; Portage's defaults stay wherever the worker supports them."""
+    # A build root is thrown away if the build dies, so syncing it to disk after every merge buys nothing.
+    features = ["-news", "-merge-sync", "-qa-unresolved-soname-deps"]
+    if shutil.which("sandbox") is None:
+        features += ["-sandbox", "-usersandbox"]
+    try:
+        pwd.getpwnam("portage")
+    except KeyError:
+        features += ["-userpriv", "-userfetch", "-usersync"]
+    return " ".join(features)
+
+
+def build_environment(args: argparse.Namespace, root: Path, running_root: dict[str, str]) -> dict[str, str]:
+    mirrors = [url.rstrip("/") for url in [args.distfile_mirror, *args.upstream_mirror] if url]
+    workdir = args.workdir.resolve()
+    repository = root / REPOSITORY_DIR
+    environment = {
+        **os.environ,
+        **running_root,
+        "PATH": os.pathsep.join(
+            [str(host_shims(workdir)), str(Path(sys.executable).parent), os.environ["PATH"]]
+        ),
+        "EPREFIX": "",
+        "ROOT": str(root),
+        "SYSROOT": str(root),
+        "PORTAGE_CONFIGROOT": str(root),
+        # The repository lives in the build root, not at the worker's /var/db/repos/gentoo.
+        "PORTAGE_REPOSITORIES": f"[DEFAULT]\nmain-repo = gentoo\n\n[gentoo]\nlocation = {repository}\n",
+        "PKGDIR": str(args.pkgdir.resolve()),
+        "DISTDIR": str(args.distdir.resolve()),
+        "PORTAGE_TMPDIR": str(workdir / "tmp"),
+        "PORT_LOGDIR": str(workdir / "logs"),
+        "GENTOO_MIRRORS": " ".join(mirrors),
+        "FEATURES": worker_features(),
+        "MAKEOPTS": f"-j{args.jobs}",
+        "BINPKG_FORMAT": "gpkg",
+        "NOCOLOR": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if "-userpriv" in environment["FEATURES"]:
+        environment |= {"PORTAGE_USERNAME": "root", "PORTAGE_GRPNAME": "root"}
+    return environment
+
+
+def run(args: argparse.Namespace) -> None:
+    root = args.root.resolve()
+    if not (root / REPOSITORY_DIR / "profiles").is_dir():
+        raise StageError(f"{root}: no Portage repository at /{REPOSITORY_DIR}; run the chroot stage first")
+    for directory in (args.pkgdir, args.distdir, args.workdir / "tmp", args.workdir / "logs"):
+        directory.mkdir(parents=True, exist_ok=True)
+    profile = select_profile(root, args.profile)
+    binrepo = write_binrepo(root, args) if args.binhost else None
+    try:
+        running_root = private_running_root(args.workdir, profile, binrepo, worker_features())
+        environment = build_environment(args, root, running_root)
+        distfiles_before = {path.name for path in args.distdir.iterdir()}
+        command = [emerge_command(), "--usepkg", "--buildpkg", "--color=n", "--nospinner", "--verbose"]
+        if args.binhost:
+            command.append("--getbinpkg")
+        command += args.atoms
+        progress(f"running: {' '.join(command)}")
+        progress(f"  ROOT={root} PKGDIR={environment['PKGDIR']} DISTDIR={environment['DISTDIR']}")
+        progress(f"  GENTOO_MIRRORS={environment['GENTOO_MIRRORS']}")
+        outcome = EmergeOutcome()
+        with subprocess.Popen(
+            command,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        ) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                print(line, end="", flush=True)
+                outcome.consume(line)
+            returncode = process.wait()
+    finally:
+        if binrepo is not None:
+            binrepo.unlink(missing_ok=True)
+    if returncode != 0:
+        why = outcome.failure or f"emerge exited with status {returncode}"
+        raise StageError(f"emerge {' '.join(args.atoms)}: {why} (see the log above)")
+    fetched = sorted(
+        path.name
+        for path in args.distdir.iterdir()
+        # Portage keeps its mirror bookkeeping in dot-files and half-done downloads under .__download__.
+        if path.is_file()
+        and path.name not in distfiles_before
+        and not path.name.startswith(".")
+        and not path.name.endswith(".__download__")
+    )
+    progress(
+        f"compiled {len(outcome.compiled)} package(s), installed {len(outcome.binary)} from binary packages, "
+        f"fetched {len(fetched)} distfile(s)"
+    )
+    report(
+        packages_compiled=outcome.compiled,
+        packages_binary=outcome.binary,
+        distfiles_fetched=fetched,
+        pkgdir=str(args.pkgdir.resolve()),
+        distdir=str(args.distdir.resolve()),
+    )
