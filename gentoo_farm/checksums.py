@@ -1,17 +1,51 @@
-"""sha512 of files and the ``.sha512`` lines beside them: shared by the worker toolkit and the store."""
+"""Reading files and streams a chunk at a time, and hashing them as they go by.
+
+Shared by the worker toolkit, the store and the Glance publisher: one way to read big objects without
+holding them in memory, and the ``.sha512`` lines written beside them.
+"""
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 READ_CHUNK = 1 << 20
 
 
-def file_sha512(path: Path) -> str:
-    digest = hashlib.sha512()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(READ_CHUNK):
+class Digest(Protocol):
+    """What :mod:`hashlib` objects have in common (sha512, sha256, md5, blake2b...)."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def chunks(stream: BinaryIO) -> Iterator[bytes]:
+    """The rest of ``stream``, a megabyte at a time."""
+    while chunk := stream.read(READ_CHUNK):
+        yield chunk
+
+
+def feed(stream: BinaryIO, *digests: Digest) -> None:
+    """Update every digest with the rest of ``stream`` (one pass, however many digests).
+
+    A digest that already holds earlier bytes goes on from there: a resumed download hashes the part it
+    has, then each new chunk.
+    """
+    for chunk in chunks(stream):
+        for digest in digests:
             digest.update(chunk)
+
+
+def stream_sha512(stream: BinaryIO) -> str:
+    digest = hashlib.sha512()
+    feed(stream, digest)
     return digest.hexdigest()
+
+
+def file_sha512(path: Path) -> str:
+    with open(path, "rb") as stream:
+        return stream_sha512(stream)
 
 
 def sha512_line(sha512: str, name: str) -> bytes:

@@ -12,7 +12,6 @@ images without our ``farm_id`` are never touched.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from openstack import exceptions as sdk_exceptions
 from openstack.image.v2.image import Image
 
 from gentoo_farm.catalog import ImageRecord
+from gentoo_farm.checksums import file_sha512
 from gentoo_farm.store import ArtifactStore
 
 VISIBILITIES = ("private", "shared", "community", "public")
@@ -423,12 +423,8 @@ class _TargetPublisher:
                 f"{converted.stderr.strip()}"
             )
         qcow2.unlink()
-        digest = hashlib.sha512()
-        with raw.open("rb") as stream:
-            while chunk := stream.read(COPY_CHUNK):
-                digest.update(chunk)
         self.say(f"converted to raw ({raw.stat().st_size} bytes) for this cloud")
-        return raw, digest.hexdigest()
+        return raw, file_sha512(raw)
 
     def _wait_active(self, image: Image) -> Image:
         deadline = time.monotonic() + self.active_timeout

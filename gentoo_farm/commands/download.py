@@ -9,11 +9,11 @@ import time
 from pathlib import Path, PurePosixPath
 
 from gentoo_farm.catalog import find_image
+from gentoo_farm.checksums import chunks, feed
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands.images import human_size
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.store import ArtifactStore, StoreError, open_store
-from gentoo_farm.store.base import READ_CHUNK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +59,10 @@ def fetch(store: ArtifactStore, key: str, size: int, partial: Path) -> hashlib._
     if have:
         print(f"resuming {partial.name} at {human_size(have)}", file=sys.stderr)
         with open(partial, "rb") as existing:
-            while chunk := existing.read(READ_CHUNK):
-                digest.update(chunk)
+            feed(existing, digest)
     progress = Progress(size, have)
     with store.open_read(key, start=have) as source, open(partial, "ab") as target:
-        while chunk := source.read(READ_CHUNK):
+        for chunk in chunks(source):
             target.write(chunk)
             digest.update(chunk)
             progress.advance(len(chunk))

@@ -6,7 +6,6 @@ Everything here blocks: master-side callers run it in a thread (``deferToThread`
 
 from __future__ import annotations
 
-import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -15,10 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
+from gentoo_farm.checksums import stream_sha512
+
 KINDS: tuple[str, ...] = ("stage3", "portage", "kernel", "overlay", "images")
 """Artifact kinds published as dated sets with a manifest and ``latest`` pointers."""
-
-READ_CHUNK = 1024 * 1024
 
 INCOMING = "incoming"
 """Top-level prefix where builds stage uploads the master moves into place (binhost push-back)."""
@@ -135,8 +134,5 @@ class ArtifactStore(ABC):
 
     def sha512(self, key: str) -> str:
         """The sha512 of the object as the store holds it (a full streamed read)."""
-        digest = hashlib.sha512()
         with self.open_read(key) as stream:
-            while chunk := stream.read(READ_CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+            return stream_sha512(stream)

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 from portage.getbinpkg import PackageIndex
 
+from gentoo_farm.checksums import feed
 from gentoo_farm.store.base import (
     INCOMING,
-    READ_CHUNK,
     ArtifactStore,
     ObjectNotFound,
     PreconditionFailed,
@@ -188,9 +188,7 @@ def _check_against_entry(store: ArtifactStore, key: str, entry: Mapping[str, str
     if wanted:
         digests = {name: hashlib.new(name.lower()) for name in wanted}
         with store.open_read(key) as stream:
-            while chunk := stream.read(READ_CHUNK):
-                for digest in digests.values():
-                    digest.update(chunk)
+            feed(stream, *digests.values())
         for name, digest in digests.items():
             if digest.hexdigest() != wanted[name]:
                 raise StoreError(f"{key}: {name} does not match its Packages entry (corrupt upload)")

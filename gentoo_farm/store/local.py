@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
+from gentoo_farm.checksums import chunks
 from gentoo_farm.store.base import (
-    READ_CHUNK,
     ArtifactStore,
     ObjectInfo,
     ObjectNotFound,
@@ -90,7 +90,7 @@ class LocalStore(ArtifactStore):
                 dir=target.parent, prefix=f".{target.name}.", delete=False
             ) as tmp:
                 try:
-                    while chunk := source.read(READ_CHUNK):
+                    for chunk in chunks(source):
                         tmp.write(chunk)
                         if progress:
                             progress(len(chunk))

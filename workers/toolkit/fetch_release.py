@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from gentoo_farm.checksums import feed
 from gentoo_farm.workers.toolkit import StageError, progress, report
 
 CLEARSIGN_HEADER = "-----BEGIN PGP SIGNED MESSAGE-----"
@@ -234,9 +235,7 @@ def parse_digests(text: str, file_name: str, source: str) -> dict[str, str]:
 def file_digests(path: Path, algorithms: list[str]) -> dict[str, str]:
     hashers = {name: IDENTIFYING_ALGORITHMS[name]() for name in algorithms}
     with path.open("rb") as stream:
-        while block := stream.read(1024 * 1024):
-            for hasher in hashers.values():
-                hasher.update(block)
+        feed(stream, *hashers.values())
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}
 
 

@@ -9,6 +9,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from gentoo_farm.checksums import feed
 from gentoo_farm.workers.toolkit import StageError, progress, report
 
 
@@ -32,8 +33,7 @@ def _hash_tree(digest: "hashlib._Hash", top: Path) -> None:
             continue
         digest.update(oct(path.stat().st_mode & 0o7777).encode() + b"\0")
         with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+            feed(handle, digest)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gentoo_farm.checksums import file_sha512, sha512_line
+from gentoo_farm.checksums import feed, file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
 from gentoo_farm.workers.toolkit.tools import ToolError, require_file, run_tool, tail
@@ -94,8 +94,7 @@ def unpack_source(tarball: Path, sources: Path) -> Path:
     """Unpack once per tarball content; return the source tree (the tarball's top directory)."""
     digest = hashlib.sha256()
     with tarball.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
+        feed(handle, digest)
     destination = sources / digest.hexdigest()[:16]
     done = destination / ".unpacked"
     if not done.exists():
