@@ -12,7 +12,9 @@ installs a binary package, so a binhost's win shows only against real compile wo
 Beside wall time it prints the CPU time each side's processes used: on a shared machine the wall times
 move with other people's load, the CPU times much less.
 
-    python bench/bench_binhost.py [--jobs N] [--compile-scale N] [--keep DIR]
+From the repository root:
+
+    .venv/bin/python bench/bench_binhost.py [--jobs N] [--compile-scale N] [--keep DIR]
 """
 
 import argparse

@@ -5,8 +5,8 @@ tool calls those stages cannot do without — tar (kernel, overlay), useradd, sf
 mkfs.ext4, mount, cp, extlinux, mbr.bin, qemu-img convert, sha512sum — timed alone, on an identical
 fresh root, in the same run. The ratio is the toolkit's overhead (goal: <= 1.10).
 
-Run as root: ``/work/venv/bin/python bench/bench_image.py [--rounds 3]``. Needs the Debian kernel
-package (fetched with apt-get download into the test cache on first use).
+Run as root, from the repository root: ``.venv/bin/python bench/bench_image.py [--rounds 3]``. Needs
+the Debian kernel package (fetched with apt-get download into the test cache on first use).
 """
 
 import argparse

@@ -6,7 +6,8 @@ changes CONFIG_LOCALVERSION (what a user pushing a new config typically does) an
 farm build, from a fresh build directory, so whatever it saves comes from ccache. The source tarball
 is downloaded and unpacked before the cold build is timed (both builds reuse it, as a worker does).
 
-Run: ``nice /work/venv/bin/python bench/bench_kernel.py`` (measured: 17 minutes on 2 shared cores).
+Run, from the repository root: ``nice .venv/bin/python bench/bench_kernel.py`` (measured: 17 minutes on
+2 shared cores).
 """
 
 import json
