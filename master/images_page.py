@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask, render_template_string
 
-from gentoo_farm.catalog import DEFAULT_URL_EXPIRY, ImageRecord, published_images
+from gentoo_farm.catalog import DEFAULT_URL_EXPIRY, ImageRecord, human_size, published_images
 from gentoo_farm.store import ArtifactStore, StoreError
 
 DASHBOARD_NAME = "images"
@@ -62,15 +62,6 @@ PAGE = """\
   {% endif %}
 </div>
 """
-
-
-def human_size(size: int) -> str:
-    value, unit = float(size), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def images_app(store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY) -> Flask:

@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path, PurePosixPath
 
-from gentoo_farm.catalog import find_image
+from gentoo_farm.catalog import find_image, human_size
 from gentoo_farm.checksums import chunks, feed
 from gentoo_farm.cli import CommandError
-from gentoo_farm.commands.images import human_size
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.store import ArtifactStore, StoreError, open_store
 

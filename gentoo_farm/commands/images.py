@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import asdict
 
-from gentoo_farm.catalog import ImageRecord, published_images
+from gentoo_farm.catalog import ImageRecord, human_size, published_images
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.store import StoreError, open_store
@@ -14,15 +14,6 @@ from gentoo_farm.store import StoreError, open_store
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (one object per image) for scripts")
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def table(records: list[ImageRecord]) -> str:
