@@ -31,7 +31,7 @@ from openstack.image.v2.image import Image
 
 from gentoo_farm.catalog import ImageRecord
 from gentoo_farm.checksums import file_sha512
-from gentoo_farm.store import ArtifactStore
+from gentoo_farm.store import ArtifactStore, without_signature
 
 VISIBILITIES = ("private", "shared", "community", "public")
 DISK_FORMATS = ("qcow2", "raw")
@@ -391,7 +391,7 @@ class _TargetPublisher:
                 f"cloud {self.cloud!r}: Glance refused the web-download import of {self.upload.name}: "
                 f"HTTP {response.status_code} {_response_text(response.text)}"
             )
-        self.say(f"web-download import requested from {_without_query(self.upload.url)}")
+        self.say(f"web-download import requested from {without_signature(self.upload.url)}")
 
     def _stream(self, image: Image) -> None:
         with self.upload.open_data() as data:
@@ -476,11 +476,6 @@ def _connection_problem(error: Exception) -> str:
     """``Connection refused`` rather than three nested exception reprs, when the OS said why."""
     reasons = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(error))
     return reasons[-1].strip() if reasons else str(error)
-
-
-def _without_query(url: str) -> str:
-    """A URL fit for a build log: presigned query strings carry credentials-like signatures."""
-    return url.split("?", 1)[0]
 
 
 def _response_text(text: str) -> str:

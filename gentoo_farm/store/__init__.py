@@ -10,6 +10,7 @@ from gentoo_farm.store.base import (
     PreconditionFailed,
     StoreError,
     StoreSettings,
+    without_signature,
 )
 
 
@@ -49,4 +50,5 @@ __all__ = [
     "StoreSettings",
     "local_public_url",
     "open_store",
+    "without_signature",
 ]

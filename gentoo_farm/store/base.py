@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
+from urllib.parse import urlsplit
 
 from gentoo_farm.checksums import stream_sha512
 
@@ -64,6 +65,11 @@ class ObjectInfo:
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of bytes just transferred."""
+
+
+def without_signature(url: str) -> str:
+    """A store URL fit for a log or an error message: the query of a signed URL is its credential."""
+    return urlsplit(url)._replace(query="", fragment="").geturl()
 
 
 def check_key(key: str) -> str:

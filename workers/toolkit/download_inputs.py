@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 from gentoo_farm.checksums import file_sha512
+from gentoo_farm.store import without_signature
 from gentoo_farm.workers.toolkit import StageError, progress
 from gentoo_farm.workers.toolkit.fetch_release import download
-from gentoo_farm.workers.toolkit.upload import shown
 
 DOWNLOAD_TIMEOUT = 60.0
 
@@ -46,12 +46,13 @@ def get(url: str, sha512: str, output: Path) -> None:
     try:
         download(url, output, timeout=DOWNLOAD_TIMEOUT)
     except StageError as error:
-        raise StageError(str(error).replace(url, shown(url))) from None
+        raise StageError(str(error).replace(url, without_signature(url))) from None
     actual = file_sha512(output)
     if actual != sha512:
         output.unlink()
         raise StageError(
-            f"{output.name} from {shown(url)}: sha512 mismatch: the manifest says {sha512[:16]}..., "
+            f"{output.name} from {without_signature(url)}: sha512 mismatch: "
+            f"the manifest says {sha512[:16]}..., "
             f"the download has {actual[:16]}... (corrupt in the store or in transit)"
         )
     progress(f"{output}: sha512 verified")

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from gentoo_farm.store import without_signature
 from gentoo_farm.workers.toolkit import StageError, progress, report
 
 CHUNK = 1024 * 1024
@@ -49,12 +50,6 @@ class _CountingReader:
         return data
 
 
-def shown(url: str) -> str:
-    """The URL without its query string (the signature)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
 def put_file(path: Path, url: str, attempts: int, timeout: float) -> dict[str, object]:
     """PUT one file; returns the size, sha512 and md5 of the bytes that were sent."""
     size = path.stat().st_size
@@ -79,14 +74,15 @@ def put_file(path: Path, url: str, attempts: int, timeout: float) -> dict[str, o
                 detail = error.read().decode("utf-8", "replace").strip()[:300]
                 if error.code not in RETRYABLE_STATUS or attempt == attempts:
                     raise StageError(
-                        f"upload of {path} to {shown(url)} refused: HTTP {error.code} {detail}"
+                        f"upload of {path} to {without_signature(url)} refused: HTTP {error.code} {detail}"
                     ) from None
                 problem = f"HTTP {error.code}"
             except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
                 reason = getattr(error, "reason", error)
                 if attempt == attempts:
                     raise StageError(
-                        f"upload of {path} to {shown(url)} failed after {attempts} attempts: {reason}"
+                        f"upload of {path} to {without_signature(url)} failed after {attempts} attempts: "
+                        f"{reason}"
                     ) from None
                 problem = str(reason)
         delay = min(2 ** (attempt - 1), 30)
@@ -125,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
     started = time.monotonic()
     for number, (name, url) in enumerate(sorted(uploads.items()), start=1):
         path = Path(name)
-        progress(f"[{number}/{len(uploads)}] {path} -> {shown(url)}")
+        progress(f"[{number}/{len(uploads)}] {path} -> {without_signature(url)}")
         checksums = put_file(path, url, args.attempts, args.timeout)
         # Keyed by the file's name in the store (the URL's last segment): what publishing checks.
         sent[PurePosixPath(unquote(urlsplit(url).path)).name] = checksums
