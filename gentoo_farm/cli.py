@@ -1,13 +1,13 @@
 """``farm``: create, run and inspect a gentoo-farm."""
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from gentoo_farm.config import FarmConfigError, load_config
+from gentoo_farm.subcommands import add_subcommands
 
 # Each name is a module of gentoo_farm.commands with add_arguments(parser) and
 # run(args, config) -> int; a module with CREATES_FARM = True runs without a farm.toml.
@@ -28,13 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("FARM_DIR", ".")),
         help="the farm directory (default: $FARM_DIR or the current directory)",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        module = importlib.import_module(f"gentoo_farm.commands.{name}")
-        summary = (module.__doc__ or name).strip().splitlines()[0]
-        command_parser = subparsers.add_parser(name, help=summary, description=module.__doc__)
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(module=module)
+    add_subcommands(
+        parser, {name: f"gentoo_farm.commands.{name}" for name in COMMANDS}, dest="command", metavar="COMMAND"
+    )
     return parser
 
 

@@ -1,10 +1,10 @@
 """``farm-worker``: run one build stage on this machine, with or without Buildbot."""
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from gentoo_farm.subcommands import add_subcommands
 from gentoo_farm.workers.toolkit import StageError
 
 # Stage name → module of this package, in the order of an image build.
@@ -27,20 +27,15 @@ STAGES: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm-worker", description=__doc__)
-    subparsers = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for name, module_name in STAGES.items():
-        module = importlib.import_module(f"gentoo_farm.workers.toolkit.{module_name}")
-        summary = (module.__doc__ or name).strip().splitlines()[0]
-        stage_parser = subparsers.add_parser(name, help=summary, description=module.__doc__)
-        module.add_arguments(stage_parser)
-        stage_parser.set_defaults(run=module.run)
+    modules = {name: f"gentoo_farm.workers.toolkit.{module}" for name, module in STAGES.items()}
+    add_subcommands(parser, modules, dest="stage", metavar="STAGE")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        args.module.run(args)
     except StageError as error:
         print(f"farm-worker {args.stage}: error: {error}", file=sys.stderr, flush=True)
         return 1
