@@ -4,8 +4,8 @@ from buildbot.worker.latent import AbstractLatentWorker
 
 from gentoo_farm.config import FarmConfig, OpenStackWorkersSection
 from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.store import open_store
-from gentoo_farm.store.binhost import binhost_prefix
+from gentoo_farm.store import workers_base_url
+from gentoo_farm.store.binhost import binhost_url
 from gentoo_farm.workers.local import LocalLatentWorker
 from gentoo_farm.workers.openstack import OpenStackLatentWorker
 
@@ -41,7 +41,7 @@ def worker_names_for(config: FarmConfig, builder: str) -> list[str]:
 
 
 def _openstack_workers(config: FarmConfig, pool: OpenStackWorkersSection) -> list[OpenStackLatentWorker]:
-    store = open_store(config.store).public_base_url() or ""
+    store = workers_base_url(config.store)
     return [
         OpenStackLatentWorker(
             name,
@@ -50,7 +50,7 @@ def _openstack_workers(config: FarmConfig, pool: OpenStackWorkersSection) -> lis
             image=pool.image,
             farm_id=config.farm.id,
             master_address=pool.master_address or config.master.worker_address,
-            binhost_url=f"{store}/{binhost_prefix(config.upstream.profile)}",
+            binhost_url=binhost_url(store, config.upstream.profile),
             distfile_mirror_url=store,
             install_spec=pool.install,
             network=pool.network or None,

@@ -18,11 +18,32 @@ import boto3
 import pytest
 
 from gentoo_farm.stageprotocol import RESULT_MARKER
-from gentoo_farm.store import ArtifactStore, PreconditionFailed, StoreError
+from gentoo_farm.store import (
+    ArtifactStore,
+    PreconditionFailed,
+    StoreError,
+    open_store,
+    public_base_url,
+    workers_base_url,
+)
 from gentoo_farm.store.binhost import store_lock
 from gentoo_farm.store.s3 import S3Store
 
 pytest_plugins = ["tests.services.store"]
+
+
+def test_the_settings_alone_give_the_url_the_opened_store_is_read_at(any_settings) -> None:
+    assert public_base_url(any_settings) == open_store(any_settings).public_base_url()
+    any_settings.public_url = "http://mirror.example.org/farm/"
+    assert public_base_url(any_settings) == "http://mirror.example.org/farm"
+    assert workers_base_url(any_settings) == "http://mirror.example.org/farm"
+
+
+def test_workers_cannot_read_a_private_bucket_without_a_public_url(s3_settings) -> None:
+    s3_settings.public_url = ""
+    assert public_base_url(s3_settings) is None
+    with pytest.raises(StoreError, match=r"store.public_url: an S3 store needs a public \(or proxied\) URL"):
+        workers_base_url(s3_settings)
 
 
 def test_objects_round_trip(any_store: ArtifactStore) -> None:

@@ -46,6 +46,12 @@ def binhost_prefix(profile: str) -> str:
     return check_key(f"binpkgs/{profile.strip('/')}") + "/"
 
 
+def binhost_url(store_url: str, profile: str) -> str:
+    """Where Portage on a worker reads the farm's binhost for ``profile`` (its ``sync-uri``), given the
+    store's :func:`~gentoo_farm.store.workers_base_url`."""
+    return f"{store_url}/{binhost_prefix(profile)}"
+
+
 def index_key(profile: str) -> str:
     return binhost_prefix(profile) + "Packages"
 

@@ -1,32 +1,21 @@
-"""Pieces every builder shares: store URLs, the publish sequence, the trigger of an image build."""
+"""Pieces every builder shares: checkout, the publish and push-back sequences, the image trigger."""
 
 from collections.abc import Mapping
 
 from buildbot.plugins import steps, util
 from twisted.internet import defer, threads
 
-from gentoo_farm.config import FarmConfig, FarmConfigError
+from gentoo_farm.config import FarmConfig
 from gentoo_farm.recipes import RecipeRepository
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import ARTIFACT, PRODUCED_BY
 from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, MergeBinhost, PublishSet, PushBackUrls
-from gentoo_farm.store import open_store
-from gentoo_farm.store.binhost import binhost_prefix
+from gentoo_farm.store import open_store, workers_base_url
+from gentoo_farm.store.binhost import binhost_url
 from gentoo_farm.store.sets import latest_set
 
 IMAGE_AFTER_INPUTS = "image-after-new-input"
 """The Triggerable scheduler the mirror, kernel and overlay builders start an image build with."""
-
-
-def store_url(config: FarmConfig) -> str:
-    """The store's base URL as workers (and their Portage) read it."""
-    url = open_store(config.store).public_base_url()
-    if not url:
-        raise FarmConfigError(
-            "store.public_url: an S3 store needs a public (or proxied) URL: workers read the binhost and "
-            "distfile mirror from it"
-        )
-    return url.rstrip("/")
 
 
 def checkout(repository: RecipeRepository, workdir: str) -> list[object]:
@@ -91,8 +80,7 @@ def publish(
 def push_back(config: FarmConfig, distdir: object, pkgdir: str | None = None) -> list[object]:
     """Send the distfiles (and binary packages) this build fetched or made and the farm lacks to its
     distfile mirror (and binhost), so the next build takes them from there."""
-    store = store_url(config)
-    binhost = f"{store}/{binhost_prefix(config.upstream.profile)}"
+    store = workers_base_url(config.store)
     listing: list[object] = [
         "--distdir",
         distdir,
@@ -102,7 +90,7 @@ def push_back(config: FarmConfig, distdir: object, pkgdir: str | None = None) ->
         "push-back.json",
     ]
     if pkgdir:
-        listing += ["--pkgdir", pkgdir, "--binhost", binhost]
+        listing += ["--pkgdir", pkgdir, "--binhost", binhost_url(store, config.upstream.profile)]
     pushed: list[object] = [
         FarmWorkerStep("list-new", stage_args=listing),
         PushBackUrls(config.store),

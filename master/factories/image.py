@@ -13,13 +13,14 @@ from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.master.factories.common import publish, push_back, store_url, up_to_date
+from gentoo_farm.master.factories.common import publish, push_back, up_to_date
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.packages import EmergePackages, UnpackRoot
-from gentoo_farm.store.binhost import binhost_prefix
+from gentoo_farm.store import workers_base_url
+from gentoo_farm.store.binhost import binhost_url
 
 INPUTS = {
     "stage3": "inputs/stage3.tar.xz",
@@ -42,8 +43,7 @@ def publishing_requested(step: steps.BuildStep) -> bool:
 
 
 def factory(config: FarmConfig) -> BuildFactory:
-    store = store_url(config)
-    binhost = f"{store}/{binhost_prefix(config.upstream.profile)}"
+    store = workers_base_url(config.store)
     extra_packages = util.Property("extra_packages", default="")
     factory = BuildFactory()
     factory.addSteps(
@@ -71,7 +71,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 distdir="distfiles",
                 scratch_dir="portage",
                 profile=config.upstream.profile,
-                binhost=binhost,
+                binhost=binhost_url(store, config.upstream.profile),
                 distfile_mirror=store,
                 upstream_mirrors=[config.upstream.mirror],
             ),

@@ -10,13 +10,13 @@ from gentoo_farm.master.factories.common import (
     checkout,
     publish,
     push_back,
-    store_url,
     trigger_image,
     up_to_date,
 )
 from gentoo_farm.recipes import KERNEL_POLLER, recipe_repository
 from gentoo_farm.steps.inputs import ComputeInputKey
 from gentoo_farm.steps.kernel import BuildKernel, KernelFromPackage
+from gentoo_farm.store import workers_base_url
 
 CHECKOUT = "kernel-config"
 TARBALL = "vmlinuz.tar.zst"
@@ -24,7 +24,10 @@ TARBALL = "vmlinuz.tar.zst"
 
 def _distfile_urls(config: FarmConfig, name: str) -> list[str]:
     """The farm's distfile mirror first: upstream is only asked once per distfile."""
-    return [f"{store_url(config)}/distfiles/{name}", f"{config.upstream.mirror}/distfiles/{name}"]
+    return [
+        f"{workers_base_url(config.store)}/distfiles/{name}",
+        f"{config.upstream.mirror}/distfiles/{name}",
+    ]
 
 
 def _from_source(config: FarmConfig) -> list[object]:
