@@ -1,13 +1,11 @@
 """What is this build made from? Its input key, and for an image the published sets it uses."""
 
-import json
 from collections.abc import Mapping, Sequence
 
-from buildbot.process.results import FAILURE, SUCCESS
-from buildbot.steps.worker import CompositeStepMixin
+from buildbot.process.results import SUCCESS
 
 from gentoo_farm.steps.base import FarmWorkerStep
-from gentoo_farm.steps.publish import StoreStep
+from gentoo_farm.steps.publish import SignedUrlsStep
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
 from gentoo_farm.store.sets import PublishedSet, latest_set, list_sets
 
@@ -45,7 +43,7 @@ class ComputeInputKey(FarmWorkerStep):
         return arguments
 
 
-class ResolveImageInputs(CompositeStepMixin, StoreStep):
+class ResolveImageInputs(SignedUrlsStep):
     """Find the published stage3, snapshot, kernel and overlay an image is built from.
 
     Sets ``image_sources`` ({kind: set id}) and ``image_input_keys`` ({kind: input key}), and writes
@@ -99,16 +97,16 @@ class ResolveImageInputs(CompositeStepMixin, StoreStep):
             sets, download_map = await self.in_thread(self._resolve)
         except StoreError as error:
             return await self.fail(error)
-        written = await self.downloadFileContentToWorker(self.map_path, json.dumps(download_map), mode=0o600)
-        if written is None:
-            self.outcome = f"could not write {self.map_path} on the worker"
-            return FAILURE
-        sources = {kind: published.set_id for kind, published in sets.items()}
-        input_keys = {kind: published.input_key for kind, published in sets.items()}
-        self.setProperty("image_sources", sources, self.name, runtime=True)
-        self.setProperty("image_input_keys", input_keys, self.name, runtime=True)
+        properties: dict[str, object] = {
+            "image_sources": {kind: published.set_id for kind, published in sets.items()},
+            "image_input_keys": {kind: published.input_key for kind, published in sets.items()},
+        }
         kernel = sets.get("kernel")
         if kernel is not None:
-            self.setProperty("kernel_release", kernel.metadata.get("kernel", ""), self.name, runtime=True)
-        self.outcome = ", ".join(f"{kind} {published.set_id}" for kind, published in sets.items())
-        return SUCCESS
+            properties["kernel_release"] = kernel.metadata.get("kernel", "")
+        return await self.hand_over(
+            self.map_path,
+            download_map,
+            properties,
+            ", ".join(f"{kind} {published.set_id}" for kind, published in sets.items()),
+        )

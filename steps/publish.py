@@ -61,10 +61,31 @@ class StoreStep(buildstep.BuildStep):
         await self.addCompleteLog("error", str(error) + "\n")
         return FAILURE
 
+    def set_properties(self, values: Mapping[str, object]) -> None:
+        for name, value in values.items():
+            self.setProperty(name, value, self.name, runtime=True)
+
     def getResultSummary(self) -> dict[str, str]:
         if self.outcome:
             return {"step": f"{self.name}: {self.outcome}"}
         return super().getResultSummary()
+
+
+class SignedUrlsStep(CompositeStepMixin, StoreStep):
+    """A store step that hands the worker signed URLs: in a JSON file only the worker's user can read."""
+
+    async def hand_over(
+        self, map_path: str, urls: object, properties: Mapping[str, object], outcome: str
+    ) -> int:
+        """Write ``urls`` as JSON to ``map_path`` on the worker (mode 0600); only then set ``properties``
+        and say ``outcome``."""
+        written = await self.downloadFileContentToWorker(map_path, json.dumps(urls), mode=0o600)
+        if written is None:
+            self.outcome = f"could not write {map_path} on the worker"
+            return FAILURE
+        self.set_properties(properties)
+        self.outcome = outcome
+        return SUCCESS
 
 
 class CheckUpToDate(StoreStep):
@@ -92,14 +113,13 @@ class CheckUpToDate(StoreStep):
             self.outcome = f"no {self.kind} for input key {str(self.input_key)[:12]} yet: building"
             return SUCCESS
         assert isinstance(published, PublishedSet)
-        for name, value in published_properties(published).items():
-            self.setProperty(name, value, self.name, runtime=True)
+        self.set_properties(published_properties(published))
         self.outcome = f"up to date: {self.kind} {published.set_id} already published"
         self.build.terminate = True
         return SUCCESS
 
 
-class MakeUploadUrls(CompositeStepMixin, StoreStep):
+class MakeUploadUrls(SignedUrlsStep):
     """Sign one PUT URL per file of a new set and write the map to the worker for ``farm-worker upload``.
 
     ``files`` maps artifact file names to paths on the worker. The new set id becomes the property
@@ -135,16 +155,15 @@ class MakeUploadUrls(CompositeStepMixin, StoreStep):
             }
 
         try:
-            uploads = await threads.deferToThread(lambda: sign(open_store(self.store_settings)))
+            uploads = await self.in_thread(sign)
         except StoreError as error:
             return await self.fail(error)
-        written = await self.downloadFileContentToWorker(str(self.map_path), json.dumps(uploads), mode=0o600)
-        if written is None:
-            self.outcome = f"could not write {self.map_path} on the worker"
-            return FAILURE
-        self.setProperty(SET_ID_PROPERTY, set_id, self.name, runtime=True)
-        self.outcome = f"{len(uploads)} upload URLs for {self.kind} {set_id} (valid {expiry} s)"
-        return SUCCESS
+        return await self.hand_over(
+            str(self.map_path),
+            uploads,
+            {SET_ID_PROPERTY: set_id},
+            f"{len(uploads)} upload URLs for {self.kind} {set_id} (valid {expiry} s)",
+        )
 
 
 class PublishSet(StoreStep):
@@ -218,15 +237,14 @@ class PublishSet(StoreStep):
         lines += [f"retention: deleted {key}" for key in deleted]
         await log.addStdout("".join(line + "\n" for line in lines))
         await log.finish()
-        for name, value in published_properties(published).items():
-            self.setProperty(name, value, self.name, runtime=True)
+        self.set_properties(published_properties(published))
         self.outcome = f"published {self.kind} {set_id}" + (
             f", retention removed {len(deleted)} objects" if deleted else ""
         )
         return SUCCESS
 
 
-class PushBackUrls(CompositeStepMixin, StoreStep):
+class PushBackUrls(SignedUrlsStep):
     """Read ``farm-worker list-new``'s result from the worker; sign URLs for exactly those files."""
 
     renderables = ("candidates_path", "map_path")
@@ -256,13 +274,12 @@ class PushBackUrls(CompositeStepMixin, StoreStep):
             )
         except StoreError as error:
             return await self.fail(error)
-        written = await self.downloadFileContentToWorker(str(self.map_path), json.dumps(uploads), mode=0o600)
-        if written is None:
-            self.outcome = f"could not write {self.map_path} on the worker"
-            return FAILURE
-        self.setProperty(PUSHBACK_TOKEN_PROPERTY, token, self.name, runtime=True)
-        self.outcome = f"{len(candidates.binpkgs)} packages, {len(candidates.distfiles)} distfiles to push"
-        return SUCCESS
+        return await self.hand_over(
+            str(self.map_path),
+            uploads,
+            {PUSHBACK_TOKEN_PROPERTY: token},
+            f"{len(candidates.binpkgs)} packages, {len(candidates.distfiles)} distfiles to push",
+        )
 
 
 class MergeBinhost(StoreStep):
