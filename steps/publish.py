@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from buildbot.process import buildstep
-from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
+from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
 from buildbot.steps.worker import CompositeStepMixin
-from twisted.internet import threads
+from twisted.internet import defer, threads
 
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.store.binhost import PushbackCandidates, merge_pushback, pushback_uploads
@@ -30,6 +30,10 @@ from gentoo_farm.store.sets import (
 
 SET_ID_PROPERTY = "publish_set_id"
 PUSHBACK_TOKEN_PROPERTY = "pushback_token"
+UP_TO_DATE_PROPERTY = "up_to_date"
+
+StepCondition = Callable[[buildstep.BuildStep], "bool | defer.Deferred[bool]"]
+"""A ``doStepIf``: whether the step runs, decided when the build reaches it."""
 
 
 def published_properties(published: PublishedSet) -> dict[str, object]:
@@ -88,11 +92,28 @@ class SignedUrlsStep(CompositeStepMixin, StoreStep):
         return SUCCESS
 
 
-class CheckUpToDate(StoreStep):
-    """Ends the build in seconds when the store already holds the artifact of this input key.
+def unless_up_to_date(condition: StepCondition | None = None) -> dict[str, object]:
+    """The options of every step after :class:`CheckUpToDate`: when the store already holds this input
+    key's set the step is skipped and hidden, so the build ends SUCCESS in seconds; otherwise it runs
+    if ``condition`` (a ``doStepIf`` of its own) allows."""
 
-    The existing set is handed on as properties (``<kind>_set_id``, ``<kind>_files``...) and the remaining
-    steps are skipped, the way a failing ``haltOnFailure`` step skips them, but with SUCCESS.
+    def needed(step: buildstep.BuildStep) -> bool | defer.Deferred[bool]:
+        if step.getProperty(UP_TO_DATE_PROPERTY):
+            return False
+        return True if condition is None else condition(step)
+
+    def hidden(results: int, step: buildstep.BuildStep) -> bool:
+        return results == SKIPPED and bool(step.getProperty(UP_TO_DATE_PROPERTY))
+
+    return {"doStepIf": needed, "hideStepIf": hidden}
+
+
+class CheckUpToDate(StoreStep):
+    """Tells the build whether the store already holds the artifact of this input key.
+
+    If it does, the existing set is handed on as properties (``<kind>_set_id``, ``<kind>_files``...) and
+    the property ``up_to_date`` turns the remaining steps (built with :func:`unless_up_to_date`) into
+    skipped ones: the build ends SUCCESS, its status saying "up to date".
     """
 
     renderables = ("input_key",)
@@ -108,15 +129,21 @@ class CheckUpToDate(StoreStep):
             published = await self.in_thread(find_set, self.kind, str(self.input_key))
         except StoreError as error:
             return await self.fail(error)
-        self.setProperty("up_to_date", published is not None, self.name, runtime=True)
+        self.setProperty(UP_TO_DATE_PROPERTY, published is not None, self.name, runtime=True)
         if published is None:
             self.outcome = f"no {self.kind} for input key {str(self.input_key)[:12]} yet: building"
             return SUCCESS
         assert isinstance(published, PublishedSet)
         self.set_properties(published_properties(published))
         self.outcome = f"up to date: {self.kind} {published.set_id} already published"
-        self.build.terminate = True
         return SUCCESS
+
+    def getResultSummary(self) -> dict[str, str]:
+        summary = super().getResultSummary()
+        if self.results == SUCCESS and self.getProperty(UP_TO_DATE_PROPERTY):
+            # The build's own status line: the steps after this one were skipped, on purpose.
+            summary["build"] = f"up to date: {self.kind} {self.getProperty(f'{self.kind}_set_id')}"
+        return summary
 
 
 class MakeUploadUrls(SignedUrlsStep):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.process.results import FAILURE, SKIPPED, SUCCESS
 
 from gentoo_farm.config import load_config
 from gentoo_farm.store import open_store
@@ -59,8 +59,12 @@ def mirror_farm(tmp_path: Path) -> Iterator[MirrorFarm]:
 
 
 def ran(farm: Farm, build: dict) -> dict[str, int]:
-    """The steps a build started, in order, with their results."""
-    return {step["name"]: step["results"] for step in farm.steps(build) if step["started_at"]}
+    """The steps a build ran (not skipped), in order, with their results."""
+    return {
+        step["name"]: step["results"]
+        for step in farm.steps(build)
+        if step["started_at"] and step["results"] != SKIPPED
+    }
 
 
 def test_unchanged_upstream_is_up_to_date_without_downloading_a_tarball(mirror_farm: MirrorFarm) -> None:
@@ -98,6 +102,13 @@ def test_unchanged_upstream_is_up_to_date_without_downloading_a_tarball(mirror_f
     steps_run = ran(farm, second)
     assert steps_run["up-to-date"] == SUCCESS
     assert "fetch-release" not in steps_run
+    assert "up to date: portage" in second["state_string"]
+    # What the first build did after the check, the second skipped, out of sight.
+    first_steps = list(ran(farm, first))
+    after_check = first_steps[first_steps.index("up-to-date") + 1 :]
+    skipped = {step["name"]: step for step in farm.steps(second) if step["name"] in after_check}
+    assert set(skipped) == set(after_check)
+    assert all(step["results"] == SKIPPED and step["hidden"] for step in skipped.values()), skipped
     assert farm.properties(second)["input_key"] == stage3.input_key
     assert mirror_farm.latest("portage").set_id == portage.set_id
 

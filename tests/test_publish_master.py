@@ -13,11 +13,11 @@ from pathlib import Path
 from buildbot.config import BuilderConfig
 from buildbot.plugins import schedulers, steps, util
 from buildbot.process.factory import BuildFactory
-from buildbot.process.results import SUCCESS
+from buildbot.process.results import SKIPPED, SUCCESS
 from buildbot.test.util.integration import RunMasterBase
 
 from gentoo_farm.steps.base import FarmWorkerStep
-from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, PublishSet
+from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, PublishSet, unless_up_to_date
 from gentoo_farm.store import open_store
 from gentoo_farm.store.sets import latest_set, list_sets
 from tests.services.store import LocalStoreSettings, running_store_server
@@ -30,18 +30,20 @@ class PublishThroughMaster(RunMasterBase):
 
     async def setup_config(self, settings: LocalStoreSettings, basedir: Path) -> None:
         toolkit_path = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+        building = unless_up_to_date()
         factory = BuildFactory(
             [
                 CheckUpToDate(settings, "images", util.Property("input_key")),
-                steps.StringDownload(DISK.decode(), workerdest="gentoo-20261125-amd64.qcow2"),
+                steps.StringDownload(DISK.decode(), workerdest="gentoo-20261125-amd64.qcow2", **building),
                 MakeUploadUrls(
                     settings,
                     "images",
                     util.Property("input_key"),
                     {"gentoo-20261125-amd64.qcow2": "gentoo-20261125-amd64.qcow2"},
+                    **building,
                 ),
                 FarmWorkerStep(
-                    "upload", ["--map", "upload-map.json", "--report-checksums"], env=toolkit_path
+                    "upload", ["--map", "upload-map.json", "--report-checksums"], env=toolkit_path, **building
                 ),
                 PublishSet(
                     settings,
@@ -49,6 +51,7 @@ class PublishThroughMaster(RunMasterBase):
                     util.Property("input_key"),
                     files=util.Property("uploaded"),
                     metadata={"kernel": "6.6.30-gentoo"},
+                    **building,
                 ),
             ]
         )
@@ -89,8 +92,14 @@ class PublishThroughMaster(RunMasterBase):
             second = await self.doForceBuild(wantSteps=True, wantProperties=True)
             self.assertEqual(second["results"], SUCCESS)
             ran = [
-                step["name"] for step in second["steps"] if step["results"] is not None and step["started_at"]
+                step["name"]
+                for step in second["steps"]
+                if step["results"] not in (None, SKIPPED) and step["started_at"]
             ]
             self.assertEqual(ran, ["worker_preparation", "images-up-to-date"])
+            skipped = [step for step in second["steps"] if step["name"] not in ran]
+            self.assertEqual(len(skipped), 4)
+            self.assertTrue(all(step["results"] == SKIPPED and step["hidden"] for step in skipped), skipped)
+            self.assertIn(f"up to date: images {published.set_id}", second["state_string"])
             self.assertEqual(second["properties"]["images_set_id"][0], published.set_id)
             self.assertEqual(len(list_sets(store, "images")), 1)

@@ -9,12 +9,19 @@ import tempfile
 from pathlib import Path
 
 from buildbot.process import remotetransfer
-from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.process.results import FAILURE, SKIPPED, SUCCESS
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import ExpectDownloadFile, ExpectRemoteRef, ExpectUploadFile, TestBuildStepMixin
 from twisted.trial import unittest
 
-from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, MergeBinhost, PublishSet, PushBackUrls
+from gentoo_farm.steps.publish import (
+    CheckUpToDate,
+    MakeUploadUrls,
+    MergeBinhost,
+    PublishSet,
+    PushBackUrls,
+    unless_up_to_date,
+)
 from gentoo_farm.store import open_store
 from gentoo_farm.store.sets import latest_set, publish_files
 from tests.services.store import LocalStoreSettings
@@ -42,8 +49,17 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         )
         self.expect_property("up_to_date", True)
         self.expect_property("images_set_id", set_id)
+        self.expect_build_result_summary(
+            {
+                "step": f"images-up-to-date: up to date: images {set_id} already published",
+                "build": f"up to date: images {set_id}",
+            }
+        )
         await self.run_step()
-        self.assertTrue(self.build.terminate)
+        # The steps after the check are skipped, out of sight.
+        later = unless_up_to_date(lambda step: True)
+        self.assertFalse(later["doStepIf"](self.get_nth_step(0)))
+        self.assertTrue(later["hideStepIf"](SKIPPED, self.get_nth_step(0)))
 
     async def test_not_up_to_date_lets_the_build_run(self) -> None:
         self.publish_image("input-1")
@@ -52,8 +68,14 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             result=SUCCESS, state_string="images-up-to-date: no images for input key input-2 yet: building"
         )
         self.expect_property("up_to_date", False)
+        self.expect_build_result_summary(
+            {"step": "images-up-to-date: no images for input key input-2 yet: building"}
+        )
         await self.run_step()
-        self.assertFalse(getattr(self.build, "terminate", False))
+        # The steps after it run, as far as their own condition lets them.
+        self.assertTrue(unless_up_to_date()["doStepIf"](self.get_nth_step(0)))
+        self.assertFalse(unless_up_to_date(lambda step: False)["doStepIf"](self.get_nth_step(0)))
+        self.assertFalse(unless_up_to_date()["hideStepIf"](SUCCESS, self.get_nth_step(0)))
 
     async def test_upload_urls_reach_the_worker_as_a_private_file(self) -> None:
         written: list[bytes] = []

@@ -9,7 +9,14 @@ from gentoo_farm.config import FarmConfig
 from gentoo_farm.recipes import RecipeRepository
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import ARTIFACT, PRODUCED_BY
-from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, MergeBinhost, PublishSet, PushBackUrls
+from gentoo_farm.steps.publish import (
+    CheckUpToDate,
+    MakeUploadUrls,
+    MergeBinhost,
+    PublishSet,
+    PushBackUrls,
+    unless_up_to_date,
+)
 from gentoo_farm.store import open_store, workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 from gentoo_farm.store.sets import latest_set
@@ -39,6 +46,8 @@ def cache_dir(name: str) -> util.Interpolate:
 
 
 def up_to_date(config: FarmConfig, kind: str) -> CheckUpToDate:
+    """Whether the store holds this input key's ``kind`` already; the steps after it take
+    ``**unless_up_to_date()`` and are skipped when it does."""
     return CheckUpToDate(config.store, kind, util.Property("input_key"), name="up-to-date")
 
 
@@ -77,7 +86,9 @@ def publish(
     ]  # fmt: skip
 
 
-def push_back(config: FarmConfig, distdir: object, pkgdir: str | None = None) -> list[object]:
+def push_back(
+    config: FarmConfig, distdir: object, pkgdir: str | None = None, **step_options: object
+) -> list[object]:
     """Send the distfiles (and binary packages) this build fetched or made and the farm lacks to its
     distfile mirror (and binhost), so the next build takes them from there."""
     store = workers_base_url(config.store)
@@ -92,17 +103,20 @@ def push_back(config: FarmConfig, distdir: object, pkgdir: str | None = None) ->
     if pkgdir:
         listing += ["--pkgdir", pkgdir, "--binhost", binhost_url(store, config.upstream.profile)]
     pushed: list[object] = [
-        FarmWorkerStep("list-new", stage_args=listing),
-        PushBackUrls(config.store),
-        FarmWorkerStep("upload", stage_args=["--map", "push-back-uploads.json"], name="push-back"),
+        FarmWorkerStep("list-new", stage_args=listing, **step_options),
+        PushBackUrls(config.store, **step_options),
+        FarmWorkerStep(
+            "upload", stage_args=["--map", "push-back-uploads.json"], name="push-back", **step_options
+        ),
     ]
     if pkgdir:
-        pushed.append(MergeBinhost(config.store, config.upstream.profile))
+        pushed.append(MergeBinhost(config.store, config.upstream.profile, **step_options))
     return pushed
 
 
 def trigger_image(config: FarmConfig) -> steps.Trigger:
-    """Start an image build with the new input, once every input of an image has been published."""
+    """Start an image build with the new input, once every input of an image has been published
+    (never after an up-to-date check that found the input published already)."""
 
     def all_inputs_published(step: steps.BuildStep) -> defer.Deferred[bool]:
         def check() -> bool:
@@ -115,6 +129,6 @@ def trigger_image(config: FarmConfig) -> steps.Trigger:
         name="trigger-image",
         schedulerNames=[IMAGE_AFTER_INPUTS],
         waitForFinish=False,
-        doStepIf=all_inputs_published,
+        **unless_up_to_date(all_inputs_published),
         set_properties={"reason": util.Interpolate("new %(prop:buildername)s %(prop:publish_set_id)s")},
     )

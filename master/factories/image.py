@@ -19,6 +19,7 @@ from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.packages import EmergePackages, UnpackRoot
+from gentoo_farm.steps.publish import unless_up_to_date
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 
@@ -45,6 +46,8 @@ def publishing_requested(step: steps.BuildStep) -> bool:
 def factory(config: FarmConfig) -> BuildFactory:
     store = workers_base_url(config.store)
     extra_packages = util.Property("extra_packages", default="")
+    building = unless_up_to_date()
+    publishing = unless_up_to_date(publishing_requested)
     factory = BuildFactory()
     factory.addSteps(
         [
@@ -62,8 +65,8 @@ def factory(config: FarmConfig) -> BuildFactory:
                 },
             ),
             up_to_date(config, "images"),
-            FarmWorkerStep("download-inputs", stage_args=["--map", "downloads.json"]),
-            UnpackRoot(stage3=INPUTS["stage3"], snapshot=INPUTS["portage"], root=ROOT),
+            FarmWorkerStep("download-inputs", stage_args=["--map", "downloads.json"], **building),
+            UnpackRoot(stage3=INPUTS["stage3"], snapshot=INPUTS["portage"], root=ROOT, **building),
             EmergePackages(
                 atoms=util.Transform(lambda extra: [*config.image.packages, *extra.split()], extra_packages),
                 root=ROOT,
@@ -74,18 +77,23 @@ def factory(config: FarmConfig) -> BuildFactory:
                 binhost=binhost_url(store, config.upstream.profile),
                 distfile_mirror=store,
                 upstream_mirrors=[config.upstream.mirror],
+                **building,
             ),
-            *push_back(config, distdir="distfiles", pkgdir="packages"),
-            AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"]),
+            *push_back(config, distdir="distfiles", pkgdir="packages", **building),
+            AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"], **building),
             BuildDisk(
                 root=ROOT,
                 output=f"image/{DISK}",
                 size=config.image.disk_size,
                 compress=config.image.compress,
                 inputs=util.Property("image_input_keys"),
+                **building,
             ),
             BootTest(
-                image=f"image/{DISK}", boot_timeout=config.image.boot_timeout, expect=config.image.boot_expect
+                image=f"image/{DISK}",
+                boot_timeout=config.image.boot_timeout,
+                expect=config.image.boot_expect,
+                **building,
             ),
             *publish(
                 config,
@@ -98,12 +106,10 @@ def factory(config: FarmConfig) -> BuildFactory:
                     "packages": util.Property("packages_binary"),
                 },
                 sources=util.Property("image_sources"),
-                doStepIf=publishing_requested,
+                **publishing,
             ),
         ]
     )
     if config.glance:
-        factory.addStep(
-            PublishToGlance(config.store, config.glance, config.farm.id, doStepIf=publishing_requested)
-        )
+        factory.addStep(PublishToGlance(config.store, config.glance, config.farm.id, **publishing))
     return factory

@@ -1,6 +1,8 @@
 """The kernel builder: the watched kernel config at the pushed revision, compiled into a vmlinuz tarball,
 or a binary kernel package (``[kernel] package``) made into one."""
 
+from collections.abc import Mapping
+
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
@@ -16,6 +18,7 @@ from gentoo_farm.master.factories.common import (
 from gentoo_farm.recipes import KERNEL_POLLER, recipe_repository
 from gentoo_farm.steps.inputs import ComputeInputKey
 from gentoo_farm.steps.kernel import BuildKernel, KernelFromPackage
+from gentoo_farm.steps.publish import unless_up_to_date
 from gentoo_farm.store import workers_base_url
 
 CHECKOUT = "kernel-config"
@@ -30,7 +33,7 @@ def _distfile_urls(config: FarmConfig, name: str) -> list[str]:
     ]
 
 
-def _from_source(config: FarmConfig) -> list[object]:
+def _from_source(config: FarmConfig, building: Mapping[str, object]) -> list[object]:
     kernel_config = f"../{CHECKOUT}/{config.kernel.config_file}"
     return [
         *checkout(recipe_repository(config, KERNEL_POLLER), CHECKOUT),
@@ -42,12 +45,13 @@ def _from_source(config: FarmConfig) -> list[object]:
             output=f"out/{TARBALL}",
             work_dir=cache_dir("kernel"),
             ccache_dir=cache_dir("ccache"),
+            **building,
         ),
-        *push_back(config, distdir=cache_dir("kernel/distfiles")),
+        *push_back(config, distdir=cache_dir("kernel/distfiles"), **building),
     ]
 
 
-def _from_package(config: FarmConfig) -> list[object]:
+def _from_package(config: FarmConfig, building: Mapping[str, object]) -> list[object]:
     distdir = cache_dir("kernel/distfiles")
     return [
         steps.RemoveDirectory(name="clean", dir="build"),
@@ -57,14 +61,18 @@ def _from_package(config: FarmConfig) -> list[object]:
             package_urls=_distfile_urls(config, config.kernel.package),
             distdir=distdir,
             output=f"out/{TARBALL}",
+            **building,
         ),
-        *push_back(config, distdir=distdir),
+        *push_back(config, distdir=distdir, **building),
     ]
 
 
 def factory(config: FarmConfig) -> BuildFactory:
+    building = unless_up_to_date()
     factory = BuildFactory()
-    factory.addSteps(_from_package(config) if config.kernel.package else _from_source(config))
+    factory.addSteps(
+        _from_package(config, building) if config.kernel.package else _from_source(config, building)
+    )
     factory.addSteps(
         [
             *publish(
@@ -76,6 +84,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                     "kernel": util.Property("kernel_release"),
                     "revision": util.Property("got_revision", default=""),
                 },
+                **building,
             ),
             trigger_image(config),
         ]

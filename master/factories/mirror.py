@@ -15,6 +15,7 @@ from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories.common import publish, trigger_image, up_to_date
 from gentoo_farm.steps.inputs import ComputeInputKey
 from gentoo_farm.steps.packages import FetchRelease
+from gentoo_farm.steps.publish import unless_up_to_date
 
 DOWNLOADS = "downloads"
 RELEASE_KEY = "release-key.asc"
@@ -23,7 +24,11 @@ RELEASE_KEY = "release-key.asc"
 def _with_signatures(*suffixes: str) -> Callable[[str], dict[str, str]]:
     """The set's files ({name: path on the worker}) for a downloaded tarball and its signature files."""
 
-    def files(tarball: str) -> dict[str, str]:
+    def files(tarball: str | None) -> dict[str, str]:
+        # Buildbot renders a step's arguments before its doStepIf: a build that is up to date never
+        # fetched a tarball, and its skipped publish steps get no files.
+        if tarball is None:
+            return {}
         return {name: f"{DOWNLOADS}/{name}" for name in (tarball, *(tarball + suffix for suffix in suffixes))}
 
     return files
@@ -43,6 +48,7 @@ def _fetch(config: FarmConfig, **options: object) -> FetchRelease:
 def factory(config: FarmConfig) -> BuildFactory:
     stage3_name = util.Property("stage3_file")
     snapshot_name = util.Property("snapshot_file")
+    building = unless_up_to_date()
     factory = BuildFactory()
     factory.addSteps(
         [
@@ -60,6 +66,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 config,
                 expect_stage3_sha512=util.Property("stage3_sha512"),
                 expect_snapshot_md5=util.Property("snapshot_md5"),
+                **building,
             ),
             *publish(
                 config,
@@ -67,6 +74,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 artifact=stage3_name,
                 files=util.Transform(_with_signatures(".DIGESTS", ".asc"), stage3_name),
                 metadata={"timestamp": util.Property("stage3_timestamp")},
+                **building,
             ),
             *publish(
                 config,
@@ -74,6 +82,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 artifact=snapshot_name,
                 files=util.Transform(_with_signatures(".gpgsig"), snapshot_name),
                 metadata={"date": util.Property("snapshot_date")},
+                **building,
             ),
             trigger_image(config),
         ]
