@@ -35,7 +35,6 @@ from gentoo_farm.store import ArtifactStore, without_signature
 
 VISIBILITIES = ("private", "shared", "community", "public")
 DISK_FORMATS = ("qcow2", "raw")
-IMAGE_NAME = re.compile(r"gentoo-\d{8}(\.\d+)?-amd64")
 
 STANDARD_PROPERTIES: Mapping[str, str] = {
     "os_distro": "gentoo",
