@@ -1,4 +1,4 @@
-"""The artifact store: local directory or S3, one key layout (DESIGN.md), opened with :func:`open_store`."""
+"""The artifact store: local directory or S3, one key layout (docs/store.md), opened by :func:`open_store`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The artifact store interface: a flat key space of objects, the same for every backend.
 
-Keys follow DESIGN.md (``images/<set>/<file>``, ``binpkgs/<profile>/Packages``, ``distfiles/<file>``...).
+Keys are ``<kind>/<set id>/<file>`` for published sets (plus their ``manifest.json`` and ``latest`` pointers),
+``binpkgs/<profile>/`` for the binhost, ``distfiles/<file>`` for the mirror and ``incoming/<token>/`` for
+push-back staging; docs/store.md shows the whole layout.
 Everything here blocks: master-side callers run it in a thread (``deferToThread``), never on the reactor.
 """
 
