@@ -4,7 +4,7 @@ from gentoo_farm.steps.base import FarmWorkerStep
 
 
 class BuildOverlay(FarmWorkerStep):
-    """``farm-worker overlay``: sets ``overlay_path``, ``overlay_sha512`` and ``overlay_input_key``."""
+    """``farm-worker overlay``: sets ``overlay_path`` and ``overlay_sha512``."""
 
     renderables = ("overlay", "output")
 

@@ -27,6 +27,26 @@ def build_overlay(overlay: Path, output: Path) -> subprocess.CompletedProcess[st
     )
 
 
+def input_key(overlay: Path) -> str:
+    """The overlay builder's input key: ``farm-worker input-key`` of the tree and overlay.toml."""
+    process = subprocess.run(
+        [
+            FARM_WORKER,
+            "input-key",
+            "--kind",
+            "overlay",
+            "--file",
+            overlay / "root",
+            "--file",
+            overlay / "overlay.toml",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return str(results(process)["input_key"])
+
+
 def results(process: subprocess.CompletedProcess[str]) -> dict[str, object]:
     values: dict[str, object] = {}
     for line in process.stdout.splitlines():
@@ -51,7 +71,7 @@ def test_same_tree_gives_same_bytes_and_key_wherever_and_whenever_it_was_checked
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     assert (tmp_path / "one.tar.gz").read_bytes() == (tmp_path / "two.tar.gz").read_bytes()
-    assert results(one)["overlay_input_key"] == results(two)["overlay_input_key"]
+    assert input_key(first) == input_key(second)
     expected = hashlib.sha512((tmp_path / "one.tar.gz").read_bytes()).hexdigest()
     assert results(one)["overlay_sha512"] == expected
     assert (tmp_path / "one.tar.gz.sha512").read_text() == f"{expected}  one.tar.gz\n"
@@ -59,7 +79,7 @@ def test_same_tree_gives_same_bytes_and_key_wherever_and_whenever_it_was_checked
     (second / "root/etc/fstab").write_text("# changed\n")
     three = build_overlay(second, tmp_path / "three.tar.gz")
     assert results(three)["overlay_sha512"] != expected
-    assert results(three)["overlay_input_key"] != results(one)["overlay_input_key"]
+    assert input_key(second) != input_key(first)
 
 
 def test_tarball_is_sorted_root_owned_with_one_mtime_and_carries_the_recipe(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ gives the same bytes, so its sha512 identifies it.
 
 import argparse
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,6 @@ from pathlib import Path, PurePosixPath
 
 from gentoo_farm.checksums import file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
-from gentoo_farm.workers.toolkit.input_key import _hash_tree
 
 MANIFEST_NAME = "overlay.toml"
 TREE_NAME = "root"
@@ -187,13 +185,6 @@ def write_overlay_tarball(overlay_dir: Path, output: Path) -> OverlayManifest:
     return manifest
 
 
-def overlay_input_key(overlay_dir: Path) -> str:
-    """The overlay builder's input key: the same hash ``farm-worker input-key --kind overlay`` gives."""
-    digest = hashlib.sha256(b"kind=overlay\0")
-    _hash_tree(digest, overlay_dir)
-    return digest.hexdigest()[:16]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overlay", type=Path, help="the overlay directory (root/ and overlay.toml)")
     parser.add_argument(
@@ -207,9 +198,8 @@ def run(args: argparse.Namespace) -> None:
     manifest = write_overlay_tarball(args.overlay, args.output)
     checksum = file_sha512(args.output)
     args.output.with_name(args.output.name + ".sha512").write_bytes(sha512_line(checksum, args.output.name))
-    key = overlay_input_key(args.overlay)
     progress(
         f"wrote {args.output} ({args.output.stat().st_size} bytes, {len(manifest.symlinks)} symlinks, "
-        f"{len(manifest.passwords)} password edits), input key {key}"
+        f"{len(manifest.passwords)} password edits)"
     )
-    report(overlay_path=str(args.output), overlay_sha512=checksum, overlay_input_key=key)
+    report(overlay_path=str(args.output), overlay_sha512=checksum)
