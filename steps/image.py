@@ -1,6 +1,6 @@
 """The image builder's steps: assembly, disk, boot test."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from buildbot.process import logobserver
 
@@ -28,9 +28,9 @@ class AssembleImage(FarmWorkerStep):
 
 
 class BuildDisk(FarmWorkerStep):
-    """``farm-worker disk``: raw disk + qcow2, sha512 and manifest.json (``image_path`` and friends)."""
+    """``farm-worker disk``: raw disk + qcow2; sets ``image_path``, ``image_sha512``, ``kernel_release``."""
 
-    renderables = ("root", "output", "size", "compress", "inputs")
+    renderables = ("root", "output", "size", "compress")
 
     def __init__(
         self,
@@ -38,7 +38,6 @@ class BuildDisk(FarmWorkerStep):
         output: object,
         size: object = None,
         compress: object = True,
-        inputs: Mapping[str, object] | None = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("name", "build-disk")
@@ -47,15 +46,12 @@ class BuildDisk(FarmWorkerStep):
         self.output = output
         self.size = size
         self.compress = compress
-        self.inputs = inputs or {}
 
     def stage_arguments(self) -> list[object]:
         arguments: list[object] = [self.root, "--output", self.output]
         if self.size:
             arguments += ["--size", self.size]
         arguments.append("--compress" if self.compress else "--no-compress")
-        for name, key in sorted(self.inputs.items()):
-            arguments += ["--input", f"{name}={key}"]
         return arguments
 
 

@@ -120,17 +120,9 @@ class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.setup_test_reactor()
         return self.setup_test_build_step()
 
-    async def test_inputs_and_compression_become_arguments_and_results_properties(self):
-        self.setup_step(
-            BuildDisk(
-                "root",
-                "images/gentoo.qcow2",
-                size="4G",
-                compress=False,
-                inputs={"stage3": "aa11", "kernel": Property("kernel_key")},
-            )
-        )
-        self.build.setProperty("kernel_key", "bb22", "test")
+    async def test_size_and_compression_become_arguments_and_results_properties(self):
+        self.setup_step(BuildDisk("root", Property("disk_path"), size="4G", compress=False))
+        self.build.setProperty("disk_path", "images/gentoo.qcow2", "test")
         self.expect_commands(
             ExpectShell(
                 workdir="wkdir",
@@ -143,10 +135,6 @@ class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                     "--size",
                     "4G",
                     "--no-compress",
-                    "--input",
-                    "kernel=bb22",
-                    "--input",
-                    "stage3=aa11",
                 ],
             )
             .stdout(result_line(image_sha512="ff" * 64, kernel_release="6.1.192-farm"))
@@ -154,4 +142,5 @@ class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         )
         self.expect_outcome(SUCCESS)
         self.expect_property("kernel_release", "6.1.192-farm")
+        self.expect_property("image_sha512", "ff" * 64)
         await self.run_step()

@@ -86,7 +86,6 @@ def factory(config: FarmConfig) -> BuildFactory:
                 output=f"image/{DISK}",
                 size=config.image.disk_size,
                 compress=config.image.compress,
-                inputs=util.Property("image_input_keys"),
                 **building,
             ),
             BootTest(

@@ -2,14 +2,12 @@
 
 The recipe's way: one bootable partition at 1 MiB, attached as a loop device by offset, ext4,
 the root copied in, ``extlinux --install /boot``, SYSLINUX's mbr.bin in the first 440 bytes;
-then ``qemu-img convert`` (compression configurable). Writes IMAGE.sha512 and a manifest.json
-naming the inputs and their keys, the packages (from /var/db/pkg) with versions, the kernel and
-the sizes. Needs root and a free loop device.
+then ``qemu-img convert`` (compression configurable). Reports the image's sha512 and kernel release
+(what publishing checks and records). Needs root and a free loop device.
 """
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import subprocess
@@ -18,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from gentoo_farm.checksums import file_sha512, sha512_line
+from gentoo_farm.checksums import file_sha512
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.tools import require_directory, require_file, run_tool
 
@@ -31,7 +29,6 @@ DEFAULT_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 AUTO_SIZE_FACTOR = 1.3
 AUTO_SIZE_SLACK = 256 * MIB
 SIZE_UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}
-PACKAGE_VERSION = re.compile(r"(?P<name>.+?)-(?P<version>\d[^-]*(?:-r\d+)?)$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,14 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", help="disk size, e.g. 4G (default: the root's size plus room)")
     parser.add_argument(
         "--compress", action=argparse.BooleanOptionalAction, default=True, help="compress the qcow2"
-    )
-    parser.add_argument(
-        "--input",
-        dest="inputs",
-        action="append",
-        default=[],
-        metavar="NAME=KEY",
-        help="an input of this image and its key, recorded in manifest.json",
     )
     parser.add_argument(
         "--mbr", type=Path, default=DEFAULT_MBR, help=f"SYSLINUX MBR code (default {DEFAULT_MBR})"
@@ -72,30 +61,6 @@ def tree_bytes(root: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(directory, name)).st_blocks * 512
     return total
-
-
-def installed_packages(root: Path) -> list[dict[str, str]]:
-    """The packages Portage recorded in the root's /var/db/pkg, with versions and slots."""
-    packages = []
-    vdb = root / "var/db/pkg"
-    if not vdb.is_dir():
-        return packages
-    for entry in sorted(vdb.glob("*/*")):
-        if not entry.is_dir() or entry.name.startswith("-MERGING-"):
-            continue
-        match = PACKAGE_VERSION.fullmatch(entry.name)
-        if not match:
-            continue
-        package = {
-            "atom": f"{entry.parent.name}/{entry.name}",
-            "category": entry.parent.name,
-            **match.groupdict(),
-        }
-        slot = entry / "SLOT"
-        if slot.is_file():
-            package["slot"] = slot.read_text().strip()
-        packages.append(package)
-    return packages
 
 
 def kernel_release(root: Path) -> str:
@@ -187,12 +152,6 @@ def run(args: argparse.Namespace) -> None:
             f"sparse files under /boot ({names}): SYSLINUX cannot load a file with holes; "
             "unpack the kernel without --sparse or rewrite the file in full"
         )
-    inputs = {}
-    for item in args.inputs:
-        name, sep, key = item.partition("=")
-        if not sep or not name:
-            raise StageError(f"--input {item!r}: expected NAME=KEY")
-        inputs[name] = key
     root_bytes = tree_bytes(root)
     if args.size:
         size = parse_size(args.size)
@@ -229,27 +188,8 @@ def run(args: argparse.Namespace) -> None:
         if args.raw is None:
             raw.unlink(missing_ok=True)
     checksum = file_sha512(args.output)
-    args.output.with_name(args.output.name + ".sha512").write_bytes(sha512_line(checksum, args.output.name))
-    manifest = {
-        "image": args.output.name,
-        "format": "qcow2",
-        "compressed": args.compress,
-        "sha512": checksum,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "kernel": {"release": release, "initramfs": (root / "boot/initramfs").exists()},
-        "inputs": inputs,
-        "packages": installed_packages(root),
-        "sizes": {"qcow2": args.output.stat().st_size, "disk": size, "root": root_bytes},
-    }
-    manifest_path = args.output.with_name("manifest.json")
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     progress(
         f"wrote {args.output} ({args.output.stat().st_size // MIB} MiB, disk {size // MIB} MiB, "
-        f"kernel {release}, {len(manifest['packages'])} packages) in {time.monotonic() - started:.1f} s"
+        f"kernel {release}) in {time.monotonic() - started:.1f} s"
     )
-    report(
-        image_path=str(args.output),
-        image_sha512=checksum,
-        image_manifest=str(manifest_path),
-        kernel_release=release,
-    )
+    report(image_path=str(args.output), image_sha512=checksum, kernel_release=release)
