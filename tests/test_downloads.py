@@ -15,7 +15,7 @@ import pytest
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands import download, images
 from gentoo_farm.store import open_store
-from gentoo_farm.store.sets import publish_files
+from tests.services.store import publish_files
 
 pytest_plugins = ["tests.services.store"]
 

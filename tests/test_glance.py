@@ -33,10 +33,9 @@ from gentoo_farm.glance import (
 )
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.store.local import LocalStore
-from gentoo_farm.store.sets import publish_files
 from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
-from tests.services.store import LocalStoreSettings
+from tests.services.store import LocalStoreSettings, publish_files
 
 # isort: split
 # Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.

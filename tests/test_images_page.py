@@ -13,9 +13,9 @@ from flask import Flask
 from gentoo_farm.master.images_page import images_dashboard
 from gentoo_farm.store import ArtifactStore
 from gentoo_farm.store.local import LocalStore
-from gentoo_farm.store.sets import PublishedSet, publish_files
+from gentoo_farm.store.sets import PublishedSet
 from tests.services.s3 import s3_server, s3_settings  # noqa: F401
-from tests.services.store import any_settings, any_store, local_settings  # noqa: F401
+from tests.services.store import any_settings, any_store, local_settings, publish_files  # noqa: F401
 
 
 class PageParser(HTMLParser):

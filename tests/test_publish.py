@@ -25,8 +25,8 @@ from gentoo_farm.store.sets import (
     latest_set,
     list_sets,
     new_set_id,
-    publish_files,
 )
+from tests.services.store import publish_files
 
 pytest_plugins = ["tests.services.store"]
 
@@ -114,7 +114,7 @@ PUBLISHER = textwrap.dedent(
     from pathlib import Path
     from gentoo_farm.store.local import LocalStore
     from gentoo_farm.store.s3 import S3Store
-    from gentoo_farm.store.sets import publish_files
+    from tests.services.store import publish_files
 
     backend, location, endpoint, directory = sys.argv[1:5]
     if backend == "local":
@@ -144,6 +144,7 @@ def test_a_publisher_killed_mid_publish_leaves_latest_on_the_previous_set(
     publisher = subprocess.Popen(
         [sys.executable, "-c", PUBLISHER, any_settings.type, location, any_settings.endpoint_url, str(work)],
         env=s3_server.environment,
+        cwd=Path(__file__).parent.parent,  # the publisher imports the tests' helper
     )
     try:
         deadline = time.monotonic() + 60

@@ -23,8 +23,8 @@ from gentoo_farm.steps.publish import (
     unless_up_to_date,
 )
 from gentoo_farm.store import open_store
-from gentoo_farm.store.sets import latest_set, publish_files
-from tests.services.store import LocalStoreSettings
+from gentoo_farm.store.sets import latest_set
+from tests.services.store import LocalStoreSettings, publish_files
 
 
 class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):

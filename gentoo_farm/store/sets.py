@@ -18,9 +18,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from gentoo_farm.checksums import file_sha512, sha512_line
+from gentoo_farm.checksums import sha512_line
 from gentoo_farm.store.base import (
     INCOMING,
     KINDS,
@@ -197,29 +196,6 @@ def finalize_set(
     _write_pointers(store, published)
     progress(f"published {kind} set {set_id}; latest now points at it")
     return published
-
-
-def publish_files(
-    store: ArtifactStore,
-    kind: str,
-    input_key: str,
-    files: Mapping[str, Path],
-    metadata: Mapping[str, object] | None = None,
-    sources: Mapping[str, str] | None = None,
-    set_id: str | None = None,
-    progress: Callable[[str], None] = lambda message: None,
-) -> PublishedSet:
-    """Upload local files as a new set of ``kind`` and publish it (master-side path, e.g. the mirror)."""
-    check_kind(kind)
-    set_id = set_id or new_set_id(input_key)
-    expected: dict[str, ExpectedFile] = {}
-    for name, path in files.items():
-        if not path.exists() or path.is_dir():
-            raise StoreError(f"cannot publish {path}: no such file")
-        expected[name] = ExpectedFile(path.stat().st_size, file_sha512(path))
-        store.put_file(object_key(kind, set_id, name), path)
-        progress(f"uploaded {object_key(kind, set_id, name)}")
-    return finalize_set(store, kind, set_id, input_key, expected, metadata, sources, progress)
 
 
 def _write_pointers(store: ArtifactStore, published: PublishedSet) -> None:

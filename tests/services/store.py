@@ -9,14 +9,16 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
+from gentoo_farm.checksums import file_sha512
 from gentoo_farm.store import ArtifactStore, open_store
+from gentoo_farm.store.sets import ExpectedFile, PublishedSet, finalize_set, new_set_id, object_key
 from tests.services.s3 import S3StoreSettings, s3_server, s3_settings  # noqa: F401  (fixtures)
 
 SERVER_START_TIMEOUT = 20
@@ -36,6 +38,26 @@ class LocalStoreSettings:
     keep: int = 2
     url_expiry_seconds: int = 600
     listen: str = "127.0.0.1:0"
+
+
+def publish_files(
+    store: ArtifactStore,
+    kind: str,
+    input_key: str,
+    files: Mapping[str, Path],
+    metadata: Mapping[str, object] | None = None,
+    sources: Mapping[str, str] | None = None,
+    set_id: str | None = None,
+) -> PublishedSet:
+    """Publish local files as a set the way a build does: the objects land under the new set's keys (where a
+    worker's signed uploads put them), then the master's own :func:`finalize_set` verifies them, writes
+    checksums and manifest and moves ``latest``."""
+    set_id = set_id or new_set_id(input_key)
+    expected: dict[str, ExpectedFile] = {}
+    for name, path in files.items():
+        store.put_file(object_key(kind, set_id, name), path)
+        expected[name] = ExpectedFile(path.stat().st_size, file_sha512(path))
+    return finalize_set(store, kind, set_id, input_key, expected, metadata, sources)
 
 
 @contextlib.contextmanager
