@@ -3,7 +3,7 @@
 from buildbot.util.service import BuildbotService
 
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.store.server import StoreServer
+from gentoo_farm.master.store_server import StoreServer
 from gentoo_farm.workers.openstack import OpenStackOrphanReaper
 
 

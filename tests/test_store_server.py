@@ -11,8 +11,8 @@ from pathlib import Path
 from twisted.internet import threads
 from twisted.trial import unittest
 
+from gentoo_farm.master.store_server import StoreServer
 from gentoo_farm.store.local import LocalStore
-from gentoo_farm.store.server import StoreServer
 
 
 def _request(url: str, data: bytes | None = None, method: str = "GET") -> tuple[int, bytes]:

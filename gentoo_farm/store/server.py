@@ -2,7 +2,7 @@
 
 Portage reads the binhost (``binpkgs/<profile>/``) and distfile mirror (``distfiles/``) from it, people
 download images, workers upload through the URLs :meth:`LocalStore.upload_url` signs. In the master it runs as
-:class:`StoreServer` (a BuildbotService for ``c['services']``); ``python -m gentoo_farm.store.server``
+``gentoo_farm.master.store_server.StoreServer`` (a Buildbot service); ``python -m gentoo_farm.store.server``
 serves a store on its own.
 """
 
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote
 
-from buildbot.util import service
 from twisted.internet import defer, endpoints, reactor, threads
+from twisted.internet.interfaces import IListeningPort
 from twisted.python import log
 from twisted.web import resource, server, static
 
@@ -87,38 +87,12 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class StoreServer(service.BuildbotService):
-    """Serves a local store inside the master: ``c['services'].append(StoreServer(...))``."""
-
-    name = "artifact-store"
-
-    def checkConfig(self, store_path: str, listen: str = "127.0.0.1:8011", public_url: str = "") -> None:
-        parse_listen(listen)
-
-    def reconfigService(
-        self, store_path: str, listen: str = "127.0.0.1:8011", public_url: str = ""
-    ) -> defer.Deferred[None]:
-        return defer.Deferred.fromCoroutine(self._listen(Path(store_path), listen, public_url))
-
-    async def _listen(self, store_path: Path, listen: str, public_url: str) -> None:
-        await self._stop_listening()
-        host, port = parse_listen(listen)
-        self.store = LocalStore(store_path, public_url or f"http://{listen}")
-        endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
-        self.listening_port = await endpoint.listen(server.Site(StoreResource(self.store)))
-
-    async def _stop_listening(self) -> None:
-        port = getattr(self, "listening_port", None)
-        if port is not None:
-            self.listening_port = None
-            await port.stopListening()
-
-    def stopService(self) -> defer.Deferred[None]:
-        return defer.Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        await self._stop_listening()
-        await super().stopService()
+def serve(store: LocalStore, listen: str) -> defer.Deferred[IListeningPort]:
+    """Serve ``store`` on the reactor at ``listen`` (HOST:PORT; port 0: any free one)."""
+    host, port = parse_listen(listen)
+    return endpoints.TCP4ServerEndpoint(reactor, port, interface=host).listen(
+        server.Site(StoreResource(store))
+    )
 
 
 def main() -> int:
@@ -126,16 +100,13 @@ def main() -> int:
     parser.add_argument("root", help="the store directory")
     parser.add_argument("--listen", default="127.0.0.1:8011", help="HOST:PORT (port 0: any free port)")
     args = parser.parse_args()
-    host, port = parse_listen(args.listen)
     store = LocalStore(Path(args.root).resolve(), "")
 
     def started(listening: object) -> None:
         address = listening.getHost()  # type: ignore[attr-defined]
         print(f"serving {store.root} on http://{address.host}:{address.port}", flush=True)
 
-    listening = endpoints.TCP4ServerEndpoint(reactor, port, interface=host).listen(
-        server.Site(StoreResource(store))
-    )
+    listening = serve(store, args.listen)
     listening.addCallbacks(started, lambda failure: (print(failure.getErrorMessage()), reactor.stop()))
     reactor.run()
     return 0
