@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from gentoo_farm.checksums import stream_sha512
 
@@ -84,8 +84,18 @@ def check_key(key: str) -> str:
 class ArtifactStore(ABC):
     """One store, two backends (:class:`~.local.LocalStore`, :class:`~.s3.S3Store`) with the same keys."""
 
-    #: Human-readable location, used in error messages (a directory or ``s3://bucket/prefix``).
-    location: str
+    def __init__(self, location: str, public_url: str) -> None:
+        #: Human-readable location, used in error messages (a directory or ``s3://bucket/prefix``).
+        self.location = location
+        self._public_url = public_url.rstrip("/")
+
+    def public_base_url(self) -> str | None:
+        """The URL prefix the store is readable at without signing (binhost/mirror), if there is one."""
+        return self._public_url or None
+
+    def public_object_url(self, key: str) -> str:
+        """Where ``key`` is read under :meth:`public_base_url`."""
+        return f"{self._public_url}/{quote(check_key(key))}"
 
     @abstractmethod
     def head(self, key: str) -> ObjectInfo | None:
@@ -128,10 +138,6 @@ class ArtifactStore(ABC):
     @abstractmethod
     def download_url(self, key: str, expires_in: int) -> str:
         """A URL people and Portage can GET the object from (presigned when the bucket is private)."""
-
-    @abstractmethod
-    def public_base_url(self) -> str | None:
-        """The URL prefix the store is readable at without signing (binhost/mirror), if there is one."""
 
     def get_bytes(self, key: str) -> bytes:
         with self.open_read(key) as stream:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from gentoo_farm.checksums import chunks
 from gentoo_farm.store.base import (
@@ -46,9 +46,8 @@ class LocalStore(ArtifactStore):
     def __init__(self, root: Path, public_url: str) -> None:
         if not root.is_absolute():
             raise StoreError(f"store path {root} must be absolute")
+        super().__init__(str(root), public_url)
         self.root = root
-        self.location = str(root)
-        self._public_url = public_url.rstrip("/")
         try:
             (root / STATE_DIR / "locks").mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -199,10 +198,7 @@ class LocalStore(ArtifactStore):
         query = urlencode(
             {"expires": expires, "signature": upload_signature(self.upload_secret(), key, expires)}
         )
-        return f"{self._public_url}/{quote(check_key(key))}?{query}"
+        return f"{self.public_object_url(key)}?{query}"
 
     def download_url(self, key: str, expires_in: int) -> str:
-        return f"{self._public_url}/{quote(check_key(key))}"
-
-    def public_base_url(self) -> str | None:
-        return self._public_url
+        return self.public_object_url(key)

@@ -10,7 +10,6 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NoReturn
-from urllib.parse import quote
 
 import boto3
 import botocore.config
@@ -53,8 +52,9 @@ class S3Store(ArtifactStore):
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.endpoint_url = endpoint_url or None
-        self.location = f"s3://{bucket}/{self.prefix}" + (f" at {endpoint_url}" if endpoint_url else "")
-        self._public_url = public_url.rstrip("/")
+        super().__init__(
+            f"s3://{bucket}/{self.prefix}" + (f" at {endpoint_url}" if endpoint_url else ""), public_url
+        )
         self.max_attempts = max_attempts
         config = botocore.config.Config(
             region_name=region or None,
@@ -190,13 +190,10 @@ class S3Store(ArtifactStore):
 
     def download_url(self, key: str, expires_in: int) -> str:
         if self._public_url:
-            return f"{self._public_url}/{quote(check_key(key))}"
+            return self.public_object_url(key)
         with self._translated(key):
             return self.client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self._object_key(key)},
                 ExpiresIn=expires_in,
             )
-
-    def public_base_url(self) -> str | None:
-        return self._public_url or None
