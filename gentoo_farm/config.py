@@ -22,11 +22,31 @@ class FarmConfigError(Exception):
     """farm.toml is missing, unreadable or wrong; the message says where and why."""
 
 
-def _address(value: str) -> str:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+_HOST = re.compile(r"[A-Za-z0-9.\-\[\]:]+")
+
+
+def host_port(address: str, *, any_port: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` as its two parts; ValueError saying what is expected otherwise.
+
+    The last colon separates the port (``[::1]:8010``). ``any_port`` admits port 0, which a server
+    that listens reads as "any free port".
+    """
+    host, _, port = address.rpartition(":")
+    lowest = 0 if any_port else 1
+    if not _HOST.fullmatch(host) or not port.isdigit() or not lowest <= int(port) < 65536:
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8010")
-    return value
+    return host, int(port)
+
+
+def listen_endpoint(address: str) -> str:
+    """The Twisted server endpoint that listens on ``HOST:PORT`` (the web UI's, the worker port's)."""
+    host, port = host_port(address, any_port=True)
+    return f"tcp:{port}:interface={host}"
+
+
+def _address_or_empty(value: str) -> None:
+    if value:
+        host_port(value)
 
 
 def _clock_time(value: str) -> str:
@@ -54,10 +74,10 @@ class UserSection:
 
 @dataclass(frozen=True)
 class MasterSection:
-    web_address: str = field(default="127.0.0.1:8010", metadata=_check(_address))
+    web_address: str = field(default="127.0.0.1:8010", metadata=_check(host_port))
     public_url: str = ""
     """The URL people use to reach the web UI; defaults to http://web_address/."""
-    worker_address: str = field(default="127.0.0.1:9989", metadata=_check(_address))
+    worker_address: str = field(default="127.0.0.1:9989", metadata=_check(host_port))
     db_url: str = "sqlite:///state.sqlite"
     anonymous_view: bool = True
     users: list[UserSection] = field(default_factory=lambda: [UserSection(name="admin")])
@@ -92,7 +112,7 @@ class OpenStackWorkersSection:
     boot_timeout: int = 600
     builders: list[str] = field(default_factory=list)
     """Builders that may use these workers; empty means all."""
-    master_address: str = ""
+    master_address: str = field(default="", metadata=_check(_address_or_empty))
     """HOST:PORT the instances reach the master's worker port at (default: master.worker_address)."""
     install: str = "gentoo-farm"
     """The pip requirement an instance installs buildbot-worker and the toolkit from (e.g. a wheel URL)."""
@@ -159,7 +179,7 @@ class StoreSection:
     prefix: str = ""
     endpoint_url: str = ""
     region: str = ""
-    listen: str = field(default="127.0.0.1:8011", metadata=_check(_address))
+    listen: str = field(default="127.0.0.1:8011", metadata=_check(host_port))
     """Where the master serves a local store over HTTP (binhost, distfile mirror, downloads)."""
     public_url: str = ""
     """Base URL workers, Portage and people read the store from; derived when empty."""

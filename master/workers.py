@@ -2,7 +2,7 @@
 
 from buildbot.worker.latent import AbstractLatentWorker
 
-from gentoo_farm.config import FarmConfig, OpenStackWorkersSection
+from gentoo_farm.config import FarmConfig, OpenStackWorkersSection, listen_endpoint
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
@@ -14,13 +14,7 @@ INSTANCE_CACHE_DIR = "/var/cache/gentoo-farm"
 
 
 def pb_port(config: FarmConfig) -> str:
-    host, _, port = config.master.worker_address.rpartition(":")
-    return f"tcp:{port}:interface={host}"
-
-
-def _address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host, int(port)
+    return listen_endpoint(config.master.worker_address)
 
 
 def local_worker_names(config: FarmConfig) -> list[str]:
@@ -71,7 +65,7 @@ def workers(config: FarmConfig, farm: FarmDir) -> list[AbstractLatentWorker]:
         LocalLatentWorker(
             name,
             basedir=farm.workers / name,
-            master_address=_address(config.master.worker_address),
+            master_address=config.master.worker_address,
             max_builds=local.max_builds,
             build_wait_timeout=local.build_wait_timeout,
             # Kept across builds (each start gets a fresh base directory): ccache, kernel sources.

@@ -5,7 +5,7 @@ from typing import Any
 from buildbot.plugins import util
 from buildbot.www.auth import CustomAuth
 
-from gentoo_farm.config import FarmConfig
+from gentoo_farm.config import FarmConfig, listen_endpoint
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.images_page import images_dashboard
 from gentoo_farm.passwords import PasswordFile, PasswordFileChecker
@@ -41,9 +41,8 @@ def _authz(config: FarmConfig) -> util.Authz:
 
 
 def www(config: FarmConfig, farm: FarmDir) -> dict[str, Any]:
-    host, _, port = config.master.web_address.rpartition(":")
     return {
-        "port": f"tcp:{port}:interface={host}",
+        "port": listen_endpoint(config.master.web_address),
         "plugins": {
             "waterfall_view": {},
             "console_view": {},

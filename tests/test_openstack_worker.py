@@ -552,7 +552,7 @@ def test_bad_worker_configuration_is_reported_naming_the_key() -> None:
         "install_spec": "gentoo-farm==0.1.0",
     }
     bad = {
-        "master_address": ("nohost", "'os-1': master_address 'nohost': expected host:port"),
+        "master_address": ("nohost", "'os-1': master_address 'nohost': expected HOST:PORT"),
         "farm_id": ("my farm", "'os-1': farm_id 'my farm' must be 1-64 letters"),
         "boot_timeout": (0, "'os-1': boot_timeout must be a positive number of seconds, got 0"),
         "volume_size": (

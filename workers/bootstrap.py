@@ -20,6 +20,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from gentoo_farm.config import host_port
+
 DEFAULT_WORKER_HOME = "/var/lib/gentoo-farm"
 BINREPO_NAME = "gentoo-farm"
 
@@ -69,7 +71,6 @@ echo "gentoo-farm: starting buildbot-worker {worker_name} for master {master_add
 buildbot-worker start "$basedir"
 """
 
-_MASTER_ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
 _WORKER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
 
@@ -94,8 +95,10 @@ class WorkerBootstrap:
     install_spec: str
 
     def __post_init__(self) -> None:
-        if not _MASTER_ADDRESS.match(self.master_address):
-            raise ValueError(f"master_address {self.master_address!r}: expected host:port")
+        try:
+            host_port(self.master_address)
+        except ValueError as error:
+            raise ValueError(f"master_address {self.master_address!r}: {error}") from None
         for key in ("binhost_url", "distfile_mirror_url"):
             value = getattr(self, key)
             if not re.match(r"^(https?|file)://\S+$", value):

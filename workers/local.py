@@ -13,9 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from buildbot import config
 from buildbot.worker.latent import AbstractLatentWorker
 from twisted.internet import threads
 from twisted.python import log
+
+from gentoo_farm.config import host_port
 
 STOP_TIMEOUT = 30
 
@@ -25,12 +28,16 @@ def _venv_bin() -> Path:
 
 
 class LocalLatentWorker(AbstractLatentWorker):
-    def checkConfig(
-        self, name: str, *, basedir: Path, master_address: tuple[str, int], **kwargs: object
-    ) -> None:
+    """``master_address`` is ``HOST:PORT`` of the master's worker (PB) port."""
+
+    def checkConfig(self, name: str, *, basedir: Path, master_address: str, **kwargs: object) -> None:
+        try:
+            host_port(master_address)
+        except ValueError as error:
+            config.error(f"local worker {name!r}: master_address {master_address!r}: {error}")
         super().checkConfig(name, None, **kwargs)
 
-    def reconfigService(self, name: str, *, basedir: Path, master_address: tuple[str, int], **kwargs: object):
+    def reconfigService(self, name: str, *, basedir: Path, master_address: str, **kwargs: object):
         # Not "worker_basedir": AbstractWorker keeps the base directory the worker reports there.
         self.instance_dir = Path(basedir)
         self.master_address = master_address
@@ -46,14 +53,13 @@ class LocalLatentWorker(AbstractLatentWorker):
     def _create_and_start(self) -> subprocess.Popen[bytes]:
         shutil.rmtree(self.instance_dir, ignore_errors=True)
         self.instance_dir.mkdir(parents=True)
-        host, port = self.master_address
         subprocess.run(
             [
                 str(_venv_bin() / "buildbot-worker"),
                 "create-worker",
                 "--umask=0o022",
                 str(self.instance_dir),
-                f"{host}:{port}",
+                self.master_address,
                 self.workername,
                 self.password,
             ],

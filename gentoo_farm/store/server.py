@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.python import log
 from twisted.web import resource, server, static
 
+from gentoo_farm.config import host_port
 from gentoo_farm.store.base import StoreError, check_key
 from gentoo_farm.store.local import LocalStore
 
@@ -81,10 +82,10 @@ class StoreResource(resource.Resource):
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise StoreError(f"store listen address {listen!r}: expected HOST:PORT")
-    return host, int(port)
+    try:
+        return host_port(listen, any_port=True)
+    except ValueError as error:
+        raise StoreError(f"store listen address {listen!r}: {error}") from None
 
 
 def serve(store: LocalStore, listen: str) -> defer.Deferred[IListeningPort]:
