@@ -23,7 +23,6 @@ from datetime import date
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-import openstack
 import openstack.connection
 from keystoneauth1 import exceptions as ks_exceptions
 from openstack import exceptions as sdk_exceptions
@@ -31,6 +30,14 @@ from openstack.image.v2.image import Image
 
 from gentoo_farm.catalog import ImageRecord
 from gentoo_farm.checksums import file_sha512
+from gentoo_farm.cloud import (
+    CLOUD_ERRORS,
+    CloudCallFailed,
+    Trouble,
+    cloud_errors,
+    connect_to_cloud,
+    connection_problem,
+)
 from gentoo_farm.store import ArtifactStore, without_signature
 
 VISIBILITIES = ("private", "shared", "community", "public")
@@ -47,9 +54,6 @@ STANDARD_PROPERTIES: Mapping[str, str] = {
 FARM_ID_PROPERTY = "farm_id"
 """The property that makes an image ours (rotation, and ``farm-latest`` for OpenStack workers)."""
 
-CONNECT_RETRIES = 3
-API_TIMEOUT = 120.0
-"""Seconds any one API request may take (uploads count from the last byte sent)."""
 ACTIVE_TIMEOUT = 1800.0
 POLL_INTERVAL = 2.0
 COPY_CHUNK = 1024 * 1024
@@ -158,37 +162,16 @@ def check_target(target: GlanceTargetSettings) -> None:
         raise GlancePublishError(f"{where}: properties may not override {', '.join(clashes)}")
 
 
-def connect(cloud: str) -> openstack.connection.Connection:
-    """A connection to ``cloud`` from clouds.yaml (OS_CLIENT_CONFIG_FILE or the standard places)."""
-    try:
-        # A web server may close an idle keep-alive connection just as it is reused (gunicorn
-        # after 2 s): retrying the connection is safe, every call we make is idempotent or checked.
-        return openstack.connect(cloud=cloud, api_timeout=API_TIMEOUT, connect_retries=CONNECT_RETRIES)
-    except sdk_exceptions.ConfigException as error:
-        raise GlancePublishError(f"cloud {cloud!r}: not usable from clouds.yaml: {error}") from error
-
-
 @contextlib.contextmanager
 def _api_errors(cloud: str, doing: str) -> Iterator[None]:
-    """Turn SDK and HTTP-level failures into messages that name the cloud and the action."""
+    """The cloud layer's failures as Glance publishing errors: a transient one (the cloud unreachable,
+    5xx, rate limits, quota) is :class:`GlanceUnavailable`, the others fail the publish."""
     try:
-        yield
-    except GlancePublishError:
-        raise
-    except (ks_exceptions.ConnectionError, ks_exceptions.DiscoveryFailure) as error:
-        raise GlanceUnavailable(
-            f"cloud {cloud!r}: cannot reach the cloud while {doing}: {_connection_problem(error)}"
-        ) from error
-    except ks_exceptions.HttpError as error:
-        if error.http_status is not None and error.http_status >= 500:
-            raise GlanceUnavailable(f"cloud {cloud!r}: {doing}: the cloud answered {error}") from error
-        raise GlancePublishError(f"cloud {cloud!r}: {doing}: {error}") from error
-    except sdk_exceptions.HttpException as error:
-        if error.status_code is not None and error.status_code >= 500:
-            raise GlanceUnavailable(f"cloud {cloud!r}: {doing}: Glance answered {error}") from error
-        raise GlancePublishError(f"cloud {cloud!r}: {doing}: {error}") from error
-    except sdk_exceptions.SDKException as error:
-        raise GlancePublishError(f"cloud {cloud!r}: {doing}: {error}") from error
+        with cloud_errors(cloud, doing):
+            yield
+    except CloudCallFailed as failure:
+        kind = GlanceUnavailable if failure.trouble is Trouble.TRANSIENT else GlancePublishError
+        raise kind(str(failure)) from failure.__cause__
 
 
 def publish_image(
@@ -207,7 +190,7 @@ def publish_image(
     check_target(target)
     cloud = target.cloud
     with _api_errors(cloud, "connecting"):
-        conn = connect(cloud)
+        conn = connect_to_cloud(cloud)
     with contextlib.closing(conn):
         with _api_errors(cloud, "connecting"):
             conn.authorize()
@@ -239,7 +222,7 @@ def check_reachable(conn: openstack.connection.Connection, cloud: str) -> None:
         response = conn.session.get(endpoint, authenticated=False, raise_exc=False, timeout=30)
     except ks_exceptions.ConnectionError as error:
         raise GlanceUnavailable(
-            f"cloud {cloud!r}: Glance at {endpoint} is unreachable: {_connection_problem(error)}"
+            f"cloud {cloud!r}: Glance at {endpoint} is unreachable: {connection_problem(error)}"
         ) from error
     if response.status_code >= 500:
         raise GlanceUnavailable(f"cloud {cloud!r}: Glance at {endpoint} answered HTTP {response.status_code}")
@@ -452,7 +435,7 @@ class _TargetPublisher:
 
     def _task_reason(self, image: Image) -> str:
         """Glance's own words about the failed import task, when it says any."""
-        with contextlib.suppress(sdk_exceptions.SDKException, ks_exceptions.ClientException):
+        with contextlib.suppress(*CLOUD_ERRORS):
             messages = [task.message for task in self.conn.image.image_tasks(image.id) if task.message]
             if messages:
                 return f": {_response_text(messages[-1])}"
@@ -469,12 +452,6 @@ class _TargetPublisher:
                 f"cloud {self.cloud!r}: {image.name} ({image.id}) arrived corrupted: Glance's sha512 "
                 f"{(image.hash_value or '')[:16]}... != ours {expected_sha512[:16]}..."
             )
-
-
-def _connection_problem(error: Exception) -> str:
-    """``Connection refused`` rather than three nested exception reprs, when the OS said why."""
-    reasons = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(error))
-    return reasons[-1].strip() if reasons else str(error)
 
 
 def _response_text(text: str) -> str:
