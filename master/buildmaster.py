@@ -14,17 +14,18 @@ from gentoo_farm.master import builders, change_sources, schedulers, services, w
 def buildmaster_config(farm_root: Path) -> dict[str, Any]:
     config = load_config(farm_root)
     farm = FarmDir(config.basedir)
+    fleet = workers.openstack_fleet(config)
     return {
         "title": config.farm.title,
         "titleURL": config.master.buildbot_url,
         "buildbotURL": config.master.buildbot_url,
         "db": {"db_url": config.master.db_url},
         "protocols": {"pb": {"port": workers.pb_port(config)}},
-        "workers": workers.workers(config, farm),
+        "workers": workers.workers(config, farm, fleet),
         "builders": builders.builders(config),
         "schedulers": schedulers.schedulers(config),
         "change_source": change_sources.change_sources(config),
-        "services": services.services(config),
+        "services": services.services(config, fleet),
         "www": www.www(config, farm),
         "buildbotNetUsageData": None,
     }

@@ -4,10 +4,11 @@ from buildbot.util.service import BuildbotService
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.store_server import StoreServer
-from gentoo_farm.workers.openstack import OpenStackOrphanReaper
+from gentoo_farm.workers.fleet import OpenStackFleet
+from gentoo_farm.workers.reaper import OpenStackOrphanReaper
 
 
-def services(config: FarmConfig) -> list[BuildbotService]:
+def services(config: FarmConfig, fleet: OpenStackFleet) -> list[BuildbotService]:
     result: list[BuildbotService] = []
     store = config.store
     if store.type == "local":
@@ -18,5 +19,5 @@ def services(config: FarmConfig) -> list[BuildbotService]:
         )
     # Servers this farm started and no worker owns any more (a crashed or moved master) are deleted.
     for cloud in sorted({pool.cloud for pool in config.workers.openstack}):
-        result.append(OpenStackOrphanReaper(cloud, config.farm.id))
+        result.append(OpenStackOrphanReaper(cloud, fleet))
     return result

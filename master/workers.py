@@ -6,8 +6,14 @@ from gentoo_farm.config import FarmConfig, OpenStackWorkersSection, listen_endpo
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
+from gentoo_farm.workers.fleet import OpenStackFleet
 from gentoo_farm.workers.local import LocalLatentWorker
-from gentoo_farm.workers.openstack import OpenStackLatentWorker
+from gentoo_farm.workers.openstack import (
+    OpenStackLatentWorker,
+    OpenStackPoolSettings,
+    openstack_worker_pool,
+    pool_worker_names,
+)
 
 # Where an OpenStack instance keeps ccache and kernel sources for as long as it lives.
 INSTANCE_CACHE_DIR = "/var/cache/gentoo-farm"
@@ -21,45 +27,48 @@ def local_worker_names(config: FarmConfig) -> list[str]:
     return [f"local-{index}" for index in range(1, config.workers.local.count + 1)]
 
 
-def openstack_worker_names(pool: OpenStackWorkersSection) -> list[str]:
-    """One latent worker per instance the pool may run at once: Buildbot never starts more."""
-    return [f"{pool.name}-{index}" for index in range(1, pool.max_instances + 1)]
-
-
 def worker_names_for(config: FarmConfig, builder: str) -> list[str]:
     names = local_worker_names(config)
     for pool in config.workers.openstack:
         if not pool.builders or builder in pool.builders:
-            names += openstack_worker_names(pool)
+            names += pool_worker_names(pool.name, pool.max_instances)
     return names
 
 
-def _openstack_workers(config: FarmConfig, pool: OpenStackWorkersSection) -> list[OpenStackLatentWorker]:
+def _openstack_workers(
+    config: FarmConfig, pool: OpenStackWorkersSection, fleet: OpenStackFleet
+) -> list[OpenStackLatentWorker]:
     store = workers_base_url(config.store)
-    return [
-        OpenStackLatentWorker(
-            name,
-            cloud=pool.cloud,
-            flavor=pool.flavor,
-            image=pool.image,
-            farm_id=config.farm.id,
-            master_address=pool.master_address or config.master.worker_address,
-            binhost_url=binhost_url(store, config.upstream.profile),
-            distfile_mirror_url=store,
-            install_spec=pool.install,
-            network=pool.network or None,
-            key_name=pool.key_name or None,
-            security_groups=pool.security_groups,
-            volume_size=pool.volume_size or None,
-            boot_timeout=pool.boot_timeout,
-            build_wait_timeout=pool.build_wait_timeout,
-            properties={"cache_dir": INSTANCE_CACHE_DIR},
-        )
-        for name in openstack_worker_names(pool)
-    ]
+    settings = OpenStackPoolSettings(
+        cloud=pool.cloud,
+        flavor=pool.flavor,
+        image=pool.image,
+        master_address=pool.master_address or config.master.worker_address,
+        binhost_url=binhost_url(store, config.upstream.profile),
+        distfile_mirror_url=store,
+        install_spec=pool.install,
+        network=pool.network,
+        key_name=pool.key_name,
+        security_groups=pool.security_groups,
+        volume_size=pool.volume_size,
+        boot_timeout=pool.boot_timeout,
+    )
+    return openstack_worker_pool(
+        pool.name,
+        pool.max_instances,
+        fleet=fleet,
+        settings=settings,
+        build_wait_timeout=pool.build_wait_timeout,
+        properties={"cache_dir": INSTANCE_CACHE_DIR},
+    )
 
 
-def workers(config: FarmConfig, farm: FarmDir) -> list[AbstractLatentWorker]:
+def openstack_fleet(config: FarmConfig) -> OpenStackFleet:
+    """What the OpenStack workers and orphan reapers of one configuration share."""
+    return OpenStackFleet(config.farm.id)
+
+
+def workers(config: FarmConfig, farm: FarmDir, fleet: OpenStackFleet) -> list[AbstractLatentWorker]:
     local = config.workers.local
     result: list[AbstractLatentWorker] = [
         LocalLatentWorker(
@@ -74,5 +83,5 @@ def workers(config: FarmConfig, farm: FarmDir) -> list[AbstractLatentWorker]:
         for name in local_worker_names(config)
     ]
     for pool in config.workers.openstack:
-        result += _openstack_workers(config, pool)
+        result += _openstack_workers(config, pool, fleet)
     return result

@@ -2,7 +2,8 @@
 Glance, the Compute stand-in whose "VMs" run the production user-data, real buildbot-worker processes.
 
 The master runs three workers os-1..os-3 (``openstack_worker_pool("os", 3, ...)``) and the orphan
-reaper; one master serves the whole module (the SIGKILL test restarts it, so it comes last).
+reaper, sharing one fleet; one master serves the whole module (the SIGKILL test reconfigures and
+restarts it, so it comes last).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from portage.binrepo.config import BinRepoConfigLoader
 
 from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.workers.bootstrap import WorkerBootstrap
-from gentoo_farm.workers.openstack import OpenStackLatentWorker, openstack_worker_pool
+from gentoo_farm.workers.fleet import OpenStackFleet
+from gentoo_farm.workers.openstack import OpenStackLatentWorker, OpenStackPoolSettings, openstack_worker_pool
 from tests.services.compute import ComputeStandIn
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
 from tests.services.keystone import Keystone, free_port, keystone  # noqa: F401  (session fixture)
@@ -54,7 +56,9 @@ MASTER_CFG = """\
 from buildbot.plugins import schedulers, steps, util
 
 from gentoo_farm.steps.base import FarmWorkerStep
-from gentoo_farm.workers.openstack import OpenStackOrphanReaper, openstack_worker_pool
+from gentoo_farm.workers.fleet import OpenStackFleet
+from gentoo_farm.workers.openstack import OpenStackPoolSettings, openstack_worker_pool
+from gentoo_farm.workers.reaper import OpenStackOrphanReaper
 
 c = BuildmasterConfig = {{}}
 c["buildbotNetUsageData"] = None
@@ -62,10 +66,10 @@ c["collapseRequests"] = False
 c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
 c["protocols"] = {{"pb": {{"port": "tcp:{pb_port}:interface=127.0.0.1"}}}}
 c["www"] = {{"port": "tcp:{www_port}:interface=127.0.0.1", "plugins": {{}}}}
+fleet = OpenStackFleet({farm_id!r})
 common = dict(
     cloud={cloud!r},
     flavor="m1.small",
-    farm_id={farm_id!r},
     master_address="127.0.0.1:{pb_port}",
     binhost_url={binhost!r},
     distfile_mirror_url={mirror!r},
@@ -75,19 +79,22 @@ common = dict(
     connect_timeout={connect_timeout},
     max_start_attempts={max_start_attempts},
     poll_interval=0.5,
-    check_instance_interval=1,
-    build_wait_timeout=0,
 )
-pool = openstack_worker_pool("os", 3, image="farm-latest", **common)
+latent = dict(fleet=fleet, check_instance_interval=1, build_wait_timeout=0)
+pool = openstack_worker_pool("os", 3, settings=OpenStackPoolSettings(image="farm-latest", **common), **latent)
 on_volume = openstack_worker_pool(
-    "vol", 1, image="gentoo-20261101-amd64", volume_size=20, key_name="farm-key", network={network!r},
-    **common,
+    "vol",
+    1,
+    settings=OpenStackPoolSettings(
+        image="gentoo-20261101-amd64", volume_size=20, key_name="farm-key", network={network!r}, **common
+    ),
+    **latent,
 )
 c["workers"] = pool + on_volume
 c["services"] = [
-    OpenStackOrphanReaper(cloud={cloud!r}, farm_id={farm_id!r}, interval=5),
+    OpenStackOrphanReaper(cloud={cloud!r}, fleet=fleet, interval=5),
     # a cloud the master cannot use: its reaper complains in the log, the master carries on
-    OpenStackOrphanReaper(cloud="no-such-cloud", farm_id={farm_id!r}, interval=5),
+    OpenStackOrphanReaper(cloud="no-such-cloud", fleet=fleet, interval=5),
 ]
 
 quick = util.BuildFactory()
@@ -158,6 +165,18 @@ class Master:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"master not up after {timeout} s:\n{self.log_tail()}")
+
+    def reconfig(self, timeout: float = 60) -> None:
+        """Reload master.cfg as ``buildbot reconfig`` does (SIGHUP), and wait until it is applied."""
+        assert self.process is not None
+        done = "configuration update complete"
+        before = self.log_tail(100_000).count(done)
+        os.kill(self.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log_tail(100_000).count(done) == before:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no reconfig after {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.3)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -351,7 +370,10 @@ def test_build_runs_on_a_fresh_server_that_is_deleted_after(farm: Farm, stand_in
     assert not any(secret in json.dumps(properties) for secret in [*farm.secrets(), *tokens])
 
     reaper = f"openstack-orphan-reaper-no-such-cloud-{FARM_ID}"
-    assert f"{reaper}: sweep failed: cloud no-such-cloud: listing servers:" in farm.master.log_tail(2000)
+    assert (
+        f"{reaper}: sweep failed: cloud 'no-such-cloud': listing servers: not usable from clouds.yaml:"
+        in farm.master.log_tail(2000)
+    )
 
     # the one-time password in that user-data died with the server
     assert server.user_data is not None
@@ -456,15 +478,15 @@ FAULTS = {
     ),
     "quota-413": (
         (413, "Quota exceeded for instances: Requested 1, but already used 9 of 9 instances"),
-        r"cloud farmcloud: creating a server: quota exceeded \(HTTP 413\): Quota exceeded for instances",
+        r"cloud 'farmcloud': creating a server: quota exceeded \(HTTP 413\): Quota exceeded for instances",
     ),
     "quota-403": (
         (403, "Quota exceeded for cores: Requested 4, but already used 40 of 40 cores"),
-        r"cloud farmcloud: creating a server: quota exceeded \(HTTP 403\): Quota exceeded for cores",
+        r"cloud 'farmcloud': creating a server: quota exceeded \(HTTP 403\): Quota exceeded for cores",
     ),
     "api-500": (
         (500, "Unexpected API Error. Please report this at http://bugs.launchpad.net/nova/"),
-        r"cloud farmcloud: creating a server: API error \(HTTP 500\): Unexpected API Error",
+        r"cloud 'farmcloud': creating a server: API error \(HTTP 500\): Unexpected API Error",
     ),
 }
 
@@ -521,6 +543,8 @@ def test_a_request_gives_up_after_bounded_attempts_with_the_reason(
 
     assert Results[request["results"]] == "exception"
     assert [Results[b["results"]] for b in builds] == ["retry"] * MAX_START_ATTEMPTS + ["exception"]
+    # Buildbot moved the request on to other workers after each failure: the bound is the fleet's
+    assert len({b["workerid"] for b in builds}) > 1
     final_log = farm.master.preparation_log(builds[-1]["buildid"])
     assert f"gave up after {MAX_START_ATTEMPTS} failed instance starts" in final_log
     assert "went to ERROR: No valid host was found" in final_log
@@ -545,7 +569,6 @@ def test_bad_worker_configuration_is_reported_naming_the_key() -> None:
         "cloud": CLOUD,
         "flavor": "m1.small",
         "image": "farm-latest",
-        "farm_id": FARM_ID,
         "master_address": "10.0.0.1:9989",
         "binhost_url": BINHOST_URL,
         "distfile_mirror_url": MIRROR_URL,
@@ -553,7 +576,6 @@ def test_bad_worker_configuration_is_reported_naming_the_key() -> None:
     }
     bad = {
         "master_address": ("nohost", "'os-1': master_address 'nohost': expected HOST:PORT"),
-        "farm_id": ("my farm", "'os-1': farm_id 'my farm' must be 1-64 letters"),
         "boot_timeout": (0, "'os-1': boot_timeout must be a positive number of seconds, got 0"),
         "volume_size": (
             2.5,
@@ -561,17 +583,22 @@ def test_bad_worker_configuration_is_reported_naming_the_key() -> None:
         ),
         "binhost_url": ("ftp:/x", "'os-1': binhost_url 'ftp:/x': expected an http(s):// or file:// URL"),
     }
+    fleet = OpenStackFleet(FARM_ID)
     for key, (value, message) in bad.items():
         with capture_config_errors() as errors:
-            OpenStackLatentWorker("os-1", **{**good, key: value})
+            OpenStackLatentWorker("os-1", fleet=fleet, settings=OpenStackPoolSettings(**{**good, key: value}))
         assert any(message in error for error in errors.errors), (key, errors.errors)
+    settings = OpenStackPoolSettings(**good)
     with capture_config_errors() as errors:
-        OpenStackLatentWorker("os 1", **good)
+        OpenStackLatentWorker("os-1", fleet=OpenStackFleet("my farm"), settings=settings)
+    assert any("'os-1': farm_id 'my farm' must be 1-64 letters" in error for error in errors.errors)
+    with capture_config_errors() as errors:
+        OpenStackLatentWorker("os 1", fleet=fleet, settings=settings)
     assert errors.errors == [
         "OpenStack worker 'os 1': worker name 'os 1': letters, digits, '.', '_' and '-' only"
     ]
     with capture_config_errors() as errors:
-        assert len(openstack_worker_pool("os", 3, **good)) == 3
+        assert len(openstack_worker_pool("os", 3, fleet=fleet, settings=settings)) == 3
     assert not errors.errors
 
 
@@ -700,6 +727,18 @@ def test_bootstrap_installs_the_worker_when_the_image_lacks_it(tmp_path: Path) -
     ]
 
 
+def _wait_for_sweeps(stand_in: ComputeStandIn, count: int) -> None:
+    """Until the reaper of the stand-in's cloud has listed the servers ``count`` more times."""
+
+    def listings() -> int:
+        return sum(
+            1 for r in stand_in.requests if r.method == "GET" and r.path.startswith("/v2.1/servers/detail")
+        )
+
+    expected = listings() + count
+    stand_in.wait_for(lambda: listings() >= expected, 60, f"{count} sweeps of the orphan reaper")
+
+
 @pytest.mark.slow
 def test_master_killed_mid_build_orphan_is_reaped_untagged_server_untouched(
     farm: Farm, stand_in: ComputeStandIn
@@ -711,6 +750,13 @@ def test_master_killed_mid_build_orphan_is_reaped_untagged_server_untouched(
     ):
         time.sleep(0.5)
     (orphan,) = stand_in.servers.values()
+    # while its worker lives, the reaper leaves the server alone, also after a reconfig has handed
+    # every worker and reaper a new fleet (the reaper gets it first and sweeps at once)
+    _wait_for_sweeps(stand_in, 2)
+    farm.master.reconfig()
+    _wait_for_sweeps(stand_in, 2)
+    assert orphan.id in stand_in.servers and not stand_in.deleted
+    assert not farm.master.get(f"buildrequests/{brid}")["buildrequests"][0]["complete"]
     flavor = farm.cloud.compute.find_flavor("m1.small")
     untagged = farm.cloud.compute.create_server(
         name="someone-elses-server",

@@ -6,7 +6,6 @@ with an ephemeral cloud instance.
 """
 
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from twisted.internet import threads
 from twisted.python import log
 
 from gentoo_farm.config import host_port
+from gentoo_farm.workers.instance_password import InstancePasswordMixin
 
 STOP_TIMEOUT = 30
 
@@ -27,7 +27,7 @@ def _venv_bin() -> Path:
     return Path(sys.executable).parent
 
 
-class LocalLatentWorker(AbstractLatentWorker):
+class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
     """``master_address`` is ``HOST:PORT`` of the master's worker (PB) port."""
 
     def checkConfig(self, name: str, *, basedir: Path, master_address: str, **kwargs: object) -> None:
@@ -42,15 +42,14 @@ class LocalLatentWorker(AbstractLatentWorker):
         self.instance_dir = Path(basedir)
         self.master_address = master_address
         self.process: subprocess.Popen[bytes] | None = None
-        return super().reconfigService(name, self.getRandomPass(), **kwargs)
+        return super().reconfigService(name, None, **kwargs)
 
     async def start_instance(self, build: object) -> bool:
-        self.password = secrets.token_urlsafe(24)
-        await self.registration.update(self, self.master.config)
-        self.process = await threads.deferToThread(self._create_and_start)
+        password = self.instance_password.issue()
+        self.process = await threads.deferToThread(self._create_and_start, password)
         return True
 
-    def _create_and_start(self) -> subprocess.Popen[bytes]:
+    def _create_and_start(self, password: str) -> subprocess.Popen[bytes]:
         shutil.rmtree(self.instance_dir, ignore_errors=True)
         self.instance_dir.mkdir(parents=True)
         subprocess.run(
@@ -61,7 +60,7 @@ class LocalLatentWorker(AbstractLatentWorker):
                 str(self.instance_dir),
                 self.master_address,
                 self.workername,
-                self.password,
+                password,
             ],
             check=True,
             capture_output=True,
@@ -87,6 +86,7 @@ class LocalLatentWorker(AbstractLatentWorker):
         return True, ""
 
     async def stop_instance(self, fast: bool = False) -> bool:
+        self.instance_password.revoke()
         process, self.process = self.process, None
         if process is not None:
             await threads.deferToThread(self._stop, process)

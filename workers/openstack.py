@@ -5,145 +5,138 @@ Each :class:`OpenStackLatentWorker` owns at most one server at a time, so ``max_
 (``<name>-1`` .. ``<name>-N``); Buildbot never runs more servers than that.
 
 Every server carries metadata naming the farm (:data:`FARM_ID_KEY`, the stable id from farm.toml),
-the worker (:data:`WORKER_KEY`) and a random instance token (:data:`INSTANCE_KEY`).
-:class:`OpenStackOrphanReaper` deletes servers carrying this farm's id whose token no running worker
-holds (left behind by a master crash or a deletion that timed out); servers without the farm id are
-never touched.
+the worker (:data:`WORKER_KEY`) and a random instance token (:data:`INSTANCE_KEY`) that the worker
+holds in its :class:`~gentoo_farm.workers.fleet.OpenStackFleet` while the server may exist; the
+orphan reaper (:mod:`gentoo_farm.workers.reaper`) deletes this farm's servers whose token nobody holds.
 
-All openstacksdk calls run in threads (``deferToThread``), never on the reactor.
+All openstacksdk calls run in threads (``deferToThread``), never on the reactor; what their failures
+mean for a build is :mod:`gentoo_farm.cloud`'s classification.
 """
 
 from __future__ import annotations
 
 import base64
-import enum
 import re
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import openstack
 import openstack.connection
 from buildbot import config
-from buildbot.interfaces import IRenderable, LatentWorkerCannotSubstantiate, LatentWorkerFailedToSubstantiate
-from buildbot.util import service
+from buildbot.interfaces import LatentWorkerCannotSubstantiate, LatentWorkerFailedToSubstantiate
 from buildbot.worker.latent import AbstractLatentWorker, States
 from openstack import exceptions as sdk_exceptions
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.python import log
-from zope.interface import implementer
 
+from gentoo_farm.cloud import CloudCallFailed, Trouble, call_cloud, connect_to_cloud
 from gentoo_farm.glance import FARM_ID_PROPERTY, farm_images
 from gentoo_farm.workers.bootstrap import WorkerBootstrap, check_worker_name
+from gentoo_farm.workers.fleet import OpenStackFleet, check_fleet
+from gentoo_farm.workers.instance_password import InstancePasswordMixin
 
 FARM_ID_KEY = "gentoo_farm_id"
 WORKER_KEY = "gentoo_farm_worker"
 INSTANCE_KEY = "gentoo_farm_instance"
 # image = LATEST_FARM_IMAGE boots the newest active Glance image the farm published (FARM_ID_PROPERTY)
 LATEST_FARM_IMAGE = "farm-latest"
+# seconds between looks at a server whose worker has not connected yet (ERROR, connect_timeout)
+DEFAULT_CHECK_INTERVAL = 5
 
-_FARM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
-# timeouts and rate limits; a 409 from Nova means the request cannot work (e.g. ambiguous network)
-_TRANSIENT_STATUSES = {408, 429}
-API_TIMEOUT = 120.0
-"""Seconds any one cloud API request may take: a hung call must not hold a worker forever."""
+# what AbstractLatentWorker gets unless the configuration says otherwise: stop after each build
+_LATENT_DEFAULTS = {"build_wait_timeout": 0, "check_instance_interval": DEFAULT_CHECK_INTERVAL}
 
 _Result = TypeVar("_Result")
 
-# Failed instance starts per build request id (ERROR, boot timeout, never connected), shared by
-# all workers of this master: Buildbot retries a request after a failed substantiation on any
-# worker, and this bounds how often.
-_failed_starts: dict[int, list[str]] = {}
 
-
-class Trouble(enum.Enum):
-    """What a failure means for the build request waiting on the instance."""
-
-    # quota, rate limits, 5xx, the cloud unreachable: try again after Buildbot's quarantine backoff
-    TRANSIENT = "transient"
-    # unknown flavor/image/network/key, bad credentials: retrying cannot help, fail the build now
-    CONFIGURATION = "configuration"
-    # this instance broke (ERROR, boot timeout, worker never connected): retry on a new instance, bounded
-    INSTANCE = "instance"
-
-
-class CloudCallFailed(Exception):
-    """An openstacksdk call failed, with a one-line reason and what kind of trouble it is."""
-
-    def __init__(self, message: str, trouble: Trouble) -> None:
-        super().__init__(message)
-        self.trouble = trouble
-
-
-def describe_cloud_error(cloud: str, action: str, error: BaseException) -> CloudCallFailed:
-    """Turn an SDK/keystoneauth exception into one line a user can act on."""
-    status = getattr(error, "status_code", None) or getattr(error, "http_status", None)
-    details = getattr(error, "details", None) or str(error)
-    details = " ".join(str(details).split())[:300]
-    if status in (403, 413) and "quota" in details.lower():
-        return CloudCallFailed(
-            f"cloud {cloud}: {action}: quota exceeded (HTTP {status}): {details}", Trouble.TRANSIENT
-        )
-    if isinstance(status, int) and (status >= 500 or status in _TRANSIENT_STATUSES):
-        return CloudCallFailed(
-            f"cloud {cloud}: {action}: API error (HTTP {status}): {details}", Trouble.TRANSIENT
-        )
-    if isinstance(status, int):
-        return CloudCallFailed(
-            f"cloud {cloud}: {action}: rejected (HTTP {status}): {details}", Trouble.CONFIGURATION
-        )
-    if isinstance(error, sdk_exceptions.ResourceTimeout):
-        return CloudCallFailed(f"cloud {cloud}: {action}: {details}", Trouble.TRANSIENT)
-    if isinstance(error, sdk_exceptions.SDKException):
-        # a bad clouds.yaml entry, a service missing from the catalog, malformed answers
-        return CloudCallFailed(f"cloud {cloud}: {action}: {details}", Trouble.CONFIGURATION)
-    # connection refused, DNS, TLS: the cloud may come back
-    return CloudCallFailed(f"cloud {cloud}: {action}: {type(error).__name__}: {details}", Trouble.TRANSIENT)
-
-
-def connect_to_cloud(cloud: str) -> openstack.connection.Connection:
-    """A connection for the clouds.yaml entry ``cloud`` (authentication happens on first use)."""
-    return openstack.connect(cloud=cloud, api_timeout=API_TIMEOUT)
-
-
-@implementer(IRenderable)
-class _InstancePassword:
-    """The password the current instance's worker logs in with, rendered at each login attempt.
-
-    Buildbot's PB dispatcher renders a worker's registered password whenever someone logs in, so
-    a new password per instance needs no re-registration. Without an instance, nobody knows it.
-    """
-
-    def __init__(self) -> None:
-        self.current: str | None = None
-
-    def getRenderingFor(self, _properties: object) -> str:
-        return self.current or secrets.token_urlsafe(32)
-
-
-class OpenStackLatentWorker(AbstractLatentWorker):
-    """A latent worker that boots one OpenStack server per substantiation and deletes it afterwards.
+@dataclass(frozen=True)
+class OpenStackPoolSettings:
+    """How the workers of one pool (a ``[[workers.openstack]]`` entry) boot and watch their servers.
 
     ``image`` is a Glance image name or id, or ``"farm-latest"``: the newest active image whose
-    ``farm_id`` property is ``farm_id``. ``volume_size`` (GiB) boots from a volume made from the
-    image. ``boot_timeout``: seconds for the server to become ACTIVE; ``connect_timeout``: seconds
-    from ACTIVE until the worker must have connected. A build request whose instance fails that way
-    ``max_start_attempts`` times fails with the last reason; quota and API errors are retried with
-    Buildbot's quarantine backoff (10 s doubling up to an hour); configuration errors (unknown flavor,
-    image, network or key, credentials refused) fail the build at once.
+    ``farm_id`` property is the fleet's farm id. ``network`` and ``key_name`` are a name (or an id),
+    empty for none; ``volume_size`` (GiB, 0 or None: boot from the image) boots from a volume made
+    from the image. ``boot_timeout``: seconds for the server to become ACTIVE; ``connect_timeout``:
+    seconds from ACTIVE until the worker must have connected; ``delete_timeout``: seconds a deletion
+    may take; ``poll_interval``: seconds between looks at a server being created or deleted. A build
+    request whose instances fail that way ``max_start_attempts`` times fails with the last reason.
+    ``master_address`` .. ``install_spec`` go to the user-data (:class:`WorkerBootstrap`).
+    """
 
-    The worker password is not configured: every instance gets a fresh one from :mod:`secrets`
-    (``getRandomPass`` draws from :mod:`random` and lasts a whole configuration), which the master
+    cloud: str
+    flavor: str
+    image: str
+    master_address: str
+    binhost_url: str
+    distfile_mirror_url: str
+    install_spec: str
+    network: str | None = None
+    key_name: str | None = None
+    security_groups: Sequence[str] = ()
+    volume_size: int | None = None
+    boot_timeout: float = 600
+    connect_timeout: float = 900
+    delete_timeout: float = 300
+    max_start_attempts: int = 3
+    poll_interval: float = 5
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one message naming the key per problem."""
+        found = []
+        for key in ("cloud", "flavor", "image"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.strip():
+                found.append(f"{key} must be a non-empty string, got {value!r}")
+        try:
+            self.bootstrap()
+        except ValueError as error:
+            found.append(str(error))
+        for key in ("boot_timeout", "connect_timeout", "delete_timeout", "poll_interval"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                found.append(f"{key} must be a positive number of seconds, got {value!r}")
+        attempts = self.max_start_attempts
+        if not isinstance(attempts, int) or attempts < 1:
+            found.append(f"max_start_attempts must be an integer >= 1, got {attempts!r}")
+        size = self.volume_size
+        if size is not None and (not isinstance(size, int) or size < 0):
+            found.append(f"volume_size must be whole GiB (0: boot from the image), got {size!r}")
+        groups = self.security_groups
+        if isinstance(groups, str) or not all(isinstance(group, str) for group in groups):
+            found.append(f"security_groups must be a list of names, got {groups!r}")
+        return found
+
+    def bootstrap(self) -> WorkerBootstrap:
+        return WorkerBootstrap(
+            self.master_address, self.binhost_url, self.distfile_mirror_url, self.install_spec
+        )
+
+
+def pool_worker_names(name: str, max_instances: int) -> list[str]:
+    """``<name>-1`` .. ``<name>-N``: one latent worker per server the pool may run at once."""
+    return [f"{name}-{index}" for index in range(1, max_instances + 1)]
+
+
+class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
+    """A latent worker that boots one OpenStack server per substantiation and deletes it afterwards.
+
+    ``fleet`` is shared by all OpenStack workers of the farm and their orphan reapers; ``settings``
+    by the workers of one pool. Instances that fail (ERROR, boot timeout, never connected) are
+    retried on a new instance up to ``settings.max_start_attempts`` times per build request; quota
+    and API errors are retried with Buildbot's quarantine backoff (10 s doubling up to an hour);
+    configuration errors (unknown flavor, image, network or key, credentials refused) fail the
+    build at once. Other keywords go to Buildbot's ``AbstractLatentWorker`` (``build_wait_timeout``
+    defaults to 0: the server goes after each build).
+
+    The worker password is not configured: every instance gets a fresh one, which the master
     forgets as soon as the instance is deleted. ``stop_instance`` always waits for the deletion,
     bounded by ``delete_timeout``; a server it could not delete is left to the orphan reaper.
     """
 
-    # seconds between looks at a server whose worker has not connected yet (ERROR, connect_timeout)
-    DEFAULT_CHECK_INTERVAL = 5
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._login_password = _InstancePassword()
+        self.fleet: OpenStackFleet | None = None
         self._server_id: str | None = None
         self._server_name: str | None = None
         self._instance_token: str | None = None
@@ -152,137 +145,46 @@ class OpenStackLatentWorker(AbstractLatentWorker):
         self._cloud_connection: openstack.connection.Connection | None = None
         super().__init__(*args, **kwargs)
 
-    # AbstractWorker stores the configured password in ``password`` and registers it with the PB
-    # dispatcher; ours is chosen per instance, so the attribute always yields the renderable.
-    @property
-    def password(self) -> IRenderable:
-        return self._login_password
-
-    @password.setter
-    def password(self, _configured: object) -> None:
-        return
-
-    @property
-    def instance_token(self) -> str | None:
-        """The token of the server this worker owns now (or is creating); None without one."""
-        return self._instance_token
-
     def checkConfig(
-        self,
-        name: str,
-        *,
-        cloud: str,
-        flavor: str,
-        image: str,
-        farm_id: str,
-        master_address: str,
-        binhost_url: str,
-        distfile_mirror_url: str,
-        install_spec: str,
-        network: str | None = None,
-        key_name: str | None = None,
-        security_groups: Sequence[str] = (),
-        volume_size: int | None = None,
-        boot_timeout: float = 600,
-        connect_timeout: float = 900,
-        delete_timeout: float = 300,
-        max_start_attempts: int = 3,
-        poll_interval: float = 5,
-        build_wait_timeout: int = 0,
-        check_instance_interval: float = DEFAULT_CHECK_INTERVAL,
-        **kwargs: Any,
+        self, name: str, *, fleet: OpenStackFleet, settings: OpenStackPoolSettings, **kwargs: Any
     ) -> None:
         where = f"OpenStack worker {name!r}"
         try:
             check_worker_name(name)
+            check_fleet(fleet)
         except ValueError as error:
             config.error(f"{where}: {error}")
-        for key, value in (("cloud", cloud), ("flavor", flavor), ("image", image)):
-            if not isinstance(value, str) or not value.strip():
-                config.error(f"{where}: {key} must be a non-empty string, got {value!r}")
-        if not isinstance(farm_id, str) or not _FARM_ID.match(farm_id):
-            config.error(f"{where}: farm_id {farm_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
-        try:
-            WorkerBootstrap(master_address, binhost_url, distfile_mirror_url, install_spec)
-        except ValueError as error:
-            config.error(f"{where}: {error}")
-        for key, value in (
-            ("boot_timeout", boot_timeout),
-            ("connect_timeout", connect_timeout),
-            ("delete_timeout", delete_timeout),
-            ("poll_interval", poll_interval),
-        ):
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                config.error(f"{where}: {key} must be a positive number of seconds, got {value!r}")
-        if not isinstance(max_start_attempts, int) or max_start_attempts < 1:
-            config.error(f"{where}: max_start_attempts must be an integer >= 1, got {max_start_attempts!r}")
-        if volume_size is not None and (not isinstance(volume_size, int) or volume_size < 0):
-            config.error(
-                f"{where}: volume_size must be whole GiB (0: boot from the image), got {volume_size!r}"
-            )
-        if isinstance(security_groups, str) or not all(isinstance(g, str) for g in security_groups):
-            config.error(f"{where}: security_groups must be a list of names, got {security_groups!r}")
-        super().checkConfig(
-            name,
-            None,
-            build_wait_timeout=build_wait_timeout,
-            check_instance_interval=check_instance_interval,
-            **kwargs,
-        )
+        if not isinstance(settings, OpenStackPoolSettings):
+            config.error(f"{where}: settings must be an OpenStackPoolSettings, got {settings!r}")
+        else:
+            for problem in settings.problems():
+                config.error(f"{where}: {problem}")
+        super().checkConfig(name, None, **{**_LATENT_DEFAULTS, **kwargs})
 
     @defer.inlineCallbacks
     def reconfigService(
-        self,
-        name: str,
-        *,
-        cloud: str,
-        flavor: str,
-        image: str,
-        farm_id: str,
-        master_address: str,
-        binhost_url: str,
-        distfile_mirror_url: str,
-        install_spec: str,
-        network: str | None = None,
-        key_name: str | None = None,
-        security_groups: Sequence[str] = (),
-        volume_size: int | None = None,
-        boot_timeout: float = 600,
-        connect_timeout: float = 900,
-        delete_timeout: float = 300,
-        max_start_attempts: int = 3,
-        poll_interval: float = 5,
-        build_wait_timeout: int = 0,
-        check_instance_interval: float = DEFAULT_CHECK_INTERVAL,
-        **kwargs: Any,
+        self, name: str, *, fleet: OpenStackFleet, settings: OpenStackPoolSettings, **kwargs: Any
     ):
-        if "missing_timeout" not in kwargs:
-            # Buildbot's own backstop behind boot_timeout + connect_timeout (checked in check_instance)
-            kwargs["missing_timeout"] = int(boot_timeout + connect_timeout + 5 * check_instance_interval)
-        yield super().reconfigService(
-            name,
-            None,
-            build_wait_timeout=build_wait_timeout,
-            check_instance_interval=check_instance_interval,
-            **kwargs,
+        kwargs = {**_LATENT_DEFAULTS, **kwargs}
+        # Buildbot's own backstop behind boot_timeout + connect_timeout (checked in check_instance)
+        kwargs.setdefault(
+            "missing_timeout",
+            int(settings.boot_timeout + settings.connect_timeout + 5 * kwargs["check_instance_interval"]),
         )
-        if self._cloud_connection is not None and cloud != self.cloud:
+        yield super().reconfigService(name, None, **kwargs)
+        if self._cloud_connection is not None and settings.cloud != self.settings.cloud:
             self._cloud_connection = None
-        self.cloud = cloud
-        self.flavor = flavor
-        self.image = image
-        self.farm_id = farm_id
-        self.bootstrap = WorkerBootstrap(master_address, binhost_url, distfile_mirror_url, install_spec)
-        # farm.toml spells "none" as "" and 0
-        self.network = network or None
-        self.key_name = key_name or None
-        self.security_groups = list(security_groups)
-        self.volume_size = volume_size or None
-        self.boot_timeout = boot_timeout
-        self.connect_timeout = connect_timeout
-        self.delete_timeout = delete_timeout
-        self.max_start_attempts = max_start_attempts
-        self.poll_interval = poll_interval
+        # a reconfig brings a new fleet: it takes over the token of a server we may own right now
+        self.fleet = fleet.take_over(self.fleet)
+        self.fleet.enlist(self.name)
+        self.settings = settings
+        self.bootstrap = settings.bootstrap()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        yield super().stopService()
+        if self.fleet is not None:
+            self.fleet.discharge(self.name)
 
     # -- talking to the cloud (these run in threads) ---------------------------------------------
 
@@ -290,65 +192,60 @@ class OpenStackLatentWorker(AbstractLatentWorker):
         self, action: str, function: Callable[..., _Result], *args: Any, **kwargs: Any
     ) -> defer.Deferred[_Result]:
         """Run ``function`` in a thread; SDK errors become :class:`CloudCallFailed`."""
-
-        def guarded() -> _Result:
-            try:
-                return function(*args, **kwargs)
-            except CloudCallFailed:
-                raise
-            except Exception as error:
-                raise describe_cloud_error(self.cloud, action, error) from error
-
-        return threads.deferToThread(guarded)
+        return threads.deferToThread(call_cloud, self.settings.cloud, action, function, *args, **kwargs)
 
     def _connection(self) -> openstack.connection.Connection:
         if self._cloud_connection is None:
-            self._cloud_connection = connect_to_cloud(self.cloud)
+            self._cloud_connection = connect_to_cloud(self.settings.cloud)
         return self._cloud_connection
 
     def _not_found(self, what: str) -> CloudCallFailed:
-        return CloudCallFailed(f"cloud {self.cloud}: {what} not found", Trouble.CONFIGURATION)
+        return CloudCallFailed(f"cloud {self.settings.cloud!r}: {what} not found", Trouble.CONFIGURATION)
 
     def _resolve_image_id(self) -> str:
         connection = self._connection()
-        if self.image != LATEST_FARM_IMAGE:
+        image, farm_id = self.settings.image, self.fleet.farm_id
+        if image != LATEST_FARM_IMAGE:
             try:
-                return connection.image.find_image(self.image, ignore_missing=False).id
+                return connection.image.find_image(image, ignore_missing=False).id
             except sdk_exceptions.NotFoundException as error:
-                raise self._not_found(f"image {self.image!r}") from error
-        published = [image for image in farm_images(connection, self.farm_id) if image.status == "active"]
+                raise self._not_found(f"image {image!r}") from error
+        published = [image for image in farm_images(connection, farm_id) if image.status == "active"]
         if not published:
             raise self._not_found(
                 f"image {LATEST_FARM_IMAGE!r} (an active image of this project with "
-                f"{FARM_ID_PROPERTY}={self.farm_id}: has this farm published one yet?)"
+                f"{FARM_ID_PROPERTY}={farm_id}: has this farm published one yet?)"
             )
         return published[0].id
 
     def _resolve_network_id(self) -> str | None:
-        if self.network is None or _UUID.match(self.network):
-            return self.network
+        network = self.settings.network or None
+        if network is None or _UUID.match(network):
+            return network
         try:
-            return self._connection().network.find_network(self.network, ignore_missing=False).id
+            return self._connection().network.find_network(network, ignore_missing=False).id
         except sdk_exceptions.NotFoundException as error:
-            raise self._not_found(f"network {self.network!r}") from error
+            raise self._not_found(f"network {network!r}") from error
 
     def _create_server(self, server_name: str, user_data: str, token: str) -> str:
+        settings = self.settings
         compute = self._connection().compute
         try:
-            flavor = compute.find_flavor(self.flavor, ignore_missing=False)
+            flavor = compute.find_flavor(settings.flavor, ignore_missing=False)
         except sdk_exceptions.NotFoundException as error:
-            raise self._not_found(f"flavor {self.flavor!r}") from error
+            raise self._not_found(f"flavor {settings.flavor!r}") from error
         image_id = self._resolve_image_id()
         network_id = self._resolve_network_id()
         attrs: dict[str, Any] = {
             "name": server_name,
             "flavor_id": flavor.id,
             "user_data": base64.b64encode(user_data.encode()).decode("ascii"),
-            "metadata": {FARM_ID_KEY: self.farm_id, WORKER_KEY: self.name, INSTANCE_KEY: token},
+            "metadata": {FARM_ID_KEY: self.fleet.farm_id, WORKER_KEY: self.name, INSTANCE_KEY: token},
             # without a network Nova picks the project's only one or fails with a clear 409
             "networks": [{"uuid": network_id}] if network_id else "auto",
         }
-        if self.volume_size is None:
+        # farm.toml spells "none" as "" and 0
+        if not settings.volume_size:
             attrs["image_id"] = image_id
         else:
             attrs["block_device_mapping"] = [
@@ -357,14 +254,14 @@ class OpenStackLatentWorker(AbstractLatentWorker):
                     "uuid": image_id,
                     "source_type": "image",
                     "destination_type": "volume",
-                    "volume_size": self.volume_size,
+                    "volume_size": settings.volume_size,
                     "delete_on_termination": True,
                 }
             ]
-        if self.key_name:
-            attrs["key_name"] = self.key_name
-        if self.security_groups:
-            attrs["security_groups"] = [{"name": group} for group in self.security_groups]
+        if settings.key_name:
+            attrs["key_name"] = settings.key_name
+        if settings.security_groups:
+            attrs["security_groups"] = [{"name": group} for group in settings.security_groups]
         return compute.create_server(**attrs).id
 
     def _wait_until_active(self, server_id: str) -> None:
@@ -375,8 +272,8 @@ class OpenStackLatentWorker(AbstractLatentWorker):
                 server,
                 status="ACTIVE",
                 failures=["ERROR"],
-                interval=self.poll_interval,
-                wait=self.boot_timeout,
+                interval=self.settings.poll_interval,
+                wait=self.settings.boot_timeout,
             )
         except sdk_exceptions.ResourceFailure as error:
             server = compute.get_server(server_id)
@@ -387,7 +284,7 @@ class OpenStackLatentWorker(AbstractLatentWorker):
         except sdk_exceptions.ResourceTimeout as error:
             status = compute.get_server(server_id).status
             raise CloudCallFailed(
-                f"server {server_id} not ACTIVE after {self.boot_timeout:g} s (status {status})",
+                f"server {server_id} not ACTIVE after {self.settings.boot_timeout:g} s (status {status})",
                 Trouble.INSTANCE,
             ) from error
 
@@ -401,7 +298,8 @@ class OpenStackLatentWorker(AbstractLatentWorker):
         if server.status == "ERROR":
             fault = (server.fault or {}).get("message") or "no fault message"
             return f"server {server.name} ({server_id}) went to ERROR: {fault}"
-        if waited < self.connect_timeout:
+        connect_timeout = self.settings.connect_timeout
+        if waited < connect_timeout:
             return None
         try:
             console = compute.get_server_console_output(server_id, length=10).get("output", "")
@@ -410,7 +308,7 @@ class OpenStackLatentWorker(AbstractLatentWorker):
         tail = " | ".join(line.strip() for line in console.strip().splitlines()[-5:]) or "(empty)"
         return (
             f"server {server.name} ({server_id}) is {server.status} but its worker did not connect "
-            f"within {self.connect_timeout:g} s; console: {tail}"
+            f"within {connect_timeout:g} s; console: {tail}"
         )
 
     def _delete_server(self, server_id: str) -> None:
@@ -420,7 +318,9 @@ class OpenStackLatentWorker(AbstractLatentWorker):
             server = compute.get_server(server_id)
         except sdk_exceptions.NotFoundException:
             return
-        compute.wait_for_delete(server, interval=self.poll_interval, wait=self.delete_timeout)
+        compute.wait_for_delete(
+            server, interval=self.settings.poll_interval, wait=self.settings.delete_timeout
+        )
 
     # -- the latent worker protocol ----------------------------------------------------------------
 
@@ -432,22 +332,25 @@ class OpenStackLatentWorker(AbstractLatentWorker):
             raise LatentWorkerFailedToSubstantiate(self.name, f"still owns server {self._server_id}")
         request_id = min((request.id for request in build.requests), default=None)
         self._starting_request = request_id
-        failures = _failed_starts.get(request_id, []) if request_id is not None else []
-        if len(failures) >= self.max_start_attempts:
-            _failed_starts.pop(request_id, None)
+        failures = self.fleet.failed_starts(request_id) if request_id is not None else []
+        if len(failures) >= self.settings.max_start_attempts:
+            self.fleet.forget_request(request_id)
             raise LatentWorkerCannotSubstantiate(
                 f"{self.name}: gave up after {len(failures)} failed instance starts; last: {failures[-1]}"
             )
 
-        self._login_password.current = secrets.token_urlsafe(24)
+        password = self.instance_password.issue()
+        # held before the server exists, so that no reaper sweep can see it unowned
         self._instance_token = token = secrets.token_hex(6)
-        self._server_name = f"{self.farm_id}-{self.name}-{token}"
-        user_data = self.bootstrap.render(self.name, self._login_password.current)
+        self.fleet.hold(token)
+        self._server_name = f"{self.fleet.farm_id}-{self.name}-{token}"
+        user_data = self.bootstrap.render(self.name, password)
+        cloud = self.settings.cloud
         try:
             self._server_id = await self._call(
                 "creating a server", self._create_server, self._server_name, user_data, token
             )
-            log.msg(f"{self.name}: created server {self._server_name} ({self._server_id}) on {self.cloud}")
+            log.msg(f"{self.name}: created server {self._server_name} ({self._server_id}) on {cloud}")
             await self._call("waiting for the server", self._wait_until_active, self._server_id)
         except CloudCallFailed as error:
             await self._forget_instance()
@@ -466,7 +369,7 @@ class OpenStackLatentWorker(AbstractLatentWorker):
     def _record_failed_start(self, reason: str) -> None:
         log.msg(f"{self.name}: instance start failed: {reason}")
         if self._starting_request is not None:
-            _failed_starts.setdefault(self._starting_request, []).append(reason)
+            self.fleet.record_failed_start(self._starting_request, reason)
 
     def check_instance(self) -> defer.Deferred[tuple[bool, str]]:
         return defer.Deferred.fromCoroutine(self._check_instance())
@@ -490,7 +393,7 @@ class OpenStackLatentWorker(AbstractLatentWorker):
     def attached(self, conn: Any):
         yield super().attached(conn)
         if self.state == States.SUBSTANTIATED and self._starting_request is not None:
-            _failed_starts.pop(self._starting_request, None)
+            self.fleet.forget_request(self._starting_request)
             self._starting_request = None
 
     def stop_instance(self, fast: bool = False) -> defer.Deferred[bool]:
@@ -502,9 +405,9 @@ class OpenStackLatentWorker(AbstractLatentWorker):
 
     async def _forget_instance(self) -> None:
         """Delete our server (waiting, bounded) and forget it; the old password stops working now."""
-        self._login_password.current = None
+        self.instance_password.revoke()
         self._active_since = None
-        server_id, server_name = self._server_id, self._server_name
+        server_id, server_name, token = self._server_id, self._server_name, self._instance_token
         try:
             if server_id is not None:
                 await self._call("deleting a server", self._delete_server, server_id)
@@ -514,10 +417,13 @@ class OpenStackLatentWorker(AbstractLatentWorker):
             log.msg(f"{self.name}: could not delete server {server_name} ({server_id}): {error}")
         finally:
             self._server_id = self._server_name = self._instance_token = None
+            if token is not None:
+                self.fleet.release(token)
 
 
 def openstack_worker_pool(name: str, max_instances: int, **kwargs: Any) -> list[OpenStackLatentWorker]:
-    """``max_instances`` workers ``<name>-1`` .. ``<name>-N`` sharing one configuration.
+    """``max_instances`` workers ``<name>-1`` .. ``<name>-N`` sharing one configuration (``fleet``,
+    ``settings``, and whatever else :class:`OpenStackLatentWorker` takes).
 
     Each owns at most one server, so the pool never runs more than ``max_instances`` servers.
     """
@@ -526,120 +432,4 @@ def openstack_worker_pool(name: str, max_instances: int, **kwargs: Any) -> list[
             f"OpenStack workers {name!r}: max_instances must be an integer >= 1, got {max_instances!r}"
         )
         return []
-    return [OpenStackLatentWorker(f"{name}-{index}", **kwargs) for index in range(1, max_instances + 1)]
-
-
-class OpenStackOrphanReaper(service.BuildbotService):
-    """Deletes servers tagged with this farm's id that no running worker of this master owns.
-
-    Runs when the master starts and then every ``interval`` seconds. A server counts as owned while
-    an :class:`OpenStackLatentWorker` with the same ``farm_id`` holds its instance token (from before
-    the create call until the deletion finished), so a server being created is never reaped.
-    With ``multiMaster``, each master only reaps servers of the worker names it runs.
-    """
-
-    def __init__(self, cloud: str, farm_id: str, interval: float = 300, name: str | None = None) -> None:
-        self._loop: task.LoopingCall | None = None
-        self._cloud_connection: openstack.connection.Connection | None = None
-        super().__init__(cloud, farm_id, interval, name=name or f"openstack-orphan-reaper-{cloud}-{farm_id}")
-
-    def checkConfig(self, cloud: str, farm_id: str, interval: float = 300) -> None:
-        if not isinstance(cloud, str) or not cloud:
-            config.error(f"OpenStack orphan reaper: cloud must be a clouds.yaml name, got {cloud!r}")
-        if not isinstance(farm_id, str) or not _FARM_ID.match(farm_id):
-            config.error(
-                f"OpenStack orphan reaper: farm_id {farm_id!r} must be 1-64 letters, digits, '.', '_' or '-'"
-            )
-        if not isinstance(interval, int | float) or interval <= 0:
-            config.error(
-                f"OpenStack orphan reaper: interval must be a positive number of seconds, got {interval!r}"
-            )
-
-    def reconfigService(self, cloud: str, farm_id: str, interval: float = 300) -> None:
-        if cloud != getattr(self, "cloud", cloud):
-            self._cloud_connection = None
-        self.cloud = cloud
-        self.farm_id = farm_id
-        self.interval = interval
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-            self._start_loop()
-
-    def _start_loop(self) -> None:
-        self._loop = task.LoopingCall(self._sweep_logging_errors)
-        self._loop.clock = self.master.reactor
-        self._loop_done = self._loop.start(self.interval, now=True)
-
-    @defer.inlineCallbacks
-    def startService(self):
-        yield super().startService()
-        self._start_loop()
-
-    @defer.inlineCallbacks
-    def stopService(self):
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-            yield self._loop_done
-        yield super().stopService()
-
-    def _sweep_logging_errors(self) -> defer.Deferred[None]:
-        d = self.sweep()
-        d.addErrback(lambda failure: log.msg(f"{self.name}: sweep failed: {failure.getErrorMessage()}"))
-        d.addCallback(lambda _: None)
-        return d
-
-    def _owned_tokens(self) -> tuple[set[str], set[str]]:
-        """Instance tokens held by this master's workers of our farm, and those workers' names."""
-        workers = [
-            worker
-            for worker in self.master.workers.workers.values()
-            if isinstance(worker, OpenStackLatentWorker) and worker.farm_id == self.farm_id
-        ]
-        tokens = {worker.instance_token for worker in workers if worker.instance_token}
-        return tokens, {worker.name for worker in workers}
-
-    def _list_farm_servers(self) -> list[Any]:
-        if self._cloud_connection is None:
-            self._cloud_connection = connect_to_cloud(self.cloud)
-        return [
-            server
-            for server in self._cloud_connection.compute.servers(details=True)
-            if (server.metadata or {}).get(FARM_ID_KEY) == self.farm_id and server.status != "DELETED"
-        ]
-
-    def _delete(self, server_ids: Iterable[str]) -> None:
-        assert self._cloud_connection is not None
-        for server_id in server_ids:
-            self._cloud_connection.compute.delete_server(server_id, ignore_missing=True)
-
-    def sweep(self) -> defer.Deferred[list[str]]:
-        """Delete this farm's unowned servers now; the Deferred fires with their names."""
-        return defer.Deferred.fromCoroutine(self._sweep())
-
-    async def _sweep(self) -> list[str]:
-        try:
-            servers = await threads.deferToThread(self._list_farm_servers)
-        except Exception as error:
-            raise describe_cloud_error(self.cloud, "listing servers", error) from error
-        # ownership is read after the listing returned: a worker records its token before it
-        # creates a server, so every listed server of a live worker is already marked owned
-        tokens, worker_names = self._owned_tokens()
-        multi_master = bool(getattr(self.master.config, "multiMaster", False))
-        orphans = [
-            server
-            for server in servers
-            if server.metadata.get(INSTANCE_KEY) not in tokens
-            and (not multi_master or server.metadata.get(WORKER_KEY) in worker_names)
-        ]
-        if not orphans:
-            return []
-        for server in orphans:
-            log.msg(
-                f"{self.name}: deleting orphan server {server.name} ({server.id}) of worker "
-                f"{server.metadata.get(WORKER_KEY)!r}: no running worker owns it"
-            )
-        try:
-            await threads.deferToThread(self._delete, [server.id for server in orphans])
-        except Exception as error:
-            raise describe_cloud_error(self.cloud, "deleting orphan servers", error) from error
-        return [server.name for server in orphans]
+    return [OpenStackLatentWorker(worker, **kwargs) for worker in pool_worker_names(name, max_instances)]

@@ -1,0 +1,128 @@
+"""Deletes the servers a farm's OpenStack workers left behind (a master crash, a deletion that timed out)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import openstack.connection
+from buildbot import config
+from buildbot.util import service
+from twisted.internet import defer, task, threads
+from twisted.python import log
+
+from gentoo_farm.cloud import cloud_errors, connect_to_cloud
+from gentoo_farm.workers.fleet import OpenStackFleet, check_fleet
+from gentoo_farm.workers.openstack import FARM_ID_KEY, INSTANCE_KEY, WORKER_KEY
+
+
+class OpenStackOrphanReaper(service.BuildbotService):
+    """Deletes servers on ``cloud`` tagged with the fleet's farm id whose instance token nobody holds.
+
+    Runs when the master starts and then every ``interval`` seconds. A worker holds its token in the
+    shared :class:`OpenStackFleet` from before the create call until the deletion finished, so a
+    server being created is never reaped; servers without the farm id are never touched. With
+    ``multiMaster``, each master only reaps servers of the worker names its fleet has.
+    """
+
+    def __init__(
+        self, cloud: str, fleet: OpenStackFleet, interval: float = 300, name: str | None = None
+    ) -> None:
+        self.fleet: OpenStackFleet | None = None
+        self._loop: task.LoopingCall | None = None
+        self._cloud_connection: openstack.connection.Connection | None = None
+        super().__init__(
+            cloud,
+            fleet,
+            interval,
+            name=name or f"openstack-orphan-reaper-{cloud}-{getattr(fleet, 'farm_id', None)}",
+        )
+
+    def checkConfig(self, cloud: str, fleet: OpenStackFleet, interval: float = 300) -> None:
+        if not isinstance(cloud, str) or not cloud:
+            config.error(f"OpenStack orphan reaper: cloud must be a clouds.yaml name, got {cloud!r}")
+        try:
+            check_fleet(fleet)
+        except ValueError as error:
+            config.error(f"OpenStack orphan reaper: {error}")
+        if not isinstance(interval, int | float) or interval <= 0:
+            config.error(
+                f"OpenStack orphan reaper: interval must be a positive number of seconds, got {interval!r}"
+            )
+
+    def reconfigService(self, cloud: str, fleet: OpenStackFleet, interval: float = 300) -> None:
+        if cloud != getattr(self, "cloud", cloud):
+            self._cloud_connection = None
+        self.cloud = cloud
+        # a reconfig brings a new fleet: it takes over the tokens the workers hold now
+        self.fleet = fleet.take_over(self.fleet)
+        self.interval = interval
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+            self._start_loop()
+
+    def _start_loop(self) -> None:
+        self._loop = task.LoopingCall(self._sweep_logging_errors)
+        self._loop.clock = self.master.reactor
+        self._loop_done = self._loop.start(self.interval, now=True)
+
+    @defer.inlineCallbacks
+    def startService(self):
+        yield super().startService()
+        self._start_loop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+            yield self._loop_done
+        yield super().stopService()
+
+    def _sweep_logging_errors(self) -> defer.Deferred[None]:
+        d = self.sweep()
+        d.addErrback(lambda failure: log.msg(f"{self.name}: sweep failed: {failure.getErrorMessage()}"))
+        d.addCallback(lambda _: None)
+        return d
+
+    def _list_farm_servers(self, farm_id: str) -> list[Any]:
+        with cloud_errors(self.cloud, "listing servers"):
+            if self._cloud_connection is None:
+                self._cloud_connection = connect_to_cloud(self.cloud)
+            return [
+                server
+                for server in self._cloud_connection.compute.servers(details=True)
+                if (server.metadata or {}).get(FARM_ID_KEY) == farm_id and server.status != "DELETED"
+            ]
+
+    def _delete(self, server_ids: Iterable[str]) -> None:
+        assert self._cloud_connection is not None
+        with cloud_errors(self.cloud, "deleting orphan servers"):
+            for server_id in server_ids:
+                self._cloud_connection.compute.delete_server(server_id, ignore_missing=True)
+
+    def sweep(self) -> defer.Deferred[list[str]]:
+        """Delete this farm's unowned servers now; the Deferred fires with their names."""
+        return defer.Deferred.fromCoroutine(self._sweep())
+
+    async def _sweep(self) -> list[str]:
+        assert self.fleet is not None
+        servers = await threads.deferToThread(self._list_farm_servers, self.fleet.farm_id)
+        # ownership is read after the listing returned: a worker holds its token before it
+        # creates a server, so every listed server of a live worker is already marked owned
+        tokens, worker_names = self.fleet.live_tokens(), self.fleet.worker_names()
+        multi_master = bool(getattr(self.master.config, "multiMaster", False))
+        orphans = [
+            server
+            for server in servers
+            if server.metadata.get(INSTANCE_KEY) not in tokens
+            and (not multi_master or server.metadata.get(WORKER_KEY) in worker_names)
+        ]
+        if not orphans:
+            return []
+        for server in orphans:
+            log.msg(
+                f"{self.name}: deleting orphan server {server.name} ({server.id}) of worker "
+                f"{server.metadata.get(WORKER_KEY)!r}: no running worker owns it"
+            )
+        await threads.deferToThread(self._delete, [server.id for server in orphans])
+        return [server.name for server in orphans]
