@@ -163,6 +163,10 @@ class ImageSection:
     boot_timeout: int = 300
     boot_expect: list[str] = field(default_factory=list)
     """Extra lines the boot test must see on the serial console, in order."""
+    keep_build_deps: bool = False
+    """Keep packages only the build needed (depclean --with-bdeps=n removes them by default)."""
+    keep_repository: bool = False
+    """Keep the Portage repository (/var/db/repos/gentoo) in the image; instances sync it otherwise."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,54 @@
-"""The image builder's steps: assembly, disk, boot test."""
+"""The image builder's steps: pruning, assembly, disk, boot test."""
 
 from collections.abc import Sequence
 
 from buildbot.process import logobserver
+from buildbot.process.results import SUCCESS
 
+from gentoo_farm.catalog import human_size
 from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
 from gentoo_farm.steps.base import FarmWorkerStep
+
+
+class PruneRoot(FarmWorkerStep):
+    """``farm-worker prune-root``: build-only packages and the repository out of the emerged root.
+
+    Sets ``root_bytes_emerged``, ``root_bytes_pruned`` and ``packages_unmerged``; the status text says
+    how much it took out.
+    """
+
+    renderables = ("root", "scratch_dir", "keep_build_deps", "keep_repository")
+
+    def __init__(
+        self,
+        root: object,
+        scratch_dir: object,
+        keep_build_deps: object = False,
+        keep_repository: object = False,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("name", "prune-root")
+        kwargs.setdefault("description", ["pruning", "build-only", "files"])
+        super().__init__("prune-root", **kwargs)
+        self.root = root
+        self.scratch_dir = scratch_dir
+        self.keep_build_deps = keep_build_deps
+        self.keep_repository = keep_repository
+
+    def stage_arguments(self) -> list[object]:
+        arguments: list[object] = [self.root, "--workdir", self.scratch_dir]
+        if self.keep_build_deps:
+            arguments.append("--keep-build-deps")
+        if self.keep_repository:
+            arguments.append("--keep-repository")
+        return arguments
+
+    def getResultSummary(self) -> dict[str, str]:
+        emerged = self.getProperty("root_bytes_emerged")
+        pruned = self.getProperty("root_bytes_pruned")
+        if self.results == SUCCESS and emerged is not None and pruned is not None:
+            return {"step": f"root {human_size(emerged)} -> {human_size(pruned)}"}
+        return super().getResultSummary()
 
 
 class AssembleImage(FarmWorkerStep):

@@ -1,8 +1,8 @@
 """The image builder: stage3 + snapshot + packages + kernel + overlay -> a qcow2 that boots, published.
 
 Read top to bottom, it is the recipe: resolve the published inputs, unpack, emerge through the farm's
-binhost and distfile mirror, push new packages back, lay in kernel and overlay, make the disk, boot
-it, and only then publish to the store and Glance.
+binhost and distfile mirror, push new packages back, prune what only the build needed, lay in kernel
+and overlay, make the disk, boot it, and only then publish to the store and Glance.
 """
 
 import json
@@ -16,7 +16,7 @@ from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories.common import publish, push_back, up_to_date
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.glance import PublishToGlance
-from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk
+from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk, PruneRoot
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.packages import EmergePackages, UnpackRoot
 from gentoo_farm.steps.publish import unless_up_to_date
@@ -62,6 +62,8 @@ def factory(config: FarmConfig) -> BuildFactory:
                     "packages": " ".join(config.image.packages),
                     "extra_packages": extra_packages,
                     "disk": f"{config.image.disk_size} compress={config.image.compress}",
+                    "prune": f"keep_build_deps={config.image.keep_build_deps} "
+                    f"keep_repository={config.image.keep_repository}",
                 },
             ),
             up_to_date(config, "images"),
@@ -80,6 +82,13 @@ def factory(config: FarmConfig) -> BuildFactory:
                 **building,
             ),
             *push_back(config, distdir="distfiles", pkgdir="packages", **building),
+            PruneRoot(
+                root=ROOT,
+                scratch_dir="portage",
+                keep_build_deps=config.image.keep_build_deps,
+                keep_repository=config.image.keep_repository,
+                **building,
+            ),
             AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"], **building),
             BuildDisk(
                 root=ROOT,

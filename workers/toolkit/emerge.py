@@ -170,7 +170,28 @@ def worker_features() -> str:
 
 def build_environment(args: argparse.Namespace, root: Path, running_root: dict[str, str]) -> dict[str, str]:
     mirrors = [url.rstrip("/") for url in [args.distfile_mirror, *args.upstream_mirror] if url]
-    workdir = args.workdir.resolve()
+    return portage_environment(
+        root,
+        running_root,
+        workdir=args.workdir.resolve(),
+        pkgdir=args.pkgdir.resolve(),
+        distdir=args.distdir.resolve(),
+        mirrors=mirrors,
+        jobs=args.jobs,
+    )
+
+
+def portage_environment(
+    root: Path,
+    running_root: dict[str, str],
+    *,
+    workdir: Path,
+    pkgdir: Path,
+    distdir: Path,
+    mirrors: list[str],
+    jobs: int,
+) -> dict[str, str]:
+    """The environment every Portage run of the toolkit gets: the build root is ROOT and its own config."""
     repository = root / REPOSITORY_DIR
     environment = {
         **os.environ,
@@ -184,13 +205,13 @@ def build_environment(args: argparse.Namespace, root: Path, running_root: dict[s
         "PORTAGE_CONFIGROOT": str(root),
         # The repository lives in the build root, not at the worker's /var/db/repos/gentoo.
         "PORTAGE_REPOSITORIES": f"[DEFAULT]\nmain-repo = gentoo\n\n[gentoo]\nlocation = {repository}\n",
-        "PKGDIR": str(args.pkgdir.resolve()),
-        "DISTDIR": str(args.distdir.resolve()),
+        "PKGDIR": str(pkgdir),
+        "DISTDIR": str(distdir),
         "PORTAGE_TMPDIR": str(workdir / "tmp"),
         "PORT_LOGDIR": str(workdir / "logs"),
         "GENTOO_MIRRORS": " ".join(mirrors),
         "FEATURES": worker_features(),
-        "MAKEOPTS": f"-j{args.jobs}",
+        "MAKEOPTS": f"-j{jobs}",
         "BINPKG_FORMAT": "gpkg",
         "NOCOLOR": "true",
         "PYTHONUNBUFFERED": "1",
