@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gentoo_farm.store import ArtifactStore
+from gentoo_farm.store import ArtifactStore, StoreError
 from gentoo_farm.store.sets import PublishedFile, PublishedSet, latest_set, list_sets
 
 DISK_SUFFIXES = (".qcow2", ".raw", ".img")
+PACKAGE_MANIFEST_SUFFIX = ".manifest.json"
 DEFAULT_URL_EXPIRY = 3600
 
 
@@ -31,6 +33,10 @@ class ImageRecord:
     manifest: Mapping[str, object] = field(default_factory=dict)
     """The set's manifest.json as published (files, metadata, sources, input key)."""
     manifest_url: str = ""
+    package_count: int | None = None
+    """How many packages the image holds (its package manifest's length), None for older images."""
+    package_manifest_url: str = ""
+    """Download URL of the image's package manifest (``NAME.manifest.json``), empty for older images."""
 
 
 def human_size(size: int) -> str:
@@ -52,6 +58,27 @@ def disk_file(published: PublishedSet) -> PublishedFile | None:
     return None
 
 
+def package_manifest_file(published: PublishedSet) -> PublishedFile | None:
+    for file in published.files:
+        if file.name.endswith(PACKAGE_MANIFEST_SUFFIX):
+            return file
+    return None
+
+
+def read_package_manifest(store: ArtifactStore, published: PublishedSet) -> dict[str, object]:
+    """The image's package manifest (what the image-manifest stage wrote); StoreError when it has none."""
+    file = package_manifest_file(published)
+    if file is None:
+        raise StoreError(f"image set {published.set_id} has no package manifest (published before they were)")
+    try:
+        manifest = json.loads(store.get_bytes(file.key))
+    except ValueError as error:
+        raise StoreError(f"{file.key} is not JSON: {error}") from error
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("packages"), list):
+        raise StoreError(f"{file.key} is not a package manifest (no package list)")
+    return manifest
+
+
 def image_record(
     store: ArtifactStore, published: PublishedSet, latest_id: str | None, url_expiry: int = DEFAULT_URL_EXPIRY
 ) -> ImageRecord | None:
@@ -59,6 +86,7 @@ def image_record(
     if disk is None:
         return None
     stem = disk.name.rsplit(".", 1)[0]
+    package_manifest = package_manifest_file(published)
     return ImageRecord(
         name=str(published.metadata.get("name") or stem),
         date=published.published_at,
@@ -71,7 +99,13 @@ def image_record(
         latest=published.set_id == latest_id,
         manifest=published.to_json(),
         manifest_url=store.download_url(published.manifest_key, url_expiry),
+        package_count=_package_count(published.metadata.get("package_count")),
+        package_manifest_url=store.download_url(package_manifest.key, url_expiry) if package_manifest else "",
     )
+
+
+def _package_count(value: object) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def published_images(store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY) -> list[ImageRecord]:

@@ -1,4 +1,4 @@
-"""The image builder's steps: pruning, assembly, disk, boot test."""
+"""The image builder's steps: pruning, assembly, the image manifest, disk, boot test."""
 
 from collections.abc import Sequence
 
@@ -68,6 +68,47 @@ class AssembleImage(FarmWorkerStep):
 
     def stage_arguments(self) -> list[object]:
         return [self.root, "--vmlinuz", self.vmlinuz, "--overlay", self.overlay, "--user", self.user]
+
+
+class WriteImageManifest(FarmWorkerStep):
+    """``farm-worker image-manifest``: every package in the image, where it came from, kernel and inputs.
+
+    Sets ``image_package_count``.
+    """
+
+    renderables = ("root", "json_output", "text_output", "compiled", "binary", "inputs")
+
+    def __init__(
+        self,
+        root: object,
+        json_output: object,
+        text_output: object,
+        compiled: object = (),
+        binary: object = (),
+        inputs: object = "{}",
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("name", "image-manifest")
+        kwargs.setdefault("description", ["listing", "packages"])
+        super().__init__("image-manifest", **kwargs)
+        self.root = root
+        self.json_output = json_output
+        self.text_output = text_output
+        self.compiled = compiled
+        self.binary = binary
+        self.inputs = inputs
+
+    def stage_arguments(self) -> list[object]:
+        return [
+            self.root, "--json", self.json_output, "--text", self.text_output, "--inputs", self.inputs,
+            "--compiled", *self.compiled, "--binary", *self.binary,
+        ]  # fmt: skip
+
+    def getResultSummary(self) -> dict[str, str]:
+        count = self.getProperty("image_package_count")
+        if self.results == SUCCESS and count is not None:
+            return {"step": f"{count} packages listed"}
+        return super().getResultSummary()
 
 
 class BuildDisk(FarmWorkerStep):

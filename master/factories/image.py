@@ -2,7 +2,8 @@
 
 Read top to bottom, it is the recipe: resolve the published inputs, unpack, emerge through the farm's
 binhost and distfile mirror, push new packages back, prune what only the build needed, lay in kernel
-and overlay, make the disk, boot it, and only then publish to the store and Glance.
+and overlay, list what the image holds, make the disk, boot it, and only then publish to the store
+and Glance.
 """
 
 import json
@@ -16,7 +17,7 @@ from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories.common import publish, push_back, up_to_date
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.glance import PublishToGlance
-from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk, PruneRoot
+from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk, PruneRoot, WriteImageManifest
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.packages import EmergePackages, UnpackRoot
 from gentoo_farm.steps.publish import unless_up_to_date
@@ -31,6 +32,8 @@ INPUTS = {
 }
 ROOT = "root"
 DISK = "gentoo-amd64.qcow2"
+MANIFEST_JSON = "image.manifest.json"
+MANIFEST_TEXT = "image.manifest"
 
 
 @util.renderer
@@ -90,6 +93,22 @@ def factory(config: FarmConfig) -> BuildFactory:
                 **building,
             ),
             AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"], **building),
+            WriteImageManifest(
+                root=ROOT,
+                json_output=f"image/{MANIFEST_JSON}",
+                text_output=f"image/{MANIFEST_TEXT}",
+                compiled=util.Property("packages_compiled", default=[]),
+                binary=util.Property("packages_binary", default=[]),
+                inputs=util.Transform(
+                    json.dumps,
+                    {
+                        "sources": util.Property("image_sources", default={}),
+                        "input_keys": util.Property("image_input_keys", default={}),
+                    },
+                    sort_keys=True,
+                ),
+                **building,
+            ),
             BuildDisk(
                 root=ROOT,
                 output=f"image/{DISK}",
@@ -107,11 +126,15 @@ def factory(config: FarmConfig) -> BuildFactory:
                 config,
                 "images",
                 artifact=DISK,
-                files={DISK: f"image/{DISK}"},
+                files={
+                    DISK: f"image/{DISK}",
+                    MANIFEST_JSON: f"image/{MANIFEST_JSON}",
+                    MANIFEST_TEXT: f"image/{MANIFEST_TEXT}",
+                },
                 metadata={
                     "name": image_name,
                     "kernel": util.Property("kernel_release"),
-                    "packages": util.Property("packages_binary"),
+                    "package_count": util.Property("image_package_count"),
                 },
                 sources=util.Property("image_sources"),
                 **publishing,

@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "kernel-package": "kernel_package",
     "overlay": "overlay",
     "assemble": "assemble",
+    "image-manifest": "image_manifest",
     "disk": "disk",
     "boot-test": "boottest",
     "list-new": "list_new",

@@ -1,0 +1,157 @@
+"""The image manifest: every package an image holds and where it came from, and `farm diff` of two images."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from gentoo_farm.cli import CommandError
+from gentoo_farm.commands import diff, images
+from gentoo_farm.store import open_store
+from tests.services.store import publish_files
+from tests.world.stages import run_stage
+
+pytest_plugins = ["tests.services.store"]
+
+RELEASE = "6.1.0-farm"
+
+
+def installed(
+    root: Path, cpv: str, slot: str = "0", use: str = "amd64 elibc_glibc", repository: str = "gentoo"
+):
+    entry = root / "var/db/pkg" / cpv
+    entry.mkdir(parents=True)
+    (entry / "SLOT").write_text(f"{slot}\n")
+    (entry / "USE").write_text(f"{use}\n")
+    (entry / "repository").write_text(f"{repository}\n")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An assembled root: three packages in the vdb, a kernel and its config in /boot."""
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot" / f"vmlinuz-{RELEASE}").write_bytes(b"kernel")
+    (root / "boot" / f"config-{RELEASE}").write_text("CONFIG_64BIT=y\n")
+    (root / "boot/vmlinuz").symlink_to(f"vmlinuz-{RELEASE}")
+    installed(root, "sys-apps/baselayout-2.15")
+    installed(root, "net-misc/openssh-9.8_p1-r3", use="pam ssl")
+    installed(root, "app-misc/farm-hello-1.0", repository="farm")
+    return root
+
+
+def manifest_of(root: Path, tmp_path: Path, *arguments: str) -> tuple[dict, list[str]]:
+    written = run_stage(
+        "image-manifest", root, "--json", tmp_path / "m.json", "--text", tmp_path / "m.txt", *arguments
+    )
+    assert written.returncode == 0, written.stderr
+    return json.loads((tmp_path / "m.json").read_text()), (tmp_path / "m.txt").read_text().splitlines()
+
+
+def test_every_package_is_listed_with_where_it_came_from(root: Path, tmp_path: Path) -> None:
+    inputs = {"sources": {"kernels": "20261201T000000Z-k"}, "input_keys": {"kernels": "k"}}
+    manifest, text = manifest_of(
+        root, tmp_path, "--compiled", "app-misc/farm-hello-1.0", "--binary", "net-misc/openssh-9.8_p1-r3",
+        "--inputs", json.dumps(inputs),
+    )  # fmt: skip
+
+    assert text == ["app-misc/farm-hello-1.0", "net-misc/openssh-9.8_p1-r3", "sys-apps/baselayout-2.15"]
+    by_cpv = {package["cpv"]: package for package in manifest["packages"]}
+    assert by_cpv["app-misc/farm-hello-1.0"] == {
+        "cpv": "app-misc/farm-hello-1.0", "slot": "0", "use": "amd64 elibc_glibc", "repository": "farm",
+        "origin": "compiled",
+    }  # fmt: skip
+    assert by_cpv["net-misc/openssh-9.8_p1-r3"]["origin"] == "farm-binhost"
+    assert by_cpv["net-misc/openssh-9.8_p1-r3"]["use"] == "pam ssl"
+    assert by_cpv["sys-apps/baselayout-2.15"]["origin"] == "stage3"
+    assert manifest["kernel"] == {
+        "release": RELEASE,
+        "config_sha256": hashlib.sha256(b"CONFIG_64BIT=y\n").hexdigest(),
+    }
+    assert manifest["sources"] == inputs["sources"] and manifest["input_keys"] == inputs["input_keys"]
+
+
+def test_a_root_without_the_kernel_config_is_refused(root: Path, tmp_path: Path) -> None:
+    (root / "boot" / f"config-{RELEASE}").unlink()
+    written = run_stage("image-manifest", root, "--json", tmp_path / "m.json", "--text", tmp_path / "m.txt")
+    assert written.returncode == 1
+    assert f"config-{RELEASE}: missing" in written.error
+
+
+def _parse(module, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture
+def two_images(any_settings, root: Path, tmp_path: Path) -> SimpleNamespace:
+    """Two published images: the second from a newer snapshot (openssh upgraded, a package added and
+    one removed, a new kernel)."""
+    store = open_store(any_settings)
+    old_manifest, _ = manifest_of(root, tmp_path / "old")
+    newer = {
+        **old_manifest,
+        "packages": [
+            {**package, "cpv": "net-misc/openssh-9.9_p1"}
+            if package["cpv"].startswith("net-misc/")
+            else package
+            for package in old_manifest["packages"]
+            if not package["cpv"].startswith("app-misc/")
+        ]
+        + [
+            {
+                "cpv": "net-misc/dhcpcd-10.0.6",
+                "slot": "0",
+                "use": "",
+                "repository": "gentoo",
+                "origin": "compiled",
+            }
+        ],
+        "kernel": {"release": "6.1.1-farm", "config_sha256": "0" * 64},
+    }
+    for name, manifest, day in (("old", old_manifest, "20261124"), ("new", newer, "20261125")):
+        (tmp_path / f"{name}.qcow2").write_bytes(name.encode())
+        (tmp_path / f"{name}.manifest.json").write_text(json.dumps(manifest))
+        publish_files(
+            store,
+            "images",
+            name,
+            {
+                f"gentoo-{day}-amd64.qcow2": tmp_path / f"{name}.qcow2",
+                f"gentoo-{day}-amd64.manifest.json": tmp_path / f"{name}.manifest.json",
+            },
+            metadata={"name": f"gentoo-{day}-amd64", "package_count": len(manifest["packages"])},
+            set_id=f"{day}T000000Z-{name}",
+        )
+    return SimpleNamespace(store=any_settings)
+
+
+def test_farm_diff_shows_upgraded_added_removed_and_the_kernel(two_images, capsys) -> None:
+    assert diff.run(_parse(diff, "gentoo-20261124-amd64", "latest"), two_images) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "--- gentoo-20261124-amd64",
+        "+++ gentoo-20261125-amd64",
+        "kernel: 6.1.0-farm -> 6.1.1-farm",
+        "upgraded: net-misc/openssh 9.8_p1-r3 -> 9.9_p1",
+        "added: net-misc/dhcpcd-10.0.6",
+        "removed: app-misc/farm-hello-1.0",
+    ]
+
+
+def test_images_json_carries_the_package_count_and_manifest_link(two_images, capsys) -> None:
+    assert images.run(_parse(images, "--json"), two_images) == 0
+    newest = json.loads(capsys.readouterr().out)[0]
+    assert newest["package_count"] == 3
+    assert newest["package_manifest_url"].split("?")[0].endswith("gentoo-20261125-amd64.manifest.json")
+
+
+def test_farm_diff_of_an_unknown_image_names_it(two_images) -> None:
+    with pytest.raises(CommandError, match="no published image called 'gentoo-1999'"):
+        diff.run(_parse(diff, "gentoo-1999"), two_images)
