@@ -37,6 +37,16 @@ class FarmDir:
         return self.secrets / "change-hook.secret"
 
     @property
+    def signing_key(self) -> Path:
+        """The GnuPG home holding the farm's signing key (binary packages); only the master reads it."""
+        return self.secrets / "gnupg"
+
+    @property
+    def signing_public_key(self) -> Path:
+        """The signing key's public half, armored: what workers trust and anyone may download."""
+        return self.root / "farm-signing-key.asc"
+
+    @property
     def workers(self) -> Path:
         """Base directories of local workers, one per started worker, removed when it stops."""
         return self.root / "workers"

@@ -90,8 +90,8 @@ class EmergePackages(FarmWorkerStep):
     """
 
     renderables = (
-        "atoms", "root", "pkgdir", "distdir", "scratch_dir", "profile", "binhost", "distfile_mirror",
-        "upstream_mirrors", "jobs",
+        "atoms", "root", "pkgdir", "distdir", "scratch_dir", "profile", "binhost", "binhost_key",
+        "distfile_mirror", "upstream_mirrors", "jobs",
     )  # fmt: skip
 
     def __init__(
@@ -103,6 +103,7 @@ class EmergePackages(FarmWorkerStep):
         scratch_dir: object,
         profile: object = None,
         binhost: object = None,
+        binhost_key: object = None,
         distfile_mirror: object = None,
         upstream_mirrors: object = (),
         jobs: object = None,
@@ -120,6 +121,7 @@ class EmergePackages(FarmWorkerStep):
         self.scratch_dir = scratch_dir
         self.profile = profile
         self.binhost = binhost
+        self.binhost_key = binhost_key
         self.distfile_mirror = distfile_mirror
         self.upstream_mirrors = upstream_mirrors
         self.jobs = jobs
@@ -130,6 +132,7 @@ class EmergePackages(FarmWorkerStep):
         for option, value in (
             ("--profile", self.profile),
             ("--binhost", self.binhost),
+            ("--binhost-key", self.binhost_key),
             ("--distfile-mirror", self.distfile_mirror),
             ("--jobs", self.jobs),
         ):

@@ -16,6 +16,7 @@ from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
 from buildbot.steps.worker import CompositeStepMixin
 from twisted.internet import defer, threads
 
+from gentoo_farm.signing import FarmKey
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.store.binhost import PushbackCandidates, merge_pushback, pushback_uploads
 from gentoo_farm.store.sets import (
@@ -310,14 +311,16 @@ class PushBackUrls(SignedUrlsStep):
 
 
 class MergeBinhost(StoreStep):
-    """Move the build's staged packages into the binhost and merge their index entries (under the lock)."""
+    """Sign the build's staged packages with the farm key into the binhost and merge their index entries
+    (under the lock)."""
 
     renderables = ("profile",)
 
-    def __init__(self, store_settings: StoreSettings, profile: str, **kwargs: object) -> None:
+    def __init__(self, store_settings: StoreSettings, profile: str, key: FarmKey, **kwargs: object) -> None:
         kwargs.setdefault("name", "merge-binhost")
         super().__init__(store_settings, **kwargs)
         self.profile = profile
+        self.key = key
 
     async def run(self) -> int:
         token = self.getProperty(PUSHBACK_TOKEN_PROPERTY)
@@ -325,7 +328,7 @@ class MergeBinhost(StoreStep):
             self.outcome = "nothing was pushed back (no push-back token)"
             return SUCCESS
         try:
-            result = await self.in_thread(merge_pushback, str(self.profile), str(token))
+            result = await self.in_thread(merge_pushback, str(self.profile), str(token), self.key)
         except StoreError as error:
             return await self.fail(error)
         lines = [f"added {path}" for path in result.added]

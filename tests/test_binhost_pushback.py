@@ -5,6 +5,7 @@ both end up in the binhost index, and a third build installs everything from the
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from gentoo_farm.signing import FarmKey
 from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.store import ArtifactStore, open_store
 from gentoo_farm.store.binhost import (
@@ -26,6 +28,7 @@ from gentoo_farm.store.binhost import (
     index_key,
     parse_index,
     pushback_uploads,
+    render_index,
 )
 from tests.world.repository import PROFILE, write_distfiles, write_repository
 
@@ -35,8 +38,9 @@ pytestmark = pytest.mark.slow
 
 BUILDS = {"a": "app-misc/farm-hello", "b": "app-misc/farm-motd"}
 MERGE = (
-    "import sys; from gentoo_farm.store.binhost import merge_pushback; "
-    "{open}; print(merge_pushback(store, *sys.argv[1:3]))"
+    "import sys; from pathlib import Path; from gentoo_farm.store.binhost import merge_pushback; "
+    "from gentoo_farm.signing import FarmKey; "
+    "{open}; print(merge_pushback(store, *sys.argv[1:3], FarmKey(Path(sys.argv[3]))))"
 )
 
 
@@ -75,9 +79,9 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, s
         server.shutdown()
 
 
-def emerge(work: Path, repo: Path, atom: str, *mirror_args: str) -> dict[str, object]:
+def emerge_arguments(work: Path, repo: Path, atom: str, *mirror_args: object) -> list[object]:
     shutil.copytree(repo, work / "root/var/db/repos/gentoo")
-    return farm_worker(
+    return [
         "emerge",
         atom,
         "--root",
@@ -93,7 +97,28 @@ def emerge(work: Path, repo: Path, atom: str, *mirror_args: str) -> dict[str, ob
         "--jobs",
         "1",
         *mirror_args,
-    )
+    ]
+
+
+def emerge(work: Path, repo: Path, atom: str, *mirror_args: object) -> dict[str, object]:
+    return farm_worker(*emerge_arguments(work, repo, atom, *mirror_args))
+
+
+def emerge_process(
+    work: Path, repo: Path, atom: str, *mirror_args: object
+) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "farm-worker")]
+    command += [str(argument) for argument in emerge_arguments(work, repo, atom, *mirror_args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def farm_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmKey]:
+    """The farm's signing key (the master's), and its public half as a worker gets it."""
+    key = FarmKey.create(tmp_path_factory.mktemp("farm-key") / "gnupg", "Test farm <farm@localhost>")
+    (key.home.parent / "public.asc").write_text(key.public_key())
+    yield key
+    key.stop_agent()
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +155,11 @@ def push(store: ArtifactStore, work: Path, binhost: str, mirror: str) -> str:
     return token
 
 
+def file_digest(path: Path, algorithm: str) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, algorithm).hexdigest()
+
+
 def store_opener(settings) -> str:
     if settings.type == "local":
         return (
@@ -143,8 +173,13 @@ def store_opener(settings) -> str:
     )
 
 
-def test_two_concurrent_pushes_both_land_and_a_fresh_build_compiles_nothing(
-    any_settings, builds: dict[str, Path], upstream: tuple[Path, str], s3_server, tmp_path: Path
+def test_two_concurrent_pushes_both_land_signed_and_a_fresh_build_compiles_nothing(
+    any_settings,
+    builds: dict[str, Path],
+    upstream: tuple[Path, str],
+    farm_key: FarmKey,
+    s3_server,
+    tmp_path: Path,
 ) -> None:
     if any_settings.type == "s3":
         # Portage reads the binhost anonymously: a bucket whose policy lets anyone GET.
@@ -181,7 +216,14 @@ def test_two_concurrent_pushes_both_land_and_a_fresh_build_compiles_nothing(
     # Both builds made farm-core: both staged it, both merge at the same moment, in two processes.
     merges = [
         subprocess.Popen(
-            [sys.executable, "-c", MERGE.format(open=store_opener(any_settings)), PROFILE, token],
+            [
+                sys.executable,
+                "-c",
+                MERGE.format(open=store_opener(any_settings)),
+                PROFILE,
+                token,
+                str(farm_key.home),
+            ],
             stdout=subprocess.PIPE,
             text=True,
             env=s3_server.environment,
@@ -205,25 +247,45 @@ def test_two_concurrent_pushes_both_land_and_a_fresh_build_compiles_nothing(
     for distfile in ("farm-core-1.0.tar.gz", "farm-hello-1.0.tar.gz", "farm-motd-1.0.tar.gz"):
         assert store.exists(f"distfiles/{distfile}")
 
-    # The proof that the index and files agree: Portage installs everything from the farm, compiling nothing,
-    # with no upstream mirror at all.
+    # The proof that the index and files agree and every package carries the farm's signature: Portage,
+    # trusting only the farm key, installs everything from the farm, compiling nothing, with no upstream
+    # mirror at all.
     repo, _ = upstream
+    public_key = farm_key.home.parent / "public.asc"
     reported = emerge(
-        tmp_path / "fresh", repo, "app-misc/farm-hello", "--binhost", binhost, "--distfile-mirror", base
-    )
+        tmp_path / "fresh", repo, "app-misc/farm-hello", "--binhost", binhost, "--distfile-mirror", base,
+        "--binhost-key", public_key,
+    )  # fmt: skip
     assert reported["packages_compiled"] == []
     assert sorted(reported["packages_binary"]) == ["app-misc/farm-hello-1.0", "dev-libs/farm-core-1.0"]
 
+    # Whoever can write the store swaps in an unsigned package and fixes up the index to match it (what a
+    # build would have pushed before signing): emerge refuses it.
+    hello = "app-misc/farm-hello/farm-hello-1.0-1.gpkg.tar"
+    unsigned = builds["a"] / "pkgdir" / hello
+    store.put_file(f"binpkgs/{PROFILE}/{hello}", unsigned)
+    for entry in index.packages:
+        if entry["PATH"] == hello:
+            entry |= {"SIZE": str(unsigned.stat().st_size), "MD5": file_digest(unsigned, "md5"),
+                      "SHA1": file_digest(unsigned, "sha1")}  # fmt: skip
+    store.put_bytes(index_key(PROFILE), render_index(index))
+    refused = emerge_process(
+        tmp_path / "tampered", repo, "app-misc/farm-hello", "--binhost", binhost, "--distfile-mirror", base,
+        "--binhost-key", public_key,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "signature" in refused.stdout.lower() and "farm-hello" in refused.stdout
+
 
 def test_list_new_skips_what_the_farm_already_has(
-    local_settings, builds: dict[str, Path], tmp_path: Path
+    local_settings, builds: dict[str, Path], farm_key: FarmKey, tmp_path: Path
 ) -> None:
     store = open_store(local_settings)
     base = store.public_base_url()
     binhost, mirror = f"{base}/binpkgs/{PROFILE}", f"{base}/distfiles"
     from gentoo_farm.store.binhost import merge_pushback
 
-    merge_pushback(store, PROFILE, push(store, builds["a"], binhost, mirror))
+    merge_pushback(store, PROFILE, push(store, builds["a"], binhost, mirror), farm_key)
     farm_worker(
         "list-new",
         "--pkgdir",

@@ -14,6 +14,7 @@ from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import ExpectDownloadFile, ExpectRemoteRef, ExpectUploadFile, TestBuildStepMixin
 from twisted.trial import unittest
 
+from gentoo_farm.signing import FarmKey
 from gentoo_farm.steps.publish import (
     CheckUpToDate,
     MakeUploadUrls,
@@ -167,7 +168,7 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         }
 
     async def test_merge_without_a_push_is_a_no_op(self) -> None:
-        self.setup_step(MergeBinhost(self.settings, "default/linux/amd64/23.0"))
+        self.setup_step(MergeBinhost(self.settings, "default/linux/amd64/23.0", FarmKey(Path("unused"))))
         self.expect_outcome(
             result=SUCCESS, state_string="merge-binhost: nothing was pushed back (no push-back token)"
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands.hook import install_local_hooks
+from gentoo_farm.commands.key import create_farm_key
 from gentoo_farm.config import CONFIG_NAME, load_config
 from gentoo_farm.farmdir import HOOK_USER, FarmDir
 from gentoo_farm.passwords import PasswordFile, generate_password
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace, config: None) -> int:
     fd = os.open(farm.hook_secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(hook_password)
+    key = create_farm_key(config, farm)
 
     config.upstream.release_key.parent.mkdir(parents=True, exist_ok=True)
     kernel = recipe_repository(config, KERNEL_POLLER)
@@ -102,6 +104,7 @@ def run(args: argparse.Namespace, config: None) -> int:
     print(f"  kernel config   git clone {kernel.url}  (a push rebuilds the kernel)")
     print(f"  image overlay   git clone {overlay.url}  (a push rebuilds the overlay)")
     print(f"  release key     put Gentoo's release key at {config.upstream.release_key}")
+    print(f"  signing key     {key.fingerprint} (signs the binhost's packages; `farm key export`)")
     print()
     print(f"Web UI login: admin / {admin_password}")
     print("  (shown once; stored only as a hash. `farm passwd admin` sets a new one.)")

@@ -2,11 +2,13 @@
 
 A worker never writes the binhost directly. The master signs URLs for the new packages under a per-build
 staging prefix (``incoming/<token>/``) plus one for the worker's ``Packages`` index; the worker PUTs them;
-then :func:`merge_pushback` takes the binhost lock, moves each staged package whose PATH the binhost does not
-have yet into ``binpkgs/<profile>/``, verifies it against its index entry (SIZE, SHA1/MD5) and merges the
-entries into ``binpkgs/<profile>/Packages`` with Portage's own PackageIndex. Two builds finishing at once both
-end up in the index; a package path two builds both made is taken from whichever merged first, file and entry
-together. Distfiles are upstream files with fixed names and Manifest checksums, so they go straight to
+then :func:`merge_pushback` takes the binhost lock and, for each staged package whose PATH the binhost does
+not have yet, verifies it against its index entry (SIZE, SHA1/MD5), signs it with the farm's key
+(:mod:`gentoo_farm.signing`; workers emerge with ``verify-signature``) into ``binpkgs/<profile>/``, and
+merges the entries into ``binpkgs/<profile>/Packages`` with Portage's own PackageIndex. Two builds
+finishing at once both end up in the index; a package path two builds both made is taken from whichever
+merged first, file and entry together. Distfiles are upstream files with fixed names and Manifest
+checksums, so they go straight to
 ``distfiles/<name>`` (flat layout, announced by ``distfiles/layout.conf``).
 """
 
@@ -17,15 +19,19 @@ import io
 import json
 import os
 import random
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from portage.getbinpkg import PackageIndex
 
 from gentoo_farm.checksums import feed
+from gentoo_farm.signing import FarmKey, SigningError
 from gentoo_farm.store.base import (
     INCOMING,
     ArtifactStore,
@@ -184,24 +190,48 @@ class MergeResult:
     """Index entries whose file never arrived in staging (not added)."""
 
 
-def _check_against_entry(store: ArtifactStore, key: str, entry: Mapping[str, str]) -> None:
-    info = store.head(key)
-    if info is None:
-        raise ObjectNotFound(key)
-    if entry.get("SIZE") and int(entry["SIZE"]) != info.size:
-        raise StoreError(f"{key}: {info.size} bytes in the store, the index entry says {entry['SIZE']}")
-    wanted = {name: entry[name].lower() for name in ("SHA1", "MD5") if entry.get(name)}
-    if wanted:
-        digests = {name: hashlib.new(name.lower()) for name in wanted}
-        with store.open_read(key) as stream:
-            feed(stream, *digests.values())
-        for name, digest in digests.items():
-            if digest.hexdigest() != wanted[name]:
-                raise StoreError(f"{key}: {name} does not match its Packages entry (corrupt upload)")
+# Checksum fields a Packages entry may carry, as hashlib names them.
+ENTRY_DIGESTS = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512", "BLAKE2B": "blake2b"}
 
 
-def merge_pushback(store: ArtifactStore, profile: str, token: str, lock_timeout: float = 300) -> MergeResult:
-    """Move one build's staged packages into the binhost and merge their index entries (see module doc)."""
+def _entry_digests(path: Path, entry: Mapping[str, str]) -> dict[str, str]:
+    """The checksums of ``path`` for every checksum field ``entry`` has (MD5 and SHA1 at least)."""
+    names = [name for name in ENTRY_DIGESTS if entry.get(name)] or ["MD5", "SHA1"]
+    digests = {name: hashlib.new(ENTRY_DIGESTS[name]) for name in names}
+    with path.open("rb") as stream:
+        feed(stream, *digests.values())
+    return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def _signed_copy(
+    store: ArtifactStore, staged_key: str, final_key: str, entry: Mapping[str, str], key: FarmKey
+) -> dict[str, str]:
+    """Check a staged package against the entry the build reported, sign it with the farm key and put it
+    at ``final_key``; the entry as it is now (size and checksums of the signed file)."""
+    if not final_key.endswith(".gpkg.tar"):
+        raise StoreError(f"{staged_key}: not a gpkg binary package; the farm signs only gpkg (BINPKG_FORMAT)")
+    with tempfile.TemporaryDirectory(prefix="farm-binpkg-") as scratch:
+        package = Path(scratch) / PurePosixPath(final_key).name
+        with store.open_read(staged_key) as stream, package.open("wb") as out:
+            shutil.copyfileobj(stream, out)
+        size = package.stat().st_size
+        if entry.get("SIZE") and int(entry["SIZE"]) != size:
+            raise StoreError(f"{staged_key}: {size} bytes in the store, the index entry says {entry['SIZE']}")
+        for name, value in _entry_digests(package, entry).items():
+            if entry.get(name) and value != entry[name].lower():
+                raise StoreError(f"{staged_key}: {name} does not match its Packages entry (corrupt upload)")
+        try:
+            key.sign_gpkg(package)
+        except SigningError as error:
+            raise StoreError(f"{staged_key}: {error}") from error
+        store.put_file(final_key, package)
+        return {**entry, "SIZE": str(package.stat().st_size), **_entry_digests(package, entry)}
+
+
+def merge_pushback(
+    store: ArtifactStore, profile: str, token: str, key: FarmKey, lock_timeout: float = 300
+) -> MergeResult:
+    """Sign one build's staged packages into the binhost and merge their index entries (see module doc)."""
     staging = staging_prefix(token)
     result = MergeResult()
     try:
@@ -225,12 +255,11 @@ def merge_pushback(store: ArtifactStore, profile: str, token: str, lock_timeout:
                 result.already_there.append(path)
                 continue
             try:
-                _check_against_entry(store, staged_key, entry)
+                signed = _signed_copy(store, staged_key, prefix + path, entry, key)
             except ObjectNotFound:
                 result.missing.append(path)
                 continue
-            store.copy(staged_key, prefix + path)
-            index.packages.append(dict(entry))
+            index.packages.append(signed)
             present.add(path)
             result.added.append(path)
         if result.added:

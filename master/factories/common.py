@@ -6,7 +6,9 @@ from buildbot.plugins import steps, util
 from twisted.internet import defer, threads
 
 from gentoo_farm.config import FarmConfig
+from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import RecipeRepository
+from gentoo_farm.signing import FarmKey
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import ARTIFACT, PRODUCED_BY
 from gentoo_farm.steps.publish import (
@@ -110,8 +112,12 @@ def push_back(
         ),
     ]
     if pkgdir:
-        pushed.append(MergeBinhost(config.store, config.upstream.profile, **step_options))
+        pushed.append(MergeBinhost(config.store, config.upstream.profile, farm_key(config), **step_options))
     return pushed
+
+
+def farm_key(config: FarmConfig) -> FarmKey:
+    return FarmKey(FarmDir(config.basedir).signing_key)
 
 
 def trigger_image(config: FarmConfig) -> steps.Trigger:

@@ -14,6 +14,7 @@ from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
 from gentoo_farm.config import FarmConfig
+from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.factories.common import publish, push_back, up_to_date
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.glance import PublishToGlance
@@ -31,6 +32,7 @@ INPUTS = {
     "overlay": "inputs/vmoverride.tar.gz",
 }
 ROOT = "root"
+BINHOST_KEY = "farm-binhost-key.asc"
 DISK = "gentoo-amd64.qcow2"
 MANIFEST_JSON = "image.manifest.json"
 MANIFEST_TEXT = "image.manifest"
@@ -72,6 +74,13 @@ def factory(config: FarmConfig) -> BuildFactory:
             up_to_date(config, "images"),
             FarmWorkerStep("download-inputs", stage_args=["--map", "downloads.json"], **building),
             UnpackRoot(stage3=INPUTS["stage3"], snapshot=INPUTS["portage"], root=ROOT, **building),
+            # From the master, not the store: whoever can write the store must not be able to swap the key.
+            steps.FileDownload(
+                mastersrc=str(FarmDir(config.basedir).signing_public_key),
+                workerdest=BINHOST_KEY,
+                name="binhost-key",
+                **building,
+            ),
             EmergePackages(
                 atoms=util.Transform(lambda extra: [*config.image.packages, *extra.split()], extra_packages),
                 root=ROOT,
@@ -80,6 +89,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 scratch_dir="portage",
                 profile=config.upstream.profile,
                 binhost=binhost_url(store, config.upstream.profile),
+                binhost_key=BINHOST_KEY,
                 distfile_mirror=store,
                 upstream_mirrors=[config.upstream.mirror],
                 **building,

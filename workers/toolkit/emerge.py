@@ -8,12 +8,15 @@ the caller's ``PKGDIR``/``DISTDIR`` (the caller pushes what lands there back to 
 """
 
 import argparse
+import contextlib
 import os
 import pwd
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="profile to select, relative to the repository's profiles/")
     parser.add_argument("--binhost", help="URL of the farm binhost (a PKGDIR with a Packages index)")
     parser.add_argument(
-        "--binhost-verify-signature",
-        action="store_true",
-        help="require signed binary packages (needs a keyring in the root's /etc/portage/gnupg)",
+        "--binhost-key",
+        type=Path,
+        help="the farm's public signing key: a binary package from the binhost must carry its signature",
     )
     parser.add_argument("--distfile-mirror", help="URL of the farm distfile mirror, tried first")
     parser.add_argument(
@@ -105,12 +108,51 @@ def write_binrepo(root: Path, args: argparse.Namespace) -> Path:
         "[farm]\n"
         f"priority = 100\nsync-uri = {args.binhost.rstrip('/')}\n"
         f"location = {args.workdir.resolve() / 'binhost-cache'}\n"
-        f"verify-signature = {'true' if args.binhost_verify_signature else 'false'}\n"
+        f"verify-signature = {'true' if args.binhost_key else 'false'}\n"
     )
     return entry
 
 
-def private_running_root(workdir: Path, profile: Path, binrepo: Path | None, features: str) -> dict[str, str]:
+@contextlib.contextmanager
+def trusted_keyring(key_file: Path) -> Iterator[Path]:
+    """A GnuPG home holding only ``key_file``, trusted ultimately, for Portage's binary package checks.
+
+    Portage accepts a gpkg signature only from a key GnuPG trusts fully or ultimately (what getuto
+    sets up in /etc/portage/gnupg on a Gentoo machine). Running as root, it verifies as "nobody"
+    (GPG_VERIFY_USER_DROP), so the home must be reachable by everyone: it lives in the system's temporary
+    directory, not under a work directory whose parents may be private, for this emerge alone.
+    """
+    if not key_file.is_file():
+        raise StageError(f"--binhost-key {key_file}: no such file")
+    with tempfile.TemporaryDirectory(prefix="farm-binhost-keyring-") as scratch:
+        home = Path(scratch)
+        gpg = ["gpg", "--homedir", scratch, "--batch", "--no-tty"]
+        imported = subprocess.run(
+            [*gpg, "--import", str(key_file)], capture_output=True, text=True, check=False
+        )
+        listing = subprocess.run(
+            [*gpg, "--with-colons", "--list-keys"], capture_output=True, text=True, check=False
+        ).stdout
+        fingerprints = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
+        if imported.returncode != 0 or not fingerprints:
+            raise StageError(
+                f"--binhost-key {key_file}: not an OpenPGP public key ({imported.stderr.strip()})"
+            )
+        trust = f"{fingerprints[0]}:6:\n"
+        subprocess.run([*gpg, "--import-ownertrust"], input=trust, capture_output=True, text=True, check=True)
+        # Portage verifies with --no-auto-check-trustdb, so the trust must be computed now.
+        subprocess.run([*gpg, "--check-trustdb"], capture_output=True, text=True, check=True)
+        for directory, _, files in os.walk(home):
+            os.chmod(directory, 0o755)
+            for name in files:
+                os.chmod(os.path.join(directory, name), 0o644)
+        progress(f"binary packages from the binhost must be signed by {fingerprints[0]}")
+        yield home
+
+
+def private_running_root(
+    workdir: Path, profile: Path, binrepo: Path | None, settings: Mapping[str, str]
+) -> dict[str, str]:
     """Give a Portage installed as a Python package a running root of its own.
 
     Installed that way (a venv on a non-Gentoo worker), Portage takes its install prefix as the running
@@ -133,8 +175,9 @@ def private_running_root(workdir: Path, profile: Path, binrepo: Path | None, fea
     ):
         link.unlink(missing_ok=True)
         link.symlink_to(target)
-    # The running root's config sees none of our environment, so it gets the same FEATURES and binhost.
-    (config / "make.conf").write_text(f'FEATURES="{features}"\n')
+    # The running root's config sees none of our environment (Portage passes it only PATH and a few
+    # more), so it gets the same settings and binhost: its packages (BDEPEND) land in our PKGDIR too.
+    (config / "make.conf").write_text("".join(f'{name}="{value}"\n' for name, value in settings.items()))
     running_binrepo = config / "binrepos.conf"
     running_binrepo.unlink(missing_ok=True)
     if binrepo is not None:
@@ -229,9 +272,15 @@ def run(args: argparse.Namespace) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     profile = select_profile(root, args.profile)
     binrepo = write_binrepo(root, args) if args.binhost else None
-    try:
-        running_root = private_running_root(args.workdir, profile, binrepo, worker_features())
-        environment = build_environment(args, root, running_root)
+    with contextlib.ExitStack() as cleanup:
+        if binrepo is not None:
+            cleanup.callback(binrepo.unlink, missing_ok=True)
+        settings = {"FEATURES": worker_features(), "PKGDIR": str(args.pkgdir.resolve())}
+        if args.binhost_key:
+            keyring = cleanup.enter_context(trusted_keyring(args.binhost_key))
+            settings["BINPKG_GPG_VERIFY_GPG_HOME"] = str(keyring)
+        running_root = private_running_root(args.workdir, profile, binrepo, settings)
+        environment = build_environment(args, root, running_root) | settings
         distfiles_before = {path.name for path in args.distdir.iterdir()}
         command = [emerge_command(), "--usepkg", "--buildpkg", "--color=n", "--nospinner", "--verbose"]
         if args.binhost:
@@ -256,9 +305,6 @@ def run(args: argparse.Namespace) -> None:
                 print(line, end="", flush=True)
                 outcome.consume(line)
             returncode = process.wait()
-    finally:
-        if binrepo is not None:
-            binrepo.unlink(missing_ok=True)
     if returncode != 0:
         why = outcome.failure or f"emerge exited with status {returncode}"
         raise StageError(f"emerge {' '.join(args.atoms)}: {why} (see the log above)")
