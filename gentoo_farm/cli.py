@@ -12,7 +12,8 @@ from gentoo_farm.subcommands import add_subcommands
 # Each name is a module of gentoo_farm.commands with add_arguments(parser) and
 # run(args, config) -> int; a module with CREATES_FARM = True runs without a farm.toml.
 COMMANDS: tuple[str, ...] = (
-    "init", "up", "down", "status", "check", "passwd", "hook", "key", "images", "download", "diff", "prune",
+    "init", "up", "down", "status", "build", "logs", "check", "passwd", "hook", "key", "images", "download",
+    "diff", "prune",
 )  # fmt: skip
 
 

@@ -42,9 +42,14 @@ def _build_image(config: FarmConfig) -> sched.ForceScheduler:
     )
 
 
+def force_scheduler(builder: str) -> str:
+    """The name of the force scheduler that starts ``builder`` (the web UI's button, `farm build`)."""
+    return BUILD_IMAGE if builder == IMAGE else f"force-{builder}"
+
+
 def _force(builder: str, label: str) -> sched.ForceScheduler:
     return sched.ForceScheduler(
-        name=f"force-{builder}",
+        name=force_scheduler(builder),
         label=label,
         buttonName=label,
         builderNames=[builder],

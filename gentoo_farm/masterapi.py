@@ -1,0 +1,133 @@
+"""The master's REST API (Buildbot's ``api/v2``) as the ``farm`` commands use it: log in, read, force.
+
+A login is Buildbot's own: ``auth/login`` with HTTP Basic sets a session cookie the later calls carry.
+Every call has a timeout; an error names the URL path and what the master said, never a password.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import http.cookiejar
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+API_TIMEOUT = 30
+PASSWORD_VARIABLE = "FARM_PASSWORD"
+# Buildbot's result codes (buildbot.process.results), by name.
+RESULT_NAMES = ("success", "warnings", "failure", "skipped", "exception", "retry", "cancelled")
+
+
+class MasterApiError(Exception):
+    """The master did not answer, refused the login, or refused the request; the message says which."""
+
+
+def result_name(results: int | None) -> str:
+    if results is None:
+        return "running"
+    return RESULT_NAMES[results] if 0 <= results < len(RESULT_NAMES) else f"result {results}"
+
+
+class MasterApi:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+
+    def _open(self, request: urllib.request.Request | str, what: str) -> bytes:
+        try:
+            with self._opener.open(request, timeout=API_TIMEOUT) as response:
+                body = response.read()
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace").strip()[:300]
+            raise MasterApiError(
+                f"{what}: the master answered {error.code} {error.reason}: {detail}"
+            ) from None
+        except (urllib.error.URLError, OSError) as error:
+            raise MasterApiError(f"{what}: the master at {self.base_url} does not answer ({error})") from None
+        return body
+
+    def _json(self, request: urllib.request.Request | str, what: str) -> Any:
+        body = self._open(request, what)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise MasterApiError(f"{what}: the master's answer is not JSON: {body[:200]!r}") from None
+
+    def login(self, user: str, password: str) -> None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request = urllib.request.Request(
+            f"{self.base_url}auth/login", headers={"Authorization": f"Basic {token}"}
+        )
+        try:
+            self._open(request, "login")
+        except MasterApiError as error:
+            if " 401 " in str(error) or " 403 " in str(error):
+                raise MasterApiError(f"login as {user!r} refused: wrong user or password") from None
+            raise
+
+    def get(self, path: str) -> Any:
+        return self._json(f"{self.base_url}api/v2/{path}", path.split("?")[0])
+
+    def force(self, scheduler: str, **params: object) -> dict[str, int]:
+        """Start a forced build; the build request ids by builder id."""
+        body = json.dumps({"jsonrpc": "2.0", "method": "force", "id": 1, "params": params}).encode()
+        request = urllib.request.Request(
+            f"{self.base_url}api/v2/forceschedulers/{scheduler}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        answer = self._json(request, f"force {scheduler}")
+        if not isinstance(answer, dict) or "result" not in answer:
+            raise MasterApiError(f"force {scheduler}: unexpected answer {answer!r}")
+        _buildset, requests = answer["result"]
+        return {str(builder): int(request_id) for builder, request_id in requests.items()}
+
+    def build_of_request(self, request_id: int) -> dict[str, Any] | None:
+        """The newest build that runs the build request, None while it waits for a worker."""
+        builds = self.get(f"buildrequests/{request_id}/builds")["builds"]
+        return max(builds, key=lambda build: build["buildid"]) if builds else None
+
+    def build(self, builder: str, number: int | None = None) -> dict[str, Any]:
+        """A build by builder name and number, or the builder's newest."""
+        (found,) = self.get(f"builders/{builder}")["builders"] or [None]
+        if found is None:
+            raise MasterApiError(f"no builder called {builder!r}")
+        builds = self.get(f"builders/{found['builderid']}/builds?order=-number&limit=1")["builds"]
+        if number is not None:
+            builds = self.get(f"builders/{found['builderid']}/builds/{number}")["builds"]
+        if not builds:
+            raise MasterApiError(f"{builder} has no build {'#' + str(number) if number else 'yet'}")
+        return builds[0]
+
+    def steps(self, build_id: int) -> list[dict[str, Any]]:
+        return self.get(f"builds/{build_id}/steps")["steps"]
+
+    def logs(self, step_id: int) -> list[dict[str, Any]]:
+        return self.get(f"steps/{step_id}/logs")["logs"]
+
+    def log_text(self, log_id: int, first_line: int = 0) -> tuple[str, int]:
+        """The log's lines from ``first_line`` on, and the number of the next line."""
+        chunks = self.get(f"logs/{log_id}/contents?offset={first_line}")["logchunks"]
+        text = "".join(chunk["content"] for chunk in chunks)
+        return text, first_line + text.count("\n")
+
+
+def connect(base_url: str, user: str | None) -> MasterApi:
+    """The API, logged in as ``user`` when one is given (password from $FARM_PASSWORD or a prompt)."""
+    api = MasterApi(base_url)
+    if user:
+        password = os.environ.get(PASSWORD_VARIABLE)
+        if password is None:
+            if not sys.stdin.isatty():
+                raise MasterApiError(
+                    f"no password for {user!r}: set {PASSWORD_VARIABLE} or run on a terminal"
+                )
+            password = getpass.getpass(f"password for {user} at {api.base_url}: ")
+        api.login(user, password)
+    return api

@@ -1,0 +1,79 @@
+"""`farm build`, `farm logs` and `farm status` against a real master, as an operator runs them."""
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.farmtest import FARM, Farm, farm_command, init_farm, set_option
+
+
+def farm(running: Farm, *arguments: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "FARM_PASSWORD": password if password is not None else running.admin_password,
+    }
+    return subprocess.run(
+        [FARM, "--farm", str(running.root), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_build_waits_and_prints_each_step_then_logs_and_status_show_it(running_farm: Farm) -> None:
+    built = farm(running_farm, "build", "overlay", "--wait", "--reason", "from the CLI")
+    assert built.returncode == 0, built.stdout + built.stderr
+    lines = built.stdout.splitlines()
+    assert lines[0].startswith("overlay: build request ") and "(from the CLI)" in lines[0]
+    assert any(line.startswith("  input-key: success") for line in lines)
+    assert lines[-1].startswith("overlay #1: success")
+
+    logs = farm(running_farm, "logs", "overlay/1")
+    assert logs.returncode == 0, logs.stderr
+    assert "==> input-key / stdio" in logs.stdout
+    (build,) = running_farm.builds("overlay")
+    assert f"overlay input key {running_farm.properties(build)['input_key']}" in logs.stdout
+
+    status = farm(running_farm, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["master"]["pid"] > 0
+    assert report["builds"][0] == {
+        "builder": "overlay", "number": 1, "result": "success", "state": build["state_string"], "step": "",
+    }  # fmt: skip
+    assert report["queue"] == [] and report["newest_image"] is None
+
+
+def test_a_wrong_password_is_named_and_nothing_is_built(running_farm: Farm) -> None:
+    refused = farm(running_farm, "build", "kernel", password="wrong")
+    assert refused.returncode != 0
+    assert "login as 'admin' refused: wrong user or password" in refused.stderr
+    assert "wrong" not in refused.stderr.replace("wrong user", "")
+    assert running_farm.api("builds")["builds"] == []
+
+
+@pytest.fixture
+def private_farm(tmp_path: Path) -> Iterator[Farm]:
+    running = init_farm(tmp_path / "farm")
+    set_option(running.root, "master", "anonymous_view", "false")
+    farm_command("--farm", str(running.root), "up")
+    try:
+        yield running
+    finally:
+        farm_command("--farm", str(running.root), "down", check=False)
+
+
+def test_status_logs_in_when_the_farm_hides_builds(private_farm: Farm) -> None:
+    anonymous = farm(private_farm, "status", "--json")
+    assert anonymous.returncode == 1
+    assert "403" in json.loads(anonymous.stdout)["error"]
+    logged_in = farm(private_farm, "status", "--json", "--user", "admin")
+    assert logged_in.returncode == 0, logged_in.stdout
+    assert json.loads(logged_in.stdout)["workers"][0]["name"] == "local-1"
