@@ -151,8 +151,8 @@ class MemberCheck:
     def _refuse(self, name: str, reason: str) -> StageError:
         return StageError(f"{self.source}: member {name!r}: {reason}; refusing to unpack it")
 
-    def _relative(self, name: str, what: str) -> tuple[str, ...] | None:
-        path = PurePosixPath(name)
+    def _relative(self, name: str, path_name: str, what: str) -> tuple[str, ...] | None:
+        path = PurePosixPath(path_name)
         if path.is_absolute():
             raise self._refuse(name, f"{what} is an absolute path")
         if ".." in path.parts:
@@ -172,7 +172,7 @@ class MemberCheck:
     def check(self, info: tarfile.TarInfo) -> str | None:
         """The member's name as unpacked (None when stripped away), or a :class:`StageError`."""
         name = info.name
-        parts = self._relative(name, "the name")
+        parts = self._relative(name, name, "the name")
         if parts is None:
             return None
         self._reachable(name, parts, "the member")
@@ -185,7 +185,7 @@ class MemberCheck:
                 raise self._refuse(name, f"symlink to {info.linkname!r} leaves the root")
             self.links[parts] = info.linkname
         elif info.islnk():
-            linked = self._relative(info.linkname, f"the hard link target {info.linkname!r}")
+            linked = self._relative(name, info.linkname, f"the hard link target {info.linkname!r}")
             if linked is None:
                 raise self._refuse(name, f"hard link to {info.linkname!r}, which is stripped away")
             self._reachable(name, linked, f"the hard link target {info.linkname!r}")

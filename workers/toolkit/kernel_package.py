@@ -75,6 +75,12 @@ def find_kernel_release(unpacked: Path, package: Path) -> str:
     return kernels[0].removeprefix("boot/vmlinuz-")
 
 
+def _present(unpacked: Path, name: str) -> bool:
+    """Whether the package has ``name`` at all (a link counts, wherever it points)."""
+    path = resolve(unpacked, name, follow_last=False)
+    return path.is_symlink() or path.exists()
+
+
 def copy_file(unpacked: Path, name: str, destination: Path, package: Path) -> None:
     """Copy the package's ``name`` (its links resolved inside the package) to ``destination``."""
     source = resolve(unpacked, name)
@@ -111,12 +117,12 @@ def stage_kernel(unpacked: Path, release: str, staging: Path, package: Path) -> 
         raise StageError(f"{package}: has no lib/modules/{release} for its kernel {release}")
     modules = module_dirs[0]
     image = f"boot/vmlinuz-{release}"
-    if not resolve(unpacked, image).is_file():
+    if not _present(unpacked, image):
         image = f"{modules}/vmlinuz"
     config = f"boot/config-{release}"
-    if not resolve(unpacked, config).is_file():
+    if not _present(unpacked, config):
         config = f"{modules}/config"
-    if not resolve(unpacked, config).is_file():
+    if not _present(unpacked, config):
         raise StageError(f"{package}: has no config for kernel {release} (boot/config-{release})")
     copy_file(unpacked, image, staging / "boot" / f"vmlinuz-{release}", package)
     copy_file(unpacked, config, staging / "boot" / f"config-{release}", package)
