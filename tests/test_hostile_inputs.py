@@ -368,3 +368,13 @@ def test_resolve_follows_links_as_a_chroot_would(tmp_path: Path) -> None:
     assert resolve(root, "lib", follow_last=False) == root / "lib"
     with pytest.raises(StageError, match="more than 40 symbolic links"):
         resolve(root, "loop/x")
+
+
+def test_a_directory_where_the_kernel_link_goes_fails_clearly(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "boot/vmlinuz").mkdir()
+    process = assemble(root, kernel_tarball(tmp_path), overlay_tarball(tmp_path))
+    assert process.returncode == 1
+    assert (
+        f"{root}: /boot/vmlinuz is a directory; it must be free for the link to the kernel" in process.stderr
+    )

@@ -112,8 +112,11 @@ def link_kernel(root: Path, release: str) -> bool:
     has_initramfs = resolve(root, f"boot/initramfs-{release}").is_file()
     for name, present in (("vmlinuz", True), ("initramfs", has_initramfs)):
         link = boot / name
-        if link.is_symlink() or link.exists():
-            link.unlink()
+        if link.is_dir() and not link.is_symlink():
+            raise StageError(
+                f"{root}: /boot/{name} is a directory; it must be free for the link to the kernel"
+            )
+        link.unlink(missing_ok=True)
         if present:
             link.symlink_to(f"{name}-{release}")
     return has_initramfs
