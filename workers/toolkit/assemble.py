@@ -1,20 +1,26 @@
 """Lay the kernel and the recipe's modifications over a build root, ready to become a disk.
 
 Unpacks the vmlinuz tarball and the vmoverride tarball into the root, applies the overlay's
-password edits to /etc/shadow, adds the cloud user (``useradd -m -G wheel,users ec2-user`` in the
-chroot) and points /boot/vmlinuz and /boot/initramfs at the kernel. The overlay must provide
+password edits to /etc/shadow, adds the cloud user (as ``useradd -m -G wheel,users ec2-user`` would)
+and points /boot/vmlinuz and /boot/initramfs at the kernel. The overlay must provide
 /boot/extlinux.conf: without it the disk could not boot, so the stage stops here.
+
+Every path read or written in the root is resolved inside it (workers/toolkit/confined.py), and no
+program of the image runs: the overlay or a package may have replaced any of them, and this stage
+runs as root on the worker.
 """
 
 import argparse
 import json
 import re
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.accounts import add_user
+from gentoo_farm.workers.toolkit.confined import read_text, resolve, unpack_tarball, write_text
 from gentoo_farm.workers.toolkit.overlay import EDITS_MEMBER
-from gentoo_farm.workers.toolkit.tools import require_directory, require_file, run_tool
+from gentoo_farm.workers.toolkit.tools import require_directory, require_file
 
 EXTLINUX_CONF = "boot/extlinux.conf"
 UNPACK_OPTIONS = ("--numeric-owner", "--preserve-permissions", "--no-overwrite-dir")
@@ -31,9 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def unpack(tarball: Path, root: Path, what: str) -> list[str]:
-    """Unpack ``tarball`` over ``root``; return its member names."""
-    output = run_tool(["tar", "-C", root, *UNPACK_OPTIONS, "-xvf", tarball], what=f"unpacking the {what}")
-    return [line.strip().removeprefix("./") for line in output.splitlines() if line.strip()]
+    """Unpack ``tarball`` over ``root`` (refusing members that would land outside it); return its names."""
+    return unpack_tarball(tarball, root, what=what, options=UNPACK_OPTIONS)
 
 
 def kernel_release_of(members: list[str], tarball: Path) -> str:
@@ -48,18 +53,21 @@ def kernel_release_of(members: list[str], tarball: Path) -> str:
 
 
 def apply_password_edits(root: Path, overlay: Path) -> None:
-    edits_file = root / EDITS_MEMBER
+    edits_file = resolve(root, EDITS_MEMBER)
     if not edits_file.is_file():
         return
     edits = json.loads(edits_file.read_text())
-    shutil.rmtree(edits_file.parent)
+    edits_dir = root / PurePosixPath(EDITS_MEMBER).parent
+    if edits_dir.is_symlink():
+        edits_dir.unlink()
+    else:
+        shutil.rmtree(edits_dir)
     passwords: dict[str, str] = edits.get("passwords", {})
     if not passwords:
         return
-    shadow = root / "etc/shadow"
-    if not shadow.is_file():
-        raise StageError(f"{overlay}: edits /etc/shadow, but the root has no {shadow}")
-    lines = shadow.read_text().splitlines()
+    if not resolve(root, "etc/shadow").is_file():
+        raise StageError(f"{overlay}: edits /etc/shadow, but the root has no {root / 'etc/shadow'}")
+    lines = read_text(root, "etc/shadow").splitlines()
     for account, password in passwords.items():
         for index, line in enumerate(lines):
             fields = line.split(":")
@@ -73,13 +81,11 @@ def apply_password_edits(root: Path, overlay: Path) -> None:
                 break
         else:
             raise StageError(f"{overlay}: [passwords] {account!r}: no such account in the root's /etc/shadow")
-    mode = shadow.stat().st_mode
-    shadow.write_text("\n".join(lines) + "\n")
-    shadow.chmod(mode & 0o7777)
+    write_text(root, "etc/shadow", "\n".join(lines) + "\n")
 
 
 def check_extlinux_conf(root: Path, overlay: Path, overlay_members: list[str], has_initramfs: bool) -> None:
-    conf = root / EXTLINUX_CONF
+    conf = resolve(root, EXTLINUX_CONF)
     if EXTLINUX_CONF not in overlay_members and not conf.is_file():
         raise StageError(
             f"{overlay}: the overlay has no /{EXTLINUX_CONF}; without it the disk has no boot menu "
@@ -88,35 +94,29 @@ def check_extlinux_conf(root: Path, overlay: Path, overlay_members: list[str], h
     if not has_initramfs:
         # One recipe serves kernels with and without an initramfs: a kernel that has its root
         # drivers built in comes without one, and SYSLINUX refuses to boot with a missing INITRD.
-        lines = conf.read_text().splitlines(keepends=True)
+        lines = read_text(root, EXTLINUX_CONF).splitlines(keepends=True)
         kept = [line for line in lines if not re.match(r"\s*INITRD\s+/boot/initramfs\s*$", line, re.I)]
         if kept != lines:
-            conf.write_text("".join(kept))
+            write_text(root, EXTLINUX_CONF, "".join(kept))
             progress(f"the kernel needs no initramfs: dropped INITRD /boot/initramfs from /{EXTLINUX_CONF}")
     for keyword, path in re.findall(
-        r"^\s*(LINUX|KERNEL|INITRD)\s+(\S+)", conf.read_text(), re.MULTILINE | re.I
+        r"^\s*(LINUX|KERNEL|INITRD)\s+(\S+)", read_text(root, EXTLINUX_CONF), re.MULTILINE | re.I
     ):
-        if not (root / path.lstrip("/")).exists():
+        if not resolve(root, path).exists():
             raise StageError(f"{overlay}: /{EXTLINUX_CONF}: {keyword} {path} does not exist in the image")
-
-
-def add_user(root: Path, user: str, groups: str) -> None:
-    passwd = (root / "etc/passwd").read_text()
-    if any(line.split(":", 1)[0] == user for line in passwd.splitlines()):
-        progress(f"user {user} exists already")
-        return
-    run_tool(["chroot", root, "useradd", "-m", "-G", groups, user], what=f"useradd {user} in the image")
-    progress(f"added user {user} (groups {groups})")
 
 
 def link_kernel(root: Path, release: str) -> bool:
     """Point /boot/vmlinuz (and /boot/initramfs, when the kernel has one) at ``release``."""
-    boot = root / "boot"
-    has_initramfs = (boot / f"initramfs-{release}").is_file()
+    boot = resolve(root, "boot")
+    has_initramfs = resolve(root, f"boot/initramfs-{release}").is_file()
     for name, present in (("vmlinuz", True), ("initramfs", has_initramfs)):
         link = boot / name
-        if link.is_symlink() or link.exists():
-            link.unlink()
+        if link.is_dir() and not link.is_symlink():
+            raise StageError(
+                f"{root}: /boot/{name} is a directory; it must be free for the link to the kernel"
+            )
+        link.unlink(missing_ok=True)
         if present:
             link.symlink_to(f"{name}-{release}")
     return has_initramfs
@@ -124,7 +124,7 @@ def link_kernel(root: Path, release: str) -> bool:
 
 def run(args: argparse.Namespace) -> None:
     root = require_directory(args.root, "build root")
-    require_file(root / "etc/passwd", "the build root's /etc/passwd")
+    require_file(resolve(root, "etc/passwd"), "the build root's /etc/passwd")
     require_file(args.vmlinuz, "vmlinuz tarball")
     require_file(args.overlay, "vmoverride tarball")
 

@@ -109,6 +109,18 @@ def unpack_source(tarball: Path, sources: Path) -> Path:
     return trees[0]
 
 
+def refuse_initramfs_source(config: Path) -> None:
+    """Refuse a config whose CONFIG_INITRAMFS_SOURCE names files: Kbuild would pack them from the
+    worker (any directory or cpio list on it) into the kernel image that gets published."""
+    for line in config.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "CONFIG_INITRAMFS_SOURCE" and value.strip().strip('"'):
+            raise StageError(
+                f"{config}: CONFIG_INITRAMFS_SOURCE={value.strip()} would build files of the worker into "
+                'the kernel; set it to "" (the farm adds its own initramfs when the kernel needs one)'
+            )
+
+
 def compiler_error(output: str) -> str:
     for pattern in ERROR_LINES:
         for line in output.splitlines():
@@ -140,6 +152,7 @@ def make(
 
 def run(args: argparse.Namespace) -> None:
     config = require_file(args.config, "kernel config")
+    refuse_initramfs_source(config)
     if shutil.which("ccache") is None:
         raise StageError("ccache is not installed on this worker (the kernel build needs it)")
     started = time.monotonic()

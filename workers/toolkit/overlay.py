@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from gentoo_farm.checksums import file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.confined import MemberCheck
 
 MANIFEST_NAME = "overlay.toml"
 TREE_NAME = "root"
@@ -176,6 +177,12 @@ def write_overlay_tarball(overlay_dir: Path, output: Path) -> OverlayManifest:
         info = _header(EDITS_MEMBER, tarfile.REGTYPE, 0o600)
         info.size = len(edits_data)
         archive.addfile(info, io.BytesIO(edits_data))
+    # The check assemble makes when it unpacks the tarball, made here too so that a link out of the
+    # image fails where it was written.
+    check = MemberCheck(overlay_dir)
+    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as archive:
+        for member in archive:
+            check.check(member)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")

@@ -5,10 +5,10 @@ records them, as Gentoo's handbook prescribes; the snapshot becomes ``var/db/rep
 """
 
 import argparse
-import subprocess
 from pathlib import Path
 
 from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.confined import resolve, unpack_tarball
 
 REPOSITORY_DIR = Path("var/db/repos/gentoo")
 
@@ -21,27 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _untar(tarball: Path, destination: Path, *extra: str) -> None:
-    if not tarball.is_file():
-        raise StageError(f"{tarball}: no such file")
-    command = [
-        "tar",
-        "--extract",
-        "--preserve-permissions",
-        "--xattrs",
-        "--xattrs-include=*.*",
-        "--numeric-owner",
-    ]
-    result = subprocess.run(
-        [*command, *extra, "--file", str(tarball), "--directory", str(destination)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise StageError(
-            f"{tarball.name}: cannot unpack: {result.stderr.strip() or f'tar exit {result.returncode}'}"
-        )
+# Ownership, modes and file capabilities exactly as the stage3 records them.
+TAR_OPTIONS = ("--preserve-permissions", "--xattrs", "--xattrs-include=*.*", "--numeric-owner")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -50,12 +31,19 @@ def run(args: argparse.Namespace) -> None:
         raise StageError(f"build root {root} is not empty: a build needs a fresh root")
     root.mkdir(parents=True, exist_ok=True)
     progress(f"unpacking {args.stage3.name} into {root}")
-    _untar(args.stage3, root)
-    repository = root / REPOSITORY_DIR
+    unpack_tarball(args.stage3, root, what=f"stage3 {args.stage3.name}", options=TAR_OPTIONS)
+    # Where the image itself would put the repository, whatever links the stage3 has on the way.
+    repository = resolve(root, REPOSITORY_DIR)
     repository.mkdir(parents=True, exist_ok=True)
     progress(f"unpacking {args.snapshot.name} into {repository}")
     # Snapshots hold one top directory (portage/); its contents are the repository.
-    _untar(args.snapshot, repository, "--strip-components=1")
+    unpack_tarball(
+        args.snapshot,
+        repository,
+        what=f"snapshot {args.snapshot.name}",
+        options=TAR_OPTIONS,
+        strip_components=1,
+    )
     if not (repository / "profiles").is_dir():
         raise StageError(f"{args.snapshot.name}: not a Portage snapshot (no profiles/ directory inside)")
     report(build_root=str(root.resolve()), repository=str(repository.resolve()))
