@@ -284,4 +284,12 @@ def build_world(dest: Path, *, extra_distfiles: Iterable[Path] = (), compile_sca
     return dataclasses.replace(world, distfiles=tuple(sorted((*world.distfiles, *extra_names))))
 
 
-__all__ = ["LAYOUT_CONF", "ServedRequest", "World", "WorldServer", "build_world", "write_digests"]
+__all__ = [
+    "LAYOUT_CONF",
+    "ServedRequest",
+    "World",
+    "WorldServer",
+    "build_world",
+    "distfile_layout",
+    "write_digests",
+]

@@ -14,6 +14,7 @@ STAGES: dict[str, str] = {
     "download-inputs": "download_inputs",
     "unpack-root": "unpack_root",
     "emerge": "emerge",
+    "kernel-source": "kernel_source",
     "kernel": "kernel",
     "kernel-package": "kernel_package",
     "overlay": "overlay",
