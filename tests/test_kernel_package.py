@@ -114,5 +114,12 @@ def test_farm_toml_package_switches_the_kernel_builder_to_it(tmp_path: Path) -> 
     (kernel,) = [builder for builder in config["builders"] if builder.name == "kernel"]
     names = [step.buildStep().name for step in kernel.factory.steps]
     assert "kernel-from-package" in names
+    # The published snapshot's Manifest line for the package keys the build and checks the download.
+    assert names[names.index("clean") + 1 :][:4] == [
+        "resolve-snapshot",
+        "download-snapshot",
+        "kernel-source",
+        "input-key",
+    ]
     assert "build-kernel" not in names and "checkout-kernel-config" not in names
     assert names[names.index("kernel-from-package") + 1 :][:3] == ["list-new", "push-back-urls", "push-back"]
