@@ -30,11 +30,17 @@ def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
 
 
 def make_signing_key(home: Path, uid: str) -> str:
-    """Create a passphrase-less ed25519 signing key in ``home`` (created if new); return its fingerprint."""
+    """Create a passphrase-less ed25519 key in ``home`` (created if new); return its fingerprint.
+
+    Like Gentoo's keys, the primary key only certifies and a subkey signs: a signature names the subkey,
+    and the farm must trace it to the primary fingerprint it is configured with.
+    """
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _gpg(home, "--quick-gen-key", uid, "ed25519", "sign", "0")
+    _gpg(home, "--quick-gen-key", uid, "ed25519", "cert", "0")
     listing = _gpg(home, "--with-colons", "--list-keys", uid).decode()
-    return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    _gpg(home, "--quick-add-key", fingerprint, "ed25519", "sign", "0")
+    return fingerprint
 
 
 def export_public_key(home: Path, destination: Path) -> None:
