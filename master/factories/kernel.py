@@ -58,9 +58,8 @@ def _from_source(config: FarmConfig, building: Mapping[str, object]) -> list[obj
     return [
         *checkout(recipe_repository(config, KERNEL_POLLER), CHECKOUT),
         *_vouched(config, config.kernel.source),
-        ComputeInputKey(
-            "kernel", files=[kernel_config], values={"source": config.kernel.source, "source_dist": VOUCHED}
-        ),
+        # The DIST line names the source and its hashes: a new tarball under the same name rebuilds.
+        ComputeInputKey("kernel", files=[kernel_config], values={"source_dist": VOUCHED}),
         up_to_date(config, "kernel"),
         BuildKernel(
             mirrors=_mirrors(config),
@@ -80,7 +79,7 @@ def _from_package(config: FarmConfig, building: Mapping[str, object]) -> list[ob
     return [
         steps.RemoveDirectory(name="clean", dir="build"),
         *_vouched(config, config.kernel.package),
-        ComputeInputKey("kernel", values={"package": config.kernel.package, "package_dist": VOUCHED}),
+        ComputeInputKey("kernel", values={"package_dist": VOUCHED}),
         up_to_date(config, "kernel"),
         KernelFromPackage(
             mirrors=_mirrors(config),
