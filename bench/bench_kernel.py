@@ -20,8 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gentoo_farm.stageprotocol import RESULT_MARKER
-from gentoo_farm.workers.toolkit.kernel import fetch_source, unpack_source
+from gentoo_farm.workers.toolkit.distfiles import DistEntry, fetch_distfile
+from gentoo_farm.workers.toolkit.kernel import unpack_source
 from tests import debian
+from tests.world.repository import manifest_line
 from tests.world.server import WorldServer
 
 FARM_WORKER = str(Path(sys.executable).parent / "farm-worker")
@@ -34,8 +36,10 @@ def build(server: WorldServer, source: Path, config: Path, work: Path, ccache: P
         [
             FARM_WORKER,
             "kernel",
-            "--source-url",
-            f"{server.url}/distfiles/{source.name}",
+            "--mirror",
+            server.url,
+            "--source-dist",
+            manifest_line(source),
             "--config",
             str(config),
             "--output",
@@ -67,7 +71,8 @@ def main() -> None:
         work, ccache = scratch / "work", scratch / "ccache"
         with WorldServer(mirror) as server:
             # Download and unpack once, outside the timings, with the stage's own functions.
-            tarball = fetch_source([f"{server.url}/distfiles/{source.name}"], work / "distfiles", None)
+            entry = DistEntry.parse(manifest_line(source))
+            tarball = fetch_distfile([server.url], entry, work / "distfiles", "kernel source")
             unpack_source(tarball, work / "sources")
             cold = build(server, source, CONFIG, work, ccache, scratch / "cold.tar.zst")
             print(

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 CONFIG_NAME = "farm.toml"
+# Gentoo Linux Release Engineering (Automated Weekly Release Key) and the Gentoo ebuild repository
+# signing key (Automated Signing Key): https://www.gentoo.org/downloads/signatures/
+GENTOO_RELEASE_KEY = "13EBBDBEDE7A12775DFDB1BABB572E0E2D182910"
+GENTOO_SNAPSHOT_KEY = "E1D6ABB63BFCFB4BA02FDF1CEC590EEAC9189250"
 
 
 class FarmConfigError(Exception):
@@ -53,6 +57,17 @@ def _clock_time(value: str) -> str:
     if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
         raise ValueError("expected a time of day HH:MM (24 h), e.g. 03:30")
     return value
+
+
+_FINGERPRINT = re.compile(r"[0-9A-Fa-f]{40}")
+
+
+def _fingerprint(value: str) -> None:
+    if not _FINGERPRINT.fullmatch(value):
+        raise ValueError(
+            "expected a key's full fingerprint, 40 hexadecimal digits without spaces "
+            "(the key file itself is named by upstream.keyring)"
+        )
 
 
 def _check(validator: typing.Callable[[Any], Any]) -> dict[str, Any]:
@@ -129,8 +144,12 @@ class UpstreamSection:
     mirror: str = "https://distfiles.gentoo.org"
     stage3: str = "stage3-amd64-openrc"
     profile: str = "default/linux/amd64/23.0"
-    release_key: Path = Path("keys/gentoo-release.asc")
-    """The OpenPGP key stage3 and snapshots are verified against (Gentoo rotates it)."""
+    keyring: Path = Path("keys/gentoo-release.asc")
+    """OpenPGP public keys holding both keys below (openpgp-keys-gentoo-release's gentoo-release.asc)."""
+    release_key: str = field(default=GENTOO_RELEASE_KEY, metadata=_check(_fingerprint))
+    """Fingerprint of the key that signs stages, DIGESTS and latest-stage3 pointers (Gentoo rotates it)."""
+    snapshot_key: str = field(default=GENTOO_SNAPSHOT_KEY, metadata=_check(_fingerprint))
+    """Fingerprint of the key that signs Portage snapshots."""
 
 
 @dataclass(frozen=True)
@@ -139,10 +158,13 @@ class KernelSection:
     """The git repository holding the kernel config; a path is relative to the farm directory."""
     branch: str = "main"
     config_file: str = "config"
+    source_package: str = "sys-kernel/vanilla-sources"
+    """The package in the verified Portage snapshot whose Manifest vouches for ``source`` (or ``package``)."""
     source: str = "linux-6.1.tar.xz"
-    """The kernel source distfile, fetched through the farm's distfile mirror."""
+    """The kernel source distfile (a DIST entry of source_package), fetched through the farm's mirror."""
     package: str = ""
-    """A binary kernel package distfile (gentoo-kernel-bin's, a .deb ...): used instead of compiling."""
+    """A binary kernel package distfile (gentoo-kernel-bin's ...), used instead of compiling; it must be a
+    DIST entry of source_package's Manifest too."""
     poll_interval: int = 3600
     """Seconds between polls; a push knocks the poller through the change hook at once."""
 

@@ -44,7 +44,8 @@ class ComputeInputKey(FarmWorkerStep):
 
 
 class ResolveImageInputs(SignedUrlsStep):
-    """Find the published stage3, snapshot, kernel and overlay an image is built from.
+    """Find the published stage3, snapshot, kernel and overlay an image is built from (or, for the
+    kernel builder, the snapshot whose Manifest vouches for the kernel source).
 
     Sets ``image_sources`` ({kind: set id}) and ``image_input_keys`` ({kind: input key}), and writes
     the download map for ``farm-worker download-inputs`` to the worker (URLs may be signed: never a property).

@@ -12,37 +12,37 @@ class BuildKernel(FarmWorkerStep):
     fails the step with the compiler's error as its summary.
     """
 
-    renderables = ("source_urls", "config", "output", "work_dir", "ccache_dir", "source_sha512")
+    renderables = ("mirrors", "source_dist", "config", "output", "work_dir", "ccache_dir")
 
     def __init__(
         self,
-        source_urls: Sequence[object],
+        mirrors: Sequence[object],
+        source_dist: object,
         config: object,
         output: object,
         work_dir: object,
         ccache_dir: object,
-        source_sha512: object = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("name", "build-kernel")
         kwargs.setdefault("description", ["building", "kernel"])
         kwargs.setdefault("descriptionDone", ["kernel"])
         super().__init__("kernel", **kwargs)
-        self.source_urls = source_urls
+        self.mirrors = mirrors
+        self.source_dist = source_dist
         self.config = config
         self.output = output
         self.work_dir = work_dir
         self.ccache_dir = ccache_dir
-        self.source_sha512 = source_sha512
 
     def stage_arguments(self) -> list[object]:
         arguments: list[object] = []
-        for url in self.source_urls:
-            arguments += ["--source-url", url]
-        if self.source_sha512:
-            arguments += ["--source-sha512", self.source_sha512]
+        for mirror in self.mirrors:
+            arguments += ["--mirror", mirror]
         return [
             *arguments,
+            "--source-dist",
+            self.source_dist,
             "--config",
             self.config,
             "--output",
@@ -57,16 +57,18 @@ class BuildKernel(FarmWorkerStep):
 class KernelFromPackage(FarmWorkerStep):
     """``farm-worker kernel-package``: a distribution's binary kernel package as the vmlinuz tarball.
 
-    The package is a path on the worker, or fetched from ``package_urls`` (tried in order) into ``distdir``.
+    The package is a path on the worker, or fetched from ``mirrors`` (tried in order) into ``distdir``,
+    accepted only when it matches ``package_dist`` (its Manifest DIST line).
     """
 
-    renderables = ("package", "output", "package_urls", "distdir")
+    renderables = ("package", "output", "mirrors", "package_dist", "distdir")
 
     def __init__(
         self,
         package: object = None,
         output: object = None,
-        package_urls: Sequence[object] = (),
+        mirrors: Sequence[object] = (),
+        package_dist: object = None,
         distdir: object = None,
         **kwargs,
     ) -> None:
@@ -74,13 +76,16 @@ class KernelFromPackage(FarmWorkerStep):
         super().__init__("kernel-package", **kwargs)
         self.package = package
         self.output = output
-        self.package_urls = package_urls
+        self.mirrors = mirrors
+        self.package_dist = package_dist
         self.distdir = distdir
 
     def stage_arguments(self) -> list[object]:
         arguments: list[object] = [self.package] if self.package else []
-        for url in self.package_urls:
-            arguments += ["--package-url", url]
+        for mirror in self.mirrors:
+            arguments += ["--mirror", mirror]
+        if self.package_dist:
+            arguments += ["--package-dist", self.package_dist]
         if self.distdir:
             arguments += ["--distdir", self.distdir]
         return [*arguments, "--output", self.output]

@@ -6,7 +6,7 @@ from gentoo_farm.steps.base import FarmWorkerStep
 
 
 class FetchRelease(FarmWorkerStep):
-    """Download the latest stage3 and a Portage snapshot and verify them against the release key.
+    """Download the latest stage3 and a Portage snapshot and verify each against the key that signs it.
 
     Sets ``stage3_timestamp``, ``stage3_file``, ``stage3_path``, ``stage3_sha512``, ``snapshot_date``,
     ``snapshot_file``, ``snapshot_path``, ``snapshot_sha512`` and ``snapshot_md5``. With ``check_only``
@@ -15,14 +15,16 @@ class FetchRelease(FarmWorkerStep):
     """
 
     renderables = (
-        "mirror", "release_key", "dest", "arch", "variant", "snapshot",
+        "mirror", "keyring", "release_key", "snapshot_key", "dest", "arch", "variant", "snapshot",
         "expect_stage3_sha512", "expect_snapshot_md5",
     )  # fmt: skip
 
     def __init__(
         self,
         mirror: object,
+        keyring: object,
         release_key: object,
+        snapshot_key: object,
         dest: object,
         arch: object = "amd64",
         variant: object = "amd64-openrc",
@@ -44,7 +46,9 @@ class FetchRelease(FarmWorkerStep):
         self.expect_stage3_sha512 = expect_stage3_sha512
         self.expect_snapshot_md5 = expect_snapshot_md5
         self.mirror = mirror
+        self.keyring = keyring
         self.release_key = release_key
+        self.snapshot_key = snapshot_key
         self.dest = dest
         self.arch = arch
         self.variant = variant
@@ -52,7 +56,8 @@ class FetchRelease(FarmWorkerStep):
 
     def stage_arguments(self) -> list[object]:
         arguments: list[object] = [
-            "--mirror", self.mirror, "--release-key", self.release_key, "--dest", self.dest,
+            "--mirror", self.mirror, "--keyring", self.keyring, "--release-key", self.release_key,
+            "--snapshot-key", self.snapshot_key, "--dest", self.dest,
             "--arch", self.arch, "--variant", self.variant, "--snapshot", self.snapshot,
         ]  # fmt: skip
         if self.check_only:

@@ -144,9 +144,11 @@ def toml_list(values: list[str] | tuple[str, ...]) -> str:
 
 
 def configure_for_world(farm: Farm, world: "World", upstream_url: str, kernel_source: str) -> None:
-    """Point a farm at the stand-in world: its mirror, release key, profile, package set, kernel source."""
+    """Point a farm at the stand-in world: its mirror, keys, profile, package set, kernel source."""
     set_option(farm.root, "upstream", "mirror", json.dumps(upstream_url))
-    set_option(farm.root, "upstream", "release_key", json.dumps(str(world.release_key)))
+    set_option(farm.root, "upstream", "keyring", json.dumps(str(world.keyring)))
+    set_option(farm.root, "upstream", "release_key", json.dumps(world.release_fingerprint))
+    set_option(farm.root, "upstream", "snapshot_key", json.dumps(world.snapshot_fingerprint))
     set_option(farm.root, "upstream", "profile", json.dumps(world.profile))
     set_option(farm.root, "kernel", "source", json.dumps(kernel_source))
     set_option(farm.root, "image", "packages", toml_list(world.package_set))

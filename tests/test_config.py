@@ -55,6 +55,12 @@ def test_a_valid_file_passes_and_is_summarised(tmp_path: Path) -> None:
         ('[farm]\nid = "x"\n[[glance]]\nkeep = 1\n', "missing key glance[0].cloud"),
         ('[farm]\nid = "x"\n[[workers.openstack]]\nname = "os"\n', "missing key workers.openstack[0].cloud"),
         ("[farm\n", "not valid TOML"),
+        # A farm.toml from before the two keys named the key file here: the message says where it goes now.
+        (
+            '[farm]\nid = "x"\n[upstream]\nrelease_key = "keys/gentoo-release.asc"\n',
+            'upstream.release_key = "keys/gentoo-release.asc": expected a key\'s full fingerprint, 40 '
+            "hexadecimal digits without spaces (the key file itself is named by upstream.keyring)",
+        ),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:

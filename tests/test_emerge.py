@@ -97,7 +97,8 @@ def test_cold_build_fills_binhost_then_warm_build_compiles_nothing(
     assert cold.result["packages_binary"] == []
     assert cold.result["distfiles_fetched"] == sorted(world.distfiles)
     upstream_distfiles = {path for path in upstream.requested_paths() if path.startswith("/distfiles/")}
-    assert {f"/distfiles/{name}" for name in world.distfiles} <= upstream_distfiles
+    # Portage read the mirror's layout.conf: every distfile came from its GLEP 75 path.
+    assert {f"/{world.distfile_path(name)}" for name in world.distfiles} <= upstream_distfiles
     built = sorted(path.name for path in (tmp_path / "cold/pkgs").rglob("*.gpkg.tar"))
     assert len(built) == len(ALL_PACKAGES)
     assert (tmp_path / "cold/pkgs/Packages").is_file()

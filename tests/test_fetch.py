@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,13 +25,23 @@ def upstream(world: World) -> Iterator[WorldServer]:
         yield server
 
 
+def keys(world: World) -> list[object]:
+    return [
+        "--keyring",
+        world.keyring,
+        "--release-key",
+        world.release_fingerprint,
+        "--snapshot-key",
+        world.snapshot_fingerprint,
+    ]
+
+
 def fetch(world: World, server: WorldServer, dest: Path, *extra: str) -> StageRun:
     return run_stage(
         "fetch-release",
         "--mirror",
         server.url,
-        "--release-key",
-        world.release_key,
+        *keys(world),
         "--dest",
         dest,
         "--timeout",
@@ -60,7 +71,12 @@ def test_good_world_verifies_and_reports_the_release(
     }
     assert (tmp_path / "dl" / world.stage3_name).read_bytes() == stage3
     assert f"{world.stage3_name}: BLAKE2B and SHA512 match" in run.stdout
-    assert f"{world.stage3_name}: good signature from the configured release key" in run.stdout
+    assert (
+        f"{world.stage3_name}: good signature from the release key {world.release_fingerprint}" in run.stdout
+    )
+    assert f"portage-latest.tar.xz: good signature from the snapshot key {world.snapshot_fingerprint}" in (
+        run.stdout
+    )
     # The "latest" snapshot was asked for; it is kept under its real date.
     assert "/snapshots/portage-latest.tar.xz" in upstream.requested_paths()
 
@@ -127,12 +143,12 @@ def test_corrupt_stage3_fails_its_checksum(world: World, upstream: WorldServer, 
 def test_stage3_signed_by_another_key_is_refused(world: World, upstream: WorldServer, tmp_path: Path) -> None:
     # An attacker's stage3 with matching DIGESTS, all signed by a key the farm does not trust.
     intruder = tmp_path / "intruder-gnupg"
-    signing.make_signing_key(intruder, "Intruder <intruder@farm.invalid>")
+    key = signing.make_signing_key(intruder, "Intruder <intruder@farm.invalid>")
     try:
         tarball = world.file(world.stage3_path)
         tarball.write_bytes(tarball.read_bytes() + b"\0")
-        write_digests(intruder, tarball)
-        signing.sign_detached(intruder, tarball, tarball.with_name(tarball.name + ".asc"))
+        write_digests(intruder, tarball, key)
+        signing.sign_detached(intruder, tarball, tarball.with_name(tarball.name + ".asc"), key)
     finally:
         signing.stop_agent(intruder)
 
@@ -140,7 +156,102 @@ def test_stage3_signed_by_another_key_is_refused(world: World, upstream: WorldSe
 
     assert run.returncode == 1
     assert run.error.startswith(f"{world.stage3_name}.DIGESTS: signed by key ")
-    assert run.error.endswith(f"which is not in the configured release key {world.release_key}")
+    assert run.error.endswith(f"which is not in the configured keyring {world.keyring}")
+
+
+def test_snapshot_signed_by_an_unknown_key_is_refused(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    intruder = tmp_path / "intruder-gnupg"
+    key = signing.make_signing_key(intruder, "Intruder <intruder@farm.invalid>")
+    snapshot = world.file("snapshots/portage-latest.tar.xz")
+    try:
+        signing.sign_detached(intruder, snapshot, snapshot.with_name(snapshot.name + ".gpgsig"), key)
+    finally:
+        signing.stop_agent(intruder)
+
+    run = fetch(world, upstream, tmp_path / "dl")
+
+    assert run.returncode == 1
+    # gpgv names the intruder's signing subkey, which the farm cannot trace to any primary key.
+    assert re.fullmatch(
+        rf"portage-latest\.tar\.xz: signed by key [0-9A-F]{{16}}, which is not in the configured keyring "
+        rf"{re.escape(str(world.keyring))}",
+        run.error,
+    ), run.error
+
+
+def test_stage3_signed_by_the_snapshot_key_is_refused(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    # Both keys are in the keyring; only the release key may sign a stage3.
+    tarball = world.file(world.stage3_path)
+    try:
+        signing.sign_detached(
+            world.gnupg_home, tarball, tarball.with_name(tarball.name + ".asc"), world.snapshot_fingerprint
+        )
+    finally:
+        signing.stop_agent(world.gnupg_home)
+
+    run = fetch(world, upstream, tmp_path / "dl")
+
+    assert run.returncode == 1
+    assert run.error == (
+        f"{world.stage3_name}: signed by key {world.snapshot_fingerprint}, not by the release key "
+        f"{world.release_fingerprint} that signs it upstream"
+    )
+
+
+@pytest.mark.parametrize("unsigned", ["pointer", "DIGESTS"])
+def test_an_unsigned_pointer_or_digests_file_is_refused(
+    world: World, upstream: WorldServer, tmp_path: Path, unsigned: str
+) -> None:
+    # The signed text alone, as an older (or a tampered) mirror might serve it.
+    path = world.file(world.pointer_path if unsigned == "pointer" else world.stage3_path + ".DIGESTS")
+    signed = path.read_text()
+    body = signed.split("\n\n", 1)[1].split("-----BEGIN PGP SIGNATURE-----")[0]
+    path.write_text(body)
+
+    run = fetch(world, upstream, tmp_path / "dl", "--check-only")
+
+    assert run.returncode == 1
+    assert run.error.startswith(
+        f"{path.name}: not signed (no OpenPGP clear signature by the release key "
+        f"{world.release_fingerprint}): refusing it"
+    )
+    assert run.result == {}
+
+
+def test_a_keyring_without_the_snapshot_key_is_a_configuration_error(
+    world: World, upstream: WorldServer, tmp_path: Path
+) -> None:
+    # A farm.toml of before the two keys: the keyring holds only the release key.
+    only_release = tmp_path / "release-only.asc"
+    only_release.write_bytes(
+        subprocess.run(
+            ["gpg", "--homedir", str(world.gnupg_home), "--armor", "--export", world.release_fingerprint],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    signing.stop_agent(world.gnupg_home)
+    run = run_stage(
+        "fetch-release",
+        "--mirror",
+        upstream.url,
+        "--keyring",
+        only_release,
+        "--release-key",
+        world.release_fingerprint,
+        "--snapshot-key",
+        world.snapshot_fingerprint,
+        "--dest",
+        tmp_path / "dl",
+    )
+    assert run.returncode == 1
+    assert run.error.startswith(
+        f"keyring {only_release} does not hold the snapshot key {world.snapshot_fingerprint}"
+    )
 
 
 def test_altered_digests_have_a_bad_signature(world: World, upstream: WorldServer, tmp_path: Path) -> None:
@@ -192,20 +303,24 @@ def test_mirror_answering_errors_names_the_status(
     assert run.error == f"cannot download {upstream.url}/{world.pointer_path}: HTTP 503 Service Unavailable"
 
 
-def test_missing_release_key_is_a_configuration_error(
+def test_missing_keyring_is_a_configuration_error(
     world: World, upstream: WorldServer, tmp_path: Path
 ) -> None:
     run = run_stage(
         "fetch-release",
         "--mirror",
         upstream.url,
-        "--release-key",
+        "--keyring",
         tmp_path / "nope.asc",
+        "--release-key",
+        world.release_fingerprint,
+        "--snapshot-key",
+        world.snapshot_fingerprint,
         "--dest",
         tmp_path / "dl",
     )
     assert run.returncode == 1
-    assert run.error == f"release key {tmp_path / 'nope.asc'}: no such file"
+    assert run.error == f"keyring {tmp_path / 'nope.asc'}: no such file"
 
 
 def tarballs_requested(server: WorldServer) -> list[str]:
@@ -328,7 +443,9 @@ def test_full_fetch_fails_when_the_snapshot_changed_since_the_check(
     latest = world.file("snapshots/portage-latest.tar.xz")
     latest.write_bytes(latest.read_bytes() + b"\0")
     try:
-        signing.sign_detached(world.gnupg_home, latest, latest.with_name(latest.name + ".gpgsig"))
+        signing.sign_detached(
+            world.gnupg_home, latest, latest.with_name(latest.name + ".gpgsig"), world.snapshot_fingerprint
+        )
     finally:
         signing.stop_agent(world.gnupg_home)
     new_md5 = hashlib.md5(latest.read_bytes()).hexdigest()

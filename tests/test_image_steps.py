@@ -71,6 +71,9 @@ class TestBootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         await self.run_step()
 
 
+DIST_LINE = "DIST linux-6.1.tar.xz 134728520 BLAKE2B 1a SHA512 2b"
+
+
 class TestBuildKernel(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
@@ -79,13 +82,15 @@ class TestBuildKernel(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     async def test_compiler_error_is_the_status_text(self):
         self.setup_step(
             BuildKernel(
-                ["http://mirror.test/distfiles/linux-6.1.tar.xz", "http://other.test/linux-6.1.tar.xz"],
+                ["http://store.test", "https://distfiles.gentoo.org"],
+                Property("kernel_source_dist"),
                 "../kernel-config/config",
                 "vmlinuz.tar.zst",
                 "/var/cache/farm/kernel",
                 "/var/cache/farm/ccache",
             )
         )
+        self.build.setProperty("kernel_source_dist", DIST_LINE, "farm-worker kernel-source")
         error = "kernel build failed: kernel/fork.c:12:1: error: expected ';' before '}' token"
         self.expect_commands(
             ExpectShell(
@@ -93,10 +98,12 @@ class TestBuildKernel(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                 command=[
                     "farm-worker",
                     "kernel",
-                    "--source-url",
-                    "http://mirror.test/distfiles/linux-6.1.tar.xz",
-                    "--source-url",
-                    "http://other.test/linux-6.1.tar.xz",
+                    "--mirror",
+                    "http://store.test",
+                    "--mirror",
+                    "https://distfiles.gentoo.org",
+                    "--source-dist",
+                    DIST_LINE,
                     "--config",
                     "../kernel-config/config",
                     "--output",

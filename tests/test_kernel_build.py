@@ -13,6 +13,7 @@ import pytest
 
 from tests import debian
 from tests.imagetest import assemble, farm_worker, make_overlay, make_root, results
+from tests.world.repository import manifest_line
 from tests.world.server import WorldServer
 
 DEFAULT_CONFIG = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "kernel-config" / "config"
@@ -32,17 +33,21 @@ def with_settings(config: Path, destination: Path, **settings: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_kernel_from_source_rebuilds_from_ccache_reports_compiler_errors_and_boots(tmp_path: Path) -> None:
-    mirror = tmp_path / "mirror"
+    mirror, empty = tmp_path / "mirror", tmp_path / "empty"
     source = debian.kernel_source_tarball(mirror / "distfiles")
+    empty.mkdir()
     work, ccache = tmp_path / "work", tmp_path / "ccache"
 
     def build(config: Path, output: Path, server: WorldServer):
+        # A flat mirror (no layout.conf) after one that lacks the file, as a fresh farm mirror does.
         return farm_worker(
             "kernel",
-            "--source-url",
-            f"{server.url}/distfiles/missing-{source.name}",
-            "--source-url",
-            f"{server.url}/distfiles/{source.name}",
+            "--mirror",
+            f"{server.url}/empty",
+            "--mirror",
+            f"{server.url}/mirror",
+            "--source-dist",
+            manifest_line(source),
             "--config",
             config,
             "--output",
@@ -53,10 +58,10 @@ def test_kernel_from_source_rebuilds_from_ccache_reports_compiler_errors_and_boo
             ccache,
         )
 
-    with WorldServer(mirror) as server:
+    with WorldServer(tmp_path) as server:
         cold = build(DEFAULT_CONFIG, tmp_path / "cold.tar.zst", server)
         assert cold.returncode == 0, cold.stdout[-3000:] + cold.stderr
-        assert f"/distfiles/{source.name}" in server.requested_paths()
+        assert f"/mirror/distfiles/{source.name}" in server.requested_paths()
         cold_results = results(cold)
         release = str(cold_results["kernel_release"])
         assert re.fullmatch(r"6\.1\.\d+-farm", release)
@@ -108,11 +113,13 @@ def test_kernel_from_source_rebuilds_from_ccache_reports_compiler_errors_and_boo
 
 def test_unreachable_mirror_fails_naming_every_url_tried(tmp_path: Path) -> None:
     with WorldServer(tmp_path) as server:
-        urls = [f"{server.url}/distfiles/linux-6.1.tar.xz", f"{server.url}/other/linux-6.1.tar.xz"]
+        mirrors = [server.url, f"{server.url}/other"]
         server.go_down()
         process = farm_worker(
             "kernel",
-            *[part for url in urls for part in ("--source-url", url)],
+            *[part for mirror in mirrors for part in ("--mirror", mirror)],
+            "--source-dist",
+            "DIST linux-6.1.tar.xz 134728520 BLAKE2B 1a SHA512 2b",
             "--config",
             DEFAULT_CONFIG,
             "--output",
@@ -124,8 +131,8 @@ def test_unreachable_mirror_fails_naming_every_url_tried(tmp_path: Path) -> None
         )
     assert process.returncode == 1
     assert "Traceback" not in process.stderr
-    assert "cannot fetch the kernel source" in process.stderr
-    assert all(url in process.stderr for url in urls)
+    assert "cannot fetch the kernel source linux-6.1.tar.xz: " in process.stderr
+    assert all(f"{mirror}/distfiles/layout.conf: " in process.stderr for mirror in mirrors)
 
 
 def test_kernel_package_in_gentoo_dist_kernel_layout(tmp_path: Path) -> None:

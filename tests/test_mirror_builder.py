@@ -116,7 +116,9 @@ def test_unchanged_upstream_is_up_to_date_without_downloading_a_tarball(mirror_f
     latest = world.file("snapshots/portage-latest.tar.xz")
     latest.write_bytes(latest.read_bytes() + b"\0")
     try:
-        signing.sign_detached(world.gnupg_home, latest, latest.with_name(latest.name + ".gpgsig"))
+        signing.sign_detached(
+            world.gnupg_home, latest, latest.with_name(latest.name + ".gpgsig"), world.snapshot_fingerprint
+        )
     finally:
         signing.stop_agent(world.gnupg_home)
     latest.with_name(latest.name + ".md5sum").write_text(

@@ -13,8 +13,10 @@ from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import ExpectShell, TestBuildStepMixin
 from twisted.trial import unittest
 
+RELEASE, SNAPSHOT = "13EBBDBEDE7A12775DFDB1BABB572E0E2D182910", "E1D6ABB63BFCFB4BA02FDF1CEC590EEAC9189250"
 FETCH_ARGUMENTS = (
-    "--mirror", "http://mirror.test", "--release-key", "key.asc", "--dest", "downloads",
+    "--mirror", "http://mirror.test", "--keyring", "key.asc", "--release-key", RELEASE,
+    "--snapshot-key", SNAPSHOT, "--dest", "downloads",
     "--arch", "amd64", "--variant", "amd64-openrc", "--snapshot", "latest",
 )  # fmt: skip
 
@@ -29,7 +31,9 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         return self.setup_test_build_step()
 
     async def test_reports_the_release_as_properties(self):
-        self.setup_step(FetchRelease(Property("upstream"), "/etc/farm/gentoo-release.asc", "downloads"))
+        self.setup_step(
+            FetchRelease(Property("upstream"), "/etc/farm/gentoo-release.asc", RELEASE, SNAPSHOT, "downloads")
+        )
         self.build.setProperty("upstream", "http://mirror.test", "test")
         self.expect_commands(
             ExpectShell(
@@ -39,8 +43,12 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                     "fetch-release",
                     "--mirror",
                     "http://mirror.test",
-                    "--release-key",
+                    "--keyring",
                     "/etc/farm/gentoo-release.asc",
+                    "--release-key",
+                    RELEASE,
+                    "--snapshot-key",
+                    SNAPSHOT,
                     "--dest",
                     "downloads",
                     "--arch",
@@ -64,7 +72,9 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
 
     async def test_check_only_reads_what_upstream_offers(self):
         common = FETCH_ARGUMENTS
-        self.setup_step(FetchRelease("http://mirror.test", "key.asc", "downloads", check_only=True))
+        self.setup_step(
+            FetchRelease("http://mirror.test", "key.asc", RELEASE, SNAPSHOT, "downloads", check_only=True)
+        )
         self.expect_commands(
             ExpectShell(workdir="wkdir", command=["farm-worker", "fetch-release", *common, "--check-only"])
             .stdout(result_line(stage3_sha512="aa", snapshot_md5="bb"))
@@ -80,6 +90,8 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             FetchRelease(
                 "http://mirror.test",
                 "key.asc",
+                RELEASE,
+                SNAPSHOT,
                 "downloads",
                 expect_stage3_sha512=Property("stage3_sha512"),
                 expect_snapshot_md5=Property("snapshot_md5"),
@@ -95,7 +107,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         await self.run_step()
 
     async def test_bad_signature_is_the_status_text(self):
-        self.setup_step(FetchRelease("http://mirror.test", "key.asc", "downloads"))
+        self.setup_step(FetchRelease("http://mirror.test", "key.asc", RELEASE, SNAPSHOT, "downloads"))
         message = (
             "stage3-amd64-openrc-20261122T170403Z.tar.xz: BAD signature "
             "(stage3-amd64-openrc-20261122T170403Z.tar.xz.asc does not match: "
@@ -109,8 +121,12 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                     "fetch-release",
                     "--mirror",
                     "http://mirror.test",
-                    "--release-key",
+                    "--keyring",
                     "key.asc",
+                    "--release-key",
+                    RELEASE,
+                    "--snapshot-key",
+                    SNAPSHOT,
                     "--dest",
                     "downloads",
                     "--arch",

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.world import World, WorldServer, build_world
+from tests import debian
+from tests.world import LAYOUT_CONF, World, WorldServer, build_world, repository
 from tests.world.server import CHUNK_SIZE
 
 
@@ -20,15 +21,31 @@ def world(tmp_path: Path) -> World:
 
 
 def gpgv(world: World, tmp_path: Path, *files: Path) -> subprocess.CompletedProcess[str]:
+    """gpgv against the world's keyring; its status lines (stdout) name the key that signed."""
     keyring = tmp_path / "keyring.gpg"
     if not keyring.exists():
-        dearmored = subprocess.run(
-            ["gpg", "--dearmor"], input=world.release_key.read_bytes(), capture_output=True
-        )
+        armored = world.keyring.read_bytes()
+        dearmored = subprocess.run(["gpg", "--dearmor"], input=armored, capture_output=True)
         keyring.write_bytes(dearmored.stdout)
     return subprocess.run(
-        ["gpgv", "--keyring", str(keyring), *map(str, files)], capture_output=True, text=True, check=False
+        ["gpgv", "--status-fd", "1", "--keyring", str(keyring), *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
+
+
+def test_stages_and_snapshots_are_signed_by_two_keys_like_upstream(world: World, tmp_path: Path) -> None:
+    assert world.release_fingerprint != world.snapshot_fingerprint
+    tarball = world.file(world.stage3_path)
+    stage3 = gpgv(world, tmp_path, tarball.with_name(tarball.name + ".asc"), tarball)
+    # VALIDSIG <signing subkey> ... <primary key>: a subkey signs, as Gentoo's do.
+    (made_by,) = [line.split() for line in stage3.stdout.splitlines() if " VALIDSIG " in line]
+    assert made_by[-1] == world.release_fingerprint != made_by[2]
+    snapshot = world.file(world.snapshot_path)
+    signed = gpgv(world, tmp_path, snapshot.with_name(snapshot.name + ".gpgsig"), snapshot)
+    (made_by,) = [line.split() for line in signed.stdout.splitlines() if " VALIDSIG " in line]
+    assert made_by[-1] == world.snapshot_fingerprint != made_by[2]
 
 
 def test_stage3_release_is_published_like_gentoo(world: World, tmp_path: Path) -> None:
@@ -71,18 +88,26 @@ def test_snapshot_is_a_signed_ebuild_repository(world: World, tmp_path: Path) ->
     assert len(dependants) >= 4
 
     # Every distfile a Manifest names is served, with the sizes and hashes the Manifest records.
-    manifests = sorted(repo.glob("*/*/Manifest"))
+    # (The Linux source is served only when a test adds it: build_world's extra_distfiles.)
+    kernel_manifest = repo / repository.KERNEL_SOURCES_PACKAGE / "Manifest"
+    source = debian.kernel_source_tarball(tmp_path / "debs")
+    assert kernel_manifest.read_text() == repository.manifest_line(source)
+    manifests = [path for path in sorted(repo.glob("*/*/Manifest")) if path != kernel_manifest]
     assert manifests
     for manifest in manifests:
         for line in manifest.read_text().splitlines():
             _, name, size, _, blake2b, _, sha512 = line.split()
-            data = world.file(f"distfiles/{name}").read_bytes()
+            data = world.file(world.distfile_path(name)).read_bytes()
             assert (len(data), hashlib.blake2b(data).hexdigest(), hashlib.sha512(data).hexdigest()) == (
                 int(size),
                 blake2b,
                 sha512,
             )
-    assert world.file("distfiles/layout.conf").read_text() == "[structure]\n0=flat\n"
+    # GLEP 75, as distfiles.gentoo.org: distfiles/<first 2 hex digits of BLAKE2B(name)>/<name>.
+    assert world.file("distfiles/layout.conf").read_text() == LAYOUT_CONF
+    name = world.distfiles[0]
+    assert world.distfile_path(name) == f"distfiles/{hashlib.blake2b(name.encode()).hexdigest()[:2]}/{name}"
+    assert not world.file(f"distfiles/{name}").exists()
     assert (repo / world.static_package).is_dir() and (repo / world.service_package).is_dir()
 
 
@@ -112,7 +137,7 @@ def test_server_serves_ranges_logs_and_fails_on_demand(world: World) -> None:
         server.fail_status = None
 
         with pytest.raises(urllib.error.HTTPError) as outside:
-            urllib.request.urlopen(f"{server.url}/../release-key.asc", timeout=10)
+            urllib.request.urlopen(f"{server.url}/../gentoo-keyring.asc", timeout=10)
         assert outside.value.code == 404
 
         server.go_down()
@@ -125,7 +150,7 @@ def test_server_serves_ranges_logs_and_fails_on_demand(world: World) -> None:
 
 def test_world_is_built_once_then_copied(tmp_path: Path) -> None:
     first = build_world(tmp_path / "one")
-    second = build_world(tmp_path / "two", extra_distfiles=[first.release_key])
+    second = build_world(tmp_path / "two", extra_distfiles=[first.keyring])
     assert first.file(first.stage3_path).read_bytes() == second.file(second.stage3_path).read_bytes()
-    assert "release-key.asc" in second.distfiles
-    assert second.file("distfiles/release-key.asc").is_file()
+    assert "gentoo-keyring.asc" in second.distfiles
+    assert second.file(second.distfile_path("gentoo-keyring.asc")).is_file()

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, config: None) -> int:
         handle.write(hook_password)
     key = create_farm_key(config, farm)
 
-    config.upstream.release_key.parent.mkdir(parents=True, exist_ok=True)
+    config.upstream.keyring.parent.mkdir(parents=True, exist_ok=True)
     kernel = recipe_repository(config, KERNEL_POLLER)
     overlay = recipe_repository(config, OVERLAY_POLLER)
     defaults = _defaults()
@@ -103,7 +103,10 @@ def run(args: argparse.Namespace, config: None) -> int:
     print(f"  configuration   {root / CONFIG_NAME}")
     print(f"  kernel config   git clone {kernel.url}  (a push rebuilds the kernel)")
     print(f"  image overlay   git clone {overlay.url}  (a push rebuilds the overlay)")
-    print(f"  release key     put Gentoo's release key at {config.upstream.release_key}")
+    print(
+        f"  keyring         put Gentoo's keys at {config.upstream.keyring}"
+        " (sec-keys/openpgp-keys-gentoo-release's /usr/share/openpgp-keys/gentoo-release.asc)"
+    )
     print(f"  signing key     {key.fingerprint} (signs the binhost's packages; `farm key export`)")
     print()
     print(f"Web UI login: admin / {admin_password}")

@@ -1,5 +1,10 @@
 """The kernel builder: the watched kernel config at the pushed revision, compiled into a vmlinuz tarball,
-or a binary kernel package (``[kernel] package``) made into one."""
+or a binary kernel package (``[kernel] package``) made into one.
+
+Either distfile must be a DIST entry of ``[kernel] source_package``'s Manifest in the published (verified)
+Portage snapshot: the build reads that line first, makes its input key of it, and the worker accepts
+only a download that matches it, so Gentoo's snapshot key vouches for the kernel source.
+"""
 
 from collections.abc import Mapping
 
@@ -16,31 +21,49 @@ from gentoo_farm.master.factories.common import (
     up_to_date,
 )
 from gentoo_farm.recipes import KERNEL_POLLER, recipe_repository
-from gentoo_farm.steps.inputs import ComputeInputKey
+from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.kernel import BuildKernel, KernelFromPackage
 from gentoo_farm.steps.publish import unless_up_to_date
 from gentoo_farm.store import workers_base_url
 
 CHECKOUT = "kernel-config"
 TARBALL = "vmlinuz.tar.zst"
+SNAPSHOT = "inputs/portage.tar.xz"
+VOUCHED = util.Property("kernel_source_dist")
+"""The distfile's DIST line from the snapshot's Manifest (set by the kernel-source step)."""
 
 
-def _distfile_urls(config: FarmConfig, name: str) -> list[str]:
+def _mirrors(config: FarmConfig) -> list[str]:
     """The farm's distfile mirror first: upstream is only asked once per distfile."""
+    return [workers_base_url(config.store), config.upstream.mirror]
+
+
+def _vouched(config: FarmConfig, distfile: str) -> list[object]:
+    """The published snapshot on the worker, and its Manifest's DIST line for ``distfile``."""
     return [
-        f"{workers_base_url(config.store)}/distfiles/{name}",
-        f"{config.upstream.mirror}/distfiles/{name}",
-    ]
+        ResolveImageInputs(config.store, {"portage": SNAPSHOT}, name="resolve-snapshot"),
+        FarmWorkerStep("download-inputs", stage_args=["--map", "downloads.json"], name="download-snapshot"),
+        FarmWorkerStep(
+            "kernel-source",
+            stage_args=[
+                "--snapshot", SNAPSHOT, "--package", config.kernel.source_package, "--distfile", distfile,
+            ],
+        ),
+    ]  # fmt: skip
 
 
 def _from_source(config: FarmConfig, building: Mapping[str, object]) -> list[object]:
     kernel_config = f"../{CHECKOUT}/{config.kernel.config_file}"
     return [
         *checkout(recipe_repository(config, KERNEL_POLLER), CHECKOUT),
-        ComputeInputKey("kernel", files=[kernel_config], values={"source": config.kernel.source}),
+        *_vouched(config, config.kernel.source),
+        # The DIST line names the source and its hashes: a new tarball under the same name rebuilds.
+        ComputeInputKey("kernel", files=[kernel_config], values={"source_dist": VOUCHED}),
         up_to_date(config, "kernel"),
         BuildKernel(
-            source_urls=_distfile_urls(config, config.kernel.source),
+            mirrors=_mirrors(config),
+            source_dist=VOUCHED,
             config=kernel_config,
             output=f"out/{TARBALL}",
             work_dir=cache_dir("kernel"),
@@ -55,10 +78,12 @@ def _from_package(config: FarmConfig, building: Mapping[str, object]) -> list[ob
     distdir = cache_dir("kernel/distfiles")
     return [
         steps.RemoveDirectory(name="clean", dir="build"),
-        ComputeInputKey("kernel", values={"package": config.kernel.package}),
+        *_vouched(config, config.kernel.package),
+        ComputeInputKey("kernel", values={"package_dist": VOUCHED}),
         up_to_date(config, "kernel"),
         KernelFromPackage(
-            package_urls=_distfile_urls(config, config.kernel.package),
+            mirrors=_mirrors(config),
+            package_dist=VOUCHED,
             distdir=distdir,
             output=f"out/{TARBALL}",
             **building,

@@ -18,7 +18,7 @@ from gentoo_farm.steps.packages import FetchRelease
 from gentoo_farm.steps.publish import unless_up_to_date
 
 DOWNLOADS = "downloads"
-RELEASE_KEY = "release-key.asc"
+KEYRING = "gentoo-keyring.asc"
 
 
 def _with_signatures(*suffixes: str) -> Callable[[str], dict[str, str]]:
@@ -35,10 +35,12 @@ def _with_signatures(*suffixes: str) -> Callable[[str], dict[str, str]]:
 
 
 def _fetch(config: FarmConfig, **options: object) -> FetchRelease:
-    """``farm-worker fetch`` of the configured upstream release, verified against the release key."""
+    """``farm-worker fetch`` of the configured upstream release, verified against the configured keys."""
     return FetchRelease(
         mirror=config.upstream.mirror,
-        release_key=RELEASE_KEY,
+        keyring=KEYRING,
+        release_key=config.upstream.release_key,
+        snapshot_key=config.upstream.snapshot_key,
         dest=DOWNLOADS,
         variant=config.upstream.stage3.removeprefix("stage3-"),
         **options,
@@ -53,9 +55,7 @@ def factory(config: FarmConfig) -> BuildFactory:
     factory.addSteps(
         [
             steps.RemoveDirectory(name="clean", dir="build"),
-            steps.FileDownload(
-                name="release-key", mastersrc=str(config.upstream.release_key), workerdest=RELEASE_KEY
-            ),
+            steps.FileDownload(name="keyring", mastersrc=str(config.upstream.keyring), workerdest=KEYRING),
             _fetch(config, check_only=True),
             ComputeInputKey(
                 "mirror",

@@ -5,16 +5,19 @@
     releases/amd64/autobuilds/latest-stage3-amd64-openrc.txt           (clear-signed pointer)
     releases/amd64/autobuilds/<ts>/stage3-amd64-openrc-<ts>.tar.xz      (+ .DIGESTS, .asc, .CONTENTS.gz)
     snapshots/portage-<date>.tar.xz  and  portage-latest.tar.xz         (+ .gpgsig, .md5sum)
-    distfiles/                                                          (flat, with layout.conf)
+    distfiles/<BLAKE2B(name)[:2]>/<name>                                (GLEP 75, as layout.conf says)
 
-plus ``dest/release-key.asc`` (the throwaway key's public half: what a farm is configured with) and
-``dest/gnupg`` (its secret half, so tests can sign tampered files). The slow part is built once per
-machine into a cache keyed by the generator's own source, then copied.
+Stages, DIGESTS and the pointer are signed by a throwaway release key, snapshots by a throwaway snapshot
+key, as Gentoo signs them. ``dest/gentoo-keyring.asc`` holds both public halves (what a farm is configured
+with, like Gentoo's gentoo-release.asc), ``dest/fingerprints.json`` their fingerprints and ``dest/gnupg``
+the secret halves (so tests can sign tampered files). The slow part is built once per machine into a cache
+keyed by the generator's own source, then copied.
 """
 
 import dataclasses
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +26,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from portage.package.ebuild.fetch import ContentHashLayout, FilenameHashLayout, FlatLayout, MirrorLayoutConfig
+
+from tests import debian
 from tests.world import repository, signing
 from tests.world.server import ServedRequest, WorldServer
 from tests.world.stage3 import populate_stage3_root
@@ -32,6 +38,8 @@ SNAPSHOT_DATE = "20261124"
 SNAPSHOT_TIMESTAMP_CHK = "Tue, 24 Nov 2026 00:45:01 +0000"
 AUTOBUILDS = "releases/amd64/autobuilds"
 POINTER_NAME = "latest-stage3-amd64-openrc.txt"
+# What distfiles.gentoo.org's distfiles/layout.conf says; like upstream, only the hashed copies exist.
+LAYOUT_CONF = "[structure]\n0=filename-hash BLAKE2B 8\n1=flat\n"
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class World:
 
     root: Path
     mirror_dir: Path
-    release_key: Path
+    keyring: Path
     gnupg_home: Path
     stage3_timestamp: str
     stage3_name: str
@@ -70,12 +78,29 @@ class World:
         """The file on disk behind a URL path of the mirror."""
         return self.mirror_dir / url_path
 
+    def distfile_path(self, name: str) -> str:
+        """URL path of a distfile, in the layout the mirror's layout.conf names (Portage's reading of it)."""
+        return f"distfiles/{distfile_layout(self.mirror_dir / 'distfiles').get_path(name)}"
+
+    @property
+    def release_fingerprint(self) -> str:
+        """The key that signs stages, DIGESTS and the pointer (a farm's ``[upstream] release_key``)."""
+        return self._fingerprints()["release"]
+
+    @property
+    def snapshot_fingerprint(self) -> str:
+        """The key that signs snapshots (a farm's ``[upstream] snapshot_key``)."""
+        return self._fingerprints()["snapshot"]
+
+    def _fingerprints(self) -> dict[str, str]:
+        return json.loads((self.root / "fingerprints.json").read_text())
+
 
 def _world_for(root: Path) -> World:
     return World(
         root=root,
         mirror_dir=root / "mirror",
-        release_key=root / "release-key.asc",
+        keyring=root / "gentoo-keyring.asc",
         gnupg_home=root / "gnupg",
         stage3_timestamp=STAGE3_TIMESTAMP,
         stage3_name=f"stage3-amd64-openrc-{STAGE3_TIMESTAMP}.tar.xz",
@@ -96,7 +121,26 @@ def _distfile_names() -> list[str]:
     return [package.distfile for package in repository.packages() if package.distfile is not None]
 
 
-def write_digests(home: Path, tarball: Path, companions: Iterable[Path] = ()) -> None:
+def distfile_layout(distdir: Path) -> FlatLayout | FilenameHashLayout | ContentHashLayout:
+    """The layout a mirror's ``layout.conf`` names, as Portage picks it."""
+    layout = MirrorLayoutConfig()
+    layout.read_from_file(str(distdir / "layout.conf"))
+    return layout.get_best_supported_layout()
+
+
+def _lay_out_distfiles(flat: Path, distdir: Path) -> None:
+    """Move flat distfiles into the mirror's GLEP 75 layout, with its layout.conf."""
+    distdir.mkdir(parents=True, exist_ok=True)
+    (distdir / "layout.conf").write_text(LAYOUT_CONF)
+    layout = distfile_layout(distdir)
+    for path in sorted(flat.iterdir()):
+        if path.name != "layout.conf":
+            destination = distdir / layout.get_path(path.name)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, destination)
+
+
+def write_digests(home: Path, tarball: Path, key: str, companions: Iterable[Path] = ()) -> None:
     """Write ``<tarball>.DIGESTS``, clear-signed, with BLAKE2B and SHA512 sections as Gentoo does."""
     lines = []
     for path in (tarball, *companions):
@@ -104,7 +148,7 @@ def write_digests(home: Path, tarball: Path, companions: Iterable[Path] = ()) ->
         lines.append(f"# BLAKE2B HASH\n{hashlib.blake2b(data).hexdigest()}  {path.name}\n")
         lines.append(f"# SHA512 HASH\n{hashlib.sha512(data).hexdigest()}  {path.name}\n")
     digests = tarball.with_name(tarball.name + ".DIGESTS")
-    digests.write_text(signing.clear_sign(home, "".join(lines)))
+    digests.write_text(signing.clear_sign(home, "".join(lines), key))
 
 
 def _tar_xz(source_dir: Path, members: list[str], destination: Path) -> None:
@@ -132,29 +176,38 @@ def _build_stage3(world: World, work: Path) -> None:
     contents.write_bytes(
         subprocess.run(["gzip", "-9n"], input=listing, check=True, capture_output=True).stdout
     )
-    write_digests(world.gnupg_home, tarball, [contents])
-    signing.sign_detached(world.gnupg_home, tarball, tarball.with_name(tarball.name + ".asc"))
+    key = world.release_fingerprint
+    write_digests(world.gnupg_home, tarball, key, [contents])
+    signing.sign_detached(world.gnupg_home, tarball, tarball.with_name(tarball.name + ".asc"), key)
     pointer_text = (
         "# Latest as of Sun, 22 Nov 2026 18:00:04 +0000\n"
         "# ts=1795370404\n"
         f"{world.stage3_timestamp}/{world.stage3_name} {tarball.stat().st_size}\n"
     )
-    (world.mirror_dir / world.pointer_path).write_text(signing.clear_sign(world.gnupg_home, pointer_text))
+    (world.mirror_dir / world.pointer_path).write_text(
+        signing.clear_sign(world.gnupg_home, pointer_text, key)
+    )
 
 
-def _build_snapshot(world: World, work: Path, compile_scale: int) -> None:
+def _build_snapshot(world: World, work: Path, flat_distfiles: Path, compile_scale: int) -> None:
     snapshots = world.mirror_dir / "snapshots"
     snapshots.mkdir(parents=True)
-    repository.write_repository(
-        work / "portage", world.mirror_dir / "distfiles", SNAPSHOT_TIMESTAMP_CHK, compile_scale
-    )
+    repository.write_repository(work / "portage", flat_distfiles, SNAPSHOT_TIMESTAMP_CHK, compile_scale)
+    # The Linux source the kernel tests build; the tests serve the tarball itself (build_world's
+    # extra_distfiles), the snapshot vouches for it.
+    repository.write_kernel_sources(work / "portage", debian.kernel_source_tarball(work / "kernel-source"))
     dated = snapshots / world.snapshot_name
     _tar_xz(work, ["portage"], dated)
     # Gentoo publishes the dated snapshot and a portage-latest copy, each with .gpgsig and .md5sum.
     for tarball in (dated, snapshots / "portage-latest.tar.xz"):
         if tarball != dated:
             shutil.copyfile(dated, tarball)
-        signing.sign_detached(world.gnupg_home, tarball, tarball.with_name(tarball.name + ".gpgsig"))
+        signing.sign_detached(
+            world.gnupg_home,
+            tarball,
+            tarball.with_name(tarball.name + ".gpgsig"),
+            world.snapshot_fingerprint,
+        )
         md5 = hashlib.md5(tarball.read_bytes()).hexdigest()
         tarball.with_name(tarball.name + ".md5sum").write_text(f"{md5}  {tarball.name}\n")
 
@@ -163,12 +216,18 @@ def _generate(root: Path, compile_scale: int) -> None:
     world = _world_for(root)
     work = root / "work"
     work.mkdir(parents=True)
-    signing.make_signing_key(world.gnupg_home)
+    fingerprints = {
+        "release": signing.make_signing_key(world.gnupg_home, signing.RELEASE_KEY_UID),
+        "snapshot": signing.make_signing_key(world.gnupg_home, signing.SNAPSHOT_KEY_UID),
+    }
+    (root / "fingerprints.json").write_text(json.dumps(fingerprints, indent=2) + "\n")
     try:
-        signing.export_public_key(world.gnupg_home, world.release_key)
-        repository.write_distfiles(world.mirror_dir / "distfiles", compile_scale)
+        signing.export_public_key(world.gnupg_home, world.keyring)
+        flat = work / "distfiles"
+        repository.write_distfiles(flat, compile_scale)
         _build_stage3(world, work)
-        _build_snapshot(world, work, compile_scale)
+        _build_snapshot(world, work, flat, compile_scale)
+        _lay_out_distfiles(flat, world.mirror_dir / "distfiles")
     finally:
         signing.stop_agent(world.gnupg_home)
     shutil.rmtree(work)
@@ -177,7 +236,8 @@ def _generate(root: Path, compile_scale: int) -> None:
 def generator_hash() -> str:
     """Content hash of the code that generates the world: the cache key."""
     digest = hashlib.sha256()
-    for source in sorted(Path(__file__).parent.glob("*.py")):
+    # debian.py names the Linux source whose Manifest line the snapshot carries.
+    for source in sorted([*Path(__file__).parent.glob("*.py"), Path(debian.__file__)]):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -217,9 +277,19 @@ def build_world(dest: Path, *, extra_distfiles: Iterable[Path] = (), compile_sca
     world = _world_for(Path(dest))
     extra_names = []
     for extra in extra_distfiles:
-        shutil.copyfile(extra, world.mirror_dir / "distfiles" / extra.name)
+        destination = world.file(world.distfile_path(extra.name))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(extra, destination)
         extra_names.append(extra.name)
     return dataclasses.replace(world, distfiles=tuple(sorted((*world.distfiles, *extra_names))))
 
 
-__all__ = ["ServedRequest", "World", "WorldServer", "build_world", "write_digests"]
+__all__ = [
+    "LAYOUT_CONF",
+    "ServedRequest",
+    "World",
+    "WorldServer",
+    "build_world",
+    "distfile_layout",
+    "write_digests",
+]

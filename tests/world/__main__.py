@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.directory} already exists")
         world = build_world(args.directory)
         print(f"world built in {world.root}")
-        print(f"release key:   {world.release_key}")
+        print(f"keyring:       {world.keyring}")
+        print(f"release key:   {world.release_fingerprint}")
+        print(f"snapshot key:  {world.snapshot_fingerprint}")
         print(f"profile:       {world.profile}")
         print(f"package set:   {' '.join(world.package_set)}")
         return 0

@@ -403,3 +403,43 @@ def write_repository(repo: Path, distdir: Path, timestamp: str, compile_scale: i
             '<pkgmetadata>\n\t<maintainer type="person">\n'
             "\t\t<email>releng@farm.invalid</email>\n\t</maintainer>\n</pkgmetadata>\n"
         )
+
+
+# The kernel source: an ebuild in the snapshot whose Manifest vouches for the Linux source tarball the
+# kernel tests build (Debian's linux-source-6.1.tar.xz), as sys-kernel/vanilla-sources does upstream.
+KERNEL_SOURCES_PACKAGE = "sys-kernel/vanilla-sources"
+KERNEL_SOURCES_EBUILD = """\
+# Copyright 2026 Gentoo Farm test world
+# Distributed under the terms of the GNU General Public License v2
+
+EAPI=8
+
+DESCRIPTION="Full sources for the Linux kernel (the test world's stand-in for vanilla-sources)"
+HOMEPAGE="https://www.kernel.org"
+SRC_URI="{src_uri}/{distfile}"
+S="${{WORKDIR}}"
+
+LICENSE="GPL-2"
+SLOT="${{PV}}"
+KEYWORDS="amd64"
+RESTRICT="binchecks strip"
+
+src_install() {{
+	dodir /usr/src
+	mv linux-* "${{ED}}/usr/src/" || die
+}}
+"""
+
+
+def write_kernel_sources(repo: Path, tarball: Path, version: str = "6.1") -> None:
+    """Add the kernel sources package whose Manifest has ``tarball``'s DIST line to the repository."""
+    package_dir = repo / KERNEL_SOURCES_PACKAGE
+    package_dir.mkdir(parents=True)
+    name = KERNEL_SOURCES_PACKAGE.split("/")[1]
+    (package_dir / f"{name}-{version}.ebuild").write_text(
+        KERNEL_SOURCES_EBUILD.format(src_uri=UPSTREAM_SRC_URI, distfile=tarball.name)
+    )
+    (package_dir / "Manifest").write_text(manifest_line(tarball))
+    categories = repo / "profiles" / "categories"
+    listed = set(categories.read_text().split())
+    categories.write_text("".join(f"{category}\n" for category in sorted({*listed, "sys-kernel"})))

@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "unpack-root": "unpack_root",
     "emerge": "emerge",
     "prune-root": "prune_root",
+    "kernel-source": "kernel_source",
     "kernel": "kernel",
     "kernel-package": "kernel_package",
     "overlay": "overlay",

@@ -2,8 +2,11 @@
 
 The stage3 is found through ``releases/<arch>/autobuilds/latest-stage3-<variant>.txt``; it is checked
 against its ``.DIGESTS`` (BLAKE2B and SHA512) and its detached ``.asc`` signature, the snapshot against its
-``.gpgsig``. Signatures are verified with ``gpgv`` against the release key FILE given as configuration
-(Gentoo has rotated that key before). Downloads resume (HTTP Range) after an interruption.
+``.gpgsig``. Signatures are verified with ``gpgv`` against the configured keyring, each against the key
+that should sign it, as upstream signs: stages, DIGESTS and pointers with the release key, snapshots with
+the snapshot key (both fingerprints are configuration: Gentoo has rotated its keys before). A pointer or
+DIGESTS file without a clear signature is refused: an unsigned pointer would let a mirror roll a farm back
+to an older (signed) release. Downloads resume (HTTP Range) after an interruption.
 
 ``--check-only`` learns what upstream offers without downloading a tarball: the verified pointer, the
 stage3's signed DIGESTS (its SHA512) and the snapshot's published ``.md5sum`` — a few kilobytes. A later
@@ -43,7 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mirror", required=True, help="base URL of the Gentoo mirror (e.g. https://distfiles.gentoo.org)"
     )
     parser.add_argument(
-        "--release-key", required=True, type=Path, help="OpenPGP public key file to verify against"
+        "--keyring", required=True, type=Path, help="OpenPGP public keys file holding both keys below"
+    )
+    parser.add_argument(
+        "--release-key",
+        required=True,
+        metavar="FINGERPRINT",
+        help="the key that signs stages, DIGESTS and latest-stage3 pointers",
+    )
+    parser.add_argument(
+        "--snapshot-key", required=True, metavar="FINGERPRINT", help="the key that signs Portage snapshots"
     )
     parser.add_argument("--dest", required=True, type=Path, help="directory to download into")
     parser.add_argument("--arch", default="amd64", help="release architecture directory (default: amd64)")
@@ -70,12 +82,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class Verifier:
-    """Verifies OpenPGP signatures with ``gpgv`` against a keyring made from the configured key file."""
+@dataclass(frozen=True)
+class SigningKey:
+    """A key that must have made a signature: its fingerprint and what it is called in messages."""
 
-    def __init__(self, key_file: Path, workdir: Path) -> None:
+    role: str
+    fingerprint: str
+
+
+class Verifier:
+    """Verifies OpenPGP signatures with ``gpgv`` against a keyring made from the configured key file.
+
+    Every check names the key that must have signed: a good signature by another key of the keyring
+    (the snapshot key on a stage3, say) is refused.
+    """
+
+    def __init__(self, key_file: Path, workdir: Path, release_key: str, snapshot_key: str) -> None:
+        self.release = SigningKey("release key", release_key)
+        self.snapshot = SigningKey("snapshot key", snapshot_key)
         if not key_file.is_file():
-            raise StageError(f"release key {key_file}: no such file")
+            raise StageError(f"keyring {key_file}: no such file")
         home = workdir / "gnupg"
         home.mkdir(mode=0o700)
         imported = subprocess.run(
@@ -87,15 +113,28 @@ class Verifier:
         exported = subprocess.run(
             ["gpg", "--homedir", str(home), "--batch", "--export"], capture_output=True, check=False
         )
+        listed = subprocess.run(
+            ["gpg", "--homedir", str(home), "--batch", "--with-colons", "--list-keys"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
         if imported.returncode != 0 or not exported.stdout:
-            raise StageError(f"release key {key_file}: contains no usable OpenPGP public key")
+            raise StageError(f"keyring {key_file}: contains no usable OpenPGP public key")
+        held = {line.split(":")[9].upper() for line in listed.stdout.splitlines() if line.startswith("fpr:")}
+        for key in (self.release, self.snapshot):
+            if key.fingerprint.upper() not in held:
+                raise StageError(
+                    f"keyring {key_file} does not hold the {key.role} {key.fingerprint} "
+                    "(Gentoo's gentoo-release.asc holds both its release and its snapshot key)"
+                )
         self.key_file = key_file
         self.keyring = workdir / "release-keyring.gpg"
         self.keyring.write_bytes(exported.stdout)
 
-    def verify(self, signed: Path, signature: Path | None = None) -> bytes:
-        """Check a detached ``signature`` of ``signed``, or ``signed`` as a clear-signed file.
+    def verify(self, signed: Path, signer: SigningKey, signature: Path | None = None) -> bytes:
+        """Check that ``signer`` made a detached ``signature`` of ``signed`` (or clear-signed ``signed``).
 
         Returns the signed text of a clear-signed file. Raises StageError naming the file and why.
         """
@@ -112,6 +151,13 @@ class Verifier:
             ]
             keywords = {status[0]: status[1:] for status in statuses if status}
             if result.returncode == 0 and "GOODSIG" in keywords and "VALIDSIG" in keywords:
+                # VALIDSIG names the signing (sub)key and, last, its primary key: Gentoo signs with subkeys.
+                made_by = {keywords["VALIDSIG"][0].upper(), keywords["VALIDSIG"][-1].upper()}
+                if signer.fingerprint.upper() not in made_by:
+                    raise StageError(
+                        f"{signed.name}: signed by key {keywords['VALIDSIG'][-1]}, not by the {signer.role} "
+                        f"{signer.fingerprint} that signs it upstream"
+                    )
                 return output.read_bytes() if output.exists() else b""
         raise StageError(self._explain(signed.name, signature.name if signature else None, keywords))
 
@@ -127,9 +173,7 @@ class Verifier:
             return f"{name}: signed with a revoked key ({keywords['REVKEYSIG'][0]})"
         if "NO_PUBKEY" in keywords or "ERRSIG" in keywords:
             key_id = (keywords.get("NO_PUBKEY") or keywords.get("ERRSIG") or ["?"])[0]
-            return (
-                f"{name}: signed by key {key_id}, which is not in the configured release key {self.key_file}"
-            )
+            return f"{name}: signed by key {key_id}, which is not in the configured keyring {self.key_file}"
         return f"{signature_name or name}: no valid OpenPGP signature found"
 
 
@@ -239,12 +283,19 @@ def file_digests(path: Path, algorithms: list[str]) -> dict[str, str]:
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}
 
 
-def _signed_text(path: Path, verifier: Verifier) -> str:
-    """The text of a pointer or DIGESTS file: verified when clear-signed (as Gentoo now publishes them)."""
-    text = path.read_text()
-    if text.lstrip().startswith(CLEARSIGN_HEADER):
-        return verifier.verify(path).decode()
-    return text
+def _signed_text(path: Path, verifier: Verifier, signer: SigningKey) -> str:
+    """The verified text of a clear-signed pointer or DIGESTS file (as Gentoo publishes them).
+
+    An unsigned one is refused: anyone who can serve the mirror could point it at an older release,
+    whose own files are still validly signed.
+    """
+    if not path.read_text().lstrip().startswith(CLEARSIGN_HEADER):
+        raise StageError(
+            f"{path.name}: not signed (no OpenPGP clear signature by the {signer.role} "
+            f"{signer.fingerprint}): refusing it, since an unsigned pointer or DIGESTS file could roll "
+            "the farm back to an older release"
+        )
+    return verifier.verify(path, signer).decode()
 
 
 @dataclass(frozen=True)
@@ -270,12 +321,14 @@ def read_latest_stage3(args: argparse.Namespace, verifier: Verifier) -> Stage3Re
     pointer_url = f"{autobuilds}/{pointer.name}"
     progress(f"reading {pointer_url}")
     pointer.write_text(fetch_text(pointer_url, timeout=args.timeout))
-    timestamp, relative_path = parse_pointer(_signed_text(pointer, verifier), pointer.name)
+    timestamp, relative_path = parse_pointer(_signed_text(pointer, verifier, verifier.release), pointer.name)
     tarball = args.dest / Path(relative_path).name
     progress(f"latest stage3: {relative_path}")
     digests_file = tarball.with_name(tarball.name + ".DIGESTS")
     download(f"{autobuilds}/{timestamp}/{digests_file.name}", digests_file, timeout=args.timeout)
-    digests = parse_digests(_signed_text(digests_file, verifier), tarball.name, digests_file.name)
+    digests = parse_digests(
+        _signed_text(digests_file, verifier, verifier.release), tarball.name, digests_file.name
+    )
     if "SHA512" not in digests:
         raise StageError(f"{digests_file.name}: lists no SHA512 for {tarball.name}")
     return Stage3Release(autobuilds, timestamp, relative_path, tarball, digests_file, digests)
@@ -305,8 +358,8 @@ def fetch_stage3(args: argparse.Namespace, verifier: Verifier) -> dict[str, str]
                 f"the download has {actual[algorithm][:16]}...): the file is corrupt or was tampered with"
             )
     progress(f"{tarball.name}: {' and '.join(sorted(release.digests))} match {release.digests_file.name}")
-    verifier.verify(tarball, signature)
-    progress(f"{tarball.name}: good signature from the configured release key")
+    verifier.verify(tarball, verifier.release, signature)
+    progress(f"{tarball.name}: good signature from the release key {verifier.release.fingerprint}")
     return {
         "stage3_timestamp": release.timestamp,
         "stage3_file": tarball.name,
@@ -363,8 +416,8 @@ def fetch_snapshot(args: argparse.Namespace, verifier: Verifier) -> dict[str, st
     signature = tarball.with_name(tarball.name + ".gpgsig")
     download(f"{snapshots}/{signature.name}", signature, timeout=args.timeout)
     download(f"{snapshots}/{tarball.name}", tarball, timeout=args.timeout)
-    verifier.verify(tarball, signature)
-    progress(f"{tarball.name}: good signature from the configured release key")
+    verifier.verify(tarball, verifier.snapshot, signature)
+    progress(f"{tarball.name}: good signature from the snapshot key {verifier.snapshot.fingerprint}")
     digests = file_digests(tarball, ["MD5", "SHA512"])
     # The mirror may have replaced the snapshot between reading its .md5sum and the download.
     _unchanged_since_check(f"{tarball.name} (MD5)", args.expect_snapshot_md5, digests["MD5"])
@@ -400,7 +453,7 @@ def run(args: argparse.Namespace) -> None:
         raise StageError("--check-only reports what to expect; it takes no --expect-* option")
     args.dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="farm-fetch-") as scratch:
-        verifier = Verifier(args.release_key, Path(scratch))
+        verifier = Verifier(args.keyring, Path(scratch), args.release_key, args.snapshot_key)
         if args.check_only:
             report(**check_upstream(args, verifier))
             return

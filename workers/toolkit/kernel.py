@@ -1,8 +1,10 @@
 """Build the kernel from source into a vmlinuz tarball.
 
-The source tarball comes through the farm's distfile mirror (the URLs are tried in order; a
-downloaded tarball is kept in the work directory and unpacked once). The config file is copied
-into a fresh out-of-tree build directory, ``make olddefconfig`` completes it, and the build runs
+The source tarball comes through the farm's distfile mirror, then upstream's (each mirror's
+layout.conf says where it keeps the file), and is accepted only with the size and hashes of its
+Manifest DIST line from the verified snapshot (``farm-worker kernel-source``); a downloaded tarball
+is kept in the work directory and unpacked once. The config file is copied into a fresh out-of-tree
+build directory, ``make olddefconfig`` completes it, and the build runs
 with ccache (``CC`` and ``HOSTCC`` fixed to ``ccache gcc``: Kbuild rebuilds everything when the
 compiler command changes), so a config change costs minutes, not a cold build. Modules go to a
 staging root; an initramfs is added only when the config builds the root's drivers as modules.
@@ -16,17 +18,15 @@ import re
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from gentoo_farm.checksums import feed, file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.distfiles import DistEntry, fetch_distfile
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
 from gentoo_farm.workers.toolkit.tools import ToolError, require_file, run_tool, tail
 from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
 
-DOWNLOAD_TIMEOUT = 60
 COMPILER = "ccache gcc"
 # The lines of a failed build that say why, best first: the compiler's and linker's errors, then
 # make's own complaints (which only say which target failed).
@@ -38,14 +38,19 @@ ERROR_LINES = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--source-url",
-        dest="source_urls",
+        "--mirror",
+        dest="mirrors",
         action="append",
         required=True,
         metavar="URL",
-        help="the kernel source tarball on the farm distfile mirror (repeatable: tried in order)",
+        help="a Gentoo-style mirror (the URL above distfiles/); repeatable, tried in order: the farm's first",
     )
-    parser.add_argument("--source-sha512", help="the source tarball's expected sha512 (checked when given)")
+    parser.add_argument(
+        "--source-dist",
+        required=True,
+        metavar="LINE",
+        help="the source tarball's DIST line from its Manifest (farm-worker kernel-source reports it)",
+    )
     parser.add_argument("--config", required=True, type=Path, help="the kernel .config to build")
     parser.add_argument(
         "--output", required=True, type=Path, help="the vmlinuz tarball to write (.tar.zst...)"
@@ -57,37 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ccache-dir", required=True, type=Path, help="the compiler cache (kept between builds)"
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel make jobs")
-
-
-def fetch_source(
-    urls: list[str], distfiles: Path, expected_sha512: str | None, what: str = "kernel source"
-) -> Path:
-    """Download the distfile (unless already here and intact) from the first URL that serves it."""
-    name = Path(urllib.request.urlparse(urls[0]).path).name
-    if not name:
-        raise StageError(f"{urls[0]}: the URL names no file")
-    tarball = distfiles / name
-    if tarball.is_file() and (expected_sha512 is None or file_sha512(tarball) == expected_sha512):
-        progress(f"{what} {name}: already downloaded")
-        return tarball
-    distfiles.mkdir(parents=True, exist_ok=True)
-    partial = tarball.with_name(name + ".partial")
-    failures = []
-    for url in urls:
-        progress(f"downloading {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, partial.open("wb") as out:
-                shutil.copyfileobj(response, out, 1 << 20)
-        except (urllib.error.URLError, OSError) as error:
-            failures.append(f"{url}: {getattr(error, 'reason', error)}")
-            continue
-        if expected_sha512 is not None and file_sha512(partial) != expected_sha512:
-            failures.append(f"{url}: sha512 does not match the expected one")
-            continue
-        partial.replace(tarball)
-        return tarball
-    partial.unlink(missing_ok=True)
-    raise StageError(f"cannot fetch the {what}: " + "; ".join(failures))
 
 
 def unpack_source(tarball: Path, sources: Path) -> Path:
@@ -156,7 +130,8 @@ def run(args: argparse.Namespace) -> None:
     if shutil.which("ccache") is None:
         raise StageError("ccache is not installed on this worker (the kernel build needs it)")
     started = time.monotonic()
-    tarball = fetch_source(args.source_urls, args.work_dir / "distfiles", args.source_sha512)
+    entry = DistEntry.parse(args.source_dist)
+    tarball = fetch_distfile(args.mirrors, entry, args.work_dir / "distfiles", "kernel source")
     source = unpack_source(tarball, args.work_dir / "sources")
     args.ccache_dir.mkdir(parents=True, exist_ok=True)
     environment = {

@@ -19,8 +19,8 @@ from pathlib import Path
 from gentoo_farm.checksums import file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.confined import check_tarball, resolve, unpack_tarball
+from gentoo_farm.workers.toolkit.distfiles import DistEntry, fetch_distfile
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
-from gentoo_farm.workers.toolkit.kernel import fetch_source
 from gentoo_farm.workers.toolkit.tools import run_tool
 from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
 
@@ -32,14 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "package", type=Path, nargs="?", help="the kernel package: .deb, tarball or unpacked directory"
     )
     parser.add_argument(
-        "--package-url",
-        dest="package_urls",
+        "--mirror",
+        dest="mirrors",
         action="append",
         default=[],
         metavar="URL",
-        help="fetch the package from here instead (repeatable: the farm's distfile mirror first)",
+        help="fetch the package from this Gentoo-style mirror instead (repeatable: the farm's first)",
     )
-    parser.add_argument("--distdir", type=Path, help="where a fetched package is kept (with --package-url)")
+    parser.add_argument(
+        "--package-dist",
+        metavar="LINE",
+        help="the package's DIST line from its Manifest (with --mirror: a download must match it)",
+    )
+    parser.add_argument("--distdir", type=Path, help="where a fetched package is kept (with --mirror)")
     parser.add_argument(
         "--output", required=True, type=Path, help="the vmlinuz tarball to write (e.g. vmlinuz.tar.zst)"
     )
@@ -132,12 +137,16 @@ def stage_kernel(unpacked: Path, release: str, staging: Path, package: Path) -> 
 
 
 def run(args: argparse.Namespace) -> None:
-    if (args.package is None) == (not args.package_urls):
-        raise StageError("give either a kernel package path or --package-url (with --distdir)")
-    if args.package_urls:
-        if args.distdir is None:
-            raise StageError("--package-url needs --distdir (where the fetched package is kept)")
-        args.package = fetch_source(args.package_urls, args.distdir, None, what="kernel package")
+    if (args.package is None) == (not args.mirrors):
+        raise StageError("give either a kernel package path or --mirror (with --package-dist and --distdir)")
+    if args.mirrors:
+        if args.distdir is None or args.package_dist is None:
+            raise StageError(
+                "--mirror needs --package-dist (the Manifest line it must match) "
+                "and --distdir (where it is kept)"
+            )
+        entry = DistEntry.parse(args.package_dist)
+        args.package = fetch_distfile(args.mirrors, entry, args.distdir, "kernel package")
     if not args.package.exists():
         raise StageError(f"{args.package}: kernel package does not exist")
     with tempfile.TemporaryDirectory(prefix="kernel-package-", dir=args.work_dir) as scratch_name:
