@@ -17,7 +17,12 @@ from buildbot.steps.worker import CompositeStepMixin
 from twisted.internet import defer, threads
 
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
-from gentoo_farm.store.binhost import PushbackCandidates, merge_pushback, pushback_uploads
+from gentoo_farm.store.binhost import (
+    PushbackCandidates,
+    merge_distfiles,
+    merge_pushback,
+    pushback_uploads,
+)
 from gentoo_farm.store.sets import (
     ExpectedFile,
     PublishedSet,
@@ -272,7 +277,8 @@ class PublishSet(StoreStep):
 
 
 class PushBackUrls(SignedUrlsStep):
-    """Read ``farm-worker list-new``'s result from the worker; sign URLs for exactly those files."""
+    """Read ``farm-worker list-new``'s result from the worker; sign staging URLs for those files the farm
+    lacks (a distfile the mirror has gets none, whatever the worker lists)."""
 
     renderables = ("candidates_path", "map_path")
 
@@ -301,12 +307,40 @@ class PushBackUrls(SignedUrlsStep):
             )
         except StoreError as error:
             return await self.fail(error)
+        distfiles = sum(candidate.file in uploads for candidate in candidates.distfiles.values())
         return await self.hand_over(
             str(self.map_path),
             uploads,
             {PUSHBACK_TOKEN_PROPERTY: token},
-            f"{len(candidates.binpkgs)} packages, {len(candidates.distfiles)} distfiles to push",
+            f"{len(candidates.binpkgs)} packages, {distfiles} distfiles to push",
         )
+
+
+class MergeDistfiles(StoreStep):
+    """Move the build's staged distfiles into the mirror: those matching their DIST line, under new names."""
+
+    def __init__(self, store_settings: StoreSettings, **kwargs: object) -> None:
+        kwargs.setdefault("name", "merge-distfiles")
+        super().__init__(store_settings, **kwargs)
+
+    async def run(self) -> int:
+        token = self.getProperty(PUSHBACK_TOKEN_PROPERTY)
+        if not token:
+            self.outcome = "nothing was pushed back (no push-back token)"
+            return SUCCESS
+        try:
+            result = await self.in_thread(merge_distfiles, str(token))
+        except StoreError as error:
+            return await self.fail(error)
+        lines = [f"added {name}" for name in result.added]
+        lines += [f"already in the mirror (kept as it is): {name}" for name in result.already_there]
+        lines += [f"signed for but never uploaded: {name}" for name in result.missing]
+        lines += [f"refused: {reason}" for reason in result.rejected]
+        await self.addCompleteLog("distfiles", "\n".join(lines) + "\n")
+        self.outcome = f"mirror: {len(result.added)} added, {len(result.already_there)} already there" + (
+            f", {len(result.rejected)} refused" if result.rejected else ""
+        )
+        return WARNINGS if result.missing or result.rejected else SUCCESS
 
 
 class MergeBinhost(StoreStep):

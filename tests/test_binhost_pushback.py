@@ -24,6 +24,7 @@ from gentoo_farm.store.binhost import (
     LAYOUT_CONF,
     PushbackCandidates,
     index_key,
+    merge_distfiles,
     parse_index,
     pushback_uploads,
 )
@@ -120,6 +121,8 @@ def push(store: ArtifactStore, work: Path, binhost: str, mirror: str) -> str:
         work / "distdir",
         "--mirror",
         mirror,
+        "--repository",
+        work / "root/var/db/repos/gentoo",
         "--output",
         work / "new.json",
     )
@@ -127,6 +130,7 @@ def push(store: ArtifactStore, work: Path, binhost: str, mirror: str) -> str:
     candidates = PushbackCandidates.from_json((work / "new.json").read_text(), str(work / "new.json"))
     (work / "uploads.json").write_text(json.dumps(pushback_uploads(store, token, candidates, 600)))
     farm_worker("upload", "--map", work / "uploads.json")
+    merge_distfiles(store, token)
     return token
 
 
@@ -234,6 +238,8 @@ def test_list_new_skips_what_the_farm_already_has(
         builds["b"] / "distdir",
         "--mirror",
         mirror,
+        "--repository",
+        builds["b"] / "root/var/db/repos/gentoo",
         "--output",
         tmp_path / "new.json",
     )

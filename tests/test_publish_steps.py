@@ -124,12 +124,18 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         assert "vmlinuz.tar.xz" in self.get_nth_step(0).outcome and "sha512" in self.get_nth_step(0).outcome
         self.assertIsNone(latest_set(self.store, "kernel"))
 
-    async def test_push_back_signs_exactly_the_new_files(self) -> None:
+    async def test_push_back_signs_staging_urls_for_new_files_only(self) -> None:
+        line = {"size": 5, "sha512": "ab" * 64, "blake2b": "cd" * 64}
         candidates = {
             "packages_index": "/w/pkgdir/Packages",
             "binpkgs": {"dev-libs/a/a-1-1.gpkg.tar": "/w/pkgdir/dev-libs/a/a-1-1.gpkg.tar"},
-            "distfiles": {"a-1.tar.gz": "/w/distdir/a-1.tar.gz"},
+            "distfiles": {
+                "a-1.tar.gz": {"file": "/w/distdir/a-1.tar.gz", **line},
+                # The mirror has this one: the worker listing it again must not get a URL to replace it.
+                "b-1.tar.gz": {"file": "/w/distdir/b-1.tar.gz", **line},
+            },
         }
+        self.store.put_bytes("distfiles/b-1.tar.gz", b"kept!")
         written: list[bytes] = []
         self.setup_step(PushBackUrls(self.settings))
         self.expect_commands(
@@ -163,8 +169,11 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         assert uploads == {
             "/w/pkgdir/Packages": f"{staging}/Packages",
             "/w/pkgdir/dev-libs/a/a-1-1.gpkg.tar": f"{staging}/binpkgs/dev-libs/a/a-1-1.gpkg.tar",
-            "/w/distdir/a-1.tar.gz": f"{base}/distfiles/a-1.tar.gz",
+            "/w/distdir/a-1.tar.gz": f"{staging}/distfiles/a-1.tar.gz",
         }
+        assert "size=5&" in json.loads(written[0])["/w/distdir/a-1.tar.gz"]
+        vouched = json.loads(self.store.get_bytes(f"incoming/{token}/vouched-distfiles.json"))
+        assert vouched == {"a-1.tar.gz": line}
 
     async def test_merge_without_a_push_is_a_no_op(self) -> None:
         self.setup_step(MergeBinhost(self.settings, "default/linux/amd64/23.0"))

@@ -181,8 +181,6 @@ class LocalStore(ArtifactStore):
             return "the request has no Content-Length (uploads are single PUTs of a known size)"
         if size and content_length != int(size):
             return f"the URL is for {size} bytes, the request announces {content_length}"
-        if self.head(key) is not None:
-            return f"{key} already exists (an upload URL writes once)"
         return None
 
     def copy(self, source_key: str, dest_key: str) -> None:

@@ -52,7 +52,12 @@ class StoreResource(resource.Resource):
             return 400, "invalid key"
         fields = {name: values[0] for name, values in parse_qs(query.decode("ascii", "replace")).items()}
         problem = self.store.check_upload(key, fields, content_length)
-        return None if problem is None else (403, f"upload of {key} refused: {problem}")
+        if problem is not None:
+            return 403, f"upload of {key} refused: {problem}"
+        if self.store.head(key) is not None:
+            # What S3 answers a conditional PUT whose object exists: this URL has been used.
+            return 412, f"upload of {key} refused: it exists already (an upload URL writes once)"
+        return None
 
     def _error(self, request: server.Request, code: int, message: str) -> bytes:
         request.setResponseCode(code)

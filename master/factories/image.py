@@ -79,7 +79,13 @@ def factory(config: FarmConfig) -> BuildFactory:
                 upstream_mirrors=[config.upstream.mirror],
                 **building,
             ),
-            *push_back(config, distdir="distfiles", pkgdir="packages", **building),
+            *push_back(
+                config,
+                distdir="distfiles",
+                repository=util.Property("repository"),
+                pkgdir="packages",
+                **building,
+            ),
             AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"], **building),
             BuildDisk(
                 root=ROOT,

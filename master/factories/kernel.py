@@ -11,7 +11,6 @@ from gentoo_farm.master.factories.common import (
     cache_dir,
     checkout,
     publish,
-    push_back,
     trigger_image,
     up_to_date,
 )
@@ -26,7 +25,8 @@ TARBALL = "vmlinuz.tar.zst"
 
 
 def _distfile_urls(config: FarmConfig, name: str) -> list[str]:
-    """The farm's distfile mirror first: upstream is only asked once per distfile."""
+    """The farm's distfile mirror first, then upstream. Kernel builds push nothing back: no Manifest of
+    theirs vouches for what they fetched (docs/security.md); the mirror has what image builds pushed."""
     return [
         f"{workers_base_url(config.store)}/distfiles/{name}",
         f"{config.upstream.mirror}/distfiles/{name}",
@@ -47,7 +47,6 @@ def _from_source(config: FarmConfig, building: Mapping[str, object]) -> list[obj
             ccache_dir=cache_dir("ccache"),
             **building,
         ),
-        *push_back(config, distdir=cache_dir("kernel/distfiles"), **building),
     ]
 
 
@@ -63,7 +62,6 @@ def _from_package(config: FarmConfig, building: Mapping[str, object]) -> list[ob
             output=f"out/{TARBALL}",
             **building,
         ),
-        *push_back(config, distdir=distdir, **building),
     ]
 
 

@@ -1,7 +1,9 @@
 """List the binary packages and distfiles of this build that the farm's binhost and mirror do not have yet.
 
 Reads PKGDIR/Packages and the binhost's Packages (over HTTP), asks the mirror for each distfile (HEAD), and
-writes what is new as JSON for the master, which signs upload URLs for exactly those files.
+writes what is new as JSON for the master, which signs upload URLs for exactly those files. A distfile is
+offered only with the ``DIST`` line of a repository Manifest that names it (size, BLAKE2B, SHA512): the
+master moves it into the mirror only if the upload matches that line.
 """
 
 from __future__ import annotations
@@ -61,6 +63,27 @@ def new_binpkgs(pkgdir: Path, binhost: str) -> dict[str, str]:
     return found
 
 
+def manifest_dist_lines(repositories: list[Path]) -> dict[str, dict[str, str | int]]:
+    """``{distfile: {size, blake2b, sha512}}`` from the ``DIST`` lines of every package Manifest."""
+    vouched: dict[str, dict[str, str | int]] = {}
+    for repository in repositories:
+        if not repository.is_dir():
+            raise StageError(f"repository {repository} is not a directory")
+        for manifest in sorted(repository.glob("*/*/Manifest")):
+            for line in manifest.read_text(errors="replace").splitlines():
+                fields = line.split()
+                if len(fields) < 3 or fields[0] != "DIST" or not fields[2].isdigit():
+                    continue
+                hashes = dict(zip(fields[3::2], fields[4::2], strict=False))
+                if "SHA512" in hashes:
+                    vouched[fields[1]] = {
+                        "size": int(fields[2]),
+                        "sha512": hashes["SHA512"].lower(),
+                        "blake2b": hashes.get("BLAKE2B", "").lower(),
+                    }
+    return vouched
+
+
 def new_distfiles(distdir: Path, mirror: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for file in sorted(distdir.iterdir()):
@@ -82,6 +105,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binhost", help="URL of the farm binhost for this profile (where Packages is)")
     parser.add_argument("--distdir", type=Path, help="Portage DISTDIR of this build")
     parser.add_argument("--mirror", help="URL of the farm distfile mirror (its distfiles/ directory)")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        action="append",
+        default=[],
+        help="ebuild repository whose Manifests vouch for the distfiles (repeatable)",
+    )
     parser.add_argument("--output", required=True, type=Path, help="where to write the result (JSON)")
 
 
@@ -95,7 +125,10 @@ def run(args: argparse.Namespace) -> None:
         if directory is not None and not directory.is_dir():
             raise StageError(f"{directory} is not a directory")
     binpkgs = new_binpkgs(args.pkgdir, args.binhost) if args.pkgdir else {}
-    distfiles = new_distfiles(args.distdir, args.mirror) if args.distdir else {}
+    found = new_distfiles(args.distdir, args.mirror) if args.distdir else {}
+    vouched = manifest_dist_lines(args.repository) if found else {}
+    distfiles = {name: {"file": file, **vouched[name]} for name, file in found.items() if name in vouched}
+    unvouched = sorted(set(found) - set(distfiles))
     result = {
         "packages_index": str((args.pkgdir / "Packages").resolve()) if args.pkgdir else "",
         "binpkgs": binpkgs,
@@ -107,5 +140,7 @@ def run(args: argparse.Namespace) -> None:
         progress(f"new binary package: {path}")
     for name in distfiles:
         progress(f"new distfile: {name}")
+    for name in unvouched:
+        progress(f"not pushed back: no Manifest DIST line vouches for the distfile {name}")
     progress(f"{len(binpkgs)} binary packages and {len(distfiles)} distfiles to push back")
     report(new_binpkgs=len(binpkgs), new_distfiles=len(distfiles))
