@@ -133,6 +133,6 @@ def test_the_mirror_description_is_no_distfile(any_store: ArtifactStore, tmp_pat
         "binpkgs": {},
         "distfiles": {"layout.conf": candidate(tmp_path / "layout.conf")},
     }
-    with pytest.raises(StoreError, match="'layout.conf' is not a distfile name"):
+    with pytest.raises(StoreError, match=r"'layout\.conf' is not a distfile name"):
         pushback_uploads(any_store, "t1", PushbackCandidates.from_json(json.dumps(listed), "x"), 600)
     assert not any_store.exists(LAYOUT_CONF_KEY)
