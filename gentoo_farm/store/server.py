@@ -75,9 +75,13 @@ class StoreResource(resource.Resource):
     render_HEAD = render_GET
 
     def render_PUT(self, request: server.Request) -> bytes | int:
-        # The channel let the request through on its headers; the key is valid and the URL signed for it.
+        # StoreChannel judged the headers already; asking again costs nothing and keeps this resource safe
+        # behind any other channel.
+        length = request.getHeader(b"content-length")
+        refused = self.refusal(b"PUT", request.uri, int(length) if length and length.isdigit() else None)
         key = self.key_of(request.path)
-        assert key is not None
+        if refused is not None or key is None:
+            return self._error(request, *(refused or (400, "invalid key")))
         request.content.seek(0)
         writing = threads.deferToThread(self.store.put_new, key, request.content)
 
