@@ -56,13 +56,13 @@ class StoreServerServiceTest(unittest.TestCase):
             await threads.deferToThread(urllib.request.urlopen, f"{base}/binpkgs/p/Packages", timeout=5)
 
 
-def _headers_only(base: str, path: str, length: int) -> tuple[bytes, bool]:
-    """Send a PUT's headers announcing ``length`` bytes, none of the body; the server's answer and
+def _headers_only(base: str, path: str, length: int, method: str = "PUT") -> tuple[bytes, bool]:
+    """Send a request's headers announcing ``length`` bytes, none of the body; the server's answer and
     whether it then closed the connection."""
     host, port = base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as connection:
         connection.sendall(
-            f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n"
             "Expect: 100-continue\r\n\r\n".encode()
         )
         answer = b""
@@ -108,6 +108,12 @@ class StoreServerRefusesEarlyTest(unittest.TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer)
         self.assertIn(b"the URL is for 10 bytes, the request announces 157286400", answer)
         self.assertTrue(closed)
+
+        # A read with a body, or another method, is not spooled either.
+        answer, closed = await threads.deferToThread(_headers_only, base, "/images/s/x.qcow2", big, "GET")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 ") and closed, answer)
+        answer, closed = await threads.deferToThread(_headers_only, base, "/images/s/x.qcow2", big, "POST")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 405 ") and closed, answer)
 
         self.assertIsNone(store.head("images/s/x.qcow2"))
         self.assertEqual(sorted(store.root.rglob("*x.qcow2*")), [], "no partial file in the store")

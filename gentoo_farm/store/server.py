@@ -43,7 +43,7 @@ class StoreResource(resource.Resource):
         """The status and reason a request is refused with, judged from its request line and headers alone
         (the body has not been read), or None to go ahead."""
         if method in (b"GET", b"HEAD"):
-            return None
+            return (400, "a read carries no body") if content_length else None
         if method != b"PUT":
             return 405, f"{method.decode('ascii', 'replace')} is not allowed: the store is read-only"
         path, _, query = uri.partition(b"?")
