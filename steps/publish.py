@@ -278,19 +278,22 @@ class PublishSet(StoreStep):
 
 class PushBackUrls(SignedUrlsStep):
     """Read ``farm-worker list-new``'s result from the worker; sign staging URLs for those files the farm
-    lacks (a distfile the mirror has gets none, whatever the worker lists)."""
+    lacks: a distfile the mirror has gets none, whatever the worker lists, and one gets a URL only when the
+    published snapshot at ``snapshot_key`` (the one the build used) vouches for it."""
 
-    renderables = ("candidates_path", "map_path")
+    renderables = ("candidates_path", "map_path", "snapshot_key")
 
     def __init__(
         self,
         store_settings: StoreSettings,
+        snapshot_key: object = None,
         candidates_path: str = "push-back.json",
         map_path: str = "push-back-uploads.json",
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("name", "push-back-urls")
         super().__init__(store_settings, **kwargs)
+        self.snapshot_key = snapshot_key
         self.candidates_path = candidates_path
         self.map_path = map_path
 
@@ -303,16 +306,22 @@ class PushBackUrls(SignedUrlsStep):
         try:
             candidates = PushbackCandidates.from_json(content, str(self.candidates_path))
             uploads = await self.in_thread(
-                pushback_uploads, token, candidates, self.store_settings.url_expiry_seconds
+                pushback_uploads,
+                token,
+                candidates,
+                self.store_settings.url_expiry_seconds,
+                str(self.snapshot_key) if self.snapshot_key else None,
             )
         except StoreError as error:
             return await self.fail(error)
         distfiles = sum(candidate.file in uploads for candidate in candidates.distfiles.values())
+        skipped = len(candidates.distfiles) - distfiles
         return await self.hand_over(
             str(self.map_path),
             uploads,
             {PUSHBACK_TOKEN_PROPERTY: token},
-            f"{len(candidates.binpkgs)} packages, {distfiles} distfiles to push",
+            f"{len(candidates.binpkgs)} packages, {distfiles} distfiles to push"
+            + (f" ({skipped} the mirror has or the snapshot does not vouch for)" if skipped else ""),
         )
 
 

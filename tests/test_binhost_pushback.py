@@ -28,6 +28,7 @@ from gentoo_farm.store.binhost import (
     parse_index,
     pushback_uploads,
 )
+from tests.services.store import put_snapshot
 from tests.world.repository import PROFILE, write_distfiles, write_repository
 
 pytest_plugins = ["tests.services.store"]
@@ -128,7 +129,12 @@ def push(store: ArtifactStore, work: Path, binhost: str, mirror: str) -> str:
     )
     token = uuid.uuid4().hex
     candidates = PushbackCandidates.from_json((work / "new.json").read_text(), str(work / "new.json"))
-    (work / "uploads.json").write_text(json.dumps(pushback_uploads(store, token, candidates, 600)))
+    # The build's snapshot, as the mirror builder published it: its Manifests vouch for the distfiles.
+    snapshot = put_snapshot(
+        store, work / "root/var/db/repos/gentoo", f"portage/20261125T000000Z-{token}/s.tar.xz"
+    )
+    uploads = pushback_uploads(store, token, candidates, 600, snapshot)
+    (work / "uploads.json").write_text(json.dumps(uploads))
     farm_worker("upload", "--map", work / "uploads.json")
     merge_distfiles(store, token)
     return token

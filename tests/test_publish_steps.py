@@ -24,7 +24,7 @@ from gentoo_farm.steps.publish import (
 )
 from gentoo_farm.store import open_store
 from gentoo_farm.store.sets import latest_set
-from tests.services.store import LocalStoreSettings, publish_files
+from tests.services.store import LocalStoreSettings, publish_files, put_snapshot
 
 
 class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
@@ -136,8 +136,14 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             },
         }
         self.store.put_bytes("distfiles/b-1.tar.gz", b"kept!")
+        repository = Path(self.mktemp()) / "repo"
+        (repository / "app-misc" / "a").mkdir(parents=True)
+        (repository / "app-misc" / "a" / "Manifest").write_text(
+            f"DIST a-1.tar.gz 5 BLAKE2B {'cd' * 64} SHA512 {'ab' * 64}\n"
+        )
+        snapshot = put_snapshot(self.store, repository)
         written: list[bytes] = []
-        self.setup_step(PushBackUrls(self.settings))
+        self.setup_step(PushBackUrls(self.settings, snapshot))
         self.expect_commands(
             ExpectUploadFile(
                 workersrc="push-back.json",
@@ -159,7 +165,11 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             .download_string(written.append, size=100_000)
             .exit(0),
         )
-        self.expect_outcome(result=SUCCESS, state_string="push-back-urls: 1 packages, 1 distfiles to push")
+        self.expect_outcome(
+            result=SUCCESS,
+            state_string="push-back-urls: 1 packages, 1 distfiles to push "
+            "(1 the mirror has or the snapshot does not vouch for)",
+        )
         await self.run_step()
 
         token = self.get_nth_step(0).getProperty("pushback_token")

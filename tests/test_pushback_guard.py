@@ -22,6 +22,7 @@ from gentoo_farm.store.binhost import (
     merge_distfiles,
     pushback_uploads,
 )
+from tests.services.store import put_snapshot
 from tests.world.repository import manifest_line
 
 pytest_plugins = ["tests.services.store"]
@@ -91,9 +92,13 @@ def test_a_push_back_adds_new_vouched_distfiles_and_replaces_nothing(
 ) -> None:
     any_store.put_bytes(LAYOUT_CONF_KEY, LAYOUT_CONF)
     any_store.put_bytes("distfiles/old-1.tar.gz", b"the mirror's own copy")
-    distdir, _ = distdir_and_repository(
-        tmp_path, {"new-1.tar.gz": b"n" * 64, "old-1.tar.gz": b"a worker's replacement", "bad-1.tar.gz": b"b"}
+    distdir, repository = distdir_and_repository(
+        tmp_path, {"new-1.tar.gz": b"n" * 64, "old-1.tar.gz": b"a worker's replacement", "bad-1.tar.gz": b"c"}
     )
+    snapshot = put_snapshot(any_store, repository)
+    # The worker uploads other bytes than the DIST line says, and invents a line for a name of its own.
+    (distdir / "bad-1.tar.gz").write_bytes(b"b")
+    (distdir / "planted-1.tar.gz").write_bytes(b"a kernel source of the worker's making")
     token = uuid.uuid4().hex
     listed = {
         "packages_index": "",
@@ -101,13 +106,16 @@ def test_a_push_back_adds_new_vouched_distfiles_and_replaces_nothing(
         "distfiles": {
             "new-1.tar.gz": candidate(distdir / "new-1.tar.gz"),
             "old-1.tar.gz": candidate(distdir / "old-1.tar.gz"),
-            # The worker uploads other bytes than the DIST line it reported says.
             "bad-1.tar.gz": candidate(distdir / "bad-1.tar.gz", b"c"),
+            "planted-1.tar.gz": candidate(distdir / "planted-1.tar.gz"),
         },
     }
-    uploads = pushback_uploads(any_store, token, PushbackCandidates.from_json(json.dumps(listed), "x"), 600)
+    candidates = PushbackCandidates.from_json(json.dumps(listed), "x")
+    uploads = pushback_uploads(any_store, token, candidates, 600, snapshot)
 
     assert str(distdir / "old-1.tar.gz") not in uploads, "no URL for a name the mirror has"
+    assert str(distdir / "planted-1.tar.gz") not in uploads, "no URL for what the snapshot does not vouch for"
+    assert pushback_uploads(any_store, "t2", candidates, 600) == {}, "without a snapshot no distfile goes"
     assert all(f"/incoming/{token}/" in url for url in uploads.values()), "every URL points into staging"
     for file, url in uploads.items():
         assert put(url, Path(file).read_bytes()) in (200, 201)
@@ -134,5 +142,5 @@ def test_the_mirror_description_is_no_distfile(any_store: ArtifactStore, tmp_pat
         "distfiles": {"layout.conf": candidate(tmp_path / "layout.conf")},
     }
     with pytest.raises(StoreError, match=r"'layout\.conf' is not a distfile name"):
-        pushback_uploads(any_store, "t1", PushbackCandidates.from_json(json.dumps(listed), "x"), 600)
+        pushback_uploads(any_store, "t1", PushbackCandidates.from_json(json.dumps(listed), "x"), 600, "x")
     assert not any_store.exists(LAYOUT_CONF_KEY)

@@ -20,10 +20,12 @@ import json
 import os
 import random
 import socket
+import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from portage.getbinpkg import PackageIndex
 
@@ -137,6 +139,48 @@ def store_lock(store: ArtifactStore, name: str, timeout: float = 120, lease: flo
             pass
 
 
+# -- what vouches for a distfile -----------------------------------------------------------------------
+
+
+def parse_dist_line(line: str) -> tuple[str, dict[str, object]] | None:
+    """``(name, {size, sha512, blake2b})`` of a Manifest ``DIST`` line with a SHA512, else None."""
+    fields = line.split()
+    if len(fields) < 3 or fields[0] != "DIST" or not fields[2].isdigit():
+        return None
+    hashes = dict(zip(fields[3::2], fields[4::2], strict=False))
+    if "SHA512" not in hashes:
+        return None
+    return fields[1], {
+        "size": int(fields[2]),
+        "sha512": hashes["SHA512"].lower(),
+        "blake2b": hashes.get("BLAKE2B", "").lower(),
+    }
+
+
+def snapshot_dist_lines(store: ArtifactStore, snapshot_key: str, names: Iterable[str]) -> dict[str, object]:
+    """The ``DIST`` lines for ``names`` in the package Manifests of a Portage snapshot the farm published
+    (and verified against Gentoo's signing key): what vouches for a distfile, whatever a worker says."""
+    wanted = set(names)
+    found: dict[str, object] = {}
+    if not wanted:
+        return found
+    try:
+        with store.open_read(snapshot_key) as stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
+            for member in archive:
+                # portage/CATEGORY/PACKAGE/Manifest: the package Manifests, which carry the DIST lines.
+                parts = [part for part in PurePosixPath(member.name).parts if part != "."]
+                if not member.isfile() or len(parts) != 4 or parts[-1] != "Manifest":
+                    continue
+                content = archive.extractfile(member)
+                for line in (content.read() if content else b"").decode(errors="replace").splitlines():
+                    parsed = parse_dist_line(line)
+                    if parsed and parsed[0] in wanted:
+                        found[parsed[0]] = parsed[1]
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise StoreError(f"{snapshot_key} is not a readable Portage snapshot: {error}") from error
+    return found
+
+
 # -- push back -----------------------------------------------------------------------------------------
 
 
@@ -189,13 +233,18 @@ def distfile_key(name: str) -> str:
 
 
 def pushback_uploads(
-    store: ArtifactStore, token: str, candidates: PushbackCandidates, expires_in: int
+    store: ArtifactStore,
+    token: str,
+    candidates: PushbackCandidates,
+    expires_in: int,
+    snapshot_key: str | None = None,
 ) -> dict[str, str]:
     """Signed URLs for one build's push back, as ``farm-worker upload`` reads them ({worker file: URL}).
 
-    Every URL points under the build's staging prefix. Distfiles the mirror already has get none, whatever
-    the worker says; the others get one bound to their DIST line's size, and the lines the master signed
-    for are kept in staging for :func:`merge_distfiles`.
+    Every URL points under the build's staging prefix. A distfile gets one only when the mirror lacks its
+    name, whatever the worker says, and the build's snapshot (``snapshot_key``, the published Portage set
+    it was made from) has a DIST line for it equal to the worker's; the URL is bound to that size, and the
+    lines signed for are kept in staging for :func:`merge_distfiles`. Without a snapshot no distfile goes.
     """
     staging = staging_prefix(token)
     uploads: dict[str, str] = {}
@@ -203,14 +252,18 @@ def pushback_uploads(
         uploads[candidates.packages_index] = store.upload_url(staging + STAGED_INDEX, expires_in)
     for path, file in candidates.binpkgs.items():
         uploads[file] = store.upload_url(staging + "binpkgs/" + check_key(path), expires_in)
-    vouched: dict[str, dict[str, object]] = {}
-    for name, candidate in candidates.distfiles.items():
-        if store.exists(distfile_key(name)):
+    new = [name for name in candidates.distfiles if not store.exists(distfile_key(name))]
+    lines = snapshot_dist_lines(store, snapshot_key, new) if snapshot_key else {}
+    vouched: dict[str, object] = {}
+    for name in new:
+        candidate = candidates.distfiles[name]
+        claimed = {"size": candidate.size, "sha512": candidate.sha512, "blake2b": candidate.blake2b}
+        if lines.get(name) != claimed:
             continue
         uploads[candidate.file] = store.upload_url(
             staging + STAGED_DISTFILES + name, expires_in, size=candidate.size
         )
-        vouched[name] = {"size": candidate.size, "sha512": candidate.sha512, "blake2b": candidate.blake2b}
+        vouched[name] = claimed
     if vouched:
         store.put_bytes(staging + VOUCHED_DISTFILES, json.dumps(vouched, sort_keys=True).encode())
     return uploads

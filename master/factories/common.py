@@ -88,11 +88,17 @@ def publish(
 
 
 def push_back(
-    config: FarmConfig, distdir: object, repository: object, pkgdir: str, **step_options: object
+    config: FarmConfig,
+    distdir: object,
+    repository: object,
+    snapshot_key: object,
+    pkgdir: str,
+    **step_options: object,
 ) -> list[object]:
     """Send the distfiles and binary packages this build fetched or made and the farm lacks to its
-    distfile mirror and binhost, so the next build takes them from there. The Manifests of
-    ``repository`` (the build's ebuild tree) vouch for the distfiles; only what matches them lands."""
+    distfile mirror and binhost, so the next build takes them from there. The Manifests of the published
+    snapshot at ``snapshot_key`` (unpacked on the worker at ``repository``) vouch for the distfiles; only
+    what matches them lands."""
     store = workers_base_url(config.store)
     listing: list[object] = [
         "--distdir", distdir, "--mirror", f"{store}/distfiles", "--repository", repository,
@@ -101,7 +107,7 @@ def push_back(
     ]  # fmt: skip
     return [
         FarmWorkerStep("list-new", stage_args=listing, **step_options),
-        PushBackUrls(config.store, **step_options),
+        PushBackUrls(config.store, snapshot_key, **step_options),
         FarmWorkerStep(
             "upload", stage_args=["--map", "push-back-uploads.json"], name="push-back", **step_options
         ),

@@ -83,6 +83,9 @@ def factory(config: FarmConfig) -> BuildFactory:
                 config,
                 distdir="distfiles",
                 repository=util.Property("repository"),
+                snapshot_key=util.Transform(
+                    lambda artifacts: artifacts["portage"], util.Property("image_artifacts")
+                ),
                 pkgdir="packages",
                 **building,
             ),

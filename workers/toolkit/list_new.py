@@ -2,8 +2,9 @@
 
 Reads PKGDIR/Packages and the binhost's Packages (over HTTP), asks the mirror for each distfile (HEAD), and
 writes what is new as JSON for the master, which signs upload URLs for exactly those files. A distfile is
-offered only with the ``DIST`` line of a repository Manifest that names it (size, BLAKE2B, SHA512): the
-master moves it into the mirror only if the upload matches that line.
+offered only with the ``DIST`` line of a repository Manifest that names it (size, BLAKE2B, SHA512); the
+master signs for it only if the published snapshot the build used has the same line, and moves it into
+the mirror only if the upload matches it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from portage.getbinpkg import PackageIndex
 
+from gentoo_farm.store.binhost import parse_dist_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 
 # What Portage leaves in DISTDIR besides finished distfiles: partial downloads and quarantined failures.
@@ -63,24 +65,17 @@ def new_binpkgs(pkgdir: Path, binhost: str) -> dict[str, str]:
     return found
 
 
-def manifest_dist_lines(repositories: list[Path]) -> dict[str, dict[str, str | int]]:
+def manifest_dist_lines(repositories: list[Path]) -> dict[str, dict[str, object]]:
     """``{distfile: {size, blake2b, sha512}}`` from the ``DIST`` lines of every package Manifest."""
-    vouched: dict[str, dict[str, str | int]] = {}
+    vouched: dict[str, dict[str, object]] = {}
     for repository in repositories:
         if not repository.is_dir():
             raise StageError(f"repository {repository} is not a directory")
         for manifest in sorted(repository.glob("*/*/Manifest")):
             for line in manifest.read_text(errors="replace").splitlines():
-                fields = line.split()
-                if len(fields) < 3 or fields[0] != "DIST" or not fields[2].isdigit():
-                    continue
-                hashes = dict(zip(fields[3::2], fields[4::2], strict=False))
-                if "SHA512" in hashes:
-                    vouched[fields[1]] = {
-                        "size": int(fields[2]),
-                        "sha512": hashes["SHA512"].lower(),
-                        "blake2b": hashes.get("BLAKE2B", "").lower(),
-                    }
+                parsed = parse_dist_line(line)
+                if parsed:
+                    vouched[parsed[0]] = parsed[1]
     return vouched
 
 
