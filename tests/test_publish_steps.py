@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from buildbot.process import remotetransfer
-from buildbot.process.results import FAILURE, SKIPPED, SUCCESS
+from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import ExpectDownloadFile, ExpectRemoteRef, ExpectUploadFile, TestBuildStepMixin
 from twisted.trial import unittest
@@ -18,6 +18,7 @@ from gentoo_farm.steps.publish import (
     CheckUpToDate,
     MakeUploadUrls,
     MergeBinhost,
+    MergeDistfiles,
     PublishSet,
     PushBackUrls,
     unless_up_to_date,
@@ -191,3 +192,28 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             result=SUCCESS, state_string="merge-binhost: nothing was pushed back (no push-back token)"
         )
         await self.run_step()
+
+    async def test_merge_distfiles_takes_what_matches_its_line_and_names_what_does_not(self) -> None:
+        staging = "incoming/b1-t/"
+        good, bad = b"good!", b"evil!"
+        line = {
+            "size": 5,
+            "sha512": hashlib.sha512(good).hexdigest(),
+            "blake2b": hashlib.blake2b(good).hexdigest(),
+        }
+        self.store.put_bytes(
+            staging + "vouched-distfiles.json", json.dumps({"a-1.tar.gz": line, "b-1.tar.gz": line}).encode()
+        )
+        self.store.put_bytes(staging + "distfiles/a-1.tar.gz", good)
+        self.store.put_bytes(staging + "distfiles/b-1.tar.gz", bad)
+        self.setup_step(MergeDistfiles(self.settings))
+        self.build.setProperty("pushback_token", "b1-t", "test")
+        self.expect_outcome(
+            result=WARNINGS, state_string="merge-distfiles: mirror: 1 added, 0 already there, 1 refused"
+        )
+        self.expect_log_file(
+            "distfiles", "added a-1.tar.gz\nrefused: b-1.tar.gz: SHA512 does not match its DIST line\n"
+        )
+        await self.run_step()
+        self.assertEqual(self.store.get_bytes("distfiles/a-1.tar.gz"), good)
+        self.assertFalse(self.store.exists("distfiles/b-1.tar.gz"))
