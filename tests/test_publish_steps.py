@@ -137,7 +137,7 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             },
         }
         self.store.put_bytes("distfiles/b-1.tar.gz", b"kept!")
-        repository = Path(self.mktemp()) / "repo"
+        repository = self.directory / "repo"
         (repository / "app-misc" / "a").mkdir(parents=True)
         (repository / "app-misc" / "a" / "Manifest").write_text(
             f"DIST a-1.tar.gz 5 BLAKE2B {'cd' * 64} SHA512 {'ab' * 64}\n"
