@@ -5,6 +5,9 @@ its own page, so the app answers with HTML that fits inside it (no <html>, no sc
 Bootstrap classes apply). Buildbot runs the app in the reactor's thread pool, so reading the store
 (blocking) here is fine. Download links come from the catalog and are presigned per request when
 the bucket is private.
+
+Buildbot applies its authz rules to its own REST API, not to WSGI dashboards: with
+``anonymous_view = false`` the app asks the same rules itself, for the session the request carries.
 """
 
 from __future__ import annotations
@@ -12,7 +15,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Flask, render_template_string
+from buildbot.www.auth import build_cookie_name
+from buildbot.www.authz import Forbidden
+from flask import Flask, render_template_string, request
+from twisted.internet import reactor
+from twisted.internet.threads import blockingCallFromThread
 
 from gentoo_farm.catalog import DEFAULT_URL_EXPIRY, ImageRecord, human_size, published_images
 from gentoo_farm.store import ArtifactStore, StoreError
@@ -64,8 +71,45 @@ PAGE = """\
 """
 
 
-def images_app(store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY) -> Flask:
-    """The Flask app behind the page; ``/index.html`` is what the Buildbot UI loads."""
+LOGIN_FIRST = """\
+<div class="farm-images">
+  <h2>Images</h2>
+  <p class="farm-login-first">Log in to see the images this farm has published.</p>
+</div>
+"""
+
+ENDPOINT = ("images",)
+"""What the page asks Buildbot's authz for (a read): ``AnyEndpointMatcher`` rules cover it."""
+
+
+def may_view(app: Flask) -> bool:
+    """Whether the session of the request being served may read the page, by the master's authz rules.
+
+    Runs in the WSGI thread; the session is Buildbot's JWT cookie, the rules are ``c['www']['authz']``.
+    Without the Buildbot glue (``buildbot_api``) nothing can vouch for the user: no.
+    """
+    api = getattr(app, "buildbot_api", None)
+    if api is None:
+        return False
+    www = api.master.www
+    token = request.cookies.get(build_cookie_name(request.is_secure, []).decode())
+    try:
+        user_info = www.site.getSession(token).user_info if token else {"anonymous": True}
+    except KeyError:
+        # An expired or forged session cookie: the visitor is anonymous.
+        user_info = {"anonymous": True}
+    try:
+        blockingCallFromThread(reactor, www.authz.assertUserAllowed, ENDPOINT, "get", {}, user_info)
+    except Forbidden:
+        return False
+    return True
+
+
+def images_app(
+    store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY, login_required: bool = False
+) -> Flask:
+    """The Flask app behind the page; ``/index.html`` is what the Buildbot UI loads. With
+    ``login_required`` (``anonymous_view = false``) only a user the authz rules let read sees images."""
     app = Flask(__name__)
     app.jinja_env.filters["human_size"] = human_size
     app.jinja_env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, sort_keys=True)
@@ -73,6 +117,10 @@ def images_app(store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY) -> Fl
     @app.route("/")
     @app.route("/index.html")
     def index() -> tuple[str, int]:
+        if login_required and not may_view(app):
+            # Nothing of the store is shown. 200 on purpose: the UI shows the fragment of a 2xx answer
+            # only, and keeps spinning on anything else, which would not tell the person to log in.
+            return LOGIN_FIRST, 200
         images: list[ImageRecord] = []
         try:
             images = published_images(store, url_expiry)
@@ -83,12 +131,14 @@ def images_app(store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY) -> Fl
     return app
 
 
-def images_dashboard(store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY) -> dict[str, Any]:
+def images_dashboard(
+    store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY, login_required: bool = False
+) -> dict[str, Any]:
     """The entry for ``c['www']['plugins']['wsgi_dashboards']`` (a list of such dicts)."""
     return {
         "name": DASHBOARD_NAME,
         "caption": "Images",
-        "app": images_app(store, url_expiry),
+        "app": images_app(store, url_expiry, login_required),
         "order": 20,
         # The UI looks up react-icons' "Fa" + capitalized name: FaDownload.
         "icon": "download",

@@ -47,7 +47,13 @@ def www(config: FarmConfig, farm: FarmDir) -> dict[str, Any]:
             "waterfall_view": {},
             "console_view": {},
             "grid_view": {},
-            "wsgi_dashboards": [images_dashboard(open_store(config.store), config.store.url_expiry_seconds)],
+            "wsgi_dashboards": [
+                images_dashboard(
+                    open_store(config.store),
+                    config.store.url_expiry_seconds,
+                    login_required=not config.master.anonymous_view,
+                )
+            ],
         },
         "auth": PasswordFileAuth(PasswordFile(farm.htpasswd)),
         "authz": _authz(config),

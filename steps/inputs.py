@@ -47,7 +47,8 @@ class ResolveImageInputs(SignedUrlsStep):
     """Find the published stage3, snapshot, kernel and overlay an image is built from (or, for the
     kernel builder, the snapshot whose Manifest vouches for the kernel source).
 
-    Sets ``image_sources`` ({kind: set id}) and ``image_input_keys`` ({kind: input key}), and writes
+    Sets ``image_sources`` ({kind: set id}), ``image_input_keys`` ({kind: input key}) and
+    ``image_artifacts`` ({kind: store key of its artifact}: push-back reads the snapshot there), and writes
     the download map for ``farm-worker download-inputs`` to the worker (URLs may be signed: never a property).
     ``downloads`` maps each kind to the path its artifact gets on the worker.
     """
@@ -101,6 +102,10 @@ class ResolveImageInputs(SignedUrlsStep):
         properties: dict[str, object] = {
             "image_sources": {kind: published.set_id for kind, published in sets.items()},
             "image_input_keys": {kind: published.input_key for kind, published in sets.items()},
+            "image_artifacts": {
+                kind: published.file(str(published.metadata[ARTIFACT])).key
+                for kind, published in sets.items()
+            },
         }
         kernel = sets.get("kernel")
         if kernel is not None:

@@ -18,7 +18,12 @@ from twisted.internet import defer, threads
 
 from gentoo_farm.signing import FarmKey
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
-from gentoo_farm.store.binhost import PushbackCandidates, merge_pushback, pushback_uploads
+from gentoo_farm.store.binhost import (
+    PushbackCandidates,
+    merge_distfiles,
+    merge_pushback,
+    pushback_uploads,
+)
 from gentoo_farm.store.sets import (
     ExpectedFile,
     PublishedSet,
@@ -273,19 +278,23 @@ class PublishSet(StoreStep):
 
 
 class PushBackUrls(SignedUrlsStep):
-    """Read ``farm-worker list-new``'s result from the worker; sign URLs for exactly those files."""
+    """Read ``farm-worker list-new``'s result from the worker; sign staging URLs for those files the farm
+    lacks: a distfile the mirror has gets none, whatever the worker lists, and one gets a URL only when the
+    published snapshot at ``snapshot_key`` (the one the build used) vouches for it."""
 
-    renderables = ("candidates_path", "map_path")
+    renderables = ("candidates_path", "map_path", "snapshot_key")
 
     def __init__(
         self,
         store_settings: StoreSettings,
+        snapshot_key: object = None,
         candidates_path: str = "push-back.json",
         map_path: str = "push-back-uploads.json",
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("name", "push-back-urls")
         super().__init__(store_settings, **kwargs)
+        self.snapshot_key = snapshot_key
         self.candidates_path = candidates_path
         self.map_path = map_path
 
@@ -298,16 +307,50 @@ class PushBackUrls(SignedUrlsStep):
         try:
             candidates = PushbackCandidates.from_json(content, str(self.candidates_path))
             uploads = await self.in_thread(
-                pushback_uploads, token, candidates, self.store_settings.url_expiry_seconds
+                pushback_uploads,
+                token,
+                candidates,
+                self.store_settings.url_expiry_seconds,
+                str(self.snapshot_key) if self.snapshot_key else None,
             )
         except StoreError as error:
             return await self.fail(error)
+        distfiles = sum(candidate.file in uploads for candidate in candidates.distfiles.values())
+        skipped = len(candidates.distfiles) - distfiles
         return await self.hand_over(
             str(self.map_path),
             uploads,
             {PUSHBACK_TOKEN_PROPERTY: token},
-            f"{len(candidates.binpkgs)} packages, {len(candidates.distfiles)} distfiles to push",
+            f"{len(candidates.binpkgs)} packages, {distfiles} distfiles to push"
+            + (f" ({skipped} the mirror has or the snapshot does not vouch for)" if skipped else ""),
         )
+
+
+class MergeDistfiles(StoreStep):
+    """Move the build's staged distfiles into the mirror: those matching their DIST line, under new names."""
+
+    def __init__(self, store_settings: StoreSettings, **kwargs: object) -> None:
+        kwargs.setdefault("name", "merge-distfiles")
+        super().__init__(store_settings, **kwargs)
+
+    async def run(self) -> int:
+        token = self.getProperty(PUSHBACK_TOKEN_PROPERTY)
+        if not token:
+            self.outcome = "nothing was pushed back (no push-back token)"
+            return SUCCESS
+        try:
+            result = await self.in_thread(merge_distfiles, str(token))
+        except StoreError as error:
+            return await self.fail(error)
+        lines = [f"added {name}" for name in result.added]
+        lines += [f"already in the mirror (kept as it is): {name}" for name in result.already_there]
+        lines += [f"signed for but never uploaded: {name}" for name in result.missing]
+        lines += [f"refused: {reason}" for reason in result.rejected]
+        await self.addCompleteLog("distfiles", "\n".join(lines) + "\n")
+        self.outcome = f"mirror: {len(result.added)} added, {len(result.already_there)} already there" + (
+            f", {len(result.rejected)} refused" if result.rejected else ""
+        )
+        return WARNINGS if result.missing or result.rejected else SUCCESS
 
 
 class MergeBinhost(StoreStep):

@@ -26,10 +26,12 @@ from gentoo_farm.store.binhost import (
     LAYOUT_CONF,
     PushbackCandidates,
     index_key,
+    merge_distfiles,
     parse_index,
     pushback_uploads,
     render_index,
 )
+from tests.services.store import put_snapshot
 from tests.world.repository import PROFILE, write_distfiles, write_repository
 
 pytest_plugins = ["tests.services.store"]
@@ -145,13 +147,21 @@ def push(store: ArtifactStore, work: Path, binhost: str, mirror: str) -> str:
         work / "distdir",
         "--mirror",
         mirror,
+        "--repository",
+        work / "root/var/db/repos/gentoo",
         "--output",
         work / "new.json",
     )
     token = uuid.uuid4().hex
     candidates = PushbackCandidates.from_json((work / "new.json").read_text(), str(work / "new.json"))
-    (work / "uploads.json").write_text(json.dumps(pushback_uploads(store, token, candidates, 600)))
+    # The build's snapshot, as the mirror builder published it: its Manifests vouch for the distfiles.
+    snapshot = put_snapshot(
+        store, work / "root/var/db/repos/gentoo", f"portage/20261125T000000Z-{token}/s.tar.xz"
+    )
+    uploads = pushback_uploads(store, token, candidates, 600, snapshot)
+    (work / "uploads.json").write_text(json.dumps(uploads))
     farm_worker("upload", "--map", work / "uploads.json")
+    merge_distfiles(store, token)
     return token
 
 
@@ -296,6 +306,8 @@ def test_list_new_skips_what_the_farm_already_has(
         builds["b"] / "distdir",
         "--mirror",
         mirror,
+        "--repository",
+        builds["b"] / "root/var/db/repos/gentoo",
         "--output",
         tmp_path / "new.json",
     )

@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 from buildbot.config import BuilderConfig
 from buildbot.plugins import schedulers, steps, util
@@ -16,11 +17,13 @@ from buildbot.process.factory import BuildFactory
 from buildbot.process.results import SKIPPED, SUCCESS
 from buildbot.test.util.integration import RunMasterBase
 
+from gentoo_farm.master.factories.common import push_back
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, PublishSet, unless_up_to_date
 from gentoo_farm.store import open_store
 from gentoo_farm.store.sets import latest_set, list_sets
-from tests.services.store import LocalStoreSettings, running_store_server
+from tests.services.store import LocalStoreSettings, put_snapshot, running_store_server
+from tests.world.repository import manifest_line
 
 DISK = b"a qcow2 image, as far as this test is concerned\n" * 1000
 
@@ -103,3 +106,71 @@ class PublishThroughMaster(RunMasterBase):
             self.assertIn(f"up to date: images {published.set_id}", second["state_string"])
             self.assertEqual(second["properties"]["images_set_id"][0], published.set_id)
             self.assertEqual(len(list_sets(store, "images")), 1)
+
+
+class PushBackThroughMaster(RunMasterBase):
+    """The image builder's push-back steps (``push_back``) on a real master and worker: a distfile the
+    build's snapshot vouches for lands in the mirror, one it does not vouch for gets no URL at all."""
+
+    timeout = 120
+
+    async def test_push_back_adds_only_what_the_snapshot_vouches_for(self) -> None:
+        directory = Path(tempfile.mkdtemp(prefix="farm-master-pushback-"))
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        # The worker runs farm-worker from the environment it inherits.
+        self.addCleanup(os.environ.__setitem__, "PATH", os.environ["PATH"])
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+        vouched, planted = b"the upstream tarball\n", b"a tarball of the worker's making\n"
+        (directory / "repo" / "app-misc" / "a").mkdir(parents=True)
+        (directory / "distfiles").mkdir()
+        (directory / "distfiles" / "a-1.tar.gz").write_bytes(vouched)
+        (directory / "repo" / "app-misc" / "a" / "Manifest").write_text(
+            manifest_line(directory / "distfiles" / "a-1.tar.gz")
+        )
+        with running_store_server(directory / "store", directory / "server.log") as url:
+            settings = LocalStoreSettings(path=directory / "store", public_url=url)
+            store = open_store(settings)
+            snapshot = put_snapshot(store, directory / "repo")
+            # What the worker's own tree says after a build tampered with it: a line for a name of its own.
+            (directory / "distfiles" / "b-1.tar.gz").write_bytes(planted)
+            with (directory / "repo" / "app-misc" / "a" / "Manifest").open("a") as manifest:
+                manifest.write(manifest_line(directory / "distfiles" / "b-1.tar.gz"))
+            config = SimpleNamespace(
+                store=settings, upstream=SimpleNamespace(profile="default/linux/amd64/23.0")
+            )
+            factory = BuildFactory(
+                [
+                    steps.MakeDirectory(dir="build/packages"),
+                    steps.SetProperty(property="image_artifacts", value={"portage": snapshot}),
+                    *push_back(
+                        config,  # type: ignore[arg-type]
+                        distdir=str(directory / "distfiles"),
+                        repository=str(directory / "repo"),
+                        snapshot_key=util.Transform(
+                            lambda artifacts: artifacts.get("portage"), util.Property("image_artifacts")
+                        ),
+                        pkgdir="packages",
+                    ),
+                ]
+            )
+            await self.setup_master(
+                {
+                    "builders": [BuilderConfig(name="image", workernames=["local1"], factory=factory)],
+                    "schedulers": [schedulers.ForceScheduler(name="force", builderNames=["image"])],
+                },
+                basedir=str(directory / "master"),
+            )
+
+            build = await self.doForceBuild(wantSteps=True, wantLogs=True)
+
+            self.assertEqual(build["results"], SUCCESS, build["state_string"])
+            states = {step["name"]: step["state_string"] for step in build["steps"]}
+            self.assertEqual(
+                states["push-back-urls"],
+                "push-back-urls: 0 packages, 1 distfiles to push "
+                "(1 the mirror has or the snapshot does not vouch for)",
+            )
+            self.assertEqual(states["merge-distfiles"], "merge-distfiles: mirror: 1 added, 0 already there")
+            self.assertEqual(store.get_bytes("distfiles/a-1.tar.gz"), vouched)
+            self.assertFalse(store.exists("distfiles/b-1.tar.gz"))
+            self.assertEqual([info.key for info in store.list("incoming/")], [])

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from buildbot.process import remotetransfer
-from buildbot.process.results import FAILURE, SKIPPED, SUCCESS
+from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import ExpectDownloadFile, ExpectRemoteRef, ExpectUploadFile, TestBuildStepMixin
 from twisted.trial import unittest
@@ -19,13 +19,14 @@ from gentoo_farm.steps.publish import (
     CheckUpToDate,
     MakeUploadUrls,
     MergeBinhost,
+    MergeDistfiles,
     PublishSet,
     PushBackUrls,
     unless_up_to_date,
 )
 from gentoo_farm.store import open_store
 from gentoo_farm.store.sets import latest_set
-from tests.services.store import LocalStoreSettings, publish_files
+from tests.services.store import LocalStoreSettings, publish_files, put_snapshot
 
 
 class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
@@ -125,14 +126,26 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         assert "vmlinuz.tar.xz" in self.get_nth_step(0).outcome and "sha512" in self.get_nth_step(0).outcome
         self.assertIsNone(latest_set(self.store, "kernel"))
 
-    async def test_push_back_signs_exactly_the_new_files(self) -> None:
+    async def test_push_back_signs_staging_urls_for_new_files_only(self) -> None:
+        line = {"size": 5, "sha512": "ab" * 64, "blake2b": "cd" * 64}
         candidates = {
             "packages_index": "/w/pkgdir/Packages",
             "binpkgs": {"dev-libs/a/a-1-1.gpkg.tar": "/w/pkgdir/dev-libs/a/a-1-1.gpkg.tar"},
-            "distfiles": {"a-1.tar.gz": "/w/distdir/a-1.tar.gz"},
+            "distfiles": {
+                "a-1.tar.gz": {"file": "/w/distdir/a-1.tar.gz", **line},
+                # The mirror has this one: the worker listing it again must not get a URL to replace it.
+                "b-1.tar.gz": {"file": "/w/distdir/b-1.tar.gz", **line},
+            },
         }
+        self.store.put_bytes("distfiles/b-1.tar.gz", b"kept!")
+        repository = self.directory / "repo"
+        (repository / "app-misc" / "a").mkdir(parents=True)
+        (repository / "app-misc" / "a" / "Manifest").write_text(
+            f"DIST a-1.tar.gz 5 BLAKE2B {'cd' * 64} SHA512 {'ab' * 64}\n"
+        )
+        snapshot = put_snapshot(self.store, repository)
         written: list[bytes] = []
-        self.setup_step(PushBackUrls(self.settings))
+        self.setup_step(PushBackUrls(self.settings, snapshot))
         self.expect_commands(
             ExpectUploadFile(
                 workersrc="push-back.json",
@@ -154,7 +167,11 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             .download_string(written.append, size=100_000)
             .exit(0),
         )
-        self.expect_outcome(result=SUCCESS, state_string="push-back-urls: 1 packages, 1 distfiles to push")
+        self.expect_outcome(
+            result=SUCCESS,
+            state_string="push-back-urls: 1 packages, 1 distfiles to push "
+            "(1 the mirror has or the snapshot does not vouch for)",
+        )
         await self.run_step()
 
         token = self.get_nth_step(0).getProperty("pushback_token")
@@ -164,8 +181,11 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         assert uploads == {
             "/w/pkgdir/Packages": f"{staging}/Packages",
             "/w/pkgdir/dev-libs/a/a-1-1.gpkg.tar": f"{staging}/binpkgs/dev-libs/a/a-1-1.gpkg.tar",
-            "/w/distdir/a-1.tar.gz": f"{base}/distfiles/a-1.tar.gz",
+            "/w/distdir/a-1.tar.gz": f"{staging}/distfiles/a-1.tar.gz",
         }
+        assert "size=5&" in json.loads(written[0])["/w/distdir/a-1.tar.gz"]
+        vouched = json.loads(self.store.get_bytes(f"incoming/{token}/vouched-distfiles.json"))
+        assert vouched == {"a-1.tar.gz": line}
 
     async def test_merge_without_a_push_is_a_no_op(self) -> None:
         self.setup_step(MergeBinhost(self.settings, "default/linux/amd64/23.0", FarmKey(Path("unused"))))
@@ -173,3 +193,28 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             result=SUCCESS, state_string="merge-binhost: nothing was pushed back (no push-back token)"
         )
         await self.run_step()
+
+    async def test_merge_distfiles_takes_what_matches_its_line_and_names_what_does_not(self) -> None:
+        staging = "incoming/b1-t/"
+        good, bad = b"good!", b"evil!"
+        line = {
+            "size": 5,
+            "sha512": hashlib.sha512(good).hexdigest(),
+            "blake2b": hashlib.blake2b(good).hexdigest(),
+        }
+        self.store.put_bytes(
+            staging + "vouched-distfiles.json", json.dumps({"a-1.tar.gz": line, "b-1.tar.gz": line}).encode()
+        )
+        self.store.put_bytes(staging + "distfiles/a-1.tar.gz", good)
+        self.store.put_bytes(staging + "distfiles/b-1.tar.gz", bad)
+        self.setup_step(MergeDistfiles(self.settings))
+        self.build.setProperty("pushback_token", "b1-t", "test")
+        self.expect_outcome(
+            result=WARNINGS, state_string="merge-distfiles: mirror: 1 added, 0 already there, 1 refused"
+        )
+        self.expect_log_file(
+            "distfiles", "added a-1.tar.gz\nrefused: b-1.tar.gz: SHA512 does not match its DIST line\n"
+        )
+        await self.run_step()
+        self.assertEqual(self.store.get_bytes("distfiles/a-1.tar.gz"), good)
+        self.assertFalse(self.store.exists("distfiles/b-1.tar.gz"))

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
@@ -156,6 +157,30 @@ def test_worker_uploads_through_signed_urls(any_store: ArtifactStore, tmp_path: 
     assert "uploaded 2 files" in result.stdout
     # The URLs are credentials: the log shows where files went, never the signature.
     assert "signature" not in result.stdout.lower() and "X-Amz" not in result.stdout
+
+
+def test_an_upload_url_writes_once(any_store: ArtifactStore, tmp_path: Path) -> None:
+    (tmp_path / "vmlinuz.tar.xz").write_bytes(b"the kernel the master verified")
+    url = any_store.upload_url("kernel/set1/vmlinuz.tar.xz", 300)
+    (tmp_path / "uploads.json").write_text(json.dumps({str(tmp_path / "vmlinuz.tar.xz"): url}))
+    assert _farm_worker("upload", "--map", str(tmp_path / "uploads.json")).returncode == 0
+
+    # After the master verified the set, the worker still holds the URL: it cannot replace the file.
+    (tmp_path / "vmlinuz.tar.xz").write_bytes(b"a kernel with a backdoor")
+    again = _farm_worker("upload", "--map", str(tmp_path / "uploads.json"))
+
+    assert again.returncode == 1
+    assert "HTTP 412" in again.stderr and "an upload URL writes once" in again.stderr
+    assert any_store.get_bytes("kernel/set1/vmlinuz.tar.xz") == b"the kernel the master verified"
+
+
+def test_s3_upload_urls_are_signed_for_a_create_of_one_size(s3_settings) -> None:
+    """S3 checks what the signature covers; moto does not, so the test reads what the URL was signed with."""
+    store = open_store(s3_settings)
+    signed = parse_qs(urlsplit(store.upload_url("distfiles/a-1.tar.gz", 60, size=1234)).query)
+    assert signed["X-Amz-SignedHeaders"] == ["content-length;host;if-none-match"]
+    unsized = parse_qs(urlsplit(store.upload_url("images/s/disk.qcow2", 60)).query)
+    assert unsized["X-Amz-SignedHeaders"] == ["host;if-none-match"]
 
 
 def test_worker_upload_reports_a_refused_url(local_settings, tmp_path: Path) -> None:

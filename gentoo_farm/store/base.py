@@ -132,8 +132,13 @@ class ArtifactStore(ABC):
         """Every object whose key starts with ``prefix`` (a plain string prefix), in key order."""
 
     @abstractmethod
-    def upload_url(self, key: str, expires_in: int) -> str:
-        """A URL that accepts one HTTP PUT of exactly this key until ``expires_in`` seconds from now."""
+    def upload_url(self, key: str, expires_in: int, size: int | None = None) -> str:
+        """A URL that accepts one HTTP PUT of exactly this key until ``expires_in`` seconds from now.
+
+        The PUT creates the object and cannot replace it (the uploader sends ``If-None-Match: *``, which
+        the URL is signed with): once the first upload has landed, and the master has verified it, the URL
+        is spent. With ``size`` the URL accepts only a body of exactly that many bytes.
+        """
 
     @abstractmethod
     def download_url(self, key: str, expires_in: int) -> str:

@@ -7,9 +7,10 @@ not have yet, verifies it against its index entry (SIZE, SHA1/MD5), signs it wit
 (:mod:`gentoo_farm.signing`; workers emerge with ``verify-signature``) into ``binpkgs/<profile>/``, and
 merges the entries into ``binpkgs/<profile>/Packages`` with Portage's own PackageIndex. Two builds
 finishing at once both end up in the index; a package path two builds both made is taken from whichever
-merged first, file and entry together. Distfiles are upstream files with fixed names and Manifest
-checksums, so they go straight to
-``distfiles/<name>`` (flat layout, announced by ``distfiles/layout.conf``).
+merged first, file and entry together. Distfiles take the same road: the worker offers each new one with
+the Manifest ``DIST`` line that vouches for it, the master signs a URL (bound to that size) under staging
+for names the mirror lacks, and :func:`merge_distfiles` moves into ``distfiles/<name>`` (flat layout,
+announced by ``distfiles/layout.conf``) only what matches its line, never over a file the mirror has.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import os
 import random
 import shutil
 import socket
+import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -46,6 +48,9 @@ LAYOUT_CONF = b"[structure]\n0=flat\n"
 # Portage elides these from entries that equal the header; reading them back in keeps the merge exact.
 INHERITED_KEYS = ["CHOST", "REPO"]
 STAGED_INDEX = "Packages"
+STAGED_DISTFILES = "distfiles/"
+VOUCHED_DISTFILES = "vouched-distfiles.json"
+"""What the master signed distfile URLs for, with their DIST lines; written by the master, never a worker."""
 
 
 def binhost_prefix(profile: str) -> str:
@@ -138,7 +143,67 @@ def store_lock(store: ArtifactStore, name: str, timeout: float = 120, lease: flo
             pass
 
 
+# -- what vouches for a distfile -----------------------------------------------------------------------
+
+
+def parse_dist_line(line: str) -> tuple[str, dict[str, object]] | None:
+    """``(name, {size, sha512, blake2b})`` of a Manifest ``DIST`` line with a SHA512, else None."""
+    fields = line.split()
+    if len(fields) < 3 or fields[0] != "DIST" or not fields[2].isdigit():
+        return None
+    hashes = dict(zip(fields[3::2], fields[4::2], strict=False))
+    if "SHA512" not in hashes:
+        return None
+    return fields[1], {
+        "size": int(fields[2]),
+        "sha512": hashes["SHA512"].lower(),
+        "blake2b": hashes.get("BLAKE2B", "").lower(),
+    }
+
+
+def snapshot_dist_lines(store: ArtifactStore, snapshot_key: str, names: Iterable[str]) -> dict[str, object]:
+    """The ``DIST`` lines for ``names`` in the package Manifests of a Portage snapshot the farm published
+    (and verified against Gentoo's signing key): what vouches for a distfile, whatever a worker says."""
+    wanted = set(names)
+    found: dict[str, object] = {}
+    if not wanted:
+        return found
+    try:
+        with store.open_read(snapshot_key) as stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
+            for member in archive:
+                # portage/CATEGORY/PACKAGE/Manifest: the package Manifests, which carry the DIST lines.
+                parts = [part for part in PurePosixPath(member.name).parts if part != "."]
+                if not member.isfile() or len(parts) != 4 or parts[-1] != "Manifest":
+                    continue
+                content = archive.extractfile(member)
+                for line in (content.read() if content else b"").decode(errors="replace").splitlines():
+                    parsed = parse_dist_line(line)
+                    if parsed and parsed[0] in wanted:
+                        found[parsed[0]] = parsed[1]
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise StoreError(f"{snapshot_key} is not a readable Portage snapshot: {error}") from error
+    return found
+
+
 # -- push back -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistfileCandidate:
+    """A new distfile on the worker and the Manifest ``DIST`` line the build says vouches for it."""
+
+    file: str
+    """Absolute path on the worker."""
+    size: int
+    sha512: str
+    blake2b: str = ""
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, object]) -> DistfileCandidate:
+        size, sha512 = raw["size"], raw["sha512"]
+        if not isinstance(size, int) or not isinstance(sha512, str) or len(sha512) != 128:
+            raise TypeError(f"expected a size and a sha512, got {dict(raw)!r}")
+        return cls(str(raw["file"]), size, sha512.lower(), str(raw.get("blake2b") or "").lower())
 
 
 @dataclass(frozen=True)
@@ -149,35 +214,123 @@ class PushbackCandidates:
     """The worker's PKGDIR/Packages (absolute path on the worker)."""
     binpkgs: Mapping[str, str]
     """Binhost PATH -> absolute file on the worker."""
-    distfiles: Mapping[str, str]
-    """Distfile name -> absolute file on the worker."""
+    distfiles: Mapping[str, DistfileCandidate]
+    """Distfile name -> the file on the worker and its DIST line."""
 
     @classmethod
     def from_json(cls, data: bytes | str, where: str) -> PushbackCandidates:
         try:
             raw = json.loads(data)
-            return cls(str(raw["packages_index"]), dict(raw["binpkgs"]), dict(raw["distfiles"]))
-        except (ValueError, KeyError, TypeError) as error:
+            distfiles = {
+                str(name): DistfileCandidate.from_json(entry) for name, entry in raw["distfiles"].items()
+            }
+            return cls(str(raw["packages_index"]), dict(raw["binpkgs"]), distfiles)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise StoreError(f"{where} is not a list-new result: {error}") from error
 
 
+def distfile_key(name: str) -> str:
+    """``distfiles/<name>`` for a distfile name; the mirror's own ``layout.conf`` is no distfile."""
+    if "/" in name or name == LAYOUT_CONF_KEY.rsplit("/", 1)[1]:
+        raise StoreError(f"{name!r} is not a distfile name")
+    return check_key(f"distfiles/{name}")
+
+
 def pushback_uploads(
-    store: ArtifactStore, token: str, candidates: PushbackCandidates, expires_in: int
+    store: ArtifactStore,
+    token: str,
+    candidates: PushbackCandidates,
+    expires_in: int,
+    snapshot_key: str | None = None,
 ) -> dict[str, str]:
-    """Signed URLs for one build's push back, as ``farm-worker upload`` reads them ({worker file: URL})."""
+    """Signed URLs for one build's push back, as ``farm-worker upload`` reads them ({worker file: URL}).
+
+    Every URL points under the build's staging prefix. A distfile gets one only when the mirror lacks its
+    name, whatever the worker says, and the build's snapshot (``snapshot_key``, the published Portage set
+    it was made from) has a DIST line for it equal to the worker's; the URL is bound to that size, and the
+    lines signed for are kept in staging for :func:`merge_distfiles`. Without a snapshot no distfile goes.
+    """
     staging = staging_prefix(token)
     uploads: dict[str, str] = {}
     if candidates.binpkgs:
         uploads[candidates.packages_index] = store.upload_url(staging + STAGED_INDEX, expires_in)
     for path, file in candidates.binpkgs.items():
         uploads[file] = store.upload_url(staging + "binpkgs/" + check_key(path), expires_in)
-    for name, file in candidates.distfiles.items():
-        if "/" in name:
-            raise StoreError(f"distfile name {name!r} contains '/'")
-        uploads[file] = store.upload_url(check_key(f"distfiles/{name}"), expires_in)
-    if candidates.distfiles and not store.exists(LAYOUT_CONF_KEY):
-        store.put_bytes(LAYOUT_CONF_KEY, LAYOUT_CONF)
+    new = [name for name in candidates.distfiles if not store.exists(distfile_key(name))]
+    lines = snapshot_dist_lines(store, snapshot_key, new) if snapshot_key else {}
+    vouched: dict[str, object] = {}
+    for name in new:
+        candidate = candidates.distfiles[name]
+        claimed = {"size": candidate.size, "sha512": candidate.sha512, "blake2b": candidate.blake2b}
+        if lines.get(name) != claimed:
+            continue
+        uploads[candidate.file] = store.upload_url(
+            staging + STAGED_DISTFILES + name, expires_in, size=candidate.size
+        )
+        vouched[name] = claimed
+    if vouched:
+        store.put_bytes(staging + VOUCHED_DISTFILES, json.dumps(vouched, sort_keys=True).encode())
     return uploads
+
+
+@dataclass
+class DistfileMergeResult:
+    added: list[str] = field(default_factory=list)
+    """Distfiles now in the mirror thanks to this push."""
+    already_there: list[str] = field(default_factory=list)
+    """Names the mirror had by the time this push merged (another build's file stays)."""
+    missing: list[str] = field(default_factory=list)
+    """Names signed for whose upload never arrived."""
+    rejected: list[str] = field(default_factory=list)
+    """Why an upload did not match the DIST line vouching for it (it was dropped)."""
+
+
+def _check_against_dist_line(store: ArtifactStore, key: str, name: str, line: Mapping[str, object]) -> None:
+    info = store.head(key)
+    if info is None:
+        raise ObjectNotFound(key)
+    if info.size != line["size"]:
+        raise StoreError(f"{name}: {info.size} bytes uploaded, its DIST line says {line['size']}")
+    digests = {"SHA512": hashlib.sha512()}
+    if line.get("blake2b"):
+        digests["BLAKE2B"] = hashlib.blake2b()
+    with store.open_read(key) as stream:
+        feed(stream, *digests.values())
+    for algorithm, digest in digests.items():
+        if digest.hexdigest() != line[algorithm.lower()]:
+            raise StoreError(f"{name}: {algorithm} does not match its DIST line")
+
+
+def merge_distfiles(store: ArtifactStore, token: str, lock_timeout: float = 300) -> DistfileMergeResult:
+    """Move one build's staged distfiles into the mirror: each only if it matches the DIST line the
+    master signed its URL for, and only under a name the mirror does not have (never replacing a file)."""
+    staging = staging_prefix(token)
+    result = DistfileMergeResult()
+    try:
+        vouched = json.loads(store.get_bytes(staging + VOUCHED_DISTFILES))
+    except ObjectNotFound:
+        return result
+    with store_lock(store, "distfiles", timeout=lock_timeout):
+        for name, line in sorted(vouched.items()):
+            staged_key = staging + STAGED_DISTFILES + name
+            if store.exists(distfile_key(name)):
+                result.already_there.append(name)
+                continue
+            try:
+                _check_against_dist_line(store, staged_key, name, line)
+            except ObjectNotFound:
+                result.missing.append(name)
+                continue
+            except StoreError as mismatch:
+                result.rejected.append(str(mismatch))
+                continue
+            store.copy(staged_key, distfile_key(name))
+            result.added.append(name)
+        if result.added:
+            with suppress(PreconditionFailed):
+                store.put_bytes(LAYOUT_CONF_KEY, LAYOUT_CONF, if_absent=True)
+    store.delete([staging + VOUCHED_DISTFILES, *(staging + STAGED_DISTFILES + name for name in vouched)])
+    return result
 
 
 @dataclass

@@ -11,7 +11,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -38,8 +38,10 @@ def _etag(stat: os.stat_result) -> str:
     return f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"
 
 
-def upload_signature(secret: bytes, key: str, expires: int) -> str:
-    return hmac.new(secret, f"PUT\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+def upload_signature(secret: bytes, key: str, expires: int, size: int | None = None) -> str:
+    """The HMAC of one upload: the key, the expiry and, when the master knows it, the exact size."""
+    bound = "" if size is None else str(size)
+    return hmac.new(secret, f"PUT\n{key}\n{expires}\n{bound}".encode(), hashlib.sha256).hexdigest()
 
 
 class LocalStore(ArtifactStore):
@@ -141,18 +143,44 @@ class LocalStore(ArtifactStore):
         with source:
             self._write_atomically(key, source, progress)
 
-    def put_stream(self, key: str, stream: BinaryIO) -> None:
-        """Write an object from an open stream (the store server's signed PUT)."""
-        self._write_atomically(key, stream)
+    def put_new(self, key: str, stream: BinaryIO) -> None:
+        """Write an object that must not exist yet (the store server's signed PUT).
 
-    def check_upload_signature(self, key: str, expires: str, signature: str) -> str | None:
-        """Why a signed upload URL is not valid for ``key`` now, or None when it is."""
-        if not expires.isdigit() or not signature:
+        The file is linked into place, which fails when the name exists: of two PUTs through one URL only
+        the first lands, and nothing replaces an object the master has already verified.
+        """
+        target = self.path_of(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.") as tmp:
+                for chunk in chunks(stream):
+                    tmp.write(chunk)
+                tmp.flush()
+                os.fchmod(tmp.fileno(), 0o644)
+                os.link(tmp.name, target)
+        except FileExistsError:
+            raise PreconditionFailed(f"{key} already exists in {self.location}") from None
+        except OSError as error:
+            raise StoreError(f"cannot write {target}: {error.strerror}") from error
+
+    def check_upload(self, key: str, query: Mapping[str, str], content_length: int | None) -> str | None:
+        """Why a PUT of ``content_length`` bytes to ``key`` with this signed query may not go ahead, or None.
+
+        Everything it looks at arrives with the request's headers, so the store server asks before reading
+        a byte of the body.
+        """
+        expires, signature, size = (query.get(name, "") for name in ("expires", "signature", "size"))
+        if not expires.isdigit() or not signature or (size and not size.isdigit()):
             return "the URL is not signed (expires and signature are required)"
         if int(expires) < time.time():
             return "the upload URL has expired"
-        if not hmac.compare_digest(upload_signature(self.upload_secret(), key, int(expires)), signature):
+        wanted = upload_signature(self.upload_secret(), key, int(expires), int(size) if size else None)
+        if not hmac.compare_digest(wanted, signature):
             return "the signature does not match this key"
+        if content_length is None:
+            return "the request has no Content-Length (uploads are single PUTs of a known size)"
+        if size and content_length != int(size):
+            return f"the URL is for {size} bytes, the request announces {content_length}"
         return None
 
     def copy(self, source_key: str, dest_key: str) -> None:
@@ -193,12 +221,13 @@ class LocalStore(ArtifactStore):
             if info is not None:
                 yield info
 
-    def upload_url(self, key: str, expires_in: int) -> str:
+    def upload_url(self, key: str, expires_in: int, size: int | None = None) -> str:
         expires = int(time.time()) + expires_in
-        query = urlencode(
-            {"expires": expires, "signature": upload_signature(self.upload_secret(), key, expires)}
-        )
-        return f"{self.public_object_url(key)}?{query}"
+        fields: dict[str, object] = {"expires": expires}
+        if size is not None:
+            fields["size"] = size
+        fields["signature"] = upload_signature(self.upload_secret(), key, expires, size)
+        return f"{self.public_object_url(key)}?{urlencode(fields)}"
 
     def download_url(self, key: str, expires_in: int) -> str:
         return self.public_object_url(key)

@@ -179,11 +179,16 @@ class S3Store(ArtifactStore):
                     key = item["Key"][len(self.prefix) :]
                     yield ObjectInfo(key, item["Size"], item["LastModified"], item["ETag"])
 
-    def upload_url(self, key: str, expires_in: int) -> str:
+    def upload_url(self, key: str, expires_in: int, size: int | None = None) -> str:
+        # Both become signed headers: a PUT without "If-None-Match: *" (or of another length) does not
+        # match the signature, and S3 refuses the conditional PUT once the object exists.
+        params: dict[str, object] = {"Bucket": self.bucket, "Key": self._object_key(key), "IfNoneMatch": "*"}
+        if size is not None:
+            params["ContentLength"] = size
         with self._translated(key):
             return self.client.generate_presigned_url(
                 "put_object",
-                Params={"Bucket": self.bucket, "Key": self._object_key(key)},
+                Params=params,
                 ExpiresIn=expires_in,
                 HttpMethod="PUT",
             )

@@ -11,15 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from twisted.internet import defer, endpoints, reactor, threads
 from twisted.internet.interfaces import IListeningPort
 from twisted.python import log
-from twisted.web import resource, server, static
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server, static
 
 from gentoo_farm.config import host_port
-from gentoo_farm.store.base import StoreError, check_key
+from gentoo_farm.store.base import PreconditionFailed, StoreError, check_key
 from gentoo_farm.store.local import LocalStore
 
 
@@ -30,12 +31,33 @@ class StoreResource(resource.Resource):
         super().__init__()
         self.store = store
 
-    def _key(self, request: server.Request) -> str | None:
-        key = unquote(request.path.decode("utf-8", "replace")).lstrip("/")
+    def key_of(self, path: bytes) -> str | None:
+        """The store key a request path names, or None when it names none."""
+        key = unquote(path.decode("utf-8", "replace")).lstrip("/")
         try:
             return check_key(key)
         except StoreError:
             return None
+
+    def refusal(self, method: bytes, uri: bytes, content_length: int | None) -> tuple[int, str] | None:
+        """The status and reason a request is refused with, judged from its request line and headers alone
+        (the body has not been read), or None to go ahead."""
+        if method in (b"GET", b"HEAD"):
+            return (400, "a read carries no body") if content_length else None
+        if method != b"PUT":
+            return 405, f"{method.decode('ascii', 'replace')} is not allowed: the store is read-only"
+        path, _, query = uri.partition(b"?")
+        key = self.key_of(path)
+        if key is None:
+            return 400, "invalid key"
+        fields = {name: values[0] for name, values in parse_qs(query.decode("ascii", "replace")).items()}
+        problem = self.store.check_upload(key, fields, content_length)
+        if problem is not None:
+            return 403, f"upload of {key} refused: {problem}"
+        if self.store.head(key) is not None:
+            # What S3 answers a conditional PUT whose object exists: this URL has been used.
+            return 412, f"upload of {key} refused: it exists already (an upload URL writes once)"
+        return None
 
     def _error(self, request: server.Request, code: int, message: str) -> bytes:
         request.setResponseCode(code)
@@ -43,7 +65,7 @@ class StoreResource(resource.Resource):
         return (message + "\n").encode()
 
     def render_GET(self, request: server.Request) -> bytes | int:
-        key = self._key(request)
+        key = self.key_of(request.path)
         path = self.store.path_of(key) if key else None
         if path is None or not path.is_file():
             return self._error(request, 404, "no such object")
@@ -53,32 +75,89 @@ class StoreResource(resource.Resource):
     render_HEAD = render_GET
 
     def render_PUT(self, request: server.Request) -> bytes | int:
-        key = self._key(request)
-        if key is None:
-            return self._error(request, 400, "invalid key")
-
-        def argument(name: bytes) -> str:
-            return request.args.get(name, [b""])[0].decode("ascii", "replace")
-
-        problem = self.store.check_upload_signature(key, argument(b"expires"), argument(b"signature"))
-        if problem:
-            return self._error(request, 403, f"upload of {key} refused: {problem}")
+        # StoreChannel judged the headers already; asking again costs nothing and keeps this resource safe
+        # behind any other channel.
+        length = request.getHeader(b"content-length")
+        refused = self.refusal(b"PUT", request.uri, int(length) if length and length.isdigit() else None)
+        key = self.key_of(request.path)
+        if refused is not None or key is None:
+            return self._error(request, *(refused or (400, "invalid key")))
         request.content.seek(0)
-        writing = threads.deferToThread(self.store.put_stream, key, request.content)
+        writing = threads.deferToThread(self.store.put_new, key, request.content)
 
         def written(_: None) -> None:
             request.setResponseCode(201)
             request.write(b"stored\n")
             request.finish()
 
-        def failed(failure: object) -> None:
-            log.err(failure, f"store server: writing {key} failed")
-            request.setResponseCode(500)
-            request.write(b"the store could not write the object\n")
+        def failed(failure: Failure) -> None:
+            if failure.check(PreconditionFailed):
+                # Two PUTs through one URL at the same moment: the other one landed first.
+                request.setResponseCode(412)
+                request.write(f"upload of {key} refused: {failure.getErrorMessage()}\n".encode())
+            else:
+                log.err(failure, f"store server: writing {key} failed")
+                request.setResponseCode(500)
+                request.write(b"the store could not write the object\n")
             request.finish()
 
         writing.addCallbacks(written, failed)
         return server.NOT_DONE_YET
+
+
+class StoreChannel(http.HTTPChannel):
+    """An HTTP channel that judges each request once its headers are in, before the body is read.
+
+    Twisted spools a whole body to a temporary file before any resource sees the request; an unsigned
+    or oversized upload is answered here instead, and the connection closed, so nothing of its body is
+    read or stored.
+    """
+
+    site: server.Site
+
+    def allHeadersReceived(self) -> None:
+        # Twisted keeps the request line on the channel until the body is in; these names are the only
+        # place it can be read at this point.
+        refused = self.site.resource.refusal(self._command, self._path, self.length)
+        if refused is None:
+            super().allHeadersReceived()
+            return
+        code, message = refused
+        body = (message + "\n").encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\n" % (code, http.RESPONSES.get(code, b"Refused"))
+            + b"Content-Type: text/plain; charset=utf-8\r\n"
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body
+        )
+        log.msg(f"store server: refused {self._command.decode('ascii', 'replace')} {message}")
+        # Whatever of the body arrives from now on is dropped unread, and the connection closes.
+        self.length = None
+        self.dataReceived = self.rawDataReceived = lambda data: None  # type: ignore[method-assign]
+        self.loseConnection()
+
+
+def access_log_line(timestamp: str, request: server.Request) -> str:
+    """Twisted's combined log line without the query string: a signed URL's query is its credential."""
+    return http.combinedLogFormatter(timestamp, _WithoutQuery(request))
+
+
+class _WithoutQuery:
+    """The request as the access log sees it: every attribute, but ``uri`` is only the path."""
+
+    def __init__(self, request: server.Request) -> None:
+        self._request = request
+        self.uri = request.path
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._request, name)
+
+
+def store_site(store: LocalStore) -> server.Site:
+    """The HTTP site serving ``store``: early refusals and an access log without signatures."""
+    site = server.Site(StoreResource(store), logFormatter=access_log_line)
+    site.protocol = StoreChannel
+    return site
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -91,9 +170,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def serve(store: LocalStore, listen: str) -> defer.Deferred[IListeningPort]:
     """Serve ``store`` on the reactor at ``listen`` (HOST:PORT; port 0: any free one)."""
     host, port = parse_listen(listen)
-    return endpoints.TCP4ServerEndpoint(reactor, port, interface=host).listen(
-        server.Site(StoreResource(store))
-    )
+    return endpoints.TCP4ServerEndpoint(reactor, port, interface=host).listen(store_site(store))
 
 
 def main() -> int:

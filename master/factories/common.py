@@ -15,6 +15,7 @@ from gentoo_farm.steps.publish import (
     CheckUpToDate,
     MakeUploadUrls,
     MergeBinhost,
+    MergeDistfiles,
     PublishSet,
     PushBackUrls,
     unless_up_to_date,
@@ -89,31 +90,33 @@ def publish(
 
 
 def push_back(
-    config: FarmConfig, distdir: object, pkgdir: str | None = None, **step_options: object
+    config: FarmConfig,
+    distdir: object,
+    repository: object,
+    snapshot_key: object,
+    pkgdir: str,
+    **step_options: object,
 ) -> list[object]:
-    """Send the distfiles (and binary packages) this build fetched or made and the farm lacks to its
-    distfile mirror (and binhost), so the next build takes them from there."""
+    """Send the distfiles and binary packages this build fetched or made and the farm lacks to its
+    distfile mirror and binhost, so the next build takes them from there. The Manifests of the published
+    snapshot at ``snapshot_key`` (unpacked on the worker at ``repository``) vouch for the distfiles; only
+    what matches them lands."""
     store = workers_base_url(config.store)
     listing: list[object] = [
-        "--distdir",
-        distdir,
-        "--mirror",
-        f"{store}/distfiles",
-        "--output",
-        "push-back.json",
-    ]
-    if pkgdir:
-        listing += ["--pkgdir", pkgdir, "--binhost", binhost_url(store, config.upstream.profile)]
-    pushed: list[object] = [
+        "--distdir", distdir, "--mirror", f"{store}/distfiles", "--repository", repository,
+        "--pkgdir", pkgdir, "--binhost", binhost_url(store, config.upstream.profile),
+        "--output", "push-back.json",
+    ]  # fmt: skip
+    return [
         FarmWorkerStep("list-new", stage_args=listing, **step_options),
-        PushBackUrls(config.store, **step_options),
+        PushBackUrls(config.store, snapshot_key, **step_options),
         FarmWorkerStep(
             "upload", stage_args=["--map", "push-back-uploads.json"], name="push-back", **step_options
         ),
+        # Distfiles first: the binhost merge clears the build's whole staging prefix when it is done.
+        MergeDistfiles(config.store, **step_options),
+        MergeBinhost(config.store, config.upstream.profile, farm_key(config), **step_options),
     ]
-    if pkgdir:
-        pushed.append(MergeBinhost(config.store, config.upstream.profile, farm_key(config), **step_options))
-    return pushed
 
 
 def farm_key(config: FarmConfig) -> FarmKey:

@@ -94,7 +94,17 @@ def factory(config: FarmConfig) -> BuildFactory:
                 upstream_mirrors=[config.upstream.mirror],
                 **building,
             ),
-            *push_back(config, distdir="distfiles", pkgdir="packages", **building),
+            *push_back(
+                config,
+                distdir="distfiles",
+                repository=util.Property("repository"),
+                snapshot_key=util.Transform(
+                    lambda artifacts: artifacts["portage"], util.Property("image_artifacts")
+                ),
+                pkgdir="packages",
+                **building,
+            ),
+            # After the push-back: list-new reads the repository's Manifests, which pruning removes.
             PruneRoot(
                 root=ROOT,
                 scratch_dir="portage",

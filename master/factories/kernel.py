@@ -3,7 +3,8 @@ or a binary kernel package (``[kernel] package``) made into one.
 
 Either distfile must be a DIST entry of ``[kernel] source_package``'s Manifest in the published (verified)
 Portage snapshot: the build reads that line first, makes its input key of it, and the worker accepts
-only a download that matches it, so Gentoo's snapshot key vouches for the kernel source.
+only a download that matches it, so Gentoo's snapshot key vouches for the kernel source. Kernel builds
+push nothing back (docs/security.md): the farm's mirror takes distfiles only from image builds.
 """
 
 from collections.abc import Mapping
@@ -16,7 +17,6 @@ from gentoo_farm.master.factories.common import (
     cache_dir,
     checkout,
     publish,
-    push_back,
     trigger_image,
     up_to_date,
 )
@@ -70,7 +70,6 @@ def _from_source(config: FarmConfig, building: Mapping[str, object]) -> list[obj
             ccache_dir=cache_dir("ccache"),
             **building,
         ),
-        *push_back(config, distdir=cache_dir("kernel/distfiles"), **building),
     ]
 
 
@@ -88,7 +87,6 @@ def _from_package(config: FarmConfig, building: Mapping[str, object]) -> list[ob
             output=f"out/{TARBALL}",
             **building,
         ),
-        *push_back(config, distdir=distdir, **building),
     ]
 
 

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +60,18 @@ def publish_files(
         store.put_file(object_key(kind, set_id, name), path)
         expected[name] = ExpectedFile(path.stat().st_size, file_sha512(path))
     return finalize_set(store, kind, set_id, input_key, expected, metadata, sources)
+
+
+def put_snapshot(
+    store: ArtifactStore, repository: Path, key: str = "portage/20261125T000000Z-s/snap.tar.xz"
+) -> str:
+    """Put ``repository`` into the store as a Portage snapshot tarball (top directory ``portage/``), where a
+    published portage set's artifact lives; returns its key."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as archive:
+        archive.add(repository, arcname="portage")
+    store.put_bytes(key, buffer.getvalue())
+    return key
 
 
 @contextlib.contextmanager

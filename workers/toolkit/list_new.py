@@ -1,7 +1,10 @@
 """List the binary packages and distfiles of this build that the farm's binhost and mirror do not have yet.
 
 Reads PKGDIR/Packages and the binhost's Packages (over HTTP), asks the mirror for each distfile (HEAD), and
-writes what is new as JSON for the master, which signs upload URLs for exactly those files.
+writes what is new as JSON for the master, which signs upload URLs for exactly those files. A distfile is
+offered only with the ``DIST`` line of a repository Manifest that names it (size, BLAKE2B, SHA512); the
+master signs for it only if the published snapshot the build used has the same line, and moves it into
+the mirror only if the upload matches it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from portage.getbinpkg import PackageIndex
 
+from gentoo_farm.store.binhost import parse_dist_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 
 # What Portage leaves in DISTDIR besides finished distfiles: partial downloads and quarantined failures.
@@ -61,6 +65,20 @@ def new_binpkgs(pkgdir: Path, binhost: str) -> dict[str, str]:
     return found
 
 
+def manifest_dist_lines(repositories: list[Path]) -> dict[str, dict[str, object]]:
+    """``{distfile: {size, blake2b, sha512}}`` from the ``DIST`` lines of every package Manifest."""
+    vouched: dict[str, dict[str, object]] = {}
+    for repository in repositories:
+        if not repository.is_dir():
+            raise StageError(f"repository {repository} is not a directory")
+        for manifest in sorted(repository.glob("*/*/Manifest")):
+            for line in manifest.read_text(errors="replace").splitlines():
+                parsed = parse_dist_line(line)
+                if parsed:
+                    vouched[parsed[0]] = parsed[1]
+    return vouched
+
+
 def new_distfiles(distdir: Path, mirror: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for file in sorted(distdir.iterdir()):
@@ -82,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binhost", help="URL of the farm binhost for this profile (where Packages is)")
     parser.add_argument("--distdir", type=Path, help="Portage DISTDIR of this build")
     parser.add_argument("--mirror", help="URL of the farm distfile mirror (its distfiles/ directory)")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        action="append",
+        default=[],
+        help="ebuild repository whose Manifests vouch for the distfiles (repeatable)",
+    )
     parser.add_argument("--output", required=True, type=Path, help="where to write the result (JSON)")
 
 
@@ -95,7 +120,10 @@ def run(args: argparse.Namespace) -> None:
         if directory is not None and not directory.is_dir():
             raise StageError(f"{directory} is not a directory")
     binpkgs = new_binpkgs(args.pkgdir, args.binhost) if args.pkgdir else {}
-    distfiles = new_distfiles(args.distdir, args.mirror) if args.distdir else {}
+    found = new_distfiles(args.distdir, args.mirror) if args.distdir else {}
+    vouched = manifest_dist_lines(args.repository) if found else {}
+    distfiles = {name: {"file": file, **vouched[name]} for name, file in found.items() if name in vouched}
+    unvouched = sorted(set(found) - set(distfiles))
     result = {
         "packages_index": str((args.pkgdir / "Packages").resolve()) if args.pkgdir else "",
         "binpkgs": binpkgs,
@@ -107,5 +135,7 @@ def run(args: argparse.Namespace) -> None:
         progress(f"new binary package: {path}")
     for name in distfiles:
         progress(f"new distfile: {name}")
+    for name in unvouched:
+        progress(f"not pushed back: no Manifest DIST line vouches for the distfile {name}")
     progress(f"{len(binpkgs)} binary packages and {len(distfiles)} distfiles to push back")
     report(new_binpkgs=len(binpkgs), new_distfiles=len(distfiles))

@@ -60,7 +60,12 @@ def put_file(path: Path, url: str, attempts: int, timeout: float) -> dict[str, o
                 url,
                 data=reader,  # type: ignore[arg-type]
                 method="PUT",
-                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+                # The URL is signed for a PUT that creates the object, never one that replaces it.
+                headers={
+                    "Content-Length": str(size),
+                    "Content-Type": "application/octet-stream",
+                    "If-None-Match": "*",
+                },
             )
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -72,6 +77,12 @@ def put_file(path: Path, url: str, attempts: int, timeout: float) -> dict[str, o
                 }
             except urllib.error.HTTPError as error:
                 detail = error.read().decode("utf-8", "replace").strip()[:300]
+                if error.code == 412:
+                    detail = "the object exists already; an upload URL writes once " + (
+                        "(an earlier attempt may have landed before its answer was lost)"
+                        if attempt > 1
+                        else "(another upload through this URL came first)"
+                    )
                 if error.code not in RETRYABLE_STATUS or attempt == attempts:
                     raise StageError(
                         f"upload of {path} to {without_signature(url)} refused: HTTP {error.code} {detail}"
