@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.confined import resolve
 from gentoo_farm.workers.toolkit.unpack_root import REPOSITORY_DIR
 
 FARM_BINREPO = "farm-binhost.conf"
@@ -80,21 +81,23 @@ def emerge_command() -> str:
 
 def select_profile(root: Path, profile: str | None) -> Path:
     """Point the root's make.profile at ``profile`` (as eselect does) or check the stage3's own choice."""
-    link = root / "etc/portage/make.profile"
+    # The stage3's links (make.profile's own included) mean what they mean inside the image.
+    link = resolve(root, "etc/portage/make.profile", follow_last=False)
     if profile is not None:
-        target = root / REPOSITORY_DIR / "profiles" / profile
+        target = resolve(root, f"{REPOSITORY_DIR}/profiles/{profile}")
         if not target.is_dir():
             raise StageError(f"profile {profile}: no such directory {target}")
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
         link.symlink_to(os.path.relpath(target, link.parent))
-    if not link.resolve().is_dir():
+    selected = resolve(root, "etc/portage/make.profile")
+    if not selected.is_dir():
         raise StageError(f"{link}: missing or points nowhere; pass --profile to select one")
-    return link.resolve()
+    return selected
 
 
 def write_binrepo(root: Path, args: argparse.Namespace) -> Path:
-    conf_dir = root / "etc/portage/binrepos.conf"
+    conf_dir = resolve(root, "etc/portage/binrepos.conf")
     if conf_dir.exists() and not conf_dir.is_dir():
         raise StageError(
             f"{conf_dir} is a file; make it a directory (as current stage3s ship it) to add the farm binhost"
@@ -171,7 +174,7 @@ def worker_features() -> str:
 def build_environment(args: argparse.Namespace, root: Path, running_root: dict[str, str]) -> dict[str, str]:
     mirrors = [url.rstrip("/") for url in [args.distfile_mirror, *args.upstream_mirror] if url]
     workdir = args.workdir.resolve()
-    repository = root / REPOSITORY_DIR
+    repository = resolve(root, str(REPOSITORY_DIR))
     environment = {
         **os.environ,
         **running_root,
@@ -202,7 +205,7 @@ def build_environment(args: argparse.Namespace, root: Path, running_root: dict[s
 
 def run(args: argparse.Namespace) -> None:
     root = args.root.resolve()
-    if not (root / REPOSITORY_DIR / "profiles").is_dir():
+    if not resolve(root, f"{REPOSITORY_DIR}/profiles").is_dir():
         raise StageError(f"{root}: no Portage repository at /{REPOSITORY_DIR}; run the chroot stage first")
     for directory in (args.pkgdir, args.distdir, args.workdir / "tmp", args.workdir / "logs"):
         directory.mkdir(parents=True, exist_ok=True)
