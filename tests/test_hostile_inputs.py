@@ -6,6 +6,7 @@ tarballs, kernel-package's package) gets the same hostile members; the overlay a
 get an overlay whose links point out of the image.
 """
 
+import argparse
 import hashlib
 import io
 import os
@@ -19,6 +20,7 @@ import pytest
 
 from gentoo_farm.workers.toolkit import StageError
 from gentoo_farm.workers.toolkit.confined import resolve
+from gentoo_farm.workers.toolkit.emerge import FARM_BINREPO, select_profile, write_binrepo
 from tests.imagetest import DEFAULT_OVERLAY, assemble, farm_worker, make_root
 from tests.world.stages import StageRun, run_stage
 
@@ -378,3 +380,22 @@ def test_a_directory_where_the_kernel_link_goes_fails_clearly(tmp_path: Path) ->
     assert (
         f"{root}: /boot/vmlinuz is a directory; it must be free for the link to the kernel" in process.stderr
     )
+
+
+def test_emerge_writes_its_portage_config_inside_the_root(tmp_path: Path, outside: Outside) -> None:
+    root = tmp_path / "root"
+    profiles = root / "var/db/repos/gentoo/profiles/default/linux/amd64"
+    profiles.mkdir(parents=True)
+    (root / "etc").mkdir()
+    # A stage3 whose /etc/portage is an absolute link: on the worker that is the outside directory.
+    (root / "etc/portage").symlink_to(outside.path)
+    args = argparse.Namespace(
+        binhost="http://binhost/", workdir=tmp_path / "work", binhost_verify_signature=True
+    )
+
+    entry = write_binrepo(root, args)
+
+    assert entry == root / str(outside.path).lstrip("/") / "binrepos.conf" / FARM_BINREPO
+    assert select_profile(root, "default/linux/amd64") == profiles
+    assert (root / str(outside.path).lstrip("/") / "make.profile").is_symlink()
+    outside.assert_unchanged()

@@ -136,7 +136,9 @@ class PushBackThroughMaster(RunMasterBase):
             with (directory / "repo" / "app-misc" / "a" / "Manifest").open("a") as manifest:
                 manifest.write(manifest_line(directory / "distfiles" / "b-1.tar.gz"))
             config = SimpleNamespace(
-                store=settings, upstream=SimpleNamespace(profile="default/linux/amd64/23.0")
+                store=settings,
+                upstream=SimpleNamespace(profile="default/linux/amd64/23.0"),
+                basedir=directory / "farm",
             )
             factory = BuildFactory(
                 [

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.confined import resolve
 from gentoo_farm.workers.toolkit.unpack_root import REPOSITORY_DIR
 
 FARM_BINREPO = "farm-binhost.conf"
@@ -83,21 +84,23 @@ def emerge_command() -> str:
 
 def select_profile(root: Path, profile: str | None) -> Path:
     """Point the root's make.profile at ``profile`` (as eselect does) or check the stage3's own choice."""
-    link = root / "etc/portage/make.profile"
+    # The stage3's links (make.profile's own included) mean what they mean inside the image.
+    link = resolve(root, "etc/portage/make.profile", follow_last=False)
     if profile is not None:
-        target = root / REPOSITORY_DIR / "profiles" / profile
+        target = resolve(root, f"{REPOSITORY_DIR}/profiles/{profile}")
         if not target.is_dir():
             raise StageError(f"profile {profile}: no such directory {target}")
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
         link.symlink_to(os.path.relpath(target, link.parent))
-    if not link.resolve().is_dir():
+    selected = resolve(root, "etc/portage/make.profile")
+    if not selected.is_dir():
         raise StageError(f"{link}: missing or points nowhere; pass --profile to select one")
-    return link.resolve()
+    return selected
 
 
 def write_binrepo(root: Path, args: argparse.Namespace) -> Path:
-    conf_dir = root / "etc/portage/binrepos.conf"
+    conf_dir = resolve(root, "etc/portage/binrepos.conf")
     if conf_dir.exists() and not conf_dir.is_dir():
         raise StageError(
             f"{conf_dir} is a file; make it a directory (as current stage3s ship it) to add the farm binhost"
@@ -235,7 +238,7 @@ def portage_environment(
     jobs: int,
 ) -> dict[str, str]:
     """The environment every Portage run of the toolkit gets: the build root is ROOT and its own config."""
-    repository = root / REPOSITORY_DIR
+    repository = resolve(root, str(REPOSITORY_DIR))
     environment = {
         **os.environ,
         **running_root,
@@ -266,7 +269,7 @@ def portage_environment(
 
 def run(args: argparse.Namespace) -> None:
     root = args.root.resolve()
-    if not (root / REPOSITORY_DIR / "profiles").is_dir():
+    if not resolve(root, f"{REPOSITORY_DIR}/profiles").is_dir():
         raise StageError(f"{root}: no Portage repository at /{REPOSITORY_DIR}; run the chroot stage first")
     for directory in (args.pkgdir, args.distdir, args.workdir / "tmp", args.workdir / "logs"):
         directory.mkdir(parents=True, exist_ok=True)
