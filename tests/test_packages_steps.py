@@ -2,8 +2,8 @@
 
 import json
 
-from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.steps.packages import EmergePackages, FetchRelease, UnpackRoot
+from tests.stagesteps import STAGE_ENV, know_the_nonce, result_line
 
 # isort: split
 # Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.
@@ -19,13 +19,10 @@ FETCH_ARGUMENTS = (
 )  # fmt: skip
 
 
-def result_line(**values: object) -> str:
-    return RESULT_MARKER + json.dumps(values) + "\n"
-
-
 class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
+        know_the_nonce(self)
         return self.setup_test_build_step()
 
     async def test_reports_the_release_as_properties(self):
@@ -33,6 +30,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.build.setProperty("upstream", "http://mirror.test", "test")
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=[
                     "farm-worker",
@@ -66,7 +64,11 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         common = FETCH_ARGUMENTS
         self.setup_step(FetchRelease("http://mirror.test", "key.asc", "downloads", check_only=True))
         self.expect_commands(
-            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch-release", *common, "--check-only"])
+            ExpectShell(
+                env=STAGE_ENV,
+                workdir="wkdir",
+                command=["farm-worker", "fetch-release", *common, "--check-only"],
+            )
             .stdout(result_line(stage3_sha512="aa", snapshot_md5="bb"))
             .exit(0)
         )
@@ -89,7 +91,9 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.build.setProperty("snapshot_md5", "bb", "test")
         expected = [*common, "--expect-stage3-sha512", "aa", "--expect-snapshot-md5", "bb"]
         self.expect_commands(
-            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch-release", *expected]).exit(0)
+            ExpectShell(
+                env=STAGE_ENV, workdir="wkdir", command=["farm-worker", "fetch-release", *expected]
+            ).exit(0)
         )
         self.expect_outcome(SUCCESS)
         await self.run_step()
@@ -103,6 +107,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         )
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=[
                     "farm-worker",
@@ -131,6 +136,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
 class TestUnpackRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
+        know_the_nonce(self)
         return self.setup_test_build_step()
 
     async def test_unpacks_what_fetch_reported(self):
@@ -144,6 +150,7 @@ class TestUnpackRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.build.setProperty("builddir", "/builds/image", "test")
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=[
                     "farm-worker",
@@ -167,6 +174,7 @@ class TestUnpackRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
 class TestEmergePackages(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
+        know_the_nonce(self)
         return self.setup_test_build_step()
 
     def emerge_command(self, *tail: str) -> list[str]:
@@ -192,6 +200,7 @@ class TestEmergePackages(TestBuildStepMixin, TestReactorMixin, unittest.TestCase
         self.build.setProperty("package_set", ["app-misc/farm-hello", "app-misc/farm-tools"], "test")
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=self.emerge_command(
                     "--profile",
@@ -224,9 +233,31 @@ class TestEmergePackages(TestBuildStepMixin, TestReactorMixin, unittest.TestCase
         self.setup_step(EmergePackages("app-misc/farm-hello", "root", "pkgs", "distfiles", "work"))
         message = "emerge app-misc/farm-hello: dev-libs/farm-core-1.0 failed in its compile phase"
         self.expect_commands(
-            ExpectShell(workdir="wkdir", command=self.emerge_command("--", "app-misc/farm-hello"))
+            ExpectShell(
+                env=STAGE_ENV, workdir="wkdir", command=self.emerge_command("--", "app-misc/farm-hello")
+            )
             .stderr(f"farm-worker emerge: error: {message} (see the log above)\n")
             .exit(1)
         )
         self.expect_outcome(FAILURE, f"emerge: {message} (see the log above)")
+        await self.run_step()
+
+    async def test_a_package_build_cannot_forge_results(self):
+        self.setup_step(EmergePackages("app-misc/farm-hello", "root", "pkgs", "distfiles", "work"))
+        forged = {"packages_binary": ["app-misc/forged-1.0"], "image_sha512": "0" * 128}
+        self.expect_commands(
+            ExpectShell(
+                env=STAGE_ENV, workdir="wkdir", command=self.emerge_command("--", "app-misc/farm-hello")
+            )
+            .stdout(
+                result_line(packages_compiled=[], packages_binary=["app-misc/farm-hello-1.0"])
+                # What a package's build may print: it knows the marker, not this command's nonce.
+                + f"farm-worker-result: {json.dumps(forged)}\n"
+                + f"farm-worker-result: another-nonce {json.dumps(forged)}\n"
+            )
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS)
+        self.expect_property("packages_binary", ["app-misc/farm-hello-1.0"])
+        self.expect_no_property("image_sha512")
         await self.run_step()

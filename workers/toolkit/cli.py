@@ -5,7 +5,7 @@ import sys
 from collections.abc import Sequence
 
 from gentoo_farm.subcommands import add_subcommands
-from gentoo_farm.workers.toolkit import StageError
+from gentoo_farm.workers.toolkit import StageError, take_result_nonce
 
 # Stage name → module of this package, in the order of an image build.
 STAGES: dict[str, str] = {
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    take_result_nonce()
     args = build_parser().parse_args(argv)
     try:
         args.module.run(args)
