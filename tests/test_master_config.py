@@ -99,3 +99,9 @@ def test_extra_packages_of_a_forced_image_build_must_be_atoms(farm_dir: Path) ->
         with pytest.raises(ValidationError, match="is not a package atom") as refused:
             extra_packages.getFromKwargs({extra_packages.fullName: [hostile]})
         assert repr(word) in str(refused.value)
+
+
+def test_local_workers_are_kept_from_the_secrets_the_master_state_and_the_store(farm_dir: Path) -> None:
+    (worker,) = buildmaster_config(farm_dir)["workers"]
+    hidden = worker._config_kwargs["hidden_paths"]
+    assert hidden == [farm_dir / "secrets", farm_dir / "master", farm_dir / "store"]
