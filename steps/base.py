@@ -9,6 +9,10 @@ from buildbot.process.results import FAILURE, SUCCESS
 
 from gentoo_farm.stageprotocol import ERROR_MARKER, RESULT_NONCE_ENV, result_prefix
 
+# A stopped build's stage gets SIGTERM and this long to clean up (the disk stage unmounts its
+# filesystem and detaches its loop device) before Buildbot sends SIGKILL.
+SIGTERM_GRACE_SECONDS = 60
+
 
 def new_result_nonce() -> str:
     """A secret for one command's result lines (tests replace it to know what the stage prints)."""
@@ -26,6 +30,7 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
     renderables = ("stage_args",)
 
     def __init__(self, stage: str, stage_args: Sequence[object] = (), **kwargs: object) -> None:
+        kwargs.setdefault("sigtermTime", SIGTERM_GRACE_SECONDS)
         kwargs = self.setupShellMixin(kwargs, prohibitArgs=["command"])
         kwargs.setdefault("name", stage)
         kwargs.setdefault("description", kwargs["name"])

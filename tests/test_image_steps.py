@@ -1,6 +1,7 @@
 """The kernel and image steps: rendered stage arguments, properties, status text and the serial log."""
 
 from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
+from gentoo_farm.steps.base import SIGTERM_GRACE_SECONDS
 from gentoo_farm.steps.image import BootTest, BuildDisk
 from gentoo_farm.steps.kernel import BuildKernel
 from tests.stagesteps import STAGE_ENV, know_the_nonce, result_line
@@ -145,3 +146,8 @@ class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.expect_property("kernel_release", "6.1.192-farm")
         self.expect_property("image_sha512", "ff" * 64)
         await self.run_step()
+
+
+def test_a_stopped_stage_gets_sigterm_and_time_to_clean_up() -> None:
+    disk = BuildDisk(root="root", output="image/gentoo.qcow2")
+    assert (disk.sigtermTime, disk.interruptSignal) == (SIGTERM_GRACE_SECONDS, "KILL")
