@@ -5,6 +5,8 @@ from collections.abc import Callable
 from buildbot.plugins import schedulers as sched
 from buildbot.plugins import util
 from buildbot.schedulers.base import BaseScheduler
+from buildbot.schedulers.forcesched import ValidationError
+from portage.dep import isvalidatom
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.builders import IMAGE, KERNEL, MIRROR, OVERLAY
@@ -12,6 +14,24 @@ from gentoo_farm.master.factories.common import IMAGE_AFTER_INPUTS
 from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, RecipeRepository, recipe_repository
 
 BUILD_IMAGE = "build-image"
+
+
+class PackageAtomsParameter(util.StringParameter):
+    """Package atoms separated by spaces, each one Portage accepts as an atom.
+
+    The words become emerge arguments on the worker: a word that is not an atom (``--root=/``,
+    ``--config-root=...``) would be an emerge option, so the force is refused with the offending word.
+    """
+
+    def parse_from_arg(self, s: str) -> str:
+        words = s.split()
+        refused = [word for word in words if not isvalidatom(word, allow_repo=True)]
+        if refused:
+            raise ValidationError(
+                f"{self.label}: {', '.join(repr(word) for word in refused)} "
+                "is not a package atom (like app-misc/hello or >=app-misc/hello-1.0)"
+            )
+        return " ".join(words)
 
 
 def _build_image(config: FarmConfig) -> sched.ForceScheduler:
@@ -30,11 +50,10 @@ def _build_image(config: FarmConfig) -> sched.ForceScheduler:
                 regex=r"^[0-9a-fA-F]{0,40}$",
                 size=40,
             ),
-            util.StringParameter(
+            PackageAtomsParameter(
                 name="extra_packages",
                 label=f"Extra packages (besides {' '.join(config.image.packages)})",
                 default="",
-                regex=r"^[A-Za-z0-9_+./:=<>~*@ -]*$",
                 size=60,
             ),
             util.BooleanParameter(name="publish", label="Publish to the store and Glance", default=True),

@@ -1,5 +1,7 @@
 """c['workers'] and c['protocols']: the latent workers builds run on, local and OpenStack."""
 
+from pathlib import Path
+
 from buildbot.worker.latent import AbstractLatentWorker
 
 from gentoo_farm.config import FarmConfig, OpenStackWorkersSection, listen_endpoint
@@ -68,6 +70,15 @@ def openstack_fleet(config: FarmConfig) -> OpenStackFleet:
     return OpenStackFleet(config.farm.id)
 
 
+def hidden_from_local_workers(config: FarmConfig, farm: FarmDir) -> list[Path]:
+    """What of this machine local builds must not see: passwords, the master's state and log, and a
+    local store (its upload secret; workers read and write it through the store server only)."""
+    hidden = [farm.secrets, farm.master]
+    if config.store.type == "local":
+        hidden.append(config.store.path)
+    return hidden
+
+
 def workers(config: FarmConfig, farm: FarmDir, fleet: OpenStackFleet) -> list[AbstractLatentWorker]:
     local = config.workers.local
     result: list[AbstractLatentWorker] = [
@@ -75,6 +86,7 @@ def workers(config: FarmConfig, farm: FarmDir, fleet: OpenStackFleet) -> list[Ab
             name,
             basedir=farm.workers / name,
             master_address=config.master.worker_address,
+            hidden_paths=hidden_from_local_workers(config, farm),
             max_builds=local.max_builds,
             build_wait_timeout=local.build_wait_timeout,
             # Kept across builds (each start gets a fresh base directory): ccache, kernel sources.

@@ -3,27 +3,34 @@
 from typing import Any
 
 from buildbot.plugins import util
-from buildbot.www.auth import CustomAuth
+from buildbot.www.auth import TwistedICredAuthBase
+from twisted.web.guard import BasicCredentialFactory
 
 from gentoo_farm.config import FarmConfig, listen_endpoint
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.images_page import images_dashboard
-from gentoo_farm.passwords import PasswordFile, PasswordFileChecker
+from gentoo_farm.passwords import ClientUsernamePassword, PasswordFile, PasswordFileChecker
 from gentoo_farm.recipes import recipe_repositories
 from gentoo_farm.store import open_store
 
 VIEWER = "viewer"
 
 
-class PasswordFileAuth(CustomAuth):
-    """Web UI logins checked against the farm's bcrypt password file."""
+class ClientBasicCredentialFactory(BasicCredentialFactory):
+    """HTTP Basic credentials that keep the client's address, for the login throttle."""
+
+    def decode(self, response: bytes, request: Any) -> ClientUsernamePassword:
+        creds = super().decode(response, request)
+        return ClientUsernamePassword(creds.username, creds.password, request.getClientAddress().host)
+
+
+class PasswordFileAuth(TwistedICredAuthBase):
+    """Web UI logins checked against the farm's bcrypt password file (in a thread, throttled)."""
 
     def __init__(self, password_file: PasswordFile, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.password_file = password_file
-
-    def check_credentials(self, username: bytes, password: bytes) -> bool:
-        return self.password_file.check(username.decode(), password)
+        super().__init__(
+            [ClientBasicCredentialFactory(b"buildbot")], [PasswordFileChecker(password_file)], **kwargs
+        )
 
 
 def _authz(config: FarmConfig) -> util.Authz:

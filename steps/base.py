@@ -1,12 +1,22 @@
 """The one way a build step runs a worker-side stage: ``farm-worker STAGE ARGS...``."""
 
 import json
+import secrets
 from collections.abc import Sequence
 
 from buildbot.process import buildstep, logobserver
 from buildbot.process.results import FAILURE, SUCCESS
 
-from gentoo_farm.stageprotocol import ERROR_MARKER, RESULT_MARKER
+from gentoo_farm.stageprotocol import ERROR_MARKER, RESULT_NONCE_ENV, result_prefix
+
+# A stopped build's stage gets SIGTERM and this long to clean up (the disk stage unmounts its
+# filesystem and detaches its loop device) before Buildbot sends SIGKILL.
+SIGTERM_GRACE_SECONDS = 60
+
+
+def new_result_nonce() -> str:
+    """A secret for one command's result lines (tests replace it to know what the stage prints)."""
+    return secrets.token_hex(16)
 
 
 class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
@@ -20,6 +30,7 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
     renderables = ("stage_args",)
 
     def __init__(self, stage: str, stage_args: Sequence[object] = (), **kwargs: object) -> None:
+        kwargs.setdefault("sigtermTime", SIGTERM_GRACE_SECONDS)
         kwargs = self.setupShellMixin(kwargs, prohibitArgs=["command"])
         kwargs.setdefault("name", stage)
         kwargs.setdefault("description", kwargs["name"])
@@ -30,13 +41,16 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
         self.stage = stage
         self.stage_args = stage_args
         self.error_message: str | None = None
+        self.result_nonce = ""
         self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._consume_lines))
 
     def _consume_lines(self):
         while True:
             stream, line = yield
-            if stream == "o" and line.startswith(RESULT_MARKER):
-                for name, value in json.loads(line[len(RESULT_MARKER) :]).items():
+            prefix = result_prefix(self.result_nonce)
+            # Without this command's nonce a result line is only output (a package build can print one).
+            if stream == "o" and self.result_nonce and line.startswith(prefix):
+                for name, value in json.loads(line[len(prefix) :]).items():
                     self.setProperty(name, value, f"farm-worker {self.stage}", runtime=True)
             elif stream == "e" and ERROR_MARKER in line:
                 self.error_message = line.split(ERROR_MARKER, 1)[1].strip()
@@ -51,7 +65,10 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
             self.stage,
             *(str(arg) for arg in self.stage_arguments() if arg is not None),
         ]
-        cmd = await self.makeRemoteShellCommand(command=command)
+        self.result_nonce = new_result_nonce()
+        cmd = await self.makeRemoteShellCommand(
+            command=command, env={**self.env, RESULT_NONCE_ENV: self.result_nonce}
+        )
         await self.runCommand(cmd)
         return FAILURE if cmd.didFail() else SUCCESS
 

@@ -7,6 +7,8 @@ made into a vmlinuz tarball by the kernel-package stage, the overlay the project
 import hashlib
 import io
 import json
+import os
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -170,3 +172,40 @@ def test_stand_in_stage3_needs_the_recipe_empty_fstab_to_reach_the_default_runle
     console = serial_log_printed(booted)
     assert "fsck.ext3: No such file or directory while trying to open /dev/ROOT" in console
     assert "INIT: the boot runlevel failed" in console
+
+
+def test_a_stopped_disk_stage_unmounts_and_detaches_its_loop_device(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot/extlinux.conf").write_text("DEFAULT gentoo\n")
+    (root / "boot/vmlinuz-6.1.0-test").write_bytes(b"kernel")
+    (root / "boot/vmlinuz").symlink_to("vmlinuz-6.1.0-test")
+    # Enough to copy that the stop comes while the filesystem is mounted.
+    with (root / "payload").open("wb") as payload:
+        for _ in range(400):
+            payload.write(os.urandom(1024 * 1024))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    # As buildbot-worker runs a command: its own process group, which a stop signals as a whole.
+    stage = subprocess.Popen(
+        [FARM_WORKER, "disk", str(root), "--output", str(tmp_path / "out.qcow2")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        process_group=0,
+    )
+    for line in stage.stdout:
+        if line.startswith("copying"):
+            break
+    os.killpg(stage.pid, signal.SIGTERM)
+    _, stderr = stage.communicate(timeout=60)
+
+    assert stage.returncode == 128 + signal.SIGTERM, stderr
+    assert "farm-worker disk: stopped (SIGTERM), cleaned up" in stderr
+    assert str(scratch) not in Path("/proc/self/mounts").read_text()
+    attached = subprocess.run(
+        ["losetup", "--list", "--noheadings", "--output", "BACK-FILE"], capture_output=True, text=True
+    )
+    assert str(tmp_path) not in attached.stdout
+    assert not (tmp_path / "out.raw").exists()

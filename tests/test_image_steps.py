@@ -1,10 +1,10 @@
 """The kernel and image steps: rendered stage arguments, properties, status text and the serial log."""
 
-import json
-
-from gentoo_farm.stageprotocol import RESULT_MARKER, SERIAL_LOG_END, SERIAL_LOG_MARKER
+from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
+from gentoo_farm.steps.base import SIGTERM_GRACE_SECONDS
 from gentoo_farm.steps.image import BootTest, BuildDisk
 from gentoo_farm.steps.kernel import BuildKernel
+from tests.stagesteps import STAGE_ENV, know_the_nonce, result_line
 
 # isort: split
 # Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.
@@ -17,17 +17,15 @@ from twisted.trial import unittest
 CONSOLE = "SYSLINUX 6.04 20210613 Copyright (C) 1994-2015 H. Peter Anvin et al\nINIT: version 3.08 booting\n"
 
 
-def result_line(**values: object) -> str:
-    return RESULT_MARKER + json.dumps(values) + "\n"
-
-
 class TestBootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
+        know_the_nonce(self)
         return self.setup_test_build_step()
 
     def expect_boot(self, exit_code: int, stderr: str = ""):
         command = ExpectShell(
+            env=STAGE_ENV,
             workdir="wkdir",
             command=[
                 "farm-worker",
@@ -77,6 +75,7 @@ DIST_LINE = "DIST linux-6.1.tar.xz 134728520 BLAKE2B 1a SHA512 2b"
 class TestBuildKernel(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
+        know_the_nonce(self)
         return self.setup_test_build_step()
 
     async def test_compiler_error_is_the_status_text(self):
@@ -94,6 +93,7 @@ class TestBuildKernel(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         error = "kernel build failed: kernel/fork.c:12:1: error: expected ';' before '}' token"
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=[
                     "farm-worker",
@@ -125,6 +125,7 @@ class TestBuildKernel(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
 class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
+        know_the_nonce(self)
         return self.setup_test_build_step()
 
     async def test_size_and_compression_become_arguments_and_results_properties(self):
@@ -132,6 +133,7 @@ class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.build.setProperty("disk_path", "images/gentoo.qcow2", "test")
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=[
                     "farm-worker",
@@ -151,3 +153,8 @@ class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.expect_property("kernel_release", "6.1.192-farm")
         self.expect_property("image_sha512", "ff" * 64)
         await self.run_step()
+
+
+def test_a_stopped_stage_gets_sigterm_and_time_to_clean_up() -> None:
+    disk = BuildDisk(root="root", output="image/gentoo.qcow2")
+    assert (disk.sigtermTime, disk.interruptSignal) == (SIGTERM_GRACE_SECONDS, "KILL")

@@ -5,6 +5,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from tests.farmtest import Farm, farm_command
 
 SUCCESS, FAILURE, SKIPPED = 0, 2, 3
+ATTEMPTS = 50
 
 
 def test_forced_build_runs_on_a_local_worker_and_publishes_its_artifact(running_farm: Farm) -> None:
@@ -56,6 +58,27 @@ def test_wrong_password_is_refused(running_farm: Farm) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         running_farm.login(password="not-the-password")
     assert refused.value.code == 401
+
+
+def test_a_flood_of_wrong_passwords_neither_stalls_the_ui_nor_gets_tried(running_farm: Farm) -> None:
+    def wrong_login(_: int) -> int:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            running_farm.login(password="not-the-password")
+        return refused.value.code
+
+    with ThreadPoolExecutor(max_workers=ATTEMPTS) as pool:
+        codes = pool.map(wrong_login, range(ATTEMPTS))
+        time.sleep(0.5)  # the attempts are in; each costs a bcrypt check unless refused unchecked
+        started = time.monotonic()
+        running_farm.api("builders")
+        answered_in = time.monotonic() - started
+        assert list(codes) == [401] * ATTEMPTS
+    assert answered_in < 1, f"the UI took {answered_in:.1f} s to answer during the flood"
+    # Throttled: for a while not even the right password is tried from this address.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        running_farm.login()
+    assert refused.value.code == 401
+    assert "refused unchecked: 5 attempts failed" in (running_farm.root / "master" / "twistd.log").read_text()
 
 
 def _git(*args: str, cwd: Path) -> str:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from buildbot.schedulers.forcesched import BaseParameter, ValidationError
 from buildbot.schedulers.timed import Nightly
 
 from gentoo_farm.master.buildmaster import buildmaster_config
@@ -74,3 +75,33 @@ def test_hook_for_a_remote_repository(farm_dir: Path) -> None:
     assert "url='http://127.0.0.1:8010/change_hook/poller?poller=overlay'" in hook
     assert 'secret_file="$HOME/.config/gentoo-farm/change-hook.secret"' in hook
     assert str(farm_dir / "secrets" / "change-hook.secret") in hook  # where to copy it from
+
+
+def _extra_packages(config: dict) -> BaseParameter:
+    (build_image,) = [s for s in config["schedulers"] if s.name == "build-image"]
+    properties = build_image._config_kwargs["properties"]
+    (parameter,) = [field for field in properties if field.name == "extra_packages"]
+    return parameter
+
+
+def test_extra_packages_of_a_forced_image_build_must_be_atoms(farm_dir: Path) -> None:
+    extra_packages = _extra_packages(buildmaster_config(farm_dir))
+    accepted = extra_packages.getFromKwargs(
+        {extra_packages.fullName: [" app-misc/hello  >=dev-lang/perl-5.38::gentoo sys-apps/foo[ssl] "]}
+    )
+    assert accepted == "app-misc/hello >=dev-lang/perl-5.38::gentoo sys-apps/foo[ssl]"
+    for hostile, word in (
+        ("--root=/ app-misc/hello", "--root=/"),
+        ("app-misc/hello --config-root=/tmp", "--config-root=/tmp"),
+        ("-1", "-1"),
+        ("@world", "@world"),
+    ):
+        with pytest.raises(ValidationError, match="is not a package atom") as refused:
+            extra_packages.getFromKwargs({extra_packages.fullName: [hostile]})
+        assert repr(word) in str(refused.value)
+
+
+def test_local_workers_are_kept_from_the_secrets_the_master_state_and_the_store(farm_dir: Path) -> None:
+    (worker,) = buildmaster_config(farm_dir)["workers"]
+    hidden = worker._config_kwargs["hidden_paths"]
+    assert hidden == [farm_dir / "secrets", farm_dir / "master", farm_dir / "store"]

@@ -2,8 +2,8 @@
 
 import json
 
-from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.steps.packages import EmergePackages, FetchRelease, UnpackRoot
+from tests.stagesteps import STAGE_ENV, know_the_nonce, result_line
 
 # isort: split
 # Importing buildbot.test turns every warning into an error: the farm's modules must be imported first.
@@ -21,13 +21,10 @@ FETCH_ARGUMENTS = (
 )  # fmt: skip
 
 
-def result_line(**values: object) -> str:
-    return RESULT_MARKER + json.dumps(values) + "\n"
-
-
 class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
+        know_the_nonce(self)
         return self.setup_test_build_step()
 
     async def test_reports_the_release_as_properties(self):
@@ -37,6 +34,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.build.setProperty("upstream", "http://mirror.test", "test")
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=[
                     "farm-worker",
@@ -76,7 +74,11 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             FetchRelease("http://mirror.test", "key.asc", RELEASE, SNAPSHOT, "downloads", check_only=True)
         )
         self.expect_commands(
-            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch-release", *common, "--check-only"])
+            ExpectShell(
+                env=STAGE_ENV,
+                workdir="wkdir",
+                command=["farm-worker", "fetch-release", *common, "--check-only"],
+            )
             .stdout(result_line(stage3_sha512="aa", snapshot_md5="bb"))
             .exit(0)
         )
@@ -101,7 +103,9 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.build.setProperty("snapshot_md5", "bb", "test")
         expected = [*common, "--expect-stage3-sha512", "aa", "--expect-snapshot-md5", "bb"]
         self.expect_commands(
-            ExpectShell(workdir="wkdir", command=["farm-worker", "fetch-release", *expected]).exit(0)
+            ExpectShell(
+                env=STAGE_ENV, workdir="wkdir", command=["farm-worker", "fetch-release", *expected]
+            ).exit(0)
         )
         self.expect_outcome(SUCCESS)
         await self.run_step()
@@ -115,6 +119,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         )
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=[
                     "farm-worker",
@@ -147,6 +152,7 @@ class TestFetchRelease(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
 class TestUnpackRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
+        know_the_nonce(self)
         return self.setup_test_build_step()
 
     async def test_unpacks_what_fetch_reported(self):
@@ -160,6 +166,7 @@ class TestUnpackRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.build.setProperty("builddir", "/builds/image", "test")
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=[
                     "farm-worker",
@@ -183,6 +190,7 @@ class TestUnpackRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
 class TestEmergePackages(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     def setUp(self):
         self.setup_test_reactor()
+        know_the_nonce(self)
         return self.setup_test_build_step()
 
     def emerge_command(self, *tail: str) -> list[str]:
@@ -208,6 +216,7 @@ class TestEmergePackages(TestBuildStepMixin, TestReactorMixin, unittest.TestCase
         self.build.setProperty("package_set", ["app-misc/farm-hello", "app-misc/farm-tools"], "test")
         self.expect_commands(
             ExpectShell(
+                env=STAGE_ENV,
                 workdir="wkdir",
                 command=self.emerge_command(
                     "--profile",
@@ -240,9 +249,31 @@ class TestEmergePackages(TestBuildStepMixin, TestReactorMixin, unittest.TestCase
         self.setup_step(EmergePackages("app-misc/farm-hello", "root", "pkgs", "distfiles", "work"))
         message = "emerge app-misc/farm-hello: dev-libs/farm-core-1.0 failed in its compile phase"
         self.expect_commands(
-            ExpectShell(workdir="wkdir", command=self.emerge_command("--", "app-misc/farm-hello"))
+            ExpectShell(
+                env=STAGE_ENV, workdir="wkdir", command=self.emerge_command("--", "app-misc/farm-hello")
+            )
             .stderr(f"farm-worker emerge: error: {message} (see the log above)\n")
             .exit(1)
         )
         self.expect_outcome(FAILURE, f"emerge: {message} (see the log above)")
+        await self.run_step()
+
+    async def test_a_package_build_cannot_forge_results(self):
+        self.setup_step(EmergePackages("app-misc/farm-hello", "root", "pkgs", "distfiles", "work"))
+        forged = {"packages_binary": ["app-misc/forged-1.0"], "image_sha512": "0" * 128}
+        self.expect_commands(
+            ExpectShell(
+                env=STAGE_ENV, workdir="wkdir", command=self.emerge_command("--", "app-misc/farm-hello")
+            )
+            .stdout(
+                result_line(packages_compiled=[], packages_binary=["app-misc/farm-hello-1.0"])
+                # What a package's build may print: it knows the marker, not this command's nonce.
+                + f"farm-worker-result: {json.dumps(forged)}\n"
+                + f"farm-worker-result: another-nonce {json.dumps(forged)}\n"
+            )
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS)
+        self.expect_property("packages_binary", ["app-misc/farm-hello-1.0"])
+        self.expect_no_property("image_sha512")
         await self.run_step()

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
+
+_Result = TypeVar("_Result")
 
 _FARM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+# Threads for waits on servers (boot up to boot_timeout, deletion up to delete_timeout): one per
+# instance booting at once, beyond which waits queue. Not Twisted's default pool of 10, which
+# logins, the store and every other SDK call need while a fleet boots.
+WAIT_THREADS = 32
 
 
 @dataclass
@@ -13,6 +25,7 @@ class _Roster:
     tokens: set[str] = field(default_factory=set)
     workers: set[str] = field(default_factory=set)
     failed_starts: dict[int, list[str]] = field(default_factory=dict)
+    waits: ThreadPool | None = None
     successor: _Roster | None = None
 
     def absorb(self, other: _Roster) -> None:
@@ -23,6 +36,8 @@ class _Roster:
         self.workers |= other.workers
         for request_id, reasons in other.failed_starts.items():
             self.failed_starts.setdefault(request_id, []).extend(reasons)
+        if self.waits is None:
+            self.waits = other.waits
         other.successor = self
 
 
@@ -86,6 +101,21 @@ class OpenStackFleet:
     def forget_request(self, request_id: int) -> None:
         """The request got a worker, or gave up: its count starts over."""
         self._current().failed_starts.pop(request_id, None)
+
+    def wait(
+        self, reactor: Any, function: Callable[..., _Result], *args: Any, **kwargs: Any
+    ) -> defer.Deferred[_Result]:
+        """Run a long wait ``function`` in the fleet's own pool of :data:`WAIT_THREADS` threads.
+
+        ``reactor`` is the master's; the pool starts with the first wait and stops when the reactor
+        shuts down.
+        """
+        roster = self._current()
+        if roster.waits is None:
+            roster.waits = ThreadPool(0, WAIT_THREADS, name=f"openstack-waits-{self.farm_id}")
+            roster.waits.start()
+            reactor.addSystemEventTrigger("during", "shutdown", roster.waits.stop)
+        return threads.deferToThreadPool(reactor, roster.waits, function, *args, **kwargs)
 
 
 def check_fleet(fleet: object) -> None:

@@ -194,6 +194,10 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         """Run ``function`` in a thread; SDK errors become :class:`CloudCallFailed`."""
         return threads.deferToThread(call_cloud, self.settings.cloud, action, function, *args, **kwargs)
 
+    def _wait(self, action: str, function: Callable[..., _Result], *args: Any) -> defer.Deferred[_Result]:
+        """Like :meth:`_call`, for waits of minutes: in the fleet's own bounded thread pool."""
+        return self.fleet.wait(self.master.reactor, call_cloud, self.settings.cloud, action, function, *args)
+
     def _connection(self) -> openstack.connection.Connection:
         if self._cloud_connection is None:
             self._cloud_connection = connect_to_cloud(self.settings.cloud)
@@ -351,7 +355,7 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
                 "creating a server", self._create_server, self._server_name, user_data, token
             )
             log.msg(f"{self.name}: created server {self._server_name} ({self._server_id}) on {cloud}")
-            await self._call("waiting for the server", self._wait_until_active, self._server_id)
+            await self._wait("waiting for the server", self._wait_until_active, self._server_id)
         except CloudCallFailed as error:
             await self._forget_instance()
             if error.trouble is Trouble.CONFIGURATION:
@@ -410,7 +414,7 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         server_id, server_name, token = self._server_id, self._server_name, self._instance_token
         try:
             if server_id is not None:
-                await self._call("deleting a server", self._delete_server, server_id)
+                await self._wait("deleting a server", self._delete_server, server_id)
                 log.msg(f"{self.name}: deleted server {server_name} ({server_id})")
         except CloudCallFailed as error:
             # it still carries our farm id but no worker owns it any more: the orphan reaper retries

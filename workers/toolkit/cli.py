@@ -1,11 +1,13 @@
 """``farm-worker``: run one build stage on this machine, with or without Buildbot."""
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from gentoo_farm.subcommands import add_subcommands
-from gentoo_farm.workers.toolkit import StageError
+from gentoo_farm.workers.toolkit import StageError, take_result_nonce
 
 # Stage name → module of this package, in the order of an image build.
 STAGES: dict[str, str] = {
@@ -28,6 +30,16 @@ STAGES: dict[str, str] = {
 }
 
 
+class Terminated(BaseException):
+    """SIGTERM (a stopped build): unwinds the stage like an exception, so its cleanup runs."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Once only: the cleanup the first one started (unmount, detach a loop device) must finish.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm-worker", description=__doc__)
     modules = {name: f"gentoo_farm.workers.toolkit.{module}" for name, module in STAGES.items()}
@@ -36,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    take_result_nonce()
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         args.module.run(args)
     except StageError as error:
@@ -45,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"farm-worker {args.stage}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except Terminated:
+        print(f"farm-worker {args.stage}: stopped (SIGTERM), cleaned up", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
     return 0
 
 
