@@ -13,6 +13,8 @@ from tests.world.stage3 import populate_stage3_root
 DEFAULT_OVERLAY = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "overlay"
 FARM_WORKER = str(Path(sys.executable).parent / "farm-worker")
 GREETING = "greeting: emerged package runs"
+# Where the greeting package's local.d script also writes its line: proof that it ran.
+GREETING_LOG = "/var/tmp/greeting.log"
 
 
 def farm_worker(*arguments: object) -> subprocess.CompletedProcess[str]:
@@ -41,15 +43,19 @@ def make_overlay(tmp_path: Path, change: Callable[[Path], object] | None = None)
 
 
 def make_root(tmp_path: Path) -> Path:
-    """The stand-in stage3 plus one "emerged" package: a vdb entry and a local.d script it installed."""
+    """The stand-in stage3 plus one "emerged" package: a vdb entry, the ``greeting`` command and a
+    local.d script that runs it at boot, printing its line and writing it to GREETING_LOG."""
     root = tmp_path / "root"
     populate_stage3_root(root)
     vdb = root / "var/db/pkg/app-misc/greeting-1.2-r1"
     vdb.mkdir(parents=True)
     (vdb / "SLOT").write_text("0\n")
-    script = root / "etc/local.d/60-greeting.start"
-    script.write_text(f"#!/bin/sh\necho '{GREETING}'\n")
-    script.chmod(0o755)
+    for path, text in (
+        ("usr/bin/greeting", f"#!/bin/sh\necho '{GREETING}'\n"),
+        ("etc/local.d/60-greeting.start", f"#!/bin/sh\n/usr/bin/greeting | tee {GREETING_LOG}\n"),
+    ):
+        (root / path).write_text(text)
+        (root / path).chmod(0o755)
     return root
 
 
