@@ -247,19 +247,19 @@ start() {
 		eend $?
 		return
 	fi
+	eval config=\"\${config_$IFVAR:-dhcp}\"
+	if [ "$config" = dhcp ] && [ ! -x /sbin/dhcpcd ]; then
+		eend 1 "config_$IFVAR=\"dhcp\" needs a DHCP client, and /sbin/dhcpcd is not installed" \
+			"(emerge net-misc/dhcpcd)"
+		return 1
+	fi
 	if [ ! -e "/sys/class/net/$IFACE" ]; then
 		eend 1 "interface $IFACE does not exist"
 		return 1
 	fi
-	eval config=\"\${config_$IFVAR:-dhcp}\"
 	ip link set "$IFACE" up || { eend 1; return 1; }
 	case "$config" in
 		dhcp)
-			if [ ! -x /sbin/dhcpcd ]; then
-				eend 1 "config_$IFVAR=\"dhcp\" needs a DHCP client, and /sbin/dhcpcd is not installed" \
-					"(emerge net-misc/dhcpcd)"
-				return 1
-			fi
 			eval dhcpcd_args=\"\${dhcpcd_$IFVAR}\"
 			/sbin/dhcpcd $dhcpcd_args "$IFACE"
 			eend $? "dhcpcd got no lease on $IFACE"
