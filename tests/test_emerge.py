@@ -15,6 +15,7 @@ ALL_PACKAGES = {
     "app-misc/farm-hello-1.0",
     "app-misc/farm-motd-1.0",
     "app-misc/farm-tools-1.0",
+    "net-misc/dhcpcd-9.4.1",
 }
 
 
