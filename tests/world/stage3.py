@@ -19,8 +19,8 @@ nothing is installed on the host):
 - /etc/fstab's placeholder entries (/dev/ROOT, /dev/BOOT...): ``fsck`` fails on them until the overlay
   empties it; root's password is locked.
 
-Static busybox provides the rest (sh, coreutils, ip, wget...) where Gentoo's stage3 has the same tool,
-but none of its DHCP clients.
+/bin/sh is bash (Debian's), as on Gentoo. Static busybox provides the rest (coreutils, ip, wget...)
+where Gentoo's stage3 has the same tool, but none of its DHCP clients.
 """
 
 import os
@@ -38,6 +38,7 @@ OPENRC_UPSTREAM = Path(__file__).parent / "openrc"
 # Debian packages unpacked whole into the root; the libraries they link are added by soname.
 PACKAGES = (
     "libc6",
+    "bash",
     "sysvinit-core",
     "util-linux",
     "util-linux-extra",
@@ -191,7 +192,7 @@ FSTAB = """\
 """
 
 PASSWD = """\
-root:x:0:0:root:/root:/bin/sh
+root:x:0:0:root:/root:/bin/bash
 bin:x:1:1:bin:/bin:/sbin/nologin
 daemon:x:2:2:daemon:/sbin:/sbin/nologin
 sshd:x:22:22:User for ssh:/var/empty:/sbin/nologin
@@ -467,7 +468,7 @@ TEXT_FILES = {
     "etc/issue": ("\nThis is \\n (\\s \\m \\r) \\l\n\n", 0o644),
     "etc/profile": ("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n", 0o644),
     "etc/securetty": ("console\ntty1\ntty2\nttyS0\nhvc0\n", 0o600),
-    "etc/shells": ("/bin/sh\n/bin/ash\n", 0o644),
+    "etc/shells": ("/bin/sh\n/bin/bash\n", 0o644),
     "etc/skel/.profile": ("# ~/.profile: run by login shells\n", 0o644),
     "etc/portage/make.conf": (
         'COMMON_FLAGS="-O2 -pipe"\nCFLAGS="${COMMON_FLAGS}"\nCXXFLAGS="${COMMON_FLAGS}"\n'
@@ -546,7 +547,12 @@ def _install_start_stop_daemon(root: Path) -> None:
 
 
 def _install_busybox(root: Path) -> None:
-    """Static busybox for the commands no real package here provides."""
+    """Static busybox for the commands no real package here provides.
+
+    /bin/sh is bash, as on Gentoo: Debian's busybox ash runs its own applets before anything on PATH,
+    so with it as /bin/sh the init scripts would call busybox's mount, sysctl... instead of the real ones.
+    """
+    (root / "bin/sh").symlink_to("bash")
     shutil.copy2(BUSYBOX, root / "bin/busybox")
     listing = subprocess.run([str(BUSYBOX), "--list-full"], check=True, capture_output=True, text=True).stdout
     for applet_path in listing.split():
