@@ -106,6 +106,7 @@ DIRECTORIES = (
     "dev",
     "etc/conf.d",
     "etc/init.d",
+    "etc/insserv.conf.d",
     "etc/local.d",
     "etc/portage",
     "etc/skel",
@@ -477,7 +478,8 @@ TEXT_FILES = {
     ),
     "etc/ssh/sshd_config": (SSHD_CONFIG, 0o644),
     "etc/ssh/sshd_config.d/9999999gentoo.conf": (SSHD_GENTOO_CONF, 0o644),
-    # Debian's OpenRC maps LSB facilities through insserv's table; a stage3 has no LSB scripts.
+    # Debian's OpenRC maps LSB facilities through insserv's table (this file and etc/insserv.conf.d,
+    # which it reports missing on every dependency scan); a stage3 has no LSB scripts.
     "etc/insserv.conf": ("# Read by Debian's OpenRC; this system has no LSB init scripts.\n", 0o644),
     "etc/init.d/net.lo": (NET_LO, 0o755),
     "etc/init.d/sshd": (SSHD_INIT, 0o755),
