@@ -19,8 +19,8 @@ nothing is installed on the host):
 - /etc/fstab's placeholder entries (/dev/ROOT, /dev/BOOT...): ``fsck`` fails on them until the overlay
   empties it; root's password is locked.
 
-Static busybox provides the rest (sh, coreutils, ip, wget...) where Gentoo's stage3 has the same tool,
-but none of its DHCP clients.
+/bin/sh is bash (Debian's), as on Gentoo. Static busybox provides the rest (coreutils, ip, wget...)
+where Gentoo's stage3 has the same tool, but none of its DHCP clients.
 """
 
 import os
@@ -38,6 +38,7 @@ OPENRC_UPSTREAM = Path(__file__).parent / "openrc"
 # Debian packages unpacked whole into the root; the libraries they link are added by soname.
 PACKAGES = (
     "libc6",
+    "bash",
     "sysvinit-core",
     "util-linux",
     "util-linux-extra",
@@ -105,6 +106,7 @@ DIRECTORIES = (
     "dev",
     "etc/conf.d",
     "etc/init.d",
+    "etc/insserv.conf.d",
     "etc/local.d",
     "etc/portage",
     "etc/skel",
@@ -191,7 +193,7 @@ FSTAB = """\
 """
 
 PASSWD = """\
-root:x:0:0:root:/root:/bin/sh
+root:x:0:0:root:/root:/bin/bash
 bin:x:1:1:bin:/bin:/sbin/nologin
 daemon:x:2:2:daemon:/sbin:/sbin/nologin
 sshd:x:22:22:User for ssh:/var/empty:/sbin/nologin
@@ -247,19 +249,19 @@ start() {
 		eend $?
 		return
 	fi
+	eval config=\"\${config_$IFVAR:-dhcp}\"
+	if [ "$config" = dhcp ] && [ ! -x /sbin/dhcpcd ]; then
+		eend 1 "config_$IFVAR=\"dhcp\" needs a DHCP client, and /sbin/dhcpcd is not installed" \
+			"(emerge net-misc/dhcpcd)"
+		return 1
+	fi
 	if [ ! -e "/sys/class/net/$IFACE" ]; then
 		eend 1 "interface $IFACE does not exist"
 		return 1
 	fi
-	eval config=\"\${config_$IFVAR:-dhcp}\"
 	ip link set "$IFACE" up || { eend 1; return 1; }
 	case "$config" in
 		dhcp)
-			if [ ! -x /sbin/dhcpcd ]; then
-				eend 1 "config_$IFVAR=\"dhcp\" needs a DHCP client, and /sbin/dhcpcd is not installed" \
-					"(emerge net-misc/dhcpcd)"
-				return 1
-			fi
 			eval dhcpcd_args=\"\${dhcpcd_$IFVAR}\"
 			/sbin/dhcpcd $dhcpcd_args "$IFACE"
 			eend $? "dhcpcd got no lease on $IFACE"
@@ -467,7 +469,7 @@ TEXT_FILES = {
     "etc/issue": ("\nThis is \\n (\\s \\m \\r) \\l\n\n", 0o644),
     "etc/profile": ("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n", 0o644),
     "etc/securetty": ("console\ntty1\ntty2\nttyS0\nhvc0\n", 0o600),
-    "etc/shells": ("/bin/sh\n/bin/ash\n", 0o644),
+    "etc/shells": ("/bin/sh\n/bin/bash\n", 0o644),
     "etc/skel/.profile": ("# ~/.profile: run by login shells\n", 0o644),
     "etc/portage/make.conf": (
         'COMMON_FLAGS="-O2 -pipe"\nCFLAGS="${COMMON_FLAGS}"\nCXXFLAGS="${COMMON_FLAGS}"\n'
@@ -476,7 +478,8 @@ TEXT_FILES = {
     ),
     "etc/ssh/sshd_config": (SSHD_CONFIG, 0o644),
     "etc/ssh/sshd_config.d/9999999gentoo.conf": (SSHD_GENTOO_CONF, 0o644),
-    # Debian's OpenRC maps LSB facilities through insserv's table; a stage3 has no LSB scripts.
+    # Debian's OpenRC maps LSB facilities through insserv's table (this file and etc/insserv.conf.d,
+    # which it reports missing on every dependency scan); a stage3 has no LSB scripts.
     "etc/insserv.conf": ("# Read by Debian's OpenRC; this system has no LSB init scripts.\n", 0o644),
     "etc/init.d/net.lo": (NET_LO, 0o755),
     "etc/init.d/sshd": (SSHD_INIT, 0o755),
@@ -546,7 +549,12 @@ def _install_start_stop_daemon(root: Path) -> None:
 
 
 def _install_busybox(root: Path) -> None:
-    """Static busybox for the commands no real package here provides."""
+    """Static busybox for the commands no real package here provides.
+
+    /bin/sh is bash, as on Gentoo: Debian's busybox ash runs its own applets before anything on PATH,
+    so with it as /bin/sh the init scripts would call busybox's mount, sysctl... instead of the real ones.
+    """
+    (root / "bin/sh").symlink_to("bash")
     shutil.copy2(BUSYBOX, root / "bin/busybox")
     listing = subprocess.run([str(BUSYBOX), "--list-full"], check=True, capture_output=True, text=True).stdout
     for applet_path in listing.split():
