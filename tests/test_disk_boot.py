@@ -127,6 +127,7 @@ def test_recipe_image_boots_and_the_cloud_user_logs_in_over_ssh(booted: Booted) 
     console = booted.console
     assert "SYSLINUX" in console and f"Linux version {booted.release}" in console
     assert "net.ifnames=0" in console
+    assert "/dev/ROOT" not in console  # the recipe's empty fstab: fsck has nothing to fail on
     assert "cloud-metadata: SSH key installed for ec2-user" in console
     assert "cloud-metadata: user-data: farm-boot-test: user-data ran" in console
     assert "SYSLINUX" in serial_log_printed(process)
@@ -267,19 +268,11 @@ def test_disk_without_a_loop_device_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_stand_in_stage3_needs_the_recipe_empty_fstab_to_reach_the_default_runlevel(
+def test_stage3_fstab_placeholders_make_fsck_fail_until_the_recipe_empties_it(
     tmp_path: Path, kernel_tarball: Path
 ) -> None:
-    root = make_root(tmp_path)
-    overlay = make_overlay(tmp_path, lambda tree: (tree / "etc/fstab").unlink())
-    assert assemble(root, kernel_tarball, overlay).returncode == 0
-    image = tmp_path / "stage3-fstab.qcow2"
-    assert farm_worker("disk", root, "--output", image, "--no-compress").returncode == 0
-
-    booted = farm_worker("boot-test", image, "--timeout", 300)
-    assert booted.returncode == 1
-    assert "boot test failed: the init reaching the default runlevel" in booted.stderr
-    assert "the boot dropped to the maintenance login (sulogin)" in booted.stderr
-    console = serial_log_printed(booted)
+    # OpenRC's fsck tries the stage3's /dev/ROOT; real OpenRC goes on with the boot, but with errors
+    # on the console of every boot. The recipe's empty fstab (the booted fixture) has none.
+    built = build_image(tmp_path, kernel_tarball, lambda tree: (tree / "etc/fstab").unlink())
+    _, console = boot_test(built.image, "--metadata", "none")
     assert "fsck.ext3: No such file or directory while trying to open /dev/ROOT" in console
-    assert "INIT: the boot runlevel failed" in console
