@@ -179,12 +179,14 @@ class OverlaySection:
 
 @dataclass(frozen=True)
 class ImageSection:
-    packages: list[str] = field(default_factory=lambda: ["net-misc/openssh"])
+    packages: list[str] = field(default_factory=lambda: ["net-misc/openssh", "net-misc/dhcpcd"])
+    """Emerged into the stage3; sshd and a DHCP client (for netifrc's config_eth0="dhcp") are the minimum."""
     disk_size: str = "4G"
     compress: bool = True
     boot_timeout: int = 300
-    boot_expect: list[str] = field(default_factory=list)
-    """Extra lines the boot test must see on the serial console, in order."""
+    """Seconds the boot test may take, from power-on to the last check over SSH."""
+    boot_test_commands: list[str] = field(default_factory=list)
+    """Commands the boot test runs over SSH as the cloud user, in order; each must succeed."""
     keep_build_deps: bool = False
     """Keep packages only the build needed (depclean --with-bdeps=n removes them by default)."""
     keep_repository: bool = False

@@ -140,19 +140,25 @@ class BuildDisk(FarmWorkerStep):
 
 
 class BootTest(FarmWorkerStep):
-    """``farm-worker boot-test``: boot the image in qemu; the serial console becomes its own log."""
+    """``farm-worker boot-test``: boot the image, log in over SSH; the serial console becomes its own log."""
 
-    renderables = ("image", "boot_timeout", "expect")
+    renderables = ("image", "boot_timeout", "commands", "kernel_release")
 
     def __init__(
-        self, image: object, boot_timeout: object = 300, expect: Sequence[object] = (), **kwargs
+        self,
+        image: object,
+        boot_timeout: object = 300,
+        commands: Sequence[object] = (),
+        kernel_release: object = "",
+        **kwargs,
     ) -> None:
         kwargs.setdefault("name", "boot-test")
         super().__init__("boot-test", **kwargs)
         self.image = image
         # Not "timeout": ShellMixin uses that name for its no-output timeout of the whole command.
         self.boot_timeout = boot_timeout
-        self.expect = expect
+        self.commands = commands
+        self.kernel_release = kernel_release
         self.serial_lines: list[str] = []
         self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._collect_serial_log))
 
@@ -171,8 +177,10 @@ class BootTest(FarmWorkerStep):
 
     def stage_arguments(self) -> list[object]:
         arguments: list[object] = [self.image, "--timeout", self.boot_timeout]
-        for text in self.expect:
-            arguments += ["--expect", text]
+        if self.kernel_release:
+            arguments += ["--kernel-release", self.kernel_release]
+        for command in self.commands:
+            arguments += ["--expect-command", command]
         return arguments
 
     async def run(self) -> int:

@@ -1,13 +1,15 @@
-"""Debian packages the kernel and image tests feed the farm (a binary kernel, the kernel source).
+"""Debian packages the tests feed the farm (a binary kernel, the kernel source, the stand-in stage3's parts).
 
 ``apt-get download`` fetches them once per machine into a cache (``FARM_DEB_CACHE``, default
 ~/.cache/gentoo-farm/debs), so CI needs only apt access: no package is installed on the host.
 """
 
 import fcntl
+import io
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 KERNEL_META_PACKAGE = "linux-image-amd64"
@@ -45,6 +47,35 @@ def download(package: str) -> Path:
     if not found:
         raise RuntimeError(f"apt-get download {package} left no {package}_*.deb in {directory}")
     return found[-1]
+
+
+def dependencies(deb: Path) -> set[str]:
+    """Every package name ``deb``'s Depends and Pre-Depends mention (each alternative, no versions)."""
+    fields = subprocess.run(
+        ["dpkg-deb", "--field", str(deb), "Depends", "Pre-Depends"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    names = set()
+    for line in fields.splitlines():
+        relations = line.split(":", 1)[1] if line.startswith(("Depends:", "Pre-Depends:")) else line
+        for alternative in relations.replace("|", ",").split(","):
+            if alternative.strip():
+                names.add(alternative.split()[0].split(":")[0])
+    return names
+
+
+def members(deb: Path) -> list[str]:
+    """The paths ``deb`` installs (``./usr/sbin/sshd`` ...), directories included."""
+    archive = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        return tar.getnames()
+
+
+def extract(deb: Path, root: Path) -> None:
+    """Unpack ``deb``'s files into ``root`` without running its maintainer scripts (nothing is installed)."""
+    subprocess.run(["dpkg-deb", "--extract", str(deb), str(root)], check=True)
 
 
 def kernel_source_tarball(destination: Path) -> Path:

@@ -152,5 +152,6 @@ def configure_for_world(farm: Farm, world: "World", upstream_url: str, kernel_so
     set_option(farm.root, "upstream", "profile", json.dumps(world.profile))
     set_option(farm.root, "kernel", "source", json.dumps(kernel_source))
     set_option(farm.root, "image", "packages", toml_list(world.package_set))
-    set_option(farm.root, "image", "boot_expect", toml_list([world.hello_message]))
+    # The boot test runs a command of an emerged package over SSH.
+    set_option(farm.root, "image", "boot_test_commands", toml_list([world.static_binary]))
     set_option(farm.root, "image", "disk_size", '"1G"')

@@ -8,11 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gentoo_farm.stageprotocol import RESULT_MARKER, SERIAL_LOG_END, SERIAL_LOG_MARKER
+from tests import debian
 from tests.world.stage3 import populate_stage3_root
 
 DEFAULT_OVERLAY = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "overlay"
 FARM_WORKER = str(Path(sys.executable).parent / "farm-worker")
 GREETING = "greeting: emerged package runs"
+# Where the greeting package's local.d script also writes its line: proof that it ran.
+GREETING_LOG = "/var/tmp/greeting.log"
 
 
 def farm_worker(*arguments: object) -> subprocess.CompletedProcess[str]:
@@ -40,16 +43,32 @@ def make_overlay(tmp_path: Path, change: Callable[[Path], object] | None = None)
     return output
 
 
+def install_dhcpcd(root: Path) -> None:
+    """What emerging net-misc/dhcpcd leaves in a root: Debian's real dhcpcd, at Gentoo's /sbin/dhcpcd
+    (the path netifrc's net.lo runs), and a vdb entry. A stage3 has no DHCP client of its own."""
+    debian.extract(debian.download("dhcpcd-base"), root)
+    (root / "sbin/dhcpcd").symlink_to("../usr/sbin/dhcpcd")
+    vdb = root / "var/db/pkg/net-misc/dhcpcd-9.4.1"
+    vdb.mkdir(parents=True)
+    (vdb / "SLOT").write_text("0\n")
+
+
 def make_root(tmp_path: Path) -> Path:
-    """The stand-in stage3 plus one "emerged" package: a vdb entry and a local.d script it installed."""
+    """The stand-in stage3 plus "emerged" packages: dhcpcd (the image's package set has it), and
+    greeting: the ``greeting`` command and a local.d script that runs it at boot, printing its line
+    and writing it to GREETING_LOG."""
     root = tmp_path / "root"
     populate_stage3_root(root)
+    install_dhcpcd(root)
     vdb = root / "var/db/pkg/app-misc/greeting-1.2-r1"
     vdb.mkdir(parents=True)
     (vdb / "SLOT").write_text("0\n")
-    script = root / "etc/local.d/60-greeting.start"
-    script.write_text(f"#!/bin/sh\necho '{GREETING}'\n")
-    script.chmod(0o755)
+    for path, text in (
+        ("usr/bin/greeting", f"#!/bin/sh\necho '{GREETING}'\n"),
+        ("etc/local.d/60-greeting.start", f"#!/bin/sh\n/usr/bin/greeting | tee {GREETING_LOG}\n"),
+    ):
+        (root / path).write_text(text)
+        (root / path).chmod(0o755)
     return root
 
 

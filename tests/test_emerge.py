@@ -15,6 +15,7 @@ ALL_PACKAGES = {
     "app-misc/farm-hello-1.0",
     "app-misc/farm-motd-1.0",
     "app-misc/farm-tools-1.0",
+    "net-misc/dhcpcd-9.4.1",
 }
 
 
@@ -121,6 +122,19 @@ def test_cold_build_fills_binhost_then_warm_build_compiles_nothing(
     assert any(path.startswith("/binpkgs/Packages") for path in farm_store.requested_paths())
     assert not any((tmp_path / "warm/pkgs").rglob("*.gpkg.tar")), "nothing new was built, so nothing to push"
     assert_image_content(world, warm_root)
+
+
+def test_dhcpcd_gives_the_image_a_real_dhcp_client(
+    world: World, upstream: WorldServer, farm_store: WorldServer, tmp_path: Path
+) -> None:
+    root = build_root(world, tmp_path / "root")
+    assert not (root / "sbin/dhcpcd").exists()
+    run = emerge(world, root, tmp_path / "work", farm_store, upstream, "net-misc/dhcpcd")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+    assert (root / "sbin/dhcpcd").read_bytes()[:4] == b"\x7fELF"
+    assert "dhcpcd:x:997:997:" in (root / "etc/passwd").read_text()
+    version = subprocess.run(["chroot", root, "/sbin/dhcpcd", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("dhcpcd 9.4.1"), version.stderr
 
 
 def test_unknown_package_fails_with_portage_reason(

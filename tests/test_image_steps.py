@@ -33,8 +33,10 @@ class TestBootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                 "images/gentoo.qcow2",
                 "--timeout",
                 "300",
-                "--expect",
-                "farm-hello: emerged package runs",
+                "--kernel-release",
+                "6.1.0-farm",
+                "--expect-command",
+                "farm-hello",
             ],
         ).stdout(
             "booting images/gentoo.qcow2\n"
@@ -48,8 +50,11 @@ class TestBootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.expect_commands(command.exit(exit_code))
 
     async def test_serial_console_becomes_its_own_log(self):
-        self.setup_step(BootTest(Property("image"), expect=["farm-hello: emerged package runs"]))
+        self.setup_step(
+            BootTest(Property("image"), commands=["farm-hello"], kernel_release=Property("kernel_release"))
+        )
         self.build.setProperty("image", "images/gentoo.qcow2", "test")
+        self.build.setProperty("kernel_release", "6.1.0-farm", "test")
         self.expect_boot(0)
         self.expect_outcome(SUCCESS)
         self.expect_log_file("serial console", CONSOLE)
@@ -57,10 +62,10 @@ class TestBootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         await self.run_step()
 
     async def test_failed_check_is_the_status_text_and_the_log_is_still_attached(self):
-        self.setup_step(BootTest("images/gentoo.qcow2", expect=["farm-hello: emerged package runs"]))
+        self.setup_step(BootTest("images/gentoo.qcow2", commands=["farm-hello"], kernel_release="6.1.0-farm"))
         message = (
-            "boot test failed: the hostname 'farm-boot-test' from the metadata not seen on the serial "
-            "console (the boot did not get there within 300 s)"
+            "boot test failed: the hostname 'farm-boot-test' from the metadata service: `uname -n` printed "
+            "'localhost' (serial log: images/gentoo.qcow2.serial.log)"
         )
         self.expect_boot(1, f"farm-worker boot-test: error: {message}\n")
         self.expect_outcome(FAILURE)

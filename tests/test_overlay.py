@@ -102,10 +102,12 @@ def test_tarball_is_sorted_root_owned_with_one_mtime_and_carries_the_recipe(tmp_
     assert [line for line in fstab.splitlines() if line.strip() and not line.startswith("#")] == []
     assert "s0:12345:respawn:/sbin/agetty -L 9600 ttyS0 vt100" in inittab.splitlines()
     assert "SERIAL 0" in extlinux and "root=/dev/vda1" in extlinux and "console=ttyS0" in extlinux
+    # udev keeps the kernel's eth0, the interface net.eth0 and conf.d/net's config_eth0 name.
+    assert "net.ifnames=0" in extlinux
     assert by_name["etc/init.d/net.eth0"].issym() and by_name["etc/init.d/net.eth0"].linkname == "net.lo"
-    assert by_name["etc/runlevels/default/sshd"].linkname == "/etc/init.d/sshd"
-    assert by_name["etc/runlevels/default/net.eth0"].linkname == "/etc/init.d/net.eth0"
-    assert by_name["etc/local.d/cloud-init.start"].mode == 0o755
+    for service in ("sshd", "net.eth0", "cloud-metadata"):
+        assert by_name[f"etc/runlevels/default/{service}"].linkname == f"/etc/init.d/{service}"
+    assert by_name["etc/init.d/cloud-metadata"].mode == 0o755
     assert by_name["etc/fstab"].mode == 0o644
     assert '"root": ""' in edits
 

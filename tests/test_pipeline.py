@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import expect
 
 from gentoo_farm.config import load_config
+from gentoo_farm.stageprotocol import SERIAL_LOG_MARKER
 from tests.browser import artifacts_dir, chromium
 from tests.debian import kernel_source_tarball
 from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, set_option
@@ -114,7 +115,12 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
     console = farm.log(image, "boot-test", "serial_console")
     assert "SYSLINUX" in console
     assert "root=/dev/vda1" in console
-    assert pipeline.world.hello_message in console
+    # Over SSH as the cloud user: the emerged package's command ran and printed its line.
+    boot_test = farm.log(image, "boot-test")
+    assert f"checking the command {pipeline.world.static_binary!r}" in boot_test
+    assert pipeline.world.hello_message in boot_test.split(SERIAL_LOG_MARKER)[0]
+    assert f"checking the kernel release {properties['kernel_release']}" in boot_test
+    assert "boot test passed" in boot_test
     assert pipeline.latest("images") == properties["images_set_id"]
     # The binhost and the distfile mirror were filled by the push back: every distfile a Manifest vouches
     # for. The kernel source is in none of the world's Manifests, so the kernel build pushed nothing.

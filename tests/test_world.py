@@ -1,6 +1,7 @@
 """The stand-in Gentoo world is laid out, signed and served the way a Gentoo mirror does it."""
 
 import hashlib
+import os
 import subprocess
 import tarfile
 import time
@@ -64,6 +65,86 @@ def test_stage3_release_is_published_like_gentoo(world: World, tmp_path: Path) -
     with tarfile.open(tarball) as archive:
         names = set(archive.getnames())
     assert {"./etc/inittab", "./sbin/init", "./etc/local.d", "./etc/runlevels/default"} <= names
+
+
+@pytest.fixture
+def stage3_root(world: World, tmp_path: Path) -> Path:
+    root = tmp_path / "stage3"
+    root.mkdir()
+    subprocess.run(["tar", "-xpf", world.file(world.stage3_path), "-C", root], check=True)
+    return root
+
+
+def is_elf(path: Path) -> bool:
+    return path.read_bytes()[:4] == b"\x7fELF"
+
+
+def in_chroot(root: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with the stage3's own /bin/sh and programs (/dev bound in for /dev/null)."""
+    return subprocess.run(
+        ["unshare", "--mount", "sh", "-c", 'mount --bind /dev "$0/dev" && exec chroot "$0" /bin/sh -c "$1"',
+         str(root), script],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_stage3_boots_with_the_real_parts(stage3_root: Path) -> None:
+    root = stage3_root
+    for program in ("sbin/init", "sbin/openrc", "sbin/openrc-run", "sbin/agetty", "usr/sbin/sshd",
+                    "usr/bin/ssh-keygen", "usr/sbin/useradd", "lib/x86_64-linux-gnu/libc.so.6"):  # fmt: skip
+        assert is_elf(root / program), program
+    inittab = (root / "etc/inittab").read_text()
+    assert "\n#s0:12345:respawn:/sbin/agetty -L 9600 ttyS0 vt100\n" in inittab
+    assert "\nsi::sysinit:/sbin/openrc sysinit\n" in inittab
+    # Upstream OpenRC's local: scripts' output goes to /dev/null unless rc_verbose says otherwise.
+    local = (root / "etc/init.d/local").read_text()
+    assert local.startswith("#!/sbin/openrc-run\n")
+    assert "yesno $rc_verbose || redirect='> /dev/null 2>&1'" in local
+    assert 'eval "${file}" $redirect' in local
+    for level, service in (("sysinit", "devfs"), ("boot", "localmount"), ("boot", "hostname"),
+                           ("boot", "net.lo"), ("default", "local"), ("shutdown", "mount-ro")):  # fmt: skip
+        assert (root / "etc/runlevels" / level / service).readlink() == Path(f"/etc/init.d/{service}")
+    assert not (root / "etc/runlevels/default/sshd").exists()
+    assert not list((root / "etc/ssh").glob("ssh_host_*"))
+    assert (root / "etc/ssh/sshd_config").read_text().count(
+        '\nInclude "/etc/ssh/sshd_config.d/*.conf"\n'
+    ) == 1
+    assert "\tneed net\n" in (root / "etc/init.d/sshd").read_text()
+    # Like Gentoo's stage3: no DHCP client until net-misc/dhcpcd is emerged.
+    for directory in ("bin", "sbin", "usr/bin", "usr/sbin"):
+        assert not {"dhcpcd", "udhcpc", "dhclient"} & {path.name for path in (root / directory).iterdir()}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_stage3_sshd_accepts_its_config_once_it_has_host_keys(stage3_root: Path) -> None:
+    checked = in_chroot(stage3_root, "mkdir -p /run/sshd && ssh-keygen -A && /usr/sbin/sshd -t && echo ok")
+    assert checked.returncode == 0 and checked.stdout.endswith("ok\n"), checked.stderr
+    assert (stage3_root / "etc/ssh/ssh_host_ed25519_key").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_stage3_net_script_refuses_dhcp_without_dhcpcd(stage3_root: Path) -> None:
+    started = in_chroot(
+        stage3_root,
+        ". /lib/rc/sh/functions.sh; RC_SVCNAME=net.eth0; . /etc/conf.d/net; . /etc/init.d/net.lo; start",
+    )
+    assert started.returncode == 1
+    assert (
+        'config_eth0="dhcp" needs a DHCP client, and /sbin/dhcpcd is not installed'
+        in started.stdout + started.stderr
+    )
+
+
+def test_dhcpcd_package_ships_debians_real_client(world: World, tmp_path: Path) -> None:
+    name = "dhcpcd-9.4.1.tar.gz"
+    assert name in world.distfiles and "net-misc/dhcpcd" in world.package_set
+    with tarfile.open(world.file(f"distfiles/{name}")) as archive:
+        archive.extractall(tmp_path / "dhcpcd", filter="tar")
+    image = tmp_path / "dhcpcd/dhcpcd-9.4.1/image"
+    assert is_elf(image / "sbin/dhcpcd")
+    assert (image / "usr/lib/x86_64-linux-gnu/libudev.so.1").exists()
+    version = subprocess.run([image / "sbin/dhcpcd", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("dhcpcd 9.4.1")
 
 
 def test_a_tampered_stage3_fails_its_signature(world: World, tmp_path: Path) -> None:

@@ -139,7 +139,9 @@ def factory(config: FarmConfig) -> BuildFactory:
             BootTest(
                 image=f"image/{DISK}",
                 boot_timeout=config.image.boot_timeout,
-                expect=config.image.boot_expect,
+                commands=config.image.boot_test_commands,
+                # What the disk stage read from the image's /boot: `uname -r` in the guest must say it.
+                kernel_release=util.Property("kernel_release"),
                 **building,
             ),
             *publish(

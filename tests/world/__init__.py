@@ -11,7 +11,9 @@ Stages, DIGESTS and the pointer are signed by a throwaway release key, snapshots
 key, as Gentoo signs them. ``dest/gentoo-keyring.asc`` holds both public halves (what a farm is configured
 with, like Gentoo's gentoo-release.asc), ``dest/fingerprints.json`` their fingerprints and ``dest/gnupg``
 the secret halves (so tests can sign tampered files). The slow part is built once per machine into a cache
-keyed by the generator's own source, then copied.
+keyed by the generator's own source (and OpenRC's scripts in openrc/), then copied;
+the Debian packages the stage3 and dhcpcd are made of are cached per machine by tests/debian.py.
+Measured on 2 cores: 128 s cold (empty deb and world caches), 0.3 s cached.
 """
 
 import dataclasses
@@ -234,10 +236,12 @@ def _generate(root: Path, compile_scale: int) -> None:
 
 
 def generator_hash() -> str:
-    """Content hash of the code that generates the world: the cache key."""
+    """Content hash of the code and files that generate the world (OpenRC's scripts too): the cache key."""
+    here = Path(__file__).parent
+    sources = [path for path in here.rglob("*") if path.is_file() and "__pycache__" not in path.parts]
     digest = hashlib.sha256()
     # debian.py names the Linux source whose Manifest line the snapshot carries.
-    for source in sorted([*Path(__file__).parent.glob("*.py"), Path(debian.__file__)]):
+    for source in sorted([*sources, here.parent / "debian.py"]):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
 

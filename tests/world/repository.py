@@ -3,15 +3,23 @@
 The packages compile real C: a core library everything links against, a generator-made set of
 compile-heavy libraries (so a from-source emerge costs tens of seconds and a binhost visibly
 saves it), a static ``farm-hello`` the image runs at boot, an OpenRC service and a metapackage.
+``net-misc/dhcpcd`` installs Debian's real dhcpcd build (the stand-in stage3, like Gentoo's, has no
+DHCP client): its distfile is the binary and the libraries it links, taken from Debian's packages.
 """
 
 import gzip
 import hashlib
 import io
+import shutil
+import subprocess
 import tarfile
+import tempfile
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests import debian
 
 REPO_NAME = "gentoo"
 PROFILE = "default/linux/amd64/farm"
@@ -27,7 +35,10 @@ SERVICE_NAME = "farm-motd"
 SYNTHETIC_LIBRARIES = 4
 UNITS_PER_LIBRARY = 4
 FUNCTIONS_PER_UNIT = 200
-PACKAGE_SET = (STATIC_PACKAGE, SERVICE_PACKAGE, "app-misc/farm-tools")
+DHCP_PACKAGE = "net-misc/dhcpcd"
+# The upstream version of Debian's dhcpcd-base the ebuild repackages (checked when the distfile is made).
+DHCPCD_VERSION = "9.4.1"
+PACKAGE_SET = (STATIC_PACKAGE, SERVICE_PACKAGE, "app-misc/farm-tools", DHCP_PACKAGE)
 
 PROFILE_MAKE_DEFAULTS = """\
 ARCH="amd64"
@@ -182,12 +193,47 @@ install: farm-motd
 """
 
 
+DHCPCD_EBUILD = """\
+# Copyright 2026 Gentoo Farm test world
+# Distributed under the terms of the GNU General Public License v2
+
+EAPI=8
+
+DESCRIPTION="A DHCP and DHCPv6 client (Debian's dhcpcd-base build, for the farm's test world)"
+HOMEPAGE="https://github.com/NetworkConfiguration/dhcpcd"
+SRC_URI="{src_uri}/${{P}}.tar.gz"
+
+LICENSE="BSD-2"
+SLOT="0"
+KEYWORDS="amd64"
+# Prebuilt binaries: nothing to compile or strip.
+RESTRICT="strip"
+QA_PREBUILT="*"
+
+src_install() {{
+	cp -a "${{S}}"/image/. "${{ED}}"/ || die
+	keepdir /var/lib/dhcpcd
+}}
+
+pkg_preinst() {{
+	# dhcpcd drops privileges to its own user (Gentoo's acct-user/dhcpcd).
+	grep -q '^dhcpcd:' "${{EROOT}}"/etc/group || echo 'dhcpcd:x:997:' >> "${{EROOT}}"/etc/group
+	if ! grep -q '^dhcpcd:' "${{EROOT}}"/etc/passwd; then
+		echo 'dhcpcd:x:997:997:dhcpcd:/var/lib/dhcpcd:/sbin/nologin' >> "${{EROOT}}"/etc/passwd
+		echo 'dhcpcd:!:19000::::::' >> "${{EROOT}}"/etc/shadow
+	fi
+}}
+"""
+
+
 @dataclass
 class Package:
     atom: str
     version: str
     ebuild: str
     source_files: dict[str, str] = field(default_factory=dict)
+    # A distfile that is not source text: a function writing its tarball (top directory ${P}/).
+    built_distfile: Callable[[str], bytes] | None = None
 
     @property
     def name(self) -> str:
@@ -195,7 +241,33 @@ class Package:
 
     @property
     def distfile(self) -> str | None:
-        return f"{self.name}-{self.version}.tar.gz" if self.source_files else None
+        return f"{self.name}-{self.version}.tar.gz" if self.source_files or self.built_distfile else None
+
+
+def dhcpcd_distfile(top: str) -> bytes:
+    """Debian's dhcpcd-base laid out as Gentoo installs dhcpcd (/sbin/dhcpcd), with libudev it links."""
+    deb = debian.download("dhcpcd-base")
+    version = subprocess.run(
+        ["dpkg-deb", "--field", str(deb), "Version"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    if not version.startswith(f"{DHCPCD_VERSION}-"):
+        raise RuntimeError(f"dhcpcd-base is {version}; the world's {DHCP_PACKAGE} ebuild is {DHCPCD_VERSION}")
+    with tempfile.TemporaryDirectory() as scratch:
+        unpacked = Path(scratch) / "unpacked"
+        debian.extract(deb, unpacked)
+        debian.extract(debian.download("libudev1"), unpacked)
+        image = Path(scratch) / top / "image"
+        (image / "sbin").mkdir(parents=True)
+        shutil.copy2(unpacked / "usr/sbin/dhcpcd", image / "sbin/dhcpcd")
+        shutil.copytree(unpacked / "etc", image / "etc", symlinks=True)
+        shutil.copytree(unpacked / "usr/lib", image / "usr/lib", symlinks=True)
+        buffer = io.BytesIO()
+        with (
+            gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
+            tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive,
+        ):
+            archive.add(Path(scratch) / top, arcname=top)
+        return buffer.getvalue()
 
 
 def _library_makefile(library: str, units: list[str], header: str) -> str:
@@ -309,6 +381,14 @@ def packages(compile_scale: int = 1) -> list[Package]:
     )
     result.append(
         Package(
+            DHCP_PACKAGE,
+            DHCPCD_VERSION,
+            DHCPCD_EBUILD.format(src_uri=UPSTREAM_SRC_URI),
+            built_distfile=dhcpcd_distfile,
+        )
+    )
+    result.append(
+        Package(
             "app-misc/farm-tools",
             "1.0",
             METAPACKAGE_EBUILD.format(
@@ -351,7 +431,10 @@ def write_distfiles(distdir: Path, compile_scale: int = 1) -> list[str]:
         if package.distfile is None:
             continue
         top = f"{package.name}-{package.version}"
-        (distdir / package.distfile).write_bytes(_deterministic_tarball(top, package.source_files))
+        if package.built_distfile is not None:
+            (distdir / package.distfile).write_bytes(package.built_distfile(top))
+        else:
+            (distdir / package.distfile).write_bytes(_deterministic_tarball(top, package.source_files))
         names.append(package.distfile)
     return names
 
@@ -371,13 +454,14 @@ def write_repository(repo: Path, distdir: Path, timestamp: str, compile_scale: i
     # Portage accepts @FREE licenses by default; the group must name every license used here.
     # Portage's default ACCEPT_LICENSE refers to @EULA as well.
     (profiles / "license_groups").write_text(
-        "FREE-SOFTWARE GPL-2\nFREE @FREE-SOFTWARE metapackage\nEULA Farm-EULA\n"
+        "FREE-SOFTWARE GPL-2 BSD-2\nFREE @FREE-SOFTWARE metapackage\nEULA Farm-EULA\n"
     )
     licenses = repo / "licenses"
     licenses.mkdir()
     (licenses / "GPL-2").write_text(
         "GNU GENERAL PUBLIC LICENSE, Version 2 (placeholder text for the test world)\n"
     )
+    (licenses / "BSD-2").write_text("BSD 2-Clause License (placeholder text for the test world)\n")
     (licenses / "metapackage").write_text(
         "Metapackages install no files and carry no license of their own.\n"
     )

@@ -1,83 +1,129 @@
-"""The contents of the stand-in stage3: a small Gentoo-like root built around Debian's static busybox.
+"""The contents of the stand-in stage3: a Gentoo-shaped root made of the real parts Debian packages.
 
-A real stage3 cannot be downloaded here. This root behaves the way a stage3 does where the recipe's
-overrides matter, so that it is the overlay (not this file) that makes the image boot and work:
+A real stage3 cannot be downloaded here, so this root is assembled from the same programs a Gentoo
+stage3 runs at boot, unpacked from Debian's packages (``tests/debian.py`` keeps the .debs per machine;
+nothing is installed on the host):
 
-- /etc/fstab carries the stage3's placeholder entries (/dev/ROOT, /dev/BOOT...): the boot runlevel's
-  ``fsck`` fails on them and the system never reaches the default runlevel, until the overlay empties it;
-- /etc/inittab is Gentoo's, with the ``s0`` getty on ttyS0 commented out: no serial login prompt;
-- root's password is locked; there is no ``net.eth0`` and ``sshd`` is not in the default runlevel, so
-  the network stays down and nothing fetches metadata;
-- /sbin/init reads /etc/inittab like sysvinit (sysinit, bootwait, then the initdefault runlevel's
-  ``wait`` and ``respawn`` entries), /sbin/openrc starts a runlevel's services the way OpenRC orders
-  them (``local`` last, running /etc/local.d/*.start in order), and both print OpenRC/sysvinit-like lines.
+- sysvinit's ``/sbin/init`` (sysvinit-core) reading Gentoo's /etc/inittab, whose ``s0`` getty on ttyS0
+  is commented out (no serial login prompt until the recipe says so); util-linux's ``agetty``;
+- OpenRC's real binaries (``openrc``: /sbin/openrc, /sbin/openrc-run, /lib/rc/...) with upstream's own
+  Gentoo init scripts (tests/world/openrc/, placeholders filled as OpenRC's build does) in Gentoo's
+  runlevels: ``local`` sends /etc/local.d/*.start output to /dev/null unless ``rc_verbose=yes``;
+- a real OpenSSH server (sshd, ssh-keygen) with a Gentoo-style /etc/init.d/sshd (``need net``,
+  host keys generated at its first start) that is NOT in the default runlevel; no host keys;
+- a netifrc-like /etc/init.d/net.lo (``provide net``): net.lo brings up lo, a net.IFACE link to it
+  runs /sbin/dhcpcd for ``config_IFACE="dhcp"``; the stage3 has no DHCP client, as on Gentoo;
+- glibc and every library those programs link (checked, so a missing one fails the build), shadow's
+  useradd, util-linux, mount and e2fsprogs; Debian's start-stop-daemon (dpkg's: Debian's OpenRC is
+  built without its own and runs services through it);
+- /etc/fstab's placeholder entries (/dev/ROOT, /dev/BOOT...): ``fsck`` fails on them until the overlay
+  empties it; root's password is locked.
 
-``useradd`` understands the options the image builder uses (``-m -G wheel,users NAME``), and busybox
-provides udhcpc, wget, nc and timeout for the recipe's cloud-init.start.
+/bin/sh is bash (Debian's), as on Gentoo. Static busybox provides the rest (coreutils, ip, wget...)
+where Gentoo's stage3 has the same tool, but none of its DHCP clients.
 """
 
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
-BUSYBOX = Path("/bin/busybox")
+from tests import debian
 
-# Applets that Gentoo keeps in /sbin (scripts and inittab call them by these paths).
-SBIN_APPLETS = (
-    "getty",
-    "halt",
-    "ifconfig",
-    "insmod",
-    "ip",
-    "losetup",
-    "mdev",
-    "mkswap",
-    "modprobe",
-    "poweroff",
-    "reboot",
-    "route",
-    "sulogin",
-    "swapoff",
-    "swapon",
-    "switch_root",
-    "udhcpc",
+BUSYBOX = Path("/bin/busybox")
+OPENRC_UPSTREAM = Path(__file__).parent / "openrc"
+
+# Debian packages unpacked whole into the root; the libraries they link are added by soname.
+PACKAGES = (
+    "libc6",
+    "bash",
+    "sysvinit-core",
+    "util-linux",
+    "util-linux-extra",
+    "mount",
+    "e2fsprogs",
+    "openrc",
+    "openssh-server",
+    "openssh-client",
+    "openssh-sftp-server",
+    "passwd",
+    "procps",
 )
+# Where Debian's packages put shared libraries (the dynamic loader's default search path).
+LIBRARY_DIRECTORIES = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
+# Unpacked files a stage3 does without: documentation and Debian's own boot and service glue.
+DEBIAN_ONLY = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "usr/share/bug",
+    "lib/systemd",
+    "usr/lib/systemd",
+    "etc/init.d",
+    "etc/runlevels/off",
+    "etc/runlevels/recovery",
+    "etc/default/ssh",
+)
+# Busybox applets that would give the stage3 a DHCP client (Gentoo's has none) or replace init.
+BUSYBOX_EXCLUDED = ("busybox", "init", "linuxrc", "udhcpc", "udhcpc6", "udhcpd", "dhcprelay")
+COMMAND_DIRECTORIES = ("bin", "sbin", "usr/bin", "usr/sbin")
+# Debian names a shared library's package after it (libfoo1); zlib1g is the old exception.
+LIBRARY_PACKAGE = re.compile(r"^(lib|zlib)")
+
+# OpenRC's meson build fills these for Gentoo (rootprefix /, sbindir /sbin, pkg_prefix /usr).
+OPENRC_PLACEHOLDERS = {"@SBINDIR@": "/sbin", "@PKG_PREFIX@": "/usr", "@SYSCONFDIR@": "/etc"}
+
+# Gentoo's runlevels for an OpenRC stage3, less what needs tools it lacks (udev, kbd).
+RUNLEVELS = {
+    "sysinit": ("cgroups", "devfs", "dmesg", "sysfs"),
+    "boot": (
+        "bootmisc",
+        "fsck",
+        "hostname",
+        "hwclock",
+        "killprocs",
+        "localmount",
+        "loopback",
+        "modules",
+        "mtab",
+        "net.lo",
+        "procfs",
+        "root",
+        "seedrng",
+        "swap",
+        "sysctl",
+    ),
+    "default": ("local", "netmount"),
+    "shutdown": ("killprocs", "mount-ro", "savecache"),
+}
 
 DIRECTORIES = (
-    "bin",
     "boot",
     "dev",
     "etc/conf.d",
     "etc/init.d",
+    "etc/insserv.conf.d",
     "etc/local.d",
     "etc/portage",
-    "etc/runlevels/boot",
-    "etc/runlevels/default",
-    "etc/runlevels/shutdown",
-    "etc/runlevels/sysinit",
     "etc/skel",
-    "etc/ssh",
+    "etc/ssh/sshd_config.d",
     "home",
     "lib/modules",
-    "lib/rc/sh",
     "mnt",
     "opt",
     "proc",
     "run",
-    "sbin",
     "sys",
-    "usr/bin",
-    "usr/lib",
     "usr/local/bin",
-    "usr/sbin",
-    "usr/share/udhcpc",
     "var/cache",
     "var/db/pkg",
     "var/empty",
     "var/lib",
     "var/log",
-    "var/tmp",
 )
 
 INITTAB = """\
@@ -147,7 +193,7 @@ FSTAB = """\
 """
 
 PASSWD = """\
-root:x:0:0:root:/root:/bin/sh
+root:x:0:0:root:/root:/bin/bash
 bin:x:1:1:bin:/bin:/sbin/nologin
 daemon:x:2:2:daemon:/sbin:/sbin/nologin
 sshd:x:22:22:User for ssh:/var/empty:/sbin/nologin
@@ -160,6 +206,7 @@ bin:x:1:root,bin,daemon
 daemon:x:2:root,bin,daemon
 sys:x:3:root,bin
 tty:x:5:
+uucp:x:14:
 wheel:x:10:root
 sshd:x:22:
 users:x:100:
@@ -176,375 +223,225 @@ sshd:!:10770::::::
 nobody:*:10770:0:::::
 """
 
-INIT = r"""#!/bin/busybox sh
-# /sbin/init of the farm's stand-in stage3: reads Gentoo's /etc/inittab the way sysvinit does.
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-umask 022
+# netifrc's multiplexer, reduced to what a cloud image uses: every net.IFACE is a link to net.lo.
+NET_LO = r"""#!/sbin/openrc-run
+# net.lo of the farm's stand-in stage3: what Gentoo's netifrc does for lo, DHCP and static addresses.
+# Every net.IFACE is a symlink to this script; /etc/conf.d/net says config_IFACE="dhcp" (the default),
+# "null" or "ADDRESS/PREFIX ...". DHCP runs /sbin/dhcpcd, which a stage3 does not ship (net-misc/dhcpcd).
 
-if [ "$$" != 1 ]; then
-	echo "init: must be run as process 1" >&2
-	exit 1
-fi
+description="Configures network interfaces."
+IFACE=${RC_SVCNAME#*.}
+# netifrc names an interface's variables with every non-alphanumeric character made "_".
+IFVAR=$(printf %s "$IFACE" | tr -c 'a-zA-Z0-9_' '_')
 
-echo "INIT: version 3.08 (gentoo-farm stand-in) booting"
-
-runlevel=$(sed -n 's/^[^#:]*:\([0-9S]\):initdefault:.*/\1/p' /etc/inittab | head -n 1)
-[ -n "$runlevel" ] || runlevel=3
-
-# Print "process" for each inittab entry with the given action (and, for runlevel actions,
-# the current runlevel).
-entries() {
-	while IFS=: read -r id levels action process; do
-		case "$id" in '#'*|'') continue ;; esac
-		[ "$action" = "$1" ] || continue
-		case "$action" in
-			sysinit|bootwait) ;;
-			*) case "$levels" in *"$runlevel"*) ;; *) continue ;; esac ;;
-		esac
-		echo "$process"
-	done < /etc/inittab
+depend() {
+	need localmount
+	after bootmisc
+	provide net
+	keyword -jail -prefix -vserver
 }
 
-power_off() {
-	echo "INIT: Switching to runlevel: 0"
-	/sbin/openrc shutdown
-	echo "INIT: no more processes left in this runlevel"
-	sync
-	exec poweroff -f
-}
-trap power_off USR2 TERM
-trap 'sync; exec reboot -f' INT
-
-# /run is where the system keeps its state; before sysinit mounts it, init remembers nothing.
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run 2>/dev/null
-
-entries sysinit > /run/init.sysinit
-while read -r process; do sh -c "$process" < /dev/console > /dev/console 2>&1; done < /run/init.sysinit
-
-entries bootwait > /run/init.bootwait
-while read -r process; do
-	if ! sh -c "$process" < /dev/console > /dev/console 2>&1; then
-		# What sysvinit's sulogin shows when the boot runlevel fails: a root shell or nothing.
-		echo "INIT: the boot runlevel failed"
-		echo "Give root password for maintenance"
-		echo "(or press Control-D to continue): "
-		while :; do sleep 3600 & wait $!; done
-	fi
-done < /run/init.bootwait
-
-echo "INIT: Entering runlevel: $runlevel"
-entries wait > /run/init.wait
-while read -r process; do sh -c "$process" < /dev/console > /dev/console 2>&1; done < /run/init.wait
-
-entries respawn > /run/init.respawn
-while read -r process; do
-	# sysvinit disables an entry that respawns too fast; a pause between runs does the same job here.
-	( while :; do setsid sh -c "exec $process" < /dev/null > /dev/null 2>&1; sleep 10; done ) &
-done < /run/init.respawn
-
-while :; do sleep 3600 & wait $!; done
-"""
-
-FUNCTIONS_SH = r"""# OpenRC's output helpers (einfo, ebegin, eend...), for the stand-in stage3.
-einfo() { echo " * $*"; }
-ewarn() { echo " * WARNING: $*"; }
-eerror() { echo " * ERROR: $*"; }
-ebegin() { printf ' * %s ...\n' "$*"; }
-eend() {
-	status=${1:-0}
-	shift
-	if [ "$status" = 0 ]; then
-		echo " [ ok ]"
-	else
-		[ $# -gt 0 ] && eerror "$*"
-		echo " [ !! ]"
-	fi
-	return "$status"
-}
-is_mounted() { grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null; }
-yesno() { case "$1" in [Yy][Ee][Ss]|[Tt][Rr][Uu][Ee]|[Oo][Nn]|1) return 0 ;; *) return 1 ;; esac; }
-"""
-
-OPENRC = r"""#!/bin/busybox sh
-# /sbin/openrc of the farm's stand-in stage3: starts the services of one runlevel in OpenRC's order.
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-. /lib/rc/sh/functions.sh
-
-level=${1:-default}
-state=/run/openrc/started
-mkdir -p "$state"
-
-if [ "$level" = sysinit ]; then
-	echo
-	echo "   OpenRC 0.54 (gentoo-farm stand-in) is starting up Gentoo Linux ($(uname -m))"
-	echo
-fi
-
-if [ "$level" = shutdown ]; then
-	for service in $(ls "$state" 2>/dev/null | sort -r); do
-		/etc/init.d/"$service" stop
-	done
-	exit 0
-fi
-
-# OpenRC orders by dependencies; these are the ones the stage3's services declare, and "local"
-# runs after everything else.
-order() {
-	for name in sysfs devfs fsck root localmount hostname loopback; do
-		[ -e "/etc/runlevels/$level/$name" ] && echo "$name"
-	done
-	others=$(ls "/etc/runlevels/$level" | grep -v -x -e sysfs -e devfs -e fsck -e root -e localmount \
-		-e hostname -e loopback -e local | sort)
-	echo "$others" | grep '^net\.'
-	echo "$others" | grep -v '^net\.'
-	[ -e "/etc/runlevels/$level/local" ] && echo local
-}
-
-failed=0
-for service in $(order); do
-	[ -e "$state/$service" ] && continue
-	if [ ! -x "/etc/runlevels/$level/$service" ]; then
-		eerror "$service: no such service (broken link /etc/runlevels/$level/$service)"
-		failed=1
-		continue
-	fi
-	if "/etc/runlevels/$level/$service" start; then
-		: > "$state/$service"
-	else
-		eerror "$service failed to start"
-		failed=1
-		[ "$service" = fsck ] && { eerror "rc: Aborting!"; exit 1; }
-	fi
-done
-[ "$level" = default ] && einfo "Runlevel default reached"
-exit "$failed"
-"""
-
-OPENRC_RUN = r"""#!/bin/busybox sh
-# /sbin/openrc-run of the farm's stand-in stage3: runs one service script's start() or stop().
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-. /lib/rc/sh/functions.sh
-script=$1
-command_name=${2:-start}
-RC_SVCNAME=${script##*/}
-export RC_SVCNAME
-start() { ebegin "Starting $RC_SVCNAME"; eend 0; }
-stop() { ebegin "Stopping $RC_SVCNAME"; eend 0; }
-. "$script"
-case "$command_name" in
-	start|stop) "$command_name" ;;
-	*) eerror "$RC_SVCNAME: unknown command $command_name"; exit 1 ;;
-esac
-"""
-
-SERVICES = {
-    "devfs": r"""#!/sbin/openrc-run
-description="Mount /dev"
 start() {
-	is_mounted /dev || mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev
-	mkdir -p /dev/pts /dev/shm
-	mount -t devpts -o gid=5,mode=0620 devpts /dev/pts 2>/dev/null
-	return 0
-}
-""",
-    "sysfs": r"""#!/sbin/openrc-run
-description="Mount /proc and /sys"
-start() {
-	is_mounted /proc || mount -t proc -o nosuid,nodev,noexec proc /proc
-	is_mounted /sys || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-}
-""",
-    "fsck": r"""#!/sbin/openrc-run
-description="Check the filesystems listed in /etc/fstab"
-start() {
-	ebegin "Checking local filesystems"
-	failed=0
-	while read -r device mountpoint type options dump pass; do
-		case "$device" in '#'*|'') continue ;; esac
-		case "$options" in *noauto*) continue ;; esac
-		[ "${pass:-0}" -gt 0 ] || continue
-		if [ ! -b "$device" ]; then
-			eerror "fsck.$type: No such file or directory while trying to open $device"
-			failed=1
-		fi
-	done < /etc/fstab
-	if [ "$failed" != 0 ]; then
-		eerror "Operational error"
-		eerror "Filesystems couldn't be fixed"
-	fi
-	eend "$failed"
-}
-""",
-    "root": r"""#!/sbin/openrc-run
-description="Mount the root filesystem read/write"
-start() {
-	case " $(grep ' / ' /proc/mounts) " in
-		*" ro,"*|*" ro "*)
-			ebegin "Remounting root filesystem read/write"
-			mount -o remount,rw /
-			eend $?
-			;;
-	esac
-	return 0
-}
-""",
-    "localmount": r"""#!/sbin/openrc-run
-description="Mount the local filesystems listed in /etc/fstab"
-start() {
-	ebegin "Mounting local filesystems"
-	mkdir -p /tmp && chmod 1777 /tmp
-	mount -a -t noproc,nosysfs,nonfs,nonfs4,noswap -O no_netdev
-	eend $?
-}
-""",
-    "hostname": r"""#!/sbin/openrc-run
-description="Set the hostname from /etc/conf.d/hostname"
-start() {
-	hostname=localhost
-	[ -r /etc/conf.d/hostname ] && . /etc/conf.d/hostname
-	ebegin "Setting hostname to $hostname"
-	hostname "$hostname"
-	eend $?
-}
-""",
-    "loopback": r"""#!/sbin/openrc-run
-description="Configure the loopback interface"
-start() {
-	ebegin "Bringing up network interface lo"
-	ip addr add 127.0.0.1/8 dev lo 2>/dev/null
-	ip link set lo up
-	eend $?
-}
-""",
-    # netifrc's net.lo: every net.IFACE is a link to it and configures IFACE (DHCP unless told otherwise).
-    "net.lo": r"""#!/sbin/openrc-run
-description="Configure a network interface"
-start() {
-	iface=${RC_SVCNAME#net.}
-	ebegin "Bringing up interface $iface"
-	if [ "$iface" = lo ]; then
-		ip addr add 127.0.0.1/8 dev lo 2>/dev/null
-		ip link set lo up
+	ebegin "Bringing up interface $IFACE"
+	if [ "$IFACE" = lo ]; then
+		ip link set lo up || { eend 1; return 1; }
+		ip -4 addr show dev lo | grep -q 'inet 127\.0\.0\.1/' || ip addr add 127.0.0.1/8 dev lo brd +
 		eend $?
 		return
 	fi
-	ip link set "$iface" up && udhcpc -i "$iface" -n -q -t 5 -s /usr/share/udhcpc/default.script
-	eend $? "$iface: no DHCP lease"
-}
-""",
-    "netmount": r"""#!/sbin/openrc-run
-description="Mount network filesystems"
-start() {
-	ebegin "Mounting network filesystems"
-	eend 0
-}
-""",
-    "sshd": r"""#!/sbin/openrc-run
-description="OpenSSH server (the stand-in world ships no SSH daemon)"
-start() {
-	ebegin "Starting sshd"
-	mkdir -p /var/empty
-	eend 0
-}
-""",
-    "local": r"""#!/sbin/openrc-run
-description="Run the executable scripts /etc/local.d/*.start, in order"
-start() {
-	ebegin "Starting local"
-	has_errors=0
-	for file in /etc/local.d/*.start; do
-		[ -x "$file" ] || continue
-		"$file" || { eerror "$file returned an error"; has_errors=1; }
-	done
-	eend "$has_errors"
-}
-""",
-}
-
-RUNLEVELS = {
-    "sysinit": ("sysfs", "devfs"),
-    "boot": ("fsck", "root", "localmount", "hostname", "loopback"),
-    "default": ("local", "netmount"),
-}
-
-UDHCPC_SCRIPT = r"""#!/bin/sh
-# Applies a DHCP lease from busybox udhcpc to the interface.
-case "$1" in
-	deconfig)
-		ip addr flush dev "$interface"
-		;;
-	bound|renew)
-		ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
-		for gateway in $router; do
-			route add default gw "$gateway" dev "$interface" 2>/dev/null
-		done
-		: > /etc/resolv.conf
-		for server in $dns; do echo "nameserver $server" >> /etc/resolv.conf; done
-		;;
-esac
-exit 0
-"""
-
-USERADD = r"""#!/bin/sh
-# useradd (shadow's options the farm uses: -m -G -g -s -d -u -c) for the stand-in stage3.
-usage() {
-	echo "Usage: useradd [-m] [-G GROUP,...] [-g GROUP] [-s SHELL] [-d HOME] [-u UID] [-c TEXT] LOGIN" >&2
-	exit 2
-}
-create_home=no groups= shell=/bin/sh home= uid= comment= primary=
-while getopts mG:g:s:d:u:c: option; do
-	case "$option" in
-		m) create_home=yes ;;
-		G) groups=$OPTARG ;;
-		g) primary=$OPTARG ;;
-		s) shell=$OPTARG ;;
-		d) home=$OPTARG ;;
-		u) uid=$OPTARG ;;
-		c) comment=$OPTARG ;;
-		*) usage ;;
+	eval config=\"\${config_$IFVAR:-dhcp}\"
+	if [ "$config" = dhcp ] && [ ! -x /sbin/dhcpcd ]; then
+		eend 1 "config_$IFVAR=\"dhcp\" needs a DHCP client, and /sbin/dhcpcd is not installed" \
+			"(emerge net-misc/dhcpcd)"
+		return 1
+	fi
+	if [ ! -e "/sys/class/net/$IFACE" ]; then
+		eend 1 "interface $IFACE does not exist"
+		return 1
+	fi
+	ip link set "$IFACE" up || { eend 1; return 1; }
+	case "$config" in
+		dhcp)
+			eval dhcpcd_args=\"\${dhcpcd_$IFVAR}\"
+			/sbin/dhcpcd $dhcpcd_args "$IFACE"
+			eend $? "dhcpcd got no lease on $IFACE"
+			;;
+		null)
+			eend 0
+			;;
+		*)
+			for address in $config; do
+				ip addr add "$address" dev "$IFACE" || { eend 1 "cannot add $address to $IFACE"; return 1; }
+			done
+			eend 0
+			;;
 	esac
-done
-shift $((OPTIND - 1))
-[ $# -eq 1 ] || usage
-login=$1
-if grep -q "^$login:" /etc/passwd; then
-	echo "useradd: user '$login' already exists" >&2
-	exit 9
-fi
-for group in $(echo "$groups" | tr , ' '); do
-	grep -q "^$group:" /etc/group || { echo "useradd: group '$group' does not exist" >&2; exit 6; }
-done
-# The first free id from 1000 on, like shadow's UID_MIN.
-next_id() {
-	cut -d: -f"$2" "$1" | awk -v id=1000 '$1 >= id && $1 < 60000 { id = $1 + 1 } END { print id }'
 }
-[ -n "$uid" ] || uid=$(next_id /etc/passwd 3)
-if [ -n "$primary" ]; then
-	gid=$(awk -F: -v g="$primary" '$1 == g || $3 == g { print $3; exit }' /etc/group)
-	[ -n "$gid" ] || { echo "useradd: group '$primary' does not exist" >&2; exit 6; }
-else
-	gid=$uid
-	cut -d: -f3 /etc/group | grep -qx "$gid" && gid=$(next_id /etc/group 3)
-	echo "$login:x:$gid:" >> /etc/group
-fi
-[ -n "$home" ] || home=/home/$login
-echo "$login:x:$uid:$gid:$comment:$home:$shell" >> /etc/passwd
-echo "$login:!:$(( $(date +%s) / 86400 )):0:99999:7:::" >> /etc/shadow
-for group in $(echo "$groups" | tr , ' '); do
-	sed -i -e "/^$group:/{s/:\$/:$login/;t" -e "s/\$/,$login/;}" /etc/group
-done
-if [ "$create_home" = yes ]; then
-	mkdir -p "$home"
-	cp -a /etc/skel/. "$home"/
-	chown -R "$uid:$gid" "$home"
-	chmod 0700 "$home"
-fi
+
+stop() {
+	[ "$IFACE" = lo ] && return 0
+	ebegin "Bringing down interface $IFACE"
+	if [ -x /sbin/dhcpcd ] && [ -e "/run/dhcpcd/$IFACE.pid" ]; then
+		/sbin/dhcpcd -x "$IFACE"
+	fi
+	ip addr flush dev "$IFACE" 2>/dev/null
+	ip link set "$IFACE" down
+	eend $?
+}
 """
 
-AGETTY = """#!/bin/sh
-# agetty's common options, served by busybox getty.
-[ "$1" = --noclear ] && shift
-exec /bin/busybox getty "$@"
+# Gentoo's net-misc/openssh sshd init script (the one that says "need net"), with Debian's binaries.
+SSHD_INIT = r"""#!/sbin/openrc-run
+# Copyright 1999-2023 Gentoo Authors
+# Distributed under the terms of the GNU General Public License v2
+
+extra_commands="checkconfig"
+extra_started_commands="reload"
+
+: ${SSHD_CONFDIR:=${RC_PREFIX%/}/etc/ssh}
+: ${SSHD_CONFIG:=${SSHD_CONFDIR}/sshd_config}
+: ${SSHD_PIDFILE:=${RC_PREFIX%/}/run/${SVCNAME}.pid}
+: ${SSHD_BINARY:=${RC_PREFIX%/}/usr/sbin/sshd}
+: ${SSHD_KEYGEN_BINARY:=${RC_PREFIX%/}/usr/bin/ssh-keygen}
+
+command="${SSHD_BINARY}"
+pidfile="${SSHD_PIDFILE}"
+command_args="${SSHD_OPTS} -o PidFile=${pidfile} -f ${SSHD_CONFIG}"
+
+depend() {
+	use logger dns entropy
+	need net
+}
+
+checkconfig() {
+	checkpath --mode 0755 --directory "${RC_PREFIX%/}/var/empty"
+	# Debian's sshd keeps its privilege separation directory in /run/sshd (Gentoo's: /var/empty).
+	checkpath --mode 0755 --directory "${RC_PREFIX%/}/run/sshd"
+
+	if [ ! -e "${SSHD_CONFIG}" ] ; then
+		eerror "You need an ${SSHD_CONFIG} file to run sshd"
+		return 1
+	fi
+
+	# Host keys are made at the first start: a stage3 (and an image built from it) carries none.
+	${SSHD_KEYGEN_BINARY} -A || return 2
+
+	"${command}" -t ${command_args} || return 3
+}
+
+start_pre() {
+	if [ "${RC_CMD}" != "restart" ] ; then
+		checkconfig || return $?
+	fi
+}
+
+stop_pre() {
+	if [ "${RC_CMD}" = "restart" ] ; then
+		checkconfig || return $?
+	fi
+}
+
+reload() {
+	checkconfig || return $?
+	ebegin "Reloading ${SVCNAME}"
+	start-stop-daemon --signal HUP --pidfile "${pidfile}"
+	eend $?
+}
+"""
+
+# Upstream OpenSSH's sshd_config as Gentoo installs it: the drop-in directory is included first, so a
+# file there (the recipe's) wins over everything below (for sshd, the first value of an option counts).
+SSHD_CONFIG = """\
+# This is the sshd server system-wide configuration file.  See
+# sshd_config(5) for more information.
+
+# The strategy used for options in the default sshd_config shipped with
+# OpenSSH is to specify options with their default value where
+# possible, but leave them commented.  Uncommented options override the
+# default value.
+
+Include "/etc/ssh/sshd_config.d/*.conf"
+
+#Port 22
+#AddressFamily any
+#ListenAddress 0.0.0.0
+#ListenAddress ::
+
+#HostKey /etc/ssh/ssh_host_rsa_key
+#HostKey /etc/ssh/ssh_host_ecdsa_key
+#HostKey /etc/ssh/ssh_host_ed25519_key
+
+# Logging
+#SyslogFacility AUTH
+#LogLevel INFO
+
+# Authentication:
+
+#LoginGraceTime 2m
+#PermitRootLogin prohibit-password
+#StrictModes yes
+#MaxAuthTries 6
+#MaxSessions 10
+
+#PubkeyAuthentication yes
+
+# The default is to check both .ssh/authorized_keys and .ssh/authorized_keys2
+# but this is overridden so installations will only check .ssh/authorized_keys
+AuthorizedKeysFile	.ssh/authorized_keys
+
+# To disable tunneled clear text passwords, change to no here!
+#PasswordAuthentication yes
+#PermitEmptyPasswords no
+
+#AllowAgentForwarding yes
+#AllowTcpForwarding yes
+#GatewayPorts no
+#X11Forwarding no
+#PrintMotd yes
+#PrintLastLog yes
+#TCPKeepAlive yes
+#PermitUserEnvironment no
+#ClientAliveInterval 0
+#ClientAliveCountMax 3
+#UseDNS no
+#PidFile /var/run/sshd.pid
+#MaxStartups 10:30:100
+
+# no default banner path
+#Banner none
+"""
+
+# What Gentoo's openssh puts in sshd_config.d (its 9999999gentoo*.conf files, named to sort last).
+SSHD_GENTOO_CONF = """\
+# Allow client to pass locale environment variables (bug #367017)
+AcceptEnv LANG LC_*
+
+# Allow client to pass COLORTERM to match TERM (bug #658540)
+AcceptEnv COLORTERM
+
+# override default of no subsystems
+Subsystem	sftp	/usr/lib/openssh/sftp-server
+"""
+
+# sys-libs/glibc's nsswitch.conf (the databases a stage3 resolves from files and DNS).
+NSSWITCH = """\
+passwd:      files
+shadow:      files
+group:       files
+
+hosts:       files dns
+networks:    files dns
+
+services:    db files
+protocols:   db files
+rpc:         db files
+ethers:      db files
+netmasks:    files
+netgroup:    files
+bootparams:  files
+
+automount:   files
+aliases:     files
 """
 
 TEXT_FILES = {
@@ -553,12 +450,16 @@ TEXT_FILES = {
     "etc/passwd": (PASSWD, 0o644),
     "etc/group": (GROUP, 0o644),
     "etc/shadow": (SHADOW, 0o600),
+    "etc/nsswitch.conf": (NSSWITCH, 0o644),
+    "etc/hosts": ("# /etc/hosts: Local Host Database\n127.0.0.1\tlocalhost\n::1\t\tlocalhost\n", 0o644),
     "etc/hostname": ("localhost\n", 0o644),
-    "etc/conf.d/hostname": (
-        '# Hostname fallback if /etc/hostname does not exist\nhostname="localhost"\n',
+    "etc/conf.d/net": (
+        "# This blank configuration will automatically use DHCP for any net.*\n"
+        "# scripts in /etc/init.d.  To create a more complete configuration,\n"
+        "# please review /usr/share/doc/netifrc*/net.example* and save your configuration\n"
+        "# in /etc/conf.d/net (this file :]!).\n",
         0o644,
     ),
-    "etc/conf.d/net": ("# netifrc: every interface without a config_IFACE line uses DHCP\n", 0o644),
     "etc/gentoo-release": ("Gentoo Base System release 2.17\n", 0o644),
     "etc/os-release": (
         'NAME=Gentoo\nID=gentoo\nPRETTY_NAME="Gentoo Linux"\nVERSION_ID="2.17"\n'
@@ -568,58 +469,152 @@ TEXT_FILES = {
     "etc/issue": ("\nThis is \\n (\\s \\m \\r) \\l\n\n", 0o644),
     "etc/profile": ("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n", 0o644),
     "etc/securetty": ("console\ntty1\ntty2\nttyS0\nhvc0\n", 0o600),
-    "etc/shells": ("/bin/sh\n/bin/ash\n", 0o644),
+    "etc/shells": ("/bin/sh\n/bin/bash\n", 0o644),
     "etc/skel/.profile": ("# ~/.profile: run by login shells\n", 0o644),
-    "etc/local.d/README": (
-        "This directory should contain programs or scripts which are to be run\n"
-        "when the local service is started or stopped.\n"
-        "Programs whose names end in .start are run when the local service starts.\n",
-        0o644,
-    ),
     "etc/portage/make.conf": (
         'COMMON_FLAGS="-O2 -pipe"\nCFLAGS="${COMMON_FLAGS}"\nCXXFLAGS="${COMMON_FLAGS}"\n'
         "LC_MESSAGES=C.utf8\n",
         0o644,
     ),
-    "lib/rc/sh/functions.sh": (FUNCTIONS_SH, 0o644),
-    "sbin/init": (INIT, 0o755),
-    "sbin/openrc": (OPENRC, 0o755),
-    "sbin/openrc-run": (OPENRC_RUN, 0o755),
-    "sbin/agetty": (AGETTY, 0o755),
-    "usr/sbin/useradd": (USERADD, 0o755),
-    "usr/share/udhcpc/default.script": (UDHCPC_SCRIPT, 0o755),
+    "etc/ssh/sshd_config": (SSHD_CONFIG, 0o644),
+    "etc/ssh/sshd_config.d/9999999gentoo.conf": (SSHD_GENTOO_CONF, 0o644),
+    # Debian's OpenRC maps LSB facilities through insserv's table (this file and etc/insserv.conf.d,
+    # which it reports missing on every dependency scan); a stage3 has no LSB scripts.
+    "etc/insserv.conf": ("# Read by Debian's OpenRC; this system has no LSB init scripts.\n", 0o644),
+    "etc/init.d/net.lo": (NET_LO, 0o755),
+    "etc/init.d/sshd": (SSHD_INIT, 0o755),
 }
 
 
-def _busybox_applets() -> list[str]:
-    listing = subprocess.run([str(BUSYBOX), "--list"], check=True, capture_output=True, text=True).stdout
-    return [name for name in listing.split() if name not in ("busybox", "init", "linuxrc")]
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as file:
+        return file.read(4) == b"\x7fELF"
+
+
+def _missing_sonames(root: Path) -> set[str]:
+    """The shared libraries (sonames) some ELF file in ``root`` links and the root lacks, as ``ldd`` finds.
+
+    A library is found in the loader's directories or, for modules loaded by $ORIGIN (glibc's gconv
+    modules), beside the file that links it.
+    """
+    elves = [path for path in root.rglob("*") if path.is_file() and not path.is_symlink() and _is_elf(path)]
+    listing = subprocess.run(
+        ["readelf", "--dynamic", "--wide", *map(str, elves)], check=True, capture_output=True, text=True
+    ).stdout
+    missing = set()
+    for section in re.split(r"^File: ", listing, flags=re.MULTILINE)[1:]:
+        origin = Path(section.split("\n", 1)[0]).parent
+        for soname in re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", section):
+            directories = (origin, *(root / directory for directory in LIBRARY_DIRECTORIES))
+            if not any((directory / soname).exists() for directory in directories):
+                missing.add(soname)
+    return missing
+
+
+def _install_packages(root: Path) -> None:
+    """Unpack PACKAGES, then each library package their Depends name that provides a missing soname."""
+    installed: dict[str, Path] = {}
+    for package in PACKAGES:
+        installed[package] = debian.download(package)
+        debian.extract(installed[package], root)
+    provided: dict[str, set[str]] = {}
+    while missing := _missing_sonames(root):
+        candidates = sorted(
+            name
+            for deb in installed.values()
+            for name in debian.dependencies(deb)
+            if LIBRARY_PACKAGE.match(name) and name not in installed
+        )
+        added = False
+        for candidate in candidates:
+            if candidate not in provided:
+                deb = debian.download(candidate)
+                provided[candidate] = {Path(member).name for member in debian.members(deb)}
+            if provided[candidate] & missing:
+                installed[candidate] = debian.download(candidate)
+                debian.extract(installed[candidate], root)
+                added = True
+        if not added:
+            raise RuntimeError(
+                f"the stand-in stage3 links {', '.join(sorted(missing))}, which no library package "
+                f"among its packages' dependencies provides ({', '.join(candidates) or 'none left'})"
+            )
+
+
+def _install_start_stop_daemon(root: Path) -> None:
+    """dpkg's start-stop-daemon: Debian builds OpenRC without its own, and openrc-run calls this one."""
+    with tempfile.TemporaryDirectory() as unpacked:
+        debian.extract(debian.download("dpkg"), Path(unpacked))
+        shutil.copy2(Path(unpacked) / "sbin/start-stop-daemon", root / "sbin/start-stop-daemon")
+
+
+def _install_busybox(root: Path) -> None:
+    """Static busybox for the commands no real package here provides.
+
+    /bin/sh is bash, as on Gentoo: Debian's busybox ash runs its own applets before anything on PATH,
+    so with it as /bin/sh the init scripts would call busybox's mount, sysctl... instead of the real ones.
+    """
+    (root / "bin/sh").symlink_to("bash")
+    shutil.copy2(BUSYBOX, root / "bin/busybox")
+    listing = subprocess.run([str(BUSYBOX), "--list-full"], check=True, capture_output=True, text=True).stdout
+    for applet_path in listing.split():
+        applet = Path(applet_path)
+        if applet.name in BUSYBOX_EXCLUDED:
+            continue
+        if any((root / directory / applet.name).exists() for directory in COMMAND_DIRECTORIES):
+            continue
+        link = root / applet
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(root / "bin/busybox", link.parent))
+
+
+def fill_openrc_placeholders(text: str, name: str) -> str:
+    """An upstream ``*.in`` file as OpenRC's build installs it for Gentoo."""
+    for placeholder, value in OPENRC_PLACEHOLDERS.items():
+        text = text.replace(placeholder, value)
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        raise RuntimeError(f"{name}: no value for OpenRC build placeholder(s) {', '.join(sorted(set(left)))}")
+    return text
+
+
+def _install_openrc_scripts(root: Path) -> None:
+    for source in sorted((OPENRC_UPSTREAM / "init.d").glob("*.in")):
+        script = root / "etc/init.d" / source.stem
+        script.write_text(fill_openrc_placeholders(source.read_text(), source.name))
+        os.chmod(script, 0o755)
+    for source in sorted((OPENRC_UPSTREAM / "conf.d").iterdir()):
+        shutil.copyfile(source, root / "etc/conf.d" / source.name)
+    shutil.copyfile(OPENRC_UPSTREAM / "rc.conf", root / "etc/rc.conf")
+    shutil.copyfile(OPENRC_UPSTREAM / "local.d.README", root / "etc/local.d/README")
+    for level, services in RUNLEVELS.items():
+        directory = root / "etc/runlevels" / level
+        directory.mkdir(parents=True, exist_ok=True)
+        for service in services:
+            if not (root / "etc/init.d" / service).is_file():
+                raise RuntimeError(f"runlevel {level} names {service}, which has no /etc/init.d script")
+            (directory / service).symlink_to(f"/etc/init.d/{service}")
 
 
 def populate_stage3_root(root: Path) -> None:
     """Fill ``root`` (created if missing) with the stand-in stage3's files."""
+    root.mkdir(parents=True, exist_ok=True)
+    _install_packages(root)
+    for unwanted in DEBIAN_ONLY:
+        path = root / unwanted
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
     for directory in DIRECTORIES:
         (root / directory).mkdir(parents=True, exist_ok=True)
     for private, mode in (("root", 0o700), ("tmp", 0o1777), ("var/tmp", 0o1777)):
         (root / private).mkdir(parents=True, exist_ok=True)
         os.chmod(root / private, mode)
-
-    shutil.copy2(BUSYBOX, root / "bin/busybox")
-    for applet in _busybox_applets():
-        target = root / "bin" / applet
-        if not target.exists():
-            target.symlink_to("busybox")
-    for applet in SBIN_APPLETS:
-        (root / "sbin" / applet).symlink_to("../bin/busybox")
-
+    _install_start_stop_daemon(root)
+    _install_busybox(root)
     for relative, (content, mode) in TEXT_FILES.items():
         path = root / relative
         path.write_text(content)
         os.chmod(path, mode)
-    for service, script in SERVICES.items():
-        path = root / "etc/init.d" / service
-        path.write_text(script)
-        os.chmod(path, 0o755)
-    for level, services in RUNLEVELS.items():
-        for service in services:
-            (root / "etc/runlevels" / level / service).symlink_to(f"/etc/init.d/{service}")
+    _install_openrc_scripts(root)

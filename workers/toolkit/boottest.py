@@ -1,14 +1,24 @@
-"""Boot an image in qemu against a metadata service and check its serial console, in order.
+"""Boot an image in qemu and log in over SSH as the cloud user, checking what a cloud user needs.
 
 qemu runs under TCG with ``-display none -serial file:LOG`` (so the SYSLINUX lines reach the serial
 log only when extlinux.conf says ``SERIAL 0``), a virtio disk (as a snapshot: the image is not
-changed) and virtio-net on restricted user networking whose only way out is 169.254.169.254:80,
-forwarded to a metadata service on 127.0.0.1 that hands out an SSH key, a hostname and a user-data
-script. The test passes when the serial log shows, in this order: the SYSLINUX banner, the kernel
-command line with root=/dev/vda1, the init entering the default runlevel, every ``--expect`` text,
-the SSH key in ec2-user's authorized_keys, the hostname, the user-data script's marker and a login
-prompt on the serial console. It fails naming the first check not met; the serial log is printed
-after a marker line so the build step can attach it.
+changed) and virtio-net on restricted user networking: the guest reaches nothing but what the test
+offers, and the guest's port 22 is forwarded to 127.0.0.1:PORT. The test makes a fresh ed25519 key
+and hands it out, with a hostname, an instance id and a user-data script, the way ``--metadata`` says:
+
+- ``service``: an EC2-style metadata service at 169.254.169.254:80 (forwarded to an HTTP server on
+  127.0.0.1);
+- ``config-drive``: an OpenStack config drive, an ISO 9660 disk labelled ``config-2``;
+- ``none``: neither; the image must still boot to its login prompt and start sshd.
+
+The serial console must show, in order: the SYSLINUX banner, the kernel command line with
+root=/dev/vda1, the init entering the default runlevel and a login prompt on the serial console.
+Then, over SSH as the cloud user with the key: the hostname is the metadata's, the user-data ran
+(the file it writes), the key was not installed for root, ``uname -r`` is ``--kernel-release``,
+every ``--expect-command`` succeeds; and root's login is refused although the user-data gave root
+the key too (so it is sshd's configuration that refuses it). With ``none``, sshd must answer.
+The test fails naming the first check not met; the serial log is printed after a marker line so
+the build step can attach it.
 """
 
 import argparse
@@ -18,13 +28,14 @@ import json
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
 import time
 import typing
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +45,20 @@ from gentoo_farm.workers.toolkit import StageError, progress, report
 METADATA_ADDRESS = "169.254.169.254"
 # The guest's link-local network: slirp forwards only addresses inside its own net=.
 GUEST_NETWORK = "169.254.0.0/16"
+CONFIG_DRIVE_LABEL = "config-2"
+# What the user-data writes (world-readable, so the cloud user can show it) and what it contains.
+USER_DATA_PROOF = "/var/tmp/farm-boot-test-user-data"
+NO_ROOT_KEY = "root had no authorized_keys before the user-data"
 # Console lines after which a boot cannot succeed: the watch stops there instead of at the timeout.
 FATAL_CONSOLE_LINES = {
     "Kernel panic - not syncing": "the kernel panicked",
     "Give root password for maintenance": "the boot dropped to the maintenance login (sulogin)",
 }
 POLL_SECONDS = 0.5
+SSH_RETRY_SECONDS = 2.0
+# One SSH command may take this long under TCG (key exchange, login, the command itself).
+SSH_COMMAND_SECONDS = 60.0
+SSH_CONNECT_SECONDS = 15
 
 
 @dataclass(frozen=True)
@@ -51,22 +70,35 @@ class Check:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="the qcow2 (or raw) image to boot")
     parser.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds the boot may take (default 300)"
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds the boot and the SSH checks may take together (default 300)",
     )
     parser.add_argument(
-        "--expect",
+        "--metadata",
+        choices=("service", "config-drive", "none"),
+        default="service",
+        help="how the instance gets its metadata: a metadata service at 169.254.169.254 (default), "
+        "an OpenStack config drive, or not at all",
+    )
+    parser.add_argument(
+        "--kernel-release",
+        default="",
+        help="what `uname -r` must print in the booted image (unchecked if empty)",
+    )
+    parser.add_argument(
+        "--expect-command",
         action="append",
         default=[],
-        metavar="TEXT",
-        help="a line the console must show after the default runlevel is reached (repeatable, in order)",
+        metavar="COMMAND",
+        help="a command that must succeed over SSH as the cloud user (repeatable, run in order)",
     )
     parser.add_argument(
         "--serial-log", type=Path, help="where to write the serial log (default: IMAGE.serial.log)"
     )
-    parser.add_argument(
-        "--hostname", default="farm-boot-test", help="the hostname the metadata service hands out"
-    )
-    parser.add_argument("--user", default="ec2-user", help="the cloud user whose SSH key is checked")
+    parser.add_argument("--hostname", default="farm-boot-test", help="the hostname the metadata hands out")
+    parser.add_argument("--user", default="ec2-user", help="the cloud user who logs in with the key")
     parser.add_argument(
         "--runlevel-marker",
         default="INIT: Entering runlevel: 3",
@@ -75,8 +107,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", default="512", help="guest memory in MiB (default 512)")
 
 
+@dataclass(frozen=True)
+class Instance:
+    """What the metadata says about the instance being booted."""
+
+    hostname: str
+    instance_id: str
+    public_key: str
+    marker: str
+
+    def user_data(self) -> str:
+        """A user-data script that leaves proof it ran, and gives root the key as well: a refused
+        root login then shows sshd's configuration, not a missing key."""
+        return f"""#!/bin/sh
+root_keys="{NO_ROOT_KEY}"
+[ -e /root/.ssh/authorized_keys ] && root_keys="root had authorized_keys"
+mkdir -p /root/.ssh
+chmod 0700 /root/.ssh
+echo '{self.public_key}' >> /root/.ssh/authorized_keys
+chmod 0600 /root/.ssh/authorized_keys
+printf '%s\\n' "{self.marker}" "$root_keys" > {USER_DATA_PROOF}
+chmod 0644 {USER_DATA_PROOF}
+echo "farm-boot-test: user-data ran"
+"""
+
+    def meta_data_json(self) -> bytes:
+        """OpenStack's meta_data.json (the fields Nova writes that the image reads)."""
+        return json.dumps(
+            {
+                "uuid": self.instance_id,
+                "hostname": self.hostname,
+                "name": self.hostname,
+                "launch_index": 0,
+                "public_keys": {"farm-boot-test": self.public_key + "\n"},
+                "keys": [{"name": "farm-boot-test", "type": "ssh", "data": self.public_key + "\n"}],
+            },
+            indent=2,
+        ).encode()
+
+    def metadata_documents(self) -> dict[str, bytes]:
+        return {
+            "/latest/meta-data/instance-id": self.instance_id.encode(),
+            "/latest/meta-data/public-keys/0/openssh-key": f"{self.public_key}\n".encode(),
+            "/latest/meta-data/hostname": self.hostname.encode(),
+            "/latest/user-data": self.user_data().encode(),
+            "/openstack/latest/meta_data.json": self.meta_data_json(),
+            "/openstack/latest/user_data": self.user_data().encode(),
+        }
+
+
 class MetadataHandler(http.server.BaseHTTPRequestHandler):
-    """Answers the EC2 and OpenStack metadata paths cloud-init.start asks for."""
+    """Answers the EC2 and OpenStack metadata paths with the instance's documents."""
 
     documents: typing.ClassVar[dict[str, bytes]] = {}
 
@@ -105,43 +186,55 @@ def metadata_service(documents: dict[str, bytes]) -> Iterator[int]:
         server.server_close()
 
 
-def user_data_script(user: str, marker: str) -> str:
-    """The user-data the test hands out: it reports what cloud-init.start did, as the guest sees it."""
-    return f"""#!/bin/sh
-home=$(awk -F: '$1 == "{user}" {{ print $6 }}' /etc/passwd)
-echo "farm-boot-test: {user} authorized_keys: $(cat "$home/.ssh/authorized_keys" 2>&1)"
-echo "farm-boot-test: hostname: $(hostname)"
-echo "farm-boot-test: user-data ran: {marker}"
-"""
+def config_drive(instance: Instance, scratch: Path) -> Path:
+    """An OpenStack config drive made the way Nova makes one (genisoimage, label config-2)."""
+    tree = scratch / "config-drive"
+    latest = tree / "openstack" / "latest"
+    latest.mkdir(parents=True)
+    (latest / "meta_data.json").write_bytes(instance.meta_data_json())
+    (latest / "user_data").write_text(instance.user_data())
+    iso = scratch / "config-drive.iso"
+    command = ["genisoimage", "-o", str(iso), "-ldots", "-allow-lowercase", "-allow-multidot", "-l"]
+    command += ["-quiet", "-J", "-r", "-V", CONFIG_DRIVE_LABEL, str(tree)]
+    made = subprocess.run(command, capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        raise StageError(f"genisoimage could not make the config drive: {made.stderr.strip()}")
+    return iso
 
 
-def build_checks(args: argparse.Namespace, ssh_key: str, marker: str) -> list[Check]:
-    checks = [
+def new_key(scratch: Path) -> tuple[Path, str]:
+    """A fresh ed25519 key pair for this boot: the private key's path and the public key's line."""
+    key = scratch / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "farm-boot-test", "-f", str(key)],
+        check=True,
+        capture_output=True,
+    )
+    return key, key.with_suffix(".pub").read_text().strip()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def console_checks(args: argparse.Namespace) -> list[Check]:
+    # Without metadata the hostname stays the image's own.
+    hostname = re.escape(args.hostname) if args.metadata != "none" else r"\S+"
+    return [
         Check("the SYSLINUX banner (extlinux.conf needs SERIAL 0)", re.compile(r"SYSLINUX \d")),
         Check("the kernel command line with root=/dev/vda1", re.compile(r"Command line: .*root=/dev/vda1\b")),
         Check(
             f"the init reaching the default runlevel ({args.runlevel_marker!r})",
-            _literal(args.runlevel_marker),
-        ),
-    ]
-    checks += [Check(f"the expected line {text!r}", _literal(text)) for text in args.expect]
-    checks += [
-        Check(
-            f"the SSH key from the metadata installed for {args.user}",
-            _literal(f"farm-boot-test: {args.user} authorized_keys: {ssh_key}"),
+            re.compile(re.escape(args.runlevel_marker)),
         ),
         Check(
-            f"the hostname {args.hostname!r} from the metadata",
-            _literal(f"farm-boot-test: hostname: {args.hostname}"),
+            "a login prompt on the serial console (the s0 getty)"
+            + (f" for {args.hostname}" if args.metadata != "none" else ""),
+            re.compile(rf"{hostname} login:"),
         ),
-        Check("the user-data script's marker", _literal(f"farm-boot-test: user-data ran: {marker}")),
-        Check("a login prompt on the serial console (the s0 getty)", _literal(f"{args.hostname} login:")),
     ]
-    return checks
-
-
-def _literal(text: str) -> re.Pattern[str]:
-    return re.compile(re.escape(text))
 
 
 def first_unmet(checks: list[Check], console: str) -> Check | None:
@@ -155,65 +248,30 @@ def first_unmet(checks: list[Check], console: str) -> Check | None:
     return None
 
 
-def qemu_command(image: Path, serial_log: Path, proxy: Path, memory: str) -> list[str]:
+def qemu_command(
+    image: Path, serial_log: Path, memory: str, ssh_port: int, proxy: Path | None, drive: Path | None
+) -> list[str]:
     image_format = "qcow2" if image.suffix == ".qcow2" else "raw"
-    return [
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        memory,
-        "-smp",
-        "1",
-        "-display",
-        "none",
-        "-vga",
-        "std",
-        "-serial",
-        f"file:{serial_log}",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-snapshot",
-        "-drive",
-        f"file={image},if=virtio,format={image_format}",
-        "-netdev",
-        f"user,id=n0,restrict=on,net={GUEST_NETWORK},guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:{proxy}",
-        "-device",
-        "virtio-net-pci,netdev=n0",
-    ]
+    network = f"user,id=n0,restrict=on,net={GUEST_NETWORK},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+    if proxy is not None:
+        network += f",guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:{proxy}"
+    command = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", memory, "-smp", "1"]
+    command += ["-display", "none", "-vga", "std", "-serial", f"file:{serial_log}", "-monitor", "none"]
+    command += ["-no-reboot", "-snapshot", "-drive", f"file={image},if=virtio,format={image_format}"]
+    if drive is not None:
+        # After the root disk, so the root stays /dev/vda.
+        command += ["-drive", f"file={drive},if=virtio,format=raw,readonly=on"]
+    return [*command, "-netdev", network, "-device", "virtio-net-pci,netdev=n0"]
 
 
-def boot_and_watch(
-    command: list[str], serial_log: Path, checks: list[Check], timeout: float
-) -> tuple[Check | None, str]:
-    """Boot; return (the first unmet check or None, why the watch ended)."""
-    started = time.monotonic()
-    qemu_log = serial_log.with_name(serial_log.name + ".qemu")
+@contextlib.contextmanager
+def running(command: list[str], qemu_log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with qemu_log.open("w") as qemu_output:
         qemu = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=qemu_output, stderr=subprocess.STDOUT
         )
     try:
-        while True:
-            time.sleep(POLL_SECONDS)
-            console = serial_log.read_text(errors="replace") if serial_log.exists() else ""
-            unmet = first_unmet(checks, console)
-            elapsed = time.monotonic() - started
-            if unmet is None:
-                return None, f"all checks met after {elapsed:.1f} s"
-            fatal = next((why for line, why in FATAL_CONSOLE_LINES.items() if line in console), None)
-            if fatal:
-                return unmet, f"{fatal} after {elapsed:.1f} s"
-            if qemu.poll() is not None:
-                details = qemu_log.read_text(errors="replace").strip()
-                return unmet, f"qemu exited with status {qemu.returncode} after {elapsed:.1f} s" + (
-                    f": {details}" if details else ""
-                )
-            if elapsed > timeout:
-                return unmet, f"the boot did not get there within {timeout:.0f} s"
+        yield qemu
     finally:
         if qemu.poll() is None:
             qemu.terminate()
@@ -224,53 +282,241 @@ def boot_and_watch(
                 qemu.wait()
 
 
-def last_line(console: str) -> str:
-    lines = [line.strip() for line in console.splitlines() if line.strip()]
-    return lines[-1][:200] if lines else "(the serial console stayed silent)"
+def qemu_exited(qemu: subprocess.Popen[bytes], qemu_log: Path) -> str | None:
+    if qemu.poll() is None:
+        return None
+    details = qemu_log.read_text(errors="replace").strip()
+    return f"qemu exited with status {qemu.returncode}" + (f": {details}" if details else "")
+
+
+def watch_console(
+    qemu: subprocess.Popen[bytes], qemu_log: Path, serial_log: Path, checks: list[Check], deadline: float
+) -> tuple[Check | None, str]:
+    """Wait for the console checks; return (the first unmet check or None, why the watch ended)."""
+    started = time.monotonic()
+    while True:
+        time.sleep(POLL_SECONDS)
+        console = serial_log.read_text(errors="replace") if serial_log.exists() else ""
+        unmet = first_unmet(checks, console)
+        elapsed = f"after {time.monotonic() - started:.1f} s"
+        if unmet is None:
+            return None, f"all met {elapsed}"
+        fatal = next((why for line, why in FATAL_CONSOLE_LINES.items() if line in console), None)
+        if fatal:
+            return unmet, f"{fatal} {elapsed}"
+        exited = qemu_exited(qemu, qemu_log)
+        if exited:
+            return unmet, f"{exited} {elapsed}"
+        if time.monotonic() > deadline:
+            return unmet, "the boot did not get there within the timeout"
+
+
+@dataclass(frozen=True)
+class Guest:
+    """The booted guest's sshd, reached through the host forward."""
+
+    qemu: subprocess.Popen[bytes]
+    qemu_log: Path
+    port: int
+    key: Path
+
+    def ssh(self, user: str, command: str, deadline: float) -> subprocess.CompletedProcess[str]:
+        options = {
+            "BatchMode": "yes",
+            "IdentitiesOnly": "yes",
+            "PreferredAuthentications": "publickey",
+            # Every boot has new host keys: there is nothing to verify them against.
+            "StrictHostKeyChecking": "no",
+            "UserKnownHostsFile": "/dev/null",
+            "LogLevel": "ERROR",
+            "ConnectTimeout": str(SSH_CONNECT_SECONDS),
+            "ServerAliveInterval": "10",
+            "ServerAliveCountMax": "3",
+        }
+        # -F /dev/null: the worker's own ssh_config (proxies, other keys) must not take part.
+        arguments = ["ssh", "-F", "/dev/null", "-i", str(self.key), "-p", str(self.port)]
+        for name, value in options.items():
+            arguments += ["-o", f"{name}={value}"]
+        arguments += [f"{user}@127.0.0.1", command]
+        seconds = max(1.0, min(SSH_COMMAND_SECONDS, deadline - time.monotonic()))
+        try:
+            return subprocess.run(arguments, capture_output=True, text=True, timeout=seconds, check=False)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(
+                arguments, 255, "", f"ssh did not finish within {seconds:.0f} s"
+            )
+
+
+def ssh_failure(result: subprocess.CompletedProcess[str]) -> str:
+    output = (result.stderr.strip() or result.stdout.strip())[-500:]
+    return f"status {result.returncode}" + (f": {output}" if output else "")
+
+
+def wait_for_login(guest: Guest, user: str, deadline: float) -> str | None:
+    """Log in as ``user`` until it works or the deadline passes: None, or why the last try failed."""
+    while True:
+        exited = qemu_exited(guest.qemu, guest.qemu_log)
+        if exited:
+            return exited
+        result = guest.ssh(user, "true", deadline)
+        if result.returncode == 0:
+            return None
+        # The login prompt comes after the whole default runlevel: the key is in place by then,
+        # so a refused key is final.
+        if "Permission denied" in result.stderr or time.monotonic() > deadline:
+            return ssh_failure(result)
+        time.sleep(SSH_RETRY_SECONDS)
+
+
+def wait_for_banner(guest: Guest, deadline: float) -> str | None:
+    """Wait for sshd's version banner on the forwarded port: None, or why it did not come."""
+    last = "no answer"
+    while time.monotonic() < deadline:
+        exited = qemu_exited(guest.qemu, guest.qemu_log)
+        if exited:
+            return exited
+        try:
+            with socket.create_connection(
+                ("127.0.0.1", guest.port), timeout=SSH_CONNECT_SECONDS
+            ) as connection:
+                banner = connection.recv(256)
+            if banner.startswith(b"SSH-"):
+                progress(f"sshd answers: {banner.decode(errors='replace').strip()}")
+                return None
+            last = f"the port answered {banner[:60]!r}, not an SSH banner"
+        except OSError as error:
+            last = str(error)
+        time.sleep(SSH_RETRY_SECONDS)
+    return f"not within the timeout ({last})"
+
+
+def login_checks(
+    args: argparse.Namespace, guest: Guest, instance: Instance, deadline: float
+) -> list[tuple[str, Callable[[], str | None]]]:
+    """The checks over SSH, in order: (description, a function returning None or why it failed)."""
+
+    def output_is(command: str, expected: str) -> Callable[[], str | None]:
+        def check() -> str | None:
+            result = guest.ssh(args.user, command, deadline)
+            if result.returncode != 0:
+                return f"`{command}` failed ({ssh_failure(result)})"
+            if result.stdout.strip() != expected:
+                return f"`{command}` printed {result.stdout.strip()!r}"
+            return None
+
+        return check
+
+    def succeeds(command: str) -> Callable[[], str | None]:
+        def check() -> str | None:
+            result = guest.ssh(args.user, command, deadline)
+            progress(f"{command}: status {result.returncode}\n{result.stdout}{result.stderr}".rstrip())
+            return None if result.returncode == 0 else ssh_failure(result)
+
+        return check
+
+    def root_refused() -> str | None:
+        result = guest.ssh("root", "true", deadline)
+        if result.returncode == 0:
+            return "root logged in with the key (sshd must say PermitRootLogin no)"
+        return None if "Permission denied" in result.stderr else ssh_failure(result)
+
+    if args.metadata == "none":
+        return [("sshd answering on port 22", lambda: wait_for_banner(guest, deadline))]
+    source = "config drive" if args.metadata == "config-drive" else "metadata service"
+    checks: list[tuple[str, Callable[[], str | None]]] = [
+        (
+            f"an SSH login as {args.user} with the key from the {source}",
+            lambda: wait_for_login(guest, args.user, deadline),
+        ),
+        (f"the hostname {instance.hostname!r} from the {source}", output_is("uname -n", instance.hostname)),
+        (
+            f"the user-data from the {source} having run (its {USER_DATA_PROOF})",
+            output_is(f"head -n 1 {USER_DATA_PROOF}", instance.marker),
+        ),
+        ("the key installed for the cloud user only", output_is(f"tail -n 1 {USER_DATA_PROOF}", NO_ROOT_KEY)),
+    ]
+    if args.kernel_release:
+        checks.append(
+            (f"the kernel release {args.kernel_release}", output_is("uname -r", args.kernel_release))
+        )
+    checks += [(f"the command {command!r}", succeeds(command)) for command in args.expect_command]
+    checks.append(("root's SSH login being refused", root_refused))
+    return checks
+
+
+def first_failure(checks: list[tuple[str, Callable[[], str | None]]]) -> tuple[str, str] | None:
+    for description, check in checks:
+        progress(f"checking {description}")
+        why = check()
+        if why is not None:
+            return description, why
+    return None
+
+
+def required_tools(metadata: str) -> list[str]:
+    tools = ["qemu-system-x86_64", "ssh", "ssh-keygen"]
+    if metadata == "service":
+        tools.append("busybox")  # its nc carries the guest's requests to the metadata service
+    if metadata == "config-drive":
+        tools.append("genisoimage")
+    return tools
 
 
 def run(args: argparse.Namespace) -> None:
     if not args.image.is_file():
         raise StageError(f"{args.image}: image does not exist")
-    for tool in ("qemu-system-x86_64", "busybox"):
+    for tool in required_tools(args.metadata):
         if shutil.which(tool) is None:
             raise StageError(f"{tool} is not installed on this worker (the boot test needs it)")
-    serial_log = args.serial_log or args.image.with_name(args.image.name + ".serial.log")
+    serial_log = (args.serial_log or args.image.with_name(args.image.name + ".serial.log")).resolve()
     serial_log.parent.mkdir(parents=True, exist_ok=True)
     serial_log.unlink(missing_ok=True)
+    qemu_log = serial_log.with_name(serial_log.name + ".qemu")
 
-    marker = secrets.token_hex(8)
-    ssh_key = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{secrets.token_urlsafe(32)} farm-boot-test"
-    instance_id = str(uuid.uuid4())
-    documents = {
-        "/latest/meta-data/public-keys/0/openssh-key": f"{ssh_key}\n".encode(),
-        "/latest/meta-data/hostname": args.hostname.encode(),
-        "/latest/meta-data/instance-id": instance_id.encode(),
-        "/latest/user-data": user_data_script(args.user, marker).encode(),
-        "/openstack/latest/meta_data.json": json.dumps(
-            {"uuid": instance_id, "hostname": args.hostname, "public_keys": {"farm-boot-test": ssh_key}}
-        ).encode(),
-    }
-    checks = build_checks(args, ssh_key, marker)
-
-    with metadata_service(documents) as port, tempfile.TemporaryDirectory(prefix="boot-test-") as scratch:
-        # qemu runs this for each connection the guest opens to the metadata address; the path
-        # ends up in a qemu option string, so it must not contain spaces or commas.
-        proxy = Path(scratch) / "metadata-proxy"
-        proxy.write_text(f"#!/bin/sh\nexec busybox nc 127.0.0.1 {port}\n")
-        proxy.chmod(0o755)
-        command = qemu_command(args.image.resolve(), serial_log.resolve(), proxy, args.memory)
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="boot-test-")))
+        key, public_key = new_key(scratch)
+        instance = Instance(args.hostname, str(uuid.uuid4()), public_key, secrets.token_hex(8))
+        proxy = drive = None
+        if args.metadata == "service":
+            port = stack.enter_context(metadata_service(instance.metadata_documents()))
+            # qemu runs this for each connection the guest opens to the metadata address; the path
+            # ends up in a qemu option string, so it must not contain spaces or commas.
+            proxy = scratch / "metadata-proxy"
+            proxy.write_text(f"#!/bin/sh\nexec busybox nc 127.0.0.1 {port}\n")
+            proxy.chmod(0o755)
+        elif args.metadata == "config-drive":
+            drive = config_drive(instance, scratch)
+        ssh_port = free_port()
+        command = qemu_command(args.image.resolve(), serial_log, args.memory, ssh_port, proxy, drive)
         progress(f"booting {args.image} (timeout {args.timeout:.0f} s): {' '.join(command)}")
-        unmet, ending = boot_and_watch(command, serial_log, checks, args.timeout)
+        deadline = time.monotonic() + args.timeout
+        qemu = stack.enter_context(running(command, qemu_log))
+        checks = console_checks(args)
+        unmet, ending = watch_console(qemu, qemu_log, serial_log, checks, deadline)
+        failure = None
+        if unmet is None:
+            progress(f"serial console: {len(checks)} checks met in order ({ending})")
+            failure = first_failure(
+                login_checks(args, Guest(qemu, qemu_log, ssh_port, key), instance, deadline)
+            )
 
     console = serial_log.read_text(errors="replace") if serial_log.exists() else ""
     print(f"{SERIAL_LOG_MARKER}{serial_log} -----", flush=True)
     print(console, end="" if console.endswith("\n") or not console else "\n", flush=True)
     print(SERIAL_LOG_END, flush=True)
-    report(boot_test_serial_log=str(serial_log), boot_test_passed=unmet is None)
+    report(boot_test_serial_log=str(serial_log), boot_test_passed=unmet is None and failure is None)
     if unmet is not None:
         raise StageError(
             f"boot test failed: {unmet.description} not seen on the serial console ({ending}; "
             f"last line: {last_line(console)!r}; serial log: {serial_log})"
         )
-    progress(f"boot test passed: {len(checks)} checks met in order ({ending})")
+    if failure is not None:
+        description, why = failure
+        raise StageError(f"boot test failed: {description}: {why} (serial log: {serial_log})")
+    progress(f"boot test passed: {len(checks)} console checks, then the checks over SSH")
+
+
+def last_line(console: str) -> str:
+    lines = [line.strip() for line in console.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "(the serial console stayed silent)"
