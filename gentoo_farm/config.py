@@ -53,6 +53,12 @@ def _address_or_empty(value: str) -> None:
         host_port(value)
 
 
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError("expected at least 1: retention never deletes the newest set")
+    return value
+
+
 def _clock_time(value: str) -> str:
     if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
         raise ValueError("expected a time of day HH:MM (24 h), e.g. 03:30")
@@ -213,7 +219,7 @@ class StoreSection:
     """Base URL workers, Portage and people read the store from; derived when empty."""
     part_size_mb: int = 64
     concurrency: int = 4
-    keep: int = 5
+    keep: int = field(default=5, metadata=_check(_at_least_one))
     url_expiry_seconds: int = 3600
 
 
@@ -222,7 +228,7 @@ class GlanceTarget:
     cloud: str
     visibility: Literal["private", "shared", "community", "public"] = "private"
     disk_format: Literal["qcow2", "raw"] = "qcow2"
-    keep: int = 3
+    keep: int = field(default=3, metadata=_check(_at_least_one))
     use_import: bool = True
     properties: dict[str, str] = field(default_factory=dict)
 

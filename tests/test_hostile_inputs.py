@@ -308,7 +308,7 @@ def test_the_cloud_user_is_added_without_running_any_program_of_the_image(tmp_pa
     group = (root / "etc/group").read_text()
     assert "wheel:x:10:root,ec2-user\n" in group and "users:x:100:ec2-user\n" in group
     assert "ec2-user:x:1000:\n" in group
-    assert any(line.startswith("ec2-user:!:") for line in (root / "etc/shadow").read_text().splitlines())
+    assert any(line.startswith("ec2-user:*:") for line in (root / "etc/shadow").read_text().splitlines())
     home = root / "home/ec2-user"
     assert (home / ".profile").is_file() and (home / ".config/app").read_text() == "setting\n"
     assert (home / ".link").readlink() == Path("/etc/shadow")

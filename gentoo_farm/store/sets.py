@@ -26,6 +26,7 @@ from gentoo_farm.store.base import (
     ArtifactStore,
     ObjectInfo,
     ObjectNotFound,
+    PreconditionFailed,
     StoreError,
 )
 
@@ -35,6 +36,9 @@ FULL_VERIFY_BYTES = 512 * 1024 * 1024
 
 ABANDONED_AFTER = timedelta(days=1)
 """Uploads of a set without a manifest, or staged push-backs, untouched this long belong to a dead build."""
+
+POINTER_ATTEMPTS = 20
+"""Conditional pointer writes a publish tries before it gives up (each loss means another publish won)."""
 
 _SET_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-zA-Z]+")
 
@@ -193,12 +197,20 @@ def finalize_set(
     store.put_bytes(published.manifest_key, manifest)
     if store.get_bytes(published.manifest_key) != manifest:
         raise StoreError(f"{published.manifest_key} in {store.location} does not read back as written")
-    _write_pointers(store, published)
-    progress(f"published {kind} set {set_id}; latest now points at it")
+    if _write_pointers(store, published):
+        progress(f"published {kind} set {set_id}; latest now points at it")
+    else:
+        progress(f"published {kind} set {set_id}; latest stays at a newer set")
     return published
 
 
-def _write_pointers(store: ArtifactStore, published: PublishedSet) -> None:
+def _write_pointers(store: ArtifactStore, published: PublishedSet) -> bool:
+    """Move both ``latest`` pointers to ``published`` unless they name a newer set; whether they moved.
+
+    Set ids sort by the time their build started, so a pointer only moves forward: each pointer is
+    replaced with a conditional write on what was read (absent, or its etag), and a writer that loses the
+    race reads again. Two publishes finishing at once leave both pointers at the newer set.
+    """
     text_key, json_key = pointer_keys(published.kind)
     now = datetime.now(UTC)
     lines = [
@@ -207,8 +219,41 @@ def _write_pointers(store: ArtifactStore, published: PublishedSet) -> None:
         *(f"{published.set_id}/{file.name} {file.size}" for file in published.files),
     ]
     # JSON first: the text pointer is what Gentoo-style readers look at, so it flips last.
-    store.put_bytes(json_key, json.dumps(published.to_json(), indent=2, sort_keys=True).encode() + b"\n")
-    store.put_bytes(text_key, ("\n".join(lines) + "\n").encode())
+    manifest = json.dumps(published.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    moved = _move_forward(store, json_key, published.set_id, manifest)
+    _move_forward(store, text_key, published.set_id, ("\n".join(lines) + "\n").encode())
+    return moved
+
+
+def _pointer_set_id(data: bytes) -> str:
+    """The set id a pointer names (JSON: its set_id; text: the directory of its first file line)."""
+    text = data.decode(errors="replace")
+    if text.lstrip().startswith("{"):
+        return str(json.loads(text).get("set_id", ""))
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            return line.split("/", 1)[0]
+    return ""
+
+
+def _move_forward(store: ArtifactStore, key: str, set_id: str, data: bytes) -> bool:
+    for _ in range(POINTER_ATTEMPTS):
+        info = store.head(key)
+        try:
+            if info is None:
+                store.put_bytes(key, data, if_absent=True)
+                return True
+            try:
+                current = _pointer_set_id(store.get_bytes(key))
+            except ObjectNotFound:
+                continue
+            if current >= set_id:
+                return False
+            store.put_bytes(key, data, if_match=info.etag)
+            return True
+        except (PreconditionFailed, ObjectNotFound):
+            continue
+    raise StoreError(f"{key}: {POINTER_ATTEMPTS} publishes changed it while {set_id} tried to; try again")
 
 
 def read_manifest(store: ArtifactStore, key: str) -> PublishedSet:
@@ -272,8 +317,9 @@ def plan_retention(
 ) -> RetentionPlan:
     """Decide what :func:`apply_retention` deletes.
 
-    Per kind the ``keep`` newest complete sets stay, plus the set each pointer names, plus every set a
-    kept set lists in its ``sources`` (e.g. the kernel of a kept image). Sets without a manifest (a crashed
+    Per kind the ``keep`` newest complete sets stay, plus the set each pointer names and any complete set
+    newer than it (its publish has not moved the pointer yet), plus every set a kept set lists in its
+    ``sources`` (e.g. the kernel of a kept image). Sets without a manifest (a crashed
     publish) and staged push-back uploads go once nothing in them changed for ``abandoned_after``:
     until then they may belong to a build still uploading.
     """
@@ -289,6 +335,8 @@ def plan_retention(
         latest = latest_set(store, kind)
         if latest is not None:
             kept[kind].add(latest.set_id)
+        # A complete set newer than the pointer is being published: its pointer write comes next.
+        kept[kind].update(sid for sid in complete[kind] if latest is None or sid > latest.set_id)
     # Images reference kernels/overlays/stage3s...; follow references until nothing new is protected.
     pending = [(kind, sid) for kind, ids in kept.items() for sid in ids]
     while pending:

@@ -6,7 +6,9 @@ path resolved inside the root: /etc/passwd, /etc/group, /etc/shadow and /etc/gsh
 has one), and the home directory is made from /etc/skel. The numbers follow shadow's rules and the
 image's own /etc/login.defs and /etc/default/useradd: the next id after the highest one in
 UID_MIN..UID_MAX, a group of the user's name (USERGROUPS_ENAB) with the same id when it is free,
-the home's mode from HOME_MODE or UMASK.
+the home's mode from HOME_MODE or UMASK. One difference: the password field is ``*`` (no password can
+match) where useradd writes ``!`` (locked): sshd without PAM refuses even a key for a locked account, so
+``*`` keeps the cloud user's key login working whether or not the image's sshd uses PAM.
 """
 
 import os
@@ -16,6 +18,8 @@ from pathlib import Path, PurePosixPath
 
 from gentoo_farm.workers.toolkit import StageError, progress
 from gentoo_farm.workers.toolkit.confined import read_text, resolve, write_text
+
+NO_PASSWORD = "*"
 
 # shadow's built-in values, for settings an image's login.defs does not make.
 LOGIN_DEFAULTS = {
@@ -124,9 +128,8 @@ def add_user(root: Path, user: str, groups: str) -> None:
     home_name = str(PurePosixPath(defaults["HOME"]) / user)
     passwd.append([user, "x", str(uid), str(gid), "", home_name, defaults["SHELL"]])
     days = str(int(time.time()) // 86400)
-    shadow.append(
-        [user, "!", days, defs["PASS_MIN_DAYS"], defs["PASS_MAX_DAYS"], defs["PASS_WARN_AGE"], "", "", ""]
-    )
+    ages = [defs["PASS_MIN_DAYS"], defs["PASS_MAX_DAYS"], defs["PASS_WARN_AGE"]]
+    shadow.append([user, NO_PASSWORD, days, *ages, "", "", ""])
     _write_table(root, "etc/group", group)
     if has_gshadow:
         _write_table(root, "etc/gshadow", gshadow)
