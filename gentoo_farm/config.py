@@ -132,6 +132,17 @@ class UpstreamSection:
     release_key: Path = Path("keys/gentoo-release.asc")
     """The OpenPGP key stage3 and snapshots are verified against (Gentoo rotates it)."""
 
+    @property
+    def arch(self) -> str:
+        """The architecture of the configured stage3 (``stage3-arm64-openrc`` -> ``arm64``): the mirror's
+        ``releases/<arch>/`` directory and the last part of image names."""
+        return self.stage3.removeprefix("stage3-").split("-", 1)[0]
+
+    @property
+    def variant(self) -> str:
+        """``amd64-openrc`` for ``stage3-amd64-openrc``: the ``latest-stage3-<variant>.txt`` pointer."""
+        return self.stage3.removeprefix("stage3-")
+
 
 @dataclass(frozen=True)
 class KernelSection:

@@ -6,9 +6,15 @@ carry the date and the hash of what went in. Publishing order is what makes it c
 1. every object (and its ``.sha512``) is uploaded,
 2. each is verified by reading it back (size + sha512; size + ETag for objects past ``full_verify_bytes``),
 3. ``manifest.json`` is written (a set without it is incomplete and is never named by anything),
-4. the pointers ``K/latest-K.txt`` (Gentoo style) and ``K/latest.json`` are replaced.
+4. the pointers ``K/latest-K.txt`` (Gentoo style) and ``K/latest.json`` are replaced,
+5. the set's artifact (manifest ``artifact``) is copied to its stable name at the top of ``K/``
+   (``stage3/stage3-latest.tar.xz``, ``images/gentoo-latest-amd64.qcow2`` ...), then its ``.sha512``.
 
-A crash anywhere before step 4 leaves the pointers on the previous complete set.
+A crash anywhere before step 4 leaves the pointers on the previous complete set; the stable objects only
+ever hold a complete, verified set's artifact.
+
+Images are named here too (:func:`next_image_name`): ``gentoo-YYYYMMDD-ARCH``, then ``gentoo-YYYYMMDD.1-ARCH``
+... the same day; the name is the stem of every file of the set and what Glance calls the image.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from gentoo_farm.checksums import sha512_line
 from gentoo_farm.store.base import (
@@ -30,6 +36,8 @@ from gentoo_farm.store.base import (
 )
 
 MANIFEST = "manifest.json"
+ARTIFACT = "artifact"
+"""The manifest metadata naming the set's main file: what downstream builds use and the stable copy holds."""
 FULL_VERIFY_BYTES = 512 * 1024 * 1024
 """Objects up to this size are read back in full and hashed; bigger ones are checked by size and ETag."""
 
@@ -37,6 +45,18 @@ ABANDONED_AFTER = timedelta(days=1)
 """Uploads of a set without a manifest, or staged push-backs, untouched this long belong to a dead build."""
 
 _SET_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-zA-Z]+")
+_IMAGE_FILE = re.compile(
+    r"(?P<name>gentoo-\d{8}(?:\.[1-9]\d*)?-(?P<arch>[0-9a-z_]+))\.(?P<format>[0-9a-z.]+)"
+)
+"""A file of an image set: ``gentoo-20261202.1-amd64.qcow2``, ``gentoo-20261202.1-amd64.manifest.json``."""
+
+LATEST_NAMES = {
+    "stage3": "stage3-latest.tar.xz",
+    "portage": "portage-latest.tar.xz",
+    "kernel": "vmlinuz-latest.tar.zst",
+    "overlay": "vmoverride-latest.tar.gz",
+}
+"""The stable name of each kind's artifact (the seed's names); images get ``gentoo-latest-ARCH.<format>``."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,45 @@ def pointer_keys(kind: str) -> tuple[str, str]:
     return f"{kind}/latest-{kind}.txt", f"{kind}/latest.json"
 
 
+def image_name(day: date, arch: str, serial: int = 0) -> str:
+    """``gentoo-20261125-amd64``, or ``gentoo-20261125.2-amd64`` for the day's third image."""
+    return f"gentoo-{day:%Y%m%d}{f'.{serial}' if serial else ''}-{arch}"
+
+
+def next_image_name(store: ArtifactStore, arch: str, when: datetime | None = None) -> str:
+    """The name of the next image of ``arch`` published on ``when``'s UTC day (default: now).
+
+    Taken are the names the files of every image set carry, complete or still uploading, so a build
+    naming its image after another one uploaded does not take the same name.
+    """
+    day = (when or datetime.now(UTC)).date()
+    taken = {
+        match["name"]
+        for objects in _set_objects(store, "images").values()
+        for key in objects
+        if (match := _IMAGE_FILE.fullmatch(key.rsplit("/", 1)[1]))
+    }
+    serial = 0
+    while image_name(day, arch, serial) in taken:
+        serial += 1
+    return image_name(day, arch, serial)
+
+
+def latest_name(kind: str, artifact: str) -> str:
+    """The stable name the artifact file ``artifact`` of a ``kind`` set is copied to."""
+    if kind != "images":
+        return LATEST_NAMES[check_kind(kind)]
+    match = _IMAGE_FILE.fullmatch(artifact)
+    if match is None:
+        raise StoreError(f"image file {artifact!r} is not named gentoo-YYYYMMDD[.N]-ARCH.<format>")
+    return f"gentoo-latest-{match['arch']}.{match['format']}"
+
+
+def latest_key(kind: str, artifact: str) -> str:
+    """``K/<stable name>``: at the top of the kind's prefix, beside the pointers, outside every set."""
+    return f"{check_kind(kind)}/{latest_name(kind, artifact)}"
+
+
 def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile) -> None:
     """Read the object back and compare it with what its producer reported; StoreError names the mismatch."""
     info = store.head(key)
@@ -195,7 +254,19 @@ def finalize_set(
         raise StoreError(f"{published.manifest_key} in {store.location} does not read back as written")
     _write_pointers(store, published)
     progress(f"published {kind} set {set_id}; latest now points at it")
+    if ARTIFACT in published.metadata:
+        _write_latest_copy(store, published, published.file(str(published.metadata[ARTIFACT])))
+        progress(f"{latest_key(kind, str(published.metadata[ARTIFACT]))} is now {set_id}'s")
     return published
+
+
+def _write_latest_copy(store: ArtifactStore, published: PublishedSet, artifact: PublishedFile) -> None:
+    """Copy the artifact to its stable key, verify the copy, then write its ``.sha512`` (under the stable
+    name, so ``sha512sum -c`` checks what a person downloaded by that name)."""
+    key = latest_key(published.kind, artifact.name)
+    store.copy(artifact.key, key)
+    verify_object(store, key, ExpectedFile(artifact.size, artifact.sha512))
+    store.put_bytes(key + ".sha512", sha512_line(artifact.sha512, key.rsplit("/", 1)[1]))
 
 
 def _write_pointers(store: ArtifactStore, published: PublishedSet) -> None:

@@ -7,12 +7,11 @@ and Glance.
 """
 
 import json
-from datetime import UTC, datetime
 
-from buildbot.interfaces import IProperties
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
+from gentoo_farm.catalog import PACKAGE_MANIFEST_SUFFIX
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.factories.common import publish, push_back, up_to_date
@@ -21,7 +20,7 @@ from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk, PruneRoot, WriteImageManifest
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.packages import EmergePackages, UnpackRoot
-from gentoo_farm.steps.publish import unless_up_to_date
+from gentoo_farm.steps.publish import IMAGE_NAME_PROPERTY, NameImage, unless_up_to_date
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 
@@ -33,14 +32,15 @@ INPUTS = {
 }
 ROOT = "root"
 BINHOST_KEY = "farm-binhost-key.asc"
-DISK = "gentoo-amd64.qcow2"
-MANIFEST_JSON = "image.manifest.json"
-MANIFEST_TEXT = "image.manifest"
+# Paths on the worker; in the store every file carries the image's name (NameImage decides it).
+DISK = "image/disk.qcow2"
+MANIFEST_JSON = "image/manifest.json"
+MANIFEST_TEXT = "image/manifest.txt"
 
 
-@util.renderer
-def image_name(properties: IProperties) -> str:
-    return datetime.now(UTC).strftime("gentoo-%Y%m%d-amd64")
+def published_as(suffix: str) -> util.Interpolate:
+    """``gentoo-20261202.1-amd64<suffix>``: a file's name in the image set."""
+    return util.Interpolate(f"%(prop:{IMAGE_NAME_PROPERTY})s{suffix}")
 
 
 def publishing_requested(step: steps.BuildStep) -> bool:
@@ -105,8 +105,8 @@ def factory(config: FarmConfig) -> BuildFactory:
             AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"], **building),
             WriteImageManifest(
                 root=ROOT,
-                json_output=f"image/{MANIFEST_JSON}",
-                text_output=f"image/{MANIFEST_TEXT}",
+                json_output=MANIFEST_JSON,
+                text_output=MANIFEST_TEXT,
                 compiled=util.Property("packages_compiled", default=[]),
                 binary=util.Property("packages_binary", default=[]),
                 inputs=util.Transform(
@@ -121,28 +121,29 @@ def factory(config: FarmConfig) -> BuildFactory:
             ),
             BuildDisk(
                 root=ROOT,
-                output=f"image/{DISK}",
+                output=DISK,
                 size=config.image.disk_size,
                 compress=config.image.compress,
                 **building,
             ),
             BootTest(
-                image=f"image/{DISK}",
+                image=DISK,
                 boot_timeout=config.image.boot_timeout,
                 expect=config.image.boot_expect,
                 **building,
             ),
+            NameImage(config.store, config.upstream.arch, **publishing),
             *publish(
                 config,
                 "images",
-                artifact=DISK,
+                artifact=published_as(".qcow2"),
                 files={
-                    DISK: f"image/{DISK}",
-                    MANIFEST_JSON: f"image/{MANIFEST_JSON}",
-                    MANIFEST_TEXT: f"image/{MANIFEST_TEXT}",
+                    published_as(".qcow2"): DISK,
+                    published_as(PACKAGE_MANIFEST_SUFFIX): MANIFEST_JSON,
+                    published_as(".manifest"): MANIFEST_TEXT,
                 },
                 metadata={
-                    "name": image_name,
+                    "name": util.Property(IMAGE_NAME_PROPERTY),
                     "kernel": util.Property("kernel_release"),
                     "package_count": util.Property("image_package_count"),
                 },

@@ -40,7 +40,8 @@ def _fetch(config: FarmConfig, **options: object) -> FetchRelease:
         mirror=config.upstream.mirror,
         release_key=RELEASE_KEY,
         dest=DOWNLOADS,
-        variant=config.upstream.stage3.removeprefix("stage3-"),
+        arch=config.upstream.arch,
+        variant=config.upstream.variant,
         **options,
     )
 
