@@ -38,9 +38,13 @@ MANIFEST_JSON = "image/manifest.json"
 MANIFEST_TEXT = "image/manifest.txt"
 
 
-def published_as(suffix: str) -> util.Interpolate:
-    """``gentoo-20261202.1-amd64<suffix>``: a file's name in the image set."""
-    return util.Interpolate(f"%(prop:{IMAGE_NAME_PROPERTY})s{suffix}")
+def image_files(name: str) -> dict[str, str]:
+    """The image set's files, each named after the image: ``{name in the set: path on the worker}``."""
+    return {
+        f"{name}.qcow2": DISK,
+        f"{name}{PACKAGE_MANIFEST_SUFFIX}": MANIFEST_JSON,
+        f"{name}.manifest": MANIFEST_TEXT,
+    }
 
 
 def publishing_requested(step: steps.BuildStep) -> bool:
@@ -136,12 +140,8 @@ def factory(config: FarmConfig) -> BuildFactory:
             *publish(
                 config,
                 "images",
-                artifact=published_as(".qcow2"),
-                files={
-                    published_as(".qcow2"): DISK,
-                    published_as(PACKAGE_MANIFEST_SUFFIX): MANIFEST_JSON,
-                    published_as(".manifest"): MANIFEST_TEXT,
-                },
+                artifact=util.Interpolate(f"%(prop:{IMAGE_NAME_PROPERTY})s.qcow2"),
+                files=util.Transform(image_files, util.Property(IMAGE_NAME_PROPERTY)),
                 metadata={
                     "name": util.Property(IMAGE_NAME_PROPERTY),
                     "kernel": util.Property("kernel_release"),
