@@ -329,3 +329,12 @@ def test_farm_prune_dry_run_lists_then_prune_deletes(local_settings, tmp_path: P
     assert prune.run(parser.parse_args(["--keep", "1"]), config) == 0
     assert f"deleted images/{old}/a.qcow2" in capsys.readouterr().out
     assert [s.set_id for s in list_sets(store, "images")] == [new]
+
+
+def test_an_image_not_named_like_one_is_refused_before_anything_moves(
+    any_store: ArtifactStore, tmp_path: Path
+) -> None:
+    files = _files(tmp_path / "odd", gentoo_qcow2=b"disk")
+    with pytest.raises(StoreError, match=r"'gentoo\.qcow2' is not named gentoo-YYYYMMDD\[\.N\]-ARCH"):
+        publish_files(any_store, "images", "key-odd", files, metadata={"artifact": "gentoo.qcow2"})
+    assert latest_set(any_store, "images") is None

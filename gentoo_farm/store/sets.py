@@ -224,10 +224,16 @@ def finalize_set(
     progress: Callable[[str], None] = lambda message: None,
 ) -> PublishedSet:
     """Verify objects already uploaded to ``kind/set_id/`` (by a worker, through signed URLs), then
-    write their ``.sha512`` files, the manifest and, last, the latest pointers."""
+    write their ``.sha512`` files, the manifest, the latest pointers and, last, the stable copy of the
+    artifact (``metadata["artifact"]``)."""
     check_kind(kind)
     if not expected:
         raise StoreError(f"nothing to publish for {kind} set {set_id}")
+    artifact = str((metadata or {}).get(ARTIFACT, ""))
+    if artifact and artifact not in expected:
+        raise StoreError(f"{kind} set {set_id}: its artifact {artifact!r} is not among the files to publish")
+    # Before anything is written: a name without a stable counterpart must not leave a half-done publish.
+    stable_key = latest_key(kind, artifact) if artifact else None
     for name, file in expected.items():
         verify_object(store, object_key(kind, set_id, name), file)
         progress(f"verified {object_key(kind, set_id, name)} ({file.size} bytes)")
@@ -254,16 +260,15 @@ def finalize_set(
         raise StoreError(f"{published.manifest_key} in {store.location} does not read back as written")
     _write_pointers(store, published)
     progress(f"published {kind} set {set_id}; latest now points at it")
-    if ARTIFACT in published.metadata:
-        _write_latest_copy(store, published, published.file(str(published.metadata[ARTIFACT])))
-        progress(f"{latest_key(kind, str(published.metadata[ARTIFACT]))} is now {set_id}'s")
+    if stable_key:
+        _write_latest_copy(store, published.file(artifact), stable_key)
+        progress(f"{stable_key} (+ .sha512) is now {set_id}'s {artifact}")
     return published
 
 
-def _write_latest_copy(store: ArtifactStore, published: PublishedSet, artifact: PublishedFile) -> None:
+def _write_latest_copy(store: ArtifactStore, artifact: PublishedFile, key: str) -> None:
     """Copy the artifact to its stable key, verify the copy, then write its ``.sha512`` (under the stable
     name, so ``sha512sum -c`` checks what a person downloaded by that name)."""
-    key = latest_key(published.kind, artifact.name)
     store.copy(artifact.key, key)
     verify_object(store, key, ExpectedFile(artifact.size, artifact.sha512))
     store.put_bytes(key + ".sha512", sha512_line(artifact.sha512, key.rsplit("/", 1)[1]))
