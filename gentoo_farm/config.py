@@ -157,6 +157,17 @@ class UpstreamSection:
     snapshot_key: str = field(default=GENTOO_SNAPSHOT_KEY, metadata=_check(_fingerprint))
     """Fingerprint of the key that signs Portage snapshots."""
 
+    @property
+    def arch(self) -> str:
+        """The architecture of the configured stage3 (``stage3-arm64-openrc`` -> ``arm64``): the mirror's
+        ``releases/<arch>/`` directory and the last part of image names."""
+        return self.stage3.removeprefix("stage3-").split("-", 1)[0]
+
+    @property
+    def variant(self) -> str:
+        """``amd64-openrc`` for ``stage3-amd64-openrc``: the ``latest-stage3-<variant>.txt`` pointer."""
+        return self.stage3.removeprefix("stage3-")
+
 
 @dataclass(frozen=True)
 class KernelSection:

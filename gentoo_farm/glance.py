@@ -19,7 +19,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -118,11 +117,6 @@ class PublishResult:
         if self.rotation_error:
             text += f", but {self.rotation_error}"
         return text
-
-
-def image_name(day: date, serial: int = 0) -> str:
-    """``gentoo-20261125-amd64``, or ``gentoo-20261125.2-amd64`` for the day's third image."""
-    return f"gentoo-{day:%Y%m%d}{f'.{serial}' if serial else ''}-amd64"
 
 
 def upload_from_record(

@@ -7,10 +7,8 @@ from buildbot.process.results import SUCCESS
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.publish import SignedUrlsStep
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
-from gentoo_farm.store.sets import PublishedSet, latest_set, list_sets
+from gentoo_farm.store.sets import ARTIFACT, PublishedSet, latest_set, list_sets
 
-# The manifest metadata key naming a set's main file (the one later builds download).
-ARTIFACT = "artifact"
 PRODUCED_BY = {"stage3": "mirror", "portage": "mirror", "kernel": "kernel", "overlay": "overlay"}
 
 

@@ -31,10 +31,12 @@ from gentoo_farm.store.sets import (
     finalize_set,
     find_set,
     new_set_id,
+    next_image_name,
     object_key,
 )
 
 SET_ID_PROPERTY = "publish_set_id"
+IMAGE_NAME_PROPERTY = "image_name"
 PUSHBACK_TOKEN_PROPERTY = "pushback_token"
 UP_TO_DATE_PROPERTY = "up_to_date"
 
@@ -150,6 +152,27 @@ class CheckUpToDate(StoreStep):
             # The build's own status line: the steps after this one were skipped, on purpose.
             summary["build"] = f"up to date: {self.kind} {self.getProperty(f'{self.kind}_set_id')}"
         return summary
+
+
+class NameImage(StoreStep):
+    """Decide the image's name (``gentoo-YYYYMMDD[.N]-ARCH``, :func:`next_image_name`) right before its
+    files are uploaded under it; the property ``image_name`` carries it to the publish steps."""
+
+    renderables = ("arch",)
+
+    def __init__(self, store_settings: StoreSettings, arch: str, **kwargs: object) -> None:
+        kwargs.setdefault("name", "name-image")
+        super().__init__(store_settings, **kwargs)
+        self.arch = arch
+
+    async def run(self) -> int:
+        try:
+            name = await self.in_thread(next_image_name, str(self.arch))
+        except StoreError as error:
+            return await self.fail(error)
+        self.set_properties({IMAGE_NAME_PROPERTY: name})
+        self.outcome = f"image name {name}"
+        return SUCCESS
 
 
 class MakeUploadUrls(SignedUrlsStep):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from gentoo_farm.config import UpstreamSection
 from tests.farmtest import farm_command
 
 VALID = """
@@ -89,3 +90,9 @@ def test_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "exists and is not empty" in result.stderr
     assert (tmp_path / "precious").read_text() == "keep me"
+
+
+def test_the_architecture_comes_from_the_configured_stage3() -> None:
+    upstream = UpstreamSection(stage3="stage3-arm64-desktop-systemd")
+    assert (upstream.arch, upstream.variant) == ("arm64", "arm64-desktop-systemd")
+    assert UpstreamSection().arch == "amd64"

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import openstack
@@ -26,13 +26,13 @@ from gentoo_farm.glance import (
     GlanceUnavailable,
     ImageUpload,
     farm_images,
-    image_name,
     publish_image,
     rotate_images,
     upload_from_record,
 )
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.store.local import LocalStore
+from gentoo_farm.store.sets import image_name, next_image_name
 from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
 from tests.services.store import LocalStoreSettings, publish_files
@@ -138,7 +138,7 @@ def names(conn: openstack.connection.Connection) -> set[str]:
 
 
 def test_web_download_import_with_properties(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 25)))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 25), "amd64"))
 
     result = publish_image(upload, target(visibility="community", properties={"hw_rng_model": "virtio"}))
 
@@ -172,8 +172,21 @@ def test_web_download_import_with_properties(store, tmp_path, farm_id, conn):
     assert (again.method, again.image_id) == ("already published", result.image_id)
 
 
+def test_second_image_of_a_day_is_dot_one_in_the_store_and_in_glance(store, tmp_path, farm_id, conn):
+    day = datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
+    farm_id = f"{farm_id}-names"
+    first = publish_to_store(store, tmp_path, farm_id, next_image_name(store, "amd64", day))
+    second = publish_to_store(store, tmp_path, farm_id, next_image_name(store, "amd64", day))
+
+    in_glance = [conn.image.get_image(publish_image(upload, target()).image_id) for upload in (first, second)]
+
+    assert [image.name for image in in_glance] == ["gentoo-20261207-amd64", "gentoo-20261207.1-amd64"]
+    assert [image.hash_value for image in in_glance] == [first.sha512, second.sha512]
+    assert next_image_name(store, "amd64", day) == "gentoo-20261207.2-amd64"
+
+
 def test_streamed_upload_when_import_is_off(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 26)))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 26), "amd64"))
 
     result = publish_image(upload, target(use_import=False))
 
@@ -184,7 +197,7 @@ def test_streamed_upload_when_import_is_off(store, tmp_path, farm_id, conn):
 
 
 def test_raw_target_gets_a_converted_image(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 27)))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 27), "amd64"))
     raw = tmp_path / "expected.raw"
     qcow2 = tmp_path / "source.qcow2"
     qcow2.write_bytes(store.get_bytes(upload_key(store, upload)))
@@ -204,7 +217,7 @@ def upload_key(store: LocalStore, upload: ImageUpload) -> str:
 
 
 def test_checksum_mismatch_fails_and_leaves_no_image(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 28)))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 28), "amd64"))
     lying = replace(upload, sha512="0" * 128)
 
     with pytest.raises(GlancePublishError, match="arrived corrupted: Glance's sha512") as failure:
@@ -215,7 +228,7 @@ def test_checksum_mismatch_fails_and_leaves_no_image(store, tmp_path, farm_id, c
 
 
 def test_failed_import_is_noticed(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 29)))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 29), "amd64"))
     missing = replace(upload, url=upload.url + ".gone")
 
     with pytest.raises(GlancePublishError, match=r"the import of gentoo-20261129-amd64 \(.*\) failed"):
@@ -225,7 +238,7 @@ def test_failed_import_is_noticed(store, tmp_path, farm_id, conn):
 
 
 def test_refused_import_is_noticed(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 30)))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 30), "amd64"))
     # Glance only fetches from the host/port its import filter allows.
     elsewhere = replace(upload, url="http://127.0.0.1:1/image.qcow2?X-Amz-Signature=secret")
 
@@ -252,13 +265,11 @@ def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_i
     conn.image.import_image(dead, method="web-download", uri=f"{store.public_base_url()}/images/gone.qcow2")
     wait_until(lambda: conn.image.get_image(dead.id).properties.get("os_glance_failed_import"))
     other_farm = publish_image(
-        publish_to_store(store, tmp_path, f"{farm_id}-other", image_name(date(2020, 1, 2))), target()
+        publish_to_store(store, tmp_path, f"{farm_id}-other", image_name(date(2020, 1, 2), "amd64")), target()
     )
+    names_of_the_day = [image_name(date(2026, 12, 1), "amd64", serial) for serial in range(4)]
     published = [
-        publish_image(
-            publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 1), serial)), target()
-        )
-        for serial in range(4)
+        publish_image(publish_to_store(store, tmp_path, farm_id, name), target()) for name in names_of_the_day
     ]
 
     # Each publish rotated to keep=2: only the two newest of ours remain.
@@ -280,13 +291,13 @@ def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_i
 
 
 def test_keep_zero_is_refused(store, tmp_path, farm_id):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 2)))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 2), "amd64"))
     with pytest.raises(GlancePublishError, match=r"cloud = 'farm-test'.*keep must be at least 1"):
         publish_image(upload, target(keep=0))
 
 
 def test_unknown_cloud_is_named(store, tmp_path, farm_id):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 3)))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 3), "amd64"))
     with pytest.raises(
         GlancePublishError, match=r"cloud 'nowhere': connecting: not usable from clouds\.yaml"
     ) as failure:
@@ -296,7 +307,7 @@ def test_unknown_cloud_is_named(store, tmp_path, farm_id):
 
 
 def test_glance_down_is_a_clear_error(glance, store, tmp_path, farm_id, conn):  # noqa: F811
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 4)))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 4), "amd64"))
 
     with (
         glance.down(),
@@ -323,7 +334,7 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         return self.setup_test_build_step()
 
     def publish(self, day: date) -> str:
-        upload = publish_to_store(self.store, self.tmp_path, self.farm_id, image_name(day))
+        upload = publish_to_store(self.store, self.tmp_path, self.farm_id, image_name(day, "amd64"))
         return upload_key(self.store, upload).split("/")[1]
 
     def step(self, set_id: str, *targets: GlanceTarget) -> PublishToGlance:
@@ -391,12 +402,12 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
 
 def test_protected_images_are_not_rotated(store, tmp_path, farm_id, conn):
     first = publish_image(
-        publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 5))), target(keep=1)
+        publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 5), "amd64")), target(keep=1)
     )
     conn.image.update_image(first.image_id, is_protected=True)
 
     second = publish_image(
-        publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 6))), target(keep=1)
+        publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 6), "amd64")), target(keep=1)
     )
 
     assert (second.rotated, second.rotation_error) == ([], "")

@@ -9,6 +9,7 @@ published sets as they were.
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -35,6 +36,14 @@ WORKER_CACHE = (
     Path(os.environ.get("FARM_TEST_CACHE", Path.home() / ".cache" / "gentoo-farm")) / "pipeline-workers"
 )
 IMAGE_BUILD_TIMEOUT = 900
+STABLE_NAMES = {
+    "stage3": "stage3-latest.tar.xz",
+    "portage": "portage-latest.tar.xz",
+    "kernel": "vmlinuz-latest.tar.zst",
+    "overlay": "vmoverride-latest.tar.gz",
+    "images": "gentoo-latest-amd64.qcow2",
+}
+"""What a person curls without reading a pointer (issue 10 §4)."""
 
 
 @dataclass
@@ -122,6 +131,16 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
     assert f"checking the kernel release {properties['kernel_release']}" in boot_test
     assert "boot test passed" in boot_test
     assert pipeline.latest("images") == properties["images_set_id"]
+    name = properties["image_name"]
+    assert re.fullmatch(r"gentoo-\d{8}-amd64", name), name
+    assert set(properties["images_files"]) == {f"{name}.qcow2", f"{name}.manifest.json", f"{name}.manifest"}
+    # Every input and the image under a stable name, the same bytes as the dated set's artifact.
+    for kind, stable in STABLE_NAMES.items():
+        latest = pipeline.store_json(f"{kind}/latest.json")
+        artifact = next(file for file in latest["files"] if file["name"] == latest["metadata"]["artifact"])
+        stable_path = farm.root / "store" / kind / stable
+        assert hashlib.sha512(stable_path.read_bytes()).hexdigest() == artifact["sha512"], stable
+        assert stable_path.with_name(stable + ".sha512").read_text() == f"{artifact['sha512']}  {stable}\n"
     # The binhost and the distfile mirror were filled by the push back: every distfile a Manifest vouches
     # for. The kernel source is in none of the world's Manifests, so the kernel build pushed nothing.
     store = farm.root / "store"
@@ -134,11 +153,16 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
 
 def test_rebuild_compiles_nothing_and_fetches_nothing_from_upstream(pipeline: Pipeline) -> None:
     pipeline.upstream.clear_log()
+    first_name = pipeline.store_json("images/latest.json")["metadata"]["name"]
     # Asking again for a package of the set changes the input key but not what gets emerged.
     image = pipeline.force("build-image", "image", extra_packages=pipeline.world.static_package)
 
     assert image["results"] == SUCCESS, image["state_string"]
     properties = pipeline.farm.properties(image)
+    # The day's second image is .1 (unless the UTC day turned between the two builds).
+    day = first_name.split("-")[1]
+    if properties["image_name"].startswith(f"gentoo-{day}"):
+        assert properties["image_name"] == f"gentoo-{day}.1-amd64"
     assert properties["packages_compiled"] == []
     assert properties["packages_binary"]
     assert [path for path in pipeline.upstream.requested_paths() if "distfiles" in path] == []

@@ -55,6 +55,12 @@ class S3Farm:
         )
         return json.loads(body["Body"].read())
 
+    def image_name(self, set_id: str) -> str:
+        body = boto3.client("s3", endpoint_url=self.endpoint).get_object(
+            Bucket=BUCKET, Key=f"images/{set_id}/manifest.json"
+        )
+        return json.loads(body["Body"].read())["metadata"]["name"]
+
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.glance.download_port}"
@@ -131,7 +137,12 @@ def test_an_image_build_publishes_to_s3_and_glance(s3_farm: S3Farm) -> None:
     assert image["results"] == SUCCESS, image["state_string"]
     latest = s3_farm.latest_image()
     (disk,) = [file for file in latest["files"] if file["name"].endswith(".qcow2")]
+    assert disk["name"] == f"{latest['metadata']['name']}.qcow2"
+    s3 = boto3.client("s3", endpoint_url=s3_farm.endpoint)
+    stable = s3.get_object(Bucket=BUCKET, Key="images/gentoo-latest-amd64.qcow2")["Body"].read()
+    assert hashlib.sha512(stable).hexdigest() == disk["sha512"]
     (published,) = s3_farm.glance_images()
+    assert published.name == latest["metadata"]["name"]
     assert published.status == "active"
     assert (published.hash_algo, published.hash_value) == ("sha512", disk["sha512"])
     assert (published.disk_format, published.container_format) == ("qcow2", "bare")
@@ -154,4 +165,8 @@ def test_glance_down_warns_and_keeps_the_s3_publish(s3_farm: S3Farm) -> None:
     (glance_step,) = [step for step in s3_farm.farm.steps(image) if step["name"] == "glance"]
     assert "unreachable" in glance_step["state_string"]
     assert s3_farm.latest_image()["set_id"] != before
+    # The day's second image (unless the UTC day turned between the two builds).
+    first, second = (s3_farm.image_name(set_id) for set_id in (before, s3_farm.latest_image()["set_id"]))
+    if second.startswith(first.removesuffix("-amd64")):
+        assert second == f"{first.removesuffix('-amd64')}.1-amd64"
     assert len(s3_farm.glance_images()) == 1

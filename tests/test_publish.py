@@ -25,6 +25,8 @@ from gentoo_farm.store.sets import (
     latest_set,
     list_sets,
     new_set_id,
+    next_image_name,
+    object_key,
 )
 from tests.services.store import publish_files
 
@@ -71,6 +73,71 @@ def test_publish_writes_checksums_manifest_and_flips_latest(any_store: ArtifactS
     assert [s.set_id for s in list_sets(any_store, "images")] == [second.set_id, first.set_id]
     assert find_set(any_store, "images", "input-1").set_id == first.set_id
     assert find_set(any_store, "images", "input-3") is None
+
+
+def test_images_of_one_day_are_numbered(any_store: ArtifactStore, tmp_path: Path) -> None:
+    day = datetime(2026, 12, 2, 23, 59, tzinfo=UTC)
+    first = next_image_name(any_store, "amd64", day)
+    publish_files(
+        any_store,
+        "images",
+        "input-1",
+        _files(tmp_path / "one", **{f"{first}_qcow2": b"disk", f"{first}_manifest_json": b"{}"}),
+        metadata={"name": first, "artifact": f"{first}.qcow2"},
+    )
+    second = next_image_name(any_store, "amd64", day)
+    # A build still uploading holds its name too: the next build of the day does not take it.
+    any_store.put_bytes(object_key("images", new_set_id("input-2", day), f"{second}.qcow2"), b"uploading")
+
+    assert (first, second) == ("gentoo-20261202-amd64", "gentoo-20261202.1-amd64")
+    assert next_image_name(any_store, "amd64", day) == "gentoo-20261202.2-amd64"
+    assert next_image_name(any_store, "arm64", day) == "gentoo-20261202-arm64"
+    assert next_image_name(any_store, "amd64", day + timedelta(minutes=1)) == "gentoo-20261203-amd64"
+
+
+LATEST = {
+    "stage3": ("stage3-amd64-openrc-20261125T170104Z.tar.xz", "stage3-latest.tar.xz"),
+    "portage": ("portage-20261125.tar.xz", "portage-latest.tar.xz"),
+    "kernel": ("vmlinuz.tar.zst", "vmlinuz-latest.tar.zst"),
+    "overlay": ("vmoverride.tar.gz", "vmoverride-latest.tar.gz"),
+    "images": ("gentoo-20261202.1-arm64.qcow2", "gentoo-latest-arm64.qcow2"),
+}
+
+
+@pytest.mark.parametrize("kind", LATEST)
+def test_latest_objects_match_the_dated_set(any_store: ArtifactStore, tmp_path: Path, kind: str) -> None:
+    artifact, stable = LATEST[kind]
+    for number in (1, 2):
+        files = _files(
+            tmp_path / str(number), **{artifact.replace(".", "_"): f"{kind} {number}".encode() * 99}
+        )
+        files[f"{artifact}.DIGESTS"] = tmp_path / "digests"
+        files[f"{artifact}.DIGESTS"].write_bytes(b"signed sums")
+        published = publish_files(any_store, kind, f"key-{number}", files, metadata={"artifact": artifact})
+        dated = published.file(artifact)
+
+        # What a person curls without reading a pointer is the newest set's artifact, checkable by its name.
+        assert hashlib.sha512(any_store.get_bytes(f"{kind}/{stable}")).hexdigest() == dated.sha512
+        assert any_store.get_bytes(f"{kind}/{stable}.sha512") == f"{dated.sha512}  {stable}\n".encode()
+        assert latest_set(any_store, kind).set_id == published.set_id
+    assert not [key for key in apply_retention(any_store, keep=1).doomed_keys if stable in key]
+    assert any_store.head(f"{kind}/{stable}") is not None
+    # Only the artifact gets a stable name: the rest of the set is found through the pointer.
+    assert not any_store.exists(f"{kind}/{stable}.DIGESTS")
+
+
+def test_a_failed_publish_leaves_the_latest_objects_alone(any_store: ArtifactStore, tmp_path: Path) -> None:
+    files = _files(tmp_path / "good", vmlinuz_tar_zst=b"good kernel")
+    good = publish_files(any_store, "kernel", "key-good", files, metadata={"artifact": "vmlinuz.tar.zst"})
+    set_id = new_set_id("key-bad")
+    any_store.put_bytes(object_key("kernel", set_id, "vmlinuz.tar.zst"), b"corrupted in transit")
+    expected = {"vmlinuz.tar.zst": ExpectedFile(len(b"corrupted in transit"), "0" * 128)}
+
+    with pytest.raises(StoreError, match="sha512"):
+        finalize_set(any_store, "kernel", set_id, "key-bad", expected, {"artifact": "vmlinuz.tar.zst"})
+
+    assert any_store.get_bytes("kernel/vmlinuz-latest.tar.zst") == b"good kernel"
+    assert latest_set(any_store, "kernel").set_id == good.set_id
 
 
 def test_a_corrupt_upload_is_not_published(any_store: ArtifactStore, tmp_path: Path) -> None:
@@ -262,3 +329,12 @@ def test_farm_prune_dry_run_lists_then_prune_deletes(local_settings, tmp_path: P
     assert prune.run(parser.parse_args(["--keep", "1"]), config) == 0
     assert f"deleted images/{old}/a.qcow2" in capsys.readouterr().out
     assert [s.set_id for s in list_sets(store, "images")] == [new]
+
+
+def test_an_image_not_named_like_one_is_refused_before_anything_moves(
+    any_store: ArtifactStore, tmp_path: Path
+) -> None:
+    files = _files(tmp_path / "odd", gentoo_qcow2=b"disk")
+    with pytest.raises(StoreError, match=r"'gentoo\.qcow2' is not named gentoo-YYYYMMDD\[\.N\]-ARCH"):
+        publish_files(any_store, "images", "key-odd", files, metadata={"artifact": "gentoo.qcow2"})
+    assert latest_set(any_store, "images") is None

@@ -20,12 +20,13 @@ from gentoo_farm.steps.publish import (
     MakeUploadUrls,
     MergeBinhost,
     MergeDistfiles,
+    NameImage,
     PublishSet,
     PushBackUrls,
     unless_up_to_date,
 )
 from gentoo_farm.store import open_store
-from gentoo_farm.store.sets import latest_set
+from gentoo_farm.store.sets import latest_set, next_image_name
 from tests.services.store import LocalStoreSettings, publish_files, put_snapshot
 
 
@@ -78,6 +79,16 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.assertTrue(unless_up_to_date()["doStepIf"](self.get_nth_step(0)))
         self.assertFalse(unless_up_to_date(lambda step: False)["doStepIf"](self.get_nth_step(0)))
         self.assertFalse(unless_up_to_date()["hideStepIf"](SUCCESS, self.get_nth_step(0)))
+
+    async def test_name_image_takes_the_next_name_of_the_day(self) -> None:
+        today = next_image_name(self.store, "arm64")
+        disk = self.directory / "disk.qcow2"
+        disk.write_bytes(b"qcow2 bytes")
+        publish_files(self.store, "images", "input-1", {f"{today}.qcow2": disk}, metadata={"name": today})
+        self.setup_step(NameImage(self.settings, "arm64"))
+        self.expect_outcome(result=SUCCESS, state_string=f"name-image: image name {today[:-6]}.1-arm64")
+        self.expect_property("image_name", f"{today[:-6]}.1-arm64")
+        await self.run_step()
 
     async def test_upload_urls_reach_the_worker_as_a_private_file(self) -> None:
         written: list[bytes] = []

@@ -6,9 +6,15 @@ carry the date and the hash of what went in. Publishing order is what makes it c
 1. every object (and its ``.sha512``) is uploaded,
 2. each is verified by reading it back (size + sha512; size + ETag for objects past ``full_verify_bytes``),
 3. ``manifest.json`` is written (a set without it is incomplete and is never named by anything),
-4. the pointers ``K/latest-K.txt`` (Gentoo style) and ``K/latest.json`` are replaced.
+4. the pointers ``K/latest-K.txt`` (Gentoo style) and ``K/latest.json`` are replaced,
+5. the set's artifact (manifest ``artifact``) is copied to its stable name at the top of ``K/``
+   (``stage3/stage3-latest.tar.xz``, ``images/gentoo-latest-amd64.qcow2`` ...), then its ``.sha512``.
 
-A crash anywhere before step 4 leaves the pointers on the previous complete set.
+A crash anywhere before step 4 leaves the pointers on the previous complete set; the stable objects only
+ever hold a complete, verified set's artifact.
+
+Images are named here too (:func:`next_image_name`): ``gentoo-YYYYMMDD-ARCH``, then ``gentoo-YYYYMMDD.1-ARCH``
+... the same day; the name is the stem of every file of the set and what Glance calls the image.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from gentoo_farm.checksums import sha512_line
 from gentoo_farm.store.base import (
@@ -31,6 +37,8 @@ from gentoo_farm.store.base import (
 )
 
 MANIFEST = "manifest.json"
+ARTIFACT = "artifact"
+"""The manifest metadata naming the set's main file: what downstream builds use and the stable copy holds."""
 FULL_VERIFY_BYTES = 512 * 1024 * 1024
 """Objects up to this size are read back in full and hashed; bigger ones are checked by size and ETag."""
 
@@ -41,6 +49,18 @@ POINTER_ATTEMPTS = 20
 """Conditional pointer writes a publish tries before it gives up (each loss means another publish won)."""
 
 _SET_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-zA-Z]+")
+_IMAGE_FILE = re.compile(
+    r"(?P<name>gentoo-\d{8}(?:\.[1-9]\d*)?-(?P<arch>[0-9a-z_]+))\.(?P<format>[0-9a-z.]+)"
+)
+"""A file of an image set: ``gentoo-20261202.1-amd64.qcow2``, ``gentoo-20261202.1-amd64.manifest.json``."""
+
+LATEST_NAMES = {
+    "stage3": "stage3-latest.tar.xz",
+    "portage": "portage-latest.tar.xz",
+    "kernel": "vmlinuz-latest.tar.zst",
+    "overlay": "vmoverride-latest.tar.gz",
+}
+"""The stable name of each kind's artifact (the seed's names); images get ``gentoo-latest-ARCH.<format>``."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +152,45 @@ def pointer_keys(kind: str) -> tuple[str, str]:
     return f"{kind}/latest-{kind}.txt", f"{kind}/latest.json"
 
 
+def image_name(day: date, arch: str, serial: int = 0) -> str:
+    """``gentoo-20261125-amd64``, or ``gentoo-20261125.2-amd64`` for the day's third image."""
+    return f"gentoo-{day:%Y%m%d}{f'.{serial}' if serial else ''}-{arch}"
+
+
+def next_image_name(store: ArtifactStore, arch: str, when: datetime | None = None) -> str:
+    """The name of the next image of ``arch`` published on ``when``'s UTC day (default: now).
+
+    Taken are the names the files of every image set carry, complete or still uploading, so a build
+    naming its image after another one uploaded does not take the same name.
+    """
+    day = (when or datetime.now(UTC)).date()
+    taken = {
+        match["name"]
+        for objects in _set_objects(store, "images").values()
+        for key in objects
+        if (match := _IMAGE_FILE.fullmatch(key.rsplit("/", 1)[1]))
+    }
+    serial = 0
+    while image_name(day, arch, serial) in taken:
+        serial += 1
+    return image_name(day, arch, serial)
+
+
+def latest_name(kind: str, artifact: str) -> str:
+    """The stable name the artifact file ``artifact`` of a ``kind`` set is copied to."""
+    if kind != "images":
+        return LATEST_NAMES[check_kind(kind)]
+    match = _IMAGE_FILE.fullmatch(artifact)
+    if match is None:
+        raise StoreError(f"image file {artifact!r} is not named gentoo-YYYYMMDD[.N]-ARCH.<format>")
+    return f"gentoo-latest-{match['arch']}.{match['format']}"
+
+
+def latest_key(kind: str, artifact: str) -> str:
+    """``K/<stable name>``: at the top of the kind's prefix, beside the pointers, outside every set."""
+    return f"{check_kind(kind)}/{latest_name(kind, artifact)}"
+
+
 def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile) -> None:
     """Read the object back and compare it with what its producer reported; StoreError names the mismatch."""
     info = store.head(key)
@@ -169,10 +228,16 @@ def finalize_set(
     progress: Callable[[str], None] = lambda message: None,
 ) -> PublishedSet:
     """Verify objects already uploaded to ``kind/set_id/`` (by a worker, through signed URLs), then
-    write their ``.sha512`` files, the manifest and, last, the latest pointers."""
+    write their ``.sha512`` files, the manifest, the latest pointers and, last, the stable copy of the
+    artifact (``metadata["artifact"]``)."""
     check_kind(kind)
     if not expected:
         raise StoreError(f"nothing to publish for {kind} set {set_id}")
+    artifact = str((metadata or {}).get(ARTIFACT, ""))
+    if artifact and artifact not in expected:
+        raise StoreError(f"{kind} set {set_id}: its artifact {artifact!r} is not among the files to publish")
+    # Before anything is written: a name without a stable counterpart must not leave a half-done publish.
+    stable_key = latest_key(kind, artifact) if artifact else None
     for name, file in expected.items():
         verify_object(store, object_key(kind, set_id, name), file)
         progress(f"verified {object_key(kind, set_id, name)} ({file.size} bytes)")
@@ -197,11 +262,22 @@ def finalize_set(
     store.put_bytes(published.manifest_key, manifest)
     if store.get_bytes(published.manifest_key) != manifest:
         raise StoreError(f"{published.manifest_key} in {store.location} does not read back as written")
-    if _write_pointers(store, published):
-        progress(f"published {kind} set {set_id}; latest now points at it")
-    else:
+    if not _write_pointers(store, published):
         progress(f"published {kind} set {set_id}; latest stays at a newer set")
+        return published
+    progress(f"published {kind} set {set_id}; latest now points at it")
+    if stable_key:
+        _write_latest_copy(store, published.file(artifact), stable_key)
+        progress(f"{stable_key} (+ .sha512) is now {set_id}'s {artifact}")
     return published
+
+
+def _write_latest_copy(store: ArtifactStore, artifact: PublishedFile, key: str) -> None:
+    """Copy the artifact to its stable key, verify the copy, then write its ``.sha512`` (under the stable
+    name, so ``sha512sum -c`` checks what a person downloaded by that name)."""
+    store.copy(artifact.key, key)
+    verify_object(store, key, ExpectedFile(artifact.size, artifact.sha512))
+    store.put_bytes(key + ".sha512", sha512_line(artifact.sha512, key.rsplit("/", 1)[1]))
 
 
 def _write_pointers(store: ArtifactStore, published: PublishedSet) -> bool:
@@ -209,7 +285,8 @@ def _write_pointers(store: ArtifactStore, published: PublishedSet) -> bool:
 
     Set ids sort by the time their build started, so a pointer only moves forward: each pointer is
     replaced with a conditional write on what was read (absent, or its etag), and a writer that loses the
-    race reads again. Two publishes finishing at once leave both pointers at the newer set.
+    race reads again. Two publishes finishing at once leave both pointers (and the stable copies) at the
+    newer set.
     """
     text_key, json_key = pointer_keys(published.kind)
     now = datetime.now(UTC)

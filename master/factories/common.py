@@ -10,7 +10,7 @@ from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import RecipeRepository
 from gentoo_farm.signing import FarmKey
 from gentoo_farm.steps.base import FarmWorkerStep
-from gentoo_farm.steps.inputs import ARTIFACT, PRODUCED_BY
+from gentoo_farm.steps.inputs import PRODUCED_BY
 from gentoo_farm.steps.publish import (
     CheckUpToDate,
     MakeUploadUrls,
@@ -22,7 +22,7 @@ from gentoo_farm.steps.publish import (
 )
 from gentoo_farm.store import open_store, workers_base_url
 from gentoo_farm.store.binhost import binhost_url
-from gentoo_farm.store.sets import latest_set
+from gentoo_farm.store.sets import ARTIFACT, latest_set
 
 IMAGE_AFTER_INPUTS = "image-after-new-input"
 """The Triggerable scheduler the mirror, kernel and overlay builders start an image build with."""

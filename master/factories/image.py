@@ -7,12 +7,11 @@ and Glance.
 """
 
 import json
-from datetime import UTC, datetime
 
-from buildbot.interfaces import IProperties
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
+from gentoo_farm.catalog import PACKAGE_MANIFEST_SUFFIX
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.factories.common import publish, push_back, up_to_date
@@ -21,7 +20,7 @@ from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk, PruneRoot, WriteImageManifest
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.packages import EmergePackages, UnpackRoot
-from gentoo_farm.steps.publish import unless_up_to_date
+from gentoo_farm.steps.publish import IMAGE_NAME_PROPERTY, NameImage, unless_up_to_date
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 
@@ -33,14 +32,19 @@ INPUTS = {
 }
 ROOT = "root"
 BINHOST_KEY = "farm-binhost-key.asc"
-DISK = "gentoo-amd64.qcow2"
-MANIFEST_JSON = "image.manifest.json"
-MANIFEST_TEXT = "image.manifest"
+# Paths on the worker; in the store every file carries the image's name (NameImage decides it).
+DISK = "image/disk.qcow2"
+MANIFEST_JSON = "image/manifest.json"
+MANIFEST_TEXT = "image/manifest.txt"
 
 
-@util.renderer
-def image_name(properties: IProperties) -> str:
-    return datetime.now(UTC).strftime("gentoo-%Y%m%d-amd64")
+def image_files(name: str) -> dict[str, str]:
+    """The image set's files, each named after the image: ``{name in the set: path on the worker}``."""
+    return {
+        f"{name}.qcow2": DISK,
+        f"{name}{PACKAGE_MANIFEST_SUFFIX}": MANIFEST_JSON,
+        f"{name}.manifest": MANIFEST_TEXT,
+    }
 
 
 def publishing_requested(step: steps.BuildStep) -> bool:
@@ -115,8 +119,8 @@ def factory(config: FarmConfig) -> BuildFactory:
             AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"], **building),
             WriteImageManifest(
                 root=ROOT,
-                json_output=f"image/{MANIFEST_JSON}",
-                text_output=f"image/{MANIFEST_TEXT}",
+                json_output=MANIFEST_JSON,
+                text_output=MANIFEST_TEXT,
                 compiled=util.Property("packages_compiled", default=[]),
                 binary=util.Property("packages_binary", default=[]),
                 inputs=util.Transform(
@@ -131,30 +135,27 @@ def factory(config: FarmConfig) -> BuildFactory:
             ),
             BuildDisk(
                 root=ROOT,
-                output=f"image/{DISK}",
+                output=DISK,
                 size=config.image.disk_size,
                 compress=config.image.compress,
                 **building,
             ),
             BootTest(
-                image=f"image/{DISK}",
+                image=DISK,
                 boot_timeout=config.image.boot_timeout,
                 commands=config.image.boot_test_commands,
                 # What the disk stage read from the image's /boot: `uname -r` in the guest must say it.
                 kernel_release=util.Property("kernel_release"),
                 **building,
             ),
+            NameImage(config.store, config.upstream.arch, **publishing),
             *publish(
                 config,
                 "images",
-                artifact=DISK,
-                files={
-                    DISK: f"image/{DISK}",
-                    MANIFEST_JSON: f"image/{MANIFEST_JSON}",
-                    MANIFEST_TEXT: f"image/{MANIFEST_TEXT}",
-                },
+                artifact=util.Interpolate(f"%(prop:{IMAGE_NAME_PROPERTY})s.qcow2"),
+                files=util.Transform(image_files, util.Property(IMAGE_NAME_PROPERTY)),
                 metadata={
-                    "name": image_name,
+                    "name": util.Property(IMAGE_NAME_PROPERTY),
                     "kernel": util.Property("kernel_release"),
                     "package_count": util.Property("image_package_count"),
                 },

@@ -42,7 +42,8 @@ def _fetch(config: FarmConfig, **options: object) -> FetchRelease:
         release_key=config.upstream.release_key,
         snapshot_key=config.upstream.snapshot_key,
         dest=DOWNLOADS,
-        variant=config.upstream.stage3.removeprefix("stage3-"),
+        arch=config.upstream.arch,
+        variant=config.upstream.variant,
         **options,
     )
 
