@@ -1,0 +1,122 @@
+"""Concurrent publishes never go backward: pointers move only forward and agree, retention spares what is
+being published. Each interleaving is forced deterministically, on both store backends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gentoo_farm.checksums import file_sha512
+from gentoo_farm.config import FarmConfigError, load_config
+from gentoo_farm.store import ArtifactStore, sets
+from gentoo_farm.store.sets import (
+    ExpectedFile,
+    apply_retention,
+    finalize_set,
+    latest_set,
+    new_set_id,
+    object_key,
+    pointer_keys,
+)
+from tests.services.store import publish_files
+
+pytest_plugins = ["tests.services.store"]
+
+EARLY = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+LATE = EARLY + timedelta(hours=1)
+
+
+def upload(
+    store: ArtifactStore, tmp_path: Path, tag: str, when: datetime
+) -> tuple[str, dict[str, ExpectedFile]]:
+    """A set's files uploaded (as a worker would) but not finalized yet."""
+    path = tmp_path / f"{tag}.tar.zst"
+    path.write_bytes(tag.encode() * 1000)
+    set_id = new_set_id(f"key-{tag}", when)
+    store.put_file(object_key("kernel", set_id, "vmlinuz.tar.zst"), path)
+    return set_id, {"vmlinuz.tar.zst": ExpectedFile(path.stat().st_size, file_sha512(path))}
+
+
+def pointed_at(store: ArtifactStore) -> tuple[str, str]:
+    """The set ids the JSON pointer and the text pointer name."""
+    text_key, _ = pointer_keys("kernel")
+    text = store.get_bytes(text_key).decode()
+    text_set = next(line for line in text.splitlines() if not line.startswith("#")).split("/")[0]
+    return latest_set(store, "kernel").set_id, text_set
+
+
+def test_a_set_that_started_earlier_and_finished_later_does_not_become_latest(
+    any_store: ArtifactStore, tmp_path: Path
+) -> None:
+    early, early_files = upload(any_store, tmp_path, "early", EARLY)
+    late, late_files = upload(any_store, tmp_path, "late", LATE)
+    finalize_set(any_store, "kernel", late, "key-late", late_files, {"artifact": "vmlinuz.tar.zst"})
+    lines: list[str] = []
+    finalize_set(any_store, "kernel", early, "key-early", early_files, {"artifact": "vmlinuz.tar.zst"},
+                 progress=lines.append)  # fmt: skip
+
+    assert pointed_at(any_store) == (late, late)
+    assert lines[-1] == f"published kernel set {early}; latest stays at a newer set"
+    assert any_store.get_bytes("kernel/vmlinuz-latest.tar.zst") == b"late" * 1000
+
+
+def test_a_newer_publish_that_moves_the_pointer_first_wins_the_race(
+    any_store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The older publish reads the pointer, then the newer one moves both pointers before the older one
+    writes: the older write fails its condition, reads again and leaves both pointers where they are."""
+    first = publish_files(
+        any_store, "kernel", "key-first", _one(tmp_path, "first"), set_id=new_set_id("k0", EARLY)
+    )
+    early, early_files = upload(any_store, tmp_path, "early", EARLY + timedelta(minutes=1))
+    late, late_files = upload(any_store, tmp_path, "late", LATE)
+    original_head = any_store.head
+    raced = []
+
+    def head_then_race(key: str):  # type: ignore[no-untyped-def]
+        info = original_head(key)
+        if key.endswith("latest.json") and not raced:
+            raced.append(key)
+            finalize_set(any_store, "kernel", late, "key-late", late_files, {"artifact": "vmlinuz.tar.zst"})
+        return info
+
+    monkeypatch.setattr(any_store, "head", head_then_race)
+    finalize_set(any_store, "kernel", early, "key-early", early_files, {"artifact": "vmlinuz.tar.zst"})
+
+    assert raced and first.set_id < early < late
+    assert pointed_at(any_store) == (late, late)
+
+
+def _one(tmp_path: Path, tag: str) -> dict[str, Path]:
+    path = tmp_path / f"{tag}.tar.zst"
+    path.write_bytes(tag.encode())
+    return {"vmlinuz.tar.zst": path}
+
+
+def test_retention_spares_sets_newer_than_the_pointer(
+    any_store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keep = 1: retention runs while two newer sets have their manifests but no pointer yet."""
+    old = publish_files(any_store, "kernel", "key-old", _one(tmp_path, "old"), set_id=new_set_id("k1", EARLY))
+    # Stop each newer publish where it has written its manifest and not yet moved the pointers.
+    monkeypatch.setattr(sets, "_write_pointers", lambda store, published: False)
+    finishing = []
+    for tag, when in (("newer", LATE), ("newest", LATE + timedelta(hours=1))):
+        set_id, files = upload(any_store, tmp_path, tag, when)
+        finalize_set(any_store, "kernel", set_id, f"key-{tag}", files)
+        finishing.append(set_id)
+    assert latest_set(any_store, "kernel").set_id == old.set_id
+
+    plan = apply_retention(any_store, keep=1)
+
+    assert set(plan.kept["kernel"]) == {old.set_id, *finishing}
+    for set_id in finishing:
+        assert any_store.exists(f"kernel/{set_id}/manifest.json")
+
+
+def test_keep_zero_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "farm.toml").write_text('[farm]\nid = "f"\n\n[store]\nkeep = 0\n')
+    with pytest.raises(FarmConfigError, match=r"store\.keep.*at least 1"):
+        load_config(tmp_path)
