@@ -3,6 +3,8 @@ being published. Each interleaving is forced deterministically, on both store ba
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from gentoo_farm.checksums import file_sha512
 from gentoo_farm.config import FarmConfigError, load_config
 from gentoo_farm.store import ArtifactStore, sets
+from gentoo_farm.store.binhost import store_lock
 from gentoo_farm.store.sets import (
     ExpectedFile,
     apply_retention,
@@ -120,3 +123,21 @@ def test_keep_zero_is_a_configuration_error(tmp_path: Path) -> None:
     (tmp_path / "farm.toml").write_text('[farm]\nid = "f"\n\n[store]\nkeep = 0\n')
     with pytest.raises(FarmConfigError, match=r"store\.keep.*at least 1"):
         load_config(tmp_path)
+
+
+def test_a_lock_held_longer_than_its_lease_is_not_taken_over(any_store: ArtifactStore) -> None:
+    """A binhost merge that outlives its lease renews it: a waiting merge gets the lock only when the
+    first lets go, never by taking over a live holder's "stale" lease."""
+    order: list[str] = []
+
+    def second_merge() -> None:
+        with store_lock(any_store, "binhost-test", timeout=30, lease=1):
+            order.append("second took the lock")
+
+    with store_lock(any_store, "binhost-test", timeout=5, lease=1):
+        waiter = threading.Thread(target=second_merge)
+        waiter.start()
+        time.sleep(3.5)  # three and a half leases
+        order.append("first let go")
+    waiter.join(timeout=60)
+    assert order == ["first let go", "second took the lock"]

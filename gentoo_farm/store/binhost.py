@@ -24,6 +24,7 @@ import shutil
 import socket
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -48,6 +49,8 @@ LAYOUT_CONF = b"[structure]\n0=flat\n"
 # Portage elides these from entries that equal the header; reading them back in keeps the merge exact.
 INHERITED_KEYS = ["CHOST", "REPO"]
 STAGED_INDEX = "Packages"
+API_JOIN_SECONDS = 30
+"""How long a released lock waits for its renewer thread (one store request) to stop."""
 STAGED_DISTFILES = "distfiles/"
 VOUCHED_DISTFILES = "vouched-distfiles.json"
 """What the master signed distfile URLs for, with their DIST lines; written by the master, never a worker."""
@@ -104,7 +107,8 @@ def store_lock(store: ArtifactStore, name: str, timeout: float = 120, lease: flo
     """Hold ``locks/<name>`` in the store: works across master processes and for both backends.
 
     The lock is a small object written only when absent; a holder that died is taken over once its lease
-    has run out (a conditional write on the stale object's etag, so only one waiter wins).
+    has run out (a conditional write on the stale object's etag, so only one waiter wins). A live holder
+    renews its lease while it works, so a long merge is never taken over.
     """
     key = check_key(f"locks/{name}")
     owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
@@ -133,14 +137,34 @@ def store_lock(store: ArtifactStore, name: str, timeout: float = 120, lease: flo
                     f"{store.location}: {key} is held by {holder.get('owner')}; waited {timeout:.0f} s"
                 )
         time.sleep(random.uniform(0.05, 0.3))
+    renewing = threading.Event()
+    renewer = threading.Thread(
+        target=_renew_lease, args=(store, key, owner, lease, renewing), name=f"lease-{name}", daemon=True
+    )
+    renewer.start()
     try:
         yield
     finally:
+        renewing.set()
+        renewer.join(timeout=API_JOIN_SECONDS)
         try:
             if json.loads(store.get_bytes(key)).get("owner") == owner:
                 store.delete([key])
         except (ObjectNotFound, ValueError):
             pass
+
+
+def _renew_lease(store: ArtifactStore, key: str, owner: str, lease: float, done: threading.Event) -> None:
+    """Extend our claim every third of its lease, so work that outlives one lease keeps the lock."""
+    while not done.wait(lease / 3):
+        info = store.head(key)
+        try:
+            if info is None or json.loads(store.get_bytes(key)).get("owner") != owner:
+                return
+            claim = json.dumps({"owner": owner, "expires": time.time() + lease}).encode()
+            store.put_bytes(key, claim, if_match=info.etag)
+        except (ObjectNotFound, PreconditionFailed, ValueError, StoreError):
+            return
 
 
 # -- what vouches for a distfile -----------------------------------------------------------------------
@@ -393,10 +417,11 @@ def merge_pushback(
         return result
     prefix = binhost_prefix(profile)
     with store_lock(store, "binhost-" + profile.strip("/").replace("/", "_"), timeout=lock_timeout):
+        read = store.head(index_key(profile))
         try:
-            current = store.get_bytes(index_key(profile))
+            current = store.get_bytes(index_key(profile)) if read is not None else None
         except ObjectNotFound:
-            current = None
+            current, read = None, None
         index = parse_index(current, index_key(profile))
         if current is None:
             index.header.update(staged_index.header)
@@ -416,6 +441,16 @@ def merge_pushback(
             present.add(path)
             result.added.append(path)
         if result.added:
-            store.put_bytes(index_key(profile), render_index(index))
+            # Conditional on what was read: should the lock have been lost, the index is not clobbered.
+            try:
+                if read is None:
+                    store.put_bytes(index_key(profile), render_index(index), if_absent=True)
+                else:
+                    store.put_bytes(index_key(profile), render_index(index), if_match=read.etag)
+            except PreconditionFailed:
+                raise StoreError(
+                    f"{index_key(profile)} changed while this merge held the binhost lock; nothing of it "
+                    "was indexed (the packages stay in the binhost and the next build's merge adds them)"
+                ) from None
     store.delete([info.key for info in store.list(staging)])
     return result
