@@ -304,7 +304,8 @@ def test_the_cloud_user_is_added_without_running_any_program_of_the_image(tmp_pa
     assert process.returncode == 0, process.stderr
     assert not (root / "useradd-ran").exists()
     passwd = (root / "etc/passwd").read_text().splitlines()
-    assert "ec2-user:x:1000:1000::/home/ec2-user:" in passwd
+    # The shell is the image's /etc/default/useradd SHELL (the stand-in's says /bin/sh).
+    assert "ec2-user:x:1000:1000::/home/ec2-user:/bin/sh" in passwd
     group = (root / "etc/group").read_text()
     assert "wheel:x:10:root,ec2-user\n" in group and "users:x:100:ec2-user\n" in group
     assert "ec2-user:x:1000:\n" in group
@@ -340,8 +341,10 @@ def test_a_kernel_config_with_an_initramfs_source_is_refused(tmp_path: Path, out
     config.write_text(f'CONFIG_BLK_DEV_INITRD=y\nCONFIG_INITRAMFS_SOURCE="{outside.path}"\n')
     process = run_stage(
         "kernel",
-        "--source-url",
-        "http://127.0.0.1:9/linux.tar.xz",
+        "--mirror",
+        "http://127.0.0.1:9",
+        "--source-dist",
+        f"DIST linux-6.1.tar.xz 1 BLAKE2B {'0' * 128} SHA512 {'0' * 128}",
         "--config",
         config,
         "--output",
@@ -389,9 +392,7 @@ def test_emerge_writes_its_portage_config_inside_the_root(tmp_path: Path, outsid
     (root / "etc").mkdir()
     # A stage3 whose /etc/portage is an absolute link: on the worker that is the outside directory.
     (root / "etc/portage").symlink_to(outside.path)
-    args = argparse.Namespace(
-        binhost="http://binhost/", workdir=tmp_path / "work", binhost_verify_signature=True
-    )
+    args = argparse.Namespace(binhost="http://binhost/", workdir=tmp_path / "work", binhost_key=None)
 
     entry = write_binrepo(root, args)
 

@@ -138,7 +138,7 @@ def test_stage3_net_script_refuses_dhcp_without_dhcpcd(stage3_root: Path) -> Non
 def test_dhcpcd_package_ships_debians_real_client(world: World, tmp_path: Path) -> None:
     name = "dhcpcd-9.4.1.tar.gz"
     assert name in world.distfiles and "net-misc/dhcpcd" in world.package_set
-    with tarfile.open(world.file(f"distfiles/{name}")) as archive:
+    with tarfile.open(world.file(world.distfile_path(name))) as archive:
         archive.extractall(tmp_path / "dhcpcd", filter="tar")
     image = tmp_path / "dhcpcd/dhcpcd-9.4.1/image"
     assert is_elf(image / "sbin/dhcpcd")
