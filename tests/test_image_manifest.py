@@ -13,6 +13,7 @@ import pytest
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands import diff, images
 from gentoo_farm.store import open_store
+from tests.farmtest import farm_command, init_farm, set_option
 from tests.services.store import publish_files
 from tests.world.stages import run_stage
 
@@ -89,11 +90,10 @@ def _parse(module, *argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@pytest.fixture
-def two_images(any_settings, root: Path, tmp_path: Path) -> SimpleNamespace:
+def publish_two_images(settings, root: Path, tmp_path: Path, *, new_kernel: bool) -> None:
     """Two published images: the second from a newer snapshot (openssh upgraded, a package added and
-    one removed, a new kernel)."""
-    store = open_store(any_settings)
+    one removed, with ``new_kernel`` a new kernel)."""
+    store = open_store(settings)
     old_manifest, _ = manifest_of(root, tmp_path / "old")
     newer = {
         **old_manifest,
@@ -113,8 +113,9 @@ def two_images(any_settings, root: Path, tmp_path: Path) -> SimpleNamespace:
                 "origin": "compiled",
             }
         ],
-        "kernel": {"release": "6.1.1-farm", "config_sha256": "0" * 64},
     }
+    if new_kernel:
+        newer["kernel"] = {"release": "6.1.1-farm", "config_sha256": "0" * 64}
     for name, manifest, day in (("old", old_manifest, "20261124"), ("new", newer, "20261125")):
         (tmp_path / f"{name}.qcow2").write_bytes(name.encode())
         (tmp_path / f"{name}.manifest.json").write_text(json.dumps(manifest))
@@ -129,6 +130,11 @@ def two_images(any_settings, root: Path, tmp_path: Path) -> SimpleNamespace:
             metadata={"name": f"gentoo-{day}-amd64", "package_count": len(manifest["packages"])},
             set_id=f"{day}T000000Z-{name}",
         )
+
+
+@pytest.fixture
+def two_images(any_settings, root: Path, tmp_path: Path) -> SimpleNamespace:
+    publish_two_images(any_settings, root, tmp_path, new_kernel=True)
     return SimpleNamespace(store=any_settings)
 
 
@@ -155,3 +161,25 @@ def test_images_json_carries_the_package_count_and_manifest_link(two_images, cap
 def test_farm_diff_of_an_unknown_image_names_it(two_images) -> None:
     with pytest.raises(CommandError, match="no published image called 'gentoo-1999'"):
         diff.run(_parse(diff, "gentoo-1999"), two_images)
+
+
+def test_farm_diff_of_images_with_the_same_kernel_and_of_one_name(
+    local_settings, root: Path, tmp_path: Path
+) -> None:
+    """The common case, a package or overlay change, through the real CLI."""
+    publish_two_images(local_settings, root, tmp_path, new_kernel=False)
+    farm = init_farm(tmp_path / "farm")
+    set_option(farm.root, "store", "path", json.dumps(str(local_settings.path)))
+    set_option(farm.root, "store", "public_url", json.dumps(local_settings.public_url))
+
+    for names in (["gentoo-20261124-amd64", "gentoo-20261125-amd64"], ["gentoo-20261124-amd64"]):
+        shown = farm_command("--farm", str(farm.root), "diff", *names)
+        assert shown.stdout.splitlines() == [
+            "--- gentoo-20261124-amd64",
+            "+++ gentoo-20261125-amd64",
+            "upgraded: net-misc/openssh 9.8_p1-r3 -> 9.9_p1",
+            "added: net-misc/dhcpcd-10.0.6",
+            "removed: app-misc/farm-hello-1.0",
+        ], shown.stderr
+    same = farm_command("--farm", str(farm.root), "diff", "latest")
+    assert same.stdout.splitlines()[-1] == "no package or kernel changed"

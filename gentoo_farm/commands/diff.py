@@ -29,7 +29,10 @@ class ImageDiff:
     kernel: tuple[str, str] | None = None
 
     def lines(self) -> list[str]:
-        lines = [f"kernel: {old} -> {new}" for old, new in [self.kernel] if self.kernel]
+        lines = []
+        if self.kernel:
+            old, new = self.kernel
+            lines.append(f"kernel: {old} -> {new}")
         for package, old, new in self.changed:
             direction = "upgraded" if vercmp(new, old) > 0 else "downgraded"
             lines.append(f"{direction}: {package} {old} -> {new}")
