@@ -94,9 +94,11 @@ class FarmKey:
             raise SigningError(f"gpkg-sign {package.name} failed: {(result.stderr or result.stdout).strip()}")
 
     def stop_agent(self) -> None:
-        """The agent gpg started for this home would otherwise outlive the command."""
-        subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "gpg-agent"],
-                       capture_output=True, check=False, timeout=GPG_TIMEOUT)  # fmt: skip
+        """Stop the daemons gpg started for this home (gpg-agent, keyboxd): they would outlive the
+        command, and the master's outlive the master."""
+        if self.home.is_dir():
+            subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "all"],
+                           capture_output=True, check=False, timeout=GPG_TIMEOUT)  # fmt: skip
 
 
 def gpkg_sign_command() -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gentoo_farm.signing import FarmKey
 from tests.farmtest import FARM, Farm, farm_command, init_farm, set_option
 
 
@@ -77,3 +78,30 @@ def test_status_logs_in_when_the_farm_hides_builds(private_farm: Farm) -> None:
     logged_in = farm(private_farm, "status", "--json", "--user", "admin")
     assert logged_in.returncode == 0, logged_in.stdout
     assert json.loads(logged_in.stdout)["workers"][0]["name"] == "local-1"
+
+
+def gpg_agents_of(home: Path) -> list[int]:
+    """The gpg daemons (gpg-agent, keyboxd) running for the GnuPG home ``home``."""
+    found = []
+    for process in Path("/proc").iterdir():
+        try:
+            argv = (process / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and Path(argv[0].decode()).name in ("gpg-agent", "keyboxd") and str(home).encode() in argv:
+            found.append(int(process.name))
+    return found
+
+
+def test_no_gpg_agent_outlives_farm_init_or_farm_down(tmp_path: Path) -> None:
+    running = init_farm(tmp_path / "farm")
+    home = running.root / "secrets" / "gnupg"
+    assert gpg_agents_of(home) == []
+    farm_command("--farm", str(running.root), "up")
+    try:
+        # What the master's binhost merge does when it signs a package: gpg starts an agent.
+        FarmKey(home).fingerprint
+        assert gpg_agents_of(home) != []
+    finally:
+        farm_command("--farm", str(running.root), "down")
+    assert gpg_agents_of(home) == []

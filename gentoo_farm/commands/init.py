@@ -76,6 +76,8 @@ def run(args: argparse.Namespace, config: None) -> int:
     with os.fdopen(fd, "w") as handle:
         handle.write(hook_password)
     key = create_farm_key(config, farm)
+    fingerprint = key.fingerprint
+    key.stop_agent()
 
     config.upstream.keyring.parent.mkdir(parents=True, exist_ok=True)
     kernel = recipe_repository(config, KERNEL_POLLER)
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace, config: None) -> int:
         f"  keyring         put Gentoo's keys at {config.upstream.keyring}"
         " (sec-keys/openpgp-keys-gentoo-release's /usr/share/openpgp-keys/gentoo-release.asc)"
     )
-    print(f"  signing key     {key.fingerprint} (signs the binhost's packages; `farm key export`)")
+    print(f"  signing key     {fingerprint} (signs the binhost's packages; `farm key export`)")
     print()
     print(f"Web UI login: admin / {admin_password}")
     print("  (shown once; stored only as a hash. `farm passwd admin` sets a new one.)")

@@ -19,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def create_farm_key(config: FarmConfig, farm: FarmDir) -> FarmKey:
-    """The farm's new signing key, its public half written beside farm.toml for the master to hand out."""
+    """The farm's new signing key, its public half written beside farm.toml for the master to hand out
+    (the caller stops the gpg-agent when it is done with the key)."""
     key = FarmKey.create(farm.signing_key, f"{config.farm.title} <farm-{config.farm.id}@localhost>")
     farm.signing_public_key.write_text(key.public_key())
-    key.stop_agent()
     return key
 
 
