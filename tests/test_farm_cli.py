@@ -100,7 +100,7 @@ def test_no_gpg_agent_outlives_farm_init_or_farm_down(tmp_path: Path) -> None:
     farm_command("--farm", str(running.root), "up")
     try:
         # What the master's binhost merge does when it signs a package: gpg starts an agent.
-        FarmKey(home).fingerprint
+        assert FarmKey(home).fingerprint
         assert gpg_agents_of(home) != []
     finally:
         farm_command("--farm", str(running.root), "down")
