@@ -339,6 +339,10 @@ def parse_config(text: str, basedir: Path, source: str = CONFIG_NAME) -> FarmCon
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise FarmConfigError(f"{source}: not valid TOML: {error}") from None
+    except RecursionError:
+        # tomllib parses arrays and inline tables recursively, so deep nesting exhausts the stack
+        # instead of raising TOMLDecodeError.
+        raise FarmConfigError(f"{source}: not valid TOML: arrays or tables nested too deeply") from None
     try:
         config = _build(FarmConfig, table, "")
     except FarmConfigError as error:

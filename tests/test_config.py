@@ -56,6 +56,12 @@ def test_a_valid_file_passes_and_is_summarised(tmp_path: Path) -> None:
         ('[farm]\nid = "x"\n[[glance]]\nkeep = 1\n', "missing key glance[0].cloud"),
         ('[farm]\nid = "x"\n[[workers.openstack]]\nname = "os"\n', "missing key workers.openstack[0].cloud"),
         ("[farm\n", "not valid TOML"),
+        # tomllib recurses into arrays and inline tables: deep nesting is refused like any other bad TOML.
+        ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "not valid TOML: arrays or tables nested too deeply"),
+        (
+            "x = " + "{a = " * 100_000 + "}" * 100_000 + "\n",
+            "not valid TOML: arrays or tables nested too deeply",
+        ),
         # A farm.toml from before the two keys named the key file here: the message says where it goes now.
         (
             '[farm]\nid = "x"\n[upstream]\nrelease_key = "keys/gentoo-release.asc"\n',

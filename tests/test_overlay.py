@@ -121,6 +121,11 @@ def test_tarball_is_sorted_root_owned_with_one_mtime_and_carries_the_recipe(tmp_
         ('[symlinks]\n"etc/fstab" = "/dev/null"\n', "[symlinks] 'etc/fstab'"),
         ("[owners]\nroot = 0\n", "unknown section(s) owners"),
         ("[passwords\n", "not valid TOML"),
+        ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "not valid TOML: arrays or tables nested too deeply"),
+        ('[passwords]\n"root\\nadmin" = ""\n', "[passwords] 'root\\nadmin': not a user name"),
+        ('[passwords]\n"root admin" = ""\n', "[passwords] 'root admin': not a user name"),
+        ('[passwords]\n"-root" = ""\n', "[passwords] '-root': not a user name"),
+        ('[passwords]\nroot = "$6$x:y"\n', "[passwords] 'root': a password hash cannot hold ':'"),
     ],
 )
 def test_manifest_mistakes_name_the_file_section_and_key(

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import re
 import stat
 import tarfile
 import tomllib
@@ -29,6 +30,8 @@ EDITS_MEMBER = ".gentoo-farm/overlay-edits.json"
 # 2000-01-01T00:00:00Z: a fixed, unremarkable time for every member.
 FIXED_MTIME = 946684800
 MANIFEST_SECTIONS = ("symlinks", "modes", "passwords")
+# shadow's chkname rule for the names useradd accepts (fully numeric names, '.' and '..' are refused too).
+USER_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?")
 
 
 @dataclass
@@ -55,6 +58,10 @@ def load_manifest(manifest_file: Path) -> OverlayManifest:
         data = tomllib.loads(manifest_file.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise StageError(f"{manifest_file}: not valid TOML: {error}") from error
+    except RecursionError:
+        # tomllib parses arrays and inline tables recursively, so deep nesting exhausts the stack
+        # instead of raising TOMLDecodeError.
+        raise StageError(f"{manifest_file}: not valid TOML: arrays or tables nested too deeply") from None
     unknown = sorted(set(data) - set(MANIFEST_SECTIONS))
     if unknown:
         raise StageError(
@@ -84,9 +91,16 @@ def load_manifest(manifest_file: Path) -> OverlayManifest:
                     )
                 manifest.modes[_image_path(manifest_file, section, key)] = mode
             else:
-                if ":" in key or ":" in value or "\n" in value:
+                if not USER_NAME.fullmatch(key) or key.isdigit() or key in (".", ".."):
+                    # Refused here: at assembly such a name would only fail to match any line of
+                    # /etc/shadow, after the tarball was built and stored.
                     raise StageError(
-                        f"{manifest_file}: [passwords] {key!r}: names and hashes cannot hold ':'"
+                        f"{manifest_file}: [passwords] {key!r}: not a user name "
+                        "(letters, digits, '_', '.', '-', and a '$' only at the end)"
+                    )
+                if ":" in value or "\n" in value:
+                    raise StageError(
+                        f"{manifest_file}: [passwords] {key!r}: a password hash cannot hold ':' or a newline"
                     )
                 manifest.passwords[key] = value
     return manifest
