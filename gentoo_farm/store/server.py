@@ -23,6 +23,9 @@ from gentoo_farm.config import host_port
 from gentoo_farm.store.base import PreconditionFailed, StoreError, check_key
 from gentoo_farm.store.local import LocalStore
 
+# How long a refused request's body is drained so that its client can read the refusal.
+REFUSED_LINGER_SECONDS = 10
+
 
 class StoreResource(resource.Resource):
     isLeaf = True
@@ -131,10 +134,14 @@ class StoreChannel(http.HTTPChannel):
             + body
         )
         log.msg(f"store server: refused {self._command.decode('ascii', 'replace')} {message}")
-        # Whatever of the body arrives from now on is dropped unread, and the connection closes.
+        # Whatever of the body arrives from now on is dropped unread. Closing at once would reset the
+        # connection under a client still sending its body (a second PUT through a used URL): its send
+        # fails with a broken pipe before it reads this answer. So only the sending half closes now, and
+        # the connection ends when the client hangs up or REFUSED_LINGER_SECONDS have passed.
         self.length = None
         self.dataReceived = self.rawDataReceived = lambda data: None  # type: ignore[method-assign]
-        self.loseConnection()
+        self.transport.loseWriteConnection()
+        self.setTimeout(REFUSED_LINGER_SECONDS)
 
 
 def access_log_line(timestamp: str, request: server.Request) -> str:
