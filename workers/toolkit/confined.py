@@ -12,12 +12,19 @@ tar's host view and the image's view of every path it writes agree: no absolute 
 no link leaving the root, no member written through a link tar would follow out of the root, no
 device nodes or FIFOs (Gentoo's stage3s ship an empty /dev; the kernel's devtmpfs fills it at boot).
 A build root has one writer (the stage), so checking before unpacking is not racy.
+
+The check only protects if tar unpacks the members it checked. Python's tarfile takes a bad
+header for the end of the archive while GNU tar skips it and unpacks what follows, so the check
+reads the archive strictly — every header valid up to the end-of-archive marker, nothing but
+zeros after it, a decompressor that exits cleanly — and tar is handed the checked names
+(docs/security.md, "One archive, one reading").
 """
 
 import contextlib
 import os
 import subprocess
 import tarfile
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -205,6 +212,31 @@ class MemberCheck:
         return "/".join(parts)
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """A member header that refuses a bad header instead of taking it for the end of the archive."""
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        offset = archive.fileobj.tell()
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.EOFHeaderError:
+            raise  # a zero block: the end-of-archive marker (what follows is checked by _clean_end)
+        except tarfile.HeaderError as error:
+            # TarFile.next() would end the archive quietly here; GNU tar skips the block and goes on.
+            raise tarfile.ReadError(f"invalid header at offset {offset}: {error}") from None
+
+
+def _clean_end(archive: tarfile.TarFile) -> None:
+    """Refuse anything but zeros after the end-of-archive marker (GNU tar without -i ignores it)."""
+    offset = archive.fileobj.tell()
+    while chunk := archive.fileobj.read(tarfile.RECORDSIZE):
+        if chunk.strip(b"\0"):
+            where = offset + len(chunk) - len(chunk.lstrip(b"\0"))
+            raise tarfile.ReadError(f"data after the end-of-archive marker, at offset {where}")
+        offset += len(chunk)
+
+
 @contextlib.contextmanager
 def _tar_stream(tarball: Path, decompress: Sequence[str | Path] | None) -> Iterator[tarfile.TarFile]:
     """Member headers of ``tarball`` read sequentially (``decompress`` turns it into a plain tar)."""
@@ -214,7 +246,7 @@ def _tar_stream(tarball: Path, decompress: Sequence[str | Path] | None) -> Itera
                 decompress = ["zstd", "-dcq", tarball]
     if decompress is None:
         try:
-            with tarfile.open(tarball, mode="r|*") as archive:
+            with tarfile.open(tarball, mode="r|*", tarinfo=_StrictTarInfo) as archive:
                 yield archive
         except (tarfile.TarError, EOFError, OSError) as error:
             raise StageError(f"{tarball}: not a readable tarball: {error}") from error
@@ -224,14 +256,42 @@ def _tar_stream(tarball: Path, decompress: Sequence[str | Path] | None) -> Itera
     )
     assert process.stdout is not None
     try:
-        with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
+        with tarfile.open(fileobj=process.stdout, mode="r|", tarinfo=_StrictTarInfo) as archive:
             yield archive
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise StageError(f"{tarball}: not a readable tarball: {error}") from error
+    except BaseException as error:
+        # Stopped early (a refused member, a bad header): the rest of the stream is not wanted.
+        process.kill()
+        if isinstance(error, (tarfile.TarError, EOFError, OSError)):
+            raise StageError(f"{tarball}: not a readable tarball: {error}") from error
+        raise
     finally:
         process.stdout.close()
-        process.kill()
-        process.wait()
+        returncode = process.wait()
+    # The stream was read to its end: a truncated or damaged one is the decompressor's to report.
+    if returncode != 0:
+        raise StageError(f"{tarball}: {decompress[0]} failed ({returncode}): a damaged or truncated stream")
+
+
+def _check_members(
+    tarball: Path, destination: Path | None, strip_components: int, decompress: Sequence[str | Path] | None
+) -> list[tuple[str, str]]:
+    """Check every member of ``tarball``: (name in the archive, name as unpacked) of those unpacked."""
+    check = MemberCheck(tarball, destination, strip_components)
+    members = []
+    last = None
+    with _tar_stream(tarball, decompress) as archive:
+        try:
+            for info in archive:
+                name = check.check(info)
+                last = info.name
+                if name:
+                    members.append((info.name, name))
+            _clean_end(archive)
+        except (tarfile.TarError, EOFError) as error:
+            # "unexpected end of data" alone does not say where: name the last member read whole.
+            where = f"after member {last!r}" if last is not None else "before any member"
+            raise tarfile.ReadError(f"{error} ({where})") from error
+    return members
 
 
 def check_tarball(
@@ -242,14 +302,7 @@ def check_tarball(
     decompress: Sequence[str | Path] | None = None,
 ) -> list[str]:
     """Check every member of ``tarball`` (see :class:`MemberCheck`); return the names as unpacked."""
-    check = MemberCheck(tarball, destination, strip_components)
-    names = []
-    with _tar_stream(tarball, decompress) as archive:
-        for info in archive:
-            name = check.check(info)
-            if name:
-                names.append(name)
-    return names
+    return [name for _, name in _check_members(tarball, destination, strip_components, decompress)]
 
 
 def unpack_tarball(
@@ -258,10 +311,31 @@ def unpack_tarball(
     """Check ``tarball`` against ``destination``, then unpack it there with GNU tar; return its names."""
     if not tarball.is_file():
         raise StageError(f"{tarball}: no such file")
-    names = check_tarball(tarball, destination, strip_components=strip_components)
+    members = _check_members(tarball, destination, strip_components, None)
+    if not members:
+        return []  # tar given an empty list of names would unpack every member
     strip = [f"--strip-components={strip_components}"] if strip_components else []
-    run_tool(
-        ["tar", "-C", destination, "--extract", *options, *strip, "--file", tarball],
-        what=f"unpacking the {what}",
-    )
-    return names
+    # tar unpacks exactly the checked names (as the archive spells them, before stripping); a
+    # member tar would read differently from Python is then not found, and tar fails.
+    with tempfile.NamedTemporaryFile("wb", prefix="members-", suffix=".list") as listing:
+        listing.write(b"".join(os.fsencode(name) + b"\0" for name, _ in members))
+        listing.flush()
+        run_tool(
+            [
+                "tar",
+                "-C",
+                destination,
+                "--extract",
+                *options,
+                *strip,
+                "--file",
+                tarball,
+                "--no-recursion",
+                "--null",
+                "--verbatim-files-from",
+                "--files-from",
+                listing.name,
+            ],
+            what=f"unpacking the {what}",
+        )
+    return [name for _, name in members]
