@@ -12,6 +12,7 @@ from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.builders import IMAGE, KERNEL, MIRROR, OVERLAY
 from gentoo_farm.master.factories.common import IMAGE_AFTER_INPUTS
 from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, RecipeRepository, recipe_repository
+from gentoo_farm.steps.publish import REBUILD_PROPERTY
 
 BUILD_IMAGE = "build-image"
 
@@ -57,7 +58,14 @@ def _build_image(config: FarmConfig) -> sched.ForceScheduler:
                 size=60,
             ),
             util.BooleanParameter(name="publish", label="Publish to the store and Glance", default=True),
+            _rebuild_parameter(),
         ],
+    )
+
+
+def _rebuild_parameter() -> util.BooleanParameter:
+    return util.BooleanParameter(
+        name=REBUILD_PROPERTY, label="Rebuild even when the store holds this input's build", default=False
     )
 
 
@@ -73,6 +81,7 @@ def _force(builder: str, label: str) -> sched.ForceScheduler:
         buttonName=label,
         builderNames=[builder],
         codebases=[util.CodebaseParameter("", hide=True)],
+        properties=[_rebuild_parameter()],
     )
 
 

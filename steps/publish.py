@@ -39,6 +39,8 @@ SET_ID_PROPERTY = "publish_set_id"
 IMAGE_NAME_PROPERTY = "image_name"
 PUSHBACK_TOKEN_PROPERTY = "pushback_token"
 UP_TO_DATE_PROPERTY = "up_to_date"
+# Set by a forced build (`farm build --force`, the web form's checkbox): build even when up to date.
+REBUILD_PROPERTY = "rebuild"
 
 StepCondition = Callable[[buildstep.BuildStep], "bool | defer.Deferred[bool]"]
 """A ``doStepIf``: whether the step runs, decided when the build reaches it."""
@@ -121,7 +123,8 @@ class CheckUpToDate(StoreStep):
 
     If it does, the existing set is handed on as properties (``<kind>_set_id``, ``<kind>_files``...) and
     the property ``up_to_date`` turns the remaining steps (built with :func:`unless_up_to_date`) into
-    skipped ones: the build ends SUCCESS, its status saying "up to date".
+    skipped ones: the build ends SUCCESS, its status saying "up to date". A build whose ``rebuild``
+    property is true builds anyway and publishes a new set.
     """
 
     renderables = ("input_key",)
@@ -137,6 +140,10 @@ class CheckUpToDate(StoreStep):
             published = await self.in_thread(find_set, self.kind, str(self.input_key))
         except StoreError as error:
             return await self.fail(error)
+        if published is not None and self.getProperty(REBUILD_PROPERTY):
+            self.setProperty(UP_TO_DATE_PROPERTY, False, self.name, runtime=True)
+            self.outcome = f"rebuild forced: {self.kind} {published.set_id} has this input key already"
+            return SUCCESS
         self.setProperty(UP_TO_DATE_PROPERTY, published is not None, self.name, runtime=True)
         if published is None:
             self.outcome = f"no {self.kind} for input key {str(self.input_key)[:12]} yet: building"

@@ -32,9 +32,10 @@ def test_build_waits_and_prints_each_step_then_logs_and_status_show_it(running_f
     built = farm(running_farm, "build", "overlay", "--wait", "--reason", "from the CLI")
     assert built.returncode == 0, built.stdout + built.stderr
     lines = built.stdout.splitlines()
-    assert lines[0].startswith("overlay: build request ") and "(from the CLI)" in lines[0]
+    assert lines[0].startswith("overlay: queued as build request ") and "(from the CLI)" in lines[0]
+    assert lines[1] == "overlay build #1 started"
     assert any(line.startswith("  input-key: success") for line in lines)
-    assert lines[-1].startswith("overlay #1: success")
+    assert lines[-1].startswith("overlay build #1: success")
 
     logs = farm(running_farm, "logs", "overlay/1")
     assert logs.returncode == 0, logs.stderr
@@ -50,6 +51,28 @@ def test_build_waits_and_prints_each_step_then_logs_and_status_show_it(running_f
         "builder": "overlay", "number": 1, "result": "success", "state": build["state_string"], "step": "",
     }  # fmt: skip
     assert report["queue"] == [] and report["newest_image"] is None
+
+
+def test_build_force_rebuilds_what_is_up_to_date(running_farm: Farm) -> None:
+    assert farm(running_farm, "build", "overlay", "--wait").returncode == 0
+    unchanged = farm(running_farm, "build", "overlay", "--wait")
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+    assert unchanged.stdout.splitlines()[-1] == "overlay build #2: up to date: nothing to build (use --force)"
+    assert "skipped" not in unchanged.stdout
+
+    forced = farm(running_farm, "build", "overlay", "--force", "--wait")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert any(
+        line.startswith("  up-to-date: success") and "rebuild forced: overlay " in line
+        for line in forced.stdout.splitlines()
+    ), forced.stdout
+    assert forced.stdout.splitlines()[-1].startswith("overlay build #3: success")
+    first, _, third = running_farm.builds("overlay")
+    published = [running_farm.properties(build)["publish_set_id"] for build in (first, third)]
+    assert published[0] != published[1]
+
+    refused = farm(running_farm, "build", "overlay", "--extra-packages", "app-misc/hello")
+    assert refused.returncode != 0 and "apply to image builds only" in refused.stderr
 
 
 def test_a_wrong_password_is_named_and_nothing_is_built(running_farm: Farm) -> None:
