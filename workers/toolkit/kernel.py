@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from gentoo_farm.checksums import feed, file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.distfiles import DistEntry, fetch_distfile
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
-from gentoo_farm.workers.toolkit.tools import ToolError, require_file, run_tool, tail
+from gentoo_farm.workers.toolkit.tools import ToolError, run_tool, tail
 from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
 
 COMPILER = "ccache gcc"
@@ -83,16 +84,79 @@ def unpack_source(tarball: Path, sources: Path) -> Path:
     return trees[0]
 
 
-def refuse_initramfs_source(config: Path) -> None:
-    """Refuse a config whose CONFIG_INITRAMFS_SOURCE names files: Kbuild would pack them from the
-    worker (any directory or cpio list on it) into the kernel image that gets published."""
-    for line in config.read_text().splitlines():
-        name, _, value = line.partition("=")
-        if name.strip() == "CONFIG_INITRAMFS_SOURCE" and value.strip().strip('"'):
+# String options whose value Kbuild opens as a file (or directory), and what it does with it; a
+# relative value is taken in the kernel tree (docs/security.md, "Kernel configs read no worker file").
+HOST_PATH_OPTIONS = {
+    "CONFIG_INITRAMFS_SOURCE": "build files of the worker into the kernel",
+    "CONFIG_EXTRA_FIRMWARE_DIR": "build firmware files of the worker into the kernel",
+    "CONFIG_EXTRA_FIRMWARE": "build firmware files of the worker into the kernel",
+    "CONFIG_MODULE_SIG_KEY": "sign modules with a key of the worker",
+    "CONFIG_SYSTEM_TRUSTED_KEYS": "build certificates of the worker into the kernel",
+    "CONFIG_SYSTEM_REVOCATION_KEYS": "build certificates of the worker into the kernel",
+    "CONFIG_SYSTEM_BLACKLIST_HASH_LIST": "build a file of the worker into the kernel",
+    "CONFIG_ACPI_CUSTOM_DSDT_FILE": "build a file of the worker into the kernel",
+    "CONFIG_UNUSED_KSYMS_WHITELIST": "read a file of the worker",
+    "CONFIG_EFI_SBAT_FILE": "build a file of the worker into the kernel",
+    "CONFIG_BUILTIN_DTB_NAME": "build a file of the worker into the kernel",
+}
+
+
+def read_kernel_config(config: Path) -> str:
+    """The text of ``config``, a regular file reached without following any link.
+
+    The file comes from the kernel-config repository: a link there could name any file of the
+    worker, and Kconfig prints the lines it cannot parse into the build log. Every directory of a
+    relative path (below the leading ``..``) is checked too, so a linked directory of the checkout
+    cannot lead out of it either.
+    """
+    parts = config.parts
+    for depth in range(len(parts) - 1):
+        directory = Path(*parts[: depth + 1])
+        if parts[depth] != ".." and not config.is_absolute() and directory.is_symlink():
             raise StageError(
-                f"{config}: CONFIG_INITRAMFS_SOURCE={value.strip()} would build files of the worker into "
-                'the kernel; set it to "" (the farm adds its own initramfs when the kernel needs one)'
+                f"{config}: {directory} is a symbolic link; the kernel config must be in the checkout"
             )
+    try:
+        descriptor = os.open(config, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        reason = "a symbolic link" if config.is_symlink() else error.strerror
+        raise StageError(
+            f"{config}: the kernel config is {reason}; it must be a file in the checkout"
+        ) from None
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise StageError(f"{config}: the kernel config is not a regular file")
+        return handle.read().decode(errors="replace")
+
+
+def _host_path(option: str, value: str) -> bool:
+    """Whether Kbuild would open a file outside the kernel tree for ``value``."""
+    if option == "CONFIG_INITRAMFS_SOURCE":
+        return True  # any source: the farm adds its own initramfs when the kernel needs one
+    if option == "CONFIG_MODULE_SIG_KEY" and value.startswith("pkcs11:"):
+        return True  # a token of the worker's
+    return any(word.startswith("/") or ".." in word.split("/") for word in value.split())
+
+
+def refuse_host_paths(config: Path, text: str) -> None:
+    """Refuse options of ``text`` (the config ``config``) that make Kbuild open a worker file."""
+    values = {}
+    for line in text.splitlines():
+        name, equals, value = line.strip().partition("=")
+        if equals and name in HOST_PATH_OPTIONS:
+            values[name] = value.strip()
+    # The firmware directory is only read for the files CONFIG_EXTRA_FIRMWARE names (its default is
+    # /lib/firmware).
+    if not values.get("CONFIG_EXTRA_FIRMWARE", "").strip('"'):
+        values.pop("CONFIG_EXTRA_FIRMWARE_DIR", None)
+    for name, value in values.items():
+        if value.strip('"') and _host_path(name, value.strip('"')):
+            hint = (
+                'set it to "" (the farm adds its own initramfs when the kernel needs one)'
+                if name == "CONFIG_INITRAMFS_SOURCE"
+                else "use a path inside the kernel tree"
+            )
+            raise StageError(f"{config}: {name}={value} would {HOST_PATH_OPTIONS[name]}; {hint}")
 
 
 def compiler_error(output: str) -> str:
@@ -125,8 +189,9 @@ def make(
 
 
 def run(args: argparse.Namespace) -> None:
-    config = require_file(args.config, "kernel config")
-    refuse_initramfs_source(config)
+    config: Path = args.config
+    text = read_kernel_config(config)
+    refuse_host_paths(config, text)
     if shutil.which("ccache") is None:
         raise StageError("ccache is not installed on this worker (the kernel build needs it)")
     started = time.monotonic()
@@ -147,7 +212,8 @@ def run(args: argparse.Namespace) -> None:
         scratch = Path(scratch_name)
         build, staging = scratch / "build", scratch / "staging"
         build.mkdir()
-        shutil.copyfile(config, build / ".config")
+        # What was checked, not the file again (the checkout could change meanwhile).
+        (build / ".config").write_text(text)
         make(source, build, ["olddefconfig"], environment, 1, "make olddefconfig")
         settings = (build / ".config").read_text()
         modular = "\nCONFIG_MODULES=y\n" in f"\n{settings}"
