@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gentoo_farm.store import ArtifactStore, StoreError
-from gentoo_farm.store.sets import PublishedFile, PublishedSet, latest_set, list_sets
+from gentoo_farm.store.sets import PublishedFile, PublishedSet, latest_set, list_sets, sha512_key
 
 DISK_SUFFIXES = (".qcow2", ".raw", ".img")
 PACKAGE_MANIFEST_SUFFIX = ".manifest.json"
@@ -26,6 +26,8 @@ class ImageRecord:
     sha512: str
     url: str
     """Download URL of the disk image; presigned (and short-lived) when the bucket is private."""
+    sha512_url: str
+    """Download URL of the disk image's ``.sha512`` (``sha512sum -c`` checks a download with it)."""
     key: str
     """The disk image's store key."""
     set_id: str
@@ -94,6 +96,7 @@ def image_record(
         size=disk.size,
         sha512=disk.sha512,
         url=store.download_url(disk.key, url_expiry),
+        sha512_url=store.download_url(sha512_key(disk.key), url_expiry),
         key=disk.key,
         set_id=published.set_id,
         latest=published.set_id == latest_id,

@@ -51,7 +51,9 @@ PAGE = """\
           <td title="{{ image.size }} bytes">{{ image.size | human_size }}</td>
           <td><code title="{{ image.sha512 }}">{{ image.sha512[:16] }}…</code></td>
           <td>
-            <a class="farm-download" href="{{ image.url }}" download>{{ image.key.rsplit("/", 1)[-1] }}</a>
+            {% set file_name = image.key.rsplit("/", 1)[-1] %}
+            <a class="farm-download" href="{{ image.url }}" download>{{ file_name }}</a>
+            · <a class="farm-sha512" href="{{ image.sha512_url }}">{{ file_name }}.sha512</a>
             · <a class="farm-manifest" href="{{ image.manifest_url }}">manifest.json</a>
           </td>
         </tr>

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
 from flask import Flask
+from werkzeug.serving import make_server
 
 from gentoo_farm.master.images_page import images_dashboard
 from gentoo_farm.store import ArtifactStore
 from gentoo_farm.store.local import LocalStore
 from gentoo_farm.store.sets import PublishedSet
+from tests.browser import artifacts_dir, chromium
 from tests.services.s3 import s3_server, s3_settings  # noqa: F401
 from tests.services.store import any_settings, any_store, local_settings, publish_files  # noqa: F401
 
@@ -105,6 +110,47 @@ def test_page_lists_images_with_working_links(any_store: ArtifactStore, tmp_path
     inline = json.loads(page.pre_blocks[0])
     assert inline["sources"] == {"kernel": "20261124T100000Z-kernelkey"}
     assert inline["input_key"] == newer.input_key
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """The page's app on a local HTTP port, for a browser; yields its URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/index.html"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_each_image_links_the_sha512_the_page_tells_people_to_check(
+    any_store: ArtifactStore,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    published = [
+        publish_image(any_store, tmp_path, name, "6.12.1-gentoo")
+        for name in ("gentoo-20261124-amd64", "gentoo-20261125-amd64")
+    ]
+
+    with serving(app_of(any_store)) as url, chromium() as browser:
+        page = browser.new_page()
+        page.goto(url)
+        assert "sha512sum -c NAME.qcow2.sha512" in page.inner_text(".farm-images")
+        links = page.locator("a.farm-sha512")
+        texts = links.all_inner_texts()
+        hrefs = [links.nth(index).get_attribute("href") or "" for index in range(links.count())]
+        downloads = page.locator("a.farm-download")
+        disks = [downloads.nth(index).get_attribute("href") or "" for index in range(downloads.count())]
+        page.screenshot(path=str(artifacts_dir() / "images-page-sha512-links.png"), full_page=True)
+
+    newest_first = [published_set.files[0] for published_set in reversed(published)]
+    assert texts == [f"{disk.name}.sha512" for disk in newest_first]
+    for disk, sums_url, disk_url in zip(newest_first, hrefs, disks, strict=True):
+        sums = fetch(sums_url).decode()
+        assert sums == f"{disk.sha512}  {disk.name}\n"
+        assert hashlib.sha512(fetch(disk_url)).hexdigest() == sums.split()[0]
 
 
 def test_empty_store_says_so(tmp_path: Path) -> None:

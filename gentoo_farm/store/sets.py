@@ -210,11 +210,16 @@ def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile) -> Non
         raise StoreError(f"{key} in {store.location}: ETag {single_part_etag} != md5 {expected.md5}")
 
 
+def sha512_key(key: str) -> str:
+    """Where the ``.sha512`` of the object at ``key`` is published, beside it."""
+    return key + ".sha512"
+
+
 def _write_sha512_files(
     store: ArtifactStore, kind: str, set_id: str, expected: Mapping[str, ExpectedFile]
 ) -> None:
     for name, file in expected.items():
-        store.put_bytes(object_key(kind, set_id, name) + ".sha512", sha512_line(file.sha512, name))
+        store.put_bytes(sha512_key(object_key(kind, set_id, name)), sha512_line(file.sha512, name))
 
 
 def finalize_set(
@@ -243,7 +248,7 @@ def finalize_set(
         progress(f"verified {object_key(kind, set_id, name)} ({file.size} bytes)")
     _write_sha512_files(store, kind, set_id, expected)
     for name, file in expected.items():
-        sums_key = object_key(kind, set_id, name) + ".sha512"
+        sums_key = sha512_key(object_key(kind, set_id, name))
         if store.get_bytes(sums_key) != sha512_line(file.sha512, name):
             raise StoreError(f"{sums_key} in {store.location} does not read back as written")
     published = PublishedSet(
@@ -277,7 +282,7 @@ def _write_latest_copy(store: ArtifactStore, artifact: PublishedFile, key: str) 
     name, so ``sha512sum -c`` checks what a person downloaded by that name)."""
     store.copy(artifact.key, key)
     verify_object(store, key, ExpectedFile(artifact.size, artifact.sha512))
-    store.put_bytes(key + ".sha512", sha512_line(artifact.sha512, key.rsplit("/", 1)[1]))
+    store.put_bytes(sha512_key(key), sha512_line(artifact.sha512, key.rsplit("/", 1)[1]))
 
 
 def _write_pointers(store: ArtifactStore, published: PublishedSet) -> bool:
