@@ -25,6 +25,7 @@ from gentoo_farm.store.binhost import (
     pushback_uploads,
 )
 from gentoo_farm.store.sets import (
+    ARTIFACT,
     ExpectedFile,
     PublishedSet,
     apply_retention,
@@ -54,6 +55,15 @@ def published_properties(published: PublishedSet) -> dict[str, object]:
         f"{published.kind}_files": {file.name: file.key for file in published.files},
         f"{published.kind}_sha512": {file.name: file.sha512 for file in published.files},
     }
+
+
+def artifact_link(store: ArtifactStore, published: PublishedSet) -> tuple[str, str] | None:
+    """The set's artifact and its URL for a link that outlives the build page's visit: only where the store
+    has a public URL (a presigned one expires), and None for a set that names no artifact."""
+    artifact = str(published.metadata.get(ARTIFACT) or "")
+    if not artifact or store.public_base_url() is None:
+        return None
+    return artifact, store.public_object_url(published.file(artifact).key)
 
 
 class StoreStep(buildstep.BuildStep):
@@ -258,6 +268,7 @@ class PublishSet(StoreStep):
         self.metadata = metadata or {}
         self.sources = sources or {}
         self.set_id = set_id
+        self.published_name: str | None = None
 
     def expected_files(self) -> dict[str, ExpectedFile]:
         try:
@@ -279,7 +290,9 @@ class PublishSet(StoreStep):
         try:
             expected = self.expected_files()
 
-            def publish(store: ArtifactStore) -> tuple[PublishedSet, tuple[str, ...], str]:
+            def publish(
+                store: ArtifactStore,
+            ) -> tuple[PublishedSet, tuple[str, ...], str, tuple[str, str] | None]:
                 published = finalize_set(
                     store,
                     self.kind,
@@ -290,13 +303,14 @@ class PublishSet(StoreStep):
                     dict(self.sources),
                     lines.append,
                 )
+                link = artifact_link(store, published)
                 # The set is published now; retention failing must not say otherwise.
                 try:
-                    return published, apply_retention(store, self.store_settings.keep).doomed_keys, ""
+                    return published, apply_retention(store, self.store_settings.keep).doomed_keys, "", link
                 except StoreError as error:
-                    return published, (), str(error)
+                    return published, (), str(error), link
 
-            published, deleted, retention_error = await threads.deferToThread(
+            published, deleted, retention_error, link = await threads.deferToThread(
                 lambda: publish(open_store(self.store_settings))
             )
         except StoreError as error:
@@ -311,13 +325,25 @@ class PublishSet(StoreStep):
         await log.addStdout("".join(line + "\n" for line in lines))
         await log.finish()
         self.set_properties(published_properties(published))
-        self.outcome = f"published {self.kind} {set_id}" + (
+        if link:
+            await self.addURL(*link)
+        name = published.metadata.get("name")
+        self.published_name = str(name) if name else None
+        what = f"{name} ({self.kind} set {set_id})" if name else f"{self.kind} {set_id}"
+        self.outcome = f"published {what}" + (
             f", retention removed {len(deleted)} objects" if deleted else ""
         )
         if retention_error:
             self.outcome += ", retention failed (see the log)"
             return WARNINGS
         return SUCCESS
+
+    def getResultSummary(self) -> dict[str, str]:
+        summary = super().getResultSummary()
+        if self.published_name:
+            # The build's status line (home page, builder page) names the image it made, not only a set id.
+            summary["build"] = f"published {self.published_name}"
+        return summary
 
 
 class PushBackUrls(SignedUrlsStep):

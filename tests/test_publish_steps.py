@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from buildbot.db.steps import UrlModel
 from buildbot.process import remotetransfer
 from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
 from buildbot.test.reactor import TestReactorMixin
@@ -23,10 +24,12 @@ from gentoo_farm.steps.publish import (
     NameImage,
     PublishSet,
     PushBackUrls,
+    artifact_link,
     unless_up_to_date,
 )
 from gentoo_farm.store import open_store
-from gentoo_farm.store.sets import latest_set, next_image_name
+from gentoo_farm.store.s3 import S3Store
+from gentoo_farm.store.sets import ARTIFACT, PublishedFile, PublishedSet, latest_set, next_image_name
 from tests.services.store import LocalStoreSettings, publish_files, put_snapshot
 
 
@@ -127,6 +130,30 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.expect_property("kernel_set_id", "20261125T000000Z-k1")
         await self.run_step()
         self.assertEqual(latest_set(self.store, "kernel").set_id, "20261125T000000Z-k1")
+
+    async def test_an_image_publish_names_the_image_and_links_its_qcow2(self) -> None:
+        data = b"qcow2 bytes"
+        set_id = "20261206T000000Z-i1"
+        self.store.put_bytes(f"images/{set_id}/gentoo-20261206-amd64.qcow2", data)
+        files = {
+            "gentoo-20261206-amd64.qcow2": {"size": len(data), "sha512": hashlib.sha512(data).hexdigest()}
+        }
+        metadata = {ARTIFACT: "gentoo-20261206-amd64.qcow2", "name": "gentoo-20261206-amd64"}
+        self.setup_step(PublishSet(self.settings, "images", "i1", files, metadata, set_id=set_id))
+        summary = f"publish-images: published gentoo-20261206-amd64 (images set {set_id})"
+        self.expect_outcome(result=SUCCESS, state_string=summary)
+        self.expect_build_result_summary({"step": summary, "build": "published gentoo-20261206-amd64"})
+        await self.run_step()
+        step = await self.master.db.steps.getStep(self.get_nth_step(0).stepid)
+        self.assertEqual(
+            step.urls,
+            [
+                UrlModel(
+                    "gentoo-20261206-amd64.qcow2",
+                    f"http://127.0.0.1:8011/images/{set_id}/gentoo-20261206-amd64.qcow2",
+                )
+            ],
+        )
 
     async def test_a_corrupt_upload_fails_the_step_and_publishes_nothing(self) -> None:
         self.store.put_bytes("kernel/20261125T000000Z-k1/vmlinuz.tar.xz", b"corrupted")
@@ -229,3 +256,18 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         await self.run_step()
         self.assertEqual(self.store.get_bytes("distfiles/a-1.tar.gz"), good)
         self.assertFalse(self.store.exists("distfiles/b-1.tar.gz"))
+
+
+def test_a_private_bucket_gets_no_build_link_as_its_urls_expire() -> None:
+    disk = PublishedFile(
+        "gentoo-20261206-amd64.qcow2", "images/20261206T000000Z-i1/gentoo-20261206-amd64.qcow2", 1, "0"
+    )
+    published = PublishedSet(
+        "images", "20261206T000000Z-i1", "i1", "2026-12-06T00:00:00Z", (disk,), {ARTIFACT: disk.name}
+    )
+    private = S3Store("farm", endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    assert artifact_link(private, published) is None
+    public = S3Store(
+        "farm", endpoint_url="http://127.0.0.1:9", region="us-east-1", public_url="https://img.example/"
+    )
+    assert artifact_link(public, published) == (disk.name, f"https://img.example/{disk.key}")
