@@ -112,7 +112,8 @@ class WriteImageManifest(FarmWorkerStep):
 
 
 class BuildDisk(FarmWorkerStep):
-    """``farm-worker disk``: raw disk + qcow2; sets ``image_path``, ``image_sha512``, ``kernel_release``."""
+    """``farm-worker disk``: raw disk + qcow2; sets ``image_path``, ``image_sha512``, ``kernel_release``,
+    ``image_bytes`` (the qcow2) and ``disk_bytes`` (the disk it holds); the status text gives both sizes."""
 
     renderables = ("root", "output", "size", "compress")
 
@@ -138,9 +139,21 @@ class BuildDisk(FarmWorkerStep):
         arguments.append("--compress" if self.compress else "--no-compress")
         return arguments
 
+    def getResultSummary(self) -> dict[str, str]:
+        image = self.getProperty("image_bytes")
+        disk = self.getProperty("disk_bytes")
+        if self.results == SUCCESS and image is not None and disk is not None:
+            return {"step": f"qcow2 {human_size(image)} (disk {human_size(disk)})"}
+        return super().getResultSummary()
+
 
 class BootTest(FarmWorkerStep):
-    """``farm-worker boot-test``: boot the image, log in over SSH; the serial console becomes its own log."""
+    """``farm-worker boot-test``: boot the image, log in over SSH; the serial console becomes its own log.
+
+    The status text says how long the image took from power-on to the SSH login
+    (``boot_test_login_seconds``), or that every check passed when the test logs in to nothing
+    (``--metadata none``).
+    """
 
     renderables = ("image", "boot_timeout", "commands", "kernel_release")
 
@@ -189,3 +202,11 @@ class BootTest(FarmWorkerStep):
         await log.addStdout("".join(self.serial_lines) or "(the stage printed no serial log)\n")
         await log.finish()
         return result
+
+    def getResultSummary(self) -> dict[str, str]:
+        if self.results != SUCCESS:
+            return super().getResultSummary()
+        seconds = self.getProperty("boot_test_login_seconds")
+        if seconds is not None:
+            return {"step": f"logged in over SSH after {seconds} s; every check passed"}
+        return {"step": "booted; every check passed"}

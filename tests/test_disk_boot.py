@@ -89,6 +89,9 @@ def booted(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -> Bo
     # What publishing checks the upload against, and what the image set records as its kernel.
     assert results(built.disk)["image_sha512"] == hashlib.sha512(image.read_bytes()).hexdigest()
     assert results(built.disk)["kernel_release"] == release
+    # What the build-disk step's status line gives: the qcow2's size and the disk's.
+    assert results(built.disk)["image_bytes"] == image.stat().st_size
+    assert results(built.disk)["disk_bytes"] == info["virtual-size"]
     assert sorted(path.name for path in image.parent.iterdir()) == ["gentoo.qcow2"]
     process, console = boot_test(
         image,
@@ -126,6 +129,8 @@ def test_recipe_image_boots_and_the_cloud_user_logs_in_over_ssh(booted: Booted) 
         assert f"checking {check}" in process.stdout
     assert f"greeting: status 0\n{GREETING}" in process.stdout
     assert "boot test passed" in process.stdout
+    # The boot-test step's status line: how long the image took from power-on to the SSH login.
+    assert results(process)["boot_test_login_seconds"] in range(1, 301)
     console = booted.console
     assert "SYSLINUX" in console and f"Linux version {booted.release}" in console
     assert "net.ifnames=0" in console

@@ -23,7 +23,7 @@ class TestBootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         know_the_nonce(self)
         return self.setup_test_build_step()
 
-    def expect_boot(self, exit_code: int, stderr: str = ""):
+    def expect_boot(self, exit_code: int, stderr: str = "", login: str = ""):
         command = ExpectShell(
             env=STAGE_ENV,
             workdir="wkdir",
@@ -40,7 +40,8 @@ class TestBootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
             ],
         ).stdout(
             "booting images/gentoo.qcow2\n"
-            f"{SERIAL_LOG_MARKER}images/gentoo.qcow2.serial.log -----\n{CONSOLE}{SERIAL_LOG_END}\n"
+            + login
+            + f"{SERIAL_LOG_MARKER}images/gentoo.qcow2.serial.log -----\n{CONSOLE}{SERIAL_LOG_END}\n"
             + result_line(
                 boot_test_serial_log="images/gentoo.qcow2.serial.log", boot_test_passed=exit_code == 0
             )
@@ -59,6 +60,18 @@ class TestBootTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         self.expect_outcome(SUCCESS)
         self.expect_log_file("serial console", CONSOLE)
         self.expect_property("boot_test_passed", True)
+        await self.run_step()
+
+    async def test_status_text_says_how_long_the_login_took(self):
+        self.setup_step(BootTest("images/gentoo.qcow2", commands=["farm-hello"], kernel_release="6.1.0-farm"))
+        self.expect_boot(0, login=result_line(boot_test_login_seconds=41))
+        self.expect_outcome(SUCCESS, "logged in over SSH after 41 s; every check passed")
+        await self.run_step()
+
+    async def test_status_text_of_a_test_without_login_says_the_checks_passed(self):
+        self.setup_step(BootTest("images/gentoo.qcow2", commands=["farm-hello"], kernel_release="6.1.0-farm"))
+        self.expect_boot(0)
+        self.expect_outcome(SUCCESS, "booted; every check passed")
         await self.run_step()
 
     async def test_failed_check_is_the_status_text_and_the_log_is_still_attached(self):
@@ -151,10 +164,17 @@ class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                     "--no-compress",
                 ],
             )
-            .stdout(result_line(image_sha512="ff" * 64, kernel_release="6.1.192-farm"))
+            .stdout(
+                result_line(
+                    image_sha512="ff" * 64,
+                    kernel_release="6.1.192-farm",
+                    image_bytes=327_155_712,
+                    disk_bytes=4 * 1024**3,
+                )
+            )
             .exit(0)
         )
-        self.expect_outcome(SUCCESS)
+        self.expect_outcome(SUCCESS, "qcow2 312.0 MiB (disk 4.0 GiB)")
         self.expect_property("kernel_release", "6.1.192-farm")
         self.expect_property("image_sha512", "ff" * 64)
         await self.run_step()

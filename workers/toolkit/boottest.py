@@ -319,6 +319,8 @@ class Guest:
     qemu_log: Path
     port: int
     key: Path
+    started: float
+    """``time.monotonic()`` when qemu was started."""
 
     def ssh(self, user: str, command: str, deadline: float) -> subprocess.CompletedProcess[str]:
         options = {
@@ -360,6 +362,8 @@ def wait_for_login(guest: Guest, user: str, deadline: float) -> str | None:
             return exited
         result = guest.ssh(user, "true", deadline)
         if result.returncode == 0:
+            # How long the image takes from power-on to a login: the build step's status line says it.
+            report(boot_test_login_seconds=round(time.monotonic() - guest.started))
             return None
         # The login prompt comes after the whole default runlevel: the key is in place by then,
         # so a refused key is final.
@@ -490,7 +494,8 @@ def run(args: argparse.Namespace) -> None:
         ssh_port = free_port()
         command = qemu_command(args.image.resolve(), serial_log, args.memory, ssh_port, proxy, drive)
         progress(f"booting {args.image} (timeout {args.timeout:.0f} s): {' '.join(command)}")
-        deadline = time.monotonic() + args.timeout
+        started = time.monotonic()
+        deadline = started + args.timeout
         qemu = stack.enter_context(running(command, qemu_log))
         checks = console_checks(args)
         unmet, ending = watch_console(qemu, qemu_log, serial_log, checks, deadline)
@@ -498,7 +503,7 @@ def run(args: argparse.Namespace) -> None:
         if unmet is None:
             progress(f"serial console: {len(checks)} checks met in order ({ending})")
             failure = first_failure(
-                login_checks(args, Guest(qemu, qemu_log, ssh_port, key), instance, deadline)
+                login_checks(args, Guest(qemu, qemu_log, ssh_port, key, started), instance, deadline)
             )
 
     console = serial_log.read_text(errors="replace") if serial_log.exists() else ""

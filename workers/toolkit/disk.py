@@ -192,4 +192,10 @@ def run(args: argparse.Namespace) -> None:
         f"wrote {args.output} ({args.output.stat().st_size // MIB} MiB, disk {size // MIB} MiB, "
         f"kernel {release}) in {time.monotonic() - started:.1f} s"
     )
-    report(image_path=str(args.output), image_sha512=checksum, kernel_release=release)
+    report(
+        image_path=str(args.output),
+        image_sha512=checksum,
+        kernel_release=release,
+        image_bytes=args.output.stat().st_size,
+        disk_bytes=size,
+    )
