@@ -25,6 +25,11 @@ RESULT_NAMES = ("success", "warnings", "failure", "skipped", "exception", "retry
 class MasterApiError(Exception):
     """The master did not answer, refused the login, or refused the request; the message says which."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        """The HTTP status the master answered with, None when it did not answer."""
+
 
 def result_name(results: int | None) -> str:
     if results is None:
@@ -46,7 +51,7 @@ class MasterApi:
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace").strip()[:300]
             raise MasterApiError(
-                f"{what}: the master answered {error.code} {error.reason}: {detail}"
+                f"{what}: the master answered {error.code} {error.reason}: {detail}", error.code
             ) from None
         except (urllib.error.URLError, OSError) as error:
             raise MasterApiError(f"{what}: the master at {self.base_url} does not answer ({error})") from None
@@ -67,7 +72,7 @@ class MasterApi:
         try:
             self._open(request, "login")
         except MasterApiError as error:
-            if " 401 " in str(error) or " 403 " in str(error):
+            if error.status in (401, 403):
                 raise MasterApiError(f"login as {user!r} refused: wrong user or password") from None
             raise
 
@@ -95,14 +100,22 @@ class MasterApi:
 
     def build(self, builder: str, number: int | None = None) -> dict[str, Any]:
         """A build by builder name and number, or the builder's newest."""
-        (found,) = self.get(f"builders/{builder}")["builders"] or [None]
-        if found is None:
-            raise MasterApiError(f"no builder called {builder!r}")
-        builds = self.get(f"builders/{found['builderid']}/builds?order=-number&limit=1")["builds"]
-        if number is not None:
-            builds = self.get(f"builders/{found['builderid']}/builds/{number}")["builds"]
+        names = sorted(found["name"] for found in self.get("builders")["builders"])
+        if builder not in names:
+            raise MasterApiError(f"no builder called {builder!r} (the builders: {', '.join(names)})")
+        if number is None:
+            builds = self.get(f"builders/{builder}/builds?order=-number&limit=1")["builds"]
+        else:
+            try:
+                builds = self.get(f"builders/{builder}/builds/{number}")["builds"]
+            except MasterApiError as error:
+                if error.status != 404:
+                    raise
+                builds = []
         if not builds:
-            raise MasterApiError(f"{builder} has no build {'#' + str(number) if number else 'yet'}")
+            raise MasterApiError(
+                f"no build {builder}/{number}" if number is not None else f"{builder} has no build yet"
+            )
         return builds[0]
 
     def steps(self, build_id: int) -> list[dict[str, Any]]:
@@ -111,10 +124,17 @@ class MasterApi:
     def logs(self, step_id: int) -> list[dict[str, Any]]:
         return self.get(f"steps/{step_id}/logs")["logs"]
 
-    def log_text(self, log_id: int, first_line: int = 0) -> tuple[str, int]:
-        """The log's lines from ``first_line`` on, and the number of the next line."""
-        chunks = self.get(f"logs/{log_id}/contents?offset={first_line}")["logchunks"]
-        text = "".join(chunk["content"] for chunk in chunks)
+    def log_text(self, log: dict[str, Any], first_line: int = 0) -> tuple[str, int]:
+        """The log's lines from ``first_line`` on, and the number of the next line.
+
+        ``log`` is the log as listed by :meth:`logs`; its ``num_lines`` says how far to read (Buildbot
+        answers 404 to an offset past the last line, the normal case of a log with nothing new).
+        """
+        available = log["num_lines"] - first_line
+        if available <= 0:
+            return "", first_line
+        path = f"logs/{log['logid']}/contents?offset={first_line}&limit={available}"
+        text = "".join(chunk["content"] for chunk in self.get(path)["logchunks"])
         return text, first_line + text.count("\n")
 
 

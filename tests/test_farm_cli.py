@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,38 @@ def test_build_force_rebuilds_what_is_up_to_date(running_farm: Farm) -> None:
 
     refused = farm(running_farm, "build", "overlay", "--extra-packages", "app-misc/hello")
     assert refused.returncode != 0 and "apply to image builds only" in refused.stderr
+
+
+def test_logs_follow_a_running_build_across_its_steps_to_its_end(running_farm: Farm) -> None:
+    assert farm(running_farm, "build", "overlay").returncode == 0
+    deadline = time.monotonic() + 120
+    while not running_farm.builds("overlay"):
+        assert time.monotonic() < deadline, "the forced overlay build did not start"
+        time.sleep(0.2)
+
+    followed = farm(running_farm, "logs", "-f", "overlay")
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    lines = followed.stdout.splitlines()
+    assert lines[0].startswith("overlay #1: running"), "the build ended before `farm logs -f` started"
+    assert lines[-1].startswith("overlay #1: success")
+    headings = [line for line in lines if line.startswith("==> ")]
+    assert headings[0] == "==> checkout-overlay / stdio" and "==> publish-overlay / publish" in headings
+    (build,) = running_farm.builds("overlay")
+    assert f"overlay input key {running_farm.properties(build)['input_key']}" in followed.stdout
+    # Buildbot's header lines (argv, environment, exit code) only with --verbose.
+    assert "program finished with exit code" not in followed.stdout
+    verbose = farm(running_farm, "logs", "--verbose", "overlay/1")
+    assert "program finished with exit code 0" in verbose.stdout
+
+
+def test_logs_of_a_build_or_builder_that_does_not_exist_say_so(running_farm: Farm) -> None:
+    missing = farm(running_farm, "logs", "overlay/99")
+    assert missing.returncode != 0
+    assert missing.stderr.strip() == "farm logs: error: no build overlay/99"
+    misspelt = farm(running_farm, "logs", "imagee")
+    assert misspelt.stderr.strip() == (
+        "farm logs: error: no builder called 'imagee' (the builders: image, kernel, mirror, overlay)"
+    )
 
 
 def test_a_wrong_password_is_named_and_nothing_is_built(running_farm: Farm) -> None:
