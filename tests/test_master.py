@@ -111,8 +111,13 @@ def test_push_of_the_kernel_config_builds_the_kernel_at_that_revision(
         config.write('CONFIG_LOCALVERSION="-pushed"\n')
     _git("commit", "--quiet", "-am", "new local version", cwd=clone)
     pushed = subprocess.run(["git", "push"], cwd=clone, capture_output=True, text=True, check=True)
-    assert "could not notify" not in pushed.stderr
     revision = _git("rev-parse", "HEAD", cwd=clone)
+    # What the person who pushed reads: the master heard it, and where the build shows up.
+    assert (
+        f"remote: gentoo-farm: the master took the notification: its kernel-config poller fetches main"
+        f" ({revision[:12]}) now and starts a build if the push changes what the farm builds from;"
+        f" follow it at {running_farm.url}#/builders"
+    ) in pushed.stderr
 
     build = running_farm.wait_for_build("kernel", timeout=120)
 

@@ -1,13 +1,20 @@
 """What farm.toml turns into in Buildbot's config: schedules, worker pools, bindings, the hook."""
 
+import base64
+import http.server
+import subprocess
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from buildbot.schedulers.forcesched import BaseParameter, ValidationError
 from buildbot.schedulers.timed import Nightly
 
+from gentoo_farm.commands.hook import install_local_hooks
+from gentoo_farm.config import load_config
 from gentoo_farm.master.buildmaster import buildmaster_config
-from tests.farmtest import farm_command, set_option
+from tests.farmtest import farm_command, free_port, set_option
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +82,73 @@ def test_hook_for_a_remote_repository(farm_dir: Path) -> None:
     assert "url='http://127.0.0.1:8010/change_hook/poller?poller=overlay'" in hook
     assert 'secret_file="$HOME/.config/gentoo-farm/change-hook.secret"' in hook
     assert str(farm_dir / "secrets" / "change-hook.secret") in hook  # where to copy it from
+
+
+def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=60)
+
+
+def _remote_lines(pushed: subprocess.CompletedProcess[str]) -> list[str]:
+    """What the hook printed, as the person who pushed reads it (git pads each line)."""
+    return [
+        line.removeprefix("remote:").strip()
+        for line in pushed.stderr.splitlines()
+        if line.startswith("remote:")
+    ]
+
+
+class Knocks(http.server.BaseHTTPRequestHandler):
+    """A stand-in master that records each knock: path and Basic credentials."""
+
+    seen: ClassVar[list[tuple[str, str]]] = []
+
+    def do_POST(self) -> None:
+        self.seen.append((self.path, self.headers.get("Authorization", "")))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_push_the_master_does_not_hear_prints_the_command_that_knocks_again(tmp_path: Path) -> None:
+    root = tmp_path / "farm"
+    farm_command("init", str(root))
+    port = free_port()
+    set_option(root, "master", "web_address", f'"127.0.0.1:{port}"')
+    install_local_hooks(load_config(root))  # what `farm up` does before the master listens
+    clone = tmp_path / "clone"
+    _git("clone", "--quiet", str(root / "kernel-config.git"), str(clone), cwd=tmp_path)
+    _git("config", "user.email", "dev@example.org", cwd=clone)
+    _git("config", "user.name", "A Developer", cwd=clone)
+    _git("commit", "--allow-empty", "--quiet", "-m", "a new kernel config", cwd=clone)
+    revision = _git("rev-parse", "HEAD", cwd=clone).stdout.strip()
+
+    other = _remote_lines(_git("push", "origin", "HEAD:refs/heads/experiment", cwd=clone))
+    assert other == [
+        "gentoo-farm: nothing to build: the farm builds main of this repository, not what was pushed"
+    ]
+    pushed = _remote_lines(_git("push", "origin", "HEAD:main", cwd=clone))
+
+    url = f"http://127.0.0.1:{port}/change_hook/poller?poller=kernel-config"
+    assert pushed[-3:-1] == [
+        f"gentoo-farm: could not notify {url}; the master builds {revision[:12]} at its next poll"
+        " (within 3600 s).",
+        "gentoo-farm: to have it built now, run on this server:",
+    ]
+    command = pushed[-1]
+    secret = (root / "secrets" / "change-hook.secret").read_text().strip()
+    assert secret not in command
+    server = http.server.HTTPServer(("127.0.0.1", port), Knocks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        subprocess.run(["sh", "-c", command], check=True, capture_output=True, timeout=60)
+    finally:
+        server.shutdown()
+        thread.join()
+    credentials = base64.b64encode(f"change-hook:{secret}".encode()).decode()
+    assert Knocks.seen == [("/change_hook/poller?poller=kernel-config", f"Basic {credentials}")]
 
 
 def _extra_packages(config: dict) -> BaseParameter:

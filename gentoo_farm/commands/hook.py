@@ -18,14 +18,32 @@ HOOK_TEMPLATE = """#!/bin/sh
 # A lost knock only delays the build: the master polls this repository anyway.
 url='{url}'
 secret_file="{secret_file}"
-cat >/dev/null  # git hands the pushed refs on stdin; the poller reads them from the repository
-if ! secret=$(cat "$secret_file" 2>/dev/null); then
-    echo "gentoo-farm: cannot read $secret_file; the master will notice the push at its next poll" >&2
+# git hands the pushed refs on stdin; the farm builds one branch, so only a push to it is news.
+revision=
+while read -r _ new ref; do
+    if [ "$ref" = 'refs/heads/{branch}' ]; then revision=$new; fi
+done
+if [ -z "$revision" ]; then
+    echo "gentoo-farm: nothing to build: the farm builds {branch} of this repository, not what was pushed"
     exit 0
 fi
-if ! printf 'user = "{user}:%s"\\n' "$secret" |
+short=$(printf %.12s "$revision")
+if ! secret=$(cat "$secret_file" 2>/dev/null); then
+    echo "gentoo-farm: cannot read $secret_file; the master builds $short at its next poll" \\
+        "(within {interval} s)" >&2
+    exit 0
+fi
+if printf 'user = "{user}:%s"\\n' "$secret" |
         curl --config - -fsS --max-time 10 -X POST "$url" >/dev/null; then
-    echo "gentoo-farm: could not notify $url; the master will notice the push at its next poll" >&2
+    echo "gentoo-farm: the master took the notification: its {poller} poller fetches {branch} ($short)" \\
+        "now and starts a build if the push changes what the farm builds from; follow it at {builders}"
+else
+    # Said as a command to paste: the master may have been down for a moment (farm up restarts it).
+    cat >&2 <<EOF
+gentoo-farm: could not notify $url; the master builds $short at its next poll (within {interval} s).
+gentoo-farm: to have it built now, run on this server:
+  printf 'user = "{user}:%s"\\n' "\\$(cat "$secret_file")" | curl --config - -fsS -X POST '$url'
+EOF
 fi
 """
 
@@ -33,7 +51,15 @@ fi
 def render_hook(config: FarmConfig, repository: RecipeRepository, secret_file: str) -> str:
     """The hook script; ``secret_file`` is expanded by the shell, so it may use $HOME."""
     url = f"{config.master.buildbot_url}change_hook/poller?poller={repository.poller}"
-    return HOOK_TEMPLATE.format(url=url, secret_file=secret_file, user=HOOK_USER)
+    return HOOK_TEMPLATE.format(
+        url=url,
+        secret_file=secret_file,
+        user=HOOK_USER,
+        branch=repository.branch,
+        poller=repository.poller,
+        interval=repository.poll_interval,
+        builders=f"{config.master.buildbot_url}#/builders",
+    )
 
 
 def install_local_hooks(config: FarmConfig) -> None:
