@@ -1,12 +1,13 @@
 """farm.toml: the farm's one configuration file, validated when it is loaded.
 
 Every section is a dataclass; the loader walks the dataclass fields, so the schema and the
-documentation of defaults live in one place. A mistake gives one message that names the key,
+documentation of defaults live in one place. Every mistake is reported, each with its line, the key,
 the value and what was expected; unknown keys are errors (a typo must not silently become a
-default).
+default), named with the nearest known key.
 """
 
 import dataclasses
+import difflib
 import json
 import re
 import tomllib
@@ -279,8 +280,16 @@ def _show(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    wrong = FarmConfigError(f"{where} = {_show(value)}: expected {_describe(hint)}")
+class _Problem(Exception):
+    """One mistake in farm.toml, at the dotted key path ``where`` (``glance[0].keep``)."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def _convert(value: Any, hint: Any, where: str, problems: list[_Problem]) -> Any:
+    wrong = _Problem(where, f"{where} = {_show(value)}: expected {_describe(hint)}")
     origin = typing.get_origin(hint)
     if origin is Literal:
         if value not in typing.get_args(hint):
@@ -290,7 +299,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
             raise wrong
-        return [_convert(element, item, f"{where}[{index}]") for index, element in enumerate(value)]
+        return [_convert(element, item, f"{where}[{index}]", problems) for index, element in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise wrong
@@ -298,7 +307,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise wrong
-        return _build(hint, value, where)
+        return _build(hint, value, where, problems)
     if hint is Path:
         if not isinstance(value, str) or not value:
             raise wrong
@@ -309,29 +318,92 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+def _build(cls: type, table: dict[str, Any], where: str, problems: list[_Problem]) -> Any:
+    """``cls`` made from ``table``; every mistake found is added to ``problems`` (then the result
+    is None): one run of `farm check` names them all."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     prefix = f"{where}." if where else ""
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise FarmConfigError(
-            f"unknown key {prefix}{unknown[0]}; known keys here: {', '.join(sorted(fields))}"
+    found_before = len(problems)
+    for name in sorted(set(table) - set(fields)):
+        nearest = difflib.get_close_matches(name, fields, n=1)
+        hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+        problems.append(
+            _Problem(
+                f"{prefix}{name}",
+                f"unknown key {prefix}{name}{hint}; known keys here: {', '.join(sorted(fields))}",
+            )
         )
     values = {}
     for name, spec in fields.items():
         if name not in table:
             if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-                raise FarmConfigError(f"missing key {prefix}{name}: expected {_describe(hints[name])}")
+                problems.append(
+                    _Problem(where, f"missing key {prefix}{name}: expected {_describe(hints[name])}")
+                )
             continue
-        value = _convert(table[name], hints[name], f"{prefix}{name}")
-        if validator := spec.metadata.get("validator"):
-            try:
-                validator(value)
-            except ValueError as error:
-                raise FarmConfigError(f"{prefix}{name} = {_show(value)}: {error}") from None
+        try:
+            value = _convert(table[name], hints[name], f"{prefix}{name}", problems)
+            if validator := spec.metadata.get("validator"):
+                try:
+                    validator(value)
+                except ValueError as error:
+                    raise _Problem(f"{prefix}{name}", f"{prefix}{name} = {_show(value)}: {error}") from None
+        except _Problem as problem:
+            problems.append(problem)
+            continue
         values[name] = value
-    return cls(**values)
+    return cls(**values) if len(problems) == found_before else None
+
+
+_TABLE_ARRAY = re.compile(r"\[\[\s*([^\]]+?)\s*\]\]")
+_TABLE = re.compile(r"\[\s*([^\]]+?)\s*\]")
+_KEY = re.compile(
+    r"""((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
+
+
+_LAST_COMPONENT = re.compile(r"(\[\d+\]|\.?[^.\[]+)$")
+
+
+def _dotted(name: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in name.split("."))
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """The line each table and key of ``text`` is on, by dotted path (``glance[1].keep``)."""
+    lines: dict[str, int] = {}
+    table = ""
+    tables_seen: dict[str, int] = {}
+    in_multiline_string = False
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        quotes = stripped.count('"""') + stripped.count("'''")
+        if in_multiline_string:
+            in_multiline_string = quotes % 2 == 0
+            continue
+        in_multiline_string = quotes % 2 == 1
+        if match := _TABLE_ARRAY.match(stripped):
+            name = _dotted(match.group(1))
+            tables_seen[name] = tables_seen.get(name, -1) + 1
+            table = f"{name}[{tables_seen[name]}]"
+            lines.setdefault(table, number)
+        elif match := _TABLE.match(stripped):
+            table = _dotted(match.group(1))
+            lines.setdefault(table, number)
+        elif match := _KEY.match(stripped):
+            key = _dotted(match.group(1))
+            lines.setdefault(f"{table}.{key}" if table else key, number)
+    return lines
+
+
+def _line_of(where: str, lines: dict[str, int]) -> int | None:
+    """The line of ``where`` or, failing that, of the nearest enclosing key or table."""
+    while where:
+        if where in lines:
+            return lines[where]
+        where = _LAST_COMPONENT.sub("", where)
+    return None
 
 
 def parse_config(text: str, basedir: Path, source: str = CONFIG_NAME) -> FarmConfig:
@@ -343,10 +415,16 @@ def parse_config(text: str, basedir: Path, source: str = CONFIG_NAME) -> FarmCon
         # tomllib parses arrays and inline tables recursively, so deep nesting exhausts the stack
         # instead of raising TOMLDecodeError.
         raise FarmConfigError(f"{source}: not valid TOML: arrays or tables nested too deeply") from None
-    try:
-        config = _build(FarmConfig, table, "")
-    except FarmConfigError as error:
-        raise FarmConfigError(f"{source}: {error}") from None
+    problems: list[_Problem] = []
+    config = _build(FarmConfig, table, "", problems)
+    if problems:
+        lines = _key_lines(text)
+        located = sorted(((_line_of(problem.where, lines), str(problem)) for problem in problems),
+                         key=lambda found: found[0] or 0)  # fmt: skip
+        reports = [f"{source}{f':{line}' if line else ''}: {message}" for line, message in located]
+        if len(reports) > 1:
+            reports.insert(0, f"{source}: {len(reports)} mistakes")
+        raise FarmConfigError("\n".join(reports))
     return _resolve_paths(dataclasses.replace(config, basedir=basedir.resolve()), basedir.resolve())
 
 

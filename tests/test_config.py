@@ -1,10 +1,11 @@
-"""farm.toml mistakes: one clear message naming the key, a non-zero exit, no traceback."""
+"""farm.toml mistakes: a clear message for each, naming its line and key, a non-zero exit, no traceback."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from gentoo_farm.config import UpstreamSection
+from gentoo_farm.config import ImageSection, StoreSection, UpstreamSection
 from tests.farmtest import farm_command
 
 VALID = """
@@ -75,6 +76,31 @@ def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
     assert code == 2
     assert message in output
     assert str(tmp_path / "farm.toml") in output
+
+
+def test_every_mistake_is_reported_with_its_line_and_the_nearest_key(tmp_path: Path) -> None:
+    text = (
+        VALID
+        + '\n[image]\ndisk_sise = "4G"\n'
+        + '\n[[glance]]\ncloud = "work"\nkeep = 0\n'
+        + '\n[store]\ndescription = """\nkeep = "not a key"\n"""\n'
+    )
+    code, output = _check(tmp_path, text)
+    assert code == 2
+    path = tmp_path / "farm.toml"
+    lines = text.splitlines()
+    disk_line = lines.index('disk_sise = "4G"') + 1
+    keep_line = lines.index("keep = 0") + 1
+    description_line = lines.index('description = """') + 1
+    assert output.splitlines() == [
+        f"farm check: error: {path}: 3 mistakes",
+        f"{path}:{disk_line}: unknown key image.disk_sise (did you mean disk_size?); known keys here: "
+        + ", ".join(sorted(field.name for field in dataclasses.fields(ImageSection))),
+        f"{path}:{keep_line}: glance[1].keep = 0: "
+        "expected at least 1: retention never deletes the newest set",
+        f"{path}:{description_line}: unknown key store.description; known keys here: "
+        + ", ".join(sorted(field.name for field in dataclasses.fields(StoreSection))),
+    ]
 
 
 def test_missing_file_says_how_to_make_one(tmp_path: Path) -> None:
