@@ -32,6 +32,11 @@ class FarmDir:
         return self.secrets / "change-hook.htpasswd"
 
     @property
+    def saved_admin_password(self) -> Path:
+        """The admin's password in plain text, kept only when `farm init --save-password` asked for it."""
+        return self.secrets / "admin-password"
+
+    @property
     def hook_secret(self) -> Path:
         """The change hook's password in plain text, for the post-receive hook to send."""
         return self.secrets / "change-hook.secret"

@@ -54,14 +54,19 @@ class PasswordFile:
         entries[name] = bcrypt.hashpw(password.encode(), bcrypt.gensalt())
         text = "".join(f"{user}:{hashed.decode()}\n" for user, hashed in sorted(entries.items()))
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".new")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        temporary.replace(self.path)
+        write_private(self.path, text)
 
     def users(self) -> list[str]:
         return sorted(self._read())
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret only its owner may read, replacing the file whole (never half-written)."""
+    temporary = path.with_name(path.name + ".new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    temporary.replace(path)
 
 
 class LoginThrottle:

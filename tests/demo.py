@@ -8,7 +8,6 @@ farm as a user runs it: `farm init`, `farm up`, builds forced through the REST A
 """
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from buildbot.process.results import Results
 
 from gentoo_farm.config import load_config
+from gentoo_farm.farmdir import FarmDir
 from tests.debian import kernel_source_tarball
 from tests.farmtest import Farm, configure_for_world, farm_command, init_farm
 from tests.world import WorldServer, build_world
@@ -52,15 +52,17 @@ def force(farm: Farm, scheduler: str, builder: str) -> dict:
 
 
 def prepare_farm(root: Path, world_url: str) -> Farm:
-    farm_dir, password_file = root / "farm", root / "admin-password"
+    farm_dir = root / "farm"
     if farm_dir.exists():
         url = load_config(farm_dir).master.buildbot_url
-        return Farm(root=farm_dir, admin_password=password_file.read_text().strip(), url=url)
-    farm = init_farm(farm_dir)
-    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(farm.admin_password + "\n")
-    return farm
+        saved = FarmDir(farm_dir).saved_admin_password
+        if not saved.exists():
+            raise SystemExit(
+                f"{saved}: missing (a demo farm from an older version?); remove {root} and rerun"
+            )
+        password = saved.read_text().strip()
+        return Farm(root=farm_dir, admin_password=password, url=url)
+    return init_farm(farm_dir, "--save-password")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_for_world(farm, world, upstream.url, source.name)
         print(farm_command("--farm", str(farm.root), "up").stdout, end="")
         farm.login()
-        print(f"Admin password: {farm.admin_password} (also in {root / 'admin-password'})")
+        print(f"Admin password: {farm.admin_password} (also in {FarmDir(farm.root).saved_admin_password})")
         try:
             images_before = len(farm.builds("image"))
             results = [

@@ -127,8 +127,8 @@ class Farm:
         }
 
 
-def init_farm(root: Path) -> Farm:
-    output = farm_command("init", str(root)).stdout
+def init_farm(root: Path, *init_options: str) -> Farm:
+    output = farm_command("init", *init_options, str(root)).stdout
     password = re.search(r"Web UI login: admin / (\S+)", output).group(1)
     web_port, worker_port, store_port = free_port(), free_port(), free_port()
     set_option(root, "master", "web_address", f'"127.0.0.1:{web_port}"')

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +162,22 @@ def test_no_gpg_agent_outlives_farm_init_or_farm_down(tmp_path: Path) -> None:
     finally:
         farm_command("--farm", str(running.root), "down")
     assert gpg_agents_of(home) == []
+
+
+def test_a_saved_admin_password_is_named_by_farm_up_and_kept_true_by_farm_passwd(tmp_path: Path) -> None:
+    """How the demo's user finds the first login: `farm up` says where the password is."""
+    running = init_farm(tmp_path / "farm", "--save-password")
+    saved = running.root / "secrets" / "admin-password"
+    assert saved.read_text() == running.admin_password + "\n"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    started = farm_command("--farm", str(running.root), "up")
+    try:
+        assert f"Log in as admin with the password in {saved}." in started.stdout
+        running.login()
+        changed = farm_command("--farm", str(running.root), "passwd", "admin")
+        assert f"Saved in {saved}." in changed.stdout
+        with pytest.raises(urllib.error.HTTPError):
+            running.login()
+        running.login(password=saved.read_text().strip())
+    finally:
+        farm_command("--farm", str(running.root), "down")

@@ -1,7 +1,6 @@
 """Create a farm: farm.toml, a Buildbot master, an admin login, the kernel config and overlay repositories."""
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from gentoo_farm.commands.hook import install_local_hooks
 from gentoo_farm.commands.key import create_farm_key
 from gentoo_farm.config import CONFIG_NAME, load_config
 from gentoo_farm.farmdir import HOOK_USER, FarmDir
-from gentoo_farm.passwords import PasswordFile, generate_password
+from gentoo_farm.passwords import PasswordFile, generate_password, write_private
 from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, recipe_repository
 
 CREATES_FARM = True
@@ -31,6 +30,11 @@ BuildmasterConfig = buildmaster_config(Path(basedir).resolve().parent)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", type=Path, help="the new farm's directory (must be empty or absent)")
+    parser.add_argument(
+        "--save-password",
+        action="store_true",
+        help="also keep the admin password in secrets/admin-password (for a demo or a test farm)",
+    )
 
 
 def _defaults() -> Path:
@@ -72,9 +76,9 @@ def run(args: argparse.Namespace, config: None) -> int:
     PasswordFile(farm.htpasswd).set("admin", admin_password)
     hook_password = generate_password()
     PasswordFile(farm.hook_htpasswd).set(HOOK_USER, hook_password)
-    fd = os.open(farm.hook_secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(hook_password)
+    write_private(farm.hook_secret, hook_password)
+    if args.save_password:
+        write_private(farm.saved_admin_password, admin_password + "\n")
     key = create_farm_key(config, farm)
     fingerprint = key.fingerprint
     key.stop_agent()
@@ -112,6 +116,9 @@ def run(args: argparse.Namespace, config: None) -> int:
     print(f"  signing key     {fingerprint} (signs the binhost's packages; `farm key export`)")
     print()
     print(f"Web UI login: admin / {admin_password}")
-    print("  (shown once; stored only as a hash. `farm passwd admin` sets a new one.)")
+    if args.save_password:
+        print(f"  (also in {farm.saved_admin_password}; `farm passwd admin` sets a new one.)")
+    else:
+        print("  (shown once; stored only as a hash. `farm passwd admin` sets a new one.)")
     print(f"Start it with: farm --farm {root} up")
     return 0

@@ -6,7 +6,7 @@ import sys
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.passwords import PasswordFile, generate_password
+from gentoo_farm.passwords import PasswordFile, generate_password, write_private
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,11 @@ def run(args: argparse.Namespace, config: FarmConfig) -> int:
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else generate_password()
     if not password:
         raise CommandError("the password is empty")
-    PasswordFile(FarmDir(config.basedir).htpasswd).set(args.user, password)
+    farm = FarmDir(config.basedir)
+    PasswordFile(farm.htpasswd).set(args.user, password)
+    if args.user == "admin" and farm.saved_admin_password.exists():
+        write_private(farm.saved_admin_password, password + "\n")
+        print(f"Saved in {farm.saved_admin_password}.")
     if not args.password_stdin:
         print(f"New password for {args.user}: {password}")
     print("It takes effect at the next login.")

@@ -42,7 +42,10 @@ def run(args: argparse.Namespace, config: FarmConfig) -> int:
             f"last lines of {farm.master_log}:\n{tail}"
         )
     print(f"Web UI:  {config.master.buildbot_url}")
-    print("Log in as admin with the password `farm init` printed (`farm passwd admin` sets a new one).")
+    if farm.saved_admin_password.exists():
+        print(f"Log in as admin with the password in {farm.saved_admin_password}.")
+    else:
+        print("Log in as admin with the password `farm init` printed (`farm passwd admin` sets a new one).")
     print(f"Logs:    {farm.master_log}")
     print(f"Stop it: farm --farm {config.basedir} down")
     return 0
