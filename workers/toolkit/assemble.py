@@ -5,12 +5,17 @@ password edits to /etc/shadow, adds the cloud user (as ``useradd -m -G wheel,use
 and points /boot/vmlinuz and /boot/initramfs at the kernel. The overlay must provide
 /boot/extlinux.conf: without it the disk could not boot, so the stage stops here.
 
+Last, whatever makes a machine itself is taken out (SSH host keys, the machine id, saved random
+seeds), from the stage3, a package or the overlay alike: every instance of a published image would
+otherwise share them. sshd's init script, dbus and OpenRC's seedrng make their own at first boot.
+
 Every path read or written in the root is resolved inside it (workers/toolkit/confined.py), and no
 program of the image runs: the overlay or a package may have replaced any of them, and this stage
 runs as root on the worker.
 """
 
 import argparse
+import fnmatch
 import json
 import re
 import shutil
@@ -23,6 +28,15 @@ from gentoo_farm.workers.toolkit.overlay import EDITS_MEMBER
 from gentoo_farm.workers.toolkit.tools import require_directory, require_file
 
 EXTLINUX_CONF = "boot/extlinux.conf"
+# (directory, file name pattern): one machine's identity, never to be shared by an image's instances.
+HOST_IDENTITY = (
+    ("etc/ssh", "ssh_host_*"),
+    ("etc", "machine-id"),
+    ("var/lib/dbus", "machine-id"),
+    ("var/lib/misc", "random-seed"),
+    ("var/lib/seedrng", "seed.*"),
+    ("var/lib/systemd", "random-seed"),
+)
 UNPACK_OPTIONS = ("--numeric-owner", "--preserve-permissions", "--no-overwrite-dir")
 
 
@@ -122,6 +136,20 @@ def link_kernel(root: Path, release: str) -> bool:
     return has_initramfs
 
 
+def forget_host_identity(root: Path) -> list[str]:
+    """Remove :data:`HOST_IDENTITY` from ``root``; the paths removed, as the image names them."""
+    removed = []
+    for directory, pattern in HOST_IDENTITY:
+        found = resolve(root, directory)
+        if not found.is_dir():
+            continue
+        for entry in sorted(found.iterdir()):
+            if fnmatch.fnmatchcase(entry.name, pattern) and not entry.is_dir():
+                entry.unlink()
+                removed.append(f"/{directory}/{entry.name}")
+    return removed
+
+
 def run(args: argparse.Namespace) -> None:
     root = require_directory(args.root, "build root")
     require_file(resolve(root, "etc/passwd"), "the build root's /etc/passwd")
@@ -136,5 +164,8 @@ def run(args: argparse.Namespace) -> None:
     apply_password_edits(root, args.overlay)
     check_extlinux_conf(root, args.overlay, overlay_members, has_initramfs)
     add_user(root, args.user, args.groups)
+    removed = forget_host_identity(root)
+    if removed:
+        progress(f"removed what each instance makes its own: {' '.join(removed)}")
     progress(f"assembled {root}: kernel {release}{' with initramfs' if has_initramfs else ''}")
     report(kernel_release=release, kernel_initramfs=has_initramfs)
