@@ -9,6 +9,7 @@ restarts it, so it comes last).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -53,8 +54,12 @@ BOOT_TIMEOUT = 6
 CONNECT_TIMEOUT = 20
 
 MASTER_CFG = """\
+from pathlib import Path
+
 from buildbot.plugins import schedulers, steps, util
 
+from gentoo_farm.master.www import PasswordFileAuth
+from gentoo_farm.passwords import PasswordFile
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.workers.fleet import OpenStackFleet
 from gentoo_farm.workers.openstack import OpenStackPoolSettings, openstack_worker_pool
@@ -66,6 +71,11 @@ c["collapseRequests"] = False
 c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
 c["protocols"] = {{"pb": {{"port": "tcp:{pb_port}:interface=127.0.0.1"}}}}
 c["www"] = {{"port": "tcp:{www_port}:interface=127.0.0.1", "plugins": {{}}}}
+# where a login redirects to
+c["buildbotURL"] = "http://127.0.0.1:{www_port}/"
+htpasswd = {htpasswd!r}
+if htpasswd:
+    c["www"]["auth"] = PasswordFileAuth(PasswordFile(Path(htpasswd)))
 fleet = OpenStackFleet({farm_id!r})
 common = dict(
     cloud={cloud!r},
@@ -81,7 +91,9 @@ common = dict(
     poll_interval=0.5,
 )
 latent = dict(fleet=fleet, check_instance_interval=1, build_wait_timeout=0)
-pool = openstack_worker_pool("os", 3, settings=OpenStackPoolSettings(image="farm-latest", **common), **latent)
+pool = openstack_worker_pool(
+    "os", {pool_size}, settings=OpenStackPoolSettings(image="farm-latest", **common), **latent
+)
 on_volume = openstack_worker_pool(
     "vol",
     1,
@@ -113,11 +125,29 @@ c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["quick"
 
 
 class Master:
-    """``buildbot start --nodaemon`` in a subprocess, driven over its REST API."""
+    """``buildbot start --nodaemon`` in a subprocess, driven over its REST API.
 
-    def __init__(self, basedir: Path, env: dict[str, str]) -> None:
+    ``pool_size`` OpenStack workers os-1..os-N serve the "quick" and "long" builders, with
+    ``boot_timeout`` and ``max_start_attempts``; with an ``htpasswd`` (a :class:`PasswordFile`) the
+    web UI takes logins checked against it.
+    """
+
+    def __init__(
+        self,
+        basedir: Path,
+        env: dict[str, str],
+        *,
+        pool_size: int = 3,
+        boot_timeout: float = BOOT_TIMEOUT,
+        max_start_attempts: int = MAX_START_ATTEMPTS,
+        htpasswd: Path | None = None,
+    ) -> None:
         self.basedir = basedir
         self.env = env
+        self.pool_size = pool_size
+        self.boot_timeout = boot_timeout
+        self.max_start_attempts = max_start_attempts
+        self.htpasswd = htpasswd
         self.pb_port = free_port()
         self.www_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -137,11 +167,13 @@ class Master:
                 farm_id=FARM_ID,
                 binhost=BINHOST_URL,
                 mirror=MIRROR_URL,
-                boot_timeout=BOOT_TIMEOUT,
+                boot_timeout=self.boot_timeout,
                 connect_timeout=CONNECT_TIMEOUT,
-                max_start_attempts=MAX_START_ATTEMPTS,
+                max_start_attempts=self.max_start_attempts,
                 network=NETWORK_ID,
                 input_key_args=INPUT_KEY_ARGS,
+                pool_size=self.pool_size,
+                htpasswd=str(self.htpasswd or ""),
             )
         )
 
@@ -159,7 +191,8 @@ class Master:
             if self.process.poll() is not None:
                 raise RuntimeError(f"master exited {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if len(self.get("workers")["workers"]) == 4:
+                # the pool and vol-1
+                if len(self.get("workers")["workers"]) == self.pool_size + 1:
                     return
             except OSError:
                 pass
@@ -276,9 +309,15 @@ def _prepare_vm(vm_dir: Path) -> None:
     (vm_dir / "home" / "venv").symlink_to(sys.prefix)
 
 
-@pytest.fixture(scope="module")
-def farm(keystone: Keystone, glance: Glance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:  # noqa: F811
-    workdir = tmp_path_factory.mktemp("openstack-farm")
+@contextlib.contextmanager
+def running_farm(
+    keystone: Keystone,  # noqa: F811
+    glance: Glance,  # noqa: F811
+    workdir: Path,
+    **master_options: Any,
+) -> Iterator[Farm]:
+    """The Compute stand-in, this farm's images in Glance and a started :class:`Master`
+    (``master_options`` go to it); everything stopped afterwards."""
     compute = ComputeStandIn(keystone, workdir / "compute", glance_url=glance.url, prepare_vm=_prepare_vm)
     compute.start()
     compute.keypairs["farm-key"] = {
@@ -302,7 +341,7 @@ def farm(keystone: Keystone, glance: Glance, tmp_path_factory: pytest.TempPathFa
         "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": AWS_SECRET_KEY,
     }
-    master = Master(workdir / "master", env)
+    master = Master(workdir / "master", env, **master_options)
     master.create()
     master.start()
     try:
@@ -310,6 +349,12 @@ def farm(keystone: Keystone, glance: Glance, tmp_path_factory: pytest.TempPathFa
     finally:
         master.stop()
         compute.stop()
+
+
+@pytest.fixture(scope="module")
+def farm(keystone: Keystone, glance: Glance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:  # noqa: F811
+    with running_farm(keystone, glance, tmp_path_factory.mktemp("openstack-farm")) as started:
+        yield started
 
 
 @pytest.fixture
