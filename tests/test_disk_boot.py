@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import tarfile
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from gentoo_farm.workers.toolkit.boottest import MIB
 from tests import debian
 from tests.imagetest import (
     FARM_WORKER,
@@ -95,6 +97,9 @@ def booted(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -> Bo
     assert sorted(path.name for path in image.parent.iterdir()) == ["gentoo.qcow2"]
     process, console = boot_test(
         image,
+        # The image's disk grown to about 4 GiB, as a cloud flavor's is.
+        "--grow-disk",
+        str(4096 - info["virtual-size"] // MIB),
         "--kernel-release",
         release,
         "--expect-command",
@@ -122,12 +127,15 @@ def test_recipe_image_boots_and_the_cloud_user_logs_in_over_ssh(booted: Booted) 
         "the hostname 'farm-boot-test' from the metadata service",
         "the user-data from the metadata service having run",
         "the key installed for the cloud user only",
+        "the root filesystem grown beyond the image's",
         f"the kernel release {booted.release}",
         "the command 'greeting'",
         "root's SSH login being refused",
     ):
         assert f"checking {check}" in process.stdout
     assert f"greeting: status 0\n{GREETING}" in process.stdout
+    grown = re.search(r"the root filesystem holds (\d+) MiB", process.stdout)
+    assert grown and int(grown[1]) > 3800, process.stdout[-3000:]
     assert "boot test passed" in process.stdout
     # The boot-test step's status line: how long the image took from power-on to the SSH login.
     assert results(process)["boot_test_login_seconds"] in range(1, 301)
@@ -137,6 +145,7 @@ def test_recipe_image_boots_and_the_cloud_user_logs_in_over_ssh(booted: Booted) 
     assert "/dev/ROOT" not in console  # the recipe's empty fstab: fsck has nothing to fail on
     assert "cloud-metadata: SSH key installed for ec2-user" in console
     assert "cloud-metadata: user-data: farm-boot-test: user-data ran" in console
+    assert "growroot: growing /dev/vda1 to the end of /dev/vda" in console
     assert "SYSLINUX" in serial_log_printed(process)
 
 
@@ -169,8 +178,13 @@ def test_config_drive_alone_gives_the_key_hostname_and_user_data(
     tmp_path: Path, kernel_tarball: Path
 ) -> None:
     built = build_image(tmp_path, kernel_tarball)
-    process, console = boot_test(built.image, "--metadata", "config-drive", "--kernel-release", built.release)
+    process, console = boot_test(
+        built.image, "--metadata", "config-drive", "--kernel-release", built.release, "--grow-disk", "0"
+    )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr
+    # What every boot after the first finds: the root already fills the disk, and it is left alone.
+    assert "growroot: /dev/vda1 already fills /dev/vda" in console
+    assert "resize2fs" not in console
     assert "checking the hostname 'farm-boot-test' from the config drive" in process.stdout
     assert "metadata service: GET" not in process.stdout
     assert "cloud-metadata: reading the config drive /dev/vdb (iso9660)" in console

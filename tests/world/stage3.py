@@ -42,6 +42,7 @@ PACKAGES = (
     "sysvinit-core",
     "util-linux",
     "util-linux-extra",
+    "fdisk",  # sfdisk: Debian packages it apart, Gentoo's util-linux has it
     "mount",
     "e2fsprogs",
     "openrc",

@@ -1,8 +1,9 @@
 """Boot an image in qemu and log in over SSH as the cloud user, checking what a cloud user needs.
 
 qemu runs under TCG with ``-display none -serial file:LOG`` (so the SYSLINUX lines reach the serial
-log only when extlinux.conf says ``SERIAL 0``), a virtio disk (as a snapshot: the image is not
-changed) and virtio-net on restricted user networking: the guest reaches nothing but what the test
+log only when extlinux.conf says ``SERIAL 0``), a virtio disk (a copy-on-write disk over the image,
+``--grow-disk`` MiB bigger as a cloud flavor's disk is, and a snapshot: the image is not changed)
+and virtio-net on restricted user networking: the guest reaches nothing but what the test
 offers, and the guest's port 22 is forwarded to 127.0.0.1:PORT. The test makes a fresh ed25519 key
 and hands it out, with a hostname, an instance id and a user-data script, the way ``--metadata`` says:
 
@@ -14,7 +15,8 @@ and hands it out, with a hostname, an instance id and a user-data script, the wa
 The serial console must show, in order: the SYSLINUX banner, the kernel command line with
 root=/dev/vda1, the init entering the default runlevel and a login prompt on the serial console.
 Then, over SSH as the cloud user with the key: the hostname is the metadata's, the user-data ran
-(the file it writes), the key was not installed for root, ``uname -r`` is ``--kernel-release``,
+(the file it writes), the key was not installed for root, the root filesystem grew beyond the
+image's size (the image's growroot service), ``uname -r`` is ``--kernel-release``,
 every ``--expect-command`` succeeds; and root's login is refused although the user-data gave root
 the key too (so it is sshd's configuration that refuses it). With ``none``, sshd must answer.
 The test fails naming the first check not met; the serial log is printed after a marker line so
@@ -41,6 +43,7 @@ from pathlib import Path
 
 from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
 from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.tools import run_tool
 
 METADATA_ADDRESS = "169.254.169.254"
 # The guest's link-local network: slirp forwards only addresses inside its own net=.
@@ -59,6 +62,7 @@ SSH_RETRY_SECONDS = 2.0
 # One SSH command may take this long under TCG (key exchange, login, the command itself).
 SSH_COMMAND_SECONDS = 60.0
 SSH_CONNECT_SECONDS = 15
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what the init prints on reaching the default runlevel (default: sysvinit's line)",
     )
     parser.add_argument("--memory", default="512", help="guest memory in MiB (default 512)")
+    parser.add_argument(
+        "--grow-disk",
+        type=int,
+        default=1024,
+        metavar="MIB",
+        help="boot on a disk this much bigger than the image, as a cloud flavor's is, and check that the "
+        "root filesystem grew to fill it (default 1024; 0 boots the image at its own size)",
+    )
 
 
 @dataclass(frozen=True)
@@ -394,8 +406,40 @@ def wait_for_banner(guest: Guest, deadline: float) -> str | None:
     return f"not within the timeout ({last})"
 
 
+def grown_beyond(guest: Guest, user: str, image_bytes: int, deadline: float) -> Callable[[], str | None]:
+    def check() -> str | None:
+        result = guest.ssh(user, "df -k /", deadline)
+        if result.returncode != 0:
+            return f"`df -k /` failed ({ssh_failure(result)})"
+        fields = result.stdout.splitlines()[-1].split()
+        size = int(fields[1]) * 1024 if len(fields) > 1 and fields[1].isdigit() else None
+        if size is None:
+            return f"`df -k /` printed {result.stdout.strip()!r}"
+        progress(f"the root filesystem holds {size // MIB} MiB")
+        return (
+            None
+            if size > image_bytes
+            else f"it holds {size // MIB} MiB: the growroot service did not grow it"
+        )
+
+    return check
+
+
+def grown_disk(image: Path, grow_by_mib: int, scratch: Path) -> tuple[Path, int]:
+    """A copy-on-write disk over ``image`` that is ``grow_by_mib`` bigger, and the image's own size."""
+    info = json.loads(run_tool(["qemu-img", "info", "--output=json", image], what="qemu-img info"))
+    image_bytes = int(info["virtual-size"])
+    disk = scratch / "disk.qcow2"
+    run_tool(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"], "-b", image, disk,
+         str(image_bytes + grow_by_mib * MIB)],
+        what="qemu-img create",
+    )  # fmt: skip
+    return disk, image_bytes
+
+
 def login_checks(
-    args: argparse.Namespace, guest: Guest, instance: Instance, deadline: float
+    args: argparse.Namespace, guest: Guest, instance: Instance, deadline: float, image_bytes: int
 ) -> list[tuple[str, Callable[[], str | None]]]:
     """The checks over SSH, in order: (description, a function returning None or why it failed)."""
 
@@ -439,6 +483,13 @@ def login_checks(
         ),
         ("the key installed for the cloud user only", output_is(f"tail -n 1 {USER_DATA_PROOF}", NO_ROOT_KEY)),
     ]
+    if args.grow_disk:
+        checks.append(
+            (
+                f"the root filesystem grown beyond the image's {image_bytes // MIB} MiB disk",
+                grown_beyond(guest, args.user, image_bytes, deadline),
+            )
+        )
     if args.kernel_release:
         checks.append(
             (f"the kernel release {args.kernel_release}", output_is("uname -r", args.kernel_release))
@@ -458,7 +509,7 @@ def first_failure(checks: list[tuple[str, Callable[[], str | None]]]) -> tuple[s
 
 
 def required_tools(metadata: str) -> list[str]:
-    tools = ["qemu-system-x86_64", "ssh", "ssh-keygen"]
+    tools = ["qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen"]
     if metadata == "service":
         tools.append("busybox")  # its nc carries the guest's requests to the metadata service
     if metadata == "config-drive":
@@ -491,8 +542,11 @@ def run(args: argparse.Namespace) -> None:
             proxy.chmod(0o755)
         elif args.metadata == "config-drive":
             drive = config_drive(instance, scratch)
+        disk, image_bytes = args.image.resolve(), 0
+        if args.grow_disk:
+            disk, image_bytes = grown_disk(disk, args.grow_disk, scratch)
         ssh_port = free_port()
-        command = qemu_command(args.image.resolve(), serial_log, args.memory, ssh_port, proxy, drive)
+        command = qemu_command(disk, serial_log, args.memory, ssh_port, proxy, drive)
         progress(f"booting {args.image} (timeout {args.timeout:.0f} s): {' '.join(command)}")
         started = time.monotonic()
         deadline = started + args.timeout
@@ -503,7 +557,9 @@ def run(args: argparse.Namespace) -> None:
         if unmet is None:
             progress(f"serial console: {len(checks)} checks met in order ({ending})")
             failure = first_failure(
-                login_checks(args, Guest(qemu, qemu_log, ssh_port, key, started), instance, deadline)
+                login_checks(
+                    args, Guest(qemu, qemu_log, ssh_port, key, started), instance, deadline, image_bytes
+                )
             )
 
     console = serial_log.read_text(errors="replace") if serial_log.exists() else ""
