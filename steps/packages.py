@@ -2,6 +2,10 @@
 
 from collections.abc import Sequence
 
+from buildbot.process import logobserver
+from buildbot.process.results import SUCCESS
+
+from gentoo_farm.emergeoutput import EMERGING
 from gentoo_farm.steps.base import FarmWorkerStep
 
 
@@ -91,7 +95,9 @@ class EmergePackages(FarmWorkerStep):
     """Emerge the package set into the build root through the farm binhost and distfile mirror.
 
     Sets ``packages_compiled``, ``packages_binary`` and ``distfiles_fetched`` (from Portage's own
-    output and the DISTDIR), plus ``pkgdir`` and ``distdir`` for the push back to the store.
+    output and the DISTDIR), plus ``pkgdir`` and ``distdir`` for the push back to the store. While it
+    runs its status follows Portage ("emerging 3/8 dev-libs/foo-1.0 (binary)"); when it is done it says
+    how many packages came from the binhost and how many were compiled.
     """
 
     renderables = (
@@ -130,6 +136,28 @@ class EmergePackages(FarmWorkerStep):
         self.distfile_mirror = distfile_mirror
         self.upstream_mirrors = upstream_mirrors
         self.jobs = jobs
+        self.emerging: str | None = None
+        self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._follow_portage))
+
+    def _follow_portage(self):
+        while True:
+            stream, line = yield
+            if stream == "o" and (match := EMERGING.match(line)):
+                how = "binary" if match["binary"] else "compiling"
+                self.emerging = f"emerging {match['number']}/{match['total']} {match['cpv']} ({how})"
+                self.updateSummary()
+
+    def getCurrentSummary(self) -> dict[str, str]:
+        if self.emerging:
+            return {"step": self.emerging}
+        return super().getCurrentSummary()
+
+    def getResultSummary(self) -> dict[str, str]:
+        if self.results != SUCCESS:
+            return super().getResultSummary()
+        binary = len(self.getProperty("packages_binary") or [])
+        compiled = len(self.getProperty("packages_compiled") or [])
+        return {"step": f"{binary} from the binhost, {compiled} compiled"}
 
     def stage_arguments(self) -> list[object]:
         arguments: list[object] = ["--root", self.root, "--pkgdir", self.pkgdir, "--distdir", self.distdir]

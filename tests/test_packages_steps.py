@@ -245,6 +245,25 @@ class TestEmergePackages(TestBuildStepMixin, TestReactorMixin, unittest.TestCase
         self.expect_property("packages_binary", ["app-misc/farm-hello-1.0"])
         await self.run_step()
 
+    async def test_status_follows_portage_and_the_summary_counts_where_packages_came_from(self):
+        step = self.setup_step(EmergePackages("app-misc/farm-hello", "root", "pkgs", "distfiles", "work"))
+        self.expect_commands(
+            ExpectShell(
+                env=STAGE_ENV, workdir="wkdir", command=self.emerge_command("--", "app-misc/farm-hello")
+            )
+            .stdout(
+                ">>> Emerging binary (1 of 2) dev-libs/farm-core-1.0::gentoo for /root/\n"
+                ">>> Emerging (2 of 2) app-misc/farm-hello-1.0::gentoo for /root/\n"
+                + result_line(
+                    packages_compiled=["app-misc/farm-hello-1.0"], packages_binary=["dev-libs/farm-core-1.0"]
+                )
+            )
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS, "1 from the binhost, 1 compiled")
+        await self.run_step()
+        assert step.getCurrentSummary() == {"step": "emerging 2/2 app-misc/farm-hello-1.0 (compiling)"}
+
     async def test_cold_build_without_binhost_and_compile_failure(self):
         self.setup_step(EmergePackages("app-misc/farm-hello", "root", "pkgs", "distfiles", "work"))
         message = "emerge app-misc/farm-hello: dev-libs/farm-core-1.0 failed in its compile phase"

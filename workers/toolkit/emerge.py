@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import os
 import pwd
-import re
 import shutil
 import subprocess
 import sys
@@ -20,13 +19,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gentoo_farm.emergeoutput import EMERGING, FAILED
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.confined import resolve
 from gentoo_farm.workers.toolkit.unpack_root import REPOSITORY_DIR
 
 FARM_BINREPO = "farm-binhost.conf"
-EMERGING = re.compile(r"^>>> Emerging (?P<binary>binary )?\(\d+ of \d+\) (?P<cpv>[^\s:]+)")
-FAILED = re.compile(r"^ \* ERROR: (?P<cpv>[^\s:]+)(?:::\S+)? failed \((?P<phase>\w+) phase\)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
