@@ -1,7 +1,8 @@
 """Debian packages the tests feed the farm (a binary kernel, the kernel source, the stand-in stage3's parts).
 
-``apt-get download`` fetches them once per machine into a cache (``FARM_DEB_CACHE``, default
-~/.cache/gentoo-farm/debs), so CI needs only apt access: no package is installed on the host.
+``apt-get download`` fetches them once per machine into a cache (``FARM_DEB_CACHE``, default the test
+cache's ``debs`` directory: tests/cache.py), so CI needs only apt access: no package is installed on the host.
+A package's file name carries its version, so a new candidate version is a download of its own.
 """
 
 import fcntl
@@ -12,13 +13,17 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from tests import cache
+
 KERNEL_META_PACKAGE = "linux-image-amd64"
 KERNEL_SOURCE_PACKAGE = "linux-source-6.1"
 
 
 def cache_dir() -> Path:
     configured = os.environ.get("FARM_DEB_CACHE")
-    directory = Path(configured) if configured else Path.home() / ".cache" / "gentoo-farm" / "debs"
+    if not configured:
+        return cache.directory("debs")
+    directory = Path(configured)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 

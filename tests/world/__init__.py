@@ -10,27 +10,24 @@
 Stages, DIGESTS and the pointer are signed by a throwaway release key, snapshots by a throwaway snapshot
 key, as Gentoo signs them. ``dest/gentoo-keyring.asc`` holds both public halves (what a farm is configured
 with, like Gentoo's gentoo-release.asc), ``dest/fingerprints.json`` their fingerprints and ``dest/gnupg``
-the secret halves (so tests can sign tampered files). The slow part is built once per machine into a cache
-keyed by the generator's own source (and OpenRC's scripts in openrc/), then copied;
-the Debian packages the stage3 and dhcpcd are made of are cached per machine by tests/debian.py.
+the secret halves (so tests can sign tampered files). The slow part is built once per machine into the
+test cache (tests/cache.py) keyed by the generator's own source (and OpenRC's scripts in openrc/), then
+copied; the Debian packages the stage3 and dhcpcd are made of are cached per machine by tests/debian.py.
 Measured on 2 cores: 128 s cold (empty deb and world caches), 0.3 s cached.
 """
 
 import dataclasses
-import fcntl
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from portage.package.ebuild.fetch import ContentHashLayout, FilenameHashLayout, FlatLayout, MirrorLayoutConfig
 
-from tests import debian
+from tests import cache, debian
 from tests.world import repository, signing
 from tests.world.server import ServedRequest, WorldServer
 from tests.world.stage3 import populate_stage3_root
@@ -238,35 +235,13 @@ def _generate(root: Path, compile_scale: int) -> None:
 def generator_hash() -> str:
     """Content hash of the code and files that generate the world (OpenRC's scripts too): the cache key."""
     here = Path(__file__).parent
-    sources = [path for path in here.rglob("*") if path.is_file() and "__pycache__" not in path.parts]
-    digest = hashlib.sha256()
     # debian.py names the Linux source whose Manifest line the snapshot carries.
-    for source in sorted([*sources, here.parent / "debian.py"]):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    configured = os.environ.get("FARM_WORLD_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "gentoo-farm" / "world"
+    return cache.source_hash([here, here.parent / "debian.py"])
 
 
 def _cached_world(compile_scale: int) -> Path:
     key = generator_hash() if compile_scale == 1 else f"{generator_hash()}-scale{compile_scale}"
-    cached = cache_root() / key
-    if cached.is_dir():
-        return cached
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with (cached.parent / f"{cached.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not cached.is_dir():
-            scratch = Path(tempfile.mkdtemp(prefix=f"{cached.name}.", dir=cached.parent))
-            try:
-                _generate(scratch / "world", compile_scale)
-                (scratch / "world").rename(cached)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-    return cached
+    return cache.entry("world", key, lambda dest: _generate(dest, compile_scale))
 
 
 def build_world(dest: Path, *, extra_distfiles: Iterable[Path] = (), compile_scale: int = 1) -> World:
