@@ -38,6 +38,7 @@ from gentoo_farm.cloud import (
     connection_problem,
 )
 from gentoo_farm.store import ArtifactStore, without_signature
+from gentoo_farm.transfer import REPORT_SECONDS, ReportingReader, TransferMeter
 
 VISIBILITIES = ("private", "shared", "community", "public")
 DISK_FORMATS = ("qcow2", "raw")
@@ -174,9 +175,13 @@ def publish_image(
     *,
     active_timeout: float = ACTIVE_TIMEOUT,
     poll_interval: float = POLL_INTERVAL,
+    progress: Callable[[str], None] = lambda message: None,
+    progress_interval: float = REPORT_SECONDS,
 ) -> PublishResult:
     """Publish ``upload`` to ``target`` and rotate older farm images there.
 
+    Each message of the result is also handed to ``progress`` as it happens, with a line on how far
+    an upload is every ``progress_interval`` seconds (publishing a large image can take half an hour).
     Raises :class:`GlanceUnavailable` when the cloud cannot be reached, :class:`GlancePublishError`
     for anything else (import failed, checksum mismatch, timeout, bad settings). A failed attempt
     deletes the half-made image it created.
@@ -189,7 +194,9 @@ def publish_image(
         with _api_errors(cloud, "connecting"):
             conn.authorize()
             check_reachable(conn, cloud)
-        publisher = _TargetPublisher(conn, upload, target, active_timeout, poll_interval)
+        publisher = _TargetPublisher(
+            conn, upload, target, active_timeout, poll_interval, progress, progress_interval
+        )
         with _api_errors(cloud, f"publishing {upload.name}"):
             result = publisher.publish()
         # The image is up: a rotation that fails is worth a warning, not a failed publish.
@@ -198,8 +205,9 @@ def publish_image(
                 result.rotated = rotate_images(conn, upload.farm_id, target.keep, keep_id=result.image_id)
         except GlancePublishError as error:
             result.rotation_error = str(error)
-            result.messages.append(result.rotation_error)
-        result.messages.extend(f"rotated out {name}" for name in result.rotated)
+            publisher.say(result.rotation_error)
+        for name in result.rotated:
+            publisher.say(f"rotated out {name}")
         return result
 
 
@@ -265,6 +273,8 @@ class _TargetPublisher:
         target: GlanceTargetSettings,
         active_timeout: float,
         poll_interval: float,
+        progress: Callable[[str], None],
+        progress_interval: float,
     ) -> None:
         self.conn = conn
         self.upload = upload
@@ -272,10 +282,13 @@ class _TargetPublisher:
         self.cloud = target.cloud
         self.active_timeout = active_timeout
         self.poll_interval = poll_interval
+        self.progress = progress
+        self.progress_interval = progress_interval
         self.messages: list[str] = []
 
     def say(self, message: str) -> None:
         self.messages.append(message)
+        self.progress(message)
 
     def publish(self) -> PublishResult:
         existing = self._existing_copy()
@@ -378,7 +391,10 @@ class _TargetPublisher:
             self._send(image, data, path.stat().st_size)
 
     def _send(self, image: Image, data: BinaryIO, size: int) -> None:
-        response = image.upload(self.conn.image, data=data, size=size)
+        reader = ReportingReader(
+            data, TransferMeter("uploading", size), self.progress, self.progress_interval
+        )
+        response = image.upload(self.conn.image, data=reader, size=size)
         sdk_exceptions.raise_from_response(response)
         self.say(f"uploaded {size} bytes")
 
@@ -403,12 +419,18 @@ class _TargetPublisher:
         return raw, file_sha512(raw)
 
     def _wait_active(self, image: Image) -> Image:
-        deadline = time.monotonic() + self.active_timeout
+        started = last_report = time.monotonic()
+        deadline = started + self.active_timeout
         while True:
             current = self.conn.image.get_image(image.id)
             properties = current.properties or {}
             if current.status == "active":
                 return current
+            if time.monotonic() - last_report >= self.progress_interval:
+                last_report = time.monotonic()
+                self.progress(
+                    f"waiting for {current.name}: {current.status} after {last_report - started:.0f} s"
+                )
             if current.status in ("killed", "deleted", "pending_delete", "deactivated"):
                 raise GlancePublishError(
                     f"cloud {self.cloud!r}: image {current.name} ({current.id}) went {current.status}"

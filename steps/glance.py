@@ -18,6 +18,7 @@ from gentoo_farm.glance import (
     upload_from_record,
 )
 from gentoo_farm.store import StoreError, StoreSettings, open_store
+from gentoo_farm.transfer import REPORT_SECONDS
 
 
 class PublishToGlance(buildstep.BuildStep):
@@ -27,8 +28,9 @@ class PublishToGlance(buildstep.BuildStep):
     A cloud that cannot be reached makes the step WARNINGS, not FAILURE: the image is safely in the
     store and the next build (or a rebuild) publishes it there. Any other Glance failure (an import
     that failed, a corrupted upload, bad settings) is a FAILURE. The status text says per target what
-    happened; the ``glance`` log has the details; the property ``glance_images`` maps each cloud
-    that took the image to its image id.
+    happened; the ``glance`` log has the details as they happen (with an upload's progress every
+    ``progress_interval`` seconds, also the step's status while it runs); the property ``glance_images``
+    maps each cloud that took the image to its image id.
     """
 
     name = "glance"
@@ -40,6 +42,7 @@ class PublishToGlance(buildstep.BuildStep):
         targets: Sequence[GlanceTargetSettings],
         farm_id: str,
         set_id: object = properties.Property("images_set_id"),
+        progress_interval: float = REPORT_SECONDS,
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("warnOnWarnings", True)
@@ -50,7 +53,9 @@ class PublishToGlance(buildstep.BuildStep):
         self.targets = list(targets)
         self.farm_id = farm_id
         self.set_id = set_id
+        self.progress_interval = progress_interval
         self.outcomes: list[str] = []
+        self.current: str | None = None
 
     async def run(self) -> int:
         if not self.targets:
@@ -74,8 +79,14 @@ class PublishToGlance(buildstep.BuildStep):
         published: dict[str, str] = {}
         for target in self.targets:
             await log.addStdout(f"--- {target.cloud}: publishing {upload.name}\n")
+
+            def progress(message: str, cloud: str = target.cloud) -> None:
+                self.master.reactor.callFromThread(self._show_progress, log, cloud, message)
+
             try:
-                result: PublishResult = await threads.deferToThread(publish_image, upload, target)
+                result: PublishResult = await threads.deferToThread(
+                    publish_image, upload, target, progress=progress, progress_interval=self.progress_interval
+                )
             except GlanceUnavailable as error:
                 results = worst_status(results, WARNINGS)
                 self.outcomes.append(f"{error} (not published there; the image is in the store)")
@@ -90,9 +101,18 @@ class PublishToGlance(buildstep.BuildStep):
             if result.rotation_error:
                 results = worst_status(results, WARNINGS)
             self.outcomes.append(result.summary())
-            await log.addStdout("".join(f"{message}\n" for message in result.messages))
         self.setProperty("glance_images", published, self.name, runtime=True)
         return results
+
+    def _show_progress(self, log: object, cloud: str, message: str) -> None:
+        log.addStdout(f"{message}\n")
+        self.current = f"{cloud}: {message}"
+        self.updateSummary()
+
+    def getCurrentSummary(self) -> dict[str, str]:
+        if self.current:
+            return {"step": self.current}
+        return super().getCurrentSummary()
 
     def getResultSummary(self) -> dict[str, str]:
         if self.outcomes:

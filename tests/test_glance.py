@@ -19,7 +19,7 @@ import openstack.connection
 import pytest
 from openstack.image.v2.image import Image
 
-from gentoo_farm.catalog import find_image
+from gentoo_farm.catalog import find_image, human_size
 from gentoo_farm.config import GlanceTarget
 from gentoo_farm.glance import (
     GlancePublishError,
@@ -356,6 +356,27 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         summary = self.get_nth_step(0).getResultSummary()["step"]
         assert summary.startswith(f"glance: {CLOUD}: gentoo-20261210-amd64 web-download (")
         assert f"; {CLOUD}: gentoo-20261210-amd64 already published ({images[CLOUD]})" in summary
+
+    async def test_an_upload_streams_its_progress_to_the_log_and_the_status(self):
+        set_id = self.publish(date(2026, 12, 13))
+        step = self.setup_step(
+            PublishToGlance(
+                self.store_settings, [target(use_import=False)], self.farm_id, progress_interval=0
+            )
+        )
+        self.build.setProperty("images_set_id", set_id, "PublishSet")
+        statuses: list[str] = []
+        show = step._show_progress
+        step._show_progress = lambda *args: (show(*args), statuses.append(step.getCurrentSummary()["step"]))
+        self.expect_outcome(SUCCESS)
+        await self.run_step()
+
+        size = human_size(find_image(self.store, set_id).size)
+        log = step.logs["glance"].stdout
+        # Each line was written while the upload ran, the status text following it.
+        assert f"uploading {size} / {size} (100 %)" in log
+        assert any(status.startswith(f"{CLOUD}: uploading ") for status in statuses)
+        assert log.index("created gentoo-20261213-amd64") < log.index("uploading ") < log.index("is active")
 
     async def test_glance_down_warns_and_keeps_the_store(self):
         set_id = self.publish(date(2026, 12, 11))
