@@ -137,6 +137,25 @@ def test_dhcpcd_gives_the_image_a_real_dhcp_client(
     assert version.stdout.startswith("dhcpcd 9.4.1"), version.stderr
 
 
+def test_the_stage3s_own_binhost_is_not_used_and_stays_in_the_image(
+    world: World, upstream: WorldServer, farm_store: WorldServer, tmp_path: Path
+) -> None:
+    root = build_root(world, tmp_path / "root")
+    (tmp_path / "gentoo-binhost").mkdir()
+    with WorldServer(tmp_path / "gentoo-binhost") as gentoo_binhost:
+        # What a real stage3 ships: Gentoo's official binhost, here one that logs every request.
+        entry = root / "etc/portage/binrepos.conf/gentoobinhost.conf"
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.write_text(f"[gentoobinhost]\npriority = 1\nsync-uri = {gentoo_binhost.url}/x86-64\n")
+        run = emerge(world, root, tmp_path / "work", farm_store, upstream, "net-misc/dhcpcd")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+        assert gentoo_binhost.requested_paths() == []
+    assert any(path.startswith("/binpkgs/Packages") for path in farm_store.requested_paths())
+    assert "the build uses the farm binhost only; set aside until it ends: gentoobinhost.conf" in run.stdout
+    assert entry.read_text().startswith("[gentoobinhost]")
+    assert sorted(path.name for path in entry.parent.iterdir()) == ["gentoobinhost.conf"]
+
+
 def test_unknown_package_fails_with_portage_reason(
     world: World, upstream: WorldServer, tmp_path: Path
 ) -> None:

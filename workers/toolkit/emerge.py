@@ -2,7 +2,8 @@
 
 Portage runs with ``ROOT`` and ``SYSROOT`` set to the build root and the root's own ``/etc/portage``
 as its configuration, so the image's settings apply. The farm's pieces come from the environment
-and from a ``binrepos.conf`` entry that exists only while emerge runs: the farm binhost, the farm
+and from a ``binrepos.conf`` entry that exists only while emerge runs (the root's own entries, such
+as a stage3's gentoobinhost.conf, are set aside meanwhile): the farm binhost, the farm
 distfile mirror first in ``GENTOO_MIRRORS`` (then upstream), ``--usepkg --getbinpkg --buildpkg``, and
 the caller's ``PKGDIR``/``DISTDIR`` (the caller pushes what lands there back to the farm's store).
 """
@@ -95,6 +96,32 @@ def select_profile(root: Path, profile: str | None) -> Path:
     if not selected.is_dir():
         raise StageError(f"{link}: missing or points nowhere; pass --profile to select one")
     return selected
+
+
+@contextlib.contextmanager
+def only_the_farm_binhost(root: Path, workdir: Path) -> Iterator[None]:
+    """Set aside the root's own binhost entries while emerge runs, and put them back after.
+
+    A stage3 ships /etc/portage/binrepos.conf/gentoobinhost.conf (Gentoo's official binhost): left in
+    place, which binary packages an image gets would depend on an upstream index nobody chose. The
+    image keeps the entries for its users; the build uses the farm's binhost alone.
+    """
+    conf_dir = resolve(root, "etc/portage/binrepos.conf")
+    aside = workdir.resolve() / "binrepos-set-aside"
+    moved: list[str] = []
+    if conf_dir.is_dir():
+        aside.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(conf_dir.iterdir()):
+            if entry.name != FARM_BINREPO and not entry.is_dir():
+                entry.rename(aside / entry.name)
+                moved.append(entry.name)
+    if moved:
+        progress(f"the build uses the farm binhost only; set aside until it ends: {', '.join(moved)}")
+    try:
+        yield
+    finally:
+        for name in moved:
+            (aside / name).rename(conf_dir / name)
 
 
 def write_binrepo(root: Path, args: argparse.Namespace) -> Path:
@@ -272,8 +299,9 @@ def run(args: argparse.Namespace) -> None:
     for directory in (args.pkgdir, args.distdir, args.workdir / "tmp", args.workdir / "logs"):
         directory.mkdir(parents=True, exist_ok=True)
     profile = select_profile(root, args.profile)
-    binrepo = write_binrepo(root, args) if args.binhost else None
     with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(only_the_farm_binhost(root, args.workdir))
+        binrepo = write_binrepo(root, args) if args.binhost else None
         if binrepo is not None:
             cleanup.callback(binrepo.unlink, missing_ok=True)
         settings = {"FEATURES": worker_features(), "PKGDIR": str(args.pkgdir.resolve())}
