@@ -27,7 +27,7 @@ from keystoneauth1 import exceptions as ks_exceptions
 from openstack import exceptions as sdk_exceptions
 from openstack.image.v2.image import Image
 
-from gentoo_farm.catalog import ImageRecord
+from gentoo_farm.catalog import ImageRecord, package_manifest_file
 from gentoo_farm.checksums import file_sha512
 from gentoo_farm.cloud import (
     CLOUD_ERRORS,
@@ -38,6 +38,7 @@ from gentoo_farm.cloud import (
     connection_problem,
 )
 from gentoo_farm.store import ArtifactStore, without_signature
+from gentoo_farm.store.sets import PublishedSet
 from gentoo_farm.transfer import REPORT_SECONDS, ReportingReader, TransferMeter
 
 VISIBILITIES = ("private", "shared", "community", "public")
@@ -93,6 +94,11 @@ class ImageUpload:
     """A fresh stream of the qcow2's bytes, for a streamed upload or a raw conversion."""
     farm_id: str
     build_id: str = ""
+    package_count: int | None = None
+    """How many packages the image holds (its package manifest), None for older images."""
+    package_manifest_url: str = ""
+    """A lasting URL of the image's package manifest (empty when the store has no public URL: a
+    presigned one would expire while the image lives on)."""
     input_keys: Mapping[str, str] = field(default_factory=dict)
     """``{"image": <input key>, "kernel": <kernel set id>, ...}``, recorded as ``farm_input_<name>``."""
 
@@ -129,6 +135,7 @@ def upload_from_record(
     sources = dict(manifest.get("sources") or {})  # type: ignore[call-overload]
     input_keys = {"image": str(manifest.get("input_key", ""))}
     input_keys.update({str(kind): str(set_id) for kind, set_id in sources.items()})
+    package_manifest = package_manifest_file(PublishedSet.from_json(manifest, record.key))
     return ImageUpload(
         name=record.name,
         sha512=record.sha512,
@@ -138,6 +145,10 @@ def upload_from_record(
         farm_id=farm_id,
         build_id=str(metadata.get("build_id", "")),
         input_keys=input_keys,
+        package_count=record.package_count,
+        package_manifest_url=store.public_object_url(package_manifest.key)
+        if package_manifest and store.public_base_url()
+        else "",
     )
 
 
@@ -345,6 +356,10 @@ class _TargetPublisher:
             **{f"farm_input_{name}": value for name, value in upload.input_keys.items()},
             **extra,
         }
+        if upload.package_count is not None:
+            farm["farm_package_count"] = str(upload.package_count)
+        if upload.package_manifest_url:
+            farm["farm_manifest_url"] = upload.package_manifest_url
         return {**STANDARD_PROPERTIES, **self.target.properties, **farm}
 
     def _create(self, extra: Mapping[str, str]) -> Image:

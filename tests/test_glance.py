@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import json
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -94,6 +96,9 @@ def target(**changes: object) -> GlanceTarget:
     return replace(GlanceTarget(cloud=CLOUD, keep=2), **changes)
 
 
+PACKAGES = [{"cpv": "sys-apps/baselayout-2.15", "origin": "stage3"}, {"cpv": "net-misc/dhcpcd-10.0.6"}]
+
+
 def make_qcow2(directory: Path, seed: str) -> Path:
     """A small real qcow2 whose content (and so sha512) differs per seed: Glance checks formats."""
     raw = directory / f"{seed}.raw"
@@ -105,13 +110,15 @@ def make_qcow2(directory: Path, seed: str) -> Path:
 
 def publish_to_store(store: LocalStore, tmp_path: Path, farm_id: str, name: str) -> ImageUpload:
     qcow2 = make_qcow2(tmp_path, f"{farm_id}-{name}")
+    packages = tmp_path / f"{name}.manifest.json"
+    packages.write_text(json.dumps({"packages": PACKAGES}))
     input_key = hashlib.sha256(f"{farm_id}{name}".encode()).hexdigest()
     published = publish_files(
         store,
         "images",
         input_key,
-        {f"{name}.qcow2": qcow2},
-        metadata={"name": name, "build_id": "image/42", "kernel": "6.12.1"},
+        {f"{name}.qcow2": qcow2, packages.name: packages},
+        metadata={"name": name, "build_id": "image/42", "kernel": "6.12.1", "package_count": len(PACKAGES)},
         sources={"kernel": "20261125T000000Z-abc"},
     )
     record = find_image(store, published.set_id)
@@ -167,6 +174,12 @@ def test_web_download_import_with_properties(store, tmp_path, farm_id, conn):
     assert properties["farm_sha512"] == upload.sha512
     assert properties["farm_input_image"] == upload.input_keys["image"]
     assert properties["farm_input_kernel"] == "20261125T000000Z-abc"
+    # What the image holds, for people and tools looking at the cloud: a lasting URL, never a signed one.
+    assert properties["farm_package_count"] == "2"
+    manifest_url = properties["farm_manifest_url"]
+    assert manifest_url.startswith(store.public_base_url()) and "?" not in manifest_url
+    with urllib.request.urlopen(manifest_url, timeout=30) as response:
+        assert json.load(response)["packages"] == PACKAGES
 
     again = publish_image(upload, target())
     assert (again.method, again.image_id) == ("already published", result.image_id)
