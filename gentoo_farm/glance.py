@@ -52,6 +52,15 @@ STANDARD_PROPERTIES: Mapping[str, str] = {
     # Our disks boot with extlinux from an MBR; Gentoo's own qcow2s are UEFI-only, ours are not.
     "hw_firmware_type": "bios",
 }
+# Gentoo's architecture names as Glance (and Nova's scheduler) spell them.
+GLANCE_ARCHITECTURES: Mapping[str, str] = {
+    "amd64": "x86_64", "x86": "i686", "arm64": "aarch64", "arm": "armv7l", "ppc64": "ppc64",
+    "ppc64le": "ppc64le", "riscv": "riscv64", "s390": "s390x",
+}  # fmt: skip
+# What the image's boot test runs with: a flavor with less memory is not known to boot it.
+MIN_RAM_MIB = 512
+# Set per image from what the farm knows of it (:func:`cloud_conventions`); a target may not override them.
+CONVENTION_NAMES = ("architecture", "os_admin_user", "os_version", "min_disk", "min_ram")
 FARM_ID_PROPERTY = "farm_id"
 """The property that makes an image ours (rotation, and ``farm-latest`` for OpenStack workers)."""
 
@@ -99,6 +108,9 @@ class ImageUpload:
     package_manifest_url: str = ""
     """A lasting URL of the image's package manifest (empty when the store has no public URL: a
     presigned one would expire while the image lives on)."""
+    conventions: Mapping[str, object] = field(default_factory=dict)
+    """The cloud's own image attributes the image set knows: ``architecture``, ``os_admin_user``,
+    ``os_version``, ``min_disk`` (GiB), ``min_ram`` (MiB)."""
     input_keys: Mapping[str, str] = field(default_factory=dict)
     """``{"image": <input key>, "kernel": <kernel set id>, ...}``, recorded as ``farm_input_<name>``."""
 
@@ -149,7 +161,24 @@ def upload_from_record(
         package_manifest_url=store.public_object_url(package_manifest.key)
         if package_manifest and store.public_base_url()
         else "",
+        conventions=cloud_conventions(metadata),
     )
+
+
+def cloud_conventions(metadata: Mapping[str, object]) -> dict[str, object]:
+    """Glance's standard image attributes from an image set's metadata (what older sets lack is left out)."""
+    conventions: dict[str, object] = {"min_ram": MIN_RAM_MIB}
+    if arch := str(metadata.get("arch") or ""):
+        conventions["architecture"] = GLANCE_ARCHITECTURES.get(arch, arch)
+    if user := str(metadata.get("user") or ""):
+        conventions["os_admin_user"] = user
+    # default/linux/amd64/23.0[/systemd]: the profile's version is what a Gentoo release is.
+    if version := re.search(r"/(\d+(?:\.\d+)*)(?:/|$)", str(metadata.get("profile") or "")):
+        conventions["os_version"] = version[1]
+    disk_bytes = metadata.get("disk_bytes")
+    if isinstance(disk_bytes, int) and disk_bytes > 0:
+        conventions["min_disk"] = -(-disk_bytes // 2**30)
+    return conventions
 
 
 def check_target(target: GlanceTargetSettings) -> None:
@@ -162,7 +191,9 @@ def check_target(target: GlanceTargetSettings) -> None:
     if target.keep < 1:
         raise GlancePublishError(f"{where}: keep must be at least 1 (the newest image is never deleted)")
     clashes = sorted(
-        key for key in target.properties if key.startswith("farm_") or key in STANDARD_PROPERTIES
+        key
+        for key in target.properties
+        if key.startswith("farm_") or key in STANDARD_PROPERTIES or key in CONVENTION_NAMES
     )
     if clashes:
         raise GlancePublishError(f"{where}: properties may not override {', '.join(clashes)}")
@@ -347,9 +378,9 @@ class _TargetPublisher:
         self.say("this Glance does not offer web-download imports: streaming the image instead")
         return False
 
-    def _properties(self, extra: Mapping[str, str]) -> dict[str, str]:
+    def _properties(self, extra: Mapping[str, str]) -> dict[str, object]:
         upload = self.upload
-        farm = {
+        farm: dict[str, object] = {
             FARM_ID_PROPERTY: upload.farm_id,
             "farm_build_id": upload.build_id,
             "farm_sha512": upload.sha512,
@@ -360,7 +391,7 @@ class _TargetPublisher:
             farm["farm_package_count"] = str(upload.package_count)
         if upload.package_manifest_url:
             farm["farm_manifest_url"] = upload.package_manifest_url
-        return {**STANDARD_PROPERTIES, **self.target.properties, **farm}
+        return {**STANDARD_PROPERTIES, **self.target.properties, **self.upload.conventions, **farm}
 
     def _create(self, extra: Mapping[str, str]) -> Image:
         image = Image.new(

@@ -9,6 +9,9 @@ from gentoo_farm.catalog import human_size
 from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
 from gentoo_farm.steps.base import FarmWorkerStep
 
+# The account that gets the instance's SSH key (the image's conf.d/cloud-metadata names it too).
+CLOUD_USER = "ec2-user"
+
 
 class PruneRoot(FarmWorkerStep):
     """``farm-worker prune-root``: build-only packages and the repository out of the emerged root.
@@ -57,7 +60,7 @@ class AssembleImage(FarmWorkerStep):
     renderables = ("root", "vmlinuz", "overlay", "user")
 
     def __init__(
-        self, root: object, vmlinuz: object, overlay: object, user: object = "ec2-user", **kwargs
+        self, root: object, vmlinuz: object, overlay: object, user: object = CLOUD_USER, **kwargs
     ) -> None:
         kwargs.setdefault("name", "assemble-image")
         super().__init__("assemble", **kwargs)

@@ -118,7 +118,16 @@ def publish_to_store(store: LocalStore, tmp_path: Path, farm_id: str, name: str)
         "images",
         input_key,
         {f"{name}.qcow2": qcow2, packages.name: packages},
-        metadata={"name": name, "build_id": "image/42", "kernel": "6.12.1", "package_count": len(PACKAGES)},
+        metadata={
+            "name": name,
+            "build_id": "image/42",
+            "kernel": "6.12.1",
+            "package_count": len(PACKAGES),
+            "arch": "amd64",
+            "profile": "default/linux/amd64/23.0/systemd",
+            "user": "ec2-user",
+            "disk_bytes": 3 * 2**30 // 2,
+        },
         sources={"kernel": "20261125T000000Z-abc"},
     )
     record = find_image(store, published.set_id)
@@ -167,6 +176,9 @@ def test_web_download_import_with_properties(store, tmp_path, farm_id, conn):
         "virtio",
         "virtio",
     )
+    # The cloud's own conventions, from what the image set knows.
+    assert (image.architecture, image.os_admin_user, image.os_version) == ("x86_64", "ec2-user", "23.0")
+    assert (image.min_disk, image.min_ram) == (2, 512)
     properties = image.properties
     assert properties["hw_firmware_type"] == "bios"
     assert properties["farm_id"] == farm_id
@@ -301,6 +313,12 @@ def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_i
         published[3].image_id,
         published[2].image_id,
     }
+
+
+def test_a_target_may_not_override_what_the_farm_sets(store, tmp_path, farm_id):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 4), "amd64"))
+    with pytest.raises(GlancePublishError, match=r"properties may not override architecture, os_distro$"):
+        publish_image(upload, target(properties={"os_distro": "debian", "architecture": "ppc"}))
 
 
 def test_keep_zero_is_refused(store, tmp_path, farm_id):

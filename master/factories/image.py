@@ -17,7 +17,14 @@ from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.factories.common import publish, push_back, up_to_date
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.glance import PublishToGlance
-from gentoo_farm.steps.image import AssembleImage, BootTest, BuildDisk, PruneRoot, WriteImageManifest
+from gentoo_farm.steps.image import (
+    CLOUD_USER,
+    AssembleImage,
+    BootTest,
+    BuildDisk,
+    PruneRoot,
+    WriteImageManifest,
+)
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.packages import EmergePackages, UnpackRoot
 from gentoo_farm.steps.publish import IMAGE_NAME_PROPERTY, NameImage, unless_up_to_date
@@ -158,6 +165,11 @@ def factory(config: FarmConfig) -> BuildFactory:
                     "name": util.Property(IMAGE_NAME_PROPERTY),
                     "kernel": util.Property("kernel_release"),
                     "package_count": util.Property("image_package_count"),
+                    # What clouds describe an image with (Glance's architecture, os_admin_user...).
+                    "arch": config.upstream.arch,
+                    "profile": config.upstream.profile,
+                    "user": CLOUD_USER,
+                    "disk_bytes": util.Property("disk_bytes"),
                 },
                 sources=util.Property("image_sources"),
                 **publishing,
