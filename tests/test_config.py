@@ -1,12 +1,16 @@
 """farm.toml mistakes: a clear message for each, naming its line and key, a non-zero exit, no traceback."""
 
 import dataclasses
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from gentoo_farm.config import ImageSection, StoreSection, UpstreamSection
-from tests.farmtest import farm_command
+from tests.farmtest import FARM, farm_command, init_farm, set_option
+from tests.world import build_world
 
 VALID = """
 [farm]
@@ -23,7 +27,7 @@ keep = 2
 
 def _check(tmp_path: Path, text: str) -> tuple[int, str]:
     (tmp_path / "farm.toml").write_text(text)
-    result = farm_command("--farm", str(tmp_path), "check", check=False)
+    result = farm_command("--farm", str(tmp_path), "check", "--config-only", check=False)
     assert "Traceback" not in result.stderr
     return result.returncode, result.stdout + result.stderr
 
@@ -128,3 +132,50 @@ def test_the_architecture_comes_from_the_configured_stage3() -> None:
     upstream = UpstreamSection(stage3="stage3-arm64-desktop-systemd")
     assert (upstream.arch, upstream.variant) == ("arm64", "arm64-desktop-systemd")
     assert UpstreamSection().arch == "amd64"
+
+
+def test_check_reads_what_farm_toml_names_and_says_what_is_wrong(tmp_path: Path) -> None:
+    farm = init_farm(tmp_path / "farm")
+    world = build_world(tmp_path / "world")
+    environment = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")}
+    (tmp_path / "clouds.yaml").write_text(
+        "clouds:\n  home:\n    auth:\n      auth_url: http://127.0.0.1:1/v3\n"
+    )
+    (farm.root / "farm.toml").write_text(
+        (farm.root / "farm.toml").read_text() + '\n[[glance]]\ncloud = "home"\n\n[[glance]]\ncloud = "work"\n'
+    )
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [FARM, "--farm", str(farm.root), "check"],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=300,
+        )
+
+    failed = check()
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    lines = failed.stdout.splitlines()
+    assert (
+        f"  FAIL keyring   upstream.keyring {farm.root}/keys/gentoo-release.asc: no such file"
+        in "\n".join(lines)
+    )
+    assert any(
+        line.startswith("  FAIL clouds    clouds.yaml has no 'work' (named in farm.toml") for line in lines
+    )
+    assert "  ok   recipes   kernel-config (main), overlay (main)" in lines
+    assert "  ok   buildbot  Buildbot's checkconfig accepts the composed configuration" in lines
+    assert failed.stderr.strip() == "2 problem(s): the farm would not work as configured"
+
+    # The keyring must hold the very keys farm.toml names.
+    set_option(farm.root, "upstream", "keyring", json.dumps(str(world.keyring)))
+    wrong_key = check()
+    assert "lacks release_key 13EBBDBEDE7A12775DFDB1BABB572E0E2D182910 and snapshot_key" in wrong_key.stdout
+    set_option(farm.root, "upstream", "release_key", json.dumps(world.release_fingerprint))
+    set_option(farm.root, "upstream", "snapshot_key", json.dumps(world.snapshot_fingerprint))
+    text = (farm.root / "farm.toml").read_text()
+    (farm.root / "farm.toml").write_text(text.replace('\n[[glance]]\ncloud = "work"\n', ""))
+    passed = check()
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "  ok   keyring" in passed.stdout and "  ok   clouds    clouds.yaml has home" in passed.stdout

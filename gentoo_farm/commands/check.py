@@ -1,12 +1,133 @@
-"""Validate farm.toml and say what the farm will do."""
+"""Validate farm.toml, then check what it names: Gentoo's keyring, the clouds, the recipe repositories,
+the store and the composed Buildbot configuration; say what the farm will do."""
+
+from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import openstack.config
+from openstack import exceptions as sdk_exceptions
 
 from gentoo_farm.config import FarmConfig
+from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.recipes import KERNEL_POLLER, recipe_repositories
+from gentoo_farm.store import StoreError, open_store
+
+CHECK_TIMEOUT = 120
+
+
+class Problem(Exception):
+    """One thing farm.toml names that is not as the farm needs it; the message says what to do."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "--config-only", action="store_true", help="validate farm.toml alone, not what it names"
+    )
+
+
+def _run(command: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT, check=False)
+    except FileNotFoundError as error:
+        raise Problem(f"{what}: {command[0]} is not installed") from error
+    except subprocess.TimeoutExpired as error:
+        raise Problem(f"{what}: no answer within {CHECK_TIMEOUT} s") from error
+
+
+def check_keyring(config: FarmConfig) -> str:
+    upstream = config.upstream
+    if not upstream.keyring.is_file():
+        raise Problem(
+            f"upstream.keyring {upstream.keyring}: no such file (put Gentoo's gentoo-release.asc there, "
+            "from sec-keys/openpgp-keys-gentoo-release)"
+        )
+    listed = _run(["gpg", "--show-keys", "--with-colons", str(upstream.keyring)], "upstream.keyring")
+    fingerprints = {line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:")}
+    if listed.returncode != 0 or not fingerprints:
+        raise Problem(f"upstream.keyring {upstream.keyring}: holds no OpenPGP key ({listed.stderr.strip()})")
+    missing = [
+        f"{name} {fingerprint}"
+        for name, fingerprint in (
+            ("release_key", upstream.release_key),
+            ("snapshot_key", upstream.snapshot_key),
+        )
+        if fingerprint.upper() not in fingerprints
+    ]
+    if missing:
+        raise Problem(f"upstream.keyring {upstream.keyring} lacks {' and '.join(missing)}")
+    return f"{upstream.keyring} holds the release and the snapshot key"
+
+
+def check_clouds(config: FarmConfig) -> str:
+    named = [pool.cloud for pool in config.workers.openstack] + [target.cloud for target in config.glance]
+    if not named:
+        return "no cloud named (no OpenStack workers, no Glance targets)"
+    clouds = openstack.config.OpenStackConfig()
+    unknown = []
+    for cloud in dict.fromkeys(named):
+        try:
+            clouds.get_one(cloud=cloud)
+        except sdk_exceptions.ConfigException:
+            unknown.append(cloud)
+    if unknown:
+        raise Problem(
+            f"clouds.yaml has no {', '.join(repr(cloud) for cloud in unknown)} (named in farm.toml; "
+            "openstacksdk reads $OS_CLIENT_CONFIG_FILE, ./clouds.yaml, ~/.config/openstack, /etc/openstack)"
+        )
+    return f"clouds.yaml has {', '.join(dict.fromkeys(named))}"
+
+
+def check_recipes(config: FarmConfig) -> str:
+    found = []
+    for repository in recipe_repositories(config):
+        if not Path(repository.url).is_dir():
+            found.append(f"{repository.poller} at {repository.url} (remote, not read)")
+            continue
+        wanted = config.kernel.config_file if repository.poller == KERNEL_POLLER else ""
+        spec = f"{repository.branch}:{wanted}"
+        listed = _run(["git", "--git-dir", repository.url, "cat-file", "-e", spec], repository.poller)
+        if listed.returncode != 0:
+            what = f"no {wanted!r} on" if wanted else "no"
+            raise Problem(
+                f"{repository.poller} repository {repository.url}: {what} branch {repository.branch}"
+            )
+        found.append(f"{repository.poller} ({repository.branch})")
+    return ", ".join(found)
+
+
+def check_store(config: FarmConfig) -> str:
+    try:
+        store = open_store(config.store)
+        store.exists("images/latest.json")
+    except StoreError as error:
+        raise Problem(f"store: {error}") from error
+    return f"{store.location} answers"
+
+
+def check_buildbot(config: FarmConfig) -> str:
+    master = FarmDir(config.basedir).master
+    if not (master / "master.cfg").is_file():
+        raise Problem(f"{master}/master.cfg: missing (a farm directory is made by `farm init`)")
+    checked = _run([str(Path(sys.executable).parent / "buildbot"), "checkconfig", str(master)], "buildbot")
+    if checked.returncode != 0:
+        raise Problem(
+            f"Buildbot's checkconfig refuses the composed configuration:\n{checked.stdout}{checked.stderr}"
+        )
+    return "Buildbot's checkconfig accepts the composed configuration"
+
+
+CHECKS: tuple[tuple[str, Callable[[FarmConfig], str]], ...] = (
+    ("keyring", check_keyring),
+    ("clouds", check_clouds),
+    ("recipes", check_recipes),
+    ("store", check_store),
+    ("buildbot", check_buildbot),
+)
 
 
 def run(args: argparse.Namespace, config: FarmConfig) -> int:
@@ -18,4 +139,16 @@ def run(args: argparse.Namespace, config: FarmConfig) -> int:
     print(f"  store         {config.store.type} ({config.store.bucket or config.store.path})")
     for target in config.glance:
         print(f"  glance        {target.cloud} ({target.visibility}, keep {target.keep})")
+    if args.config_only:
+        return 0
+    problems = 0
+    for name, check in CHECKS:
+        try:
+            print(f"  ok   {name:<9} {check(config)}", flush=True)
+        except Problem as problem:
+            problems += 1
+            print(f"  FAIL {name:<9} {problem}", flush=True)
+    if problems:
+        print(f"{problems} problem(s): the farm would not work as configured", file=sys.stderr)
+        return 1
     return 0
