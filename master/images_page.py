@@ -13,6 +13,7 @@ Buildbot applies its authz rules to its own REST API, not to WSGI dashboards: wi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from buildbot.www.auth import build_cookie_name
@@ -38,7 +39,9 @@ PAGE = """\
        <code>sha512sum -c NAME.qcow2.sha512</code>, or fetch with <code>farm download NAME</code>.</p>
     <table class="table table-striped table-sm farm-images-table">
       <thead>
-        <tr><th>Name</th><th>Published</th><th>Kernel</th><th>Size</th><th>sha512</th><th>Files</th></tr>
+        <tr>
+          <th>Name</th><th>Published</th><th>Build</th><th>Kernel</th><th>Size</th><th>sha512</th><th>Files</th>
+        </tr>
       </thead>
       <tbody>
       {% for image in images %}
@@ -47,6 +50,11 @@ PAGE = """\
             {{ image.name }}{% if image.latest %} <span class="badge bg-success">latest</span>{% endif %}
           </td>
           <td>{{ image.date }}</td>
+          <td>
+            {% set build = builds.get(image.set_id) %}
+            {% if build %}<a class="farm-build" href="{{ build.href }}">{{ build.label }}</a>
+            {% else %}-{% endif %}
+          </td>
           <td>{{ image.kernel or "-" }}</td>
           <td title="{{ image.size }} bytes">{{ image.size | human_size }}</td>
           <td><code title="{{ image.sha512 }}">{{ image.sha512[:16] }}…</code></td>
@@ -58,7 +66,7 @@ PAGE = """\
           </td>
         </tr>
         <tr class="farm-image-manifest">
-          <td colspan="6">
+          <td colspan="7">
             <details>
               <summary>Manifest of {{ image.name }} ({{ image.set_id }})</summary>
               <pre>{{ image.manifest | pretty_json }}</pre>
@@ -107,6 +115,31 @@ def may_view(app: Flask) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class BuildLink:
+    label: str
+    href: str
+    """A route of Buildbot's UI (the page is shown inside it): ``#/builders/ID/builds/NUMBER``."""
+
+
+def build_links(app: Flask, images: list[ImageRecord]) -> dict[str, BuildLink]:
+    """The build that made each image (its set's ``build`` metadata, ``BUILDER/NUMBER``), by set id."""
+    api = getattr(app, "buildbot_api", None)
+    if api is None:
+        return {}
+    builders = blockingCallFromThread(reactor, api.master.data.get, ("builders",))
+    builder_ids = {builder["name"]: builder["builderid"] for builder in builders}
+    links = {}
+    for image in images:
+        metadata = image.manifest.get("metadata") or {}
+        builder, _, number = str(metadata.get("build", "")).partition("/")  # type: ignore[union-attr]
+        if builder in builder_ids and number.isdigit():
+            links[image.set_id] = BuildLink(
+                f"{builder} #{number}", f"#/builders/{builder_ids[builder]}/builds/{number}"
+            )
+    return links
+
+
 def images_app(
     store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY, login_required: bool = False
 ) -> Flask:
@@ -127,8 +160,8 @@ def images_app(
         try:
             images = published_images(store, url_expiry)
         except StoreError as error:
-            return render_template_string(PAGE, images=[], error=str(error)), 503
-        return render_template_string(PAGE, images=images, error=None), 200
+            return render_template_string(PAGE, images=[], builds={}, error=str(error)), 503
+        return render_template_string(PAGE, images=images, builds=build_links(app, images), error=None), 200
 
     return app
 

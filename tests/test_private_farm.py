@@ -31,7 +31,9 @@ def private_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Far
     assert isinstance(store, LocalStore)
     disk = farm.root / "disk.qcow2"
     disk.write_bytes(b"qcow2 image bytes" * 1000)
-    publish_files(store, "images", "k" * 64, {"disk.qcow2": disk}, metadata={"name": IMAGE_NAME})
+    publish_files(
+        store, "images", "k" * 64, {"disk.qcow2": disk}, metadata={"name": IMAGE_NAME, "build": "image/7"}
+    )
     farm_command("--farm", str(farm.root), "up")
     try:
         yield farm, store
@@ -60,6 +62,11 @@ def test_the_images_page_and_its_links_need_a_login(private_farm: tuple[Farm, Lo
         page.goto(f"{farm.url}#/images")
         expect(page.locator("tr.farm-image")).to_have_attribute("data-name", IMAGE_NAME)
         expect(page.locator("a.farm-download")).to_have_count(1)
+        # The build that made the image, as a route of Buildbot's UI.
+        farm.login()
+        image_builder = farm.api("builders/image")["builders"][0]["builderid"]
+        expect(page.locator("a.farm-build")).to_have_text("image #7")
+        expect(page.locator("a.farm-build")).to_have_attribute("href", f"#/builders/{image_builder}/builds/7")
         page.screenshot(path=str(artifacts_dir() / "images-page-logged-in.png"), full_page=True)
 
 
