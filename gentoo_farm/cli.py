@@ -10,10 +10,11 @@ from gentoo_farm.config import FarmConfigError, load_config
 from gentoo_farm.subcommands import add_subcommands
 
 # Each name is a module of gentoo_farm.commands with add_arguments(parser) and
-# run(args, config) -> int; a module with CREATES_FARM = True runs without a farm.toml.
+# run(args, config) -> int; a module with CREATES_FARM = True runs without a farm.toml, one with
+# needs_farm(args) -> bool without one when that says so (config is then None).
 COMMANDS: tuple[str, ...] = (
     "init", "up", "down", "status", "build", "logs", "check", "passwd", "hook", "key", "images", "download",
-    "diff", "prune",
+    "diff", "prune", "boot",
 )  # fmt: skip
 
 
@@ -35,10 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def needs_farm(args: argparse.Namespace) -> bool:
+    if hasattr(args.module, "needs_farm"):
+        return args.module.needs_farm(args)
+    return not getattr(args.module, "CREATES_FARM", False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = None if getattr(args.module, "CREATES_FARM", False) else load_config(args.farm)
+        config = load_config(args.farm) if needs_farm(args) else None
         return args.module.run(args, config)
     except (FarmConfigError, CommandError) as error:
         print(f"farm {args.command}: error: {error}", file=sys.stderr)

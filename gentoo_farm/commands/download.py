@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path, PurePosixPath
 
-from gentoo_farm.catalog import find_image, human_size
+from gentoo_farm.catalog import ImageRecord, find_image, human_size
 from gentoo_farm.checksums import chunks, feed
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
@@ -69,14 +69,11 @@ def fetch(store: ArtifactStore, key: str, size: int, partial: Path) -> hashlib._
     return digest
 
 
-def run(args: argparse.Namespace, config: FarmConfig) -> int:
+def download(store: ArtifactStore, record: ImageRecord, directory: Path) -> Path:
+    """``record``'s qcow2 in ``directory``, its sha512 verified and written next to it as NAME.sha512."""
     try:
-        store = open_store(config.store)
-        record = find_image(store, args.name, config.store.url_expiry_seconds)
-        if record is None:
-            raise CommandError(f"no published image named {args.name!r}; `farm images` lists them")
-        args.directory.mkdir(parents=True, exist_ok=True)
-        destination = (args.directory / PurePosixPath(record.key).name).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        destination = (directory / PurePosixPath(record.key).name).resolve()
         partial = destination.with_name(destination.name + ".part")
         print(f"{record.name}: {human_size(record.size)} from {store.location}", file=sys.stderr)
         digest = fetch(store, record.key, record.size, partial)
@@ -92,5 +89,23 @@ def run(args: argparse.Namespace, config: FarmConfig) -> int:
         )
     partial.replace(destination)
     destination.with_name(destination.name + ".sha512").write_text(f"{record.sha512}  {destination.name}\n")
+    return destination
+
+
+def published(config: FarmConfig, name: str) -> tuple[ArtifactStore, ImageRecord]:
+    """The farm's store and its image ``name`` (``latest``, an image name or a set id)."""
+    try:
+        store = open_store(config.store)
+        record = find_image(store, name, config.store.url_expiry_seconds)
+    except StoreError as error:
+        raise CommandError(str(error)) from error
+    if record is None:
+        raise CommandError(f"no published image named {name!r}; `farm images` lists them")
+    return store, record
+
+
+def run(args: argparse.Namespace, config: FarmConfig) -> int:
+    store, record = published(config, args.name)
+    destination = download(store, record, args.directory)
     print(f"{destination} ({human_size(record.size)}, sha512 verified)")
     return 0

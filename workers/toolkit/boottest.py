@@ -25,29 +25,34 @@ the build step can attach it.
 
 import argparse
 import contextlib
-import http.server
-import json
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 import time
-import typing
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gentoo_farm.qemuboot import (
+    MIB,
+    Metadata,
+    free_port,
+    grown_disk,
+    metadata_proxy,
+    metadata_service,
+    new_key,
+    qemu_command,
+    qemu_exited,
+    running,
+    ssh_banner,
+)
 from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.tools import run_tool
 
-METADATA_ADDRESS = "169.254.169.254"
-# The guest's link-local network: slirp forwards only addresses inside its own net=.
-GUEST_NETWORK = "169.254.0.0/16"
 CONFIG_DRIVE_LABEL = "config-2"
 # What the user-data writes (world-readable, so the cloud user can show it) and what it contains.
 USER_DATA_PROOF = "/var/tmp/farm-boot-test-user-data"
@@ -62,7 +67,6 @@ SSH_RETRY_SECONDS = 2.0
 # One SSH command may take this long under TCG (key exchange, login, the command itself).
 SSH_COMMAND_SECONDS = 60.0
 SSH_CONNECT_SECONDS = 15
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -143,59 +147,8 @@ chmod 0644 {USER_DATA_PROOF}
 echo "farm-boot-test: user-data ran"
 """
 
-    def meta_data_json(self) -> bytes:
-        """OpenStack's meta_data.json (the fields Nova writes that the image reads)."""
-        return json.dumps(
-            {
-                "uuid": self.instance_id,
-                "hostname": self.hostname,
-                "name": self.hostname,
-                "launch_index": 0,
-                "public_keys": {"farm-boot-test": self.public_key + "\n"},
-                "keys": [{"name": "farm-boot-test", "type": "ssh", "data": self.public_key + "\n"}],
-            },
-            indent=2,
-        ).encode()
-
-    def metadata_documents(self) -> dict[str, bytes]:
-        return {
-            "/latest/meta-data/instance-id": self.instance_id.encode(),
-            "/latest/meta-data/public-keys/0/openssh-key": f"{self.public_key}\n".encode(),
-            "/latest/meta-data/hostname": self.hostname.encode(),
-            "/latest/user-data": self.user_data().encode(),
-            "/openstack/latest/meta_data.json": self.meta_data_json(),
-            "/openstack/latest/user_data": self.user_data().encode(),
-        }
-
-
-class MetadataHandler(http.server.BaseHTTPRequestHandler):
-    """Answers the EC2 and OpenStack metadata paths with the instance's documents."""
-
-    documents: typing.ClassVar[dict[str, bytes]] = {}
-
-    def do_GET(self) -> None:
-        body = self.documents.get(self.path.rstrip("/"))
-        self.send_response(200 if body is not None else 404)
-        body = body if body is not None else b"not found\n"
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        progress(f"metadata service: {self.command} {self.path}")
-
-
-@contextlib.contextmanager
-def metadata_service(documents: dict[str, bytes]) -> Iterator[int]:
-    handler = type("BootTestMetadata", (MetadataHandler,), {"documents": documents})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, name="metadata-service", daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    def metadata(self) -> Metadata:
+        return Metadata(self.hostname, self.instance_id, self.public_key, self.user_data())
 
 
 def config_drive(instance: Instance, scratch: Path) -> Path:
@@ -203,7 +156,7 @@ def config_drive(instance: Instance, scratch: Path) -> Path:
     tree = scratch / "config-drive"
     latest = tree / "openstack" / "latest"
     latest.mkdir(parents=True)
-    (latest / "meta_data.json").write_bytes(instance.meta_data_json())
+    (latest / "meta_data.json").write_bytes(instance.metadata().meta_data_json())
     (latest / "user_data").write_text(instance.user_data())
     iso = scratch / "config-drive.iso"
     command = ["genisoimage", "-o", str(iso), "-ldots", "-allow-lowercase", "-allow-multidot", "-l"]
@@ -212,23 +165,6 @@ def config_drive(instance: Instance, scratch: Path) -> Path:
     if made.returncode != 0:
         raise StageError(f"genisoimage could not make the config drive: {made.stderr.strip()}")
     return iso
-
-
-def new_key(scratch: Path) -> tuple[Path, str]:
-    """A fresh ed25519 key pair for this boot: the private key's path and the public key's line."""
-    key = scratch / "id_ed25519"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "farm-boot-test", "-f", str(key)],
-        check=True,
-        capture_output=True,
-    )
-    return key, key.with_suffix(".pub").read_text().strip()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def console_checks(args: argparse.Namespace) -> list[Check]:
@@ -258,47 +194,6 @@ def first_unmet(checks: list[Check], console: str) -> Check | None:
             return check
         position = match.end()
     return None
-
-
-def qemu_command(
-    image: Path, serial_log: Path, memory: str, ssh_port: int, proxy: Path | None, drive: Path | None
-) -> list[str]:
-    image_format = "qcow2" if image.suffix == ".qcow2" else "raw"
-    network = f"user,id=n0,restrict=on,net={GUEST_NETWORK},hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
-    if proxy is not None:
-        network += f",guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:{proxy}"
-    command = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", memory, "-smp", "1"]
-    command += ["-display", "none", "-vga", "std", "-serial", f"file:{serial_log}", "-monitor", "none"]
-    command += ["-no-reboot", "-snapshot", "-drive", f"file={image},if=virtio,format={image_format}"]
-    if drive is not None:
-        # After the root disk, so the root stays /dev/vda.
-        command += ["-drive", f"file={drive},if=virtio,format=raw,readonly=on"]
-    return [*command, "-netdev", network, "-device", "virtio-net-pci,netdev=n0"]
-
-
-@contextlib.contextmanager
-def running(command: list[str], qemu_log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with qemu_log.open("w") as qemu_output:
-        qemu = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=qemu_output, stderr=subprocess.STDOUT
-        )
-    try:
-        yield qemu
-    finally:
-        if qemu.poll() is None:
-            qemu.terminate()
-            try:
-                qemu.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                qemu.kill()
-                qemu.wait()
-
-
-def qemu_exited(qemu: subprocess.Popen[bytes], qemu_log: Path) -> str | None:
-    if qemu.poll() is None:
-        return None
-    details = qemu_log.read_text(errors="replace").strip()
-    return f"qemu exited with status {qemu.returncode}" + (f": {details}" if details else "")
 
 
 def watch_console(
@@ -392,10 +287,7 @@ def wait_for_banner(guest: Guest, deadline: float) -> str | None:
         if exited:
             return exited
         try:
-            with socket.create_connection(
-                ("127.0.0.1", guest.port), timeout=SSH_CONNECT_SECONDS
-            ) as connection:
-                banner = connection.recv(256)
+            banner = ssh_banner(guest.port, SSH_CONNECT_SECONDS)
             if banner.startswith(b"SSH-"):
                 progress(f"sshd answers: {banner.decode(errors='replace').strip()}")
                 return None
@@ -423,19 +315,6 @@ def grown_beyond(guest: Guest, user: str, image_bytes: int, deadline: float) -> 
         )
 
     return check
-
-
-def grown_disk(image: Path, grow_by_mib: int, scratch: Path) -> tuple[Path, int]:
-    """A copy-on-write disk over ``image`` that is ``grow_by_mib`` bigger, and the image's own size."""
-    info = json.loads(run_tool(["qemu-img", "info", "--output=json", image], what="qemu-img info"))
-    image_bytes = int(info["virtual-size"])
-    disk = scratch / "disk.qcow2"
-    run_tool(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"], "-b", image, disk,
-         str(image_bytes + grow_by_mib * MIB)],
-        what="qemu-img create",
-    )  # fmt: skip
-    return disk, image_bytes
 
 
 def login_checks(
@@ -534,19 +413,20 @@ def run(args: argparse.Namespace) -> None:
         instance = Instance(args.hostname, str(uuid.uuid4()), public_key, secrets.token_hex(8))
         proxy = drive = None
         if args.metadata == "service":
-            port = stack.enter_context(metadata_service(instance.metadata_documents()))
-            # qemu runs this for each connection the guest opens to the metadata address; the path
-            # ends up in a qemu option string, so it must not contain spaces or commas.
-            proxy = scratch / "metadata-proxy"
-            proxy.write_text(f"#!/bin/sh\nexec busybox nc 127.0.0.1 {port}\n")
-            proxy.chmod(0o755)
+            port = stack.enter_context(metadata_service(instance.metadata().documents(), progress))
+            proxy = metadata_proxy(port, scratch)
         elif args.metadata == "config-drive":
             drive = config_drive(instance, scratch)
         disk, image_bytes = args.image.resolve(), 0
         if args.grow_disk:
-            disk, image_bytes = grown_disk(disk, args.grow_disk, scratch)
+            disk, image_bytes = grown_disk(
+                disk,
+                lambda size: size + args.grow_disk * MIB,
+                scratch,
+                lambda command, what: run_tool(command, what=what),
+            )
         ssh_port = free_port()
-        command = qemu_command(disk, serial_log, args.memory, ssh_port, proxy, drive)
+        command = qemu_command(disk, f"file:{serial_log}", args.memory, ssh_port, proxy, drive)
         progress(f"booting {args.image} (timeout {args.timeout:.0f} s): {' '.join(command)}")
         started = time.monotonic()
         deadline = started + args.timeout

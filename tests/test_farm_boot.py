@@ -1,0 +1,170 @@
+"""`farm boot`: a local qcow2 or a published image in qemu, an ssh line that logs in, nothing left
+after Ctrl-C."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from gentoo_farm.commands import boot
+from tests.farmtest import FARM, farm_command
+from tests.test_disk_boot import build_image, kernel_tarball  # noqa: F401  (module fixture)
+from tests.test_downloads import DISK, published  # noqa: F401  (fixture)
+
+pytest_plugins = ["tests.services.store"]
+
+SSH_LINE = re.compile(r"^ssh -p (\d+) .*ec2-user@127\.0\.0\.1$", re.MULTILINE)
+# The TCG boot to sshd, with the stand-in image on 2 shared cores.
+BOOT_SECONDS = 400
+
+
+def farm_boot(home: Path, *arguments: str, farm: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`farm [--farm FARM] boot ARGUMENTS` with ``home`` as HOME and the current directory."""
+    return subprocess.run(
+        [FARM, *(["--farm", str(farm)] if farm else []), "boot", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(home)},
+        cwd=home,
+    )
+
+
+def new_key(directory: Path) -> Path:
+    key = directory / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+def qemu_processes(needle: str) -> list[str]:
+    """The command lines of running qemu processes that mention ``needle``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # the process ended while we looked
+        if words and words[0].startswith("qemu-system") and any(needle in word for word in words):
+            found.append(" ".join(words))
+    return found
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_missing_image_file_is_an_error_without_a_farm(tmp_path: Path) -> None:
+    new_key(tmp_path)
+    result = farm_boot(tmp_path, str(tmp_path / "gone.qcow2"), "--key", str(tmp_path / "id_ed25519.pub"))
+    assert result.returncode == 2
+    assert f"{tmp_path / 'gone.qcow2'}: no such image file" in result.stderr
+    assert "farm.toml" not in result.stderr
+
+
+def test_no_key_names_the_files_it_looked_for(tmp_path: Path) -> None:
+    image = tmp_path / "gentoo.qcow2"
+    image.write_bytes(b"")
+    result = farm_boot(tmp_path, str(image))
+    assert result.returncode == 2
+    assert "no SSH public key" in result.stderr
+    assert str(tmp_path / ".ssh" / "id_ed25519.pub") in result.stderr
+    assert "--key" in result.stderr
+    missing = farm_boot(tmp_path, str(image), "--key", str(tmp_path / "absent.pub"))
+    assert f"{tmp_path / 'absent.pub'}: no such public key file" in missing.stderr
+
+
+def test_an_image_the_store_does_not_have_is_an_error(tmp_path: Path) -> None:
+    farm_command("init", str(tmp_path / "farm"))
+    new_key(tmp_path)
+    result = farm_boot(
+        tmp_path, "no-such-image", "--key", str(tmp_path / "id_ed25519.pub"), farm=tmp_path / "farm"
+    )
+    assert result.returncode == 2
+    assert "no published image named 'no-such-image'" in result.stderr
+
+
+def test_a_published_image_is_downloaded_verified_into_the_cache_once(
+    published: SimpleNamespace,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image = boot.cached_image(published, "latest")
+    assert image == tmp_path / "cache" / "gentoo-farm" / "images" / "gentoo-20261125-amd64.qcow2"
+    assert image.read_bytes() == DISK
+    assert "(cached)" not in capsys.readouterr().err
+    assert boot.cached_image(published, "latest") == image
+    assert f"gentoo-20261125-amd64: {image} (cached)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_boot_prints_an_ssh_line_that_logs_in_and_ctrl_c_leaves_nothing(
+    tmp_path: Path,
+    kernel_tarball: Path,  # noqa: F811
+) -> None:
+    image = build_image(tmp_path, kernel_tarball).image
+    image_state = image.stat()
+    home = tmp_path / "home"
+    home.mkdir()
+    key = new_key(tmp_path)
+    stderr_path = tmp_path / "farm-boot.stderr"
+    started = time.monotonic()
+    with stderr_path.open("w") as stderr:
+        farm = subprocess.Popen(
+            [
+                FARM,
+                "boot",
+                str(image),
+                "--key",
+                f"{key}.pub",
+                "--disk",
+                "4G",
+                "--hostname",
+                "farm-boot-tested",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "HOME": str(home)},
+            cwd=home,
+        )
+    try:
+        assert farm.stdout is not None
+        # The only line on stdout is the ssh line; readline blocks until it comes or farm ends.
+        line = farm.stdout.readline().strip()
+        messages = stderr_path.read_text()
+        match = SSH_LINE.fullmatch(line)
+        assert match, f"no ssh line after {time.monotonic() - started:.0f} s: {line!r}\n{messages}"
+        print(f"ssh line after {time.monotonic() - started:.0f} s")
+        scratch = Path(re.search(r"copy-on-write disk in (\S+)", messages)[1])
+        metadata_port = int(re.search(r"metadata service: http://127\.0\.0\.1:(\d+)/", messages)[1])
+        assert scratch.is_dir() and listening(metadata_port)
+
+        ssh = [*line.split()[:-1], "-i", str(key), "-o", "BatchMode=yes", line.split()[-1], "hostname"]
+        for _ in range(30):  # sshd answers before the metadata's key may be in place
+            logged_in = subprocess.run(ssh, capture_output=True, text=True, timeout=90)
+            if logged_in.returncode == 0:
+                break
+            time.sleep(5)
+        assert logged_in.returncode == 0, logged_in.stderr
+        assert logged_in.stdout.strip() == "farm-boot-tested"
+
+        farm.send_signal(signal.SIGINT)
+        assert farm.wait(timeout=60) == 130
+    finally:
+        if farm.poll() is None:
+            farm.kill()
+            farm.wait()
+    assert not qemu_processes(str(scratch)) and not qemu_processes(str(image))
+    assert not listening(metadata_port)
+    assert not scratch.exists()
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (image_state.st_size, image_state.st_mtime_ns)
+    print(f"booted, logged in and stopped in {time.monotonic() - started:.0f} s")
