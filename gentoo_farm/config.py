@@ -233,6 +233,9 @@ class StoreSection:
     concurrency: int = 4
     keep: int = field(default=5, metadata=_check(_at_least_one))
     url_expiry_seconds: int = 3600
+    checksums: Literal["when_supported", "when_required"] = "when_supported"
+    """S3: when boto3 sends and checks CRC checksums; many MinIO and Ceph RGW versions refuse them unless
+    "when_required"."""
 
 
 @dataclass(frozen=True)

@@ -153,20 +153,33 @@ def test_a_corrupt_upload_is_not_published(any_store: ArtifactStore, tmp_path: P
     assert any_store.head(f"kernel/{set_id}/manifest.json") is None
 
 
-def test_big_objects_are_checked_by_size_and_etag(s3_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_big_objects_are_checked_by_etag_and_by_sha512_when_the_etag_is_no_md5(
+    s3_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gentoo_farm.store import sets
 
     store = open_store(s3_settings)
     data = b"pretend this is many gigabytes"
     store.put_bytes("images/20261125T000000Z-big/disk.qcow2", data)
+    store.put_bytes("images/20261125T000000Z-kms/disk.qcow2", data)
     monkeypatch.setattr(sets, "FULL_VERIFY_BYTES", 8)
+    read_back: list[str] = []
+    sha512_of = store.sha512
+    monkeypatch.setattr(store, "sha512", lambda key: read_back.append(key) or sha512_of(key))
     sha512 = hashlib.sha512(data).hexdigest()
-    right = ExpectedFile(len(data), sha512, hashlib.md5(data).hexdigest())
-    wrong = ExpectedFile(len(data), sha512, hashlib.md5(b"other bytes").hexdigest())
+    md5 = hashlib.md5(data).hexdigest()
+    # An SSE-KMS bucket's ETag is not the MD5 the uploader reported: the sha512 read back decides.
+    kms = ExpectedFile(len(data), sha512, hashlib.md5(b"what an SSE-KMS ETag looks like").hexdigest())
+    corrupt = ExpectedFile(len(data), hashlib.sha512(b"what was sent").hexdigest(), kms.md5)
 
-    with pytest.raises(StoreError, match=r"disk.qcow2 .*ETag .* != md5"):
-        finalize_set(store, "images", "20261125T000000Z-big", "big", {"disk.qcow2": wrong})
+    with pytest.raises(StoreError, match=r"disk.qcow2 .*sha512 .* != expected"):
+        finalize_set(store, "images", "20261125T000000Z-kms", "kms", {"disk.qcow2": corrupt})
+    assert finalize_set(store, "images", "20261125T000000Z-kms", "kms", {"disk.qcow2": kms}).set_id
+    assert read_back == ["images/20261125T000000Z-kms/disk.qcow2"] * 2
+    # Plain S3: the ETag is the MD5, and the object is not read back.
+    right = ExpectedFile(len(data), sha512, md5)
     assert finalize_set(store, "images", "20261125T000000Z-big", "big", {"disk.qcow2": right}).set_id
+    assert len(read_back) == 2
 
 
 def test_a_missing_upload_names_the_key(any_store: ArtifactStore) -> None:

@@ -126,6 +126,30 @@ def test_large_files_go_up_in_parts(s3_settings, tmp_path: Path) -> None:
     assert store.sha512("images/s/disk.qcow2") == hashlib.sha512(big.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize(("mode", "checksummed"), [("when_supported", True), ("when_required", False)])
+def test_s3_checksums_can_be_limited_to_what_requires_them(s3_settings, mode: str, checksummed: bool) -> None:
+    """MinIO and Ceph RGW versions refuse the CRC headers boto3 sends by default (`[store] checksums`)."""
+    s3_settings.checksums = mode
+    store = open_store(s3_settings)
+    sent: list[dict[str, str]] = []
+    store.client.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers))
+    )
+    store.put_bytes("images/s/manifest.json", b"{}")
+    assert store.get_bytes("images/s/manifest.json") == b"{}"
+    (headers,) = sent
+    assert any(name.lower().startswith("x-amz-checksum-") for name in headers) is checksummed
+
+
+def test_the_s3_endpoint_may_come_from_the_environment(s3_settings, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_settings.endpoint_url)
+    s3_settings.endpoint_url = ""
+    store = open_store(s3_settings)
+    store.put_bytes("images/s/manifest.json", b"{}")
+    assert store.get_bytes("images/s/manifest.json") == b"{}"
+    assert store.location.endswith(f" at {os.environ['AWS_ENDPOINT_URL']}")
+
+
 def _farm_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(sys.executable).parent / "farm-worker"), *args],

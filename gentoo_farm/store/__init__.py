@@ -61,6 +61,7 @@ def open_store(settings: StoreSettings) -> ArtifactStore:
             public_url=public_base_url(settings) or "",
             part_size_mb=settings.part_size_mb,
             concurrency=settings.concurrency,
+            checksums=settings.checksums,
         )
     raise _unknown_type(settings)
 

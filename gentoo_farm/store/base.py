@@ -54,6 +54,7 @@ class StoreSettings(Protocol):
     concurrency: int
     keep: int
     url_expiry_seconds: int
+    checksums: Literal["when_supported", "when_required"]
 
 
 @dataclass(frozen=True)

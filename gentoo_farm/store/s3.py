@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NoReturn
@@ -43,6 +44,7 @@ class S3Store(ArtifactStore):
         public_url: str = "",
         part_size_mb: int = 64,
         concurrency: int = 4,
+        checksums: str = "when_supported",
         connect_timeout: float = 10,
         read_timeout: float = 60,
         max_attempts: int = MAX_ATTEMPTS,
@@ -51,6 +53,10 @@ class S3Store(ArtifactStore):
             raise StoreError("store type is s3 but no bucket is configured ([store] bucket)")
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        # boto3 reads these too; naming the endpoint here makes it path-style and names it in errors.
+        endpoint_url = (
+            endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
+        )
         self.endpoint_url = endpoint_url or None
         super().__init__(
             f"s3://{bucket}/{self.prefix}" + (f" at {endpoint_url}" if endpoint_url else ""), public_url
@@ -64,6 +70,8 @@ class S3Store(ArtifactStore):
             signature_version="s3v4",
             # S3-compatible servers (Ceph RGW, MinIO, ...) behind an endpoint usually lack bucket DNS names.
             s3={"addressing_style": "path"} if endpoint_url else None,
+            request_checksum_calculation=checksums,
+            response_checksum_validation=checksums,
         )
         self.client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
         part_size = part_size_mb * 1024 * 1024

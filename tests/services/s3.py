@@ -56,6 +56,7 @@ class S3StoreSettings:
     concurrency: int = 4
     keep: int = 2
     url_expiry_seconds: int = 600
+    checksums: Literal["when_supported", "when_required"] = "when_supported"
     listen: str = field(default="127.0.0.1:0")
 
 

@@ -39,6 +39,7 @@ class LocalStoreSettings:
     concurrency: int = 2
     keep: int = 2
     url_expiry_seconds: int = 600
+    checksums: str = "when_supported"
     listen: str = "127.0.0.1:0"
 
 
