@@ -18,7 +18,7 @@ from buildbot.process.results import Results
 from gentoo_farm.config import load_config
 from gentoo_farm.farmdir import FarmDir
 from tests.debian import kernel_source_tarball
-from tests.farmtest import Farm, configure_for_world, farm_command, init_farm
+from tests.farmtest import FARM, Farm, configure_for_world, farm_command, init_farm
 from tests.world import WorldServer, build_world
 
 BUILD_TIMEOUT = 3600
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"the image build failed: {image['state_string']}")
             print(farm_command("--farm", str(farm.root), "images").stdout, end="")
             print(f"Web UI: {farm.url}  (Images page: {farm.url}#/images)")
+            name = farm.properties(image).get("image_name", "latest")
+            print(f"Boot it here and log in over SSH with your key: {FARM} --farm {farm.root} boot {name}")
             if args.keep_running:
                 print("The farm keeps running until Ctrl-C (its stand-in upstream lives in this process).")
                 while True:
