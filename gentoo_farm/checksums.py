@@ -48,6 +48,20 @@ def file_sha512(path: Path) -> str:
         return stream_sha512(stream)
 
 
+def stream_digests(stream: BinaryIO) -> tuple[str, str]:
+    """The BLAKE2B (512 bits, as Gentoo's) and SHA512 hex digests of the rest of ``stream``, in one pass."""
+    blake2b, sha512 = hashlib.blake2b(), hashlib.sha512()
+    feed(stream, blake2b, sha512)
+    return blake2b.hexdigest(), sha512.hexdigest()
+
+
+def digests_text(digests: dict[str, tuple[str, str]]) -> str:
+    """Gentoo's DIGESTS format: a ``# BLAKE2B HASH`` and a ``# SHA512 HASH`` section, one line a file."""
+    lines = ["# BLAKE2B HASH", *(f"{blake2b}  {name}" for name, (blake2b, _) in sorted(digests.items()))]
+    lines += ["# SHA512 HASH", *(f"{sha512}  {name}" for name, (_, sha512) in sorted(digests.items()))]
+    return "\n".join(lines) + "\n"
+
+
 def sha512_line(sha512: str, name: str) -> bytes:
     """The ``.sha512`` file beside an object, in ``sha512sum`` format (``sha512sum -c`` checks it)."""
     return f"{sha512}  {name}\n".encode()

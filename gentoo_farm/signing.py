@@ -1,4 +1,5 @@
-"""The farm's own OpenPGP key: it signs the binary packages the farm's binhost serves.
+"""The farm's own OpenPGP key: it signs the binary packages the farm's binhost serves and the DIGESTS
+of every published set.
 
 The key lives in a GnuPG home in the farm's secrets (``secrets/gnupg``), made by ``farm init``, and only
 the master uses it: a worker never holds it. It signs gpkg binary packages with Portage's own
@@ -92,6 +93,13 @@ class FarmKey:
             raise SigningError(f"gpkg-sign {package.name} did not finish within {GPG_TIMEOUT} s") from error
         if result.returncode != 0 or "signed" not in result.stdout + result.stderr:
             raise SigningError(f"gpkg-sign {package.name} failed: {(result.stderr or result.stdout).strip()}")
+
+    def clearsign(self, text: str) -> str:
+        """``text`` clear-signed with the farm key, as Gentoo signs its DIGESTS files."""
+        return _gpg(
+            self.home, "--clearsign", "--local-user", self.fingerprint, "--digest-algo", "SHA512",
+            stdin=text.encode(),
+        ).decode()  # fmt: skip
 
     def stop_agent(self) -> None:
         """Stop the daemons gpg started for this home (gpg-agent, keyboxd): they would outlive the

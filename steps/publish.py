@@ -34,6 +34,7 @@ from gentoo_farm.store.sets import (
     new_set_id,
     next_image_name,
     object_key,
+    publish_signing_key,
 )
 
 SET_ID_PROPERTY = "publish_set_id"
@@ -244,7 +245,8 @@ class PublishSet(StoreStep):
 
     ``files`` maps each file name to ``{"size": ..., "sha512": ...}`` as its producer reported it
     (e.g. ``farm-worker upload --report-checksums`` or the disk stage). ``metadata`` goes into the manifest
-    (build id, kernel version, image name); ``sources`` names the sets this one was built from.
+    (build id, kernel version, image name); ``sources`` names the sets this one was built from. With the
+    farm ``key`` the set's DIGESTS are signed, and the key's public half is kept at its stable name.
     """
 
     renderables = ("input_key", "files", "metadata", "sources", "set_id")
@@ -258,6 +260,7 @@ class PublishSet(StoreStep):
         metadata: Mapping[str, object] | None = None,
         sources: Mapping[str, str] | None = None,
         set_id: str | None = None,
+        key: FarmKey | None = None,
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("name", f"publish-{kind}")
@@ -268,6 +271,7 @@ class PublishSet(StoreStep):
         self.metadata = metadata or {}
         self.sources = sources or {}
         self.set_id = set_id
+        self.key = key
         self.published_name: str | None = None
 
     def expected_files(self) -> dict[str, ExpectedFile]:
@@ -293,6 +297,8 @@ class PublishSet(StoreStep):
             def publish(
                 store: ArtifactStore,
             ) -> tuple[PublishedSet, tuple[str, ...], str, tuple[str, str] | None]:
+                if self.key is not None:
+                    publish_signing_key(store, self.key.public_key())
                 published = finalize_set(
                     store,
                     self.kind,
@@ -302,6 +308,7 @@ class PublishSet(StoreStep):
                     dict(self.metadata),
                     dict(self.sources),
                     lines.append,
+                    sign=self.key.clearsign if self.key is not None else None,
                 )
                 link = artifact_link(store, published)
                 # The set is published now; retention failing must not say otherwise.

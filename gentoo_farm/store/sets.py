@@ -5,10 +5,13 @@ carry the date and the hash of what went in. Publishing order is what makes it c
 
 1. every object (and its ``.sha512``) is uploaded,
 2. each is verified by reading it back (size + sha512; size + ETag for objects past ``full_verify_bytes``),
+   and, when the master signs, ``K/<set id>/DIGESTS`` is written: BLAKE2B and SHA512 of every object as
+   read back, clear-signed with the farm key (Gentoo's DIGESTS format),
 3. ``manifest.json`` is written (a set without it is incomplete and is never named by anything),
 4. the pointers ``K/latest-K.txt`` (Gentoo style) and ``K/latest.json`` are replaced,
 5. the set's artifact (manifest ``artifact``) is copied to its stable name at the top of ``K/``
-   (``stage3/stage3-latest.tar.xz``, ``images/gentoo-latest-amd64.qcow2`` ...), then its ``.sha512``.
+   (``stage3/stage3-latest.tar.xz``, ``images/gentoo-latest-amd64.qcow2`` ...), then its ``.sha512``
+   (and its own signed ``.DIGESTS``).
 
 A crash anywhere before step 4 leaves the pointers on the previous complete set; the stable objects only
 ever hold a complete, verified set's artifact.
@@ -25,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from gentoo_farm.checksums import sha512_line
+from gentoo_farm.checksums import digests_text, sha512_line, stream_digests
 from gentoo_farm.store.base import (
     INCOMING,
     KINDS,
@@ -37,6 +40,8 @@ from gentoo_farm.store.base import (
 )
 
 MANIFEST = "manifest.json"
+DIGESTS = "DIGESTS"
+SIGNING_KEY = "farm-signing-key.asc"
 ARTIFACT = "artifact"
 """The manifest metadata naming the set's main file: what downstream builds use and the stable copy holds."""
 FULL_VERIFY_BYTES = 512 * 1024 * 1024
@@ -142,7 +147,7 @@ def new_set_id(input_key: str, when: datetime | None = None) -> str:
 
 
 def object_key(kind: str, set_id: str, name: str) -> str:
-    if "/" in name or name.startswith(".") or name == MANIFEST:
+    if "/" in name or name.startswith(".") or name in (MANIFEST, DIGESTS):
         raise StoreError(f"invalid artifact file name {name!r}")
     return f"{check_kind(kind)}/{set_id}/{name}"
 
@@ -210,6 +215,41 @@ def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile) -> Non
         )
 
 
+def publish_signing_key(store: ArtifactStore, armored: str) -> None:
+    """Keep the farm key's public half at :data:`SIGNING_KEY`, where downloaders fetch it (they check
+    its fingerprint against the one they were given: whoever can write the store can replace it)."""
+    existing = store.head(SIGNING_KEY)
+    if existing is None or store.get_bytes(SIGNING_KEY) != armored.encode():
+        store.put_bytes(SIGNING_KEY, armored.encode())
+
+
+def digests_key(kind: str, set_id: str) -> str:
+    """The set's clear-signed DIGESTS (every file's BLAKE2B and SHA512)."""
+    return f"{check_kind(kind)}/{set_id}/{DIGESTS}"
+
+
+def stable_digests_key(stable_key: str) -> str:
+    """The clear-signed DIGESTS of a stable ``*-latest`` object, beside it (Gentoo's ``NAME.DIGESTS``)."""
+    return f"{stable_key}.{DIGESTS}"
+
+
+def _signed_digests(
+    store: ArtifactStore, kind: str, set_id: str, expected: Mapping[str, ExpectedFile]
+) -> dict[str, tuple[str, str]]:
+    """BLAKE2B and SHA512 of every object of the set as the store holds it; a sha512 that is not the
+    expected one fails the publish (what is signed is what was verified)."""
+    digests = {}
+    for name, file in expected.items():
+        key = object_key(kind, set_id, name)
+        with store.open_read(key) as stream:
+            digests[name] = _, sha512 = stream_digests(stream)
+        if sha512 != file.sha512:
+            raise StoreError(
+                f"{key} in {store.location}: sha512 {sha512[:16]}... != expected {file.sha512[:16]}..."
+            )
+    return digests
+
+
 def sha512_key(key: str) -> str:
     """Where the ``.sha512`` of the object at ``key`` is published, beside it."""
     return key + ".sha512"
@@ -231,10 +271,11 @@ def finalize_set(
     metadata: Mapping[str, object] | None = None,
     sources: Mapping[str, str] | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    sign: Callable[[str], str] | None = None,
 ) -> PublishedSet:
     """Verify objects already uploaded to ``kind/set_id/`` (by a worker, through signed URLs), then
-    write their ``.sha512`` files, the manifest, the latest pointers and, last, the stable copy of the
-    artifact (``metadata["artifact"]``)."""
+    write their ``.sha512`` files, with ``sign`` (text → clear-signed text) the set's DIGESTS, the
+    manifest, the latest pointers and, last, the stable copy of the artifact (``metadata["artifact"]``)."""
     check_kind(kind)
     if not expected:
         raise StoreError(f"nothing to publish for {kind} set {set_id}")
@@ -251,6 +292,11 @@ def finalize_set(
         sums_key = sha512_key(object_key(kind, set_id, name))
         if store.get_bytes(sums_key) != sha512_line(file.sha512, name):
             raise StoreError(f"{sums_key} in {store.location} does not read back as written")
+    digests: dict[str, tuple[str, str]] = {}
+    if sign is not None:
+        digests = _signed_digests(store, kind, set_id, expected)
+        store.put_bytes(digests_key(kind, set_id), sign(digests_text(digests)).encode())
+        progress(f"signed {digests_key(kind, set_id)}")
     published = PublishedSet(
         kind=kind,
         set_id=set_id,
@@ -274,6 +320,10 @@ def finalize_set(
     if stable_key:
         _write_latest_copy(store, published.file(artifact), stable_key)
         progress(f"{stable_key} (+ .sha512) is now {set_id}'s {artifact}")
+        if sign is not None:
+            stable_name = stable_key.rsplit("/", 1)[1]
+            signed = sign(digests_text({stable_name: digests[artifact]}))
+            store.put_bytes(stable_digests_key(stable_key), signed.encode())
     return published
 
 

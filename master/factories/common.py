@@ -83,6 +83,7 @@ def publish(
             util.Property("uploaded"),
             metadata={ARTIFACT: artifact, "build": build, **(metadata or {})},
             sources=sources,
+            key=farm_key(config),
             name=f"publish-{kind}",
             **step_options,
         ),

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,6 +51,7 @@ def publish_files(
     metadata: Mapping[str, object] | None = None,
     sources: Mapping[str, str] | None = None,
     set_id: str | None = None,
+    sign: Callable[[str], str] | None = None,
 ) -> PublishedSet:
     """Publish local files as a set the way a build does: the objects land under the new set's keys (where a
     worker's signed uploads put them), then the master's own :func:`finalize_set` verifies them, writes
@@ -60,7 +61,7 @@ def publish_files(
     for name, path in files.items():
         store.put_file(object_key(kind, set_id, name), path)
         expected[name] = ExpectedFile(path.stat().st_size, file_sha512(path))
-    return finalize_set(store, kind, set_id, input_key, expected, metadata, sources)
+    return finalize_set(store, kind, set_id, input_key, expected, metadata, sources, sign=sign)
 
 
 def put_snapshot(

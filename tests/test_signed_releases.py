@@ -1,0 +1,77 @@
+"""Signed releases (issue 15): every published set gets a DIGESTS file in Gentoo's format, clear-signed with
+the farm key, and so does each stable ``*-latest`` object; anyone checks them with ``gpgv``."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gentoo_farm.signing import FarmKey
+from gentoo_farm.store import ArtifactStore
+from gentoo_farm.store.sets import ARTIFACT, SIGNING_KEY, digests_key, latest_key, publish_signing_key
+from tests.services.store import publish_files
+
+pytest_plugins = ["tests.services.store"]
+
+
+@pytest.fixture(scope="module")
+def farm_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmKey]:
+    key = FarmKey.create(tmp_path_factory.mktemp("farm-key") / "gnupg", "Test farm <farm@localhost>")
+    yield key
+    key.stop_agent()
+
+
+def gpgv(keyring_armored: bytes, signed: bytes, tmp_path: Path) -> subprocess.CompletedProcess[bytes]:
+    """What a downloader runs: ``gpgv --keyring KEYRING FILE`` with the farm's public key."""
+    keyring = tmp_path / "farm.gpg"
+    subprocess.run(["gpg", "--dearmor", "--yes", "-o", str(keyring)], input=keyring_armored, check=True)
+    return subprocess.run(["gpgv", "--keyring", str(keyring), "-"], input=signed, capture_output=True)
+
+
+def test_a_published_set_and_its_latest_object_carry_signed_digests(
+    any_store: ArtifactStore, farm_key: FarmKey, tmp_path: Path
+) -> None:
+    kernel = tmp_path / "vmlinuz.tar.zst"
+    kernel.write_bytes(b"kernel tarball bytes" * 1000)
+    config = tmp_path / "config"
+    config.write_text("CONFIG_64BIT=y\n")
+    publish_signing_key(any_store, farm_key.public_key())
+    published = publish_files(
+        any_store, "kernel", "k" * 64, {kernel.name: kernel, config.name: config},
+        metadata={ARTIFACT: kernel.name}, sign=farm_key.clearsign,
+    )  # fmt: skip
+
+    public_key = any_store.get_bytes(SIGNING_KEY)
+    signed = any_store.get_bytes(digests_key("kernel", published.set_id))
+    assert gpgv(public_key, signed, tmp_path).returncode == 0
+    text = signed.decode()
+    assert text.startswith("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n")
+    body = text.split("\n\n", 1)[1].split("-----BEGIN PGP SIGNATURE-----")[0]
+    assert body.splitlines() == [
+        "# BLAKE2B HASH",
+        f"{hashlib.blake2b(config.read_bytes()).hexdigest()}  config",
+        f"{hashlib.blake2b(kernel.read_bytes()).hexdigest()}  vmlinuz.tar.zst",
+        "# SHA512 HASH",
+        f"{hashlib.sha512(config.read_bytes()).hexdigest()}  config",
+        f"{hashlib.sha512(kernel.read_bytes()).hexdigest()}  vmlinuz.tar.zst",
+    ]
+
+    stable = latest_key("kernel", kernel.name)
+    stable_signed = any_store.get_bytes(f"{stable}.DIGESTS")
+    assert gpgv(public_key, stable_signed, tmp_path).returncode == 0
+    stable_name = stable.rsplit("/", 1)[1]
+    assert f"{hashlib.sha512(kernel.read_bytes()).hexdigest()}  {stable_name}\n" in stable_signed.decode()
+
+    # Whoever can write the store but not sign cannot change a line unnoticed.
+    forged = signed.replace(b"  config", b"  config.evil")
+    assert gpgv(public_key, forged, tmp_path).returncode != 0
+
+
+def test_the_public_key_is_kept_at_its_stable_name(any_store: ArtifactStore, farm_key: FarmKey) -> None:
+    any_store.put_bytes(SIGNING_KEY, b"someone else's key")
+    publish_signing_key(any_store, farm_key.public_key())
+    assert any_store.get_bytes(SIGNING_KEY).decode() == farm_key.public_key()
