@@ -249,6 +249,22 @@ class GlanceTarget:
 
 
 @dataclass(frozen=True)
+class NotifySection:
+    webhook: bool = False
+    """POST a JSON message to the URL in secrets/notify-webhook-url (a URL that carries a token is a
+    secret, so it is not kept here)."""
+    mail_to: list[str] = field(default_factory=list)
+    """Addresses mailed; empty: no mail."""
+    mail_from: str = "gentoo-farm@localhost"
+    smtp: str = field(default="localhost:25", metadata=_check(host_port))
+    """HOST:PORT of the SMTP server that relays the mail."""
+    smtp_user: str = ""
+    """Log in to the SMTP server as this user, with the password in secrets/smtp-password; empty: no login."""
+    smtp_tls: bool = False
+    """STARTTLS before the login and the mail."""
+
+
+@dataclass(frozen=True)
 class FarmConfig:
     farm: FarmSection
     master: MasterSection = field(default_factory=MasterSection)
@@ -260,6 +276,7 @@ class FarmConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     store: StoreSection = field(default_factory=StoreSection)
     glance: list[GlanceTarget] = field(default_factory=list)
+    notify: NotifySection = field(default_factory=NotifySection)
     basedir: Path = field(default=Path("."), metadata={"internal": True})
     """The farm directory; relative paths in farm.toml are resolved against it at load."""
 

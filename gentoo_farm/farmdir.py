@@ -42,6 +42,16 @@ class FarmDir:
         return self.secrets / "change-hook.secret"
 
     @property
+    def notify_webhook_url(self) -> Path:
+        """The URL [notify] webhook posts to; it often carries a token, so it is kept out of farm.toml."""
+        return self.secrets / "notify-webhook-url"
+
+    @property
+    def smtp_password(self) -> Path:
+        """The password of [notify] smtp_user."""
+        return self.secrets / "smtp-password"
+
+    @property
     def signing_key(self) -> Path:
         """The GnuPG home holding the farm's signing key (binary packages); only the master reads it."""
         return self.secrets / "gnupg"

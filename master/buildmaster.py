@@ -25,7 +25,7 @@ def buildmaster_config(farm_root: Path) -> dict[str, Any]:
         "builders": builders.builders(config),
         "schedulers": schedulers.schedulers(config),
         "change_source": change_sources.change_sources(config),
-        "services": services.services(config, fleet),
+        "services": services.services(config, farm, fleet),
         "www": www.www(config, farm),
         "buildbotNetUsageData": None,
     }

@@ -3,12 +3,14 @@
 from buildbot.util.service import BuildbotService
 
 from gentoo_farm.config import FarmConfig
+from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.master.notify import notifiers
 from gentoo_farm.master.store_server import StoreServer
 from gentoo_farm.workers.fleet import OpenStackFleet
 from gentoo_farm.workers.reaper import OpenStackOrphanReaper
 
 
-def services(config: FarmConfig, fleet: OpenStackFleet) -> list[BuildbotService]:
+def services(config: FarmConfig, farm: FarmDir, fleet: OpenStackFleet) -> list[BuildbotService]:
     result: list[BuildbotService] = []
     store = config.store
     if store.type == "local":
@@ -20,4 +22,5 @@ def services(config: FarmConfig, fleet: OpenStackFleet) -> list[BuildbotService]
     # Servers this farm started and no worker owns any more (a crashed or moved master) are deleted.
     for cloud in sorted({pool.cloud for pool in config.workers.openstack}):
         result.append(OpenStackOrphanReaper(cloud, fleet))
+    result.extend(notifiers(config.notify, farm))
     return result

@@ -54,6 +54,8 @@ def www(config: FarmConfig, farm: FarmDir) -> dict[str, Any]:
             "waterfall_view": {},
             "console_view": {},
             "grid_view": {},
+            # /plugins/badges/<builder>.svg: the builder's last result, for a README elsewhere.
+            "badges": {},
             "wsgi_dashboards": [
                 images_dashboard(
                     open_store(config.store),
