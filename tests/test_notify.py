@@ -12,15 +12,17 @@ from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.reporters import utils as reporter_utils
 
 from gentoo_farm.config import FarmConfigError, NotifySection, parse_config
 from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.master.notify import json_message, mail_message, notifiers, published_image
+from gentoo_farm.master.notify import generators, json_message, mail_message, notifiers, published_image
 from tests.farmtest import Farm, farm_command, free_port, init_farm, set_option, toml_list
 
 DEFAULTS = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "farm.toml"
@@ -176,6 +178,38 @@ def test_a_published_image_is_announced_with_its_name() -> None:
 )
 def test_only_a_build_that_published_names_an_image(results: int, properties: dict[str, Any]) -> None:
     assert published_image(_context(results, properties)["build"]) is None
+
+
+def _reports(monkeypatch: pytest.MonkeyPatch, results: int, properties: dict[str, Any]) -> list[Any]:
+    """What each of the webhook's generators reports for a finished image build."""
+    # The build already carries what Buildbot would fetch from the database for the report.
+    monkeypatch.setattr(reporter_utils, "getDetailsForBuild", lambda *args, **kwargs: None)
+    master = SimpleNamespace(config=SimpleNamespace(title="gentoo-farm", buildbotURL="http://farm.example/"))
+    reporter = SimpleNamespace(getResponsibleUsersForBuild=lambda master, buildid: [])
+    build = _context(results, properties)["build"] | {
+        "buildid": 70,
+        "builder": {"name": "image", "builderid": 4, "tags": []},
+        "buildset": {"sourcestamps": []},
+        "state_string": "finished",
+    }
+    reports: list[Any] = []
+    for generator in generators(json_message):
+        generator.generate(master, reporter, ("builds", 70, "finished"), build).addCallback(reports.append)
+    return reports
+
+
+def test_the_generators_report_a_new_image_and_a_failure_but_not_an_up_to_date_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failed, published = _reports(monkeypatch, SUCCESS, {"image_name": "gentoo-20261206-amd64"})
+    assert failed is None
+    assert published["body"]["image"] == "gentoo-20261206-amd64"
+    assert published["body"]["url"] == "http://farm.example/#/builders/4/builds/7"
+
+    assert _reports(monkeypatch, SUCCESS, {"up_to_date": True, "image_set_id": "abc"}) == [None, None]
+
+    failed, published = _reports(monkeypatch, FAILURE, {"image_name": "gentoo-20261206-amd64"})
+    assert (failed["body"]["result"], published) == ("failure", None)
 
 
 def test_the_webhook_url_and_smtp_password_come_from_secrets(tmp_path: Path) -> None:
