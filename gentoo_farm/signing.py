@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 GPG_TIMEOUT = 120
@@ -107,6 +108,41 @@ class FarmKey:
         if self.home.is_dir():
             subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "all"],
                            capture_output=True, check=False, timeout=GPG_TIMEOUT)  # fmt: skip
+
+
+def key_fingerprints(armored: bytes) -> list[str]:
+    """The fingerprints of the OpenPGP keys in ``armored`` (a key file), read without importing them."""
+    try:
+        listed = subprocess.run(
+            ["gpg", "--show-keys", "--with-colons"], input=armored, capture_output=True, timeout=GPG_TIMEOUT
+        )
+    except FileNotFoundError as error:
+        raise SigningError("gpg not found: install GnuPG") from error
+    return [line.split(":")[9] for line in listed.stdout.decode().splitlines() if line.startswith("fpr:")]
+
+
+def verify_clearsigned(armored_key: bytes, signed: bytes) -> str:
+    """The text ``signed`` vouches for, if the key in ``armored_key`` made its signature (``gpgv``, so
+    nothing but that key counts); :class:`SigningError` otherwise. Only the signed part is returned:
+    text around a clear-signed block proves nothing."""
+    with tempfile.TemporaryDirectory(prefix="farm-gpgv-") as scratch:
+        keyring = Path(scratch) / "keyring.gpg"
+        dearmored = subprocess.run(
+            ["gpg", "--dearmor", "--yes", "--output", str(keyring)], input=armored_key, capture_output=True,
+            timeout=GPG_TIMEOUT,
+        )  # fmt: skip
+        if dearmored.returncode != 0:
+            raise SigningError(f"not an OpenPGP key: {dearmored.stderr.decode(errors='replace').strip()}")
+        try:
+            verified = subprocess.run(
+                ["gpgv", "--keyring", str(keyring), "--output", "-", "-"],
+                input=signed, capture_output=True, timeout=GPG_TIMEOUT,
+            )  # fmt: skip
+        except FileNotFoundError as error:
+            raise SigningError("gpgv not found: install GnuPG") from error
+    if verified.returncode != 0:
+        raise SigningError(f"bad signature: {verified.stderr.decode(errors='replace').strip()}")
+    return verified.stdout.decode()
 
 
 def gpkg_sign_command() -> str:

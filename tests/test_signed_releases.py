@@ -3,15 +3,20 @@ the farm key, and so does each stable ``*-latest`` object; anyone checks them wi
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from gentoo_farm.signing import FarmKey
-from gentoo_farm.store import ArtifactStore
+from gentoo_farm.catalog import find_image
+from gentoo_farm.cli import CommandError
+from gentoo_farm.commands import download
+from gentoo_farm.signing import FarmKey, verify_clearsigned
+from gentoo_farm.store import ArtifactStore, open_store
 from gentoo_farm.store.sets import ARTIFACT, SIGNING_KEY, digests_key, latest_key, publish_signing_key
 from tests.services.store import publish_files
 
@@ -75,3 +80,58 @@ def test_the_public_key_is_kept_at_its_stable_name(any_store: ArtifactStore, far
     any_store.put_bytes(SIGNING_KEY, b"someone else's key")
     publish_signing_key(any_store, farm_key.public_key())
     assert any_store.get_bytes(SIGNING_KEY).decode() == farm_key.public_key()
+
+
+@pytest.fixture
+def signed_image(any_settings, farm_key: FarmKey, tmp_path: Path) -> SimpleNamespace:
+    """A farm's store with one image published and signed, as the image builder's publish leaves it."""
+    store = open_store(any_settings)
+    (tmp_path / "disk.qcow2").write_bytes(b"a bootable image" * 4096)
+    publish_signing_key(store, farm_key.public_key())
+    publish_files(
+        store, "images", "i" * 64, {"gentoo-20261206-amd64.qcow2": tmp_path / "disk.qcow2"},
+        metadata={"name": "gentoo-20261206-amd64"}, sign=farm_key.clearsign,
+    )  # fmt: skip
+    return SimpleNamespace(store=any_settings)
+
+
+def _download(config: SimpleNamespace, *argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    download.add_arguments(parser)
+    return download.run(parser.parse_args(argv), config)
+
+
+def test_download_checks_the_signature_against_a_key_file_or_fingerprint(
+    signed_image: SimpleNamespace, farm_key: FarmKey, tmp_path: Path, capsys
+) -> None:
+    key_file = tmp_path / "farm.asc"
+    key_file.write_text(farm_key.public_key())
+    for key in (str(key_file), farm_key.fingerprint):
+        target = tmp_path / f"by-{len(key)}"
+        assert _download(signed_image, "latest", str(target), "--key", key) == 0
+        assert "sha512 verified and signed by the farm key" in capsys.readouterr().out
+        digests = (target / "gentoo-20261206-amd64.qcow2.DIGESTS").read_bytes()
+        assert verify_clearsigned(key_file.read_bytes(), digests).startswith("# BLAKE2B HASH\n")
+    assert _download(signed_image, "latest", str(tmp_path / "unchecked")) == 0
+    assert "the signature was not checked: give --key" in capsys.readouterr().out
+
+
+def test_a_download_the_signature_does_not_vouch_for_is_refused_and_removed(
+    signed_image: SimpleNamespace, farm_key: FarmKey, tmp_path: Path
+) -> None:
+    store = open_store(signed_image.store)
+    record = find_image(store, "latest")
+    # Someone who can write the store replaces the DIGESTS; they cannot sign it with the farm key.
+    other = FarmKey.create(tmp_path / "other-gnupg", "Intruder <x@localhost>")
+    try:
+        forged = other.clearsign(f"# SHA512 HASH\n{record.sha512}  gentoo-20261206-amd64.qcow2\n")
+    finally:
+        other.stop_agent()
+    store.put_bytes(digests_key("images", record.set_id), forged.encode())
+    with pytest.raises(CommandError, match=r"gentoo-20261206-amd64: DIGESTS: bad signature"):
+        _download(signed_image, "latest", str(tmp_path / "dl"), "--key", farm_key.fingerprint)
+    assert list((tmp_path / "dl").iterdir()) == []
+    # A store whose public key is not the one the user trusts is named.
+    store.put_bytes(SIGNING_KEY, other.public_key().encode())
+    with pytest.raises(CommandError, match=rf"{SIGNING_KEY} in .* is key {other.fingerprint}, not"):
+        _download(signed_image, "latest", str(tmp_path / "dl"), "--key", farm_key.fingerprint)

@@ -15,6 +15,7 @@ from openstack import exceptions as sdk_exceptions
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import KERNEL_POLLER, recipe_repositories
+from gentoo_farm.signing import SigningError, key_fingerprints
 from gentoo_farm.store import StoreError, open_store
 
 CHECK_TIMEOUT = 120
@@ -46,10 +47,12 @@ def check_keyring(config: FarmConfig) -> str:
             f"upstream.keyring {upstream.keyring}: no such file (put Gentoo's gentoo-release.asc there, "
             "from sec-keys/openpgp-keys-gentoo-release)"
         )
-    listed = _run(["gpg", "--show-keys", "--with-colons", str(upstream.keyring)], "upstream.keyring")
-    fingerprints = {line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:")}
-    if listed.returncode != 0 or not fingerprints:
-        raise Problem(f"upstream.keyring {upstream.keyring}: holds no OpenPGP key ({listed.stderr.strip()})")
+    try:
+        fingerprints = set(key_fingerprints(upstream.keyring.read_bytes()))
+    except SigningError as error:
+        raise Problem(f"upstream.keyring: {error}") from error
+    if not fingerprints:
+        raise Problem(f"upstream.keyring {upstream.keyring}: holds no OpenPGP key")
     missing = [
         f"{name} {fingerprint}"
         for name, fingerprint in (

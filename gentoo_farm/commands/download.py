@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 import time
 from pathlib import Path, PurePosixPath
@@ -12,12 +13,55 @@ from gentoo_farm.catalog import ImageRecord, find_image, human_size
 from gentoo_farm.checksums import chunks, feed
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
+from gentoo_farm.signing import SigningError, key_fingerprints, verify_clearsigned
 from gentoo_farm.store import ArtifactStore, StoreError, open_store
+from gentoo_farm.store.sets import SIGNING_KEY, digests_key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", default="latest", help="image name or set id (default: latest)")
     parser.add_argument("directory", nargs="?", type=Path, default=Path("."), help="where to put it")
+    parser.add_argument(
+        "--key",
+        metavar="FILE|FINGERPRINT",
+        help="the farm's signing key (a key file, or its fingerprint to check the store's copy against): "
+        "the image's signed DIGESTS must vouch for the download",
+    )
+
+
+def trusted_key(store: ArtifactStore, key: str) -> bytes:
+    """The armored key ``--key`` names: a file, or the store's copy if its fingerprint is the one given."""
+    if Path(key).is_file():
+        return Path(key).read_bytes()
+    fingerprint = key.replace(" ", "").upper()
+    if not re.fullmatch(r"[0-9A-F]{40}", fingerprint):
+        raise CommandError(f"--key {key!r}: neither a key file nor a 40-digit fingerprint")
+    try:
+        armored = store.get_bytes(SIGNING_KEY)
+    except StoreError as error:
+        raise CommandError(f"--key: cannot read the farm's public key {SIGNING_KEY}: {error}") from error
+    found = key_fingerprints(armored)
+    if fingerprint not in found:
+        raise CommandError(
+            f"{SIGNING_KEY} in {store.location} is key {', '.join(found) or 'none'}, not {fingerprint}"
+        )
+    return armored
+
+
+def check_signature(store: ArtifactStore, record: ImageRecord, armored_key: bytes, file_name: str) -> str:
+    """The signed DIGESTS of the image's set, verified; CommandError unless they vouch for its sha512."""
+    try:
+        signed = store.get_bytes(digests_key("images", record.set_id))
+    except StoreError as error:
+        raise CommandError(f"{record.name} has no signed DIGESTS ({error}): it cannot be checked") from error
+    try:
+        text = verify_clearsigned(armored_key, signed)
+    except SigningError as error:
+        raise CommandError(f"{record.name}: DIGESTS: {error}") from error
+    sha512_section = text.split("# SHA512 HASH", 1)[-1]
+    if f"{record.sha512}  {file_name}" not in sha512_section.splitlines():
+        raise CommandError(f"{record.name}: the signed DIGESTS do not vouch for {file_name}'s sha512")
+    return signed.decode()
 
 
 class Progress:
@@ -106,6 +150,18 @@ def published(config: FarmConfig, name: str) -> tuple[ArtifactStore, ImageRecord
 
 def run(args: argparse.Namespace, config: FarmConfig) -> int:
     store, record = published(config, args.name)
+    armored_key = trusted_key(store, args.key) if args.key else None
     destination = download(store, record, args.directory)
-    print(f"{destination} ({human_size(record.size)}, sha512 verified)")
+    if armored_key is None:
+        print(f"{destination} ({human_size(record.size)}, sha512 verified; the signature was not checked: "
+              "give --key FILE|FINGERPRINT)")  # fmt: skip
+        return 0
+    try:
+        signed = check_signature(store, record, armored_key, destination.name)
+    except CommandError:
+        destination.unlink()
+        destination.with_name(destination.name + ".sha512").unlink(missing_ok=True)
+        raise
+    destination.with_name(destination.name + ".DIGESTS").write_text(signed)
+    print(f"{destination} ({human_size(record.size)}, sha512 verified and signed by the farm key)")
     return 0
