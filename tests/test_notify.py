@@ -126,6 +126,8 @@ def test_a_passing_build_sends_nothing_and_a_failed_one_is_posted_and_mailed(
     assert body["url"] in text
     # The overlay build finished before the kernel build started; its report would be here by now.
     assert len(webhook.bodies) == len(mailbox.messages) == 1
+    # The webhook's URL is a secret: the master does not log it.
+    assert WEBHOOK_TOKEN not in FarmDir(farm.root).master_log.read_text()
 
 
 def test_each_builder_has_a_badge_with_its_last_result(notified: tuple[Farm, Webhook, Mailbox]) -> None:
