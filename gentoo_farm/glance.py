@@ -38,7 +38,7 @@ from gentoo_farm.cloud import (
     connection_problem,
 )
 from gentoo_farm.store import ArtifactStore, without_signature
-from gentoo_farm.store.sets import PublishedSet
+from gentoo_farm.store.sets import PublishedSet, digests_key
 from gentoo_farm.transfer import REPORT_SECONDS, ReportingReader, TransferMeter
 
 VISIBILITIES = ("private", "shared", "community", "public")
@@ -108,6 +108,10 @@ class ImageUpload:
     package_manifest_url: str = ""
     """A lasting URL of the image's package manifest (empty when the store has no public URL: a
     presigned one would expire while the image lives on)."""
+    digests_url: str = ""
+    """A lasting URL of the image set's clear-signed DIGESTS (empty when the store has no public URL)."""
+    signing_fingerprint: str = ""
+    """The farm key's fingerprint, which signed the DIGESTS."""
     conventions: Mapping[str, object] = field(default_factory=dict)
     """The cloud's own image attributes the image set knows: ``architecture``, ``os_admin_user``,
     ``os_version``, ``min_disk`` (GiB), ``min_ram`` (MiB)."""
@@ -139,7 +143,11 @@ class PublishResult:
 
 
 def upload_from_record(
-    store: ArtifactStore, record: ImageRecord, farm_id: str, url_expiry: int = 3600
+    store: ArtifactStore,
+    record: ImageRecord,
+    farm_id: str,
+    url_expiry: int = 3600,
+    signing_fingerprint: str = "",
 ) -> ImageUpload:
     """The :class:`ImageUpload` for an image set of the catalog (:mod:`gentoo_farm.catalog`)."""
     manifest = record.manifest
@@ -148,6 +156,8 @@ def upload_from_record(
     input_keys = {"image": str(manifest.get("input_key", ""))}
     input_keys.update({str(kind): str(set_id) for kind, set_id in sources.items()})
     package_manifest = package_manifest_file(PublishedSet.from_json(manifest, record.key))
+    signed_digests = digests_key("images", record.set_id)
+    lasting = store.public_base_url() is not None
     return ImageUpload(
         name=record.name,
         sha512=record.sha512,
@@ -159,8 +169,10 @@ def upload_from_record(
         input_keys=input_keys,
         package_count=record.package_count,
         package_manifest_url=store.public_object_url(package_manifest.key)
-        if package_manifest and store.public_base_url()
+        if package_manifest and lasting
         else "",
+        digests_url=store.public_object_url(signed_digests) if lasting and store.head(signed_digests) else "",
+        signing_fingerprint=signing_fingerprint,
         conventions=cloud_conventions(metadata),
     )
 
@@ -391,6 +403,10 @@ class _TargetPublisher:
             farm["farm_package_count"] = str(upload.package_count)
         if upload.package_manifest_url:
             farm["farm_manifest_url"] = upload.package_manifest_url
+        if upload.digests_url:
+            farm["farm_digests_url"] = upload.digests_url
+        if upload.signing_fingerprint:
+            farm["farm_signing_key"] = upload.signing_fingerprint
         return {**STANDARD_PROPERTIES, **self.target.properties, **self.upload.conventions, **farm}
 
     def _create(self, extra: Mapping[str, str]) -> Image:

@@ -13,11 +13,12 @@ from gentoo_farm.glance import (
     GlancePublishError,
     GlanceTargetSettings,
     GlanceUnavailable,
+    ImageUpload,
     PublishResult,
     publish_image,
     upload_from_record,
 )
-from gentoo_farm.store import StoreError, StoreSettings, open_store
+from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.transfer import REPORT_SECONDS
 
 
@@ -43,6 +44,7 @@ class PublishToGlance(buildstep.BuildStep):
         farm_id: str,
         set_id: object = properties.Property("images_set_id"),
         progress_interval: float = REPORT_SECONDS,
+        signing_fingerprint: str = "",
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("warnOnWarnings", True)
@@ -54,6 +56,7 @@ class PublishToGlance(buildstep.BuildStep):
         self.farm_id = farm_id
         self.set_id = set_id
         self.progress_interval = progress_interval
+        self.signing_fingerprint = signing_fingerprint
         self.outcomes: list[str] = []
         self.current: str | None = None
 
@@ -63,18 +66,24 @@ class PublishToGlance(buildstep.BuildStep):
             return SKIPPED
         log = await self.addLog("glance")
         expiry = self.store_settings.url_expiry_seconds
+
+        def find_upload() -> tuple[ArtifactStore, ImageUpload | None]:
+            store = open_store(self.store_settings)
+            record = find_image(store, str(self.set_id), expiry)
+            if record is None:
+                return store, None
+            return store, upload_from_record(store, record, self.farm_id, expiry, self.signing_fingerprint)
+
         try:
-            store = await threads.deferToThread(open_store, self.store_settings)
-            record = await threads.deferToThread(find_image, store, str(self.set_id), expiry)
+            store, upload = await threads.deferToThread(find_upload)
         except StoreError as error:
             self.outcomes.append(f"cannot read the store: {error}")
             await log.addStderr(f"{error}\n")
             return FAILURE
-        if record is None:
+        if upload is None:
             self.outcomes.append(f"no published image {self.set_id!r} in {store.location}")
             await log.addStderr(self.outcomes[-1] + "\n")
             return FAILURE
-        upload = upload_from_record(store, record, self.farm_id, expiry)
         results = SUCCESS
         published: dict[str, str] = {}
         for target in self.targets:

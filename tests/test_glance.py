@@ -96,6 +96,7 @@ def target(**changes: object) -> GlanceTarget:
     return replace(GlanceTarget(cloud=CLOUD, keep=2), **changes)
 
 
+FINGERPRINT = "0123456789ABCDEF0123456789ABCDEF01234567"
 PACKAGES = [{"cpv": "sys-apps/baselayout-2.15", "origin": "stage3"}, {"cpv": "net-misc/dhcpcd-10.0.6"}]
 
 
@@ -108,7 +109,9 @@ def make_qcow2(directory: Path, seed: str) -> Path:
     return qcow2
 
 
-def publish_to_store(store: LocalStore, tmp_path: Path, farm_id: str, name: str) -> ImageUpload:
+def publish_to_store(
+    store: LocalStore, tmp_path: Path, farm_id: str, name: str, signed: bool = False
+) -> ImageUpload:
     qcow2 = make_qcow2(tmp_path, f"{farm_id}-{name}")
     packages = tmp_path / f"{name}.manifest.json"
     packages.write_text(json.dumps({"packages": PACKAGES}))
@@ -129,10 +132,12 @@ def publish_to_store(store: LocalStore, tmp_path: Path, farm_id: str, name: str)
             "disk_bytes": 3 * 2**30 // 2,
         },
         sources={"kernel": "20261125T000000Z-abc"},
+        # Only that there is a signature matters here (tests/test_signed_releases.py checks real ones).
+        sign=(lambda text: f"SIGNED\n{text}") if signed else None,
     )
     record = find_image(store, published.set_id)
     assert record is not None
-    return upload_from_record(store, record, farm_id)
+    return upload_from_record(store, record, farm_id, signing_fingerprint=FINGERPRINT if signed else "")
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 60) -> None:
@@ -154,7 +159,7 @@ def names(conn: openstack.connection.Connection) -> set[str]:
 
 
 def test_web_download_import_with_properties(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 25), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 25), "amd64"), signed=True)
 
     result = publish_image(upload, target(visibility="community", properties={"hw_rng_model": "virtio"}))
 
@@ -192,6 +197,10 @@ def test_web_download_import_with_properties(store, tmp_path, farm_id, conn):
     assert manifest_url.startswith(store.public_base_url()) and "?" not in manifest_url
     with urllib.request.urlopen(manifest_url, timeout=30) as response:
         assert json.load(response)["packages"] == PACKAGES
+    # Who made it, and the signed DIGESTS anyone can check it with.
+    assert properties["farm_signing_key"] == FINGERPRINT
+    with urllib.request.urlopen(properties["farm_digests_url"], timeout=30) as response:
+        assert f"{upload.sha512}  gentoo-20261125-amd64.qcow2" in response.read().decode()
 
     again = publish_image(upload, target())
     assert (again.method, again.image_id) == ("already published", result.image_id)

@@ -8,7 +8,7 @@ from twisted.internet import defer, threads
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import RecipeRepository
-from gentoo_farm.signing import FarmKey
+from gentoo_farm.signing import FarmKey, SigningError
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import PRODUCED_BY
 from gentoo_farm.steps.publish import (
@@ -122,6 +122,14 @@ def push_back(
 
 def farm_key(config: FarmConfig) -> FarmKey:
     return FarmKey(FarmDir(config.basedir).signing_key)
+
+
+def signing_fingerprint(config: FarmConfig) -> str:
+    """The farm key's fingerprint, read once when the master loads its configuration."""
+    try:
+        return farm_key(config).fingerprint
+    except SigningError:
+        return ""  # a farm from before the key: `farm key create` makes one
 
 
 def trigger_image(config: FarmConfig) -> steps.Trigger:

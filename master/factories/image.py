@@ -14,7 +14,7 @@ from buildbot.process.factory import BuildFactory
 from gentoo_farm.catalog import PACKAGE_MANIFEST_SUFFIX
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.master.factories.common import publish, push_back, up_to_date
+from gentoo_farm.master.factories.common import publish, push_back, signing_fingerprint, up_to_date
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.steps.image import (
@@ -177,5 +177,13 @@ def factory(config: FarmConfig) -> BuildFactory:
         ]
     )
     if config.glance:
-        factory.addStep(PublishToGlance(config.store, config.glance, config.farm.id, **publishing))
+        factory.addStep(
+            PublishToGlance(
+                config.store,
+                config.glance,
+                config.farm.id,
+                signing_fingerprint=signing_fingerprint(config),
+                **publishing,
+            )
+        )
     return factory
