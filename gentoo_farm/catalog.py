@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gentoo_farm.store import ArtifactStore, StoreError
-from gentoo_farm.store.sets import PublishedFile, PublishedSet, latest_set, list_sets, sha512_key
+from gentoo_farm.store.sets import (
+    PublishedFile,
+    PublishedSet,
+    digests_key,
+    latest_set,
+    list_sets,
+    sha512_key,
+)
 
 DISK_SUFFIXES = (".qcow2", ".raw", ".img")
 PACKAGE_MANIFEST_SUFFIX = ".manifest.json"
@@ -39,6 +46,8 @@ class ImageRecord:
     """How many packages the image holds (its package manifest's length), None for older images."""
     package_manifest_url: str = ""
     """Download URL of the image's package manifest (``NAME.manifest.json``), empty for older images."""
+    digests_url: str = ""
+    """Download URL of the set's clear-signed DIGESTS, empty for a set published unsigned."""
 
 
 def human_size(size: int) -> str:
@@ -89,6 +98,7 @@ def image_record(
         return None
     stem = disk.name.rsplit(".", 1)[0]
     package_manifest = package_manifest_file(published)
+    signed_digests = digests_key("images", published.set_id)
     return ImageRecord(
         name=str(published.metadata.get("name") or stem),
         date=published.published_at,
@@ -104,6 +114,7 @@ def image_record(
         manifest_url=store.download_url(published.manifest_key, url_expiry),
         package_count=_package_count(published.metadata.get("package_count")),
         package_manifest_url=store.download_url(package_manifest.key, url_expiry) if package_manifest else "",
+        digests_url=store.download_url(signed_digests, url_expiry) if store.head(signed_digests) else "",
     )
 
 

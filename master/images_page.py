@@ -37,6 +37,13 @@ PAGE = """\
   {% else %}
     <p>Disk images published by this farm, newest first. Check a download with
        <code>sha512sum -c NAME.qcow2.sha512</code>, or fetch with <code>farm download NAME</code>.</p>
+    {% if fingerprint %}
+    <p class="farm-signing">Each image's DIGESTS are signed by this farm's key
+       <code class="farm-fingerprint">{{ fingerprint }}</code>. Check them with its public half
+       (<code>farm-signing-key.asc</code> in the store):
+       <code>gpg --dearmor &lt; farm-signing-key.asc &gt; farm.gpg; gpgv --keyring ./farm.gpg DIGESTS</code>,
+       or <code>farm download NAME --key {{ fingerprint }}</code>.</p>
+    {% endif %}
     <table class="table table-striped table-sm farm-images-table">
       <thead>
         <tr>
@@ -63,6 +70,9 @@ PAGE = """\
             <a class="farm-download" href="{{ image.url }}" download>{{ file_name }}</a>
             · <a class="farm-sha512" href="{{ image.sha512_url }}">{{ file_name }}.sha512</a>
             · <a class="farm-manifest" href="{{ image.manifest_url }}">manifest.json</a>
+            {% if image.digests_url %}
+            · <a class="farm-digests" href="{{ image.digests_url }}">DIGESTS</a>
+            {% endif %}
           </td>
         </tr>
         <tr class="farm-image-manifest">
@@ -141,7 +151,10 @@ def build_links(app: Flask, images: list[ImageRecord]) -> dict[str, BuildLink]:
 
 
 def images_app(
-    store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY, login_required: bool = False
+    store: ArtifactStore,
+    url_expiry: int = DEFAULT_URL_EXPIRY,
+    login_required: bool = False,
+    fingerprint: str = "",
 ) -> Flask:
     """The Flask app behind the page; ``/index.html`` is what the Buildbot UI loads. With
     ``login_required`` (``anonymous_view = false``) only a user the authz rules let read sees images."""
@@ -160,20 +173,26 @@ def images_app(
         try:
             images = published_images(store, url_expiry)
         except StoreError as error:
-            return render_template_string(PAGE, images=[], builds={}, error=str(error)), 503
-        return render_template_string(PAGE, images=images, builds=build_links(app, images), error=None), 200
+            return render_template_string(PAGE, images=[], builds={}, fingerprint="", error=str(error)), 503
+        builds = build_links(app, images)
+        return render_template_string(
+            PAGE, images=images, builds=builds, fingerprint=fingerprint, error=None
+        ), 200
 
     return app
 
 
 def images_dashboard(
-    store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY, login_required: bool = False
+    store: ArtifactStore,
+    url_expiry: int = DEFAULT_URL_EXPIRY,
+    login_required: bool = False,
+    fingerprint: str = "",
 ) -> dict[str, Any]:
     """The entry for ``c['www']['plugins']['wsgi_dashboards']`` (a list of such dicts)."""
     return {
         "name": DASHBOARD_NAME,
         "caption": "Images",
-        "app": images_app(store, url_expiry, login_required),
+        "app": images_app(store, url_expiry, login_required, fingerprint),
         "order": 20,
         # The UI looks up react-icons' "Fa" + capitalized name: FaDownload.
         "icon": "download",

@@ -8,6 +8,7 @@ from twisted.web.guard import BasicCredentialFactory
 
 from gentoo_farm.config import FarmConfig, listen_endpoint
 from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.master.factories.common import signing_fingerprint
 from gentoo_farm.master.images_page import images_dashboard
 from gentoo_farm.passwords import ClientUsernamePassword, PasswordFile, PasswordFileChecker
 from gentoo_farm.recipes import recipe_repositories
@@ -61,6 +62,7 @@ def www(config: FarmConfig, farm: FarmDir) -> dict[str, Any]:
                     open_store(config.store),
                     config.store.url_expiry_seconds,
                     login_required=not config.master.anonymous_view,
+                    fingerprint=signing_fingerprint(config),
                 )
             ],
         },

@@ -179,3 +179,31 @@ def test_unreadable_store_is_reported(tmp_path: Path) -> None:
 
     assert "The artifact store cannot be read: images/20261125T000000Z-abc/manifest.json" in body
     assert "is not valid JSON" in body
+
+
+def test_a_signed_image_links_its_digests_and_the_page_names_the_key(
+    any_store: ArtifactStore,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    disk = tmp_path / "gentoo-20261206-amd64.qcow2"
+    disk.write_bytes(b"signed image" * 4096)
+    # The signature itself is checked in tests/test_signed_releases.py: here, that the page leads to it.
+    publish_files(
+        any_store, "images", "s" * 64, {disk.name: disk}, metadata={"name": "gentoo-20261206-amd64"},
+        sign=lambda text: f"SIGNED BY THE FARM\n{text}",
+    )  # fmt: skip
+    publish_image(any_store, tmp_path, "gentoo-20261205-amd64", "6.12.1-gentoo")  # an unsigned one
+    fingerprint = "0123456789ABCDEF0123456789ABCDEF01234567"
+    app = images_dashboard(any_store, fingerprint=fingerprint)["app"]
+
+    with serving(app) as url, chromium() as browser:
+        page = browser.new_page()
+        page.goto(url)
+        signing = page.inner_text(".farm-signing")
+        assert fingerprint in signing and "gpgv --keyring ./farm.gpg DIGESTS" in signing
+        assert f"farm download NAME --key {fingerprint}" in signing
+        links = page.locator("a.farm-digests")
+        assert links.count() == 1, "only the signed image has DIGESTS"
+        digests = fetch(links.first.get_attribute("href") or "").decode()
+    assert digests.startswith("SIGNED BY THE FARM\n# BLAKE2B HASH\n")
+    assert f"{hashlib.sha512(disk.read_bytes()).hexdigest()}  {disk.name}" in digests
