@@ -9,7 +9,8 @@ empties it. Two kinds of things live there:
   temporary directory, which is never used (and removed by the next ``clear``). When the entries
   exceed ``$GENTOO_FARM_TEST_CACHE_MAX_GIB`` (default 20), the least recently used go first.
 - shared directories, ``<root>/<name>`` (``directory``): caches that key their own contents, like
-  Debian's .debs (by file name and version) and the kernel's ccache (by ccache's own hashes).
+  Debian's .debs (by file name and version) and the kernel's ccache (by ccache's own hashes; ccache
+  caps its own size), which ``merge_tree`` adds to.
 """
 
 import fcntl
@@ -25,6 +26,8 @@ DEFAULT_ROOT = Path("/var/cache/gentoo-farm-tests")
 MAX_GIB_VARIABLE = "GENTOO_FARM_TEST_CACHE_MAX_GIB"
 DEFAULT_MAX_GIB = 20.0
 TEMPORARY_PREFIX = ".tmp-"
+KERNEL_CCACHE = "kernel-ccache"
+"""The shared directory of the ccache every test that compiles the default kernel config uses or seeds."""
 
 
 def root() -> Path:
@@ -122,6 +125,21 @@ def evict(limit: int, *, keep: Path | None = None) -> list[Path]:
         total -= sizes[path]
         evicted.append(path)
     return evicted
+
+
+def merge_tree(source: Path, destination: Path) -> None:
+    """Add ``source``'s files missing from ``destination``, each copied under a temporary name, then renamed.
+
+    What another run reads meanwhile is a whole file or none (ccache reads its cache that way too).
+    """
+    for file in source.rglob("*"):
+        target = destination / file.relative_to(source)
+        if not file.is_file() or target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{TEMPORARY_PREFIX}{target.name}-{os.getpid()}")
+        shutil.copy2(file, partial)
+        partial.rename(target)
 
 
 def clear() -> None:

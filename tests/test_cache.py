@@ -108,3 +108,22 @@ def test_run_tests_clear_cache_empties_it_and_runs_nothing(cache_root: Path) -> 
     assert cleared.returncode == 0, cleared.stderr
     assert f"cleared {cache_root}" in cleared.stdout
     assert list(cache_root.iterdir()) == []
+
+
+def test_merge_tree_adds_missing_files_whole_and_keeps_the_ones_there(tmp_path: Path) -> None:
+    source, destination = tmp_path / "source", tmp_path / "destination"
+    (source / "a").mkdir(parents=True)
+    (source / "a" / "new").write_text("from the source")
+    (source / "same").write_text("source's copy")
+    destination.mkdir()
+    (destination / "same").write_text("already there")
+
+    cache.merge_tree(source, destination)
+
+    assert (destination / "a" / "new").read_text() == "from the source"
+    assert (destination / "same").read_text() == "already there"
+    assert sorted(str(path.relative_to(destination)) for path in destination.rglob("*")) == [
+        "a",
+        "a/new",
+        "same",
+    ]

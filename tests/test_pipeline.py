@@ -6,9 +6,9 @@ page, a kernel config push that reaches a booted image, and the failures that mu
 published sets as they were.
 """
 
+import contextlib
 import hashlib
 import json
-import os
 import re
 import subprocess
 import time
@@ -22,6 +22,8 @@ from playwright.sync_api import expect
 
 from gentoo_farm.config import load_config
 from gentoo_farm.stageprotocol import SERIAL_LOG_MARKER
+from master.workers import local_worker_names
+from tests import cache
 from tests.browser import artifacts_dir, chromium
 from tests.debian import kernel_source_tarball
 from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, set_option
@@ -32,9 +34,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 SUCCESS, FAILURE = 0, 2
 KERNEL_BUILD_TIMEOUT = 1500
-WORKER_CACHE = (
-    Path(os.environ.get("FARM_TEST_CACHE", Path.home() / ".cache" / "gentoo-farm")) / "pipeline-workers"
-)
 IMAGE_BUILD_TIMEOUT = 900
 STABLE_NAMES = {
     "stage3": "stage3-latest.tar.xz",
@@ -75,6 +74,23 @@ class Pipeline:
         return git("rev-parse", "HEAD", cwd=clone)
 
 
+def use_the_test_cache_for_workers(farm: Farm) -> None:
+    """Keep the local workers' caches in the test cache, every worker's ccache the shared kernel ccache.
+
+    ccache survives the farm, as it would on a long-lived build host: a rerun compiles in seconds. The
+    shared kernel ccache is also where test_kernel_build.py leaves its cold compile of the same source and
+    config, so a fresh machine compiles that kernel once per run, not once per test module.
+    """
+    workers = cache.directory("pipeline-workers")
+    set_option(farm.root, "workers.local", "cache_dir", json.dumps(str(workers)))
+    shared = cache.directory(cache.KERNEL_CCACHE)
+    for name in local_worker_names(load_config(farm.root)):
+        ccache = workers / name / "ccache"
+        ccache.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # an earlier run's link
+            ccache.symlink_to(shared, target_is_directory=True)
+
+
 def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
@@ -92,8 +108,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     with WorldServer(world.mirror_dir) as upstream:
         farm = init_farm(root / "farm")
         configure_for_world(farm, world, upstream.url, source.name)
-        # ccache survives the farm, as it would on a long-lived build host: a rerun compiles in seconds.
-        set_option(farm.root, "workers.local", "cache_dir", json.dumps(str(WORKER_CACHE)))
+        use_the_test_cache_for_workers(farm)
         farm_command("--farm", str(farm.root), "up")
         try:
             farm.login()

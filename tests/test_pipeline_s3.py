@@ -2,7 +2,8 @@
 
 The same pipeline as test_pipeline.py with the production store: the binhost and distfile mirror
 live in the bucket, workers upload through presigned URLs, the image goes to Glance by
-web-download import from the bucket. The kernel comes from the workers' warm ccache.
+web-download import from the bucket. The kernel comes from the workers' warm ccache
+(the test cache's shared kernel ccache).
 """
 
 import hashlib
@@ -22,7 +23,7 @@ from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, s
 from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
 from tests.services.s3 import FAKE_CREDENTIALS
-from tests.test_pipeline import IMAGE_BUILD_TIMEOUT, KERNEL_BUILD_TIMEOUT, WORKER_CACHE
+from tests.test_pipeline import IMAGE_BUILD_TIMEOUT, KERNEL_BUILD_TIMEOUT, use_the_test_cache_for_workers
 from tests.world import WorldServer, build_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -106,7 +107,7 @@ def s3_farm(
         s3_client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(PUBLIC_READ))
         farm = init_farm(root / "farm")
         configure_for_world(farm, world, upstream.url, source.name)
-        set_option(farm.root, "workers.local", "cache_dir", json.dumps(str(WORKER_CACHE)))
+        use_the_test_cache_for_workers(farm)
         for key, value in {
             "type": '"s3"',
             "bucket": json.dumps(BUCKET),
