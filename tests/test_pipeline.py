@@ -9,6 +9,7 @@ published sets as they were.
 import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -21,12 +22,14 @@ import pytest
 from playwright.sync_api import expect
 
 from gentoo_farm.config import load_config
+from gentoo_farm.signing import verify_clearsigned
 from gentoo_farm.stageprotocol import SERIAL_LOG_MARKER
+from gentoo_farm.store.sets import SIGNING_KEY
 from master.workers import local_worker_names
 from tests import cache
 from tests.browser import artifacts_dir, chromium
 from tests.debian import kernel_source_tarball
-from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, set_option
+from tests.farmtest import FARM, Farm, configure_for_world, farm_command, init_farm, set_option
 from tests.world import World, WorldServer, build_world
 
 # A kernel compiled from source (minutes), several image builds, qemu boots under TCG.
@@ -164,14 +167,43 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
     vouched = set(pipeline.world.distfiles) - {kernel_source}
     assert {path.name for path in (store / "distfiles").iterdir()} >= vouched
     assert not (store / "distfiles" / kernel_source).exists()
+    # Every set and stable object is signed by the farm key (issue 15).
+    farm_key = (store / SIGNING_KEY).read_bytes()
+    for kind, stable in STABLE_NAMES.items():
+        signed = verify_clearsigned(farm_key, (store / kind / f"{stable}.DIGESTS").read_bytes())
+        assert f"  {stable}\n" in signed.split("# SHA512 HASH")[1]
+        latest = pipeline.store_json(f"{kind}/latest.json")["set_id"]
+        assert verify_clearsigned(farm_key, (store / kind / latest / "DIGESTS").read_bytes())
+    # The boot test grew the root to its bigger disk; the image itself holds no host identity (issue 16).
+    assert "checking the root filesystem grown beyond the image's" in boot_test
+    raw = pipeline.root / "published.raw"
+    qcow2 = store / "images" / properties["images_set_id"] / f"{name}.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow2), str(raw)], check=True)
+    listing = subprocess.run(
+        ["debugfs", "-R", "ls -l /etc/ssh", f"{raw}?offset=1048576"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "sshd_config" in listing and "ssh_host_" not in listing
+    raw.unlink()
 
 
-def test_rebuild_compiles_nothing_and_fetches_nothing_from_upstream(pipeline: Pipeline) -> None:
+def test_forced_rebuild_compiles_nothing_and_fetches_nothing_from_upstream(pipeline: Pipeline) -> None:
+    """`farm build image --force --wait` on an unchanged farm, as an operator runs it."""
     pipeline.upstream.clear_log()
     first_name = pipeline.store_json("images/latest.json")["metadata"]["name"]
-    # Asking again for a package of the set changes the input key but not what gets emerged.
-    image = pipeline.force("build-image", "image", extra_packages=pipeline.world.static_package)
+    before = len(pipeline.farm.builds("image"))
+    rebuilt = subprocess.run(
+        [FARM, "--farm", str(pipeline.farm.root), "build", "image", "--force", "--wait"],
+        env={**os.environ, "FARM_PASSWORD": pipeline.farm.admin_password},
+        capture_output=True, text=True, timeout=IMAGE_BUILD_TIMEOUT, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
 
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "rebuild forced: images " in rebuilt.stdout
+    assert rebuilt.stdout.splitlines()[-1].startswith(f"image build #{before + 1}: success")
+    image = pipeline.farm.wait_for_build("image", before + 1)
     assert image["results"] == SUCCESS, image["state_string"]
     properties = pipeline.farm.properties(image)
     # The day's second image is .1 (unless the UTC day turned between the two builds).
