@@ -349,6 +349,9 @@ def running_farm(
     finally:
         master.stop()
         compute.stop()
+        # Glance and Keystone serve the whole session: the next farm must not find this one's images.
+        for image_id in image_ids.values():
+            cloud.image.delete_image(image_id, ignore_missing=True)
 
 
 @pytest.fixture(scope="module")

@@ -223,8 +223,13 @@ class Keystone:
         return password
 
     def register_service(self, service_type: str, name: str, url: str) -> None:
-        """Put a service in the catalog with public/internal/admin endpoints at ``url``."""
+        """Put a service in the catalog with public/internal/admin endpoints at ``url``, in place of any
+        earlier one of that type (a stand-in a previous test started and stopped is no longer there)."""
         admin = self.connection()
+        for earlier in admin.identity.services(type=service_type):
+            for endpoint in admin.identity.endpoints(service_id=earlier.id):
+                admin.identity.delete_endpoint(endpoint)
+            admin.identity.delete_service(earlier)
         service = admin.identity.create_service(type=service_type, name=name, is_enabled=True)
         for interface in ("public", "internal", "admin"):
             admin.identity.create_endpoint(
