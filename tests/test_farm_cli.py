@@ -154,6 +154,9 @@ def test_no_gpg_agent_outlives_farm_init_or_farm_down(tmp_path: Path) -> None:
     running = init_farm(tmp_path / "farm")
     home = running.root / "secrets" / "gnupg"
     assert gpg_agents_of(home) == []
+    # farm check loads the master's configuration (Buildbot's checkconfig), which reads the key.
+    farm_command("--farm", str(running.root), "check", check=False)
+    assert gpg_agents_of(home) == []
     farm_command("--farm", str(running.root), "up")
     try:
         # What the master's binhost merge does when it signs a package: gpg starts an agent.

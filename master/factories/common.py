@@ -8,7 +8,7 @@ from twisted.internet import defer, threads
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import RecipeRepository
-from gentoo_farm.signing import FarmKey, SigningError
+from gentoo_farm.signing import FarmKey, SigningError, key_fingerprints
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import PRODUCED_BY
 from gentoo_farm.steps.publish import (
@@ -125,11 +125,16 @@ def farm_key(config: FarmConfig) -> FarmKey:
 
 
 def signing_fingerprint(config: FarmConfig) -> str:
-    """The farm key's fingerprint, read once when the master loads its configuration."""
-    try:
-        return farm_key(config).fingerprint
-    except SigningError:
+    """The farm key's fingerprint, read from its public half when the master loads its configuration
+    (the secret key would start a gpg-agent that outlives `buildbot checkconfig`)."""
+    public_key = FarmDir(config.basedir).signing_public_key
+    if not public_key.is_file():
         return ""  # a farm from before the key: `farm key create` makes one
+    try:
+        fingerprints = key_fingerprints(public_key.read_bytes())
+    except SigningError:
+        return ""
+    return fingerprints[0] if fingerprints else ""
 
 
 def trigger_image(config: FarmConfig) -> steps.Trigger:
