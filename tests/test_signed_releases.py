@@ -125,6 +125,7 @@ def test_a_download_the_signature_does_not_vouch_for_is_refused_and_removed(
     other = FarmKey.create(tmp_path / "other-gnupg", "Intruder <x@localhost>")
     try:
         forged = other.clearsign(f"# SHA512 HASH\n{record.sha512}  gentoo-20261206-amd64.qcow2\n")
+        other_public, other_fingerprint = other.public_key(), other.fingerprint
     finally:
         other.stop_agent()
     store.put_bytes(digests_key("images", record.set_id), forged.encode())
@@ -132,6 +133,6 @@ def test_a_download_the_signature_does_not_vouch_for_is_refused_and_removed(
         _download(signed_image, "latest", str(tmp_path / "dl"), "--key", farm_key.fingerprint)
     assert list((tmp_path / "dl").iterdir()) == []
     # A store whose public key is not the one the user trusts is named.
-    store.put_bytes(SIGNING_KEY, other.public_key().encode())
-    with pytest.raises(CommandError, match=rf"{SIGNING_KEY} in .* is key {other.fingerprint}, not"):
+    store.put_bytes(SIGNING_KEY, other_public.encode())
+    with pytest.raises(CommandError, match=rf"{SIGNING_KEY} in .* is key {other_fingerprint}, not"):
         _download(signed_image, "latest", str(tmp_path / "dl"), "--key", farm_key.fingerprint)
