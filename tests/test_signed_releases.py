@@ -16,8 +16,17 @@ from gentoo_farm.catalog import find_image
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands import download
 from gentoo_farm.signing import FarmKey, verify_clearsigned
-from gentoo_farm.store import ArtifactStore, open_store
-from gentoo_farm.store.sets import ARTIFACT, SIGNING_KEY, digests_key, latest_key, publish_signing_key
+from gentoo_farm.store import ArtifactStore, StoreError, open_store
+from gentoo_farm.store.sets import (
+    ARTIFACT,
+    SIGNING_KEY,
+    ExpectedFile,
+    digests_key,
+    finalize_set,
+    latest_key,
+    new_set_id,
+    publish_signing_key,
+)
 from tests.services.store import publish_files
 
 pytest_plugins = ["tests.services.store"]
@@ -136,3 +145,14 @@ def test_a_download_the_signature_does_not_vouch_for_is_refused_and_removed(
     store.put_bytes(SIGNING_KEY, other_public.encode())
     with pytest.raises(CommandError, match=rf"{SIGNING_KEY} in .* is key {other_fingerprint}, not"):
         _download(signed_image, "latest", str(tmp_path / "dl"), "--key", farm_key.fingerprint)
+
+
+def test_a_corrupt_upload_is_refused_before_anything_is_signed(any_store: ArtifactStore) -> None:
+    set_id = new_set_id("corrupt")
+    any_store.put_bytes(f"kernel/{set_id}/vmlinuz.tar.zst", b"what arrived")
+    claimed = ExpectedFile(len(b"what arrived"), hashlib.sha512(b"what was sent").hexdigest())
+    signed: list[str] = []
+
+    with pytest.raises(StoreError, match=r"vmlinuz.tar.zst in .*: sha512 .* != expected"):
+        finalize_set(any_store, "kernel", set_id, "corrupt", {"vmlinuz.tar.zst": claimed}, sign=signed.append)
+    assert signed == [] and any_store.head(digests_key("kernel", set_id)) is None

@@ -196,13 +196,16 @@ def latest_key(kind: str, artifact: str) -> str:
     return f"{check_kind(kind)}/{latest_name(kind, artifact)}"
 
 
-def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile) -> None:
-    """Read the object back and compare it with what its producer reported; StoreError names the mismatch."""
+def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile, read_back: bool = True) -> None:
+    """Read the object back and compare it with what its producer reported; StoreError names the mismatch.
+    Without ``read_back`` only its presence and size are checked (the caller reads it itself)."""
     info = store.head(key)
     if info is None:
         raise StoreError(f"{key} is missing from {store.location} (the upload did not arrive)")
     if info.size != expected.size:
         raise StoreError(f"{key} in {store.location} has {info.size} bytes, expected {expected.size}")
+    if not read_back:
+        return
     etag = info.etag.strip('"')
     # A single-part upload's ETag is its MD5 on plain S3, which spares reading a large object back; with
     # SSE-KMS, or on some S3-compatible servers, it is not, and then only the sha512 decides.
@@ -284,17 +287,18 @@ def finalize_set(
         raise StoreError(f"{kind} set {set_id}: its artifact {artifact!r} is not among the files to publish")
     # Before anything is written: a name without a stable counterpart must not leave a half-done publish.
     stable_key = latest_key(kind, artifact) if artifact else None
+    # Signing reads every object back whole for its digests, which checks the sha512 on the way.
     for name, file in expected.items():
-        verify_object(store, object_key(kind, set_id, name), file)
+        verify_object(store, object_key(kind, set_id, name), file, read_back=sign is None)
+    digests = _signed_digests(store, kind, set_id, expected) if sign is not None else {}
+    for name, file in expected.items():
         progress(f"verified {object_key(kind, set_id, name)} ({file.size} bytes)")
     _write_sha512_files(store, kind, set_id, expected)
     for name, file in expected.items():
         sums_key = sha512_key(object_key(kind, set_id, name))
         if store.get_bytes(sums_key) != sha512_line(file.sha512, name):
             raise StoreError(f"{sums_key} in {store.location} does not read back as written")
-    digests: dict[str, tuple[str, str]] = {}
     if sign is not None:
-        digests = _signed_digests(store, kind, set_id, expected)
         store.put_bytes(digests_key(kind, set_id), sign(digests_text(digests)).encode())
         progress(f"signed {digests_key(kind, set_id)}")
     published = PublishedSet(
