@@ -98,7 +98,6 @@ def image_record(
         return None
     stem = disk.name.rsplit(".", 1)[0]
     package_manifest = package_manifest_file(published)
-    signed_digests = digests_key("images", published.set_id)
     return ImageRecord(
         name=str(published.metadata.get("name") or stem),
         date=published.published_at,
@@ -114,7 +113,9 @@ def image_record(
         manifest_url=store.download_url(published.manifest_key, url_expiry),
         package_count=_package_count(published.metadata.get("package_count")),
         package_manifest_url=store.download_url(package_manifest.key, url_expiry) if package_manifest else "",
-        digests_url=store.download_url(signed_digests, url_expiry) if store.head(signed_digests) else "",
+        digests_url=store.download_url(digests_key("images", published.set_id), url_expiry)
+        if published.signed
+        else "",
     )
 
 

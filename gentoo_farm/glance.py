@@ -155,8 +155,8 @@ def upload_from_record(
     sources = dict(manifest.get("sources") or {})  # type: ignore[call-overload]
     input_keys = {"image": str(manifest.get("input_key", ""))}
     input_keys.update({str(kind): str(set_id) for kind, set_id in sources.items()})
-    package_manifest = package_manifest_file(PublishedSet.from_json(manifest, record.key))
-    signed_digests = digests_key("images", record.set_id)
+    published = PublishedSet.from_json(manifest, record.key)
+    package_manifest = package_manifest_file(published)
     lasting = store.public_base_url() is not None
     return ImageUpload(
         name=record.name,
@@ -171,7 +171,9 @@ def upload_from_record(
         package_manifest_url=store.public_object_url(package_manifest.key)
         if package_manifest and lasting
         else "",
-        digests_url=store.public_object_url(signed_digests) if lasting and store.head(signed_digests) else "",
+        digests_url=store.public_object_url(digests_key("images", record.set_id))
+        if lasting and published.signed
+        else "",
         signing_fingerprint=signing_fingerprint,
         conventions=cloud_conventions(metadata),
     )

@@ -87,6 +87,8 @@ class PublishedSet:
     """What the build says about the set (build id, kernel version, image name, ...)."""
     sources: Mapping[str, str] = field(default_factory=dict)
     """Sets this one was made from, ``{kind: set id}``; retention keeps them while this set is kept."""
+    signed: bool = False
+    """Whether the set has a clear-signed DIGESTS (:func:`digests_key`), written before this manifest."""
 
     @property
     def manifest_key(self) -> str:
@@ -107,6 +109,7 @@ class PublishedSet:
             "files": [vars(published) for published in self.files],
             "metadata": dict(self.metadata),
             "sources": dict(self.sources),
+            "signed": self.signed,
         }
 
     @classmethod
@@ -120,6 +123,7 @@ class PublishedSet:
                 files=tuple(PublishedFile(**entry) for entry in data["files"]),  # type: ignore[union-attr]
                 metadata=dict(data.get("metadata") or {}),  # type: ignore[call-overload]
                 sources=dict(data.get("sources") or {}),  # type: ignore[call-overload]
+                signed=bool(data.get("signed", False)),
             )
         except (KeyError, TypeError) as error:
             raise StoreError(f"{where} is not a valid set manifest: {error}") from error
@@ -312,6 +316,7 @@ def finalize_set(
         ),
         metadata=dict(metadata or {}),
         sources=dict(sources or {}),
+        signed=sign is not None,
     )
     manifest = json.dumps(published.to_json(), indent=2, sort_keys=True).encode() + b"\n"
     store.put_bytes(published.manifest_key, manifest)
