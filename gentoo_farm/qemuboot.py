@@ -22,6 +22,9 @@ METADATA_ADDRESS = "169.254.169.254"
 # The guest's link-local network: slirp forwards only addresses inside its own net=.
 GUEST_NETWORK = "169.254.0.0/16"
 MIB = 1024 * 1024
+# KVM is not usable on every host the farm runs on (it opens, then fails at the first guest exit);
+# TCG always works. Every qemu the farm starts uses this.
+ACCELERATOR = "tcg"
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def qemu_command(
     ssh_port: int,
     proxy: Path | None,
     drive: Path | None,
-    accel: str = "tcg",
+    accel: str = ACCELERATOR,
     restrict: bool = True,
 ) -> list[str]:
     """The qemu command line; ``serial`` is a chardev (``file:LOG``, ``stdio``). ``restrict`` leaves the

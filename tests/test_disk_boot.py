@@ -9,9 +9,11 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from gentoo_farm.workers.toolkit.boottest import MIB
+from gentoo_farm.workers.toolkit.disk import PARTITION_OFFSET, holes_under_boot
 from tests import debian
 from tests.imagetest import (
     FARM_WORKER,
@@ -60,14 +63,26 @@ class Built:
 
 
 def build_image(
-    tmp_path: Path, kernel: Path, change: Callable[[Path], object] | None = None, compress: bool = False
+    tmp_path: Path,
+    kernel: Path,
+    change: Callable[[Path], object] | None = None,
+    compress: bool = False,
+    bootloader: str = "auto",
 ) -> Built:
     """The stand-in stage3 with the (changed) default overlay and ``kernel``, as a qcow2."""
     root = make_root(tmp_path)
     assembled = assemble(root, kernel, make_overlay(tmp_path, change))
     assert assembled.returncode == 0, assembled.stderr
     image = tmp_path / "images" / "gentoo.qcow2"
-    disk = farm_worker("disk", root, "--output", image, "--compress" if compress else "--no-compress")
+    disk = farm_worker(
+        "disk",
+        root,
+        "--output",
+        image,
+        "--compress" if compress else "--no-compress",
+        "--bootloader",
+        bootloader,
+    )
     assert disk.returncode == 0, disk.stderr
     return Built(root, image, str(results(assembled)["kernel_release"]), disk)
 
@@ -252,18 +267,126 @@ def test_overlay_without_extlinux_conf_fails_assembly_clearly(tmp_path: Path) ->
     assert f"{overlay}: the overlay has no /boot/extlinux.conf" in process.stderr
 
 
-def test_disk_refuses_a_sparse_file_under_boot(tmp_path: Path) -> None:
+def write_with_zero_block(path: Path, *, sparse: bool) -> None:
+    """Random data, then one 4 KiB-aligned all-zero block (a hole in the file when ``sparse``), then more
+    random data: what ``mkfs.ext4 -d`` turns into a hole either way."""
+    with path.open("wb") as file:
+        file.write(os.urandom(8192))
+        if sparse:
+            file.seek(4096, os.SEEK_CUR)
+        else:
+            file.write(bytes(4096))
+        file.write(os.urandom(4000))
+
+
+def boot_blocks(raw: Path, name: str) -> list[str]:
+    """The data blocks debugfs lists for ``name`` in the raw disk's partition."""
+    listed = subprocess.run(
+        ["debugfs", "-R", f"blocks {name}", f"{raw}?offset={PARTITION_OFFSET}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()
+
+
+def test_mkfs_leaves_zero_blocks_as_holes_and_the_check_names_them(tmp_path: Path) -> None:
+    # Why the stage rewrites /boot: mkfs.ext4 -d alone leaves the zero block unallocated.
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    write_with_zero_block(root / "boot/vmlinuz-6.1.0-test", sparse=False)
+    (root / "boot/extlinux.conf").write_text("DEFAULT gentoo\n")
+    raw = tmp_path / "disk.raw"
+    with raw.open("wb") as disk:
+        disk.truncate(64 * MIB)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", root, "-E", f"offset={PARTITION_OFFSET}", raw, "63M"],
+        check=True,
+    )
+    assert len(boot_blocks(raw, "/boot/vmlinuz-6.1.0-test")) == 3
+    assert holes_under_boot(root, raw) == ["/boot/vmlinuz-6.1.0-test"]
+
+
+def test_disk_allocates_every_block_of_a_sparse_kernel(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "boot").mkdir(parents=True)
     (root / "boot/extlinux.conf").write_text("DEFAULT gentoo\n")
-    with (root / "boot/vmlinuz-6.1.0-test").open("wb") as kernel:
-        kernel.truncate(4 * 1024 * 1024)
+    write_with_zero_block(root / "boot/vmlinuz-6.1.0-test", sparse=True)
+    assert (root / "boot/vmlinuz-6.1.0-test").stat().st_blocks * 512 < 4 * 4096
     (root / "boot/vmlinuz").symlink_to("vmlinuz-6.1.0-test")
+    raw = tmp_path / "out.raw"
 
-    process = farm_worker("disk", root, "--output", tmp_path / "out.qcow2")
-    assert process.returncode == 1
-    assert f"sparse files under /boot ({root}/boot/vmlinuz-6.1.0-test)" in process.stderr
-    assert not (tmp_path / "out.qcow2").exists()
+    process = farm_worker(
+        "disk", root, "--output", tmp_path / "out.qcow2", "--raw", raw, "--bootloader", "loop"
+    )
+    assert process.returncode == 0, process.stderr
+    assert re.search(r"^installed extlinux on a loop device in \d+\.\d s$", process.stdout, re.MULTILINE)
+    # All four blocks allocated: SYSLINUX can load it.
+    assert len(boot_blocks(raw, "/boot/vmlinuz-6.1.0-test")) == 4
+    assert holes_under_boot(root, raw) == []
+
+
+@pytest.mark.slow
+def test_disk_stage_without_privilege_installs_extlinux_in_a_vm(kernel_tarball: Path) -> None:
+    # An unprivileged user can neither attach a loop device nor mount: auto takes the VM path.
+    # tmp_path lies under a directory only root may enter, hence a directory of the user's own.
+    scratch = Path(tempfile.mkdtemp(prefix="disk-unprivileged-"))
+    try:
+        root = scratch / "root"
+        root.mkdir()
+        subprocess.run(["tar", "-xf", kernel_tarball, "-C", root], check=True)
+        (kernel,) = (root / "boot").glob("vmlinuz-*")
+        release = kernel.name.removeprefix("vmlinuz-")
+        (root / "boot/vmlinuz").symlink_to(f"vmlinuz-{release}")
+        (root / "boot/extlinux.conf").write_text("DEFAULT gentoo\nLABEL gentoo\n\tLINUX /boot/vmlinuz\n")
+        # A kernel-sized file with a zero block, as a kernel image may have: not a hole once built.
+        write_with_zero_block(root / "boot/System.map", sparse=False)
+        subprocess.run(["chown", "-R", "65534:65534", scratch], check=True)
+        raw = scratch / "disk.raw"
+
+        disk = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             FARM_WORKER, "disk", root, "--output", scratch / "disk.qcow2", "--raw", raw],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+
+        assert disk.returncode == 0, disk.stdout[-3000:] + disk.stderr
+        assert "installing extlinux (in a qemu VM)" in disk.stdout
+        assert re.search(r"^installed extlinux in a qemu VM in \d+\.\d s$", disk.stdout, re.MULTILINE)
+        assert raw.stat().st_uid == 65534
+        listing = subprocess.run(
+            ["debugfs", "-R", "ls -l /boot", f"{raw}?offset={PARTITION_OFFSET}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "ldlinux.sys" in listing and "ldlinux.c32" in listing
+        # extlinux wrote its boot sector into the partition; mbr.bin is in the disk's first sector.
+        with raw.open("rb") as disk_file:
+            mbr = disk_file.read(512)
+            disk_file.seek(PARTITION_OFFSET)
+            boot_sector = disk_file.read(512)
+        assert boot_sector[3:11] == b"SYSLINUX" and boot_sector[510:] == b"\x55\xaa"
+        assert mbr[:440] == Path("/usr/lib/syslinux/mbr/mbr.bin").read_bytes()[:440]
+        assert len(boot_blocks(raw, "/boot/System.map")) == 4
+        assert holes_under_boot(root, raw) == []
+        # The files keep the owner the stage saw them with.
+        assert "65534" in listing
+    finally:
+        shutil.rmtree(scratch)
+
+
+@pytest.mark.slow
+def test_image_whose_bootloader_was_installed_in_a_vm_boots(tmp_path: Path, kernel_tarball: Path) -> None:
+    built = build_image(tmp_path, kernel_tarball, bootloader="vm")
+    assert "installing extlinux (in a qemu VM)" in built.disk.stdout
+    process, console = boot_test(built.image, "--kernel-release", built.release)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr
+    assert "an SSH login as ec2-user with the key from the metadata service" in process.stdout
+    assert "boot test passed" in process.stdout
+    assert "SYSLINUX" in console and f"Linux version {built.release}" in console
 
 
 def test_disk_without_a_loop_device_says_so(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gentoo_farm.workers.toolkit import StageError
@@ -136,28 +137,45 @@ def _copy_module(source: Path, destination: Path) -> None:
         shutil.copyfile(source, destination)
 
 
-def build_initramfs(modules_dir: Path, output: Path) -> list[str]:
+def build_initramfs(
+    modules_dir: Path | None,
+    output: Path,
+    *,
+    init: str = INIT,
+    extra_applets: Sequence[str] = (),
+    extra_files: Mapping[str, Path] = {},
+) -> list[str]:
     """Write a gzip'd newc initramfs for the kernel whose modules are in ``modules_dir``.
 
-    Returns the module names it loads, in order.
+    ``init`` is the script run as /init (by default: mount root= and switch to it); it finds the
+    modules to load, in order, in /lib/modules/NAME.ko and their names in /etc/modules-load. With no
+    ``modules_dir`` (a kernel with its drivers built in) it loads none. ``extra_applets`` are further
+    busybox applets the init uses; ``extra_files`` maps absolute paths in the initramfs to the files
+    copied there (a helper program and its libraries, say). Returns the module names it loads, in order.
     """
-    order = module_load_order(modules_dir)
+    order = module_load_order(modules_dir) if modules_dir is not None else []
     with tempfile.TemporaryDirectory(prefix="initramfs-") as staging_name:
         staging = Path(staging_name)
         for directory in ("bin", "dev", "proc", "sys", "newroot", "etc", "lib/modules"):
             (staging / directory).mkdir(parents=True)
         shutil.copy2(BUSYBOX, staging / "bin/busybox")
-        for applet in APPLETS:
+        for applet in dict.fromkeys([*APPLETS, *extra_applets]):
             (staging / "bin" / applet).symlink_to("busybox")
         names = []
         for module in order:
             name = _module_name(module)
+            assert modules_dir is not None
             _copy_module(modules_dir / module, staging / "lib/modules" / f"{name}.ko")
             names.append(name)
-        (staging / "etc/modules-load").write_text("\n".join(names) + "\n")
-        init = staging / "init"
-        init.write_text(INIT)
-        init.chmod(0o755)
+        (staging / "etc/modules-load").write_text("".join(f"{name}\n" for name in names))
+        for inside, source in extra_files.items():
+            destination = staging / inside.lstrip("/")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            # Follows links: a library's soname link becomes the library itself.
+            shutil.copy2(source, destination)
+        init_path = staging / "init"
+        init_path.write_text(init)
+        init_path.chmod(0o755)
         members = sorted(str(path.relative_to(staging)) for path in staging.rglob("*"))
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("wb") as out:
