@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from buildbot.config import BuilderConfig
-from buildbot.plugins import schedulers, steps
+from buildbot.plugins import schedulers, steps, util
 from buildbot.process.factory import BuildFactory
 from buildbot.process.results import SUCCESS
 from buildbot.test.util.integration import RunMasterBase
@@ -39,6 +39,7 @@ class LocalWorkerIsolation(RunMasterBase):
     async def test_a_build_sees_none_of_the_masters_secrets(self) -> None:
         directory = Path(tempfile.mkdtemp(prefix="farm-local-worker-"))
         self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        directory.chmod(0o755)  # as a farm directory is: builds pass through it to their worker directory
         farm, home = directory / "farm", directory / "home"
         secret_files = [
             _write(farm / "secrets" / "htpasswd", "admin:SECRET-htpasswd\n"),
@@ -47,16 +48,18 @@ class LocalWorkerIsolation(RunMasterBase):
             _write(home / ".config" / "openstack" / "clouds.yaml", "password: SECRET-clouds\n"),
             _write(directory / "elsewhere" / "clouds.yaml", "password: SECRET-named-clouds\n"),
         ]
+        for path in secret_files:
+            path.chmod(0o600)
         visible = _write(farm / "visible.txt", "VISIBLE-TEXT\n")
         self._environment(
             HOME=str(home),
             AWS_SECRET_ACCESS_KEY="SECRET-aws-environment",
             OS_CLIENT_CONFIG_FILE=str(directory / "elsewhere" / "clouds.yaml"),
         )
-        # Everything a build could try: its environment, each file, and every process's environment.
-        probe = (
-            "env; for f; do echo \"== $f\"; cat \"$f\"; done; cat /proc/[0-9]*/environ | tr '\\0' '\\n'; true"
-        )
+        cache = farm / "cache" / "local-1"
+        disks = [
+            str(path) for pattern in ("sd?", "vd?", "xvd?", "nvme?n?") for path in Path("/dev").glob(pattern)
+        ]
         port = free_port()
         await self.setup_master(
             {
@@ -66,6 +69,8 @@ class LocalWorkerIsolation(RunMasterBase):
                         basedir=farm / "workers" / "local-1",
                         master_address=f"127.0.0.1:{port}",
                         hidden_paths=[farm / "secrets", farm / "store"],
+                        build_ids=BUILD_IDS,
+                        cache_dir=cache,
                         build_wait_timeout=0,
                     )
                 ],
@@ -78,7 +83,8 @@ class LocalWorkerIsolation(RunMasterBase):
                             [
                                 steps.ShellCommand(
                                     name="probe",
-                                    command=["sh", "-c", probe, "probe", *map(str, [*secret_files, visible])],
+                                    command=["sh", "-c", PROBE, "probe", *map(str, [*secret_files, visible])],
+                                    env={"DISKS": " ".join(disks), "CACHE": util.Property("cache_dir")},
                                 )
                             ]
                         ),
@@ -94,12 +100,50 @@ class LocalWorkerIsolation(RunMasterBase):
 
         self.assertEqual(build["results"], SUCCESS, build["state_string"])
         (probe_step,) = [step for step in build["steps"] if step["name"] == "probe"]
-        seen = "".join(log["contents"]["content"] for log in probe_step["logs"])
+        # What the probe printed: the log's output lines, not its header (which quotes the probe).
+        content = "".join(log["contents"]["content"] for log in probe_step["logs"])
+        seen = "\n".join(line[1:] for line in content.splitlines() if line[:1] in ("o", "e"))
         self.assertIn("VISIBLE-TEXT", seen)  # the probe did read files
-        self.assertIn(f"HOME={farm / 'workers' / 'local-1'}", seen)
+        self.assertIn(f"HOME={farm / 'workers' / 'local-1' / 'worker'}", seen)
+        self.assertIn("build uid 0", seen)  # root of its own namespace...
+        self.assertIn("tried: umount", seen)
+        self.assertNotIn("ESCAPED", seen)
         self.assertNotIn("SECRET-", seen)
+        made = cache / "made-by-build"
+        # ...and an unprivileged uid on the host.
+        self.assertEqual((made.stat().st_uid, made.stat().st_gid), (BUILD_IDS, BUILD_IDS))
         for path in secret_files:
             self.assertIn("SECRET-", path.read_text(), "hidden from the worker only")
+
+
+BUILD_IDS = 1879048192 + 7 * 65536
+
+# Everything a build could try: its environment, each file (as it is, through /proc/1/root and after
+# undoing every mount it can see, in its namespace or a new one), every process's environment, and
+# the host's disks and loop devices.
+PROBE = r"""
+env
+echo "build uid $(id -u)"
+touch "$CACHE/made-by-build"
+for f; do echo "== $f"; cat "$f" "/proc/1/root$f"; done
+echo "tried: umount"
+UNDO='
+for m in $(awk "{print \$2}" /proc/self/mounts | sort -r); do
+    umount -l "$m" 2>/dev/null && echo "ESCAPED: umount $m"
+done
+for f; do cat "$f"; done'
+sh -c "$UNDO" sh "$@"
+unshare --mount sh -c "$UNDO" sh "$@"
+mkdir -p /tmp/probe-mnt
+mount --bind / /tmp/probe-mnt 2>/dev/null && echo "ESCAPED: mount --bind /"
+for d in $DISKS; do
+    head -c 512 "$d" >/dev/null 2>&1 && echo "ESCAPED: read $d"
+    mount -o ro "$d" /tmp/probe-mnt 2>/dev/null && echo "ESCAPED: mount $d"
+done
+losetup -f --show "$CACHE/made-by-build" 2>/dev/null && echo "ESCAPED: a loop device"
+cat /proc/[0-9]*/environ | tr '\0' '\n'
+true
+"""
 
 
 LEFT_RUNNING = """

@@ -4,11 +4,16 @@ The embedded default, for a laptop or a single build host. Each start gets a new
 password and an empty directory, so no state leaks from one build into the next, just as
 with an ephemeral cloud instance.
 
-A build runs whatever its packages' build systems do, as the master's user, so the worker is
-walled off from the master: a clean environment (none of the master's variables, AWS keys
-included), its own PID namespace (the master's processes, their environments and memory are out
-of sight) and its own mount namespace, in which the farm's secrets, the store's private files and
-the user's cloud credentials are covered by empty mounts.
+A build runs whatever its packages' build systems do, so the worker is walled off from the master:
+a clean environment (none of the master's variables, AWS keys included), its own PID namespace (the
+master's processes, their environments and memory are out of sight) and its own mount namespace, in
+which the farm's secrets, the store's private files and the user's cloud credentials are covered by
+empty mounts. A root master runs the worker as root of a user namespace whose ids are an unprivileged
+host range (:mod:`gentoo_farm.workers.userns`): the covering mounts are locked to it, and root's
+files, the host's devices and loop devices are out of its reach.
+
+``basedir`` (the master's) keeps the worker's log and process record; the worker itself lives in
+``basedir/worker``, which belongs to the build's ids.
 """
 
 import contextlib
@@ -16,6 +21,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -29,6 +35,10 @@ from twisted.python import log
 
 from gentoo_farm.config import host_port
 from gentoo_farm.workers.instance_password import InstancePasswordMixin
+from gentoo_farm.workers.userns import ID_COUNT
+
+# The directory the buildbot-worker lives in, inside the master's instance directory.
+WORKER_DIR = "worker"
 
 STOP_TIMEOUT = 30
 # Where a started worker's process is recorded, so a master that crashed can stop it at its next start.
@@ -57,13 +67,43 @@ def worker_environment(home: Path) -> dict[str, str]:
     return {**kept, "PATH": path, "HOME": str(home)}
 
 
-def hiding_script(hidden: Sequence[Path], command: Sequence[str]) -> str:
+def passage_lines(paths: Sequence[Path]) -> list[str]:
+    """Shell lines that let any user reach ``paths``: each directory on the way that others may not
+    search (a home at 0700, say) is covered by an empty tmpfs they may search, holding only the way
+    on, bind-mounted from the directory itself; everything else in it stays out of sight."""
+    ways_on: dict[Path, set[str]] = {}
+    for path in paths:
+        path = path.absolute()
+        for directory in reversed(path.parents):
+            if not directory.stat().st_mode & stat.S_IXOTH:
+                ways_on.setdefault(directory, set()).add(path.relative_to(directory).parts[0])
+    lines = []
+    for directory in sorted(ways_on, key=lambda path: len(path.parts)):
+        quoted = shlex.quote(str(directory))
+        lines += [
+            'stash="$(mktemp -d)"',
+            f'mount --bind {quoted} "$stash"',
+            f"mount -t tmpfs -o mode=0711,size=16k gentoo-farm-passage {quoted}",
+        ]
+        for name in sorted(ways_on[directory]):
+            way, stashed = shlex.quote(str(directory / name)), shlex.quote(name)
+            if (directory / name).is_symlink():
+                lines.append(f"ln -s {shlex.quote(os.readlink(directory / name))} {way}")
+                continue
+            make = "mkdir" if (directory / name).is_dir() else "touch"
+            lines += [f"{make} {way}", f'mount --bind "$stash"/{stashed} {way}']
+        lines += ['umount "$stash"', 'rmdir "$stash"']
+    return lines
+
+
+def hiding_script(hidden: Sequence[Path], command: Sequence[str], passages: Sequence[Path] = ()) -> str:
     """The shell script that covers ``hidden`` in the new mount namespace, then becomes ``command``.
 
-    ``set -e``: a path that cannot be covered stops the worker before it connects, so a build
-    never runs with a secret in sight.
+    ``passages`` (see :func:`passage_lines`): what the command must reach, for a build whose ids are
+    not the master's. ``set -e``: a path that cannot be covered stops the worker before it connects,
+    so a build never runs with a secret in sight.
     """
-    lines = ["set -e"]
+    lines = ["set -e", *passage_lines(passages)]
     for path in hidden:
         if path.is_dir():
             lines.append(f"mount -t tmpfs -o mode=0700,size=16k gentoo-farm-hidden {shlex.quote(str(path))}")
@@ -73,18 +113,47 @@ def hiding_script(hidden: Sequence[Path], command: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def isolated(hidden: Sequence[Path], command: Sequence[str]) -> list[str]:
+def as_build_root(build_ids: int, command: Sequence[str]) -> list[str]:
+    """``command`` as root of a user namespace mapped to the host's ids from ``build_ids`` on."""
+    return [sys.executable, "-m", "gentoo_farm.workers.userns", "--ids", str(build_ids), "--", *command]
+
+
+def isolated(
+    hidden: Sequence[Path],
+    command: Sequence[str],
+    build_ids: int | None = None,
+    passages: Sequence[Path] = (),
+) -> list[str]:
     """``command`` in new PID and mount namespaces with ``hidden`` covered.
 
-    As root the namespaces need no more; anyone else also gets a user namespace mapping them to
-    themselves. The forked namespace init dies with ``unshare`` (``--kill-child``), and the kernel
-    ends every process of a PID namespace when its init exits, so no build outlives the worker.
+    With ``build_ids`` (a root master) the command runs as root of a user namespace of those ids,
+    entered after the covering mounts are made so that they are locked to it; it reaches
+    ``passages`` (:func:`passage_lines`). A master that is not
+    root gets a user namespace mapping it to itself, which the namespaces need. The forked namespace
+    init dies with ``unshare`` (``--kill-child``), and the kernel ends every process of a PID
+    namespace when its init exits, so no build outlives the worker.
     """
     user = [] if os.geteuid() == 0 else ["--user", "--map-current-user"]
+    if build_ids is not None:
+        command = as_build_root(build_ids, command)
     return [
         "unshare", *user, "--mount", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM",
-        "--", "sh", "-c", hiding_script(hidden, command),
+        "--", "sh", "-c", hiding_script(hidden, command, passages if build_ids is not None else ()),
     ]  # fmt: skip
+
+
+def hand_over(path: Path, owner: int) -> None:
+    """Make ``path`` and everything below it belong to host uid and gid ``owner`` (links not followed)."""
+    os.lchown(path, owner, owner)
+    for directory, names, files in os.walk(path):
+        for name in names + files:
+            os.lchown(os.path.join(directory, name), owner, owner)
+
+
+def git_safe_directories(home: Path, repositories: Sequence[str]) -> None:
+    """Let git read the master's recipe repositories: they belong to the master's user, not the build's."""
+    lines = [f"\tdirectory = {repository}\n" for repository in repositories]
+    (home / ".gitconfig").write_text("[safe]\n" + "".join(lines))
 
 
 def _start_time(pid: int) -> str | None:
@@ -128,6 +197,9 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
 
     ``hidden_paths``: what of the master builds must not see (the farm's secrets, the store's
     private files); the user's cloud credentials (:func:`cloud_credential_paths`) are always hidden.
+    ``build_ids``: the first of the 65,536 host ids builds run as (a root master only; ``None``: as
+    the master's user). ``cache_dir``: kept across builds (ccache, kernel sources), the ``cache_dir``
+    property. ``shared_repositories``: the master's local git repositories builds check out.
     """
 
     def checkConfig(
@@ -137,12 +209,19 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         basedir: Path,
         master_address: str,
         hidden_paths: Sequence[Path] = (),
+        build_ids: int | None = None,
+        cache_dir: Path | None = None,
+        shared_repositories: Sequence[str] = (),
         **kwargs: object,
     ) -> None:
         try:
             host_port(master_address)
         except ValueError as error:
             config.error(f"local worker {name!r}: master_address {master_address!r}: {error}")
+        if build_ids is not None and os.geteuid() != 0:
+            config.error(f"local worker {name!r}: build_ids needs a root master (it writes the id maps)")
+        if build_ids is not None and not 0 < build_ids <= 2**32 - 1 - ID_COUNT:
+            config.error(f"local worker {name!r}: build_ids {build_ids} leaves no room for {ID_COUNT} ids")
         super().checkConfig(name, None, **kwargs)
 
     async def reconfigService(
@@ -152,12 +231,20 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         basedir: Path,
         master_address: str,
         hidden_paths: Sequence[Path] = (),
+        build_ids: int | None = None,
+        cache_dir: Path | None = None,
+        shared_repositories: Sequence[str] = (),
         **kwargs: object,
     ) -> None:
         # Not "worker_basedir": AbstractWorker keeps the base directory the worker reports there.
         self.instance_dir = Path(basedir)
         self.master_address = master_address
         self.hidden_paths = list(hidden_paths)
+        self.build_ids = build_ids
+        self.cache_dir = cache_dir
+        self.shared_repositories = list(shared_repositories)
+        if cache_dir is not None:
+            kwargs["properties"] = {**(kwargs.get("properties") or {}), "cache_dir": str(cache_dir)}
         if not hasattr(self, "process"):
             # The first configuration of this master: a worker its crashed predecessor started goes.
             self.process: subprocess.Popen[bytes] | None = None
@@ -169,16 +256,33 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         self.process = await threads.deferToThread(self._create_and_start, password)
         return True
 
+    def _prepare_for_builds(self, worker_dir: Path) -> list[Path]:
+        """Give the build's ids what the worker writes (its directory, the cache); what it must reach."""
+        git_safe_directories(worker_dir, self.shared_repositories)
+        written = [worker_dir]
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            written.append(self.cache_dir)
+        if self.build_ids is None:
+            return []
+        for path in written:
+            if path.stat().st_uid != self.build_ids:
+                hand_over(path, self.build_ids)
+        # The venv, the interpreter and standard library it was made from, and this package's code.
+        programs = [_venv_bin().parent, Path(sys.base_prefix).resolve(), Path(__file__).resolve().parents[1]]
+        return [*written, *programs]
+
     def _create_and_start(self, password: str) -> subprocess.Popen[bytes]:
         reap_leftover(self.instance_dir)
         shutil.rmtree(self.instance_dir, ignore_errors=True)
         self.instance_dir.mkdir(parents=True)
+        worker_dir = self.instance_dir / WORKER_DIR
         subprocess.run(
             [
                 str(_venv_bin() / "buildbot-worker"),
                 "create-worker",
                 "--umask=0o022",
-                str(self.instance_dir),
+                str(worker_dir),
                 self.master_address,
                 self.workername,
                 password,
@@ -187,14 +291,17 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
             capture_output=True,
         )
         # The password is in buildbot.tac; it is good for this start only, but keep it private.
-        (self.instance_dir / "buildbot.tac").chmod(0o600)
-        command = [str(_venv_bin() / "buildbot-worker"), "start", "--nodaemon", str(self.instance_dir)]
+        (worker_dir / "buildbot.tac").chmod(0o600)
+        passages = self._prepare_for_builds(worker_dir)
+        command = [str(_venv_bin() / "buildbot-worker"), "start", "--nodaemon", str(worker_dir)]
+        hidden = [*self.hidden_paths, *cloud_credential_paths()]
+        # The log and the process record stay the master's: the worker cannot point them elsewhere.
         with (self.instance_dir / "worker.log").open("ab") as log_file:
             process = subprocess.Popen(
-                isolated([*self.hidden_paths, *cloud_credential_paths()], command),
+                isolated(hidden, command, self.build_ids, passages),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=worker_environment(self.instance_dir),
+                env=worker_environment(worker_dir),
                 start_new_session=True,
             )
         (self.instance_dir / PROCESS_RECORD).write_text(f"{process.pid} {_start_time(process.pid)}\n")
