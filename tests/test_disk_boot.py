@@ -326,6 +326,22 @@ def test_disk_allocates_every_block_of_a_sparse_kernel(tmp_path: Path) -> None:
     assert holes_under_boot(root, raw) == []
 
 
+def test_a_bootloader_vm_that_does_not_finish_fails_the_stage_with_its_console(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot/extlinux.conf").write_text("DEFAULT gentoo\n")
+    (root / "boot/vmlinuz-6.1.0-test").write_bytes(b"not a kernel")
+    (root / "boot/vmlinuz").symlink_to("vmlinuz-6.1.0-test")
+
+    process = farm_worker("disk", root, "--output", tmp_path / "out.qcow2", "--bootloader", "vm")
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert "installing extlinux in the bootloader VM failed: qemu exited with status 1" in process.stderr
+    # qemu refused the kernel before the guest printed anything.
+    assert "the console stayed empty" in process.stderr
+    assert not (tmp_path / "out.qcow2").exists() and not (tmp_path / "out.raw").exists()
+
+
 @pytest.mark.slow
 def test_disk_stage_without_privilege_installs_extlinux_in_a_vm(kernel_tarball: Path) -> None:
     # An unprivileged user can neither attach a loop device nor mount: auto takes the VM path.

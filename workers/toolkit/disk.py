@@ -46,6 +46,7 @@ INITIAL_UID_MAP = ["0", "0", "4294967295"]
 # The bootloader VM: boot, load the drivers, install, power off. About 10 s under TCG; generous for a
 # loaded 2-core worker.
 BOOTLOADER_VM_TIMEOUT_SECONDS = 300
+BOOTLOADER_VM_POWEROFF_SECONDS = 30
 BOOTLOADER_VM_MEMORY = "512"
 BOOTLOADER_VM_POLL_SECONDS = 0.5
 BOOTLOADER_DONE = "gentoo-farm-bootloader: extlinux installed"
@@ -247,26 +248,32 @@ def install_bootloader_in_vm(root: Path, release: str, raw: Path) -> None:
         command += ["-kernel", str(kernel), "-initrd", str(initramfs), "-append", "console=ttyS0 panic=-1"]
         command += ["-drive", f"file={qemu_option_value(raw)},if=virtio,format=raw"]
         with running(command, scratch / "qemu.log") as qemu:
-            deadline = time.monotonic() + BOOTLOADER_VM_TIMEOUT_SECONDS
-            while True:
-                console = serial_log.read_text(errors="replace")
-                exited = qemu_exited(qemu, scratch / "qemu.log")
-                if BOOTLOADER_DONE in console:
-                    # The marker comes after the unmount and sync; let poweroff finish.
-                    qemu.wait(timeout=BOOTLOADER_VM_TIMEOUT_SECONDS)
-                    return
-                failed = next((line for line in console.splitlines() if BOOTLOADER_FAILED in line), None)
-                if failed or exited or time.monotonic() > deadline:
-                    reason = (
-                        failed.strip()
-                        if failed
-                        else exited or f"no {BOOTLOADER_DONE!r} within {BOOTLOADER_VM_TIMEOUT_SECONDS} s"
-                    )
-                    raise StageError(
-                        f"installing extlinux in the bootloader VM failed: {reason}; "
-                        f"the console's last lines:\n{tail(console, CONSOLE_TAIL_LINES)}"
-                    )
-                time.sleep(BOOTLOADER_VM_POLL_SECONDS)
+            wait_for_bootloader_vm(qemu, serial_log, scratch / "qemu.log")
+
+
+def wait_for_bootloader_vm(qemu: subprocess.Popen[bytes], serial_log: Path, qemu_log: Path) -> None:
+    """Until the VM's init prints the done marker; a failure marker, qemu exiting first or the timeout
+    raise StageError with the console's last lines."""
+    deadline = time.monotonic() + BOOTLOADER_VM_TIMEOUT_SECONDS
+    while True:
+        console = serial_log.read_text(errors="replace")
+        exited = qemu_exited(qemu, qemu_log)
+        if BOOTLOADER_DONE in console:
+            # The marker comes after the unmount and sync: the disk is complete. Let poweroff finish;
+            # if it hangs, leaving the running() context stops qemu all the same.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                qemu.wait(timeout=BOOTLOADER_VM_POWEROFF_SECONDS)
+            return
+        failed = next((line.strip() for line in console.splitlines() if BOOTLOADER_FAILED in line), None)
+        if failed or exited or time.monotonic() > deadline:
+            reason = failed or exited or f"no {BOOTLOADER_DONE!r} within {BOOTLOADER_VM_TIMEOUT_SECONDS} s"
+            last_lines = (
+                f"the console's last lines:\n{tail(console, CONSOLE_TAIL_LINES)}"
+                if console.strip()
+                else "the console stayed empty"
+            )
+            raise StageError(f"installing extlinux in the bootloader VM failed: {reason}; {last_lines}")
+        time.sleep(BOOTLOADER_VM_POLL_SECONDS)
 
 
 def holes_under_boot(root: Path, raw: Path) -> list[str]:
