@@ -342,10 +342,20 @@ def test_a_bootloader_vm_that_does_not_finish_fails_the_stage_with_its_console(t
     assert not (tmp_path / "out.qcow2").exists() and not (tmp_path / "out.raw").exists()
 
 
+# Who runs the stage, how, and whom the image's files then belong to (the ids the stage sees).
+UNPRIVILEGED = {
+    "a user": (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], 65534),
+    "root of a user namespace": (["unshare", "--user", "--map-root-user"], 0),
+}
+
+
 @pytest.mark.slow
-def test_disk_stage_without_privilege_installs_extlinux_in_a_vm(kernel_tarball: Path) -> None:
-    # An unprivileged user can neither attach a loop device nor mount: auto takes the VM path.
-    # tmp_path lies under a directory only root may enter, hence a directory of the user's own.
+@pytest.mark.parametrize("who", UNPRIVILEGED)
+def test_disk_stage_without_privilege_installs_extlinux_in_a_vm(who: str, kernel_tarball: Path) -> None:
+    # Neither can attach a loop device nor mount a filesystem: auto takes the VM path. (Root of a user
+    # namespace has euid 0 but not the initial namespace's uid_map.)
+    run_as, owner = UNPRIVILEGED[who]
+    # tmp_path lies under a directory only root may enter, hence a directory of the stage's own.
     scratch = Path(tempfile.mkdtemp(prefix="disk-unprivileged-"))
     try:
         root = scratch / "root"
@@ -357,12 +367,11 @@ def test_disk_stage_without_privilege_installs_extlinux_in_a_vm(kernel_tarball: 
         (root / "boot/extlinux.conf").write_text("DEFAULT gentoo\nLABEL gentoo\n\tLINUX /boot/vmlinuz\n")
         # A kernel-sized file with a zero block, as a kernel image may have: not a hole once built.
         write_with_zero_block(root / "boot/System.map", sparse=False)
-        subprocess.run(["chown", "-R", "65534:65534", scratch], check=True)
+        subprocess.run(["chown", "-R", f"{owner}:{owner}", scratch], check=True)
         raw = scratch / "disk.raw"
 
         disk = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             FARM_WORKER, "disk", root, "--output", scratch / "disk.qcow2", "--raw", raw],
+            [*run_as, FARM_WORKER, "disk", root, "--output", scratch / "disk.qcow2", "--raw", raw],
             capture_output=True,
             text=True,
             check=False,
@@ -371,7 +380,7 @@ def test_disk_stage_without_privilege_installs_extlinux_in_a_vm(kernel_tarball: 
         assert disk.returncode == 0, disk.stdout[-3000:] + disk.stderr
         assert "installing extlinux (in a qemu VM)" in disk.stdout
         assert re.search(r"^installed extlinux in a qemu VM in \d+\.\d s$", disk.stdout, re.MULTILINE)
-        assert raw.stat().st_uid == 65534
+        assert raw.stat().st_uid == owner
         listing = subprocess.run(
             ["debugfs", "-R", "ls -l /boot", f"{raw}?offset={PARTITION_OFFSET}"],
             capture_output=True,
@@ -389,7 +398,13 @@ def test_disk_stage_without_privilege_installs_extlinux_in_a_vm(kernel_tarball: 
         assert len(boot_blocks(raw, "/boot/System.map")) == 4
         assert holes_under_boot(root, raw) == []
         # The files keep the owner the stage saw them with.
-        assert "65534" in listing
+        status = subprocess.run(
+            ["debugfs", "-R", "stat /boot/System.map", f"{raw}?offset={PARTITION_OFFSET}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert re.search(rf"User: +{owner} +Group: +{owner}\b", status), status
     finally:
         shutil.rmtree(scratch)
 
