@@ -117,6 +117,10 @@ class LocalWorkersSection:
     """Seconds a started worker waits for another build before it stops (0: stop after each build)."""
     cache_dir: Path = Path("cache")
     """What workers keep between builds (ccache, kernel sources), one directory per worker."""
+    build_ids: int = 1879048192
+    """A root master runs local-N's builds as host uids and gids ``build_ids + (N-1) * 65536`` on (the
+    build's root and its 65,535 users): no account may use them. The default lies above systemd's range
+    for containers and below 2^31."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """c['workers'] and c['protocols']: the latent workers builds run on, local and OpenStack."""
 
+import os
 from pathlib import Path
 
 from buildbot.worker.latent import AbstractLatentWorker
 
 from gentoo_farm.config import FarmConfig, OpenStackWorkersSection, listen_endpoint
 from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.recipes import recipe_repositories
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 from gentoo_farm.workers.fleet import OpenStackFleet
@@ -16,6 +18,7 @@ from gentoo_farm.workers.openstack import (
     openstack_worker_pool,
     pool_worker_names,
 )
+from gentoo_farm.workers.userns import ID_COUNT
 
 # Where an OpenStack instance keeps ccache and kernel sources for as long as it lives.
 INSTANCE_CACHE_DIR = "/var/cache/gentoo-farm"
@@ -79,20 +82,32 @@ def hidden_from_local_workers(config: FarmConfig, farm: FarmDir) -> list[Path]:
     return hidden
 
 
+def local_build_ids(config: FarmConfig, index: int) -> int | None:
+    """The first host id local worker ``index`` (from 0) builds as; ``None`` unless the master is root."""
+    if os.geteuid() != 0:
+        return None
+    return config.workers.local.build_ids + index * ID_COUNT
+
+
 def workers(config: FarmConfig, farm: FarmDir, fleet: OpenStackFleet) -> list[AbstractLatentWorker]:
     local = config.workers.local
+    shared = [
+        repository.url for repository in recipe_repositories(config) if Path(repository.url).is_absolute()
+    ]
     result: list[AbstractLatentWorker] = [
         LocalLatentWorker(
             name,
             basedir=farm.workers / name,
             master_address=config.master.worker_address,
             hidden_paths=hidden_from_local_workers(config, farm),
+            build_ids=local_build_ids(config, index),
+            # Kept across builds (each start gets a fresh base directory): ccache, kernel sources.
+            cache_dir=local.cache_dir / name,
+            shared_repositories=shared,
             max_builds=local.max_builds,
             build_wait_timeout=local.build_wait_timeout,
-            # Kept across builds (each start gets a fresh base directory): ccache, kernel sources.
-            properties={"cache_dir": str(local.cache_dir / name)},
         )
-        for name in local_worker_names(config)
+        for index, name in enumerate(local_worker_names(config))
     ]
     for pool in config.workers.openstack:
         result += _openstack_workers(config, pool, fleet)

@@ -179,3 +179,14 @@ def test_check_reads_what_farm_toml_names_and_says_what_is_wrong(tmp_path: Path)
     passed = check()
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "  ok   keyring" in passed.stdout and "  ok   clouds    clouds.yaml has home" in passed.stdout
+    assert "  ok   build ids local builds run as host ids 1879048192-1879113727, which no account uses" in (
+        passed.stdout
+    )
+
+    # Local builds are root of their ids: a range holding accounts is refused, naming them.
+    set_option(farm.root, "workers.local", "build_ids", "1")
+    taken = check()
+    assert taken.returncode == 1
+    (line,) = [line for line in taken.stdout.splitlines() if line.startswith("  FAIL build ids")]
+    assert "local builds run as host ids 1-65536, which user daemon (1)" in line
+    assert "user nobody (65534)" in line and line.endswith("choose a range no account uses")

@@ -25,7 +25,8 @@ from gentoo_farm.config import load_config
 from gentoo_farm.signing import verify_clearsigned
 from gentoo_farm.stageprotocol import SERIAL_LOG_MARKER
 from gentoo_farm.store.sets import SIGNING_KEY
-from master.workers import local_worker_names
+from gentoo_farm.workers.local import hand_over
+from master.workers import local_build_ids, local_worker_names
 from tests import cache
 from tests.browser import artifacts_dir, chromium
 from tests.debian import kernel_source_tarball
@@ -78,20 +79,25 @@ class Pipeline:
 
 
 def use_the_test_cache_for_workers(farm: Farm) -> None:
-    """Keep the local workers' caches in the test cache, every worker's ccache the shared kernel ccache.
+    """Keep the local workers' caches in the test cache, the first worker's ccache the shared kernel ccache.
 
     ccache survives the farm, as it would on a long-lived build host: a rerun compiles in seconds. The
     shared kernel ccache is also where test_kernel_build.py leaves its cold compile of the same source and
-    config, so a fresh machine compiles that kernel once per run, not once per test module.
+    config, so a fresh machine compiles that kernel once per run, not once per test module. Builds run as
+    the worker's own ids, which must own what they write: the shared ccache is handed to them.
     """
     workers = cache.directory("pipeline-workers")
     set_option(farm.root, "workers.local", "cache_dir", json.dumps(str(workers)))
     shared = cache.directory(cache.KERNEL_CCACHE)
-    for name in local_worker_names(load_config(farm.root)):
-        ccache = workers / name / "ccache"
-        ccache.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # an earlier run's link
-            ccache.symlink_to(shared, target_is_directory=True)
+    config = load_config(farm.root)
+    first = local_worker_names(config)[0]
+    ccache = workers / first / "ccache"
+    ccache.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # an earlier run's link
+        ccache.symlink_to(shared, target_is_directory=True)
+    build_ids = local_build_ids(config, 0)
+    if build_ids is not None:
+        hand_over(shared, build_ids)
 
 
 def git(*args: str, cwd: Path) -> str:

@@ -1,9 +1,11 @@
 """Validate farm.toml, then check what it names: Gentoo's keyring, the clouds, the recipe repositories,
-the store and the composed Buildbot configuration; say what the farm will do."""
+the store, the ids local builds run as and the composed Buildbot configuration; say what the farm will do."""
 
 from __future__ import annotations
 
 import argparse
+import grp
+import pwd
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,9 +16,11 @@ from openstack import exceptions as sdk_exceptions
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.master.workers import local_build_ids, local_worker_names
 from gentoo_farm.recipes import KERNEL_POLLER, recipe_repositories
 from gentoo_farm.signing import SigningError, key_fingerprints
 from gentoo_farm.store import StoreError, open_store
+from gentoo_farm.workers.userns import ID_COUNT
 
 CHECK_TIMEOUT = 120
 
@@ -112,6 +116,29 @@ def check_store(config: FarmConfig) -> str:
     return f"{store.location} answers"
 
 
+def check_build_ids(config: FarmConfig) -> str:
+    """Local builds are root of their own ids: an account among them would be theirs to act as."""
+    names = local_worker_names(config)
+    first = local_build_ids(config, 0)
+    if not names:
+        return "no local workers"
+    if first is None:
+        return "local builds run as the master's user (the master is not root)"
+    last = first + len(names) * ID_COUNT - 1
+    taken = [
+        f"user {entry.pw_name} ({entry.pw_uid})" for entry in pwd.getpwall() if first <= entry.pw_uid <= last
+    ]
+    taken += [
+        f"group {entry.gr_name} ({entry.gr_gid})" for entry in grp.getgrall() if first <= entry.gr_gid <= last
+    ]
+    if taken:
+        raise Problem(
+            f"workers.local.build_ids: local builds run as host ids {first}-{last}, which "
+            f"{', '.join(taken)} use; choose a range no account uses"
+        )
+    return f"local builds run as host ids {first}-{last}, which no account uses"
+
+
 def check_buildbot(config: FarmConfig) -> str:
     master = FarmDir(config.basedir).master
     if not (master / "master.cfg").is_file():
@@ -129,6 +156,7 @@ CHECKS: tuple[tuple[str, Callable[[FarmConfig], str]], ...] = (
     ("clouds", check_clouds),
     ("recipes", check_recipes),
     ("store", check_store),
+    ("build ids", check_build_ids),
     ("buildbot", check_buildbot),
 )
 
