@@ -77,6 +77,20 @@ def _fingerprint(value: str) -> None:
         )
 
 
+# Architectures the stages build and boot: the kernel stage installs arch/x86's bzImage and the boot
+# test runs qemu-system-x86_64.
+SUPPORTED_ARCHITECTURES = ("amd64",)
+
+
+def _supported_stage3(value: str) -> None:
+    architecture = value.removeprefix("stage3-").split("-", 1)[0]
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"the farm builds {', '.join(SUPPORTED_ARCHITECTURES)} images only so far, not {architecture} "
+            "(the kernel stage installs an x86 bzImage and the boot test runs qemu-system-x86_64)"
+        )
+
+
 def _check(validator: typing.Callable[[Any], Any]) -> dict[str, Any]:
     return {"validator": validator}
 
@@ -153,7 +167,7 @@ class WorkersSection:
 @dataclass(frozen=True)
 class UpstreamSection:
     mirror: str = "https://distfiles.gentoo.org"
-    stage3: str = "stage3-amd64-openrc"
+    stage3: str = field(default="stage3-amd64-openrc", metadata=_check(_supported_stage3))
     profile: str = "default/linux/amd64/23.0"
     keyring: Path = Path("keys/gentoo-release.asc")
     """OpenPGP public keys holding both keys below (openpgp-keys-gentoo-release's gentoo-release.asc)."""
@@ -164,7 +178,7 @@ class UpstreamSection:
 
     @property
     def arch(self) -> str:
-        """The architecture of the configured stage3 (``stage3-arm64-openrc`` -> ``arm64``): the mirror's
+        """The architecture of the configured stage3 (``stage3-amd64-openrc`` -> ``amd64``): the mirror's
         ``releases/<arch>/`` directory and the last part of image names."""
         return self.stage3.removeprefix("stage3-").split("-", 1)[0]
 

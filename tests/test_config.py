@@ -58,6 +58,10 @@ def test_a_valid_file_passes_and_is_summarised(tmp_path: Path) -> None:
             'master.web_address = "localhost": expected HOST:PORT',
         ),
         ('[farm]\nid = "x"\n[schedule]\nnightly_time = "25:00"\n', "expected a time of day HH:MM"),
+        (
+            '[farm]\nid = "x"\n[upstream]\nstage3 = "stage3-arm64-openrc"\n',
+            'upstream.stage3 = "stage3-arm64-openrc": the farm builds amd64 images only so far, not arm64',
+        ),
         ('[farm]\nid = "x"\n[[glance]]\nkeep = 1\n', "missing key glance[0].cloud"),
         ('[farm]\nid = "x"\n[[workers.openstack]]\nname = "os"\n', "missing key workers.openstack[0].cloud"),
         ("[farm\n", "not valid TOML"),
