@@ -6,15 +6,18 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import boto3
 import pytest
 
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands import download, images
 from gentoo_farm.store import open_store
+from tests.farmtest import FARM, free_port
 from tests.services.store import publish_files
 
 pytest_plugins = ["tests.services.store"]
@@ -103,3 +106,59 @@ def test_a_corrupt_partial_file_fails_the_checksum_and_is_removed(published, tmp
 def test_download_of_an_unknown_image_says_how_to_list(published, tmp_path: Path) -> None:
     with pytest.raises(CommandError, match=r"no published image named 'gentoo-1999'.*farm images"):
         download.run(_parse(download, "gentoo-1999", str(tmp_path)), published)
+
+
+def _public_url(settings) -> str:
+    """The store's URL for anyone: the store server's, or a bucket made public as docs/store.md says."""
+    if settings.type == "local":
+        return settings.public_url
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{settings.bucket}/*",
+            }
+        ],
+    }
+    client = boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region)
+    client.put_bucket_policy(Bucket=settings.bucket, Policy=json.dumps(policy))
+    return f"{settings.endpoint_url}/{settings.bucket}/{settings.prefix}"
+
+
+def _farm_download_anonymously(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`farm download` as someone with only a URL: no farm.toml, no AWS or OpenStack settings."""
+    environment = {"PATH": os.environ["PATH"], "HOME": str(cwd)}
+    return subprocess.run(
+        [FARM, "download", *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_anyone_with_the_public_url_downloads_the_newest_image(published, tmp_path: Path) -> None:
+    person = tmp_path / "person"
+    person.mkdir()
+    (person / "gentoo-20261125-amd64.qcow2.part").write_bytes(DISK[:1_000_000])
+    url = _public_url(published.store) + "/images/"
+
+    done = _farm_download_anonymously(person, url)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    target = person / "gentoo-20261125-amd64.qcow2"
+    assert target.read_bytes() == DISK
+    assert "resuming gentoo-20261125-amd64.qcow2.part at" in done.stderr
+    assert f"{target} (3.0 MiB, sha512 verified" in done.stdout
+    assert target.with_name(target.name + ".sha512").read_text().startswith(hashlib.sha512(DISK).hexdigest())
+
+
+def test_a_public_url_without_a_farm_store_says_so(local_settings, tmp_path: Path) -> None:
+    empty = _farm_download_anonymously(tmp_path, local_settings.public_url)
+    assert empty.returncode == 2
+    assert empty.stderr.strip() == (
+        f"farm download: error: {local_settings.public_url}: the store has published no image yet"
+    )
+    nobody = _farm_download_anonymously(tmp_path, f"http://127.0.0.1:{free_port()}/")
+    assert nobody.returncode == 2
+    assert "farm download: error: http://127.0.0.1:" in nobody.stderr and "cannot reach" in nobody.stderr
+    assert "Traceback" not in empty.stderr + nobody.stderr

@@ -1,4 +1,8 @@
-"""Download a published image: resumes a partial file, verifies its sha512, says where the file is."""
+"""Download a published image: resumes a partial file, verifies its sha512, says where the file is.
+
+From the farm's store (farm.toml), or from a store's public URL alone (no farm.toml, no credentials):
+``farm download https://images.example.org/`` takes the newest image its ``latest`` pointer names.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,18 @@ from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.signing import SigningError, key_fingerprints, verify_clearsigned
 from gentoo_farm.store import ArtifactStore, StoreError, open_store
+from gentoo_farm.store.public import PublicStore
 from gentoo_farm.store.sets import SIGNING_KEY, digests_key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", default="latest", help="image name or set id (default: latest)")
+    parser.add_argument(
+        "name",
+        nargs="?",
+        default="latest",
+        help="image name or set id (default: latest), or a store's public URL (its newest image; "
+        "no farm.toml needed)",
+    )
     parser.add_argument("directory", nargs="?", type=Path, default=Path("."), help="where to put it")
     parser.add_argument(
         "--key",
@@ -148,8 +159,32 @@ def published(config: FarmConfig, name: str) -> tuple[ArtifactStore, ImageRecord
     return store, record
 
 
-def run(args: argparse.Namespace, config: FarmConfig) -> int:
-    store, record = published(config, args.name)
+def is_url(name: str) -> bool:
+    return name.startswith(("http://", "https://"))
+
+
+def needs_farm(args: argparse.Namespace) -> bool:
+    return not is_url(args.name)
+
+
+def published_at(url: str) -> tuple[ArtifactStore, ImageRecord]:
+    """The store whose public URL is ``url`` (its top, or its ``images/``) and its newest image."""
+    top = url.rstrip("/").removesuffix("/images")
+    store = PublicStore(top)
+    try:
+        record = find_image(store, "latest")
+    except StoreError as error:
+        raise CommandError(f"{store.location}: no farm store here ({error})") from error
+    if record is None:
+        raise CommandError(f"{store.location}: the store has published no image yet")
+    return store, record
+
+
+def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
+    if config is None:
+        store, record = published_at(args.name)
+    else:
+        store, record = published(config, args.name)
     armored_key = trusted_key(store, args.key) if args.key else None
     destination = download(store, record, args.directory)
     if armored_key is None:
