@@ -2,6 +2,21 @@
 
 The root is the stand-in stage3 (tests/world/stage3.py), the kernel Debian's linux-image package
 made into a vmlinuz tarball by the kernel-package stage, the overlay the project's default recipe.
+
+Each qemu boot under TCG costs a minute or more, so tests that can look at the same booted guest share
+it; a separate boot is kept only where the image or the way it gets its metadata differs:
+
+- ``booted``: the recipe's image, its extlinux installed in the bootloader VM, booted against the
+  metadata service on a disk grown to 4 GiB. Its tests: the cloud user logs in over SSH (hostname,
+  user-data, key for the cloud user only, root grown, ``uname -r``, the greeting command, root refused,
+  the console's lines), local.d's output stays off the console, and an image whose bootloader was
+  installed in a VM boots.
+- ``without_fixes``: the stand-in stage3's own fstab and no sshd drop-in (two of the recipe's fixes
+  undone), against the metadata service. Its tests: root logs in with the key without the drop-in (the
+  check sees it, after every check before it passed), and fsck fails on the stage3's fstab placeholders.
+- ``loop_image`` (the recipe's image, extlinux installed on a loop device), built once and booted twice:
+  with the config drive alone, and with neither metadata service nor config drive.
+- an image without an initramfs, booted once: it must not boot.
 """
 
 import hashlib
@@ -50,6 +65,7 @@ def kernel_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Booted:
     root: Path
     release: str
+    disk: subprocess.CompletedProcess[str]
     process: subprocess.CompletedProcess[str]
     console: str
 
@@ -96,8 +112,12 @@ def boot_test(image: Path, *options: object) -> tuple[subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def booted(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -> Booted:
-    """The recipe's image booted once against the metadata service, with every check the farm runs."""
-    built = build_image(tmp_path_factory.mktemp("booted"), kernel_tarball, compress=True)
+    """The recipe's image booted once against the metadata service, with every check the farm runs.
+
+    Its extlinux is installed in the bootloader VM (what an unprivileged worker does): this one boot
+    also shows that such an image boots. The config drive's boot below is of an image whose extlinux
+    went in on a loop device."""
+    built = build_image(tmp_path_factory.mktemp("booted"), kernel_tarball, compress=True, bootloader="vm")
     image, release = built.image, built.release
     info = json.loads(
         subprocess.run(["qemu-img", "info", "--output=json", image], capture_output=True).stdout
@@ -122,7 +142,7 @@ def booted(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -> Bo
         "--expect-command",
         f"grep -qxF '{GREETING}' {GREETING_LOG}",
     )
-    return Booted(built.root, release, process, console)
+    return Booted(built.root, release, built.disk, process, console)
 
 
 @pytest.mark.slow
@@ -173,14 +193,26 @@ def test_local_d_output_does_not_reach_the_console_but_the_script_runs(booted: B
     assert GREETING not in booted.console
 
 
+def undo_fstab_and_sshd_drop_in(tree: Path) -> None:
+    """Two of the recipe's fixes undone: the stage3's fstab placeholders stay, sshd has no drop-in."""
+    (tree / "etc/fstab").unlink()
+    (tree / "etc/ssh/sshd_config.d/10-gentoo-farm.conf").unlink()
+
+
+@pytest.fixture(scope="module")
+def without_fixes(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -> Booted:
+    """An image without the recipe's empty fstab and sshd drop-in, booted once against the metadata
+    service: what each of those fixes prevents shows on this one guest."""
+    built = build_image(tmp_path_factory.mktemp("without-fixes"), kernel_tarball, undo_fstab_and_sshd_drop_in)
+    process, console = boot_test(built.image)
+    return Booted(built.root, built.release, built.disk, process, console)
+
+
 @pytest.mark.slow
-def test_root_login_is_refused_by_the_sshd_drop_in(tmp_path: Path, kernel_tarball: Path) -> None:
+def test_root_login_is_refused_by_the_sshd_drop_in(without_fixes: Booted) -> None:
     # Without the drop-in, sshd's own default (prohibit-password) lets root in with the key that the
     # boot test's user-data gives root: the check sees it.
-    built = build_image(
-        tmp_path, kernel_tarball, lambda tree: (tree / "etc/ssh/sshd_config.d/10-gentoo-farm.conf").unlink()
-    )
-    process, _ = boot_test(built.image)
+    process = without_fixes.process
     assert process.returncode == 1
     error = process.stderr.strip().splitlines()[0]
     assert error.startswith(
@@ -188,13 +220,25 @@ def test_root_login_is_refused_by_the_sshd_drop_in(tmp_path: Path, kernel_tarbal
     ), error
 
 
+@pytest.fixture(scope="module")
+def loop_image(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -> Built:
+    """The recipe's image with extlinux installed on a loop device, built once for the boots that differ
+    only in how the instance gets its metadata (each boot runs on a snapshot: the image stays as built)."""
+    return build_image(tmp_path_factory.mktemp("loop-image"), kernel_tarball, bootloader="loop")
+
+
 @pytest.mark.slow
-def test_config_drive_alone_gives_the_key_hostname_and_user_data(
-    tmp_path: Path, kernel_tarball: Path
-) -> None:
-    built = build_image(tmp_path, kernel_tarball)
+def test_config_drive_alone_gives_the_key_hostname_and_user_data(tmp_path: Path, loop_image: Built) -> None:
     process, console = boot_test(
-        built.image, "--metadata", "config-drive", "--kernel-release", built.release, "--grow-disk", "0"
+        loop_image.image,
+        "--metadata",
+        "config-drive",
+        "--kernel-release",
+        loop_image.release,
+        "--grow-disk",
+        "0",
+        "--serial-log",
+        tmp_path / "console.log",
     )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr
     # What every boot after the first finds: the root already fills the disk, and it is left alone.
@@ -208,10 +252,11 @@ def test_config_drive_alone_gives_the_key_hostname_and_user_data(
 
 @pytest.mark.slow
 def test_no_metadata_and_no_config_drive_still_reaches_a_login_prompt(
-    tmp_path: Path, kernel_tarball: Path
+    tmp_path: Path, loop_image: Built
 ) -> None:
-    built = build_image(tmp_path, kernel_tarball)
-    process, console = boot_test(built.image, "--metadata", "none")
+    process, console = boot_test(
+        loop_image.image, "--metadata", "none", "--serial-log", tmp_path / "console.log"
+    )
     # The login prompt came and sshd answers: waiting for a metadata service that never answers
     # and looking for a config drive that is not there took its bounded time and no more.
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr
@@ -410,14 +455,13 @@ def test_disk_stage_without_privilege_installs_extlinux_in_a_vm(who: str, kernel
 
 
 @pytest.mark.slow
-def test_image_whose_bootloader_was_installed_in_a_vm_boots(tmp_path: Path, kernel_tarball: Path) -> None:
-    built = build_image(tmp_path, kernel_tarball, bootloader="vm")
-    assert "installing extlinux (in a qemu VM)" in built.disk.stdout
-    process, console = boot_test(built.image, "--kernel-release", built.release)
+def test_image_whose_bootloader_was_installed_in_a_vm_boots(booted: Booted) -> None:
+    assert "installing extlinux (in a qemu VM)" in booted.disk.stdout
+    process, console = booted.process, booted.console
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr
     assert "an SSH login as ec2-user with the key from the metadata service" in process.stdout
     assert "boot test passed" in process.stdout
-    assert "SYSLINUX" in console and f"Linux version {built.release}" in console
+    assert "SYSLINUX" in console and f"Linux version {booted.release}" in console
 
 
 def test_disk_without_a_loop_device_says_so(tmp_path: Path) -> None:
@@ -443,14 +487,10 @@ def test_disk_without_a_loop_device_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_stage3_fstab_placeholders_make_fsck_fail_until_the_recipe_empties_it(
-    tmp_path: Path, kernel_tarball: Path
-) -> None:
+def test_stage3_fstab_placeholders_make_fsck_fail_until_the_recipe_empties_it(without_fixes: Booted) -> None:
     # OpenRC's fsck tries the stage3's /dev/ROOT; real OpenRC goes on with the boot, but with errors
     # on the console of every boot. The recipe's empty fstab (the booted fixture) has none.
-    built = build_image(tmp_path, kernel_tarball, lambda tree: (tree / "etc/fstab").unlink())
-    _, console = boot_test(built.image, "--metadata", "none")
-    assert "fsck.ext3: No such file or directory while trying to open /dev/ROOT" in console
+    assert "fsck.ext3: No such file or directory while trying to open /dev/ROOT" in without_fixes.console
 
 
 def test_a_stopped_disk_stage_unmounts_and_detaches_its_loop_device(tmp_path: Path) -> None:
