@@ -50,16 +50,6 @@ class ImageRecord:
     """Download URL of the set's clear-signed DIGESTS, empty for a set published unsigned."""
 
 
-def human_size(size: int) -> str:
-    """Bytes as people read them: ``512 B``, ``3.0 MiB``, ``1.2 TiB`` (binary units, one decimal)."""
-    value, unit = float(size), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-
-
 def disk_file(published: PublishedSet) -> PublishedFile | None:
     """The disk image of an image set: qcow2 first, then raw."""
     for suffix in DISK_SUFFIXES:

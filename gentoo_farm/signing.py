@@ -10,11 +10,11 @@ public half only. ``farm key`` prints its fingerprint and exports it.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from gentoo_farm.portage_tools import INSTALL_HINT, portage_tool
 
 GPG_TIMEOUT = 120
 
@@ -146,11 +146,8 @@ def verify_clearsigned(armored_key: bytes, signed: bytes) -> str:
 
 
 def gpkg_sign_command() -> str:
-    """Portage's gpkg-sign beside this interpreter (the farm's own Portage), else the one on PATH."""
-    beside = Path(sys.executable).parent / "gpkg-sign"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("gpkg-sign")
+    """Portage's gpkg-sign (:func:`portage_tool`)."""
+    found = portage_tool("gpkg-sign")
     if found is None:
-        raise SigningError("gpkg-sign not found: install Portage (PyPI 'portage' or sys-apps/portage)")
+        raise SigningError(f"gpkg-sign not found: {INSTALL_HINT}")
     return found

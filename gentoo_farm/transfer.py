@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from gentoo_farm.catalog import human_size
+from gentoo_farm.units import human_size
 
 # How often a transfer says how far it is, at most.
 REPORT_SECONDS = 10.0

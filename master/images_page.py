@@ -22,8 +22,9 @@ from flask import Flask, render_template_string, request
 from twisted.internet import reactor
 from twisted.internet.threads import blockingCallFromThread
 
-from gentoo_farm.catalog import DEFAULT_URL_EXPIRY, ImageRecord, human_size, published_images
+from gentoo_farm.catalog import DEFAULT_URL_EXPIRY, ImageRecord, published_images
 from gentoo_farm.store import ArtifactStore, StoreError
+from gentoo_farm.units import human_size
 
 DASHBOARD_NAME = "images"
 

@@ -5,9 +5,9 @@ from collections.abc import Sequence
 from buildbot.process import logobserver
 from buildbot.process.results import SUCCESS
 
-from gentoo_farm.catalog import human_size
 from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
 from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.units import human_size
 
 # The account that gets the instance's SSH key (the image's conf.d/cloud-metadata names it too).
 CLOUD_USER = "ec2-user"

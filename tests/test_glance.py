@@ -21,7 +21,7 @@ import openstack.connection
 import pytest
 from openstack.image.v2.image import Image
 
-from gentoo_farm.catalog import find_image, human_size
+from gentoo_farm.catalog import find_image
 from gentoo_farm.config import GlanceTarget
 from gentoo_farm.glance import (
     GlancePublishError,
@@ -35,6 +35,7 @@ from gentoo_farm.glance import (
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.store.local import LocalStore
 from gentoo_farm.store.sets import image_name, next_image_name
+from gentoo_farm.units import human_size
 from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
 from tests.services.store import LocalStoreSettings, publish_files

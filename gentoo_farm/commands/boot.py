@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from gentoo_farm.catalog import human_size
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands.download import download, published
 from gentoo_farm.config import FarmConfig
@@ -37,6 +36,7 @@ from gentoo_farm.qemuboot import (
     running,
     ssh_banner,
 )
+from gentoo_farm.units import human_size
 
 DEFAULT_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 # busybox's nc carries the guest's metadata requests from qemu's guestfwd to the service.

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path, PurePosixPath
 
-from gentoo_farm.catalog import ImageRecord, find_image, human_size
+from gentoo_farm.catalog import ImageRecord, find_image
 from gentoo_farm.checksums import chunks, feed
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
@@ -21,6 +21,7 @@ from gentoo_farm.signing import SigningError, key_fingerprints, verify_clearsign
 from gentoo_farm.store import ArtifactStore, StoreError, open_store
 from gentoo_farm.store.public import PublicStore
 from gentoo_farm.store.sets import SIGNING_KEY, digests_key
+from gentoo_farm.units import human_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,10 +6,11 @@ import argparse
 import json
 from dataclasses import asdict
 
-from gentoo_farm.catalog import ImageRecord, human_size, published_images
+from gentoo_farm.catalog import ImageRecord, published_images
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.store import StoreError, open_store
+from gentoo_farm.units import human_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gentoo_farm.emergeoutput import EMERGING, FAILED
+from gentoo_farm.portage_tools import INSTALL_HINT, portage_tool
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.confined import resolve
 from gentoo_farm.workers.toolkit.unpack_root import REPOSITORY_DIR
@@ -69,15 +70,10 @@ class EmergeOutcome:
 
 
 def emerge_command() -> str:
-    """The emerge of the Portage this toolkit runs with (beside the interpreter), else the one on PATH."""
-    beside = Path(sys.executable).parent / "emerge"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("emerge")
+    """The emerge of the Portage this toolkit runs with (:func:`portage_tool`)."""
+    found = portage_tool("emerge")
     if found is None:
-        raise StageError(
-            "emerge not found: install Portage on this worker (PyPI 'portage' or sys-apps/portage)"
-        )
+        raise StageError(f"emerge not found: {INSTALL_HINT} on this worker")
     return found
 
 

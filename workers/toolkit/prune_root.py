@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from gentoo_farm.catalog import human_size
+from gentoo_farm.units import human_size
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.disk import tree_bytes
 from gentoo_farm.workers.toolkit.emerge import (
