@@ -9,6 +9,7 @@ default), named with the nearest known key.
 import dataclasses
 import difflib
 import json
+import os
 import re
 import tomllib
 import typing
@@ -95,6 +96,11 @@ def _check(validator: typing.Callable[[Any], Any]) -> dict[str, Any]:
     return {"validator": validator}
 
 
+# openstacksdk and the `openstack` CLI pick their clouds.yaml entry from OS_CLOUD; the farm does too when
+# farm.toml names none.
+_FROM_OS_CLOUD: dict[str, Any] = {"environment": "OS_CLOUD"}
+
+
 @dataclass(frozen=True)
 class FarmSection:
     id: str
@@ -140,10 +146,13 @@ class LocalWorkersSection:
 @dataclass(frozen=True)
 class OpenStackWorkersSection:
     name: str
-    cloud: str
+    cloud: str = field(metadata=_FROM_OS_CLOUD)
+    """The clouds.yaml entry; OS_CLOUD's when omitted."""
     flavor: str
     image: str
     network: str
+    region: str = ""
+    """The region to boot in; empty: the clouds.yaml entry's own region_name."""
     key_name: str = ""
     security_groups: list[str] = field(default_factory=list)
     volume_size: int = 0
@@ -258,7 +267,10 @@ class StoreSection:
 
 @dataclass(frozen=True)
 class GlanceTarget:
-    cloud: str
+    cloud: str = field(metadata=_FROM_OS_CLOUD)
+    """The clouds.yaml entry; OS_CLOUD's when omitted."""
+    region: str = ""
+    """The region to publish in; empty: the clouds.yaml entry's own region_name."""
     visibility: Literal["private", "shared", "community", "public"] = "private"
     disk_format: Literal["qcow2", "raw"] = "qcow2"
     keep: int = field(default=3, metadata=_check(_at_least_one))
@@ -374,14 +386,19 @@ def _build(cls: type, table: dict[str, Any], where: str, problems: list[_Problem
         )
     values = {}
     for name, spec in fields.items():
-        if name not in table:
+        environment = spec.metadata.get("environment")
+        if name not in table and not (environment and os.environ.get(environment)):
             if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                alternative = f" (or set {environment})" if environment else ""
                 problems.append(
-                    _Problem(where, f"missing key {prefix}{name}: expected {_describe(hints[name])}")
+                    _Problem(
+                        where, f"missing key {prefix}{name}{alternative}: expected {_describe(hints[name])}"
+                    )
                 )
             continue
         try:
-            value = _convert(table[name], hints[name], f"{prefix}{name}", problems)
+            written = table[name] if name in table else os.environ[environment]
+            value = _convert(written, hints[name], f"{prefix}{name}", problems)
             if validator := spec.metadata.get("validator"):
                 try:
                     validator(value)

@@ -62,8 +62,11 @@ def test_a_valid_file_passes_and_is_summarised(tmp_path: Path) -> None:
             '[farm]\nid = "x"\n[upstream]\nstage3 = "stage3-arm64-openrc"\n',
             'upstream.stage3 = "stage3-arm64-openrc": the farm builds amd64 images only so far, not arm64',
         ),
-        ('[farm]\nid = "x"\n[[glance]]\nkeep = 1\n', "missing key glance[0].cloud"),
-        ('[farm]\nid = "x"\n[[workers.openstack]]\nname = "os"\n', "missing key workers.openstack[0].cloud"),
+        ('[farm]\nid = "x"\n[[glance]]\nkeep = 1\n', "missing key glance[0].cloud (or set OS_CLOUD)"),
+        (
+            '[farm]\nid = "x"\n[[workers.openstack]]\nname = "os"\n',
+            "missing key workers.openstack[0].cloud (or set OS_CLOUD)",
+        ),
         ("[farm\n", "not valid TOML"),
         # tomllib recurses into arrays and inline tables: deep nesting is refused like any other bad TOML.
         ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "not valid TOML: arrays or tables nested too deeply"),
@@ -79,11 +82,50 @@ def test_a_valid_file_passes_and_is_summarised(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
+def test_mistakes_are_named(tmp_path: Path, text: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OS_CLOUD", raising=False)
     code, output = _check(tmp_path, text)
     assert code == 2
     assert message in output
     assert str(tmp_path / "farm.toml") in output
+
+
+OPENSTACK_WITHOUT_CLOUD = """
+[farm]
+id = "x"
+
+[[workers.openstack]]
+name = "os"
+flavor = "m1.small"
+image = "gentoo"
+network = "private"
+
+[[glance]]
+keep = 2
+"""
+
+
+def test_an_omitted_cloud_is_os_clouds_as_for_openstacksdk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OS_CLOUD", "home")
+    code, output = _check(tmp_path, OPENSTACK_WITHOUT_CLOUD)
+    assert code == 0, output
+    assert "openstack     os: cloud home, up to 1 instances" in output
+    assert "glance        home (private, keep 2)" in output
+
+    # A cloud farm.toml names wins over OS_CLOUD.
+    code, output = _check(tmp_path, OPENSTACK_WITHOUT_CLOUD.replace("keep = 2", 'keep = 2\ncloud = "work"'))
+    assert code == 0, output
+    assert "glance        work (private, keep 2)" in output
+
+    # Without OS_CLOUD the message names both ways out, on the table's line.
+    monkeypatch.delenv("OS_CLOUD")
+    code, output = _check(tmp_path, OPENSTACK_WITHOUT_CLOUD)
+    assert code == 2
+    path = tmp_path / "farm.toml"
+    assert f"{path}:5: missing key workers.openstack[0].cloud (or set OS_CLOUD): expected a string" in output
+    assert f"{path}:11: missing key glance[0].cloud (or set OS_CLOUD): expected a string" in output
 
 
 def test_every_mistake_is_reported_with_its_line_and_the_nearest_key(tmp_path: Path) -> None:
@@ -143,10 +185,12 @@ def test_check_reads_what_farm_toml_names_and_says_what_is_wrong(tmp_path: Path)
     world = build_world(tmp_path / "world")
     environment = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml")}
     (tmp_path / "clouds.yaml").write_text(
-        "clouds:\n  home:\n    auth:\n      auth_url: http://127.0.0.1:1/v3\n"
+        "clouds:\n  home:\n    auth:\n      auth_url: http://127.0.0.1:1/v3\n    regions: [RegionOne]\n"
     )
     (farm.root / "farm.toml").write_text(
-        (farm.root / "farm.toml").read_text() + '\n[[glance]]\ncloud = "home"\n\n[[glance]]\ncloud = "work"\n'
+        (farm.root / "farm.toml").read_text()
+        + '\n[[glance]]\ncloud = "home"\n\n[[glance]]\ncloud = "work"\n'
+        + '\n[[glance]]\ncloud = "home"\nregion = "Atlantis"\n'
     )
 
     def check() -> subprocess.CompletedProcess[str]:
@@ -165,9 +209,9 @@ def test_check_reads_what_farm_toml_names_and_says_what_is_wrong(tmp_path: Path)
         f"  FAIL keyring   upstream.keyring {farm.root}/keys/gentoo-release.asc: no such file"
         in "\n".join(lines)
     )
-    assert any(
-        line.startswith("  FAIL clouds    clouds.yaml has no 'work' (named in farm.toml") for line in lines
-    )
+    (clouds_line,) = [line for line in lines if line.startswith("  FAIL clouds ")]
+    assert clouds_line.startswith("  FAIL clouds    clouds.yaml has no 'work' (named in farm.toml")
+    assert "clouds.yaml's 'home' has no region 'Atlantis'" in clouds_line
     assert "  ok   recipes   kernel-config (main), overlay (main)" in lines
     assert "  ok   buildbot  Buildbot's checkconfig accepts the composed configuration" in lines
     assert failed.stderr.strip() == "2 problem(s): the farm would not work as configured"
@@ -179,10 +223,14 @@ def test_check_reads_what_farm_toml_names_and_says_what_is_wrong(tmp_path: Path)
     set_option(farm.root, "upstream", "release_key", json.dumps(world.release_fingerprint))
     set_option(farm.root, "upstream", "snapshot_key", json.dumps(world.snapshot_fingerprint))
     text = (farm.root / "farm.toml").read_text()
-    (farm.root / "farm.toml").write_text(text.replace('\n[[glance]]\ncloud = "work"\n', ""))
+    text = text.replace('\n[[glance]]\ncloud = "work"\n', "")
+    (farm.root / "farm.toml").write_text(text.replace('region = "Atlantis"', 'region = "RegionOne"'))
     passed = check()
     assert passed.returncode == 0, passed.stdout + passed.stderr
-    assert "  ok   keyring" in passed.stdout and "  ok   clouds    clouds.yaml has home" in passed.stdout
+    assert (
+        "  ok   keyring" in passed.stdout
+        and "  ok   clouds    clouds.yaml has home, home (region RegionOne)" in passed.stdout
+    )
     assert "  ok   build ids local builds run as host ids 1879048192-1879113727, which no account uses" in (
         passed.stdout
     )

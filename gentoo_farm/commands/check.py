@@ -71,22 +71,36 @@ def check_keyring(config: FarmConfig) -> str:
 
 
 def check_clouds(config: FarmConfig) -> str:
-    named = [pool.cloud for pool in config.workers.openstack] + [target.cloud for target in config.glance]
+    named = [(pool.cloud, pool.region) for pool in config.workers.openstack] + [
+        (target.cloud, target.region) for target in config.glance
+    ]
     if not named:
         return "no cloud named (no OpenStack workers, no Glance targets)"
     clouds = openstack.config.OpenStackConfig()
     unknown = []
-    for cloud in dict.fromkeys(named):
+    wrong_regions = []
+    for cloud, region in dict.fromkeys(named):
         try:
             clouds.get_one(cloud=cloud)
         except sdk_exceptions.ConfigException:
             unknown.append(cloud)
+            continue
+        try:
+            # clouds.yaml may list a cloud's regions; one farm.toml names must be among them
+            clouds.get_one(cloud=cloud, region_name=region or None)
+        except sdk_exceptions.ConfigException as error:
+            wrong_regions.append(f"clouds.yaml's {cloud!r} has no region {region!r}: {error}")
     if unknown:
-        raise Problem(
-            f"clouds.yaml has no {', '.join(repr(cloud) for cloud in unknown)} (named in farm.toml; "
-            "openstacksdk reads $OS_CLIENT_CONFIG_FILE, ./clouds.yaml, ~/.config/openstack, /etc/openstack)"
+        wrong_regions.insert(
+            0,
+            f"clouds.yaml has no {', '.join(repr(cloud) for cloud in dict.fromkeys(unknown))} (named in "
+            "farm.toml; openstacksdk reads $OS_CLIENT_CONFIG_FILE, ./clouds.yaml, ~/.config/openstack, "
+            "/etc/openstack)",
         )
-    return f"clouds.yaml has {', '.join(dict.fromkeys(named))}"
+    if wrong_regions:
+        raise Problem("; ".join(wrong_regions))
+    found = [f"{cloud} (region {region})" if region else cloud for cloud, region in dict.fromkeys(named)]
+    return f"clouds.yaml has {', '.join(found)}"
 
 
 def check_recipes(config: FarmConfig) -> str:
@@ -161,15 +175,23 @@ CHECKS: tuple[tuple[str, Callable[[FarmConfig], str]], ...] = (
 )
 
 
+def _in_region(region: str) -> str:
+    return f", region {region}" if region else ""
+
+
 def run(args: argparse.Namespace, config: FarmConfig) -> int:
     print(f"{config.basedir / 'farm.toml'}: OK")
     print(f"  web UI        {config.master.buildbot_url}")
     print(f"  local workers {config.workers.local.count}")
     for pool in config.workers.openstack:
-        print(f"  openstack     {pool.name}: cloud {pool.cloud}, up to {pool.max_instances} instances")
+        print(
+            f"  openstack     {pool.name}: cloud {pool.cloud}{_in_region(pool.region)}, "
+            f"up to {pool.max_instances} instances"
+        )
     print(f"  store         {config.store.type} ({config.store.bucket or config.store.path})")
     for target in config.glance:
-        print(f"  glance        {target.cloud} ({target.visibility}, keep {target.keep})")
+        where = f"{target.visibility}, keep {target.keep}{_in_region(target.region)}"
+        print(f"  glance        {target.cloud} ({where})")
     if args.config_only:
         return 0
     problems = 0
