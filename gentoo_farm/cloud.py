@@ -51,12 +51,18 @@ class CloudCallFailed(Exception):
         self.trouble = trouble
 
 
-def connect_to_cloud(cloud: str) -> openstack.connection.Connection:
-    """A connection for the clouds.yaml entry ``cloud`` (OS_CLIENT_CONFIG_FILE or the standard places).
+def connect_to_cloud(cloud: str, region: str = "") -> openstack.connection.Connection:
+    """A connection for the clouds.yaml entry ``cloud`` (OS_CLIENT_CONFIG_FILE or the standard places), in
+    ``region`` or, when that is empty, the entry's own ``region_name``; the entry's ``interface`` holds.
 
     Authentication happens on first use; run that and every later call inside :func:`cloud_errors`.
     """
-    return openstack.connect(cloud=cloud, api_timeout=API_TIMEOUT, connect_retries=CONNECT_RETRIES)
+    return openstack.connect(
+        cloud=cloud,
+        region_name=region or None,
+        api_timeout=API_TIMEOUT,
+        connect_retries=CONNECT_RETRIES,
+    )
 
 
 def describe_cloud_error(cloud: str, action: str, error: BaseException) -> CloudCallFailed:

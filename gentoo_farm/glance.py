@@ -73,6 +73,7 @@ class GlanceTargetSettings(Protocol):
     """One ``[[glance]]`` table of farm.toml (gentoo_farm.config.GlanceTarget)."""
 
     cloud: str
+    region: str
     visibility: str
     disk_format: str
     keep: int
@@ -122,6 +123,7 @@ class ImageUpload:
 @dataclass
 class PublishResult:
     cloud: str
+    """The target's :func:`target_place`."""
     image_id: str
     name: str
     method: str
@@ -195,6 +197,12 @@ def cloud_conventions(metadata: Mapping[str, object]) -> dict[str, object]:
     return conventions
 
 
+def target_place(target: GlanceTargetSettings) -> str:
+    """How logs and results name a target: its cloud, with the region when farm.toml sets one (two targets
+    may share a cloud and differ in region)."""
+    return f"{target.cloud}/{target.region}" if target.region else target.cloud
+
+
 def check_target(target: GlanceTargetSettings) -> None:
     """Refuse a target setting Glance would refuse later, naming the key."""
     where = f"[[glance]] cloud = {target.cloud!r}"
@@ -245,7 +253,7 @@ def publish_image(
     check_target(target)
     cloud = target.cloud
     with _api_errors(cloud, "connecting"):
-        conn = connect_to_cloud(cloud)
+        conn = connect_to_cloud(cloud, target.region)
     with contextlib.closing(conn):
         with _api_errors(cloud, "connecting"):
             conn.authorize()
@@ -271,11 +279,20 @@ def check_reachable(conn: openstack.connection.Connection, cloud: str) -> None:
     """Knock on the catalog's image endpoint, so that a Glance that is down is called that.
 
     Without this the SDK's version discovery swallows the connection error and reports that the
-    image service "does not have any supported versions".
+    image service "does not have any supported versions". The endpoint is the one the SDK will use: the
+    connection's region and the interface clouds.yaml sets for images (``interface``, ``image_interface``).
     """
-    endpoint = conn.session.get_endpoint(service_type="image", interface="public")
+    region = conn.config.get_region_name("image")
+    interface = conn.config.get_interface("image") or "public"
+    try:
+        endpoint = conn.session.get_endpoint(service_type="image", interface=interface, region_name=region)
+    except ks_exceptions.EndpointNotFound:
+        endpoint = None
     if not endpoint:
-        raise GlancePublishError(f"cloud {cloud!r}: the service catalog has no image (Glance) endpoint")
+        raise GlancePublishError(
+            f"cloud {cloud!r}: the service catalog has no {interface} image (Glance) endpoint"
+            + (f" in region {region!r}" if region else "")
+        )
     try:
         response = conn.session.get(endpoint, authenticated=False, raise_exc=False, timeout=30)
     except ks_exceptions.ConnectionError as error:
@@ -336,6 +353,7 @@ class _TargetPublisher:
         self.upload = upload
         self.target = target
         self.cloud = target.cloud
+        self.place = target_place(target)
         self.active_timeout = active_timeout
         self.poll_interval = poll_interval
         self.progress = progress
@@ -351,21 +369,21 @@ class _TargetPublisher:
         if existing is not None:
             self.say(f"{existing.name} ({existing.id}) is already active with the same sha512")
             return PublishResult(
-                self.cloud, existing.id, existing.name, "already published", [], self.messages
+                self.place, existing.id, existing.name, "already published", [], self.messages
             )
         if self.target.disk_format == "raw":
             with tempfile.TemporaryDirectory(prefix="farm-glance-") as scratch:
                 raw, raw_sha512 = self._convert_to_raw(Path(scratch))
                 image = self._create({"farm_raw_sha512": raw_sha512})
                 self._finish(image, "upload", raw_sha512, lambda: self._put(image, raw.open("rb"), raw))
-                return PublishResult(self.cloud, image.id, image.name, "upload", messages=self.messages)
+                return PublishResult(self.place, image.id, image.name, "upload", messages=self.messages)
         method = "web-download" if self._import_allowed() else "upload"
         image = self._create({})
         if method == "web-download":
             self._finish(image, method, self.upload.sha512, lambda: self._import(image))
         else:
             self._finish(image, method, self.upload.sha512, lambda: self._stream(image))
-        return PublishResult(self.cloud, image.id, image.name, method, messages=self.messages)
+        return PublishResult(self.place, image.id, image.name, method, messages=self.messages)
 
     def _existing_copy(self) -> Image | None:
         """A previous run's complete copy of this very image (a re-run of the step is then a no-op)."""

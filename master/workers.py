@@ -54,6 +54,7 @@ def _openstack_workers(
         install_spec=pool.install,
         network=pool.network,
         key_name=pool.key_name,
+        region=pool.region,
         security_groups=pool.security_groups,
         volume_size=pool.volume_size,
         boot_timeout=pool.boot_timeout,

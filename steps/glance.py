@@ -16,6 +16,7 @@ from gentoo_farm.glance import (
     ImageUpload,
     PublishResult,
     publish_image,
+    target_place,
     upload_from_record,
 )
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
@@ -31,7 +32,7 @@ class PublishToGlance(buildstep.BuildStep):
     that failed, a corrupted upload, bad settings) is a FAILURE. The status text says per target what
     happened; the ``glance`` log has the details as they happen (with an upload's progress every
     ``progress_interval`` seconds, also the step's status while it runs); the property ``glance_images``
-    maps each cloud that took the image to its image id.
+    maps each cloud that took the image (``cloud/region`` for a target with a region) to its image id.
     """
 
     name = "glance"
@@ -87,9 +88,10 @@ class PublishToGlance(buildstep.BuildStep):
         results = SUCCESS
         published: dict[str, str] = {}
         for target in self.targets:
-            await log.addStdout(f"--- {target.cloud}: publishing {upload.name}\n")
+            place = target_place(target)
+            await log.addStdout(f"--- {place}: publishing {upload.name}\n")
 
-            def progress(message: str, cloud: str = target.cloud) -> None:
+            def progress(message: str, cloud: str = place) -> None:
                 self.master.reactor.callFromThread(self._show_progress, log, cloud, message)
 
             try:
@@ -106,7 +108,7 @@ class PublishToGlance(buildstep.BuildStep):
                 self.outcomes.append(str(error))
                 await log.addStderr(f"{error}\n")
                 continue
-            published[target.cloud] = result.image_id
+            published[place] = result.image_id
             if result.rotation_error:
                 results = worst_status(results, WARNINGS)
             self.outcomes.append(result.summary())

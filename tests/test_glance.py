@@ -19,6 +19,7 @@ from pathlib import Path
 import openstack
 import openstack.connection
 import pytest
+import yaml
 from openstack.image.v2.image import Image
 
 from gentoo_farm.catalog import find_image
@@ -357,6 +358,94 @@ def test_glance_down_is_a_clear_error(glance, store, tmp_path, farm_id, conn):  
         publish_image(upload, target())
 
     assert publish_image(upload, target()).method == "web-download"
+
+
+SECOND_REGION = "RegionTwo"
+CLOSED_PORT_URL = "http://127.0.0.1:1"
+
+
+def use_cloud_entries(
+    keystone: Keystone,  # noqa: F811
+    directory: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    **changes: dict[str, object],
+) -> None:
+    """Use a clouds.yaml whose entries are the demo user's with ``changes`` (by cloud name)."""
+    clouds = {cloud: {**keystone.cloud_entry("demo"), **entry} for cloud, entry in changes.items()}
+    path = directory / "clouds.yaml"
+    path.write_text(yaml.safe_dump({"clouds": clouds}))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
+
+
+def test_a_region_the_cloud_lacks_is_named(keystone, store, tmp_path, farm_id, monkeypatch):  # noqa: F811
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 14), "amd64"))
+    # openstacksdk admits only the regions clouds.yaml lists (region_name alone is a list of one)
+    with pytest.raises(
+        GlancePublishError, match=r"cloud 'farm-test': connecting: .*Region Atlantis is not a valid region"
+    ) as refused:
+        publish_image(upload, target(region="Atlantis"))
+    assert type(refused.value) is GlancePublishError
+
+    use_cloud_entries(keystone, tmp_path, monkeypatch, **{CLOUD: {"regions": ["RegionOne", "Atlantis"]}})
+    with pytest.raises(
+        GlancePublishError,
+        match=r"cloud 'farm-test': the service catalog has no public image \(Glance\) endpoint in region "
+        r"'Atlantis'",
+    ) as missing:
+        publish_image(upload, target(region="Atlantis"))
+    # a region the catalog has not cannot appear by waiting
+    assert type(missing.value) is GlancePublishError
+
+
+@pytest.fixture
+def second_region(keystone: Keystone, glance: Glance) -> Iterator[str]:  # noqa: F811
+    """A region whose Glance answers at its internal endpoint only: its public endpoint is a closed port."""
+    admin = keystone.connection()
+    region = admin.identity.create_region(id=SECOND_REGION)
+    (service,) = admin.identity.services(type="image")
+    endpoints = [
+        admin.identity.create_endpoint(
+            service_id=service.id, interface=interface, url=url, region_id=SECOND_REGION
+        )
+        for interface, url in (("internal", glance.url), ("public", CLOSED_PORT_URL))
+    ]
+    try:
+        yield SECOND_REGION
+    finally:
+        for endpoint in endpoints:
+            admin.identity.delete_endpoint(endpoint)
+        admin.identity.delete_region(region)
+
+
+def test_a_targets_region_and_clouds_yaml_interface_are_honoured(
+    keystone,  # noqa: F811
+    second_region,
+    store,
+    tmp_path,
+    farm_id,
+    conn,
+    monkeypatch,
+):
+    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 15), "amd64"))
+    internal_cloud = "farm-test-internal"
+    regions = ["RegionOne", second_region]
+    use_cloud_entries(
+        keystone,
+        tmp_path,
+        monkeypatch,
+        **{CLOUD: {"regions": regions}, internal_cloud: {"regions": regions, "interface": "internal"}},
+    )
+
+    # farm.toml's region wins over clouds.yaml's region_name: the public endpoint there is closed.
+    with pytest.raises(
+        GlanceUnavailable, match=f"cloud 'farm-test': Glance at {CLOSED_PORT_URL}.* is unreachable"
+    ):
+        publish_image(upload, target(region=second_region))
+
+    # A cloud whose clouds.yaml entry says `interface: internal` is checked and served there.
+    result = publish_image(upload, target(cloud=internal_cloud, region=second_region))
+    assert (result.method, result.cloud) == ("web-download", f"{internal_cloud}/{second_region}")
+    assert conn.image.get_image(result.image_id).status == "active"
 
 
 class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):

@@ -74,6 +74,8 @@ class OpenStackPoolSettings:
     install_spec: str
     network: str | None = None
     key_name: str | None = None
+    region: str = ""
+    """Empty: the clouds.yaml entry's own ``region_name``."""
     security_groups: Sequence[str] = ()
     volume_size: int | None = None
     boot_timeout: float = 600
@@ -172,7 +174,10 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
             int(settings.boot_timeout + settings.connect_timeout + 5 * kwargs["check_instance_interval"]),
         )
         yield super().reconfigService(name, None, **kwargs)
-        if self._cloud_connection is not None and settings.cloud != self.settings.cloud:
+        if self._cloud_connection is not None and (settings.cloud, settings.region) != (
+            self.settings.cloud,
+            self.settings.region,
+        ):
             self._cloud_connection = None
         # a reconfig brings a new fleet: it takes over the token of a server we may own right now
         self.fleet = fleet.take_over(self.fleet)
@@ -200,7 +205,7 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
 
     def _connection(self) -> openstack.connection.Connection:
         if self._cloud_connection is None:
-            self._cloud_connection = connect_to_cloud(self.settings.cloud)
+            self._cloud_connection = connect_to_cloud(self.settings.cloud, self.settings.region)
         return self._cloud_connection
 
     def _not_found(self, what: str) -> CloudCallFailed:

@@ -17,7 +17,8 @@ from gentoo_farm.workers.openstack import FARM_ID_KEY, INSTANCE_KEY, WORKER_KEY
 
 
 class OpenStackOrphanReaper(service.BuildbotService):
-    """Deletes servers on ``cloud`` tagged with the fleet's farm id whose instance token nobody holds.
+    """Deletes servers on ``cloud`` (in ``region``; empty: clouds.yaml's region_name) tagged with the
+    fleet's farm id whose instance token nobody holds.
 
     Runs when the master starts and then every ``interval`` seconds. A worker holds its token in the
     shared :class:`OpenStackFleet` from before the create call until the deletion finished, so a
@@ -26,19 +27,26 @@ class OpenStackOrphanReaper(service.BuildbotService):
     """
 
     def __init__(
-        self, cloud: str, fleet: OpenStackFleet, interval: float = 300, name: str | None = None
+        self,
+        cloud: str,
+        fleet: OpenStackFleet,
+        interval: float = 300,
+        region: str = "",
+        name: str | None = None,
     ) -> None:
         self.fleet: OpenStackFleet | None = None
         self._loop: task.LoopingCall | None = None
         self._cloud_connection: openstack.connection.Connection | None = None
+        place = f"{cloud}-{region}" if region else cloud
         super().__init__(
             cloud,
             fleet,
             interval,
-            name=name or f"openstack-orphan-reaper-{cloud}-{getattr(fleet, 'farm_id', None)}",
+            region,
+            name=name or f"openstack-orphan-reaper-{place}-{getattr(fleet, 'farm_id', None)}",
         )
 
-    def checkConfig(self, cloud: str, fleet: OpenStackFleet, interval: float = 300) -> None:
+    def checkConfig(self, cloud: str, fleet: OpenStackFleet, interval: float = 300, region: str = "") -> None:
         if not isinstance(cloud, str) or not cloud:
             config.error(f"OpenStack orphan reaper: cloud must be a clouds.yaml name, got {cloud!r}")
         try:
@@ -49,11 +57,16 @@ class OpenStackOrphanReaper(service.BuildbotService):
             config.error(
                 f"OpenStack orphan reaper: interval must be a positive number of seconds, got {interval!r}"
             )
+        if not isinstance(region, str):
+            config.error(f"OpenStack orphan reaper: region must be a region name or empty, got {region!r}")
 
-    def reconfigService(self, cloud: str, fleet: OpenStackFleet, interval: float = 300) -> None:
-        if cloud != getattr(self, "cloud", cloud):
+    def reconfigService(
+        self, cloud: str, fleet: OpenStackFleet, interval: float = 300, region: str = ""
+    ) -> None:
+        if (cloud, region) != (getattr(self, "cloud", cloud), getattr(self, "region", region)):
             self._cloud_connection = None
         self.cloud = cloud
+        self.region = region
         # a reconfig brings a new fleet: it takes over the tokens the workers hold now
         self.fleet = fleet.take_over(self.fleet)
         self.interval = interval
@@ -87,7 +100,7 @@ class OpenStackOrphanReaper(service.BuildbotService):
     def _list_farm_servers(self, farm_id: str) -> list[Any]:
         with cloud_errors(self.cloud, "listing servers"):
             if self._cloud_connection is None:
-                self._cloud_connection = connect_to_cloud(self.cloud)
+                self._cloud_connection = connect_to_cloud(self.cloud, self.region)
             return [
                 server
                 for server in self._cloud_connection.compute.servers(details=True)
