@@ -32,6 +32,10 @@ from buildbot.config.errors import capture_config_errors
 from buildbot.process.results import Results
 from portage.binrepo.config import BinRepoConfigLoader
 
+from gentoo_farm.config import parse_config
+from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.master.services import services
+from gentoo_farm.master.workers import workers
 from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.workers.bootstrap import WorkerBootstrap
 from gentoo_farm.workers.fleet import OpenStackFleet
@@ -824,3 +828,40 @@ def test_master_killed_mid_build_orphan_is_reaped_untagged_server_untouched(
     stand_in.delete_server(stand_in.servers[untagged.id].project_id, untagged.id)
     farm.master.stop()
     farm.wait_no_servers()
+
+
+def test_each_pool_boots_in_its_region_and_each_region_has_its_reaper(tmp_path: Path) -> None:
+    pool = (
+        '\n[[workers.openstack]]\nname = "{name}"\nflavor = "m1.small"\nimage = "farm-latest"\n'
+        'network = "n"\n'
+    )
+    text = (
+        f'[farm]\nid = "{FARM_ID}"\n[workers.local]\ncount = 0\n'
+        + pool.format(name="home")
+        + pool.format(name="away")
+        + 'region = "RegionTwo"\n'
+        + pool.format(name="more")
+        + 'region = "RegionTwo"\n'
+    )
+    # the clouds come from OS_CLOUD, as for the openstack CLI
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("OS_CLOUD", CLOUD)
+        config = parse_config(text, tmp_path)
+    fleet = OpenStackFleet(FARM_ID)
+
+    regions = {
+        worker.name: (settings.cloud, settings.region)
+        for worker in workers(config, FarmDir(tmp_path), fleet)
+        for settings in [worker.getConfigDict()["kwargs"]["settings"]]
+    }
+    assert regions == {
+        "home-1": (CLOUD, ""),
+        "away-1": (CLOUD, "RegionTwo"),
+        "more-1": (CLOUD, "RegionTwo"),
+    }
+    # a connection lists the servers of its own region only: one reaper per region of a cloud
+    reapers = [service for service in services(config, FarmDir(tmp_path), fleet) if "reaper" in service.name]
+    assert {reaper.name: reaper.getConfigDict()["args"][3] for reaper in reapers} == {
+        f"openstack-orphan-reaper-{CLOUD}-{FARM_ID}": "",
+        f"openstack-orphan-reaper-{CLOUD}-RegionTwo-{FARM_ID}": "RegionTwo",
+    }
