@@ -1,9 +1,10 @@
 """The kernel stage from source: Debian's Linux 6.1 source tarball served by a local distfile mirror.
 
 One long test (the cold build is shared): build the default config; change CONFIG_LOCALVERSION and
-rebuild, mostly from ccache; a config that does not compile fails with the compiler's error; the
-rebuilt kernel boots an image whose console shows the new release. Its warm ccache then seeds the test
-cache's shared kernel ccache, which the pipeline tests' workers compile with.
+rebuild in the kept build tree, compiling only what the change touches; a config that does not
+compile fails with the compiler's error; the rebuilt kernel boots an image whose console shows the
+new release. Its warm ccache then seeds the test cache's shared kernel ccache, which the pipeline
+tests' workers compile with.
 """
 
 import re
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from gentoo_farm.workers.toolkit import StageError
+from gentoo_farm.workers.toolkit.kernel import BUILD_IN_PROGRESS, BUILD_TREES, build_tree
 from tests import cache, debian
 from tests.imagetest import assemble, farm_worker, make_overlay, make_root, results
 from tests.world.repository import manifest_line
@@ -79,12 +82,14 @@ def test_kernel_from_source_rebuilds_from_ccache_reports_compiler_errors_and_boo
         assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr
         rebuilt_results = results(rebuilt)
         assert rebuilt_results["kernel_release"] == release + "2"
-        # The new release string touches a handful of files; everything else comes from ccache.
-        hits, misses = (
-            int(rebuilt_results["kernel_ccache_hits"]),
-            int(rebuilt_results["kernel_ccache_misses"]),
-        )
-        assert hits > 10 * misses, (hits, misses)
+        # The work directory kept the build tree: make compiles only what the new release string
+        # touches (the cold build compiled every file).
+        assert (cold_results["kernel_build_tree"], rebuilt_results["kernel_build_tree"]) == ("fresh", "kept")
+
+        def compiles(build: dict[str, object]) -> int:
+            return int(str(build["kernel_ccache_hits"])) + int(str(build["kernel_ccache_misses"]))
+
+        assert compiles(rebuilt_results) * 5 < compiles(cold_results), (rebuilt_results, cold_results)
         assert (
             float(rebuilt_results["kernel_build_seconds"]) < float(cold_results["kernel_build_seconds"]) / 2
         )
@@ -160,3 +165,41 @@ def test_kernel_package_in_gentoo_dist_kernel_layout(tmp_path: Path) -> None:
     assert names[:2] == ["boot/vmlinuz-6.1.99-gentoo-dist", "boot/config-6.1.99-gentoo-dist"]
     assert "lib/modules/6.1.99-gentoo-dist/modules.dep" in names
     assert not any(name.endswith(("/vmlinuz", "/config")) for name in names)
+
+
+def _source(work: Path, digest: str) -> Path:
+    source = work / "sources" / digest / "linux-6.1"
+    source.mkdir(parents=True)
+    return source
+
+
+def test_the_build_tree_is_kept_for_the_newest_source_unless_a_build_was_interrupted(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    source = _source(work, "a" * 16)
+    with build_tree(work, source) as (tree, reused):
+        assert not reused
+        (tree / "vmlinux.o").write_text("object")
+    with build_tree(work, source) as (tree, reused):
+        assert reused and (tree / "vmlinux.o").read_text() == "object"
+
+    # A failed build (make finished its jobs) leaves a sound tree; an interrupted one does not.
+    with pytest.raises(StageError), build_tree(work, source) as (tree, reused):
+        raise StageError("kernel build failed: ...")
+    with pytest.raises(KeyboardInterrupt), build_tree(work, source) as (tree, reused):
+        assert reused
+        (tree / "half-written.o").write_text("obj")
+        raise KeyboardInterrupt
+    assert (tree / BUILD_IN_PROGRESS).exists()
+    with build_tree(work, source) as (tree, reused):
+        assert not reused and not (tree / "vmlinux.o").exists() and not (tree / "half-written.o").exists()
+
+    # One tree is kept: a new source's build removes the old source's tree.
+    newer = _source(work, "b" * 16)
+    with build_tree(work, newer) as (_, reused):
+        assert not reused
+    assert sorted(path.name for path in (work / BUILD_TREES).iterdir()) == [".lock", "b" * 16]
+
+    # A second build on the same worker while the kept tree is in use builds in a tree of its own.
+    with build_tree(work, newer) as (held, _), build_tree(work, newer) as (other, reused):
+        assert other != held and not other.is_relative_to(work / BUILD_TREES) and not reused
+    assert not other.exists()

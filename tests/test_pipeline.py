@@ -270,6 +270,8 @@ def test_kernel_config_push_rebuilds_kernel_and_image_with_the_new_release(pipel
     assert farm.properties(kernel)["got_revision"] == revision
     release = farm.properties(kernel)["kernel_release"]
     assert release.endswith("-pushed")
+    # The worker kept the kernel's build tree: make rebuilt what the new option touches.
+    assert farm.properties(kernel)["kernel_build_tree"] == "kept"
     image = farm.wait_for_build("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
     assert image["results"] == SUCCESS, image["state_string"]
     assert release in farm.log(image, "boot-test", "serial_console")

@@ -3,15 +3,19 @@
 The source tarball comes through the farm's distfile mirror, then upstream's (each mirror's
 layout.conf says where it keeps the file), and is accepted only with the size and hashes of its
 Manifest DIST line from the verified snapshot (``farm-worker kernel-source``); a downloaded tarball
-is kept in the work directory and unpacked once. The config file is copied into a fresh out-of-tree
-build directory, ``make olddefconfig`` completes it, and the build runs
-with ccache (``CC`` and ``HOSTCC`` fixed to ``ccache gcc``: Kbuild rebuilds everything when the
-compiler command changes), so a config change costs minutes, not a cold build. Modules go to a
-staging root; an initramfs is added only when the config builds the root's drivers as modules.
-The build log streams; a config that does not compile fails with the compiler's error.
+is kept in the work directory and unpacked once. The config file is copied into the out-of-tree build
+directory the work directory keeps for that source, ``make olddefconfig`` completes it, and ``make``
+rebuilds what the change touches (Kbuild tracks each option per object file), so a config change
+costs what make needs, not a cold build. The build runs with ccache (``CC`` and ``HOSTCC`` fixed to
+``ccache gcc``: Kbuild rebuilds everything when the compiler command changes), which makes a fresh
+tree cheap too. A tree whose last build was interrupted is built afresh. Modules go to a staging
+root; an initramfs is added only when the config builds the root's drivers as modules. The build
+log streams; a config that does not compile fails with the compiler's error.
 """
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -19,6 +23,7 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from gentoo_farm.checksums import feed, file_sha512, sha512_line
@@ -29,6 +34,10 @@ from gentoo_farm.workers.toolkit.tools import ToolError, run_tool, tail
 from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
 
 COMPILER = "ccache gcc"
+# Where the work directory keeps one out-of-tree build directory, for the newest source built.
+BUILD_TREES = "build-trees"
+# Present while make runs in a kept tree: a tree that still has it was interrupted and is not reused.
+BUILD_IN_PROGRESS = ".farm-build-in-progress"
 # The lines of a failed build that say why, best first: the compiler's and linker's errors, then
 # make's own complaints (which only say which target failed).
 ERROR_LINES = (
@@ -159,6 +168,42 @@ def refuse_host_paths(config: Path, text: str) -> None:
             raise StageError(f"{config}: {name}={value} would {HOST_PATH_OPTIONS[name]}; {hint}")
 
 
+@contextlib.contextmanager
+def build_tree(work_dir: Path, source: Path) -> Iterator[tuple[Path, bool]]:
+    """The out-of-tree build directory for ``source`` and whether it holds an earlier build.
+
+    One tree is kept, for the newest source (a tree is as large as a kernel build). A tree another
+    build on this worker holds, or whose last build was interrupted (its objects may be half
+    written), is not reused. A failed build leaves a sound tree: make finishes the jobs it started
+    and Kbuild deletes the target of a failed command.
+    """
+    trees = work_dir / BUILD_TREES
+    trees.mkdir(parents=True, exist_ok=True)
+    with (trees / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with tempfile.TemporaryDirectory(prefix="kernel-build-", dir=work_dir) as scratch:
+                yield Path(scratch), False
+            return
+        tree = trees / source.parent.name
+        for other in trees.iterdir():
+            if other.is_dir() and other != tree:
+                shutil.rmtree(other)
+        in_progress = tree / BUILD_IN_PROGRESS
+        reused = tree.is_dir() and not in_progress.exists()
+        if not reused:
+            shutil.rmtree(tree, ignore_errors=True)
+            tree.mkdir()
+        in_progress.touch()
+        try:
+            yield tree, reused
+        except StageError:
+            in_progress.unlink()
+            raise
+        in_progress.unlink()
+
+
 def compiler_error(output: str) -> str:
     for pattern in ERROR_LINES:
         for line in output.splitlines():
@@ -206,12 +251,16 @@ def run(args: argparse.Namespace) -> None:
         "CCACHE_BASEDIR": str(args.work_dir.resolve()),
         "KBUILD_BUILD_USER": "gentoo-farm",
         "KBUILD_BUILD_HOST": "gentoo-farm",
+        # Kbuild counts the links in a kept tree ("#3"); every build of the farm is its first.
+        "KBUILD_BUILD_VERSION": "1",
     }
     run_tool(["ccache", "--zero-stats"], what="ccache --zero-stats", env=environment)
-    with tempfile.TemporaryDirectory(prefix="kernel-build-", dir=args.work_dir) as scratch_name:
-        scratch = Path(scratch_name)
-        build, staging = scratch / "build", scratch / "staging"
-        build.mkdir()
+    with (
+        build_tree(args.work_dir, source) as (build, reused),
+        tempfile.TemporaryDirectory(prefix="kernel-staging-", dir=args.work_dir) as staging_name,
+    ):
+        staging = Path(staging_name)
+        progress(f"building in {'the kept' if reused else 'a fresh'} build tree {build}")
         # What was checked, not the file again (the checkout could change meanwhile).
         (build / ".config").write_text(text)
         make(source, build, ["olddefconfig"], environment, 1, "make olddefconfig")
@@ -251,13 +300,14 @@ def run(args: argparse.Namespace) -> None:
     checksum = file_sha512(args.output)
     args.output.with_name(args.output.name + ".sha512").write_bytes(sha512_line(checksum, args.output.name))
     progress(
-        f"kernel {release} built in {elapsed:.0f} s (ccache: {hits} hits, {misses} misses), "
-        f"initramfs: {'yes' if needs_initramfs else 'not needed'}"
+        f"kernel {release} built in {elapsed:.0f} s in {'the kept' if reused else 'a fresh'} build tree "
+        f"(ccache: {hits} hits, {misses} misses), initramfs: {'yes' if needs_initramfs else 'not needed'}"
     )
     report(
         kernel_release=release,
         kernel_initramfs=needs_initramfs,
         kernel_build_seconds=round(elapsed, 1),
+        kernel_build_tree="kept" if reused else "fresh",
         kernel_ccache_hits=hits,
         kernel_ccache_misses=misses,
         vmlinuz_path=str(args.output),
