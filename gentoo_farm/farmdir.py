@@ -56,9 +56,14 @@ class FarmDir:
         """The GnuPG home holding the farm's signing key (binary packages); only the master reads it."""
         return self.secrets / "gnupg"
 
+    def retired_signing_key(self, fingerprint: str) -> Path:
+        """Where `farm key rotate` keeps the GnuPG home of the key it replaced (nothing signs with it)."""
+        return self.secrets / "gnupg-retired" / fingerprint
+
     @property
     def signing_public_key(self) -> Path:
-        """The signing key's public half, armored: what workers trust and anyone may download."""
+        """The signing key's public half, armored, and during a rotation the old key's after it: what
+        workers trust and anyone may download."""
         return self.root / "farm-signing-key.asc"
 
     @property

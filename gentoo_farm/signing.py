@@ -5,13 +5,19 @@ The key lives in a GnuPG home in the farm's secrets (``secrets/gnupg``), made by
 the master uses it: a worker never holds it. It signs gpkg binary packages with Portage's own
 ``gpkg-sign`` (the signatures Portage checks on install with ``verify-signature``); workers get the
 public half only. ``farm key`` prints its fingerprint and exports it.
+
+Rotation, as Gentoo rotates its release key: ``farm key rotate`` makes a new key the signing key and keeps
+the old one's public half in the home, so the published key file carries both (the signing key first) and
+what was signed before stays verifiable; ``farm key retire`` drops an old public key once nothing needs it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 from gentoo_farm.portage_tools import INSTALL_HINT, portage_tool
@@ -42,7 +48,8 @@ def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
 
 
 class FarmKey:
-    """The signing key in ``home`` (a GnuPG home directory holding exactly one secret key)."""
+    """The signing key in ``home`` (a GnuPG home directory holding exactly one secret key, and the public
+    halves of the older keys not yet retired)."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -67,8 +74,33 @@ class FarmKey:
         return fingerprints[0]
 
     def public_key(self) -> str:
-        """The armored public key, as workers and downloaders import it."""
-        return _gpg(self.home, "--armor", "--export", self.fingerprint).decode()
+        """The armored public keys, as workers and downloaders import them: the signing key first (it
+        was made first in its home), then the older keys still published during a rotation."""
+        exported = _gpg(self.home, "--armor", "--export").decode() if self.home.is_dir() else ""
+        if not exported:
+            raise SigningError(f"{self.home}: no farm signing key (created by `farm init`)")
+        return exported
+
+    def rotate(self, uid: str, retired_home: Path) -> FarmKey:
+        """A new signing key in this home; the old home moves to ``retired_home`` (nothing signs with it
+        any more) and the public keys it published stay published beside the new one."""
+        published = self.public_key().encode()
+        self.stop_agent()
+        if retired_home.exists():
+            raise SigningError(f"{retired_home} exists already")
+        retired_home.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.move(self.home, retired_home)
+        new = FarmKey.create(self.home, uid)
+        _gpg(new.home, "--import", stdin=published)
+        return new
+
+    def retire(self, fingerprint: str) -> None:
+        """Stop publishing (and so trusting) the old public key ``fingerprint``."""
+        if fingerprint == self.fingerprint:
+            raise SigningError(f"{fingerprint} is the signing key: `farm key rotate` first")
+        if fingerprint not in key_fingerprints(self.public_key().encode()):
+            raise SigningError(f"{fingerprint} is not among the farm's published keys")
+        _gpg(self.home, "--delete-keys", fingerprint)
 
     def sign_gpkg(self, package: Path) -> None:
         """Sign a gpkg binary package in place, as Portage's binpkg-signing would have at build time."""
@@ -121,10 +153,12 @@ def key_fingerprints(armored: bytes) -> list[str]:
     return [line.split(":")[9] for line in listed.stdout.decode().splitlines() if line.startswith("fpr:")]
 
 
-def verify_clearsigned(armored_key: bytes, signed: bytes) -> str:
-    """The text ``signed`` vouches for, if the key in ``armored_key`` made its signature (``gpgv``, so
-    nothing but that key counts); :class:`SigningError` otherwise. Only the signed part is returned:
-    text around a clear-signed block proves nothing."""
+def verify_clearsigned(armored_key: bytes, signed: bytes, signers: Collection[str] = ()) -> str:
+    """The text ``signed`` vouches for, if a key in ``armored_key`` made its signature (``gpgv``, so
+    nothing but those keys counts) and, when ``signers`` are given, it is one of those fingerprints (a
+    key file may carry keys the caller does not trust: a store's copy, which a bucket writer could
+    extend with their own); :class:`SigningError` otherwise. Only the signed part is returned: text
+    around a clear-signed block proves nothing."""
     with tempfile.TemporaryDirectory(prefix="farm-gpgv-") as scratch:
         keyring = Path(scratch) / "keyring.gpg"
         dearmored = subprocess.run(
@@ -135,13 +169,18 @@ def verify_clearsigned(armored_key: bytes, signed: bytes) -> str:
             raise SigningError(f"not an OpenPGP key: {dearmored.stderr.decode(errors='replace').strip()}")
         try:
             verified = subprocess.run(
-                ["gpgv", "--keyring", str(keyring), "--output", "-", "-"],
+                ["gpgv", "--status-fd", "2", "--keyring", str(keyring), "--output", "-", "-"],
                 input=signed, capture_output=True, timeout=GPG_TIMEOUT,
             )  # fmt: skip
         except FileNotFoundError as error:
             raise SigningError("gpgv not found: install GnuPG") from error
     if verified.returncode != 0:
         raise SigningError(f"bad signature: {verified.stderr.decode(errors='replace').strip()}")
+    # VALIDSIG's last field is the primary key's fingerprint (the one people are told).
+    signed_by = [line.split()[-1] for line in verified.stderr.decode().splitlines()
+                 if line.startswith("[GNUPG:] VALIDSIG ")]  # fmt: skip
+    if signers and not set(signed_by) & set(signers):
+        raise SigningError(f"signed by {', '.join(signed_by) or 'no key'}, not by {', '.join(signers)}")
     return verified.stdout.decode()
 
 

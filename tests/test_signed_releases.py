@@ -15,7 +15,8 @@ import pytest
 from gentoo_farm.catalog import find_image
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands import download
-from gentoo_farm.signing import FarmKey, verify_clearsigned
+from gentoo_farm.config import load_config
+from gentoo_farm.signing import FarmKey, key_fingerprints, verify_clearsigned
 from gentoo_farm.store import ArtifactStore, StoreError, open_store
 from gentoo_farm.store.sets import (
     ARTIFACT,
@@ -27,6 +28,8 @@ from gentoo_farm.store.sets import (
     new_set_id,
     publish_signing_key,
 )
+from gentoo_farm.workers.toolkit.emerge import trusted_keyring
+from tests.farmtest import farm_command
 from tests.services.store import publish_files
 
 pytest_plugins = ["tests.services.store"]
@@ -141,6 +144,12 @@ def test_a_download_the_signature_does_not_vouch_for_is_refused_and_removed(
     with pytest.raises(CommandError, match=r"gentoo-20261206-amd64: DIGESTS: bad signature"):
         _download(signed_image, "latest", str(tmp_path / "dl"), "--key", farm_key.fingerprint)
     assert list((tmp_path / "dl").iterdir()) == []
+    # The intruder adds their key to the store's copy beside the farm's: still not the key the user named.
+    store.put_bytes(SIGNING_KEY, (farm_key.public_key() + other_public).encode())
+    with pytest.raises(
+        CommandError, match=rf"DIGESTS: signed by {other_fingerprint}, not by {farm_key.fingerprint}"
+    ):
+        _download(signed_image, "latest", str(tmp_path / "dl"), "--key", farm_key.fingerprint)
     # A store whose public key is not the one the user trusts is named.
     store.put_bytes(SIGNING_KEY, other_public.encode())
     with pytest.raises(CommandError, match=rf"{SIGNING_KEY} in .* is key {other_fingerprint}, not"):
@@ -156,3 +165,61 @@ def test_a_corrupt_upload_is_refused_before_anything_is_signed(any_store: Artifa
     with pytest.raises(StoreError, match=r"vmlinuz.tar.zst in .*: sha512 .* != expected"):
         finalize_set(any_store, "kernel", set_id, "corrupt", {"vmlinuz.tar.zst": claimed}, sign=signed.append)
     assert signed == [] and any_store.head(digests_key("kernel", set_id)) is None
+
+
+def publish_image(store: ArtifactStore, key: FarmKey, name: str, tmp_path: Path) -> None:
+    """An image set signed by ``key``, as the master's publish leaves it."""
+    disk = tmp_path / f"{name}.qcow2"
+    disk.write_bytes(name.encode() * 4096)
+    publish_files(
+        store, "images", name.ljust(64, "i"), {disk.name: disk}, metadata={"name": name}, sign=key.clearsign
+    )
+
+
+def test_a_rotated_key_signs_new_images_while_the_old_key_still_vouches_for_old_ones(tmp_path: Path) -> None:
+    root = tmp_path / "farm"
+    farm_command("init", str(root))
+    signing_home = root / "secrets/gnupg"
+    store = open_store(load_config(root).store)
+    old = farm_command("--farm", str(root), "key", "fingerprint").stdout.strip()
+    publish_image(store, FarmKey(signing_home), "gentoo-20261206-amd64", tmp_path)
+
+    rotated = farm_command("--farm", str(root), "key", "rotate").stdout
+    new = farm_command("--farm", str(root), "key", "fingerprint").stdout.strip()
+    assert new != old and f"`farm key retire {old}`" in rotated
+    # Both keys are published, where downloaders and builds read them, the signing key first.
+    for published in (store.get_bytes(SIGNING_KEY), (root / "farm-signing-key.asc").read_bytes()):
+        assert key_fingerprints(published) == [new, old]
+    publish_image(store, FarmKey(signing_home), "gentoo-20261207-amd64", tmp_path)
+    for name, fingerprint in (("gentoo-20261206-amd64", old), ("gentoo-20261207-amd64", new)):
+        downloaded = farm_command(
+            "--farm", str(root), "download", name, str(tmp_path / name), "--key", fingerprint
+        )
+        assert "signed by the farm key" in downloaded.stdout
+    # Each key vouches only for what it signed.
+    crossed = farm_command(
+        "--farm",
+        str(root),
+        "download",
+        "gentoo-20261206-amd64",
+        str(tmp_path / "x"),
+        "--key",
+        new,
+        check=False,
+    )
+    assert f"signed by {old}, not by {new}" in crossed.stderr
+
+    # Builds trust both keys during the change: the binhost still serves packages the old key signed.
+    with trusted_keyring(root / "farm-signing-key.asc") as keyring:
+        listing = subprocess.run(
+            ["gpg", "--homedir", str(keyring), "--with-colons", "--list-keys"], capture_output=True, text=True
+        ).stdout
+    assert [line.split(":")[1] for line in listing.splitlines() if line.startswith("pub:")] == ["u", "u"]
+
+    refused = farm_command("--farm", str(root), "key", "retire", new, check=False)
+    assert refused.returncode != 0 and "is the signing key" in refused.stderr
+    farm_command("--farm", str(root), "key", "retire", old)
+    for published in (store.get_bytes(SIGNING_KEY), (root / "farm-signing-key.asc").read_bytes()):
+        assert key_fingerprints(published) == [new]
+    assert (root / "secrets/gnupg-retired" / old).is_dir()  # kept aside, never used to sign again
+    FarmKey(signing_home).stop_agent()

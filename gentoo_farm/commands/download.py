@@ -41,10 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def trusted_key(store: ArtifactStore, key: str) -> bytes:
-    """The armored key ``--key`` names: a file, or the store's copy if its fingerprint is the one given."""
+def trusted_key(store: ArtifactStore, key: str) -> tuple[bytes, tuple[str, ...]]:
+    """The armored keys ``--key`` names and the fingerprints a signature must come from: every key of a
+    file, or from the store's copy only the key whose fingerprint is given (during a rotation the copy
+    holds the new key and the old one; a bucket writer could add their own)."""
     if Path(key).is_file():
-        return Path(key).read_bytes()
+        return Path(key).read_bytes(), ()
     fingerprint = key.replace(" ", "").upper()
     if not re.fullmatch(r"[0-9A-F]{40}", fingerprint):
         raise CommandError(f"--key {key!r}: neither a key file nor a 40-digit fingerprint")
@@ -57,17 +59,20 @@ def trusted_key(store: ArtifactStore, key: str) -> bytes:
         raise CommandError(
             f"{SIGNING_KEY} in {store.location} is key {', '.join(found) or 'none'}, not {fingerprint}"
         )
-    return armored
+    return armored, (fingerprint,)
 
 
-def check_signature(store: ArtifactStore, record: ImageRecord, armored_key: bytes, file_name: str) -> str:
+def check_signature(
+    store: ArtifactStore, record: ImageRecord, trusted: tuple[bytes, tuple[str, ...]], file_name: str
+) -> str:
     """The signed DIGESTS of the image's set, verified; CommandError unless they vouch for its sha512."""
     try:
         signed = store.get_bytes(digests_key("images", record.set_id))
     except StoreError as error:
         raise CommandError(f"{record.name} has no signed DIGESTS ({error}): it cannot be checked") from error
     try:
-        text = verify_clearsigned(armored_key, signed)
+        armored_keys, signers = trusted
+        text = verify_clearsigned(armored_keys, signed, signers)
     except SigningError as error:
         raise CommandError(f"{record.name}: DIGESTS: {error}") from error
     sha512_section = text.split("# SHA512 HASH", 1)[-1]
@@ -186,14 +191,14 @@ def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
         store, record = published_at(args.name)
     else:
         store, record = published(config, args.name)
-    armored_key = trusted_key(store, args.key) if args.key else None
+    trusted = trusted_key(store, args.key) if args.key else None
     destination = download(store, record, args.directory)
-    if armored_key is None:
+    if trusted is None:
         print(f"{destination} ({human_size(record.size)}, sha512 verified; the signature was not checked: "
               "give --key FILE|FINGERPRINT)")  # fmt: skip
         return 0
     try:
-        signed = check_signature(store, record, armored_key, destination.name)
+        signed = check_signature(store, record, trusted, destination.name)
     except CommandError:
         destination.unlink()
         destination.with_name(destination.name + ".sha512").unlink(missing_ok=True)

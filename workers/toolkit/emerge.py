@@ -10,6 +10,7 @@ the caller's ``PKGDIR``/``DISTDIR`` (the caller pushes what lands there back to 
 
 import argparse
 import contextlib
+import itertools
 import os
 import pwd
 import shutil
@@ -139,7 +140,9 @@ def write_binrepo(root: Path, args: argparse.Namespace) -> Path:
 
 @contextlib.contextmanager
 def trusted_keyring(key_file: Path) -> Iterator[Path]:
-    """A GnuPG home holding only ``key_file``, trusted ultimately, for Portage's binary package checks.
+    """A GnuPG home holding only the keys of ``key_file``, each trusted ultimately, for Portage's binary
+    package checks (during a key rotation the file holds the farm's new key and its old one, which signed
+    the packages the binhost still serves).
 
     Portage accepts a gpkg signature only from a key GnuPG trusts fully or ultimately (what getuto
     sets up in /etc/portage/gnupg on a Gentoo machine). Running as root, it verifies as "nobody"
@@ -157,12 +160,18 @@ def trusted_keyring(key_file: Path) -> Iterator[Path]:
         listing = subprocess.run(
             [*gpg, "--with-colons", "--list-keys"], capture_output=True, text=True, check=False
         ).stdout
-        fingerprints = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
+        lines = listing.splitlines()
+        # Ownertrust is given to primary keys: the fpr line right after each pub line (not a subkey's).
+        fingerprints = [
+            line.split(":")[9]
+            for previous, line in itertools.pairwise(lines)
+            if previous.startswith("pub:") and line.startswith("fpr:")
+        ]
         if imported.returncode != 0 or not fingerprints:
             raise StageError(
                 f"--binhost-key {key_file}: not an OpenPGP public key ({imported.stderr.strip()})"
             )
-        trust = f"{fingerprints[0]}:6:\n"
+        trust = "".join(f"{fingerprint}:6:\n" for fingerprint in fingerprints)
         subprocess.run([*gpg, "--import-ownertrust"], input=trust, capture_output=True, text=True, check=True)
         # Portage verifies with --no-auto-check-trustdb, so the trust must be computed now.
         subprocess.run([*gpg, "--check-trustdb"], capture_output=True, text=True, check=True)
@@ -170,7 +179,7 @@ def trusted_keyring(key_file: Path) -> Iterator[Path]:
             os.chmod(directory, 0o755)
             for name in files:
                 os.chmod(os.path.join(directory, name), 0o644)
-        progress(f"binary packages from the binhost must be signed by {fingerprints[0]}")
+        progress(f"binary packages from the binhost must be signed by {' or '.join(fingerprints)}")
         yield home
 
 
