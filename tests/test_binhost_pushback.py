@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from gentoo_farm.signing import FarmKey
@@ -31,6 +30,7 @@ from gentoo_farm.store.binhost import (
     pushback_uploads,
     render_index,
 )
+from tests.services.s3 import make_bucket_public
 from tests.services.store import put_snapshot
 from tests.world.repository import PROFILE, write_distfiles, write_repository
 
@@ -193,21 +193,7 @@ def test_two_concurrent_pushes_both_land_signed_and_a_fresh_build_compiles_nothi
 ) -> None:
     if any_settings.type == "s3":
         # Portage reads the binhost anonymously: a bucket whose policy lets anyone GET.
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": "*",
-                    "Action": "s3:GetObject",
-                    "Resource": f"arn:aws:s3:::{any_settings.bucket}/*",
-                }
-            ],
-        }
-        boto3.client("s3", endpoint_url=any_settings.endpoint_url).put_bucket_policy(
-            Bucket=any_settings.bucket, Policy=json.dumps(policy)
-        )
-        any_settings.public_url = f"{any_settings.endpoint_url}/{any_settings.bucket}/{any_settings.prefix}"
+        any_settings.public_url = make_bucket_public(any_settings)
     store = open_store(any_settings)
     base = store.public_base_url()
     binhost, mirror = f"{base}/binpkgs/{PROFILE}", f"{base}/distfiles"

@@ -11,13 +11,13 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
-import boto3
 import pytest
 
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands import download, images
 from gentoo_farm.store import open_store
 from tests.farmtest import FARM, free_port
+from tests.services.s3 import make_bucket_public
 from tests.services.store import publish_files
 
 pytest_plugins = ["tests.services.store"]
@@ -109,23 +109,8 @@ def test_download_of_an_unknown_image_says_how_to_list(published, tmp_path: Path
 
 
 def _public_url(settings) -> str:
-    """The store's URL for anyone: the store server's, or a bucket made public as docs/store.md says."""
-    if settings.type == "local":
-        return settings.public_url
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": "*",
-                "Action": "s3:GetObject",
-                "Resource": f"arn:aws:s3:::{settings.bucket}/*",
-            }
-        ],
-    }
-    client = boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region)
-    client.put_bucket_policy(Bucket=settings.bucket, Policy=json.dumps(policy))
-    return f"{settings.endpoint_url}/{settings.bucket}/{settings.prefix}"
+    """The store's URL for anyone: the store server's, or a bucket made public."""
+    return settings.public_url if settings.type == "local" else make_bucket_public(settings)
 
 
 def _farm_download_anonymously(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,7 @@ Usage from a test module (pytest puts ``tests/`` on sys.path)::
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -81,3 +82,21 @@ def s3_server() -> Iterator[S3Server]:
 @pytest.fixture
 def s3_settings(s3_server: S3Server) -> S3StoreSettings:
     return S3StoreSettings(bucket=s3_server.create_bucket(), endpoint_url=s3_server.endpoint_url)
+
+
+def make_bucket_public(settings: S3StoreSettings) -> str:
+    """Let anyone GET the bucket's objects (a bucket policy, as for a real public bucket); its public URL."""
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{settings.bucket}/*",
+            }
+        ],
+    }
+    client = boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region)
+    client.put_bucket_policy(Bucket=settings.bucket, Policy=json.dumps(policy))
+    return f"{settings.endpoint_url}/{settings.bucket}/{settings.prefix}"
