@@ -222,10 +222,18 @@ class OverlaySection:
     poll_interval: int = 3600
 
 
+# What each [image] admin way needs emerged besides the configured packages.
+ADMIN_PACKAGES = {"sudo": ["app-admin/sudo"], "none": []}
+
+
 @dataclass(frozen=True)
 class ImageSection:
     packages: list[str] = field(default_factory=lambda: ["net-misc/openssh", "net-misc/dhcpcd"])
     """Emerged into the stage3; sshd and a DHCP client (for netifrc's config_eth0="dhcp") are the minimum."""
+    admin: Literal["sudo", "none"] = "sudo"
+    """How the cloud user becomes root: "sudo" emerges app-admin/sudo too and lets the cloud user run any
+    command as root without a password (/etc/sudoers.d/90-cloud-user), as cloud images do; "none" gives
+    the cloud user no way to root. Root's own login is the overlay's either way."""
     disk_size: str = "4G"
     compress: bool = True
     boot_timeout: int = 300
@@ -236,6 +244,11 @@ class ImageSection:
     """Keep packages only the build needed (depclean --with-bdeps=n removes them by default)."""
     keep_repository: bool = False
     """Keep the Portage repository (/var/db/repos/gentoo) in the image; instances sync it otherwise."""
+
+    @property
+    def emerged_packages(self) -> list[str]:
+        """``packages`` and what ``admin`` needs in the image."""
+        return [*self.packages, *(atom for atom in ADMIN_PACKAGES[self.admin] if atom not in self.packages)]
 
 
 @dataclass(frozen=True)

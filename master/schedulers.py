@@ -53,7 +53,7 @@ def _build_image(config: FarmConfig) -> sched.ForceScheduler:
             ),
             PackageAtomsParameter(
                 name="extra_packages",
-                label=f"Extra packages (besides {' '.join(config.image.packages)})",
+                label=f"Extra packages (besides {' '.join(config.image.emerged_packages)})",
                 default="",
                 size=60,
             ),

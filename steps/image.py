@@ -55,12 +55,18 @@ class PruneRoot(FarmWorkerStep):
 
 
 class AssembleImage(FarmWorkerStep):
-    """``farm-worker assemble``: kernel + overlay + cloud user into the build root."""
+    """``farm-worker assemble``: kernel + overlay + cloud user (and its way to root) into the build root."""
 
-    renderables = ("root", "vmlinuz", "overlay", "user")
+    renderables = ("root", "vmlinuz", "overlay", "user", "admin")
 
     def __init__(
-        self, root: object, vmlinuz: object, overlay: object, user: object = CLOUD_USER, **kwargs
+        self,
+        root: object,
+        vmlinuz: object,
+        overlay: object,
+        user: object = CLOUD_USER,
+        admin: object = "sudo",
+        **kwargs,
     ) -> None:
         kwargs.setdefault("name", "assemble-image")
         super().__init__("assemble", **kwargs)
@@ -68,9 +74,13 @@ class AssembleImage(FarmWorkerStep):
         self.vmlinuz = vmlinuz
         self.overlay = overlay
         self.user = user
+        self.admin = admin
 
     def stage_arguments(self) -> list[object]:
-        return [self.root, "--vmlinuz", self.vmlinuz, "--overlay", self.overlay, "--user", self.user]
+        return [
+            self.root, "--vmlinuz", self.vmlinuz, "--overlay", self.overlay, "--user", self.user,
+            "--admin", self.admin,
+        ]  # fmt: skip
 
 
 class WriteImageManifest(FarmWorkerStep):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gentoo_farm.stageprotocol import RESULT_MARKER, SERIAL_LOG_END, SERIAL_LOG_MARKER
 from tests import debian
+from tests.world.repository import lay_out_sudo
 from tests.world.stage3 import populate_stage3_root
 
 DEFAULT_OVERLAY = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "overlay"
@@ -54,12 +55,14 @@ def install_dhcpcd(root: Path) -> None:
 
 
 def make_root(tmp_path: Path) -> Path:
-    """The stand-in stage3 plus "emerged" packages: dhcpcd (the image's package set has it), and
+    """The stand-in stage3 plus "emerged" packages: dhcpcd (the image's package set has it), sudo (the
+    farm adds app-admin/sudo for [image] admin = "sudo"; laid out as the world's ebuild installs it), and
     greeting: the ``greeting`` command and a local.d script that runs it at boot, printing its line
     and writing it to GREETING_LOG."""
     root = tmp_path / "root"
     populate_stage3_root(root)
     install_dhcpcd(root)
+    lay_out_sudo(root)
     vdb = root / "var/db/pkg/app-misc/greeting-1.2-r1"
     vdb.mkdir(parents=True)
     (vdb / "SLOT").write_text("0\n")
@@ -72,8 +75,8 @@ def make_root(tmp_path: Path) -> Path:
     return root
 
 
-def assemble(root: Path, kernel: Path, overlay: Path) -> subprocess.CompletedProcess[str]:
-    return farm_worker("assemble", root, "--vmlinuz", kernel, "--overlay", overlay)
+def assemble(root: Path, kernel: Path, overlay: Path, *options: object) -> subprocess.CompletedProcess[str]:
+    return farm_worker("assemble", root, "--vmlinuz", kernel, "--overlay", overlay, *options)
 
 
 def serial_log_printed(process: subprocess.CompletedProcess[str]) -> str:

@@ -137,6 +137,26 @@ def test_dhcpcd_gives_the_image_a_real_dhcp_client(
     assert version.stdout.startswith("dhcpcd 9.4.1"), version.stderr
 
 
+def test_sudo_is_emerged_setuid_and_its_pam_service_works_in_the_stage3(
+    world: World, upstream: WorldServer, farm_store: WorldServer, tmp_path: Path
+) -> None:
+    # What [image] admin = "sudo" adds to every image: Debian's sudo, which needs the stage3's PAM.
+    root = build_root(world, tmp_path / "root")
+    run = emerge(world, root, tmp_path / "work", farm_store, upstream, "app-admin/sudo")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+    assert (root / "usr/bin/sudo").stat().st_mode & 0o7777 == 0o4111
+    # The inner sudo, setuid root, runs as the user: for root it goes through PAM's stacks and runs id;
+    # nobody, whom sudoers grants nothing, is refused without a password.
+    for user, expected in (("root", "0"), ("nobody", "")):
+        ran = subprocess.run(
+            ["chroot", root, "/usr/bin/sudo", "-n", "-u", user, "/usr/bin/sudo", "-n", "id", "-u"],
+            capture_output=True,
+            text=True,
+        )
+        assert ran.stdout.strip() == expected, ran.stderr
+    assert "a password is required" in ran.stderr
+
+
 def test_the_stage3s_own_binhost_is_not_used_and_stays_in_the_image(
     world: World, upstream: WorldServer, farm_store: WorldServer, tmp_path: Path
 ) -> None:

@@ -75,7 +75,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 "images",
                 values={
                     "inputs": util.Transform(json.dumps, util.Property("image_input_keys"), sort_keys=True),
-                    "packages": " ".join(config.image.packages),
+                    "packages": " ".join(config.image.emerged_packages),
                     "extra_packages": extra_packages,
                     "disk": f"{config.image.disk_size} compress={config.image.compress}",
                     "prune": f"keep_build_deps={config.image.keep_build_deps} "
@@ -93,7 +93,9 @@ def factory(config: FarmConfig) -> BuildFactory:
                 **building,
             ),
             EmergePackages(
-                atoms=util.Transform(lambda extra: [*config.image.packages, *extra.split()], extra_packages),
+                atoms=util.Transform(
+                    lambda extra: [*config.image.emerged_packages, *extra.split()], extra_packages
+                ),
                 root=ROOT,
                 pkgdir="packages",
                 distdir="distfiles",
@@ -123,7 +125,13 @@ def factory(config: FarmConfig) -> BuildFactory:
                 keep_repository=config.image.keep_repository,
                 **building,
             ),
-            AssembleImage(root=ROOT, vmlinuz=INPUTS["kernel"], overlay=INPUTS["overlay"], **building),
+            AssembleImage(
+                root=ROOT,
+                vmlinuz=INPUTS["kernel"],
+                overlay=INPUTS["overlay"],
+                admin=config.image.admin,
+                **building,
+            ),
             WriteImageManifest(
                 root=ROOT,
                 json_output=MANIFEST_JSON,

@@ -5,6 +5,8 @@ compile-heavy libraries (so a from-source emerge costs tens of seconds and a bin
 saves it), a static ``farm-hello`` the image runs at boot, an OpenRC service and a metapackage.
 ``net-misc/dhcpcd`` installs Debian's real dhcpcd build (the stand-in stage3, like Gentoo's, has no
 DHCP client): its distfile is the binary and the libraries it links, taken from Debian's packages.
+``app-admin/sudo`` (what ``[image] admin = "sudo"`` adds to the image) installs Debian's real sudo the
+same way, with Gentoo's PAM service file for it.
 """
 
 import gzip
@@ -38,7 +40,18 @@ FUNCTIONS_PER_UNIT = 200
 DHCP_PACKAGE = "net-misc/dhcpcd"
 # The upstream version of Debian's dhcpcd-base the ebuild repackages (checked when the distfile is made).
 DHCPCD_VERSION = "9.4.1"
+SUDO_PACKAGE = "app-admin/sudo"
+# The upstream version of Debian's sudo the ebuild repackages (checked when the distfile is made).
+SUDO_VERSION = "1.9.13_p3"
+# What the tests' farms configure as [image] packages; the farm adds SUDO_PACKAGE for [image] admin.
 PACKAGE_SET = (STATIC_PACKAGE, SERVICE_PACKAGE, "app-misc/farm-tools", DHCP_PACKAGE)
+# Gentoo's app-admin/sudo installs this PAM service (Debian's @includes its own common-* files).
+SUDO_PAM_SERVICE = """\
+#%PAM-1.0
+auth		include		system-auth
+account		include		system-auth
+session		include		system-auth
+"""
 
 PROFILE_MAKE_DEFAULTS = """\
 ARCH="amd64"
@@ -226,6 +239,34 @@ pkg_preinst() {{
 """
 
 
+SUDO_EBUILD = """\
+# Copyright 2026 Gentoo Farm test world
+# Distributed under the terms of the GNU General Public License v2
+
+EAPI=8
+
+DESCRIPTION="Run commands as another user (Debian's sudo build, for the farm's test world)"
+HOMEPAGE="https://www.sudo.ws/"
+SRC_URI="{src_uri}/${{P}}.tar.gz"
+
+LICENSE="ISC"
+SLOT="0"
+KEYWORDS="amd64"
+# Prebuilt binaries: nothing to compile or strip.
+RESTRICT="strip"
+QA_PREBUILT="*"
+
+src_install() {{
+	cp -a "${{S}}"/image/. "${{ED}}"/ || die
+	# As Gentoo's ebuild: sudo refuses to run unless setuid root, and reads only a sudoers others
+	# cannot write.
+	fperms 4111 /usr/bin/sudo
+	fperms 0440 /etc/sudoers
+	fperms 0750 /etc/sudoers.d
+}}
+"""
+
+
 @dataclass
 class Package:
     atom: str
@@ -247,9 +288,7 @@ class Package:
 def dhcpcd_distfile(top: str) -> bytes:
     """Debian's dhcpcd-base laid out as Gentoo installs dhcpcd (/sbin/dhcpcd), with libudev it links."""
     deb = debian.download("dhcpcd-base")
-    version = subprocess.run(
-        ["dpkg-deb", "--field", str(deb), "Version"], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    version = _deb_version(deb)
     if not version.startswith(f"{DHCPCD_VERSION}-"):
         raise RuntimeError(f"dhcpcd-base is {version}; the world's {DHCP_PACKAGE} ebuild is {DHCPCD_VERSION}")
     with tempfile.TemporaryDirectory() as scratch:
@@ -261,6 +300,48 @@ def dhcpcd_distfile(top: str) -> bytes:
         shutil.copy2(unpacked / "usr/sbin/dhcpcd", image / "sbin/dhcpcd")
         shutil.copytree(unpacked / "etc", image / "etc", symlinks=True)
         shutil.copytree(unpacked / "usr/lib", image / "usr/lib", symlinks=True)
+        buffer = io.BytesIO()
+        with (
+            gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
+            tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive,
+        ):
+            archive.add(Path(scratch) / top, arcname=top)
+        return buffer.getvalue()
+
+
+def _deb_version(deb: Path) -> str:
+    return subprocess.run(
+        ["dpkg-deb", "--field", str(deb), "Version"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def lay_out_sudo(image: Path) -> None:
+    """Debian's sudo as Gentoo installs it, into ``image`` (a package image, or a root: the tests' stand-in
+    for having emerged it): the program setuid root, its plugins, sudoers and Gentoo's PAM service."""
+    deb = debian.download("sudo")
+    version = _deb_version(deb)
+    if not version.startswith(f"{SUDO_VERSION.replace('_', '')}-"):
+        raise RuntimeError(f"sudo is {version}; the world's {SUDO_PACKAGE} ebuild is {SUDO_VERSION}")
+    with tempfile.TemporaryDirectory() as scratch:
+        unpacked = Path(scratch)
+        debian.extract(deb, unpacked)
+        for directory in ("usr/bin", "usr/sbin", "usr/libexec/sudo", "etc/sudoers.d", "etc/pam.d"):
+            (image / directory).mkdir(parents=True, exist_ok=True)
+        for program in ("usr/bin/sudo", "usr/sbin/visudo", "etc/sudoers", "etc/sudo.conf"):
+            shutil.copy2(unpacked / program, image / program)
+        shutil.copytree(
+            unpacked / "usr/libexec/sudo", image / "usr/libexec/sudo", symlinks=True, dirs_exist_ok=True
+        )
+    (image / "usr/bin/sudo").chmod(0o4111)
+    (image / "etc/sudoers").chmod(0o440)
+    (image / "etc/sudoers.d").chmod(0o750)
+    (image / "etc/pam.d/sudo").write_text(SUDO_PAM_SERVICE)
+
+
+def sudo_distfile(top: str) -> bytes:
+    """The ebuild's distfile: :func:`lay_out_sudo`'s files under ``top``/image."""
+    with tempfile.TemporaryDirectory() as scratch:
+        lay_out_sudo(Path(scratch) / top / "image")
         buffer = io.BytesIO()
         with (
             gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
@@ -385,6 +466,14 @@ def packages(compile_scale: int = 1) -> list[Package]:
             DHCPCD_VERSION,
             DHCPCD_EBUILD.format(src_uri=UPSTREAM_SRC_URI),
             built_distfile=dhcpcd_distfile,
+        )
+    )
+    result.append(
+        Package(
+            SUDO_PACKAGE,
+            SUDO_VERSION,
+            SUDO_EBUILD.format(src_uri=UPSTREAM_SRC_URI),
+            built_distfile=sudo_distfile,
         )
     )
     result.append(

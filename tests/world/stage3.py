@@ -16,6 +16,8 @@ nothing is installed on the host):
 - glibc and every library those programs link (checked, so a missing one fails the build), shadow's
   useradd, util-linux, mount and e2fsprogs; Debian's start-stop-daemon (dpkg's: Debian's OpenRC is
   built without its own and runs services through it);
+- Linux-PAM's modules (libpam-modules; sshd links libpam already) and sys-auth/pambase's
+  /etc/pam.d/system-auth and other, for what a package's PAM service includes (app-admin/sudo's);
 - /etc/fstab's placeholder entries (/dev/ROOT, /dev/BOOT...): ``fsck`` fails on them until the overlay
   empties it; root's password is locked.
 
@@ -51,6 +53,9 @@ PACKAGES = (
     "openssh-sftp-server",
     "passwd",
     "procps",
+    # sys-libs/pam's modules: a Gentoo stage3 has them, and sudo's PAM service needs pam_unix.
+    "libpam-modules",
+    "libpam-modules-bin",
 )
 # Where Debian's packages put shared libraries (the dynamic loader's default search path).
 LIBRARY_DIRECTORIES = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
@@ -445,6 +450,22 @@ automount:   files
 aliases:     files
 """
 
+# sys-auth/pambase's stacks, reduced to the modules Debian's libpam-modules has: the PAM services of
+# packages (sudo's, login's) include system-auth; a service without a file of its own gets other.
+PAM_SYSTEM_AUTH = """\
+auth		required	pam_unix.so try_first_pass likeauth nullok
+account		required	pam_unix.so
+password	required	pam_unix.so try_first_pass use_authtok nullok yescrypt shadow
+session		required	pam_limits.so
+session		required	pam_unix.so
+"""
+PAM_OTHER = """\
+auth		required	pam_deny.so
+account		required	pam_deny.so
+password	required	pam_deny.so
+session		required	pam_deny.so
+"""
+
 TEXT_FILES = {
     "etc/inittab": (INITTAB, 0o644),
     "etc/fstab": (FSTAB, 0o644),
@@ -477,6 +498,8 @@ TEXT_FILES = {
         "LC_MESSAGES=C.utf8\n",
         0o644,
     ),
+    "etc/pam.d/system-auth": (PAM_SYSTEM_AUTH, 0o644),
+    "etc/pam.d/other": (PAM_OTHER, 0o644),
     "etc/ssh/sshd_config": (SSHD_CONFIG, 0o644),
     "etc/ssh/sshd_config.d/9999999gentoo.conf": (SSHD_GENTOO_CONF, 0o644),
     # Debian's OpenRC maps LSB facilities through insserv's table (this file and etc/insserv.conf.d,

@@ -1,9 +1,11 @@
 """Lay the kernel and the recipe's modifications over a build root, ready to become a disk.
 
 Unpacks the vmlinuz tarball and the vmoverride tarball into the root, applies the overlay's
-password edits to /etc/shadow, adds the cloud user (as ``useradd -m -G wheel,users ec2-user`` would)
-and points /boot/vmlinuz and /boot/initramfs at the kernel. The overlay must provide
-/boot/extlinux.conf: without it the disk could not boot, so the stage stops here.
+password edits to /etc/shadow, adds the cloud user (as ``useradd -m -G wheel,users ec2-user`` would),
+gives it root the configured admin way (``sudo``: /etc/sudoers.d/90-cloud-user, any command without a
+password, as cloud images do; root's own account stays as the stage3 and overlay left it) and points
+/boot/vmlinuz and /boot/initramfs at the kernel. The overlay must provide /boot/extlinux.conf: without
+it the disk could not boot, so the stage stops here.
 
 Last, whatever makes a machine itself is taken out (SSH host keys, the machine id, saved random
 seeds), from the stage3, a package or the overlay alike: every instance of a published image would
@@ -17,6 +19,7 @@ runs as root on the worker.
 import argparse
 import fnmatch
 import json
+import os
 import re
 import shutil
 from pathlib import Path, PurePosixPath
@@ -28,6 +31,10 @@ from gentoo_farm.workers.toolkit.overlay import EDITS_MEMBER
 from gentoo_farm.workers.toolkit.tools import require_directory, require_file
 
 EXTLINUX_CONF = "boot/extlinux.conf"
+# sudo reads the files of /etc/sudoers.d in name order; 90 leaves room for the overlay's to come first.
+SUDOERS_FILE = "etc/sudoers.d/90-cloud-user"
+# sudo ignores a sudoers file that others may write, or that root does not own.
+SUDOERS_MODE = 0o440
 # (directory, file name pattern): one machine's identity, never to be shared by an image's instances.
 HOST_IDENTITY = (
     ("etc/ssh", "ssh_host_*"),
@@ -47,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", default="ec2-user", help="the cloud user to create (default: ec2-user)")
     parser.add_argument(
         "--groups", default="wheel,users", help="the cloud user's groups (default: wheel,users)"
+    )
+    parser.add_argument(
+        "--admin",
+        choices=("sudo", "none"),
+        default="sudo",
+        help="how the cloud user becomes root: sudo without a password, or no way (default: sudo)",
     )
 
 
@@ -136,6 +149,27 @@ def link_kernel(root: Path, release: str) -> bool:
     return has_initramfs
 
 
+def allow_sudo(root: Path, user: str) -> None:
+    """Let ``user`` run any command as root with the image's sudo, without a password."""
+    if not resolve(root, "usr/bin/sudo").is_file():
+        raise StageError(
+            f'{root}: [image] admin = "sudo", but the image has no /usr/bin/sudo '
+            "(app-admin/sudo is emerged for it: was it unmerged?)"
+        )
+    sudoers_dir = resolve(root, PurePosixPath(SUDOERS_FILE).parent)
+    sudoers_dir.mkdir(mode=0o750, exist_ok=True)
+    write_text(
+        root,
+        SUDOERS_FILE,
+        f"# gentoo-farm: the cloud user is the instance's admin.\n{user} ALL=(ALL) NOPASSWD: ALL\n",
+    )
+    sudoers = resolve(root, SUDOERS_FILE)
+    # write_text keeps the mode and owner of a file the overlay put there: sudo needs exactly these.
+    os.chown(sudoers, 0, 0, follow_symlinks=False)
+    sudoers.chmod(SUDOERS_MODE)
+    progress(f"/{SUDOERS_FILE}: {user} may run any command as root with sudo, without a password")
+
+
 def forget_host_identity(root: Path) -> list[str]:
     """Remove :data:`HOST_IDENTITY` from ``root``; the paths removed, as the image names them."""
     removed = []
@@ -164,6 +198,8 @@ def run(args: argparse.Namespace) -> None:
     apply_password_edits(root, args.overlay)
     check_extlinux_conf(root, args.overlay, overlay_members, has_initramfs)
     add_user(root, args.user, args.groups)
+    if args.admin == "sudo":
+        allow_sudo(root, args.user)
     removed = forget_host_identity(root)
     if removed:
         progress(f"removed what each instance makes its own: {' '.join(removed)}")
