@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gentoo_farm.store import ArtifactStore, StoreError
@@ -80,12 +80,21 @@ def read_package_manifest(store: ArtifactStore, published: PublishedSet) -> dict
     return manifest
 
 
+StoreLink = Callable[[str], str]
+"""How a record links a store key (the page's own redirect, say); the default is the store's download URL."""
+
+
 def image_record(
-    store: ArtifactStore, published: PublishedSet, latest_id: str | None, url_expiry: int = DEFAULT_URL_EXPIRY
+    store: ArtifactStore,
+    published: PublishedSet,
+    latest_id: str | None,
+    url_expiry: int = DEFAULT_URL_EXPIRY,
+    link: StoreLink | None = None,
 ) -> ImageRecord | None:
     disk = disk_file(published)
     if disk is None:
         return None
+    url = link or (lambda key: store.download_url(key, url_expiry))
     stem = disk.name.rsplit(".", 1)[0]
     package_manifest = package_manifest_file(published)
     return ImageRecord(
@@ -94,18 +103,16 @@ def image_record(
         kernel=str(published.metadata.get("kernel") or ""),
         size=disk.size,
         sha512=disk.sha512,
-        url=store.download_url(disk.key, url_expiry),
-        sha512_url=store.download_url(sha512_key(disk.key), url_expiry),
+        url=url(disk.key),
+        sha512_url=url(sha512_key(disk.key)),
         key=disk.key,
         set_id=published.set_id,
         latest=published.set_id == latest_id,
         manifest=published.to_json(),
-        manifest_url=store.download_url(published.manifest_key, url_expiry),
+        manifest_url=url(published.manifest_key),
         package_count=_package_count(published.metadata.get("package_count")),
-        package_manifest_url=store.download_url(package_manifest.key, url_expiry) if package_manifest else "",
-        digests_url=store.download_url(digests_key("images", published.set_id), url_expiry)
-        if published.signed
-        else "",
+        package_manifest_url=url(package_manifest.key) if package_manifest else "",
+        digests_url=url(digests_key("images", published.set_id)) if published.signed else "",
     )
 
 
@@ -113,13 +120,14 @@ def _package_count(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def published_images(store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY) -> list[ImageRecord]:
+def published_images(
+    store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY, link: StoreLink | None = None
+) -> list[ImageRecord]:
     """Every complete published image set, newest first. Blocking: call it from a thread in the master."""
     latest = latest_set(store, "images")
     latest_id = latest.set_id if latest else None
-    records = (
-        image_record(store, published, latest_id, url_expiry) for published in list_sets(store, "images")
-    )
+    sets = list_sets(store, "images")
+    records = (image_record(store, published, latest_id, url_expiry, link) for published in sets)
     return [record for record in records if record is not None]
 
 

@@ -3,8 +3,9 @@
 Buildbot's React UI fetches ``plugins/wsgi_dashboards/images/index.html`` and shows the fragment in
 its own page, so the app answers with HTML that fits inside it (no <html>, no scripts; the UI's
 Bootstrap classes apply). Buildbot runs the app in the reactor's thread pool, so reading the store
-(blocking) here is fine. Download links come from the catalog and are presigned per request when
-the bucket is private.
+(blocking) here is fine. When the bucket is private (no public URL), a presigned URL in the page
+would die ``url_expiry_seconds`` after the page was loaded, so the page links the app's own
+``files/KEY`` instead, which presigns at click time and redirects there.
 
 Buildbot applies its authz rules to its own REST API, not to WSGI dashboards: with
 ``anonymous_view = false`` the app asks the same rules itself, for the session the request carries.
@@ -18,12 +19,14 @@ from typing import Any
 
 from buildbot.www.auth import build_cookie_name
 from buildbot.www.authz import Forbidden
-from flask import Flask, render_template_string, request
+from flask import Flask, abort, redirect, render_template_string, request, url_for
 from twisted.internet import reactor
 from twisted.internet.threads import blockingCallFromThread
+from werkzeug.wrappers import Response
 
 from gentoo_farm.catalog import DEFAULT_URL_EXPIRY, ImageRecord, published_images
 from gentoo_farm.store import ArtifactStore, StoreError
+from gentoo_farm.store.base import check_key
 from gentoo_farm.units import human_size
 
 DASHBOARD_NAME = "images"
@@ -99,6 +102,9 @@ LOGIN_FIRST = """\
 </div>
 """
 
+LINKED_PREFIX = "images/"
+"""The only store keys the page links, so the only ones its redirect signs (not the binhost, not sources)."""
+
 ENDPOINT = ("images",)
 """What the page asks Buildbot's authz for (a read): ``AnyEndpointMatcher`` rules cover it."""
 
@@ -171,14 +177,29 @@ def images_app(
             # only, and keeps spinning on anything else, which would not tell the person to log in.
             return LOGIN_FIRST, 200
         images: list[ImageRecord] = []
+        # A store without a public URL only gives out expiring URLs: link the redirect, which signs late.
+        link = None if store.public_base_url() else lambda key: url_for("download", key=key)
         try:
-            images = published_images(store, url_expiry)
+            images = published_images(store, url_expiry, link)
         except StoreError as error:
             return render_template_string(PAGE, images=[], builds={}, fingerprint="", error=str(error)), 503
         builds = build_links(app, images)
         return render_template_string(
             PAGE, images=images, builds=builds, fingerprint=fingerprint, error=None
         ), 200
+
+    @app.route("/files/<path:key>")
+    def download(key: str) -> Response:
+        """A 302 to a URL presigned now: valid ``url_expiry`` seconds from the click, not from the load."""
+        if login_required and not may_view(app):
+            abort(403)
+        try:
+            check_key(key)
+        except StoreError:
+            abort(404)
+        if not key.startswith(LINKED_PREFIX):
+            abort(404)
+        return redirect(store.download_url(key, url_expiry), code=302)
 
     return app
 

@@ -5,21 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 from flask import Flask
 from werkzeug.serving import make_server
 
 from gentoo_farm.master.images_page import images_dashboard
-from gentoo_farm.store import ArtifactStore
+from gentoo_farm.store import ArtifactStore, open_store
 from gentoo_farm.store.local import LocalStore
 from gentoo_farm.store.sets import PublishedSet
 from tests.browser import artifacts_dir, chromium
-from tests.services.s3 import s3_server, s3_settings  # noqa: F401
+from tests.services.s3 import S3StoreSettings, s3_server, s3_settings  # noqa: F401
 from tests.services.store import any_settings, any_store, local_settings, publish_files  # noqa: F401
 
 
@@ -92,26 +95,6 @@ def fetch(url: str) -> bytes:
         return response.read()
 
 
-def test_page_lists_images_with_working_links(any_store: ArtifactStore, tmp_path: Path) -> None:  # noqa: F811
-    older = publish_image(any_store, tmp_path, "gentoo-20261124-amd64", "6.12.0-gentoo")
-    newer = publish_image(any_store, tmp_path, "gentoo-20261125-amd64", "6.12.1-gentoo")
-
-    body, page = get_page(any_store)
-
-    assert page.rows == ["gentoo-20261125-amd64", "gentoo-20261124-amd64"]
-    assert page.latest == ["gentoo-20261125-amd64"]
-    assert "6.12.1-gentoo" in body and "6.12.0-gentoo" in body
-    for published, download in zip((newer, older), page.downloads, strict=True):
-        disk = published.files[0]
-        assert hashlib.sha512(fetch(download)).hexdigest() == disk.sha512
-        assert disk.sha512[:16] in body
-    manifest = json.loads(fetch(page.manifests[0]))
-    assert (manifest["set_id"], manifest["metadata"]["name"]) == (newer.set_id, "gentoo-20261125-amd64")
-    inline = json.loads(page.pre_blocks[0])
-    assert inline["sources"] == {"kernel": "20261124T100000Z-kernelkey"}
-    assert inline["input_key"] == newer.input_key
-
-
 @contextmanager
 def serving(app: Flask) -> Iterator[str]:
     """The page's app on a local HTTP port, for a browser; yields its URL."""
@@ -123,6 +106,28 @@ def serving(app: Flask) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join()
+
+
+def test_page_lists_images_with_working_links(any_store: ArtifactStore, tmp_path: Path) -> None:  # noqa: F811
+    older = publish_image(any_store, tmp_path, "gentoo-20261124-amd64", "6.12.0-gentoo")
+    newer = publish_image(any_store, tmp_path, "gentoo-20261125-amd64", "6.12.1-gentoo")
+
+    with serving(app_of(any_store)) as url:
+        body = fetch(url).decode()
+        page = PageParser()
+        page.feed(body)
+        assert page.rows == ["gentoo-20261125-amd64", "gentoo-20261124-amd64"]
+        assert page.latest == ["gentoo-20261125-amd64"]
+        assert "6.12.1-gentoo" in body and "6.12.0-gentoo" in body
+        for published, download in zip((newer, older), page.downloads, strict=True):
+            disk = published.files[0]
+            assert hashlib.sha512(fetch(urljoin(url, download))).hexdigest() == disk.sha512
+            assert disk.sha512[:16] in body
+        manifest = json.loads(fetch(urljoin(url, page.manifests[0])))
+    assert (manifest["set_id"], manifest["metadata"]["name"]) == (newer.set_id, "gentoo-20261125-amd64")
+    inline = json.loads(page.pre_blocks[0])
+    assert inline["sources"] == {"kernel": "20261124T100000Z-kernelkey"}
+    assert inline["input_key"] == newer.input_key
 
 
 def test_each_image_links_the_sha512_the_page_tells_people_to_check(
@@ -145,12 +150,12 @@ def test_each_image_links_the_sha512_the_page_tells_people_to_check(
         disks = [downloads.nth(index).get_attribute("href") or "" for index in range(downloads.count())]
         page.screenshot(path=str(artifacts_dir() / "images-page-sha512-links.png"), full_page=True)
 
-    newest_first = [published_set.files[0] for published_set in reversed(published)]
-    assert texts == [f"{disk.name}.sha512" for disk in newest_first]
-    for disk, sums_url, disk_url in zip(newest_first, hrefs, disks, strict=True):
-        sums = fetch(sums_url).decode()
-        assert sums == f"{disk.sha512}  {disk.name}\n"
-        assert hashlib.sha512(fetch(disk_url)).hexdigest() == sums.split()[0]
+        newest_first = [published_set.files[0] for published_set in reversed(published)]
+        assert texts == [f"{disk.name}.sha512" for disk in newest_first]
+        for disk, sums_url, disk_url in zip(newest_first, hrefs, disks, strict=True):
+            sums = fetch(urljoin(url, sums_url)).decode()
+            assert sums == f"{disk.sha512}  {disk.name}\n"
+            assert hashlib.sha512(fetch(urljoin(url, disk_url))).hexdigest() == sums.split()[0]
 
 
 def test_empty_store_says_so(tmp_path: Path) -> None:
@@ -204,6 +209,52 @@ def test_a_signed_image_links_its_digests_and_the_page_names_the_key(
         assert f"farm download NAME --key {fingerprint}" in signing
         links = page.locator("a.farm-digests")
         assert links.count() == 1, "only the signed image has DIGESTS"
-        digests = fetch(links.first.get_attribute("href") or "").decode()
+        digests = fetch(urljoin(url, links.first.get_attribute("href") or "")).decode()
     assert digests.startswith("SIGNED BY THE FARM\n# BLAKE2B HASH\n")
     assert f"{hashlib.sha512(disk.read_bytes()).hexdigest()}  {disk.name}" in digests
+
+
+def signed_until(url: str) -> datetime:
+    """When a SigV4 presigned URL stops working: its X-Amz-Date plus X-Amz-Expires."""
+    query = parse_qs(urlsplit(url).query)
+    signed_at = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return signed_at + timedelta(seconds=int(query["X-Amz-Expires"][0]))
+
+
+def test_private_bucket_links_are_signed_when_followed_not_when_the_page_loaded(
+    s3_settings: S3StoreSettings,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = open_store(s3_settings)
+    published = publish_image(store, tmp_path, "gentoo-20261206-amd64", "6.12.1-gentoo")
+    url_expiry = 1
+    app = images_dashboard(store, url_expiry)["app"]
+
+    with serving(app) as url:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            page = PageParser()
+            page.feed(response.read().decode())
+        time.sleep(url_expiry + 1.5)  # every URL signed while the page was served has expired by now
+        with urllib.request.urlopen(urljoin(url, page.downloads[0]), timeout=30) as response:
+            body = response.read()
+            landed_at = response.geturl()
+        followed_at = datetime.now(UTC)
+
+    assert hashlib.sha512(body).hexdigest() == published.files[0].sha512
+    assert signed_until(landed_at) > followed_at - timedelta(seconds=1), "signed at the click"
+    assert "X-Amz-Signature" not in page.downloads[0], "the page itself holds no expiring URL"
+
+
+def test_the_redirect_is_as_private_as_the_page(
+    s3_settings: S3StoreSettings,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = open_store(s3_settings)
+    published = publish_image(store, tmp_path, "gentoo-20261206-amd64", "6.12.1-gentoo")
+    client = images_dashboard(store, login_required=True)["app"].test_client()
+    disk_link = f"/files/{published.files[0].key}"
+
+    assert client.get(disk_link).status_code == 403
+    open_client = images_dashboard(store)["app"].test_client()
+    assert open_client.get(disk_link).status_code == 302
+    assert open_client.get("/files/binhost/Packages").status_code == 404, "only image sets are signed"
