@@ -8,9 +8,9 @@ it; a separate boot is kept only where the image or the way it gets its metadata
 
 - ``booted``: the recipe's image, its extlinux installed in the bootloader VM, booted against the
   metadata service on a disk grown to 4 GiB. Its tests: the cloud user logs in over SSH (hostname,
-  user-data, key for the cloud user only, root grown, ``uname -r``, the greeting command, root refused,
-  the console's lines), local.d's output stays off the console, and an image whose bootloader was
-  installed in a VM boots.
+  user-data, key for the cloud user only, root grown, ``uname -r``, the greeting command,
+  ``sudo -n id -u`` printing 0, root refused, the console's lines), local.d's output stays off the
+  console, and an image whose bootloader was installed in a VM boots.
 - ``without_fixes``: the stand-in stage3's own fstab and no sshd drop-in (two of the recipe's fixes
   undone), against the metadata service. Its tests: root logs in with the key without the drop-in (the
   check sees it, after every check before it passed), and fsck fails on the stage3's fstab placeholders.
@@ -116,7 +116,9 @@ def booted(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -> Bo
 
     Its extlinux is installed in the bootloader VM (what an unprivileged worker does): this one boot
     also shows that such an image boots. The config drive's boot below is of an image whose extlinux
-    went in on a loop device."""
+    went in on a loop device. Its root has sudo as the world's app-admin/sudo installs it (make_root: the
+    farm emerges it for [image] admin = "sudo"), so the cloud user's ``sudo -n id -u`` runs the real
+    sudo through the stand-in stage3's PAM and the sudoers file assembly wrote."""
     built = build_image(tmp_path_factory.mktemp("booted"), kernel_tarball, compress=True, bootloader="vm")
     image, release = built.image, built.release
     info = json.loads(
@@ -141,6 +143,8 @@ def booted(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -> Bo
         "greeting",
         "--expect-command",
         f"grep -qxF '{GREETING}' {GREETING_LOG}",
+        "--expect-command",
+        "sudo -n id -u",
     )
     return Booted(built.root, release, built.disk, process, console)
 
@@ -165,10 +169,15 @@ def test_recipe_image_boots_and_the_cloud_user_logs_in_over_ssh(booted: Booted) 
         "the root filesystem grown beyond the image's",
         f"the kernel release {booted.release}",
         "the command 'greeting'",
+        "the command 'sudo -n id -u'",
         "root's SSH login being refused",
     ):
         assert f"checking {check}" in process.stdout
     assert f"greeting: status 0\n{GREETING}" in process.stdout
+    # The cloud user is root through sudo, without a password (the output's stdout line, then sudo's
+    # warnings, if any, on stderr); root itself is refused over SSH (the check above).
+    assert re.search(r"^sudo -n id -u: status 0\n0$", process.stdout, re.MULTILINE), process.stdout[-3000:]
+    assert (root / "etc/sudoers.d/90-cloud-user").read_text().endswith("ec2-user ALL=(ALL) NOPASSWD: ALL\n")
     grown = re.search(r"the root filesystem holds (\d+) MiB", process.stdout)
     assert grown and int(grown[1]) > 3800, process.stdout[-3000:]
     assert "boot test passed" in process.stdout
