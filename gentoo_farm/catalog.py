@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gentoo_farm.store import ArtifactStore, StoreError
+from gentoo_farm.store.clouds import CloudImage, read_cloud_images
 from gentoo_farm.store.sets import (
     PublishedFile,
     PublishedSet,
@@ -48,6 +49,8 @@ class ImageRecord:
     """Download URL of the image's package manifest (``NAME.manifest.json``), empty for older images."""
     digests_url: str = ""
     """Download URL of the set's clear-signed DIGESTS, empty for a set published unsigned."""
+    glance_images: Mapping[str, CloudImage] = field(default_factory=dict)
+    """Each cloud's copy (``cloud`` or ``cloud/region``: image id, status), as the Glance step recorded it."""
 
 
 def disk_file(published: PublishedSet) -> PublishedFile | None:
@@ -113,6 +116,7 @@ def image_record(
         package_count=_package_count(published.metadata.get("package_count")),
         package_manifest_url=url(package_manifest.key) if package_manifest else "",
         digests_url=url(digests_key("images", published.set_id)) if published.signed else "",
+        glance_images=read_cloud_images(store, published.set_id),
     )
 
 

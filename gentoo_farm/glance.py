@@ -128,8 +128,8 @@ class PublishResult:
     name: str
     method: str
     """``web-download``, ``upload`` or ``already published``."""
-    rotated: list[str] = field(default_factory=list)
-    """Names (and ids) of older farm images deleted by rotation."""
+    rotated: dict[str, str] = field(default_factory=dict)
+    """Older farm images deleted by rotation: name by image id."""
     messages: list[str] = field(default_factory=list)
     """What happened, step by step, for the build log."""
     rotation_error: str = ""
@@ -270,8 +270,8 @@ def publish_image(
         except GlancePublishError as error:
             result.rotation_error = str(error)
             publisher.say(result.rotation_error)
-        for name in result.rotated:
-            publisher.say(f"rotated out {name}")
+        for image_id, name in result.rotated.items():
+            publisher.say(f"rotated out {name} ({image_id})")
         return result
 
 
@@ -316,9 +316,10 @@ def farm_images(conn: openstack.connection.Connection, farm_id: str) -> list[Ima
 
 def rotate_images(
     conn: openstack.connection.Connection, farm_id: str, keep: int, keep_id: str | None = None
-) -> list[str]:
+) -> dict[str, str]:
     """Delete this farm's active images beyond the ``keep`` newest, and its dead ones (killed, or an
-    import that failed and left the image queued: e.g. the master died mid-publish); returns what went.
+    import that failed and left the image queued: e.g. the master died mid-publish); returns what went,
+    name by id.
 
     ``keep_id`` (the image just published) is never deleted, whatever its age, nor is an image
     someone marked protected.
@@ -331,7 +332,7 @@ def rotate_images(
     doomed = [image for image in [*active[keep:], *dead] if image.id != keep_id and not image.is_protected]
     for image in doomed:
         conn.image.delete_image(image, ignore_missing=True)
-    return [f"{image.name} ({image.id})" for image in doomed]
+    return {image.id: image.name for image in doomed}
 
 
 def _is_dead(image: Image) -> bool:

@@ -52,6 +52,7 @@ PAGE = """\
       <thead>
         <tr>
           <th>Name</th><th>Published</th><th>Build</th><th>Kernel</th><th>Size</th><th>sha512</th><th>Files</th>
+          <th>Glance</th>
         </tr>
       </thead>
       <tbody>
@@ -78,9 +79,16 @@ PAGE = """\
             · <a class="farm-digests" href="{{ image.digests_url }}">DIGESTS</a>
             {% endif %}
           </td>
+          <td>
+            {% for cloud, copy in image.glance_images | dictsort %}
+              <div class="farm-glance" title="{{ copy.detail }} ({{ copy.updated_at }})">
+                {{ cloud }}: <code>{{ copy.image_id or "-" }}</code> {{ copy.status }}
+              </div>
+            {% else %}-{% endfor %}
+          </td>
         </tr>
         <tr class="farm-image-manifest">
-          <td colspan="7">
+          <td colspan="8">
             <details>
               <summary>Manifest of {{ image.name }} ({{ image.set_id }})</summary>
               <pre>{{ image.manifest | pretty_json }}</pre>

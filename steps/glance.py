@@ -20,6 +20,15 @@ from gentoo_farm.glance import (
     upload_from_record,
 )
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
+from gentoo_farm.store.clouds import (
+    ACTIVE,
+    FAILED,
+    UNREACHABLE,
+    CloudImage,
+    now,
+    record_cloud_images,
+    record_rotated,
+)
 from gentoo_farm.transfer import REPORT_SECONDS
 
 
@@ -33,6 +42,8 @@ class PublishToGlance(buildstep.BuildStep):
     happened; the ``glance`` log has the details as they happen (with an upload's progress every
     ``progress_interval`` seconds, also the step's status while it runs); the property ``glance_images``
     maps each cloud that took the image (``cloud/region`` for a target with a region) to its image id.
+    What each cloud did also goes to the store beside the set (``glance.json``, for ``farm images`` and
+    the Images page), and images rotation deleted are marked there.
     """
 
     name = "glance"
@@ -68,15 +79,16 @@ class PublishToGlance(buildstep.BuildStep):
         log = await self.addLog("glance")
         expiry = self.store_settings.url_expiry_seconds
 
-        def find_upload() -> tuple[ArtifactStore, ImageUpload | None]:
+        def find_upload() -> tuple[ArtifactStore, str, ImageUpload | None]:
             store = open_store(self.store_settings)
             record = find_image(store, str(self.set_id), expiry)
             if record is None:
-                return store, None
-            return store, upload_from_record(store, record, self.farm_id, expiry, self.signing_fingerprint)
+                return store, "", None
+            upload = upload_from_record(store, record, self.farm_id, expiry, self.signing_fingerprint)
+            return store, record.set_id, upload
 
         try:
-            store, upload = await threads.deferToThread(find_upload)
+            store, set_id, upload = await threads.deferToThread(find_upload)
         except StoreError as error:
             self.outcomes.append(f"cannot read the store: {error}")
             await log.addStderr(f"{error}\n")
@@ -87,6 +99,8 @@ class PublishToGlance(buildstep.BuildStep):
             return FAILURE
         results = SUCCESS
         published: dict[str, str] = {}
+        outcomes: dict[str, CloudImage] = {}
+        rotated: dict[str, dict[str, str]] = {}
         for target in self.targets:
             place = target_place(target)
             await log.addStdout(f"--- {place}: publishing {upload.name}\n")
@@ -101,18 +115,35 @@ class PublishToGlance(buildstep.BuildStep):
             except GlanceUnavailable as error:
                 results = worst_status(results, WARNINGS)
                 self.outcomes.append(f"{error} (not published there; the image is in the store)")
+                outcomes[place] = CloudImage("", UNREACHABLE, now(), str(error))
                 await log.addStderr(f"{error}\n(the image stays in the store; a rebuild publishes it)\n")
                 continue
             except GlancePublishError as error:
                 results = worst_status(results, FAILURE)
                 self.outcomes.append(str(error))
+                outcomes[place] = CloudImage("", FAILED, now(), str(error))
                 await log.addStderr(f"{error}\n")
                 continue
             published[place] = result.image_id
+            outcomes[place] = CloudImage(result.image_id, ACTIVE, now(), result.method)
+            rotated[place] = result.rotated
             if result.rotation_error:
                 results = worst_status(results, WARNINGS)
             self.outcomes.append(result.summary())
         self.setProperty("glance_images", published, self.name, runtime=True)
+
+        def record() -> None:
+            record_cloud_images(store, set_id, outcomes)
+            for place, image_ids in rotated.items():
+                record_rotated(store, place, image_ids)
+
+        try:
+            await threads.deferToThread(record)
+        except StoreError as error:
+            # The clouds have the image either way; only the listing of where it went is behind.
+            results = worst_status(results, WARNINGS)
+            self.outcomes.append(f"cannot record the Glance images in the store: {error}")
+            await log.addStderr(f"{self.outcomes[-1]}\n")
         return results
 
     def _show_progress(self, log: object, cloud: str, message: str) -> None:

@@ -13,9 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from gentoo_farm.catalog import find_image
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands import download, images
 from gentoo_farm.store import open_store
+from gentoo_farm.store.clouds import CloudImage, now, read_cloud_images, record_cloud_images, record_rotated
 from tests.farmtest import FARM, free_port
 from tests.services.s3 import make_bucket_public
 from tests.services.store import publish_files
@@ -69,6 +71,53 @@ def test_images_lists_what_was_published(published, capsys) -> None:
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:5] == ["NAME", "DATE", "KERNEL", "SIZE", "SHA512"]
     assert table[1].startswith("gentoo-20261125-amd64 (latest)") and "3.0 MiB" in table[1]
+
+
+def test_images_lists_each_cloud_copy(published, capsys) -> None:
+    store = open_store(published.store)
+    old_id, new_id = "0f2c6a3e-6b7d-4c1e-9d51-3a0c2b6f1e11", "7d1e0b7c-2f6a-4f8e-8c3b-52a9d1e0f4a2"
+    # What the Glance step writes: the old image published, then rotated out by the new one.
+    record_cloud_images(store, "20261124T000000Z-old", {"cloud-a": CloudImage(old_id, "active", now())})
+    new_set = find_image(store, "latest")
+    record_cloud_images(
+        store,
+        new_set.set_id,
+        {
+            "cloud-a": CloudImage(new_id, "active", now(), "web-download"),
+            "cloud-b/RegionTwo": CloudImage("", "unreachable", now(), "Glance is down"),
+        },
+    )
+    record_rotated(store, "cloud-a", {old_id})
+
+    assert images.run(_parse(images, "--json"), published) == 0
+    newest, oldest = json.loads(capsys.readouterr().out)
+
+    def listed(image: dict) -> dict[str, tuple[str, str]]:
+        return {
+            cloud: (entry["image_id"], entry["status"]) for cloud, entry in image["glance_images"].items()
+        }
+
+    assert listed(newest) == {"cloud-a": (new_id, "active"), "cloud-b/RegionTwo": ("", "unreachable")}
+    assert listed(oldest) == {"cloud-a": (old_id, "deleted")}
+
+    assert images.run(_parse(images), published) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].startswith("gentoo-20261125-amd64 (latest)")
+    assert table[2].split() == ["glance", "cloud-a", new_id, "active"]
+    assert table[3].split()[:4] == ["glance", "cloud-b/RegionTwo", "-", "unreachable"]
+    assert table[3].endswith("(Glance is down)")
+    assert table[4].startswith("gentoo-20261124-amd64")
+    assert table[5].split()[:4] == ["glance", "cloud-a", old_id, "deleted"]
+
+
+def test_a_failed_attempt_leaves_a_published_image_listed(published) -> None:
+    store = open_store(published.store)
+    set_id = find_image(store, "latest").set_id
+    image_id = "7d1e0b7c-2f6a-4f8e-8c3b-52a9d1e0f4a2"
+    record_cloud_images(store, set_id, {"cloud-a": CloudImage(image_id, "active", now())})
+    record_cloud_images(store, set_id, {"cloud-a": CloudImage("", "unreachable", now(), "down")})
+
+    assert read_cloud_images(store, set_id)["cloud-a"].image_id == image_id
 
 
 def test_download_latest_verifies_and_says_where(published, tmp_path: Path, capsys) -> None:

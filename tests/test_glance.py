@@ -34,6 +34,7 @@ from gentoo_farm.glance import (
     upload_from_record,
 )
 from gentoo_farm.steps.glance import PublishToGlance
+from gentoo_farm.store.clouds import ACTIVE, DELETED, UNREACHABLE, read_cloud_images
 from gentoo_farm.store.local import LocalStore
 from gentoo_farm.store.sets import image_name, next_image_name
 from gentoo_farm.units import human_size
@@ -313,8 +314,8 @@ def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_i
         published[3].image_id,
         published[2].image_id,
     ]
-    assert published[0].rotated == [f"gentoo-20261130-amd64 ({dead.id})"]
-    assert published[2].rotated == [f"gentoo-20261201-amd64 ({published[0].image_id})"]
+    assert published[0].rotated == {dead.id: "gentoo-20261130-amd64"}
+    assert published[2].rotated == {published[0].image_id: "gentoo-20261201-amd64"}
     assert conn.image.get_image(foreign.id).status == "active"
     assert conn.image.get_image(other_farm.image_id).status == "active"
 
@@ -483,6 +484,10 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
 
         images = self.get_nth_step(0).getProperty("glance_images")
         assert list(images) == [CLOUD]
+        recorded = read_cloud_images(self.store, set_id)
+        assert {cloud: (copy.image_id, copy.status) for cloud, copy in recorded.items()} == {
+            CLOUD: (images[CLOUD], ACTIVE)
+        }
         summary = self.get_nth_step(0).getResultSummary()["step"]
         assert summary.startswith(f"glance: {CLOUD}: gentoo-20261210-amd64 web-download (")
         assert f"; {CLOUD}: gentoo-20261210-amd64 already published ({images[CLOUD]})" in summary
@@ -522,6 +527,23 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         )
         assert self.get_nth_step(0).getProperty("glance_images") == {}
         assert find_image(self.store, set_id) is not None
+        unreachable = read_cloud_images(self.store, set_id)[CLOUD]
+        assert (unreachable.image_id, unreachable.status) == ("", UNREACHABLE)
+        assert "is unreachable" in unreachable.detail
+
+    async def test_an_image_rotated_out_is_listed_as_deleted(self):
+        older, newer = self.publish(date(2026, 12, 14)), self.publish(date(2026, 12, 15))
+        # Two builds' Glance steps, one after the other: the second publish rotates the first image out.
+        for set_id in (older, newer):
+            self.setup_step(
+                PublishToGlance(self.store_settings, [target(keep=1)], self.farm_id, set_id=set_id)
+            )
+            self.expect_outcome(SUCCESS)
+        await self.run_step()
+
+        older_copy, newer_copy = (read_cloud_images(self.store, set_id)[CLOUD] for set_id in (older, newer))
+        assert (older_copy.status, newer_copy.status) == (DELETED, ACTIVE)
+        assert older_copy.image_id != newer_copy.image_id
 
     async def test_failed_import_fails_the_step(self):
         set_id = self.publish(date(2026, 12, 12))
@@ -561,6 +583,6 @@ def test_protected_images_are_not_rotated(store, tmp_path, farm_id, conn):
         publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 6), "amd64")), target(keep=1)
     )
 
-    assert (second.rotated, second.rotation_error) == ([], "")
+    assert (second.rotated, second.rotation_error) == ({}, "")
     assert {image.id for image in farm_images(conn, farm_id)} == {first.image_id, second.image_id}
     conn.image.update_image(first.image_id, is_protected=False)

@@ -19,6 +19,7 @@ from werkzeug.serving import make_server
 
 from gentoo_farm.master.images_page import images_dashboard
 from gentoo_farm.store import ArtifactStore, open_store
+from gentoo_farm.store.clouds import ACTIVE, UNREACHABLE, CloudImage, now, record_cloud_images
 from gentoo_farm.store.local import LocalStore
 from gentoo_farm.store.sets import PublishedSet
 from tests.browser import artifacts_dir, chromium
@@ -36,7 +37,9 @@ class PageParser(HTMLParser):
         self.downloads: list[str] = []
         self.manifests: list[str] = []
         self.pre_blocks: list[str] = []
+        self.glance: list[str] = []
         self._in_pre = False
+        self._in_glance = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
@@ -52,14 +55,22 @@ class PageParser(HTMLParser):
         if tag == "pre":
             self._in_pre = True
             self.pre_blocks.append("")
+        if tag == "div" and "farm-glance" in classes:
+            self._in_glance = True
+            self.glance.append("")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "pre":
             self._in_pre = False
+        if tag == "div" and self._in_glance:
+            self._in_glance = False
+            self.glance[-1] = " ".join(self.glance[-1].split())
 
     def handle_data(self, data: str) -> None:
         if self._in_pre:
             self.pre_blocks[-1] += data
+        if self._in_glance:
+            self.glance[-1] += data
 
 
 def app_of(store: ArtifactStore) -> Flask:
@@ -258,3 +269,21 @@ def test_the_redirect_is_as_private_as_the_page(
     open_client = images_dashboard(store)["app"].test_client()
     assert open_client.get(disk_link).status_code == 302
     assert open_client.get("/files/binhost/Packages").status_code == 404, "only image sets are signed"
+
+
+def test_each_image_shows_its_copy_in_each_cloud(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store", "http://127.0.0.1:9")
+    published = publish_image(store, tmp_path, "gentoo-20261206-amd64", "6.12.1-gentoo")
+    image_id = "7d1e0b7c-2f6a-4f8e-8c3b-52a9d1e0f4a2"
+    record_cloud_images(
+        store,
+        published.set_id,
+        {
+            "cloud-a": CloudImage(image_id, ACTIVE, now(), "web-download"),
+            "cloud-b/RegionTwo": CloudImage("", UNREACHABLE, now(), "Glance is down"),
+        },
+    )
+
+    _, page = get_page(store)
+
+    assert page.glance == [f"cloud-a: {image_id} active", "cloud-b/RegionTwo: - unreachable"]

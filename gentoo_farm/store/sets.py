@@ -41,6 +41,8 @@ from gentoo_farm.store.base import (
 
 MANIFEST = "manifest.json"
 DIGESTS = "DIGESTS"
+GLANCE = "glance.json"
+"""What each cloud did with an image set, written after the set is final (:mod:`.clouds`)."""
 SIGNING_KEY = "farm-signing-key.asc"
 ARTIFACT = "artifact"
 """The manifest metadata naming the set's main file: what downstream builds use and the stable copy holds."""
@@ -151,7 +153,7 @@ def new_set_id(input_key: str, when: datetime | None = None) -> str:
 
 
 def object_key(kind: str, set_id: str, name: str) -> str:
-    if "/" in name or name.startswith(".") or name in (MANIFEST, DIGESTS):
+    if "/" in name or name.startswith(".") or name in (MANIFEST, DIGESTS, GLANCE):
         raise StoreError(f"invalid artifact file name {name!r}")
     return f"{check_kind(kind)}/{set_id}/{name}"
 
