@@ -1,8 +1,9 @@
-"""Progress of a long transfer (an upload to Glance, a download from the store) as lines people read:
+"""Progress of a long transfer (an upload to Glance or S3, a download from the store) as lines people read:
 ``uploading 1.2 GiB / 4.0 GiB (30 %), 48.0 MiB/s, 1 min left``."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import BinaryIO
@@ -46,9 +47,45 @@ class TransferMeter:
         return text
 
 
+class ProgressReport:
+    """Counts bytes into ``meter`` and hands ``report`` its line every ``interval`` seconds, and once more
+    when the transfer ends (all ``total`` bytes, or :meth:`finish`).
+
+    A store's progress callback (bytes since the last call): boto3 calls it from each of its transfer
+    threads, and on a retried part with a negative count, hence the lock.
+    """
+
+    def __init__(self, meter: TransferMeter, report: Callable[[str], None], interval: float = REPORT_SECONDS):
+        self.meter = meter
+        self.report = report
+        self.interval = interval
+        self.last_report = time.monotonic()
+        self.ended = False
+        self._lock = threading.Lock()
+
+    def __call__(self, amount: int) -> None:
+        with self._lock:
+            self.meter.advance(amount)
+            now = time.monotonic()
+            if self.meter.total and self.meter.done >= self.meter.total:
+                self._end()
+            elif amount and now - self.last_report >= self.interval:
+                self.last_report = now
+                self.report(self.meter.line())
+
+    def finish(self) -> None:
+        """The transfer is over, however many bytes it counted: the last line, unless it was said."""
+        with self._lock:
+            self._end()
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.report(self.meter.line())
+
+
 class ReportingReader:
-    """A binary file object that hands ``report`` a :class:`TransferMeter` line every ``interval``
-    seconds while it is read, and once more at its end."""
+    """A binary file object that reports its progress (:class:`ProgressReport`) while it is read."""
 
     def __init__(
         self,
@@ -59,10 +96,7 @@ class ReportingReader:
     ) -> None:
         self.source = source
         self.meter = meter
-        self.report = report
-        self.interval = interval
-        self.last_report = time.monotonic()
-        self.ended = False
+        self.progress = ProgressReport(meter, report, interval)
 
     def __len__(self) -> int:
         # What HTTP clients send as Content-Length.
@@ -74,12 +108,8 @@ class ReportingReader:
 
     def read(self, size: int = -1) -> bytes:
         data = self.source.read(size)
-        self.meter.advance(len(data))
-        now = time.monotonic()
-        if data and now - self.last_report >= self.interval:
-            self.last_report = now
-            self.report(self.meter.line())
-        elif not data and not self.ended:
-            self.ended = True
-            self.report(self.meter.line())
+        if data:
+            self.progress(len(data))
+        else:
+            self.progress.finish()
         return data

@@ -29,6 +29,7 @@ from gentoo_farm.store import (
 )
 from gentoo_farm.store.binhost import store_lock
 from gentoo_farm.store.s3 import S3Store
+from gentoo_farm.transfer import ProgressReport, TransferMeter
 
 pytest_plugins = ["tests.services.store"]
 
@@ -124,6 +125,23 @@ def test_large_files_go_up_in_parts(s3_settings, tmp_path: Path) -> None:
     assert info.etag.strip('"').endswith("-3"), "a 12 MiB file in 5 MiB parts is a 3-part upload"
     assert sum(sent) == big.stat().st_size
     assert store.sha512("images/s/disk.qcow2") == hashlib.sha512(big.read_bytes()).hexdigest()
+
+
+def test_a_big_upload_says_how_far_it_is_while_it_runs(s3_settings, tmp_path: Path) -> None:
+    store = S3Store(s3_settings.bucket, endpoint_url=s3_settings.endpoint_url, part_size_mb=5, concurrency=3)
+    big = tmp_path / "gentoo-20261206-amd64.qcow2"
+    big.write_bytes(os.urandom(12 * 1024 * 1024))
+    lines: list[str] = []
+    # Every interval is over at once here: each part's callbacks report, from boto3's threads.
+    progress = ProgressReport(TransferMeter("uploading", big.stat().st_size), lines.append, interval=0)
+
+    store.put_file("images/s/gentoo-20261206-amd64.qcow2", big, progress=progress)
+    progress.finish()
+
+    assert len(lines) > 3, "lines while the parts go up, not only at the end"
+    assert lines[0].startswith("uploading ") and "(100 %)" not in lines[0]
+    assert lines[-1].startswith("uploading 12.0 MiB / 12.0 MiB (100 %), ")
+    assert [line for line in lines if "(100 %)" in line] == [lines[-1]], "the end is said once"
 
 
 @pytest.mark.parametrize(("mode", "checksummed"), [("when_supported", True), ("when_required", False)])

@@ -10,7 +10,6 @@ import argparse
 import hashlib
 import re
 import sys
-import time
 from pathlib import Path, PurePosixPath
 
 from gentoo_farm.catalog import ImageRecord, find_image
@@ -21,6 +20,7 @@ from gentoo_farm.signing import SigningError, key_fingerprints, verify_clearsign
 from gentoo_farm.store import ArtifactStore, StoreError, open_store
 from gentoo_farm.store.public import PublicStore
 from gentoo_farm.store.sets import SIGNING_KEY, digests_key
+from gentoo_farm.transfer import ProgressReport, TransferMeter
 from gentoo_farm.units import human_size
 
 
@@ -81,32 +81,22 @@ def check_signature(
     return signed.decode()
 
 
-class Progress:
-    """A one-line bar on a terminal; a line every 10 % otherwise (logs, CI)."""
+TERMINAL_REFRESH_SECONDS = 0.2
+"""How often the bar on a terminal moves (elsewhere a line every REPORT_SECONDS, as for Glance uploads)."""
 
-    def __init__(self, total: int, done: int) -> None:
-        self.total = total
-        self.done = done
-        self.started = time.monotonic()
-        self.start_bytes = done
-        self.next_percent = 10
-        self.tty = sys.stderr.isatty()
 
-    def advance(self, amount: int) -> None:
-        self.done += amount
-        percent = self.done * 100 // self.total if self.total else 100
-        rate = (self.done - self.start_bytes) / max(time.monotonic() - self.started, 1e-6)
-        line = f"{percent:3d}% {human_size(self.done)} of {human_size(self.total)}, {human_size(int(rate))}/s"
-        if self.tty:
-            bar = "#" * (percent // 4)
-            print(f"\r[{bar:<25}] {line}", end="", file=sys.stderr, flush=True)
-        elif percent >= self.next_percent:
-            print(line, file=sys.stderr, flush=True)
-            self.next_percent = (percent // 10 + 1) * 10
+def show_progress(total: int, done: int) -> ProgressReport:
+    """``downloading 1.2 GiB / 4.0 GiB (30 %), 48.0 MiB/s, 1 min left`` on stderr: redrawn behind a bar on
+    a terminal, a line every REPORT_SECONDS and at the end otherwise."""
+    meter = TransferMeter("downloading", total, done)
+    if not sys.stderr.isatty():
+        return ProgressReport(meter, lambda line: print(line, file=sys.stderr, flush=True))
 
-    def finish(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)
+    def redraw(line: str) -> None:
+        percent = meter.done * 100 // meter.total if meter.total else 100
+        print(f"\r[{'#' * (percent // 4):<25}] {line}", end="", file=sys.stderr, flush=True)
+
+    return ProgressReport(meter, redraw, TERMINAL_REFRESH_SECONDS)
 
 
 def fetch(store: ArtifactStore, key: str, size: int, partial: Path) -> hashlib._Hash:
@@ -120,13 +110,15 @@ def fetch(store: ArtifactStore, key: str, size: int, partial: Path) -> hashlib._
         print(f"resuming {partial.name} at {human_size(have)}", file=sys.stderr)
         with open(partial, "rb") as existing:
             feed(existing, digest)
-    progress = Progress(size, have)
+    progress = show_progress(size, have)
     with store.open_read(key, start=have) as source, open(partial, "ab") as target:
         for chunk in chunks(source):
             target.write(chunk)
             digest.update(chunk)
-            progress.advance(len(chunk))
+            progress(len(chunk))
     progress.finish()
+    if sys.stderr.isatty():
+        print(file=sys.stderr)  # below the bar
     return digest
 
 
