@@ -15,7 +15,10 @@ it; a separate boot is kept only where the image or the way it gets its metadata
   undone), against the metadata service. Its tests: root logs in with the key without the drop-in (the
   check sees it, after every check before it passed), and fsck fails on the stage3's fstab placeholders.
 - ``loop_image`` (the recipe's image, extlinux installed on a loop device), built once and booted twice:
-  with the config drive alone, and with neither metadata service nor config drive.
+  with the config drive alone (``config_drive_boot``), and with neither metadata service nor config
+  drive (``no_metadata_boot``). The two boots' SSH host key fingerprints differ: each instance made its
+  own (issue 16). That the image holds no host key to begin with is tests/test_instance_identity.py's
+  (assembly removes them) and the pipeline test's (debugfs lists the published qcow2's /etc/ssh).
 - an image without an initramfs, booted once: it must not boot.
 """
 
@@ -236,8 +239,9 @@ def loop_image(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -
     return build_image(tmp_path_factory.mktemp("loop-image"), kernel_tarball, bootloader="loop")
 
 
-@pytest.mark.slow
-def test_config_drive_alone_gives_the_key_hostname_and_user_data(tmp_path: Path, loop_image: Built) -> None:
+@pytest.fixture(scope="module")
+def config_drive_boot(tmp_path_factory: pytest.TempPathFactory, loop_image: Built) -> Booted:
+    """``loop_image`` booted with the config drive alone."""
     process, console = boot_test(
         loop_image.image,
         "--metadata",
@@ -247,8 +251,27 @@ def test_config_drive_alone_gives_the_key_hostname_and_user_data(tmp_path: Path,
         "--grow-disk",
         "0",
         "--serial-log",
-        tmp_path / "console.log",
+        tmp_path_factory.mktemp("config-drive") / "console.log",
     )
+    return Booted(loop_image.root, loop_image.release, loop_image.disk, process, console)
+
+
+@pytest.fixture(scope="module")
+def no_metadata_boot(tmp_path_factory: pytest.TempPathFactory, loop_image: Built) -> Booted:
+    """``loop_image`` booted with neither metadata service nor config drive."""
+    process, console = boot_test(
+        loop_image.image,
+        "--metadata",
+        "none",
+        "--serial-log",
+        tmp_path_factory.mktemp("no-metadata") / "console.log",
+    )
+    return Booted(loop_image.root, loop_image.release, loop_image.disk, process, console)
+
+
+@pytest.mark.slow
+def test_config_drive_alone_gives_the_key_hostname_and_user_data(config_drive_boot: Booted) -> None:
+    process, console = config_drive_boot.process, config_drive_boot.console
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr
     # What every boot after the first finds: the root already fills the disk, and it is left alone.
     assert "growroot: /dev/vda1 already fills /dev/vda" in console
@@ -260,12 +283,8 @@ def test_config_drive_alone_gives_the_key_hostname_and_user_data(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_no_metadata_and_no_config_drive_still_reaches_a_login_prompt(
-    tmp_path: Path, loop_image: Built
-) -> None:
-    process, console = boot_test(
-        loop_image.image, "--metadata", "none", "--serial-log", tmp_path / "console.log"
-    )
+def test_no_metadata_and_no_config_drive_still_reaches_a_login_prompt(no_metadata_boot: Booted) -> None:
+    process, console = no_metadata_boot.process, no_metadata_boot.console
     # The login prompt came and sshd answers: waiting for a metadata service that never answers
     # and looking for a config drive that is not there took its bounded time and no more.
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr
@@ -275,6 +294,21 @@ def test_no_metadata_and_no_config_drive_still_reaches_a_login_prompt(
         in console
     )
     assert "cloud-metadata: SSH key installed" not in console
+
+
+@pytest.mark.slow
+def test_host_keys_differ_between_the_config_drive_and_no_metadata_boots_of_one_image(
+    config_drive_boot: Booted, no_metadata_boot: Booted
+) -> None:
+    # Both boots ran on snapshots of the same qcow2: had it carried host keys, sshd would offer them
+    # on both. Each instance made its own at its first boot instead.
+    fingerprints = [
+        results(boot.process).get("boot_test_host_keys") for boot in (config_drive_boot, no_metadata_boot)
+    ]
+    for keys, boot in zip(fingerprints, (config_drive_boot, no_metadata_boot), strict=True):
+        assert isinstance(keys, list) and keys, boot.process.stdout[-3000:] + boot.process.stderr
+        assert all(key.startswith("SHA256:") for key in keys), keys
+    assert not set(fingerprints[0]) & set(fingerprints[1]), fingerprints
 
 
 @pytest.mark.slow

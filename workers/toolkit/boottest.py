@@ -19,6 +19,8 @@ Then, over SSH as the cloud user with the key: the hostname is the metadata's, t
 image's size (the image's growroot service), ``uname -r`` is ``--kernel-release``,
 every ``--expect-command`` succeeds; and root's login is refused although the user-data gave root
 the key too (so it is sshd's configuration that refuses it). With ``none``, sshd must answer.
+Last, ``ssh-keyscan`` reads the guest's host keys: their fingerprints are reported as
+``boot_test_host_keys``, so two boots of one image can be shown to have made their own.
 The test fails naming the first check not met; the serial log is printed after a marker line so
 the build step can attach it.
 """
@@ -298,6 +300,33 @@ def wait_for_banner(guest: Guest, deadline: float) -> str | None:
     return f"not within the timeout ({last})"
 
 
+def host_keys(guest: Guest, deadline: float) -> str | None:
+    """Report the fingerprints of the host keys the guest's sshd offers: None, or why there are none."""
+    seconds = max(1.0, min(SSH_COMMAND_SECONDS, deadline - time.monotonic()))
+    try:
+        scanned = subprocess.run(
+            ["ssh-keyscan", "-T", str(SSH_CONNECT_SECONDS), "-p", str(guest.port), "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=seconds,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"ssh-keyscan did not finish within {seconds:.0f} s"
+    if not scanned.stdout.strip():
+        return f"ssh-keyscan found no host key ({ssh_failure(scanned)})"
+    listed = subprocess.run(
+        ["ssh-keygen", "-l", "-f", "-"], input=scanned.stdout, capture_output=True, text=True, check=False
+    )
+    if listed.returncode != 0:
+        return f"ssh-keygen cannot read the scanned keys ({ssh_failure(listed)})"
+    # Each line: BITS FINGERPRINT HOST (TYPE).
+    fingerprints = sorted({line.split()[1] for line in listed.stdout.splitlines() if len(line.split()) > 1})
+    progress("host keys: " + ", ".join(fingerprints))
+    report(boot_test_host_keys=fingerprints)
+    return None
+
+
 def grown_beyond(guest: Guest, user: str, image_bytes: int, deadline: float) -> Callable[[], str | None]:
     def check() -> str | None:
         result = guest.ssh(user, "df -k /", deadline)
@@ -347,8 +376,9 @@ def login_checks(
             return "root logged in with the key (sshd must say PermitRootLogin no)"
         return None if "Permission denied" in result.stderr else ssh_failure(result)
 
+    scan_host_keys = ("the guest's SSH host keys", lambda: host_keys(guest, deadline))
     if args.metadata == "none":
-        return [("sshd answering on port 22", lambda: wait_for_banner(guest, deadline))]
+        return [("sshd answering on port 22", lambda: wait_for_banner(guest, deadline)), scan_host_keys]
     source = "config drive" if args.metadata == "config-drive" else "metadata service"
     checks: list[tuple[str, Callable[[], str | None]]] = [
         (
@@ -374,7 +404,7 @@ def login_checks(
             (f"the kernel release {args.kernel_release}", output_is("uname -r", args.kernel_release))
         )
     checks += [(f"the command {command!r}", succeeds(command)) for command in args.expect_command]
-    checks.append(("root's SSH login being refused", root_refused))
+    checks += [("root's SSH login being refused", root_refused), scan_host_keys]
     return checks
 
 
@@ -388,7 +418,7 @@ def first_failure(checks: list[tuple[str, Callable[[], str | None]]]) -> tuple[s
 
 
 def required_tools(metadata: str) -> list[str]:
-    tools = ["qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen"]
+    tools = ["qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen", "ssh-keyscan"]
     if metadata == "service":
         tools.append("busybox")  # its nc carries the guest's requests to the metadata service
     if metadata == "config-drive":
