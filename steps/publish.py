@@ -7,9 +7,11 @@ as a file (mode 0600) and never appear in logs or properties.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from buildbot.process import buildstep
 from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
@@ -74,6 +76,23 @@ class StoreStep(buildstep.BuildStep):
         super().__init__(**kwargs)
         self.store_settings = store_settings
         self.outcome: str | None = None
+        self.current: str | None = None
+
+    def reporter(self, log: Any) -> Callable[[str], None]:
+        """What the store thread hands its lines to: each reaches ``log`` as it happens, and the newest is
+        the step's status while it runs (reading back or uploading a large file takes minutes)."""
+
+        def show(line: str) -> None:
+            log.addStdout(f"{line}\n")
+            self.current = line
+            self.updateSummary()
+
+        return lambda line: self.master.reactor.callFromThread(show, line)
+
+    def getCurrentSummary(self) -> dict[str, str]:
+        if self.current:
+            return {"step": self.current}
+        return super().getCurrentSummary()
 
     async def in_thread(self, function, *args: object) -> object:  # type: ignore[no-untyped-def]
         def call() -> object:
@@ -289,8 +308,7 @@ class PublishSet(StoreStep):
             self.outcome = f"no set id: run MakeUploadUrls first or give set_id (property {SET_ID_PROPERTY})"
             return FAILURE
         log = await self.addLog("publish")
-        # The publishing thread collects its lines; Buildbot's logs are written on the reactor.
-        lines: list[str] = []
+        say = self.reporter(log)
         try:
             expected = self.expected_files()
 
@@ -307,7 +325,7 @@ class PublishSet(StoreStep):
                     expected,
                     dict(self.metadata),
                     dict(self.sources),
-                    lines.append,
+                    say,
                     sign=self.key.clearsign if self.key is not None else None,
                 )
                 link = artifact_link(store, published)
@@ -321,10 +339,9 @@ class PublishSet(StoreStep):
                 lambda: publish(open_store(self.store_settings))
             )
         except StoreError as error:
-            await log.addStdout("".join(line + "\n" for line in lines))
             await log.finish()
             return await self.fail(error)
-        lines += [f"retention: deleted {key}" for key in deleted]
+        lines = [f"retention: deleted {key}" for key in deleted]
         if retention_error:
             lines.append(
                 f"retention failed (the set is published; the next publish tries again): {retention_error}"
@@ -446,15 +463,19 @@ class MergeBinhost(StoreStep):
         if not token:
             self.outcome = "nothing was pushed back (no push-back token)"
             return SUCCESS
+        log = await self.addLog("binhost")
         try:
-            result = await self.in_thread(merge_pushback, str(self.profile), str(token), self.key)
+            merge = functools.partial(merge_pushback, progress=self.reporter(log))
+            result = await self.in_thread(merge, str(self.profile), str(token), self.key)
         except StoreError as error:
+            await log.finish()
             return await self.fail(error)
         lines = [f"added {path}" for path in result.added]
         lines += [
             f"already in the binhost (another build pushed it first): {path}" for path in result.already_there
         ]
         lines += [f"staged index names a file that never arrived: {path}" for path in result.missing]
-        await self.addCompleteLog("binhost", "\n".join(lines) + "\n")
+        await log.addStdout("\n".join(lines) + "\n")
+        await log.finish()
         self.outcome = f"binhost: {len(result.added)} added, {len(result.already_there)} already there"
         return WARNINGS if result.missing else SUCCESS

@@ -131,6 +131,20 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         await self.run_step()
         self.assertEqual(latest_set(self.store, "kernel").set_id, "20261125T000000Z-k1")
 
+    async def test_the_publish_log_says_how_far_the_read_back_is(self) -> None:
+        data = b"kernel tarball"
+        self.store.put_bytes("kernel/20261125T000000Z-k1/vmlinuz.tar.xz", data)
+        files = {"vmlinuz.tar.xz": {"size": len(data), "sha512": hashlib.sha512(data).hexdigest()}}
+        self.setup_step(PublishSet(self.settings, "kernel", "k1", files, set_id="20261125T000000Z-k1"))
+        self.expect_outcome(result=SUCCESS)
+        await self.run_step()
+
+        key = "kernel/20261125T000000Z-k1/vmlinuz.tar.xz"
+        log = self.get_nth_step(0).logs["publish"].stdout.splitlines()
+        reading = next(line for line in log if line.startswith("reading back "))
+        assert reading.startswith(f"reading back {key} 14 B / 14 B (100 %)")
+        assert log.index(reading) < log.index(f"verified {key} (14 bytes)")
+
     async def test_an_image_publish_names_the_image_and_links_its_qcow2(self) -> None:
         data = b"qcow2 bytes"
         set_id = "20261206T000000Z-i1"

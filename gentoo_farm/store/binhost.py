@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -43,6 +43,7 @@ from gentoo_farm.store.base import (
     StoreError,
     check_key,
 )
+from gentoo_farm.transfer import ProgressReport, TransferMeter
 
 LAYOUT_CONF_KEY = "distfiles/layout.conf"
 LAYOUT_CONF = b"[structure]\n0=flat\n"
@@ -381,7 +382,12 @@ def _entry_digests(path: Path, entry: Mapping[str, str]) -> dict[str, str]:
 
 
 def _signed_copy(
-    store: ArtifactStore, staged_key: str, final_key: str, entry: Mapping[str, str], key: FarmKey
+    store: ArtifactStore,
+    staged_key: str,
+    final_key: str,
+    entry: Mapping[str, str],
+    key: FarmKey,
+    progress: Callable[[str], None],
 ) -> dict[str, str]:
     """Check a staged package against the entry the build reported, sign it with the farm key and put it
     at ``final_key``; the entry as it is now (size and checksums of the signed file)."""
@@ -401,14 +407,22 @@ def _signed_copy(
             key.sign_gpkg(package)
         except SigningError as error:
             raise StoreError(f"{staged_key}: {error}") from error
-        store.put_file(final_key, package)
+        upload = ProgressReport(TransferMeter(f"uploading {final_key}", package.stat().st_size), progress)
+        store.put_file(final_key, package, upload)
+        upload.finish()
         return {**entry, "SIZE": str(package.stat().st_size), **_entry_digests(package, entry)}
 
 
 def merge_pushback(
-    store: ArtifactStore, profile: str, token: str, key: FarmKey, lock_timeout: float = 300
+    store: ArtifactStore,
+    profile: str,
+    token: str,
+    key: FarmKey,
+    lock_timeout: float = 300,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> MergeResult:
-    """Sign one build's staged packages into the binhost and merge their index entries (see module doc)."""
+    """Sign one build's staged packages into the binhost and merge their index entries (see module doc).
+    ``progress`` gets how each signed package's upload goes (a line every REPORT_SECONDS and at its end)."""
     staging = staging_prefix(token)
     result = MergeResult()
     try:
@@ -433,7 +447,7 @@ def merge_pushback(
                 result.already_there.append(path)
                 continue
             try:
-                signed = _signed_copy(store, staged_key, prefix + path, entry, key)
+                signed = _signed_copy(store, staged_key, prefix + path, entry, key, progress)
             except ObjectNotFound:
                 result.missing.append(path)
                 continue

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import BinaryIO, cast
 
-from gentoo_farm.checksums import digests_text, sha512_line, stream_digests
+from gentoo_farm.checksums import digests_text, sha512_line, stream_digests, stream_sha512
 from gentoo_farm.store.base import (
     INCOMING,
     KINDS,
@@ -38,6 +40,7 @@ from gentoo_farm.store.base import (
     PreconditionFailed,
     StoreError,
 )
+from gentoo_farm.transfer import ReportingReader, TransferMeter
 
 MANIFEST = "manifest.json"
 DIGESTS = "DIGESTS"
@@ -202,7 +205,23 @@ def latest_key(kind: str, artifact: str) -> str:
     return f"{check_kind(kind)}/{latest_name(kind, artifact)}"
 
 
-def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile, read_back: bool = True) -> None:
+@contextmanager
+def _reading_back(
+    store: ArtifactStore, key: str, size: int, progress: Callable[[str], None]
+) -> Iterator[BinaryIO]:
+    """The object's bytes, saying how far the read is every REPORT_SECONDS: a large image takes minutes."""
+    with store.open_read(key) as stream:
+        # Reads as the file it wraps does, which is all the digest functions ask of it.
+        yield cast(BinaryIO, ReportingReader(stream, TransferMeter(f"reading back {key}", size), progress))
+
+
+def verify_object(
+    store: ArtifactStore,
+    key: str,
+    expected: ExpectedFile,
+    read_back: bool = True,
+    progress: Callable[[str], None] = lambda message: None,
+) -> None:
     """Read the object back and compare it with what its producer reported; StoreError names the mismatch.
     Without ``read_back`` only its presence and size are checked (the caller reads it itself)."""
     info = store.head(key)
@@ -217,7 +236,8 @@ def verify_object(store: ArtifactStore, key: str, expected: ExpectedFile, read_b
     # SSE-KMS, or on some S3-compatible servers, it is not, and then only the sha512 decides.
     if info.size > FULL_VERIFY_BYTES and expected.md5 and ("-" in etag or etag == expected.md5):
         return
-    actual = store.sha512(key)
+    with _reading_back(store, key, info.size, progress) as stream:
+        actual = stream_sha512(stream)
     if actual != expected.sha512:
         raise StoreError(
             f"{key} in {store.location}: sha512 {actual[:16]}... != expected {expected.sha512[:16]}..."
@@ -243,14 +263,18 @@ def stable_digests_key(stable_key: str) -> str:
 
 
 def _signed_digests(
-    store: ArtifactStore, kind: str, set_id: str, expected: Mapping[str, ExpectedFile]
+    store: ArtifactStore,
+    kind: str,
+    set_id: str,
+    expected: Mapping[str, ExpectedFile],
+    progress: Callable[[str], None],
 ) -> dict[str, tuple[str, str]]:
     """BLAKE2B and SHA512 of every object of the set as the store holds it; a sha512 that is not the
     expected one fails the publish (what is signed is what was verified)."""
     digests = {}
     for name, file in expected.items():
         key = object_key(kind, set_id, name)
-        with store.open_read(key) as stream:
+        with _reading_back(store, key, file.size, progress) as stream:
             digests[name] = _, sha512 = stream_digests(stream)
         if sha512 != file.sha512:
             raise StoreError(
@@ -295,8 +319,8 @@ def finalize_set(
     stable_key = latest_key(kind, artifact) if artifact else None
     # Signing reads every object back whole for its digests, which checks the sha512 on the way.
     for name, file in expected.items():
-        verify_object(store, object_key(kind, set_id, name), file, read_back=sign is None)
-    digests = _signed_digests(store, kind, set_id, expected) if sign is not None else {}
+        verify_object(store, object_key(kind, set_id, name), file, read_back=sign is None, progress=progress)
+    digests = _signed_digests(store, kind, set_id, expected, progress) if sign is not None else {}
     for name, file in expected.items():
         progress(f"verified {object_key(kind, set_id, name)} ({file.size} bytes)")
     _write_sha512_files(store, kind, set_id, expected)
