@@ -1,6 +1,7 @@
 """`farm boot`: a local qcow2 or a published image in qemu, an ssh line that logs in, nothing left
-after Ctrl-C."""
+after Ctrl-C. The one boot (slow) is of `latest`, published into a farm's local store (issue 16)."""
 
+import filecmp
 import os
 import re
 import signal
@@ -13,7 +14,10 @@ from types import SimpleNamespace
 import pytest
 
 from gentoo_farm.commands import boot
+from gentoo_farm.config import load_config
+from gentoo_farm.store import open_store
 from tests.farmtest import FARM, farm_command
+from tests.services.store import publish_files
 from tests.test_disk_boot import build_image, kernel_tarball  # noqa: F401  (module fixture)
 from tests.test_downloads import DISK, published  # noqa: F401  (fixture)
 
@@ -22,6 +26,7 @@ pytest_plugins = ["tests.services.store"]
 SSH_LINE = re.compile(r"^ssh -p (\d+) .*ec2-user@127\.0\.0\.1$", re.MULTILINE)
 # The TCG boot to sshd, with the stand-in image on 2 shared cores.
 BOOT_SECONDS = 400
+IMAGE_NAME = "gentoo-20261206-amd64.qcow2"
 
 
 def farm_boot(home: Path, *arguments: str, farm: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -106,14 +111,19 @@ def test_a_published_image_is_downloaded_verified_into_the_cache_once(
 
 
 @pytest.mark.slow
-def test_boot_prints_an_ssh_line_that_logs_in_and_ctrl_c_leaves_nothing(
+def test_boot_latest_prints_an_ssh_line_that_logs_in_and_ctrl_c_leaves_nothing(
     tmp_path: Path,
     kernel_tarball: Path,  # noqa: F811
 ) -> None:
-    image = build_image(tmp_path, kernel_tarball).image
-    image_state = image.stat()
+    # The image published into a new farm's local store, as a build does: `farm boot latest` finds it
+    # through the farm's farm.toml and downloads it into the user's cache before booting it.
+    farm_dir = tmp_path / "farm"
+    farm_command("init", str(farm_dir))
+    built = build_image(tmp_path, kernel_tarball).image
+    publish_files(open_store(load_config(farm_dir).store), "images", "farm-boot", {IMAGE_NAME: built})
     home = tmp_path / "home"
     home.mkdir()
+    cache = home / ".cache" / "gentoo-farm" / "images"
     key = new_key(tmp_path)
     stderr_path = tmp_path / "farm-boot.stderr"
     started = time.monotonic()
@@ -121,8 +131,10 @@ def test_boot_prints_an_ssh_line_that_logs_in_and_ctrl_c_leaves_nothing(
         farm = subprocess.Popen(
             [
                 FARM,
+                "--farm",
+                str(farm_dir),
                 "boot",
-                str(image),
+                "latest",
                 "--key",
                 f"{key}.pub",
                 "--disk",
@@ -133,7 +145,7 @@ def test_boot_prints_an_ssh_line_that_logs_in_and_ctrl_c_leaves_nothing(
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            env={**os.environ, "HOME": str(home)},
+            env={**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")},
             cwd=home,
         )
     try:
@@ -144,6 +156,10 @@ def test_boot_prints_an_ssh_line_that_logs_in_and_ctrl_c_leaves_nothing(
         match = SSH_LINE.fullmatch(line)
         assert match, f"no ssh line after {time.monotonic() - started:.0f} s: {line!r}\n{messages}"
         print(f"ssh line after {time.monotonic() - started:.0f} s")
+        # Downloaded (its sha512 verified) before qemu started; the boot must not change it.
+        image = cache / IMAGE_NAME
+        assert filecmp.cmp(image, built, shallow=False), messages
+        image_state = image.stat()
         scratch = Path(re.search(r"copy-on-write disk in (\S+)", messages)[1])
         metadata_port = int(re.search(r"metadata service: http://127\.0\.0\.1:(\d+)/", messages)[1])
         assert scratch.is_dir() and listening(metadata_port)
@@ -166,5 +182,6 @@ def test_boot_prints_an_ssh_line_that_logs_in_and_ctrl_c_leaves_nothing(
     assert not qemu_processes(str(scratch)) and not qemu_processes(str(image))
     assert not listening(metadata_port)
     assert not scratch.exists()
+    assert sorted(path.name for path in cache.iterdir()) == [IMAGE_NAME, f"{IMAGE_NAME}.sha512"]
     assert (image.stat().st_size, image.stat().st_mtime_ns) == (image_state.st_size, image_state.st_mtime_ns)
     print(f"booted, logged in and stopped in {time.monotonic() - started:.0f} s")
