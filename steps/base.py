@@ -1,9 +1,19 @@
-"""The one way a build step runs a worker-side stage: ``farm-worker STAGE ARGS...``."""
+"""The one way a build step runs a worker-side stage: ``farm-worker STAGE ARGS...``.
+
+A step declares its stage's command line: each keyword argument it takes, and the option it becomes
+(:class:`StageArgument`). The declared arguments are renderable; the factories pass properties and
+values, the step renders them into flags. tests/test_worker_commands.py parses every command the
+factories would run with farm-worker's own parser, so the two sides cannot drift apart.
+"""
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal, cast
 
+from buildbot import config
 from buildbot.process import buildstep, logobserver
 from buildbot.process.results import FAILURE, SUCCESS
 
@@ -19,22 +29,120 @@ def new_result_nonce() -> str:
     return secrets.token_hex(16)
 
 
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED = _Required()
+
+
+def as_list(value: object) -> list[object]:
+    """A rendered property may hold one string or a list; a package set in farm.toml is a list."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, Sequence):
+        return list(value)
+    return [value]
+
+
+def declared(**arguments: "StageArgument") -> Mapping[str, "StageArgument"]:
+    """A step's ``arguments``: keyword name -> :class:`StageArgument`, in command-line order."""
+    return MappingProxyType(arguments)
+
+
+@dataclass(frozen=True)
+class StageArgument:
+    """How one keyword argument of a :class:`FarmWorkerStep` becomes part of its stage's command line.
+
+    ``option`` is the flag, or empty for a positional argument. ``form``:
+
+    - ``value``: ``OPTION VALUE``; an optional argument that is empty (None, "", 0) is left out;
+    - ``switch``: ``OPTION`` when true; ``toggle``: ``OPTION`` when true, its ``--no-`` form when false;
+    - ``each``: ``OPTION ITEM`` for every item of a list (or word of a string);
+    - ``list``: ``OPTION ITEM...`` (possibly no item); ``rest``: ``-- ITEM...``, after which nothing
+      is read as an option (a package atom may start with "-");
+    - ``pairs``: ``OPTION NAME=VALUE`` for every item of a mapping, by name.
+    """
+
+    option: str = ""
+    form: Literal["value", "switch", "toggle", "each", "list", "rest", "pairs"] = "value"
+    default: object = REQUIRED
+
+    def command_line(self, value: object) -> list[object]:
+        flag = [self.option] if self.option else []
+        if self.form == "value":
+            if self.default is not REQUIRED and not value:
+                return []
+            return [*flag, value]
+        if self.form == "switch":
+            return flag if value else []
+        if self.form == "toggle":
+            return flag if value else [f"--no-{self.option.removeprefix('--')}"]
+        if self.form == "each":
+            return [part for item in as_list(value) for part in (*flag, item)]
+        if self.form == "list":
+            return [*flag, *as_list(value)]
+        if self.form == "rest":
+            return ["--", *as_list(value)]
+        pairs = value if isinstance(value, Mapping) else {}
+        return [part for name, item in sorted(pairs.items()) for part in (*flag, f"{name}={item}")]
+
+
 class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
     """Run one toolkit stage on the worker.
+
+    A subclass names its ``stage`` and declares its ``arguments`` (keyword name -> :class:`StageArgument`,
+    in command-line order, ``rest`` last whatever its place; positional values fill them in declared
+    order), with ``name``, ``description`` and ``descriptionDone`` as class attributes as Buildbot's own
+    steps have them. Used directly it runs ``FarmWorkerStep(STAGE, stage_args=[...])``.
 
     Lines the stage prints with :func:`gentoo_farm.workers.toolkit.report` become build
     properties; on failure the stage's own error message becomes the step's status text,
     so the UI says *why* without opening the log.
     """
 
+    stage: str = ""
+    arguments: Mapping[str, StageArgument] = MappingProxyType({})
     renderables = ("stage_args",)
 
-    def __init__(self, stage: str, stage_args: Sequence[object] = (), **kwargs: object) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "arguments" in cls.__dict__:
+            # Buildbot renders the renderables each class of the step lists (accumulateClassList).
+            cls.renderables = tuple(cls.arguments)
+
+    def __init__(self, *values: object, stage_args: Sequence[object] = (), **kwargs: object) -> None:
+        positional = list(values)
+        stage = type(self).stage
+        if not stage:  # used directly: FarmWorkerStep(STAGE, STAGE_ARGS)
+            if not positional:
+                config.error("FarmWorkerStep needs the stage it runs")
+            stage = str(positional.pop(0))
+            if positional:
+                stage_args = cast(Sequence[object], positional.pop(0))
+        names = list(self.arguments)
+        if len(positional) > len(names):
+            config.error(f"{type(self).__name__}: {len(positional)} positional values for {names}")
+        given = dict(zip(names, positional, strict=False))
+        for name, argument in self.arguments.items():
+            if name in given and name in kwargs:
+                config.error(f"{type(self).__name__}: {name} given twice")
+            value = given[name] if name in given else kwargs.pop(name, argument.default)
+            if value is REQUIRED:
+                config.error(f"{type(self).__name__}: missing argument {name!r}")
+            setattr(self, name, value)
         kwargs.setdefault("sigtermTime", SIGTERM_GRACE_SECONDS)
         kwargs = self.setupShellMixin(kwargs, prohibitArgs=["command"])
-        kwargs.setdefault("name", stage)
-        kwargs.setdefault("description", kwargs["name"])
-        kwargs.setdefault("descriptionDone", kwargs["name"])
+        if "name" not in kwargs and type(self).name == buildstep.BuildStep.name:
+            kwargs["name"] = stage
+        name = kwargs.get("name", type(self).name)
+        if type(self).description is None:
+            kwargs.setdefault("description", name)
+        if type(self).descriptionDone is None:
+            kwargs.setdefault("descriptionDone", name)
         # Later stages work on what earlier ones made; running them after a failure only adds noise.
         kwargs.setdefault("haltOnFailure", True)
         super().__init__(**kwargs)
@@ -55,9 +163,11 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
             elif stream == "e" and ERROR_MARKER in line:
                 self.error_message = line.split(ERROR_MARKER, 1)[1].strip()
 
-    def stage_arguments(self) -> Sequence[object]:
-        """The stage's command-line arguments; subclasses build them from their (rendered) attributes."""
-        return self.stage_args
+    def stage_arguments(self) -> list[object]:
+        """The stage's command-line arguments, from the (rendered) declared arguments and ``stage_args``."""
+        ordered = sorted(self.arguments.items(), key=lambda item: item[1].form == "rest")
+        declared = [part for name, argument in ordered for part in argument.command_line(getattr(self, name))]
+        return [*declared, *self.stage_args]
 
     async def run(self) -> int:
         command = [

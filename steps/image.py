@@ -1,12 +1,10 @@
 """The image builder's steps: pruning, assembly, the image manifest, disk, boot test."""
 
-from collections.abc import Sequence
-
 from buildbot.process import logobserver
 from buildbot.process.results import SUCCESS
 
 from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
-from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
 from gentoo_farm.units import human_size
 
 # The account that gets the instance's SSH key (the image's conf.d/cloud-metadata names it too).
@@ -20,31 +18,15 @@ class PruneRoot(FarmWorkerStep):
     how much it took out.
     """
 
-    renderables = ("root", "scratch_dir", "keep_build_deps", "keep_repository")
-
-    def __init__(
-        self,
-        root: object,
-        scratch_dir: object,
-        keep_build_deps: object = False,
-        keep_repository: object = False,
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("name", "prune-root")
-        kwargs.setdefault("description", ["pruning", "build-only", "files"])
-        super().__init__("prune-root", **kwargs)
-        self.root = root
-        self.scratch_dir = scratch_dir
-        self.keep_build_deps = keep_build_deps
-        self.keep_repository = keep_repository
-
-    def stage_arguments(self) -> list[object]:
-        arguments: list[object] = [self.root, "--workdir", self.scratch_dir]
-        if self.keep_build_deps:
-            arguments.append("--keep-build-deps")
-        if self.keep_repository:
-            arguments.append("--keep-repository")
-        return arguments
+    stage = "prune-root"
+    name = "prune-root"
+    description = "pruning build-only files"
+    arguments = declared(
+        root=StageArgument(),
+        scratch_dir=StageArgument("--workdir"),
+        keep_build_deps=StageArgument("--keep-build-deps", "switch", default=False),
+        keep_repository=StageArgument("--keep-repository", "switch", default=False),
+    )
 
     def getResultSummary(self) -> dict[str, str]:
         emerged = self.getProperty("root_bytes_emerged")
@@ -57,30 +39,15 @@ class PruneRoot(FarmWorkerStep):
 class AssembleImage(FarmWorkerStep):
     """``farm-worker assemble``: kernel + overlay + cloud user (and its way to root) into the build root."""
 
-    renderables = ("root", "vmlinuz", "overlay", "user", "admin")
-
-    def __init__(
-        self,
-        root: object,
-        vmlinuz: object,
-        overlay: object,
-        user: object = CLOUD_USER,
-        admin: object = "sudo",
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("name", "assemble-image")
-        super().__init__("assemble", **kwargs)
-        self.root = root
-        self.vmlinuz = vmlinuz
-        self.overlay = overlay
-        self.user = user
-        self.admin = admin
-
-    def stage_arguments(self) -> list[object]:
-        return [
-            self.root, "--vmlinuz", self.vmlinuz, "--overlay", self.overlay, "--user", self.user,
-            "--admin", self.admin,
-        ]  # fmt: skip
+    stage = "assemble"
+    name = "assemble-image"
+    arguments = declared(
+        root=StageArgument(),
+        vmlinuz=StageArgument("--vmlinuz"),
+        overlay=StageArgument("--overlay"),
+        user=StageArgument("--user", default=CLOUD_USER),
+        admin=StageArgument("--admin", default="sudo"),
+    )
 
 
 class WriteImageManifest(FarmWorkerStep):
@@ -89,33 +56,17 @@ class WriteImageManifest(FarmWorkerStep):
     Sets ``image_package_count``.
     """
 
-    renderables = ("root", "json_output", "text_output", "compiled", "binary", "inputs")
-
-    def __init__(
-        self,
-        root: object,
-        json_output: object,
-        text_output: object,
-        compiled: object = (),
-        binary: object = (),
-        inputs: object = "{}",
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("name", "image-manifest")
-        kwargs.setdefault("description", ["listing", "packages"])
-        super().__init__("image-manifest", **kwargs)
-        self.root = root
-        self.json_output = json_output
-        self.text_output = text_output
-        self.compiled = compiled
-        self.binary = binary
-        self.inputs = inputs
-
-    def stage_arguments(self) -> list[object]:
-        return [
-            self.root, "--json", self.json_output, "--text", self.text_output, "--inputs", self.inputs,
-            "--compiled", *self.compiled, "--binary", *self.binary,
-        ]  # fmt: skip
+    stage = "image-manifest"
+    name = "image-manifest"
+    description = "listing packages"
+    arguments = declared(
+        root=StageArgument(),
+        json_output=StageArgument("--json"),
+        text_output=StageArgument("--text"),
+        inputs=StageArgument("--inputs", default="{}"),
+        compiled=StageArgument("--compiled", "list", default=()),
+        binary=StageArgument("--binary", "list", default=()),
+    )
 
     def getResultSummary(self) -> dict[str, str]:
         count = self.getProperty("image_package_count")
@@ -128,29 +79,14 @@ class BuildDisk(FarmWorkerStep):
     """``farm-worker disk``: raw disk + qcow2; sets ``image_path``, ``image_sha512``, ``kernel_release``,
     ``image_bytes`` (the qcow2) and ``disk_bytes`` (the disk it holds); the status text gives both sizes."""
 
-    renderables = ("root", "output", "size", "compress")
-
-    def __init__(
-        self,
-        root: object,
-        output: object,
-        size: object = None,
-        compress: object = True,
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("name", "build-disk")
-        super().__init__("disk", **kwargs)
-        self.root = root
-        self.output = output
-        self.size = size
-        self.compress = compress
-
-    def stage_arguments(self) -> list[object]:
-        arguments: list[object] = [self.root, "--output", self.output]
-        if self.size:
-            arguments += ["--size", self.size]
-        arguments.append("--compress" if self.compress else "--no-compress")
-        return arguments
+    stage = "disk"
+    name = "build-disk"
+    arguments = declared(
+        root=StageArgument(),
+        output=StageArgument("--output"),
+        size=StageArgument("--size", default=None),
+        compress=StageArgument("--compress", "toggle", default=True),
+    )
 
     def getResultSummary(self) -> dict[str, str]:
         image = self.getProperty("image_bytes")
@@ -168,23 +104,18 @@ class BootTest(FarmWorkerStep):
     (``--metadata none``).
     """
 
-    renderables = ("image", "boot_timeout", "commands", "kernel_release")
-
-    def __init__(
-        self,
-        image: object,
-        boot_timeout: object = 300,
-        commands: Sequence[object] = (),
-        kernel_release: object = "",
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("name", "boot-test")
-        super().__init__("boot-test", **kwargs)
-        self.image = image
+    stage = "boot-test"
+    name = "boot-test"
+    arguments = declared(
+        image=StageArgument(),
         # Not "timeout": ShellMixin uses that name for its no-output timeout of the whole command.
-        self.boot_timeout = boot_timeout
-        self.commands = commands
-        self.kernel_release = kernel_release
+        boot_timeout=StageArgument("--timeout", default=300),
+        kernel_release=StageArgument("--kernel-release", default=""),
+        commands=StageArgument("--expect-command", "each", default=()),
+    )
+
+    def __init__(self, *values: object, **kwargs: object) -> None:
+        super().__init__(*values, **kwargs)
         self.serial_lines: list[str] = []
         self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._collect_serial_log))
 
@@ -200,14 +131,6 @@ class BootTest(FarmWorkerStep):
                 inside = False
             elif inside:
                 self.serial_lines.append(line + "\n")
-
-    def stage_arguments(self) -> list[object]:
-        arguments: list[object] = [self.image, "--timeout", self.boot_timeout]
-        if self.kernel_release:
-            arguments += ["--kernel-release", self.kernel_release]
-        for command in self.commands:
-            arguments += ["--expect-command", command]
-        return arguments
 
     async def run(self) -> int:
         result = await super().run()

@@ -1,10 +1,11 @@
 """What is this build made from? Its input key, and for an image the published sets it uses."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from buildbot.process.results import SUCCESS
 
-from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
 from gentoo_farm.steps.publish import SignedUrlsStep
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
 from gentoo_farm.store.sets import ARTIFACT, PublishedSet, latest_set, list_sets
@@ -15,30 +16,19 @@ PRODUCED_BY = {"stage3": "mirror", "portage": "mirror", "kernel": "kernel", "ove
 class ComputeInputKey(FarmWorkerStep):
     """Sets the ``input_key`` property from the files, trees and values a build depends on."""
 
-    renderables = ("kind", "files", "values")
-
-    def __init__(
-        self, kind: str, files: Sequence[object] = (), values: Mapping[str, object] | None = None, **kwargs
-    ) -> None:
-        kwargs.setdefault("name", "input-key")
-        kwargs.setdefault("description", "computing input key")
-        super().__init__("input-key", **kwargs)
-        self.kind = kind
-        self.files = files
-        self.values = values or {}
+    stage = "input-key"
+    name = "input-key"
+    description = "computing input key"
+    arguments = declared(
+        kind=StageArgument("--kind"),
+        files=StageArgument("--file", "each", default=()),
+        values=StageArgument("--value", "pairs", default=MappingProxyType({})),
+    )
 
     def getResultSummary(self) -> dict[str, str]:
         if self.results == SUCCESS:
             return {"step": f"input key {self.getProperty('input_key')}"}
         return super().getResultSummary()
-
-    def stage_arguments(self) -> list[object]:
-        arguments: list[object] = ["--kind", self.kind]
-        for path in self.files:
-            arguments += ["--file", path]
-        for name, value in sorted(self.values.items()):
-            arguments += ["--value", f"{name}={value}"]
-        return arguments
 
 
 class ResolveImageInputs(SignedUrlsStep):

@@ -1,12 +1,10 @@
 """Steps that get Gentoo onto a worker: fetch and verify a release, unpack it, emerge the package set."""
 
-from collections.abc import Sequence
-
 from buildbot.process import logobserver
 from buildbot.process.results import SUCCESS
 
 from gentoo_farm.emergeoutput import EMERGING
-from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
 
 
 class FetchRelease(FarmWorkerStep):
@@ -18,77 +16,42 @@ class FetchRelease(FarmWorkerStep):
     kilobytes that the input key is made of. ``expect_*`` make the full fetch refuse anything else.
     """
 
-    renderables = (
-        "mirror", "keyring", "release_key", "snapshot_key", "dest", "arch", "variant", "snapshot",
-        "expect_stage3_sha512", "expect_snapshot_md5",
-    )  # fmt: skip
+    stage = "fetch-release"
+    name = "fetch-release"
+    description = "fetching stage3 and snapshot"
+    descriptionDone = "stage3 and snapshot verified"
+    arguments = declared(
+        mirror=StageArgument("--mirror"),
+        keyring=StageArgument("--keyring"),
+        release_key=StageArgument("--release-key"),
+        snapshot_key=StageArgument("--snapshot-key"),
+        dest=StageArgument("--dest"),
+        arch=StageArgument("--arch", default="amd64"),
+        variant=StageArgument("--variant", default="amd64-openrc"),
+        snapshot=StageArgument("--snapshot", default="latest"),
+        check_only=StageArgument("--check-only", "switch", default=False),
+        expect_stage3_sha512=StageArgument("--expect-stage3-sha512", default=None),
+        expect_snapshot_md5=StageArgument("--expect-snapshot-md5", default=None),
+    )
 
-    def __init__(
-        self,
-        mirror: object,
-        keyring: object,
-        release_key: object,
-        snapshot_key: object,
-        dest: object,
-        arch: object = "amd64",
-        variant: object = "amd64-openrc",
-        snapshot: object = "latest",
-        check_only: bool = False,
-        expect_stage3_sha512: object = None,
-        expect_snapshot_md5: object = None,
-        **kwargs,
-    ) -> None:
-        if check_only:
+    def __init__(self, *values: object, **kwargs: object) -> None:
+        if kwargs.get("check_only"):
             kwargs.setdefault("name", "upstream-state")
-            kwargs.setdefault("description", ["reading", "upstream", "state"])
-            kwargs.setdefault("descriptionDone", ["upstream", "state", "read"])
-        kwargs.setdefault("name", "fetch-release")
-        kwargs.setdefault("description", ["fetching", "stage3", "and", "snapshot"])
-        kwargs.setdefault("descriptionDone", ["stage3", "and", "snapshot", "verified"])
-        super().__init__("fetch-release", **kwargs)
-        self.check_only = check_only
-        self.expect_stage3_sha512 = expect_stage3_sha512
-        self.expect_snapshot_md5 = expect_snapshot_md5
-        self.mirror = mirror
-        self.keyring = keyring
-        self.release_key = release_key
-        self.snapshot_key = snapshot_key
-        self.dest = dest
-        self.arch = arch
-        self.variant = variant
-        self.snapshot = snapshot
-
-    def stage_arguments(self) -> list[object]:
-        arguments: list[object] = [
-            "--mirror", self.mirror, "--keyring", self.keyring, "--release-key", self.release_key,
-            "--snapshot-key", self.snapshot_key, "--dest", self.dest,
-            "--arch", self.arch, "--variant", self.variant, "--snapshot", self.snapshot,
-        ]  # fmt: skip
-        if self.check_only:
-            arguments.append("--check-only")
-        if self.expect_stage3_sha512:
-            arguments += ["--expect-stage3-sha512", self.expect_stage3_sha512]
-        if self.expect_snapshot_md5:
-            arguments += ["--expect-snapshot-md5", self.expect_snapshot_md5]
-        return arguments
+            kwargs.setdefault("description", "reading upstream state")
+            kwargs.setdefault("descriptionDone", "upstream state read")
+        super().__init__(*values, **kwargs)
 
 
 class UnpackRoot(FarmWorkerStep):
     """Unpack the stage3 and the snapshot into a fresh build root; sets ``build_root``."""
 
-    renderables = ("stage3", "snapshot", "root")
-
-    def __init__(self, stage3: object, snapshot: object, root: object, **kwargs) -> None:
-        kwargs.setdefault("name", "unpack-root")
-        kwargs.setdefault("description", ["unpacking", "stage3"])
-        kwargs.setdefault("descriptionDone", ["build", "root", "ready"])
-        super().__init__("unpack-root", **kwargs)
-        self.stage3 = stage3
-        self.snapshot = snapshot
-        self.root = root
-
-    def stage_arguments(self) -> list[object]:
-        return ["--stage3", self.stage3, "--snapshot", self.snapshot, "--root", self.root]
+    stage = "unpack-root"
+    name = "unpack-root"
+    description = "unpacking stage3"
+    descriptionDone = "build root ready"
+    arguments = declared(
+        stage3=StageArgument("--stage3"), snapshot=StageArgument("--snapshot"), root=StageArgument("--root")
+    )
 
 
 class EmergePackages(FarmWorkerStep):
@@ -100,42 +63,27 @@ class EmergePackages(FarmWorkerStep):
     how many packages came from the binhost and how many were compiled.
     """
 
-    renderables = (
-        "atoms", "root", "pkgdir", "distdir", "scratch_dir", "profile", "binhost", "binhost_key",
-        "distfile_mirror", "upstream_mirrors", "jobs",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        atoms: object,
-        root: object,
-        pkgdir: object,
-        distdir: object,
-        scratch_dir: object,
-        profile: object = None,
-        binhost: object = None,
-        binhost_key: object = None,
-        distfile_mirror: object = None,
-        upstream_mirrors: object = (),
-        jobs: object = None,
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("name", "emerge")
-        kwargs.setdefault("description", ["emerging", "packages"])
-        kwargs.setdefault("descriptionDone", ["packages", "emerged"])
-        super().__init__("emerge", **kwargs)
-        self.atoms = atoms
-        self.root = root
-        self.pkgdir = pkgdir
-        self.distdir = distdir
+    stage = "emerge"
+    name = "emerge"
+    description = "emerging packages"
+    descriptionDone = "packages emerged"
+    arguments = declared(
+        atoms=StageArgument(form="rest"),
+        root=StageArgument("--root"),
+        pkgdir=StageArgument("--pkgdir"),
+        distdir=StageArgument("--distdir"),
         # Not "workdir": that is where a BuildStep runs its commands.
-        self.scratch_dir = scratch_dir
-        self.profile = profile
-        self.binhost = binhost
-        self.binhost_key = binhost_key
-        self.distfile_mirror = distfile_mirror
-        self.upstream_mirrors = upstream_mirrors
-        self.jobs = jobs
+        scratch_dir=StageArgument("--workdir"),
+        profile=StageArgument("--profile", default=None),
+        binhost=StageArgument("--binhost", default=None),
+        binhost_key=StageArgument("--binhost-key", default=None),
+        distfile_mirror=StageArgument("--distfile-mirror", default=None),
+        jobs=StageArgument("--jobs", default=None),
+        upstream_mirrors=StageArgument("--upstream-mirror", "each", default=()),
+    )
+
+    def __init__(self, *values: object, **kwargs: object) -> None:
+        super().__init__(*values, **kwargs)
         self.emerging: str | None = None
         self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._follow_portage))
 
@@ -158,31 +106,3 @@ class EmergePackages(FarmWorkerStep):
         binary = len(self.getProperty("packages_binary") or [])
         compiled = len(self.getProperty("packages_compiled") or [])
         return {"step": f"{binary} from the binhost, {compiled} compiled"}
-
-    def stage_arguments(self) -> list[object]:
-        arguments: list[object] = ["--root", self.root, "--pkgdir", self.pkgdir, "--distdir", self.distdir]
-        arguments += ["--workdir", self.scratch_dir]
-        for option, value in (
-            ("--profile", self.profile),
-            ("--binhost", self.binhost),
-            ("--binhost-key", self.binhost_key),
-            ("--distfile-mirror", self.distfile_mirror),
-            ("--jobs", self.jobs),
-        ):
-            if value:
-                arguments += [option, value]
-        for mirror in _as_list(self.upstream_mirrors):
-            arguments += ["--upstream-mirror", mirror]
-        # "--" keeps an atom like "-foo" (or a set "@x") from being read as an option.
-        return [*arguments, "--", *_as_list(self.atoms)]
-
-
-def _as_list(value: object) -> list[object]:
-    """A rendered property may hold one string or a list; a package set in farm.toml is a list."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return value.split()
-    if isinstance(value, Sequence):
-        return list(value)
-    return [value]

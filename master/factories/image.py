@@ -72,7 +72,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 config.store, INPUTS, kernel_revision=util.Property("kernel_revision", default="")
             ),
             ComputeInputKey(
-                "images",
+                kind="images",
                 values={
                     "inputs": util.Transform(json.dumps, util.Property("image_input_keys"), sort_keys=True),
                     "packages": " ".join(config.image.emerged_packages),

@@ -59,7 +59,7 @@ def _from_source(config: FarmConfig, building: Mapping[str, object]) -> list[obj
         *checkout(recipe_repository(config, KERNEL_POLLER), CHECKOUT),
         *_vouched(config, config.kernel.source),
         # The DIST line names the source and its hashes: a new tarball under the same name rebuilds.
-        ComputeInputKey("kernel", files=[kernel_config], values={"source_dist": VOUCHED}),
+        ComputeInputKey(kind="kernel", files=[kernel_config], values={"source_dist": VOUCHED}),
         up_to_date(config, "kernel"),
         BuildKernel(
             mirrors=_mirrors(config),
@@ -78,7 +78,7 @@ def _from_package(config: FarmConfig, building: Mapping[str, object]) -> list[ob
     return [
         steps.RemoveDirectory(name="clean", dir="build"),
         *_vouched(config, config.kernel.package),
-        ComputeInputKey("kernel", values={"package_dist": VOUCHED}),
+        ComputeInputKey(kind="kernel", values={"package_dist": VOUCHED}),
         up_to_date(config, "kernel"),
         KernelFromPackage(
             mirrors=_mirrors(config),

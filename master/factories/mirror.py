@@ -59,7 +59,7 @@ def factory(config: FarmConfig) -> BuildFactory:
             steps.FileDownload(name="keyring", mastersrc=str(config.upstream.keyring), workerdest=KEYRING),
             _fetch(config, check_only=True),
             ComputeInputKey(
-                "mirror",
+                kind="mirror",
                 values={"stage3": util.Property("stage3_sha512"), "snapshot": util.Property("snapshot_md5")},
             ),
             up_to_date(config, "portage"),

@@ -22,7 +22,7 @@ def factory(config: FarmConfig) -> BuildFactory:
         [
             *checkout(repository, CHECKOUT),
             # The tree, not the checkout: git's own files change with every clone.
-            ComputeInputKey("overlay", files=[f"../{CHECKOUT}/root", f"../{CHECKOUT}/overlay.toml"]),
+            ComputeInputKey(kind="overlay", files=[f"../{CHECKOUT}/root", f"../{CHECKOUT}/overlay.toml"]),
             up_to_date(config, "overlay"),
             BuildOverlay(overlay=f"../{CHECKOUT}", output=f"out/{TARBALL}", **building),
             *publish(
