@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.world import World, WorldServer, build_world
+from tests.world import World, WorldServer, build_world, repository
 from tests.world.stages import StageRun, push_back, run_stage
 
 ALL_PACKAGES = {
@@ -16,6 +16,7 @@ ALL_PACKAGES = {
     "app-misc/farm-motd-1.0",
     "app-misc/farm-tools-1.0",
     "net-misc/dhcpcd-9.4.1",
+    f"{repository.SUDO_PACKAGE}-{repository.SUDO_VERSION}",
 }
 
 
@@ -68,7 +69,7 @@ def emerge(
     )  # fmt: skip
 
 
-def assert_image_content(world: World, root: Path) -> None:
+def assert_image_content(world: World, root: Path, selected: tuple[str, ...]) -> None:
     hello = root / world.static_binary.lstrip("/")
     assert (
         subprocess.run([hello], capture_output=True, text=True, check=True).stdout
@@ -82,7 +83,7 @@ def assert_image_content(world: World, root: Path) -> None:
     assert (root / "etc/local.d/50-farm-hello.start").read_text().endswith("/usr/bin/farm-hello\n")
     assert (root / "etc/init.d" / world.service_name).read_text().startswith("#!/sbin/openrc-run\n")
     # Portage recorded the set as the image's selected packages, and the farm binhost entry is gone again.
-    assert set((root / "var/lib/portage/world").read_text().split()) == set(world.package_set)
+    assert set((root / "var/lib/portage/world").read_text().split()) == set(selected)
     assert not (root / "etc/portage/binrepos.conf/farm-binhost.conf").exists()
 
 
@@ -91,7 +92,9 @@ def test_cold_build_fills_binhost_then_warm_build_compiles_nothing(
     world: World, upstream: WorldServer, farm_store: WorldServer, tmp_path: Path
 ) -> None:
     cold_root = build_root(world, tmp_path / "cold-root")
-    cold = emerge(world, cold_root, tmp_path / "cold", farm_store, upstream)
+    # What an image build emerges: [image] packages, and sudo for [image] admin = "sudo".
+    farm_set = (*world.package_set, repository.SUDO_PACKAGE)
+    cold = emerge(world, cold_root, tmp_path / "cold", farm_store, upstream, *farm_set)
 
     assert cold.returncode == 0, cold.stdout[-3000:] + cold.stderr
     assert set(cold.result["packages_compiled"]) == ALL_PACKAGES
@@ -103,7 +106,7 @@ def test_cold_build_fills_binhost_then_warm_build_compiles_nothing(
     built = sorted(path.name for path in (tmp_path / "cold/pkgs").rglob("*.gpkg.tar"))
     assert len(built) == len(ALL_PACKAGES)
     assert (tmp_path / "cold/pkgs/Packages").is_file()
-    assert_image_content(world, cold_root)
+    assert_image_content(world, cold_root, farm_set)
 
     store = farm_store.directory
     push_back(tmp_path / "cold/pkgs", tmp_path / "cold/distfiles", store / "binpkgs", store / "distfiles")
@@ -111,7 +114,7 @@ def test_cold_build_fills_binhost_then_warm_build_compiles_nothing(
     farm_store.clear_log()
 
     warm_root = build_root(world, tmp_path / "warm-root")
-    warm = emerge(world, warm_root, tmp_path / "warm", farm_store, upstream)
+    warm = emerge(world, warm_root, tmp_path / "warm", farm_store, upstream, *farm_set)
 
     assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr
     assert warm.result["packages_compiled"] == []
@@ -121,7 +124,7 @@ def test_cold_build_fills_binhost_then_warm_build_compiles_nothing(
     assert [path for path in upstream.requested_paths() if path.startswith("/distfiles/")] == []
     assert any(path.startswith("/binpkgs/Packages") for path in farm_store.requested_paths())
     assert not any((tmp_path / "warm/pkgs").rglob("*.gpkg.tar")), "nothing new was built, so nothing to push"
-    assert_image_content(world, warm_root)
+    assert_image_content(world, warm_root, farm_set)
 
 
 def test_dhcpcd_gives_the_image_a_real_dhcp_client(
