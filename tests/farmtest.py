@@ -93,6 +93,16 @@ class Farm:
         builder_id = self.api(f"builders/{builder}")["builders"][0]["builderid"]
         return self.api(f"builders/{builder_id}/builds?order=buildid")["builds"]
 
+    def wait_for_build_to_start(self, builder: str, number: int, timeout: float = 300) -> dict[str, Any]:
+        """Build ``number`` (or a later one) of ``builder`` as soon as the master has started it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            started = [build for build in self.builds(builder) if build["number"] >= number]
+            if started:
+                return started[0]
+            time.sleep(0.5)
+        raise AssertionError(f"{builder} build #{number} did not start within {timeout} s")
+
     def wait_for_build(self, builder: str, number: int = 1, timeout: float = 300) -> dict[str, Any]:
         """The first finished build numbered ``number`` or later that was not retried.
 

@@ -140,6 +140,14 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
     # The snapshot vouched for the kernel source: its Manifest line keyed the build.
     assert farm.properties(kernel)["kernel_source_dist"].startswith("DIST linux-source-6.1.tar.xz ")
 
+    # While Portage works, the emerge step's status on the build's page follows it, live.
+    running = farm.wait_for_build_to_start("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"{farm.url}#/builders/{running['builderid']}/builds/{running['number']}")
+        progress = page.get_by_text(re.compile(r"emerging \d+/\d+ \S+ \(compiling\)")).first
+        expect(progress).to_be_visible(timeout=IMAGE_BUILD_TIMEOUT * 1000)
+        page.screenshot(path=str(artifacts_dir() / "build-live-progress.png"), full_page=True)
     image = farm.wait_for_build("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
 
     assert image["results"] == SUCCESS, image["state_string"]
