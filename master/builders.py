@@ -2,11 +2,11 @@
 
 from buildbot.plugins import util
 
+from gentoo_farm.artifacts import IMAGE, KERNEL, MIRROR, OVERLAY
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories import image, kernel, mirror, overlay
 from gentoo_farm.master.workers import worker_names_for
 
-MIRROR, KERNEL, OVERLAY, IMAGE = "mirror", "kernel", "overlay", "image"
 FACTORIES = {MIRROR: mirror.factory, KERNEL: kernel.factory, OVERLAY: overlay.factory, IMAGE: image.factory}
 
 

@@ -14,9 +14,9 @@ from buildbot.process.results import SUCCESS, WARNINGS, Results
 from buildbot.reporters.base import ReporterBase
 from twisted.internet import defer
 
+from gentoo_farm.artifacts import IMAGE
 from gentoo_farm.config import FarmConfigError, NotifySection, host_port
 from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.master.builders import IMAGE
 from gentoo_farm.steps.publish import IMAGE_NAME_PROPERTY
 
 PUBLISHED = "published"

@@ -8,13 +8,10 @@ from buildbot.schedulers.base import BaseScheduler
 from buildbot.schedulers.forcesched import ValidationError
 from portage.dep import isvalidatom
 
+from gentoo_farm.artifacts import IMAGE, KERNEL, MIRROR, OVERLAY, REBUILD_PROPERTY, force_scheduler
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.master.builders import IMAGE, KERNEL, MIRROR, OVERLAY
 from gentoo_farm.master.factories.common import IMAGE_AFTER_INPUTS
 from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, RecipeRepository, recipe_repository
-from gentoo_farm.steps.publish import REBUILD_PROPERTY
-
-BUILD_IMAGE = "build-image"
 
 
 class PackageAtomsParameter(util.StringParameter):
@@ -37,7 +34,7 @@ class PackageAtomsParameter(util.StringParameter):
 
 def _build_image(config: FarmConfig) -> sched.ForceScheduler:
     return sched.ForceScheduler(
-        name=BUILD_IMAGE,
+        name=force_scheduler(IMAGE),
         label="Build image",
         buttonName="Build image",
         builderNames=[IMAGE],
@@ -67,11 +64,6 @@ def _rebuild_parameter() -> util.BooleanParameter:
     return util.BooleanParameter(
         name=REBUILD_PROPERTY, label="Rebuild even when the store holds this input's build", default=False
     )
-
-
-def force_scheduler(builder: str) -> str:
-    """The name of the force scheduler that starts ``builder`` (the web UI's button, `farm build`)."""
-    return BUILD_IMAGE if builder == IMAGE else f"force-{builder}"
 
 
 def _force(builder: str, label: str) -> sched.ForceScheduler:

@@ -5,12 +5,11 @@ from types import MappingProxyType
 
 from buildbot.process.results import SUCCESS
 
+from gentoo_farm.artifacts import ARTIFACT_KINDS, DOWNLOAD_MAP
 from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
 from gentoo_farm.steps.publish import SignedUrlsStep
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
 from gentoo_farm.store.sets import ARTIFACT, PublishedSet, latest_set, list_sets
-
-PRODUCED_BY = {"stage3": "mirror", "portage": "mirror", "kernel": "kernel", "overlay": "overlay"}
 
 
 class ComputeInputKey(FarmWorkerStep):
@@ -48,7 +47,7 @@ class ResolveImageInputs(SignedUrlsStep):
         store_settings: StoreSettings,
         downloads: Mapping[str, str],
         kernel_revision: object = "",
-        map_path: str = "downloads.json",
+        map_path: str = DOWNLOAD_MAP,
         **kwargs,
     ) -> None:
         kwargs.setdefault("name", "resolve-inputs")
@@ -79,7 +78,9 @@ class ResolveImageInputs(SignedUrlsStep):
             raise StoreError(f"no kernel was published from config revision {revision}: build it first")
         published = latest_set(store, kind)
         if published is None:
-            raise StoreError(f"no {kind} is published yet: run the {PRODUCED_BY[kind]} builder first")
+            raise StoreError(
+                f"no {kind} is published yet: run the {ARTIFACT_KINDS[kind].builder} builder first"
+            )
         return published
 
     async def run(self) -> int:

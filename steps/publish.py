@@ -18,6 +18,7 @@ from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
 from buildbot.steps.worker import CompositeStepMixin
 from twisted.internet import defer, threads
 
+from gentoo_farm.artifacts import PUSHBACK_CANDIDATES, PUSHBACK_UPLOADS, REBUILD_PROPERTY, UP_TO_DATE_PROPERTY
 from gentoo_farm.signing import FarmKey
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.store.binhost import (
@@ -42,9 +43,6 @@ from gentoo_farm.store.sets import (
 SET_ID_PROPERTY = "publish_set_id"
 IMAGE_NAME_PROPERTY = "image_name"
 PUSHBACK_TOKEN_PROPERTY = "pushback_token"
-UP_TO_DATE_PROPERTY = "up_to_date"
-# Set by a forced build (`farm build --force`, the web form's checkbox): build even when up to date.
-REBUILD_PROPERTY = "rebuild"
 
 StepCondition = Callable[[buildstep.BuildStep], "bool | defer.Deferred[bool]"]
 """A ``doStepIf``: whether the step runs, decided when the build reaches it."""
@@ -381,8 +379,8 @@ class PushBackUrls(SignedUrlsStep):
         self,
         store_settings: StoreSettings,
         snapshot_key: object = None,
-        candidates_path: str = "push-back.json",
-        map_path: str = "push-back-uploads.json",
+        candidates_path: str = PUSHBACK_CANDIDATES,
+        map_path: str = PUSHBACK_UPLOADS,
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("name", "push-back-urls")

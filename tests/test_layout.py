@@ -263,3 +263,15 @@ def test_an_existing_farms_master_cfg_still_loads(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Config file is good!" in result.stdout
+
+
+def test_farm_build_loads_neither_buildbot_nor_the_master(tmp_path: Path) -> None:
+    """`farm build` only talks to the master's REST API: the builder, scheduler and property names it
+    sends come from the core, not from the master's configuration (every factory, and Buildbot)."""
+    loaded = _loaded_by(("gentoo_farm.commands.build",), tmp_path)
+    higher = [
+        module
+        for module in loaded
+        if is_buildbot(module) or layer_of(module) in (MASTER, STEPS, WORKERS, TOOLKIT)
+    ]
+    assert not higher, f"gentoo_farm.commands.build loads {', '.join(higher)}"

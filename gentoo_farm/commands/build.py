@@ -6,12 +6,18 @@ import argparse
 import sys
 import time
 
+from gentoo_farm.artifacts import (
+    IMAGE,
+    KERNEL,
+    MIRROR,
+    OVERLAY,
+    REBUILD_PROPERTY,
+    UP_TO_DATE_PROPERTY,
+    force_scheduler,
+)
 from gentoo_farm.cli import CommandError
 from gentoo_farm.config import FarmConfig
-from gentoo_farm.master.builders import IMAGE, KERNEL, MIRROR, OVERLAY
-from gentoo_farm.master.schedulers import force_scheduler
 from gentoo_farm.masterapi import MasterApi, MasterApiError, connect, result_name
-from gentoo_farm.steps.publish import REBUILD_PROPERTY, UP_TO_DATE_PROPERTY
 
 POLL_SECONDS = 2.0
 # How often a step that runs long says it still runs, when the output is not a terminal.

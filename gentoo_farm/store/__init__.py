@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from gentoo_farm.store.base import (
-    KINDS,
     ArtifactStore,
     ObjectInfo,
     ObjectNotFound,
@@ -67,7 +66,6 @@ def open_store(settings: StoreSettings) -> ArtifactStore:
 
 
 __all__ = [
-    "KINDS",
     "ArtifactStore",
     "ObjectInfo",
     "ObjectNotFound",

@@ -19,9 +19,6 @@ from urllib.parse import quote, urlsplit
 
 from gentoo_farm.checksums import stream_sha512
 
-KINDS: tuple[str, ...] = ("stage3", "portage", "kernel", "overlay", "images")
-"""Artifact kinds published as dated sets with a manifest and ``latest`` pointers."""
-
 INCOMING = "incoming"
 """Top-level prefix where builds stage uploads the master moves into place (binhost push-back)."""
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import BinaryIO, cast
 
+from gentoo_farm.artifacts import ARTIFACT_KINDS
 from gentoo_farm.checksums import digests_text, sha512_line, stream_digests, stream_sha512
 from gentoo_farm.store.base import (
     INCOMING,
-    KINDS,
     ArtifactStore,
     ObjectInfo,
     ObjectNotFound,
@@ -63,14 +63,6 @@ _IMAGE_FILE = re.compile(
     r"(?P<name>gentoo-\d{8}(?:\.[1-9]\d*)?-(?P<arch>[0-9a-z_]+))\.(?P<format>[0-9a-z.]+)"
 )
 """A file of an image set: ``gentoo-20261202.1-amd64.qcow2``, ``gentoo-20261202.1-amd64.manifest.json``."""
-
-LATEST_NAMES = {
-    "stage3": "stage3-latest.tar.xz",
-    "portage": "portage-latest.tar.xz",
-    "kernel": "vmlinuz-latest.tar.zst",
-    "overlay": "vmoverride-latest.tar.gz",
-}
-"""The stable name of each kind's artifact (the seed's names); images get ``gentoo-latest-ARCH.<format>``."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +136,8 @@ class ExpectedFile:
 
 
 def check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise StoreError(f"unknown artifact kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if kind not in ARTIFACT_KINDS:
+        raise StoreError(f"unknown artifact kind {kind!r}: expected one of {', '.join(ARTIFACT_KINDS)}")
     return kind
 
 
@@ -192,8 +184,9 @@ def next_image_name(store: ArtifactStore, arch: str, when: datetime | None = Non
 
 def latest_name(kind: str, artifact: str) -> str:
     """The stable name the artifact file ``artifact`` of a ``kind`` set is copied to."""
-    if kind != "images":
-        return LATEST_NAMES[check_kind(kind)]
+    stable_name = ARTIFACT_KINDS[check_kind(kind)].latest_name
+    if stable_name is not None:
+        return stable_name
     match = _IMAGE_FILE.fullmatch(artifact)
     if match is None:
         raise StoreError(f"image file {artifact!r} is not named gentoo-YYYYMMDD[.N]-ARCH.<format>")
@@ -492,13 +485,13 @@ def plan_retention(
     """
     if keep < 1:
         raise StoreError(f"[store] keep must be at least 1, got {keep}")
-    all_sets = {kind: _set_objects(store, kind) for kind in KINDS}
+    all_sets = {kind: _set_objects(store, kind) for kind in ARTIFACT_KINDS}
     complete = {
         kind: sorted((sid for sid, keys in sets.items() if f"{kind}/{sid}/{MANIFEST}" in keys), reverse=True)
         for kind, sets in all_sets.items()
     }
     kept: dict[str, set[str]] = {kind: set(ids[:keep]) for kind, ids in complete.items()}
-    for kind in KINDS:
+    for kind in ARTIFACT_KINDS:
         latest = latest_set(store, kind)
         if latest is not None:
             kept[kind].add(latest.set_id)

@@ -5,12 +5,12 @@ from collections.abc import Mapping
 from buildbot.plugins import steps, util
 from twisted.internet import defer, threads
 
+from gentoo_farm.artifacts import IMAGE_INPUTS, PUSHBACK_CANDIDATES, PUSHBACK_UPLOADS
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import RecipeRepository
 from gentoo_farm.signing import FarmKey, SigningError, key_fingerprints
 from gentoo_farm.steps.base import FarmWorkerStep
-from gentoo_farm.steps.inputs import PRODUCED_BY
 from gentoo_farm.steps.publish import (
     CheckUpToDate,
     MakeUploadUrls,
@@ -106,14 +106,12 @@ def push_back(
     listing: list[object] = [
         "--distdir", distdir, "--mirror", f"{store}/distfiles", "--repository", repository,
         "--pkgdir", pkgdir, "--binhost", binhost_url(store, config.upstream.profile),
-        "--output", "push-back.json",
+        "--output", PUSHBACK_CANDIDATES,
     ]  # fmt: skip
     return [
         FarmWorkerStep("list-new", stage_args=listing, **step_options),
         PushBackUrls(config.store, snapshot_key, **step_options),
-        FarmWorkerStep(
-            "upload", stage_args=["--map", "push-back-uploads.json"], name="push-back", **step_options
-        ),
+        FarmWorkerStep("upload", stage_args=["--map", PUSHBACK_UPLOADS], name="push-back", **step_options),
         # Distfiles first: the binhost merge clears the build's whole staging prefix when it is done.
         MergeDistfiles(config.store, **step_options),
         MergeBinhost(config.store, config.upstream.profile, farm_key(config), **step_options),
@@ -144,7 +142,7 @@ def trigger_image(config: FarmConfig) -> steps.Trigger:
     def all_inputs_published(step: steps.BuildStep) -> defer.Deferred[bool]:
         def check() -> bool:
             store = open_store(config.store)
-            return all(latest_set(store, kind) is not None for kind in PRODUCED_BY)
+            return all(latest_set(store, kind) is not None for kind in IMAGE_INPUTS)
 
         return threads.deferToThread(check)
 

@@ -11,6 +11,7 @@ import json
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
+from gentoo_farm.artifacts import DOWNLOAD_MAP, IMAGE_INPUTS
 from gentoo_farm.catalog import PACKAGE_MANIFEST_SUFFIX
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
@@ -31,12 +32,6 @@ from gentoo_farm.steps.publish import IMAGE_NAME_PROPERTY, NameImage, unless_up_
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 
-INPUTS = {
-    "stage3": "inputs/stage3.tar.xz",
-    "portage": "inputs/portage.tar.xz",
-    "kernel": "inputs/vmlinuz.tar.zst",
-    "overlay": "inputs/vmoverride.tar.gz",
-}
 ROOT = "root"
 BINHOST_KEY = "farm-binhost-key.asc"
 # Paths on the worker; in the store every file carries the image's name (NameImage decides it).
@@ -69,7 +64,7 @@ def factory(config: FarmConfig) -> BuildFactory:
         [
             steps.RemoveDirectory(name="clean", dir="build"),
             ResolveImageInputs(
-                config.store, INPUTS, kernel_revision=util.Property("kernel_revision", default="")
+                config.store, IMAGE_INPUTS, kernel_revision=util.Property("kernel_revision", default="")
             ),
             ComputeInputKey(
                 kind="images",
@@ -83,8 +78,10 @@ def factory(config: FarmConfig) -> BuildFactory:
                 },
             ),
             up_to_date(config, "images"),
-            FarmWorkerStep("download-inputs", stage_args=["--map", "downloads.json"], **building),
-            UnpackRoot(stage3=INPUTS["stage3"], snapshot=INPUTS["portage"], root=ROOT, **building),
+            FarmWorkerStep("download-inputs", stage_args=["--map", DOWNLOAD_MAP], **building),
+            UnpackRoot(
+                stage3=IMAGE_INPUTS["stage3"], snapshot=IMAGE_INPUTS["portage"], root=ROOT, **building
+            ),
             # From the master, not the store: whoever can write the store must not be able to swap the key.
             steps.FileDownload(
                 mastersrc=str(FarmDir(config.basedir).signing_public_key),
@@ -127,8 +124,8 @@ def factory(config: FarmConfig) -> BuildFactory:
             ),
             AssembleImage(
                 root=ROOT,
-                vmlinuz=INPUTS["kernel"],
-                overlay=INPUTS["overlay"],
+                vmlinuz=IMAGE_INPUTS["kernel"],
+                overlay=IMAGE_INPUTS["overlay"],
                 admin=config.image.admin,
                 **building,
             ),

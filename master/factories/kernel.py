@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
+from gentoo_farm.artifacts import DOWNLOAD_MAP
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories.common import (
     cache_dir,
@@ -43,7 +44,7 @@ def _vouched(config: FarmConfig, distfile: str) -> list[object]:
     """The published snapshot on the worker, and its Manifest's DIST line for ``distfile``."""
     return [
         ResolveImageInputs(config.store, {"portage": SNAPSHOT}, name="resolve-snapshot"),
-        FarmWorkerStep("download-inputs", stage_args=["--map", "downloads.json"], name="download-snapshot"),
+        FarmWorkerStep("download-inputs", stage_args=["--map", DOWNLOAD_MAP], name="download-snapshot"),
         FarmWorkerStep(
             "kernel-source",
             stage_args=[

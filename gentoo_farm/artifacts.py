@@ -1,0 +1,74 @@
+"""The farm's vocabulary: its builders, the artifact kinds they publish, and the names every layer shares.
+
+A builder is named after what it does (``image``), a store kind after what it holds (``images``); one record
+per kind ties the two together with the kind's stable name and its path on an image build's worker, so the
+CLI, the master, the steps and the store read these facts from here instead of repeating them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+MIRROR, KERNEL, OVERLAY, IMAGE = "mirror", "kernel", "overlay", "image"
+BUILDERS: tuple[str, ...] = (MIRROR, KERNEL, OVERLAY, IMAGE)
+"""Every builder, in the order the master configures them."""
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """One kind of artifact the store holds as dated sets under ``<kind>/``."""
+
+    kind: str
+    """The store prefix and the name steps, manifests and ``farm`` commands use."""
+    builder: str
+    """The builder that publishes it: what to run when none is published yet."""
+    latest_name: str | None
+    """The stable name of the newest set's artifact at the top of ``<kind>/`` (the seed's names). None for
+    images, whose stable name carries their architecture and format (``gentoo-latest-ARCH.<format>``)."""
+    image_worker_path: str | None
+    """Where an image build downloads it on its worker; None for what is not an input of an image."""
+
+
+ARTIFACT_KINDS: Mapping[str, ArtifactKind] = MappingProxyType(
+    {
+        record.kind: record
+        for record in (
+            ArtifactKind("stage3", MIRROR, "stage3-latest.tar.xz", "inputs/stage3.tar.xz"),
+            ArtifactKind("portage", MIRROR, "portage-latest.tar.xz", "inputs/portage.tar.xz"),
+            ArtifactKind("kernel", KERNEL, "vmlinuz-latest.tar.zst", "inputs/vmlinuz.tar.zst"),
+            ArtifactKind("overlay", OVERLAY, "vmoverride-latest.tar.gz", "inputs/vmoverride.tar.gz"),
+            ArtifactKind("images", IMAGE, None, None),
+        )
+    }
+)
+"""Every kind published as dated sets with a manifest and ``latest`` pointers, by store kind."""
+
+IMAGE_INPUTS: Mapping[str, str] = MappingProxyType(
+    {
+        record.kind: record.image_worker_path
+        for record in ARTIFACT_KINDS.values()
+        if record.image_worker_path is not None
+    }
+)
+"""What an image is built from: ``{kind: path on the image build's worker}``."""
+
+DOWNLOAD_MAP = "downloads.json"
+"""The file on the worker where the step resolving a build's inputs writes their URLs for
+``farm-worker download-inputs``."""
+PUSHBACK_CANDIDATES = "push-back.json"
+"""What ``farm-worker list-new`` found that the farm lacks, for the push-back step to sign URLs for."""
+PUSHBACK_UPLOADS = "push-back-uploads.json"
+"""The signed upload URLs the push-back step writes for ``farm-worker upload``."""
+
+UP_TO_DATE_PROPERTY = "up_to_date"
+"""Set by the up-to-date check: the store holds this input's build already, so the build skips the rest."""
+REBUILD_PROPERTY = "rebuild"
+"""Set by a forced build (`farm build --force`, the web form's checkbox): build even when up to date."""
+
+
+def force_scheduler(builder: str) -> str:
+    """The name of the force scheduler that starts ``builder`` (the web UI's button, `farm build`)."""
+    # The image's is the web UI's "Build image" form, named for what it does like the other buttons' labels.
+    return "build-image" if builder == IMAGE else f"force-{builder}"
