@@ -24,8 +24,6 @@ from tests.test_downloads import DISK, published  # noqa: F401  (fixture)
 pytest_plugins = ["tests.services.store"]
 
 SSH_LINE = re.compile(r"^ssh -p (\d+) .*ec2-user@127\.0\.0\.1$", re.MULTILINE)
-# The TCG boot to sshd, with the stand-in image on 2 shared cores.
-BOOT_SECONDS = 400
 IMAGE_NAME = "gentoo-20261206-amd64.qcow2"
 
 
