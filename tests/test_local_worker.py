@@ -39,7 +39,8 @@ class LocalWorkerIsolation(RunMasterBase):
     async def test_a_build_sees_none_of_the_masters_secrets(self) -> None:
         directory = Path(tempfile.mkdtemp(prefix="farm-local-worker-"))
         self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
-        directory.chmod(0o755)  # as a farm directory is: builds pass through it to their worker directory
+        # mkdtemp's 0700, as a home holding the farm often is: the worker gets a passage to its directory
+        # (nothing else of this one), and the credentials beside the farm must stay hidden through it.
         farm, home = directory / "farm", directory / "home"
         secret_files = [
             _write(farm / "secrets" / "htpasswd", "admin:SECRET-htpasswd\n"),

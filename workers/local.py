@@ -105,10 +105,12 @@ def hiding_script(hidden: Sequence[Path], command: Sequence[str], passages: Sequ
     """
     lines = ["set -e", *passage_lines(passages)]
     for path in hidden:
-        if path.is_dir():
-            lines.append(f"mount -t tmpfs -o mode=0700,size=16k gentoo-farm-hidden {shlex.quote(str(path))}")
-        elif path.exists():
-            lines.append(f"mount --bind /dev/null {shlex.quote(str(path))}")
+        # Tested in the namespace: a path in a directory the passages replaced is gone from sight already.
+        quoted = shlex.quote(str(path))
+        lines.append(
+            f"if [ -d {quoted} ]; then mount -t tmpfs -o mode=0700,size=16k gentoo-farm-hidden {quoted}; "
+            f"elif [ -e {quoted} ]; then mount --bind /dev/null {quoted}; fi"
+        )
     lines.append("exec " + shlex.join(command))
     return "\n".join(lines)
 
