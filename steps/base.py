@@ -96,8 +96,9 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
 
     A subclass names its ``stage`` and declares its ``arguments`` (keyword name -> :class:`StageArgument`,
     in command-line order, ``rest`` last whatever its place; positional values fill them in declared
-    order), with ``name``, ``description`` and ``descriptionDone`` as class attributes as Buildbot's own
-    steps have them. Used directly it runs ``FarmWorkerStep(STAGE, stage_args=[...])``.
+    order), with ``name`` (default: the stage), ``description`` and ``descriptionDone`` (default: the
+    name) as class attributes as Buildbot's own steps have them. Used directly it runs
+    ``FarmWorkerStep(STAGE, stage_args=[...])``.
 
     Lines the stage prints with :func:`gentoo_farm.workers.toolkit.report` become build
     properties; on failure the stage's own error message becomes the step's status text,

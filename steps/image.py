@@ -19,7 +19,6 @@ class PruneRoot(FarmWorkerStep):
     """
 
     stage = "prune-root"
-    name = "prune-root"
     description = "pruning build-only files"
     arguments = declared(
         root=StageArgument(),
@@ -57,7 +56,6 @@ class WriteImageManifest(FarmWorkerStep):
     """
 
     stage = "image-manifest"
-    name = "image-manifest"
     description = "listing packages"
     arguments = declared(
         root=StageArgument(),
@@ -105,7 +103,6 @@ class BootTest(FarmWorkerStep):
     """
 
     stage = "boot-test"
-    name = "boot-test"
     arguments = declared(
         image=StageArgument(),
         # Not "timeout": ShellMixin uses that name for its no-output timeout of the whole command.

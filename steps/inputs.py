@@ -16,7 +16,6 @@ class ComputeInputKey(FarmWorkerStep):
     """Sets the ``input_key`` property from the files, trees and values a build depends on."""
 
     stage = "input-key"
-    name = "input-key"
     description = "computing input key"
     arguments = declared(
         kind=StageArgument("--kind"),

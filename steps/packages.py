@@ -17,7 +17,6 @@ class FetchRelease(FarmWorkerStep):
     """
 
     stage = "fetch-release"
-    name = "fetch-release"
     description = "fetching stage3 and snapshot"
     descriptionDone = "stage3 and snapshot verified"
     arguments = declared(
@@ -46,7 +45,6 @@ class UnpackRoot(FarmWorkerStep):
     """Unpack the stage3 and the snapshot into a fresh build root; sets ``build_root``."""
 
     stage = "unpack-root"
-    name = "unpack-root"
     description = "unpacking stage3"
     descriptionDone = "build root ready"
     arguments = declared(
@@ -64,7 +62,6 @@ class EmergePackages(FarmWorkerStep):
     """
 
     stage = "emerge"
-    name = "emerge"
     description = "emerging packages"
     descriptionDone = "packages emerged"
     arguments = declared(
