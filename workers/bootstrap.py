@@ -3,9 +3,12 @@
 The script
 - points the VM's Portage at the farm: a ``binrepos.conf`` entry for the farm binhost and the farm
   distfile mirror first in ``GENTOO_MIRRORS``;
-- makes ``buildbot-worker`` and the toolkit (``farm-worker``) available in a venv, unless the image
-  already carries them (images the farm builds for itself do), by ``pip install`` of one spec
-  (a requirement or a wheel URL, typically a short-lived URL the master hands out);
+- makes ``buildbot-worker`` and the toolkit (``farm-worker``) available in a venv: the master's own
+  wheel and its wheelhouse (``gentoo_farm.wheelhouse``), fetched from short-lived URLs the master hands
+  out and installed with ``pip install --no-index --require-hashes`` against the sha256 the master
+  lists, so nothing comes from a public index; an image whose venv already holds the master's
+  gentoo-farm version keeps it. ``install_spec`` overrides this with one pip requirement (a wheel
+  people host themselves), installed unless the image has both tools;
 - creates and starts a buildbot-worker that connects to the master with the instance's one-time
   password.
 
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gentoo_farm.config import host_port
+from gentoo_farm.wheelhouse import PROJECT, WorkerWheels
 
 DEFAULT_WORKER_HOME = "/var/lib/gentoo-farm"
 BINREPO_NAME = "gentoo-farm"
@@ -54,13 +59,7 @@ elif ! grep -qxF "$mirrors_line" "$portage_dir/make.conf" 2>/dev/null; then
     printf '%s\\n' "$mirrors_line" >> "$portage_dir/make.conf"
 fi
 
-if [ -x "$venv/bin/buildbot-worker" ] && [ -x "$venv/bin/farm-worker" ]; then
-    echo "gentoo-farm: buildbot-worker and farm-worker already installed in $venv"
-else
-    echo "gentoo-farm: installing the worker into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet {install_spec}
-fi
+{install}
 
 PATH="$venv/bin:$PATH"
 export PATH
@@ -70,6 +69,61 @@ buildbot-worker create-worker --umask=0o022 --keepalive=60 \\
 echo "gentoo-farm: starting buildbot-worker {worker_name} for master {master_address}"
 buildbot-worker start "$basedir"
 """
+
+# The operator's own pip requirement (``install`` in farm.toml), installed unless the image has both tools.
+_INSTALL_SPEC = """\
+if [ -x "$venv/bin/buildbot-worker" ] && [ -x "$venv/bin/farm-worker" ]; then
+    echo "gentoo-farm: buildbot-worker and farm-worker already installed in $venv"
+else
+    echo "gentoo-farm: installing the worker into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet {install_spec}
+fi"""
+
+_VERSION_CHECK = f"import importlib.metadata as m; print(m.version({PROJECT!r}))"
+
+# Fetches "FILE URL" lines from stdin into the directory argv[1]; errors name the file, never the URL
+# (it is a short-lived credential of sorts: it reads the master's store).
+_FETCH = """\
+import shutil, sys, urllib.error, urllib.request
+for line in sys.stdin:
+    name, url = line.split()
+    path = sys.argv[1] + "/" + name
+    try:
+        with urllib.request.urlopen(url, timeout=300) as response, open(path, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except urllib.error.HTTPError as error:
+        sys.exit(f"gentoo-farm: could not fetch {name} from the master: HTTP {error.code}")
+    except urllib.error.URLError as error:
+        sys.exit(f"gentoo-farm: could not fetch {name} from the master: {error.reason}")
+"""
+
+# Only the files the master lists, each checked against its sha256 by pip (--require-hashes); no index
+# (--no-index, and no pip configuration of the image's: PIP_CONFIG_FILE=/dev/null).
+_INSTALL_WHEELS = """\
+installed=$("$venv/bin/python" -c {version_check} 2>/dev/null || true)
+if [ -x "$venv/bin/buildbot-worker" ] && [ -x "$venv/bin/farm-worker" ] && [ "$installed" = {version} ]; then
+    echo "gentoo-farm: the master's gentoo-farm "{version}" is already installed in $venv"
+else
+    echo "gentoo-farm: installing the master's gentoo-farm "{version}" into $venv"
+    wheels="$home/wheels"
+    rm -rf "$wheels"
+    mkdir -p "$wheels"
+    python3 -c {fetch} "$wheels" <<'EOF_FETCH'
+{fetch_list}
+EOF_FETCH
+    cat > "$wheels/requirements.txt" <<'EOF_REQUIREMENTS'
+{requirements}
+EOF_REQUIREMENTS
+    python3 -m venv --clear "$venv"
+    if ! (cd "$wheels" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" -m pip install --quiet \\
+            --no-index --no-deps --require-hashes --disable-pip-version-check -r requirements.txt); then
+        echo "gentoo-farm: refusing the worker's wheels: pip did not install them as the master listed" \\
+            "them (a file whose sha256 differs from the master's is refused; pip says which above)" >&2
+        exit 1
+    fi
+    rm -rf "$wheels"
+fi"""
 
 _WORKER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
@@ -85,14 +139,15 @@ class WorkerBootstrap:
     """What every VM of one ``[[workers.openstack]]`` entry needs to become a worker.
 
     ``master_address`` is ``host:port`` of the master's worker (PB) port as seen from the VM;
-    ``install_spec`` is what ``pip install`` gets when the image lacks the worker (e.g.
-    ``gentoo-farm==0.1.0`` or a wheel URL).
+    ``wheels`` are what the master serves its workers; ``install_spec``, instead of them, is what
+    ``pip install`` gets when the image lacks the worker (a wheel URL people host themselves).
     """
 
     master_address: str
     binhost_url: str
     distfile_mirror_url: str
-    install_spec: str
+    install_spec: str = ""
+    wheels: WorkerWheels | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -103,11 +158,15 @@ class WorkerBootstrap:
             value = getattr(self, key)
             if not re.match(r"^(https?|file)://\S+$", value):
                 raise ValueError(f"{key} {value!r}: expected an http(s):// or file:// URL")
-        if not self.install_spec.strip():
-            raise ValueError("install_spec: expected a pip requirement or wheel URL, got nothing")
+        if bool(self.install_spec.strip()) == (self.wheels is not None):
+            raise ValueError(
+                "install_spec: expected either a pip requirement (a wheel you host) or the master's "
+                "worker wheels, exactly one of them"
+            )
 
-    def render(self, worker_name: str, password: str) -> str:
-        """The user-data script for one instance of ``worker_name`` with its one-time password."""
+    def render(self, worker_name: str, password: str, wheel_urls: Mapping[str, str] | None = None) -> str:
+        """The user-data script for one instance of ``worker_name`` with its one-time password;
+        ``wheel_urls`` maps each of the master's wheel files to a URL the instance fetches it from."""
         check_worker_name(worker_name)
         if not password:
             raise ValueError("the worker password must not be empty")
@@ -123,7 +182,27 @@ class WorkerBootstrap:
             binrepo_name=BINREPO_NAME,
             binrepo_section=shlex.quote(binrepo_section),
             mirrors_line=shlex.quote(mirrors_line),
-            install_spec=shlex.quote(self.install_spec),
+            install=self.install_commands(wheel_urls or {}),
             master_address=shlex.quote(self.master_address),
             password=shlex.quote(password),
+        )
+
+    def install_commands(self, wheel_urls: Mapping[str, str]) -> str:
+        """The shell commands that make ``$venv`` hold the worker (``$venv`` and ``$home`` are set)."""
+        if self.wheels is None:
+            return _INSTALL_SPEC.format(install_spec=shlex.quote(self.install_spec))
+        fetch_list = []
+        requirements = []
+        for wheel in self.wheels.files:
+            url = wheel_urls.get(wheel.filename, "")
+            if not re.fullmatch(r"https?://\S+", url):
+                raise ValueError(f"no http(s) URL to fetch the worker's {wheel.filename} from")
+            fetch_list.append(f"{wheel.filename} {url}")
+            requirements.append(f"./{wheel.filename} --hash=sha256:{wheel.sha256}")
+        return _INSTALL_WHEELS.format(
+            version=shlex.quote(self.wheels.version),
+            version_check=shlex.quote(_VERSION_CHECK),
+            fetch=shlex.quote(_FETCH),
+            fetch_list="\n".join(fetch_list),
+            requirements="\n".join(requirements),
         )

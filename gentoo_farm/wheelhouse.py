@@ -1,0 +1,266 @@
+"""The worker's code as the master hands it out: the master's own gentoo-farm wheel and a wheelhouse of
+what ``buildbot-worker`` and ``farm-worker`` need, each file named by its sha256.
+
+A worker that lacks the worker software installs exactly these files with ``pip install --no-index
+--require-hashes`` (``workers/bootstrap.py``): it runs the master's code, never what a public index
+happens to hold under the same name. The master writes its wheel from the source tree it runs from
+(:func:`build_master_wheel`); the dependency wheels come from a directory the operator names or are
+built with ``pip wheel`` from the master's own package index (pip's configuration), at the versions the
+master itself runs (:func:`worker_requirements`). Both land in the store under
+``worker-wheels/<sha256>/<file>``, so a file's key names its content and uploading it again changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from packaging.requirements import Requirement
+from packaging.tags import sys_tags
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+import gentoo_farm
+from gentoo_farm.store.base import ArtifactStore
+
+PROJECT = "gentoo-farm"
+# What a worker runs: buildbot-worker (at the master's Buildbot version: they speak one protocol) and
+# portage, which the toolkit imports; gentoo-farm itself is installed without its dependencies (the
+# master's: Buildbot, openstacksdk, boto3 ...), which the toolkit does not import.
+WORKER_REQUIREMENT_ROOTS = ("buildbot-worker", "portage")
+STORE_PREFIX = "worker-wheels/"
+MANIFEST_NAME = "worker-wheels.json"
+PIP_TIMEOUT = 1800
+# Zip entries carry this date, the earliest a zip can hold: a wheel's bytes depend on the code alone.
+_WHEEL_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
+
+
+class WheelhouseError(Exception):
+    """The worker's wheels cannot be made or published; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    filename: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9._+\-]+\.whl", self.filename):
+            raise WheelhouseError(f"wheel file name {self.filename!r}: expected NAME-VERSION-...-TAG.whl")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise WheelhouseError(f"{self.filename}: sha256 {self.sha256!r} is not 64 hex digits")
+
+    @property
+    def key(self) -> str:
+        """The store key: the content's hash in the key, so one key never names two contents."""
+        return f"{STORE_PREFIX}{self.sha256}/{self.filename}"
+
+
+@dataclass(frozen=True)
+class WorkerWheels:
+    """Everything a worker installs: ``version`` is the master's gentoo-farm version (an image with this
+    version installed skips the install), ``files`` the master's wheel and its dependency wheels."""
+
+    version: str
+    files: tuple[WheelFile, ...]
+
+    def to_json(self) -> str:
+        files = [{"filename": wheel.filename, "sha256": wheel.sha256} for wheel in self.files]
+        return json.dumps({"version": self.version, "files": files}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerWheels:
+        try:
+            data = json.loads(text)
+            return cls(data["version"], tuple(WheelFile(**entry) for entry in data["files"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise WheelhouseError(f"{MANIFEST_NAME}: not a worker wheel manifest ({error})") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def master_version() -> str:
+    return importlib.metadata.version(PROJECT)
+
+
+def _is_project_tree(directory: Path) -> bool:
+    pyproject = directory / "pyproject.toml"
+    return (
+        pyproject.is_file() and tomllib.loads(pyproject.read_text()).get("project", {}).get("name") == PROJECT
+    )
+
+
+def master_source_dir() -> Path:
+    """The source tree of the running gentoo-farm: the checkout its modules are imported from (an
+    editable install, a checkout on the path), else the tree pip installed it from (PEP 610's record)."""
+    running = Path(gentoo_farm.__file__).resolve().parent.parent
+    if _is_project_tree(running):
+        return running
+    for distribution in importlib.metadata.distributions(name=PROJECT):
+        origin = json.loads(distribution.read_text("direct_url.json") or "{}")
+        url = urlparse(origin.get("url", ""))
+        if url.scheme == "file" and "dir_info" in origin and _is_project_tree(Path(url2pathname(url.path))):
+            return Path(url2pathname(url.path))
+    raise WheelhouseError(
+        f"{PROJECT} was not installed from a source tree, so the master cannot build the wheel its "
+        "workers install; host a wheel yourself and name it in [[workers.openstack]] install"
+    )
+
+
+def _pip(*args: str) -> None:
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=PIP_TIMEOUT,
+        )
+    except subprocess.CalledProcessError as error:
+        tail = "\n".join((error.stdout + error.stderr).splitlines()[-15:])
+        raise WheelhouseError(f"pip {args[0]} failed:\n{tail}") from None
+    except subprocess.TimeoutExpired:
+        raise WheelhouseError(f"pip {args[0]} took longer than {PIP_TIMEOUT} s") from None
+
+
+def _wheel_metadata(project: dict) -> str:
+    lines = [
+        "Metadata-Version: 2.1",
+        f"Name: {project['name']}",
+        f"Version: {project['version']}",
+        f"Summary: {project.get('description', '')}",
+    ]
+    if "requires-python" in project:
+        lines.append(f"Requires-Python: {project['requires-python']}")
+    lines += [f"Requires-Dist: {requirement}" for requirement in project.get("dependencies", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def build_master_wheel(dest: Path, source: Path | None = None) -> Path:
+    """The wheel of the code the master runs (``source``: its source tree), in ``dest``.
+
+    Written here rather than by ``pip wheel``: the project's build backend needs setuptools >= 68 and its
+    ``bdist_wheel``, which the master's venv need not have, and fetching them would reach an index. The
+    wheel holds what setuptools would put in it (the package directories ``[tool.setuptools.package-dir]``
+    maps, data files included; ``[project]``'s metadata and scripts), in a fixed order with fixed
+    timestamps: the same code always makes the same file, so its sha256 (and store key) only changes
+    with the code.
+    """
+    source = source or master_source_dir()
+    pyproject = tomllib.loads((source / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    package_dirs = pyproject.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    contents: dict[str, bytes] = {}
+    for package, directory in sorted(package_dirs.items()):
+        root = source / directory
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.relative_to(root).parts:
+                archive_name = "/".join((*package.split("."), *path.relative_to(root).parts))
+                contents[archive_name] = path.read_bytes()
+    name, version = project["name"].replace("-", "_"), project["version"]
+    info = f"{name}-{version}.dist-info"
+    contents[f"{info}/METADATA"] = _wheel_metadata(project).encode()
+    contents[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: gentoo-farm\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    scripts = project.get("scripts", {})
+    if scripts:
+        entry_points = "".join(f"{script} = {target}\n" for script, target in sorted(scripts.items()))
+        contents[f"{info}/entry_points.txt"] = f"[console_scripts]\n{entry_points}".encode()
+    record = [_record_line(archive_name, data) for archive_name, data in contents.items()]
+    contents[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for archive_name, data in contents.items():
+            entry = zipfile.ZipInfo(archive_name, date_time=_WHEEL_TIMESTAMP)
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, data, zipfile.ZIP_DEFLATED)
+    return wheel
+
+
+def worker_requirements(roots: Iterable[str] = WORKER_REQUIREMENT_ROOTS) -> list[str]:
+    """``name==version`` of every distribution the roots need, at the version the master has installed
+    (so buildbot-worker is at the master's Buildbot version), in name order."""
+    pinned: dict[str, str] = {}
+    pending = list(roots)
+    while pending:
+        name = canonicalize_name(pending.pop())
+        if name in pinned:
+            continue
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise WheelhouseError(
+                f"the worker needs {name}, which the master does not have installed"
+            ) from None
+        pinned[name] = distribution.version
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return [f"{name}=={version}" for name, version in sorted(pinned.items())]
+
+
+def build_dependency_wheelhouse(dest: Path, requirements: list[str]) -> None:
+    """``pip wheel`` of ``requirements`` into ``dest`` from the index pip is configured with (downloads
+    wheels, builds the ones published as source only)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    _pip("wheel", "--quiet", "--wheel-dir", str(dest), *requirements)
+
+
+def select_wheels(wheelhouse: Path, requirements: list[str]) -> list[Path]:
+    """One wheel in ``wheelhouse`` per requirement (``name==version``), the best one for this Python (the
+    workers run the master's Python version, as gentoo-farm's ``requires-python`` pins it)."""
+    priority = {tag: rank for rank, tag in enumerate(sys_tags())}
+    best: dict[str, tuple[int, Path]] = {}
+    for path in wheelhouse.glob("*.whl"):
+        try:
+            name, version, _, tags = parse_wheel_filename(path.name)
+        except InvalidWheelFilename:
+            continue
+        rank = min((priority[tag] for tag in tags if tag in priority), default=None)
+        pin = f"{name}=={version}"
+        if rank is not None and pin in requirements and (pin not in best or rank < best[pin][0]):
+            best[pin] = (rank, path)
+    missing = [pin for pin in requirements if pin not in best]
+    if missing:
+        raise WheelhouseError(f"the worker wheelhouse {wheelhouse} has no wheel for: {', '.join(missing)}")
+    return [best[pin][1] for pin in requirements]
+
+
+def describe_wheels(version: str, paths: Iterable[Path]) -> WorkerWheels:
+    return WorkerWheels(version, tuple(WheelFile(path.name, file_sha256(path)) for path in paths))
+
+
+def publish_wheels(store: ArtifactStore, wheels: WorkerWheels, paths: Iterable[Path]) -> None:
+    """Upload each file of ``wheels`` (found among ``paths``) unless the store has it: its key is its
+    hash, so an existing object is that very file."""
+    by_name = {path.name: path for path in paths}
+    for wheel in wheels.files:
+        if not store.exists(wheel.key):
+            store.put_file(wheel.key, by_name[wheel.filename])

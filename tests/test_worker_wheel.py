@@ -1,0 +1,244 @@
+"""Workers run the master's exact code: the master's wheel and wheelhouse, served by the store, installed
+by the bootstrap with ``pip --no-index --require-hashes`` and nothing else.
+
+The dependency wheelhouse here is a tiny one of wheels made in the test (the real one is ``pip wheel``
+of buildbot-worker, Twisted ... from the master's index, which a test may not reach); the master's own
+wheel is the real one, built from this checkout. The store is a real store server on 127.0.0.1, and a
+package index on 127.0.0.1 that fails the test if anything asks it for a package stands where pip's
+configuration would send it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import importlib.metadata
+import subprocess
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gentoo_farm.store import open_store
+from gentoo_farm.store.local import LocalStore
+from gentoo_farm.wheelhouse import (
+    WheelhouseError,
+    WorkerWheels,
+    build_master_wheel,
+    describe_wheels,
+    master_source_dir,
+    master_version,
+    publish_wheels,
+    select_wheels,
+    worker_requirements,
+)
+from gentoo_farm.workers.bootstrap import WorkerBootstrap
+from tests.services.store import LocalStoreSettings, local_settings  # noqa: F401  (fixture)
+
+BINHOST_URL = "http://10.0.0.1:8011/binpkgs/default/linux/amd64/23.0"
+MIRROR_URL = "http://10.0.0.1:8011"
+INSTALL_TIMEOUT = 300
+
+
+def _tiny_wheel(directory: Path, name: str, version: str) -> Path:
+    """A real, installable wheel of one module ``<name>_mod`` that says its name."""
+    module = name.replace("-", "_")
+    info = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}_mod.py": f"NAME = {name!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    wheel = directory / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def master_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_master_wheel(tmp_path_factory.mktemp("master-wheel"))
+
+
+class _Tripwire(http.server.BaseHTTPRequestHandler):
+    asked: list[str]
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        self.send_error(418, "no index may be asked")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def forbidden_index() -> Iterator[tuple[str, list[str]]]:
+    """A package index on 127.0.0.1 that records every request made to it."""
+    asked: list[str] = []
+    handler = type("Tripwire", (_Tripwire,), {"asked": asked})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple/", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _served(
+    settings: LocalStoreSettings, master_wheel: Path, tmp_path: Path
+) -> tuple[WorkerBootstrap, dict[str, str], LocalStore]:
+    """The master's wheel and a dependency wheel published to the store, and the bootstrap for them."""
+    dependency = _tiny_wheel(tmp_path, "farm-dependency", "1.0")
+    paths = [master_wheel, dependency]
+    wheels = describe_wheels(master_version(), paths)
+    store = open_store(settings)
+    assert isinstance(store, LocalStore)
+    publish_wheels(store, wheels, paths)
+    urls = {wheel.filename: store.download_url(wheel.key, 600) for wheel in wheels.files}
+    return WorkerBootstrap("10.0.0.1:9989", BINHOST_URL, MIRROR_URL, wheels=wheels), urls, store
+
+
+def _run_install(
+    bootstrap: WorkerBootstrap, urls: dict[str, str], home: Path, index_url: str
+) -> subprocess.CompletedProcess[str]:
+    """The install part of the user-data, as the script runs it: ``$home`` and ``$venv`` set, ``set -eu``."""
+    script = f'set -eu\nhome="{home}"\nvenv="$home/venv"\n{bootstrap.install_commands(urls)}\n'
+    env = {"PATH": "/usr/bin:/bin", "PIP_INDEX_URL": index_url, "PIP_EXTRA_INDEX_URL": index_url}
+    return subprocess.run(
+        ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT
+    )
+
+
+def _installed_version(home: Path) -> str:
+    check = "import importlib.metadata as m; print(m.version('gentoo-farm'))"
+    python = home / "venv" / "bin" / "python"
+    if not python.exists():
+        return ""
+    # run in the venv's home: from this checkout, its gentoo_farm.egg-info would answer
+    run = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=60, cwd=home)
+    return run.stdout.strip()
+
+
+def test_requirements_pin_what_the_worker_runs_at_the_masters_versions() -> None:
+    pins = worker_requirements()
+    assert f"buildbot-worker=={importlib.metadata.version('buildbot')}" in pins
+    assert f"twisted=={importlib.metadata.version('twisted')}" in pins
+    assert f"portage=={importlib.metadata.version('portage')}" in pins
+    names = {pin.split("==")[0] for pin in pins}
+    # the master's own dependencies stay on the master
+    assert not names & {"buildbot", "openstacksdk", "boto3", "gentoo-farm"}
+
+
+def test_select_wheels_names_what_the_wheelhouse_lacks(tmp_path: Path) -> None:
+    wanted = _tiny_wheel(tmp_path, "farm-dependency", "1.0")
+    _tiny_wheel(tmp_path, "farm-dependency", "0.9")
+    (tmp_path / "not-a-wheel.whl").write_text("junk")
+    assert select_wheels(tmp_path, ["farm-dependency==1.0"]) == [wanted]
+    with pytest.raises(WheelhouseError, match=r"has no wheel for: farm-other==2\.0"):
+        select_wheels(tmp_path, ["farm-dependency==1.0", "farm-other==2.0"])
+
+
+def test_the_master_wheel_is_the_code_the_master_runs(master_wheel: Path) -> None:
+    source = master_source_dir()
+    assert master_wheel.name == f"gentoo_farm-{master_version()}-py3-none-any.whl"
+    with zipfile.ZipFile(master_wheel) as archive:
+        assert (
+            archive.read("gentoo_farm/workers/bootstrap.py") == (source / "workers/bootstrap.py").read_bytes()
+        )
+        assert (
+            archive.read("gentoo_farm/wheelhouse.py") == (source / "gentoo_farm/wheelhouse.py").read_bytes()
+        )
+    assert not (source / "build").exists(), "building the wheel must leave the source tree alone"
+
+
+def test_manifest_round_trips_and_bad_ones_are_named() -> None:
+    wheels = WorkerWheels("0.1.0", ())
+    assert WorkerWheels.from_json(wheels.to_json()) == wheels
+    with pytest.raises(WheelhouseError, match="sha256 'abc' is not 64 hex digits"):
+        WorkerWheels.from_json(
+            '{"version": "1", "files": [{"filename": "a-1-py3-none-any.whl", "sha256": "abc"}]}'
+        )
+    with pytest.raises(WheelhouseError, match="not a worker wheel manifest"):
+        WorkerWheels.from_json("{}")
+
+
+def test_bootstrap_needs_exactly_one_way_to_install_and_a_url_for_every_file(tmp_path: Path) -> None:
+    wheels = describe_wheels("0.1.0", [_tiny_wheel(tmp_path, "farm-dependency", "1.0")])
+    with pytest.raises(ValueError, match="exactly one of them"):
+        WorkerBootstrap("10.0.0.1:9989", BINHOST_URL, MIRROR_URL)
+    with pytest.raises(ValueError, match="exactly one of them"):
+        WorkerBootstrap("10.0.0.1:9989", BINHOST_URL, MIRROR_URL, "gentoo-farm", wheels=wheels)
+    bootstrap = WorkerBootstrap("10.0.0.1:9989", BINHOST_URL, MIRROR_URL, wheels=wheels)
+    with pytest.raises(ValueError, match=r"no http\(s\) URL to fetch the worker's farm_dependency-1.0"):
+        bootstrap.render("os-1", "pw", {})
+    script = bootstrap.render("os-1", "pw", {wheels.files[0].filename: "http://10.0.0.1:8011/w.whl"})
+    assert "--no-index --no-deps --require-hashes" in script
+    assert f"--hash=sha256:{wheels.files[0].sha256}" in script
+
+
+def test_the_masters_wheel_installs_from_the_store_and_no_index_is_asked(
+    local_settings: LocalStoreSettings,  # noqa: F811
+    master_wheel: Path,
+    forbidden_index: tuple[str, list[str]],
+    tmp_path: Path,
+) -> None:
+    bootstrap, urls, _ = _served(local_settings, master_wheel, tmp_path)
+    index_url, asked = forbidden_index
+    home = tmp_path / "home"
+
+    run = _run_install(bootstrap, urls, home, index_url)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"installing the master's gentoo-farm {master_version()}" in run.stdout
+    assert _installed_version(home) == master_version()
+    assert (home / "venv" / "bin" / "farm-worker").is_file()
+    importer = [str(home / "venv" / "bin" / "python"), "-c", "import farm_dependency_mod as m; print(m.NAME)"]
+    imported = subprocess.run(importer, capture_output=True, text=True, timeout=60, cwd=home)
+    assert imported.stdout == "farm-dependency\n"
+    assert not (home / "wheels").exists()
+    for url in urls.values():
+        assert url not in run.stdout + run.stderr
+
+    # an image whose venv holds the master's version keeps it (buildbot-worker comes with the image)
+    (home / "venv" / "bin" / "buildbot-worker").write_text("#!/bin/sh\n")
+    (home / "venv" / "bin" / "buildbot-worker").chmod(0o755)
+    again = _run_install(bootstrap, urls, home, index_url)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"gentoo-farm {master_version()} is already installed" in again.stdout
+    assert asked == []
+
+
+def test_a_wheel_whose_hash_differs_is_refused(
+    local_settings: LocalStoreSettings,  # noqa: F811
+    master_wheel: Path,
+    forbidden_index: tuple[str, list[str]],
+    tmp_path: Path,
+) -> None:
+    bootstrap, urls, store = _served(local_settings, master_wheel, tmp_path)
+    assert bootstrap.wheels is not None
+    master_file = next(wheel for wheel in bootstrap.wheels.files if wheel.filename == master_wheel.name)
+    # someone with write access to the store swaps the master's wheel for another build of that name
+    tampered = store.path_of(master_file.key)
+    with zipfile.ZipFile(tampered, "a") as archive:
+        archive.writestr("gentoo_farm/backdoor.py", "print('not the master's code')\n")
+    index_url, asked = forbidden_index
+    home = tmp_path / "home"
+
+    run = _run_install(bootstrap, urls, home, index_url)
+    assert run.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in run.stderr
+    assert f"Expected sha256 {master_file.sha256}" in run.stderr
+    assert "refusing the worker's wheels" in run.stderr
+    assert _installed_version(home) == ""
+    assert asked == []
