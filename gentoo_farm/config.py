@@ -61,6 +61,12 @@ def _at_least_one(value: int) -> int:
     return value
 
 
+def _not_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError("expected 0 or more seconds")
+    return value
+
+
 def _clock_time(value: str) -> str:
     if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
         raise ValueError("expected a time of day HH:MM (24 h), e.g. 03:30")
@@ -212,6 +218,8 @@ class KernelSection:
     DIST entry of source_package's Manifest too."""
     poll_interval: int = 3600
     """Seconds between polls; a push knocks the poller through the change hook at once."""
+    settle_seconds: int = field(default=10, metadata=_check(_not_negative))
+    """Seconds without a new push before a build starts, so pushes in a row make one build of the newest."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +228,7 @@ class OverlaySection:
     """The git repository holding the overlay tree (root/ + overlay.toml); a push rebuilds it."""
     branch: str = "main"
     poll_interval: int = 3600
+    settle_seconds: int = field(default=10, metadata=_check(_not_negative))
 
 
 # What each [image] admin way needs emerged besides the configured packages.

@@ -15,6 +15,7 @@ class RecipeRepository:
     url: str
     branch: str
     poll_interval: int
+    settle_seconds: int
 
 
 def _url(config: FarmConfig, repository: str) -> str:
@@ -30,12 +31,14 @@ def recipe_repositories(config: FarmConfig) -> list[RecipeRepository]:
             _url(config, config.kernel.repository),
             config.kernel.branch,
             config.kernel.poll_interval,
+            config.kernel.settle_seconds,
         ),
         RecipeRepository(
             OVERLAY_POLLER,
             _url(config, config.overlay.repository),
             config.overlay.branch,
             config.overlay.poll_interval,
+            config.overlay.settle_seconds,
         ),
     ]
 

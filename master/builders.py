@@ -12,6 +12,13 @@ FACTORIES = {MIRROR: mirror.factory, KERNEL: kernel.factory, OVERLAY: overlay.fa
 
 def builders(config: FarmConfig) -> list[util.BuilderConfig]:
     return [
-        util.BuilderConfig(name=name, workernames=worker_names_for(config, name), factory=make(config))
+        util.BuilderConfig(
+            name=name,
+            workernames=worker_names_for(config, name),
+            factory=make(config),
+            # Each build makes the newest set of its kind: a waiting request that a newer, compatible one
+            # (same sources and properties) supersedes is skipped (Buildbot's default collapse rules).
+            collapseRequests=True,
+        )
         for name, make in FACTORIES.items()
     ]

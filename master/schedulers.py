@@ -85,7 +85,8 @@ def _on_push(
         change_filter=util.ChangeFilter(repository=repository.url, branch=repository.branch),
         fileIsImportant=is_important,
         onlyImportant=is_important is not None,
-        treeStableTimer=None,
+        # Changes that arrive within the settle time make one buildset of the newest revision.
+        treeStableTimer=repository.settle_seconds or None,
         builderNames=[builder],
     )
 

@@ -89,9 +89,15 @@ class Farm:
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
 
+    def builder_id(self, builder: str) -> int:
+        return self.api(f"builders/{builder}")["builders"][0]["builderid"]
+
     def builds(self, builder: str) -> list[dict[str, Any]]:
-        builder_id = self.api(f"builders/{builder}")["builders"][0]["builderid"]
-        return self.api(f"builders/{builder_id}/builds?order=buildid")["builds"]
+        return self.api(f"builders/{self.builder_id(builder)}/builds?order=buildid")["builds"]
+
+    def pending_requests(self, builder: str) -> list[dict[str, Any]]:
+        """The build requests of ``builder`` that are neither built nor skipped (collapsed) yet."""
+        return self.api(f"buildrequests?builderid={self.builder_id(builder)}&complete=false")["buildrequests"]
 
     def wait_for_build_to_start(self, builder: str, number: int, timeout: float = 300) -> dict[str, Any]:
         """Build ``number`` (or a later one) of ``builder`` as soon as the master has started it."""

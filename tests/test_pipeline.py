@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from buildbot.process.results import RETRY
 from playwright.sync_api import expect
 
 from gentoo_farm.config import load_config
@@ -69,13 +70,24 @@ class Pipeline:
         return self.farm.wait_for_build(builder, before + 1, timeout=IMAGE_BUILD_TIMEOUT)
 
     def push(self, repository: str, message: str, change: Callable[[Path], None]) -> str:
+        (revision,) = self.push_in_a_row(repository, [(message, change)])
+        return revision
+
+    def push_in_a_row(self, repository: str, commits: list[tuple[str, Callable[[Path], None]]]) -> list[str]:
+        """Commit each change in one clone, then push the commits one after the other, as fast as git can."""
         clone = self.root / f"clone-{repository}-{time.monotonic_ns()}"
         git("clone", "--quiet", str(self.farm.root / f"{repository}.git"), str(clone), cwd=self.root)
-        change(clone)
-        git("add", "-A", cwd=clone)
-        git("-c", "user.name=Dev", "-c", "user.email=dev@example.org", "commit", "-qm", message, cwd=clone)
-        git("push", "--quiet", cwd=clone)
-        return git("rev-parse", "HEAD", cwd=clone)
+        revisions = []
+        for message, change in commits:
+            change(clone)
+            git("add", "-A", cwd=clone)
+            git(
+                "-c", "user.name=Dev", "-c", "user.email=dev@example.org", "commit", "-qm", message, cwd=clone
+            )
+            revisions.append(git("rev-parse", "HEAD", cwd=clone))
+        for revision in revisions:
+            git("push", "--quiet", "origin", f"{revision}:refs/heads/main", cwd=clone)
+        return revisions
 
 
 def use_the_test_cache_for_workers(farm: Farm) -> None:
@@ -263,26 +275,38 @@ def test_download_latest_and_the_images_page(pipeline: Pipeline) -> None:
         assert hashlib.sha512(response.read()).hexdigest() == latest["sha512"]
 
 
-def test_kernel_config_push_rebuilds_kernel_and_image_with_the_new_release(pipeline: Pipeline) -> None:
+def test_three_kernel_config_pushes_in_a_row_make_one_kernel_and_one_image_of_the_newest(
+    pipeline: Pipeline,
+) -> None:
     farm = pipeline.farm
     kernels_before, images_before = len(farm.builds("kernel")), len(farm.builds("image"))
 
-    def new_local_version(clone: Path) -> None:
-        with (clone / "config").open("a") as config:
-            config.write('CONFIG_LOCALVERSION="-pushed"\n')
+    def new_local_version(suffix: str) -> Callable[[Path], None]:
+        def change(clone: Path) -> None:
+            with (clone / "config").open("a") as config:
+                config.write(f'CONFIG_LOCALVERSION="-pushed{suffix}"\n')
 
-    revision = pipeline.push("kernel-config", "kernel: new local version", new_local_version)
+        return change
+
+    revisions = pipeline.push_in_a_row(
+        "kernel-config", [(f"kernel: local version {n}", new_local_version(str(n))) for n in (1, 2, 3)]
+    )
 
     kernel = farm.wait_for_build("kernel", kernels_before + 1, timeout=KERNEL_BUILD_TIMEOUT)
     assert kernel["results"] == SUCCESS, kernel["state_string"]
-    assert farm.properties(kernel)["got_revision"] == revision
+    assert farm.properties(kernel)["got_revision"] == revisions[-1]
     release = farm.properties(kernel)["kernel_release"]
-    assert release.endswith("-pushed")
+    assert release.endswith("-pushed3")
     # The worker kept the kernel's build tree: make rebuilt what the new option touches.
     assert farm.properties(kernel)["kernel_build_tree"] == "kept"
     image = farm.wait_for_build("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
     assert image["results"] == SUCCESS, image["state_string"]
     assert release in farm.log(image, "boot-test", "serial_console")
+    # The earlier pushes made no builds of their own, and none is waiting to start.
+    for builder, before in (("kernel", kernels_before), ("image", images_before)):
+        made = [build for build in farm.builds(builder)[before:] if build["results"] != RETRY]
+        assert len(made) == 1, made
+    assert farm.pending_requests("kernel") == farm.pending_requests("image") == []
 
 
 def test_a_config_that_does_not_compile_fails_clearly_and_publishes_nothing(pipeline: Pipeline) -> None:
