@@ -515,7 +515,8 @@ def plan_retention(
         for sid, objects in sets.items():
             if sid in kept[kind]:
                 continue
-            if sid in complete[kind] or max(info.modified for info in objects.values()) <= abandoned:
+            is_complete = f"{kind}/{sid}/{MANIFEST}" in objects
+            if is_complete or max(info.modified for info in objects.values()) <= abandoned:
                 doomed.extend(objects)
     doomed.extend(info.key for info in store.list(f"{INCOMING}/") if info.modified <= abandoned)
     return RetentionPlan(
