@@ -169,14 +169,18 @@ class OpenStackWorkersSection:
     """Builders that may use these workers; empty means all."""
     master_address: str = field(default="", metadata=_check(_address_or_empty))
     """HOST:PORT the instances reach the master's worker port at (default: master.worker_address)."""
-    install: str = "gentoo-farm"
-    """The pip requirement an instance installs buildbot-worker and the toolkit from (e.g. a wheel URL)."""
+    install: str = ""
+    """Empty: instances install the master's own wheel and wheelhouse, checked against their sha256. An
+    override for people who host their own wheel: a pip requirement (a wheel URL) installed instead."""
 
 
 @dataclass(frozen=True)
 class WorkersSection:
     local: LocalWorkersSection = field(default_factory=LocalWorkersSection)
     openstack: list[OpenStackWorkersSection] = field(default_factory=list)
+    wheelhouse: str = ""
+    """A directory of wheels of what OpenStack workers install besides the master's wheel (buildbot-worker,
+    Twisted ... at the master's versions); empty: `farm up` builds one with pip from its configured index."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ from packaging.tags import sys_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 import gentoo_farm
-from gentoo_farm.store.base import ArtifactStore
+from gentoo_farm.config import FarmConfig
+from gentoo_farm.store import open_store
+from gentoo_farm.store.base import ArtifactStore, StoreSettings
 
 PROJECT = "gentoo-farm"
 # What a worker runs: buildbot-worker (at the master's Buildbot version: they speak one protocol) and
@@ -264,3 +266,63 @@ def publish_wheels(store: ArtifactStore, wheels: WorkerWheels, paths: Iterable[P
     for wheel in wheels.files:
         if not store.exists(wheel.key):
             store.put_file(wheel.key, by_name[wheel.filename])
+
+
+def worker_wheels_dir(basedir: Path) -> Path:
+    """Where `farm up` keeps the master's wheel, the wheelhouse it builds and the manifest of both."""
+    return basedir / "worker-wheels"
+
+
+def needs_worker_wheels(config: FarmConfig) -> bool:
+    """Whether any OpenStack pool installs the master's wheels (rather than its own ``install``)."""
+    return any(not pool.install for pool in config.workers.openstack)
+
+
+def prepare_worker_wheels(config: FarmConfig) -> WorkerWheels:
+    """Write the master's wheel, fill the wheelhouse with what it lacks, publish both to the store and
+    record them in the manifest the master's OpenStack workers read (`farm up` runs this)."""
+    directory = worker_wheels_dir(config.basedir)
+    requirements = worker_requirements()
+    if config.workers.wheelhouse:
+        wheelhouse = config.basedir / config.workers.wheelhouse
+        if not wheelhouse.is_dir():
+            raise WheelhouseError(f"[workers] wheelhouse {str(wheelhouse)!r}: no such directory")
+    else:
+        wheelhouse = directory / "wheelhouse"
+        wheelhouse.mkdir(parents=True, exist_ok=True)
+        try:
+            select_wheels(wheelhouse, requirements)
+        except WheelhouseError:
+            build_dependency_wheelhouse(wheelhouse, requirements)
+    paths = [build_master_wheel(directory), *select_wheels(wheelhouse, requirements)]
+    wheels = describe_wheels(master_version(), paths)
+    publish_wheels(open_store(config.store), wheels, paths)
+    manifest = directory / MANIFEST_NAME
+    manifest.with_suffix(".tmp").write_text(wheels.to_json())
+    manifest.with_suffix(".tmp").replace(manifest)
+    return wheels
+
+
+@dataclass(frozen=True)
+class ServedWheels:
+    """How an OpenStack instance gets the master's wheels: the manifest `farm up` wrote and the store that
+    holds the files, read at each instance start (a `farm up` after an upgrade needs no reconfig)."""
+
+    manifest: Path
+    store: StoreSettings
+    url_expiry_seconds: int
+
+    def for_instance(self) -> tuple[WorkerWheels, dict[str, str]]:
+        """The wheels and a fresh short-lived URL for each."""
+        try:
+            wheels = WorkerWheels.from_json(self.manifest.read_text())
+        except FileNotFoundError:
+            raise WheelhouseError(
+                f"the master's worker wheels are not prepared ({self.manifest} is missing): `farm up` "
+                "prepares them"
+            ) from None
+        store = open_store(self.store)
+        urls = {
+            wheel.filename: store.download_url(wheel.key, self.url_expiry_seconds) for wheel in wheels.files
+        }
+        return wheels, urls

@@ -10,6 +10,7 @@ from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import recipe_repositories
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
+from gentoo_farm.wheelhouse import MANIFEST_NAME, ServedWheels, worker_wheels_dir
 from gentoo_farm.workers.fleet import OpenStackFleet
 from gentoo_farm.workers.local import LocalLatentWorker
 from gentoo_farm.workers.openstack import (
@@ -52,6 +53,7 @@ def _openstack_workers(
         binhost_url=binhost_url(store, config.upstream.profile),
         distfile_mirror_url=store,
         install_spec=pool.install,
+        served_wheels=None if pool.install else served_wheels(config),
         network=pool.network,
         key_name=pool.key_name,
         region=pool.region,
@@ -66,6 +68,15 @@ def _openstack_workers(
         settings=settings,
         build_wait_timeout=pool.build_wait_timeout,
         properties={"cache_dir": INSTANCE_CACHE_DIR},
+    )
+
+
+def served_wheels(config: FarmConfig) -> ServedWheels:
+    """The master's wheels as `farm up` prepared them, from the store the workers read."""
+    return ServedWheels(
+        manifest=worker_wheels_dir(config.basedir) / MANIFEST_NAME,
+        store=config.store,
+        url_expiry_seconds=config.store.url_expiry_seconds,
     )
 
 

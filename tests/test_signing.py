@@ -125,7 +125,11 @@ def test_the_signing_key_reaches_no_worker_user_data_build_property_or_log(runni
 
 def user_data_of_a_pool(root: Path) -> str:
     """The user-data the master would give a VM of an OpenStack pool of this farm."""
-    pool = '[[workers.openstack]]\nname = "os"\ncloud = "c"\nflavor = "f"\nimage = "farm-latest"\n'
+    # a pool that installs a wheel its people host: the master's own wheels exist only after `farm up`
+    pool = (
+        '[[workers.openstack]]\nname = "os"\ncloud = "c"\nflavor = "f"\nimage = "farm-latest"\n'
+        'install = "https://wheels.example.org/gentoo_farm-0.1.0-py3-none-any.whl"\n'
+    )
     config = parse_config(f'{(root / "farm.toml").read_text()}\n{pool}network = "n"\n', root)
     (worker,) = [
         worker

@@ -158,10 +158,10 @@ class WorkerBootstrap:
             value = getattr(self, key)
             if not re.match(r"^(https?|file)://\S+$", value):
                 raise ValueError(f"{key} {value!r}: expected an http(s):// or file:// URL")
-        if bool(self.install_spec.strip()) == (self.wheels is not None):
+        if self.install_spec.strip() and self.wheels is not None:
             raise ValueError(
-                "install_spec: expected either a pip requirement (a wheel you host) or the master's "
-                "worker wheels, exactly one of them"
+                "install_spec: a pip requirement (a wheel you host) replaces the master's worker wheels; "
+                "got both"
             )
 
     def render(self, worker_name: str, password: str, wheel_urls: Mapping[str, str] | None = None) -> str:
@@ -190,6 +190,8 @@ class WorkerBootstrap:
     def install_commands(self, wheel_urls: Mapping[str, str]) -> str:
         """The shell commands that make ``$venv`` hold the worker (``$venv`` and ``$home`` are set)."""
         if self.wheels is None:
+            if not self.install_spec.strip():
+                raise ValueError("nothing to install the worker from: no install_spec and no worker wheels")
             return _INSTALL_SPEC.format(install_spec=shlex.quote(self.install_spec))
         fetch_list = []
         requirements = []

@@ -16,6 +16,7 @@ mean for a build is :mod:`gentoo_farm.cloud`'s classification.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from twisted.python import log
 
 from gentoo_farm.cloud import CloudCallFailed, Trouble, call_cloud, connect_to_cloud
 from gentoo_farm.glance import FARM_ID_PROPERTY, farm_images
+from gentoo_farm.wheelhouse import ServedWheels, WheelhouseError
 from gentoo_farm.workers.bootstrap import WorkerBootstrap, check_worker_name
 from gentoo_farm.workers.fleet import OpenStackFleet, check_fleet
 from gentoo_farm.workers.instance_password import InstancePasswordMixin
@@ -71,7 +73,10 @@ class OpenStackPoolSettings:
     master_address: str
     binhost_url: str
     distfile_mirror_url: str
-    install_spec: str
+    install_spec: str = ""
+    """A pip requirement (a wheel people host themselves) installed instead of ``served_wheels``."""
+    served_wheels: ServedWheels | None = None
+    """The master's own wheel and wheelhouse, fetched and checked against their sha256 by the instance."""
     network: str | None = None
     key_name: str | None = None
     region: str = ""
@@ -95,6 +100,8 @@ class OpenStackPoolSettings:
             self.bootstrap()
         except ValueError as error:
             found.append(str(error))
+        if not self.install_spec.strip() and self.served_wheels is None:
+            found.append("install_spec: expected a pip requirement (a wheel you host) or the master's wheels")
         for key in ("boot_timeout", "connect_timeout", "delete_timeout", "poll_interval"):
             value = getattr(self, key)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
@@ -348,12 +355,19 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
                 f"{self.name}: gave up after {len(failures)} failed instance starts; last: {failures[-1]}"
             )
 
+        bootstrap, wheel_urls = self.bootstrap, {}
+        if self.settings.served_wheels is not None:
+            try:
+                wheels, wheel_urls = self.settings.served_wheels.for_instance()
+            except WheelhouseError as error:
+                raise LatentWorkerCannotSubstantiate(f"{self.name}: {error}") from error
+            bootstrap = dataclasses.replace(bootstrap, wheels=wheels)
         password = self.instance_password.issue()
         # held before the server exists, so that no reaper sweep can see it unowned
         self._instance_token = token = secrets.token_hex(6)
         self.fleet.hold(token)
         self._server_name = f"{self.fleet.farm_id}-{self.name}-{token}"
-        user_data = self.bootstrap.render(self.name, password)
+        user_data = bootstrap.render(self.name, password, wheel_urls)
         cloud = self.settings.cloud
         try:
             self._server_id = await self._call(

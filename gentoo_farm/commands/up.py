@@ -10,6 +10,7 @@ from gentoo_farm.commands.hook import install_local_hooks
 from gentoo_farm.commands.status import master_pid
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.wheelhouse import WheelhouseError, needs_worker_wheels, prepare_worker_wheels
 
 START_TIMEOUT = 120
 
@@ -33,6 +34,13 @@ def run(args: argparse.Namespace, config: FarmConfig) -> int:
         print(f"The master is already running: {config.master.buildbot_url}")
         return 0
     install_local_hooks(config)
+    if needs_worker_wheels(config):
+        print("Preparing the wheels OpenStack workers install (the master's own and its wheelhouse) ...")
+        try:
+            wheels = prepare_worker_wheels(config)
+        except WheelhouseError as error:
+            raise CommandError(str(error)) from None
+        print(f"Workers install gentoo-farm {wheels.version} and {len(wheels.files) - 1} dependency wheels.")
     print(f"Starting the build master in {farm.master} ...", flush=True)
     started = buildbot("start", f"--start_timeout={START_TIMEOUT}", str(farm.master))
     if started.returncode != 0:
