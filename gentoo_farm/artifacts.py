@@ -39,6 +39,7 @@ ARTIFACT_KINDS: Mapping[str, ArtifactKind] = MappingProxyType(
             ArtifactKind("portage", MIRROR, "portage-latest.tar.xz", "inputs/portage.tar.xz"),
             ArtifactKind("kernel", KERNEL, "vmlinuz-latest.tar.zst", "inputs/vmlinuz.tar.zst"),
             ArtifactKind("overlay", OVERLAY, "vmoverride-latest.tar.gz", "inputs/vmoverride.tar.gz"),
+            ArtifactKind("stage4", IMAGE, "stage4-latest.tar.zst", None),
             ArtifactKind("images", IMAGE, None, None),
         )
     }
@@ -62,6 +63,11 @@ PUSHBACK_CANDIDATES = "push-back.json"
 PUSHBACK_UPLOADS = "push-back-uploads.json"
 """The signed upload URLs the push-back step writes for ``farm-worker upload``."""
 
+INPUT_KEY_PROPERTY = "input_key"
+"""The content hash of what a build is made from (``farm-worker input-key``): its set's key in the store."""
+STAGE4_KEY_PROPERTY = "stage4_key"
+"""An image build's second key: of the emerged root alone (stage3, snapshot, packages, settings), which a
+kernel-only or overlay-only change leaves as it was."""
 UP_TO_DATE_PROPERTY = "up_to_date"
 """Set by the up-to-date check: the store holds this input's build already, so the build skips the rest."""
 REBUILD_PROPERTY = "rebuild"

@@ -5,11 +5,11 @@ from types import MappingProxyType
 
 from buildbot.process.results import SUCCESS
 
-from gentoo_farm.artifacts import ARTIFACT_KINDS, DOWNLOAD_MAP
+from gentoo_farm.artifacts import ARTIFACT_KINDS, DOWNLOAD_MAP, INPUT_KEY_PROPERTY, REBUILD_PROPERTY
 from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
 from gentoo_farm.steps.publish import SignedUrlsStep
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
-from gentoo_farm.store.sets import ARTIFACT, PublishedSet, latest_set, list_sets
+from gentoo_farm.store.sets import ARTIFACT, PublishedSet, find_set, latest_set, list_sets
 
 
 class ComputeInputKey(FarmWorkerStep):
@@ -21,11 +21,12 @@ class ComputeInputKey(FarmWorkerStep):
         kind=StageArgument("--kind"),
         files=StageArgument("--file", "each", default=()),
         values=StageArgument("--value", "pairs", default=MappingProxyType({})),
+        report_as=StageArgument("--report-as", default=INPUT_KEY_PROPERTY),
     )
 
     def getResultSummary(self) -> dict[str, str]:
         if self.results == SUCCESS:
-            return {"step": f"input key {self.getProperty('input_key')}"}
+            return {"step": f"{self.kind} input key {self.getProperty(self.report_as)}"}
         return super().getResultSummary()
 
 
@@ -103,4 +104,60 @@ class ResolveImageInputs(SignedUrlsStep):
             download_map,
             properties,
             ", ".join(f"{kind} {published.set_id}" for kind, published in sets.items()),
+        )
+
+
+STAGE4_REUSED_PROPERTY = "stage4_reused"
+"""True when an image build unpacks a published stage4 instead of emerging: the emerging steps skip."""
+STAGE4_PACKAGE_LISTS = ("packages_compiled", "packages_binary")
+"""What the stage4's own build emerged and how: the image manifest records it for every image made from it."""
+
+
+class ResolveStage4(SignedUrlsStep):
+    """Find the published stage4 of this build's stage4 key: the root emerged from the same stage3, snapshot,
+    packages and settings. When there is one, its download goes into ``map_path`` for ``farm-worker
+    download-inputs`` and the build unpacks it instead of emerging (``stage4_reused``); its package lists
+    become this build's. A forced rebuild (``rebuild``) emerges anew.
+    """
+
+    renderables = ("stage4_key",)
+
+    def __init__(
+        self, store_settings: StoreSettings, stage4_key: object, worker_path: str, map_path: str, **kwargs
+    ) -> None:
+        kwargs.setdefault("name", "find-stage4")
+        super().__init__(store_settings, **kwargs)
+        self.stage4_key = stage4_key
+        self.worker_path = worker_path
+        self.map_path = map_path
+
+    def _find(self, store: ArtifactStore) -> tuple[PublishedSet, dict[str, str]] | None:
+        published = find_set(store, "stage4", str(self.stage4_key))
+        if published is None:
+            return None
+        artifact = published.file(str(published.metadata[ARTIFACT]))
+        url = store.download_url(artifact.key, self.store_settings.url_expiry_seconds)
+        return published, {"url": url, "sha512": artifact.sha512}
+
+    async def run(self) -> int:
+        try:
+            found = await self.in_thread(self._find)
+        except StoreError as error:
+            return await self.fail(error)
+        if found is None or self.getProperty(REBUILD_PROPERTY):
+            self.set_properties({STAGE4_REUSED_PROPERTY: False})
+            why = "rebuild forced" if found is not None else "none published for this key yet"
+            self.outcome = f"{why}: emerging"
+            return SUCCESS
+        published, download = found
+        properties: dict[str, object] = {
+            STAGE4_REUSED_PROPERTY: True,
+            "stage4_set_id": published.set_id,
+            **{name: published.metadata.get(name, []) for name in STAGE4_PACKAGE_LISTS},
+        }
+        return await self.hand_over(
+            self.map_path,
+            {self.worker_path: download},
+            properties,
+            f"reusing stage4 {published.set_id}: no emerge",
         )

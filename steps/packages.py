@@ -42,21 +42,34 @@ class FetchRelease(FarmWorkerStep):
 
 
 class UnpackRoot(FarmWorkerStep):
-    """Unpack the stage3 and the snapshot into a fresh build root; sets ``build_root``."""
+    """Unpack the stage3 and the snapshot, or a stage4, into a fresh build root; sets ``build_root``."""
 
     stage = "unpack-root"
-    description = "unpacking stage3"
+    description = "unpacking the root"
     descriptionDone = "build root ready"
     arguments = declared(
-        stage3=StageArgument("--stage3"), snapshot=StageArgument("--snapshot"), root=StageArgument("--root")
+        stage3=StageArgument("--stage3", default=None),
+        snapshot=StageArgument("--snapshot", default=None),
+        stage4=StageArgument("--stage4", default=None),
+        root=StageArgument("--root"),
     )
+
+
+class PackRoot(FarmWorkerStep):
+    """Pack the emerged and pruned build root into a stage4 tarball; sets ``stage4_bytes``."""
+
+    stage = "pack-root"
+    description = "packing the stage4"
+    descriptionDone = "stage4 packed"
+    arguments = declared(root=StageArgument("--root"), output=StageArgument("--output"))
 
 
 class EmergePackages(FarmWorkerStep):
     """Emerge the package set into the build root through the farm binhost and distfile mirror.
 
-    Sets ``packages_compiled``, ``packages_binary`` and ``distfiles_fetched`` (from Portage's own
-    output and the DISTDIR), plus ``pkgdir`` and ``distdir`` for the push back to the store. While it
+    Sets ``packages_compiled``, ``packages_binary`` (of them ``packages_upstream_binary`` from the stage3's
+    own binhost, with ``upstream_binhost`` "fallback" or "first") and ``distfiles_fetched`` (from Portage's
+    own output and the DISTDIR), plus ``pkgdir`` and ``distdir`` for the push back to the store. While it
     runs its status follows Portage ("emerging 3/8 dev-libs/foo-1.0 (binary)"); when it is done it says
     how many packages came from the binhost and how many were compiled.
     """
@@ -74,6 +87,8 @@ class EmergePackages(FarmWorkerStep):
         profile=StageArgument("--profile", default=None),
         binhost=StageArgument("--binhost", default=None),
         binhost_key=StageArgument("--binhost-key", default=None),
+        upstream_binhost=StageArgument("--upstream-binhost", default="off"),
+        upstream_binhost_key=StageArgument("--upstream-binhost-key", default=None),
         distfile_mirror=StageArgument("--distfile-mirror", default=None),
         jobs=StageArgument("--jobs", default=None),
         upstream_mirrors=StageArgument("--upstream-mirror", "each", default=()),

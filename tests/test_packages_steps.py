@@ -158,7 +158,9 @@ class TestUnpackRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
     async def test_unpacks_what_fetch_reported(self):
         self.setup_step(
             UnpackRoot(
-                Property("stage3_path"), Property("snapshot_path"), Interpolate("%(prop:builddir)s/root")
+                stage3=Property("stage3_path"),
+                snapshot=Property("snapshot_path"),
+                root=Interpolate("%(prop:builddir)s/root"),
             )
         )
         self.build.setProperty("stage3_path", "/dl/stage3.tar.xz", "test")
@@ -184,6 +186,20 @@ class TestUnpackRoot(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         )
         self.expect_outcome(SUCCESS)
         self.expect_property("build_root", "/builds/image/root")
+        await self.run_step()
+
+    async def test_a_stage4_is_unpacked_alone(self):
+        self.setup_step(UnpackRoot(stage4="inputs/stage4.tar.zst", root="root"))
+        self.expect_commands(
+            ExpectShell(
+                env=STAGE_ENV,
+                workdir="wkdir",
+                command=["farm-worker", "unpack-root", "--stage4", "inputs/stage4.tar.zst", "--root", "root"],
+            )
+            .stdout(result_line(build_root="/builds/image/root"))
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS)
         await self.run_step()
 
 

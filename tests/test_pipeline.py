@@ -37,7 +37,7 @@ from tests.world import World, WorldServer, build_world
 # A kernel compiled from source (minutes), several image builds, qemu boots under TCG.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600), pytest.mark.xdist_group(cache.KERNEL_CCACHE_GROUP)]
 
-SUCCESS, FAILURE = 0, 2
+SUCCESS, FAILURE, SKIPPED = 0, 2, 3
 KERNEL_BUILD_TIMEOUT = 1500
 IMAGE_BUILD_TIMEOUT = 900
 STABLE_NAMES = {
@@ -45,6 +45,7 @@ STABLE_NAMES = {
     "portage": "portage-latest.tar.xz",
     "kernel": "vmlinuz-latest.tar.zst",
     "overlay": "vmoverride-latest.tar.gz",
+    "stage4": "stage4-latest.tar.zst",
     "images": "gentoo-latest-amd64.qcow2",
 }
 """What a person curls without reading a pointer (issue 10 §4)."""
@@ -175,6 +176,12 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
     assert f"checking the kernel release {properties['kernel_release']}" in boot_test
     assert "boot test passed" in boot_test
     assert pipeline.latest("images") == properties["images_set_id"]
+    # The emerged root was published as a stage4, and the image names it among its sources.
+    stage4 = pipeline.store_json("stage4/latest.json")
+    assert stage4["set_id"] == properties["stage4_set_id"]
+    assert stage4["input_key"] == properties["stage4_key"]
+    assert stage4["metadata"]["packages_compiled"] == properties["packages_compiled"]
+    assert pipeline.store_json("images/latest.json")["sources"]["stage4"] == stage4["set_id"]
     name = properties["image_name"]
     assert re.fullmatch(r"gentoo-\d{8}-amd64", name), name
     assert set(properties["images_files"]) == {f"{name}.qcow2", f"{name}.manifest.json", f"{name}.manifest"}
@@ -302,6 +309,12 @@ def test_three_kernel_config_pushes_in_a_row_make_one_kernel_and_one_image_of_th
     image = farm.wait_for_build("image", images_before + 1, timeout=IMAGE_BUILD_TIMEOUT)
     assert image["results"] == SUCCESS, image["state_string"]
     assert release in farm.log(image, "boot-test", "serial_console")
+    # A kernel-only change: the image unpacked the published stage4 and never started Portage.
+    image_properties = farm.properties(image)
+    assert image_properties["stage4_reused"] is True
+    assert image_properties["stage4_set_id"] == pipeline.latest("stage4")
+    assert "reusing stage4" in step_summary(farm, image, "find-stage4")
+    assert not [step for step in farm.steps(image) if step["name"] == "emerge" and step["results"] != SKIPPED]
     # The earlier pushes made no builds of their own, and none is waiting to start.
     for builder, before in (("kernel", kernels_before), ("image", images_before)):
         made = [build for build in farm.builds(builder)[before:] if build["results"] != RETRY]

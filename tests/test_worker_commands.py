@@ -26,8 +26,19 @@ from gentoo_farm.workers.toolkit.cli import STAGES, build_parser
 from tests.farmtest import init_farm, set_option
 
 
+class Placeholder(str):
+    """``/NAME``: reads as a path or a word, and as a mapping (``[KEY]`` is ``/NAME/KEY``; unpacked, it
+    holds nothing)."""
+
+    def __getitem__(self, key: Any) -> Any:
+        return Placeholder(f"{self}/{key}") if isinstance(key, str) else super().__getitem__(key)
+
+    def keys(self) -> tuple[str, ...]:
+        return ()
+
+
 class EveryProperty(Properties):
-    """A build's properties as a placeholder for each: ``/NAME``, which reads as a path or a word."""
+    """A build's properties as a :class:`Placeholder` each."""
 
     def hasProperty(self, name: str) -> bool:
         return True
@@ -35,7 +46,7 @@ class EveryProperty(Properties):
     has_key = hasProperty
 
     def getProperty(self, name: str, default: object = None) -> object:
-        return f"/{name}"
+        return Placeholder(f"/{name}")
 
     def __getitem__(self, name: str) -> object:
         return self.getProperty(name)

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from buildbot.plugins import steps, util
 from twisted.internet import defer, threads
 
-from gentoo_farm.artifacts import IMAGE_INPUTS, PUSHBACK_CANDIDATES, PUSHBACK_UPLOADS
+from gentoo_farm.artifacts import IMAGE_INPUTS, INPUT_KEY_PROPERTY, PUSHBACK_CANDIDATES, PUSHBACK_UPLOADS
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import RecipeRepository
@@ -51,7 +51,7 @@ def cache_dir(name: str) -> util.Interpolate:
 def up_to_date(config: FarmConfig, kind: str) -> CheckUpToDate:
     """Whether the store holds this input key's ``kind`` already; the steps after it take
     ``**unless_up_to_date()`` and are skipped when it does."""
-    return CheckUpToDate(config.store, kind, util.Property("input_key"), name="up-to-date")
+    return CheckUpToDate(config.store, kind, util.Property(INPUT_KEY_PROPERTY), name="up-to-date")
 
 
 def publish(
@@ -61,6 +61,7 @@ def publish(
     files: object,
     metadata: Mapping[str, object] | None = None,
     sources: object = None,
+    input_key: object = util.Property(INPUT_KEY_PROPERTY),
     **step_options: object,
 ) -> list[object]:
     """Upload ``files`` ({name in the set: path on the worker}) through signed URLs, then verify and
@@ -69,7 +70,7 @@ def publish(
     build = util.Interpolate("%(prop:buildername)s/%(prop:buildnumber)s")
     return [
         MakeUploadUrls(
-            config.store, kind, util.Property("input_key"), files, map_path, name=f"sign-{kind}-uploads",
+            config.store, kind, input_key, files, map_path, name=f"sign-{kind}-uploads",
             **step_options,
         ),
         FarmWorkerStep(
@@ -79,7 +80,7 @@ def publish(
         PublishSet(
             config.store,
             kind,
-            util.Property("input_key"),
+            input_key,
             util.Property("uploaded"),
             metadata={ARTIFACT: artifact, "build": build, **(metadata or {})},
             sources=sources,

@@ -1,9 +1,10 @@
 """The image builder: stage3 + snapshot + packages + kernel + overlay -> a qcow2 that boots, published.
 
-Read top to bottom, it is the recipe: resolve the published inputs, unpack, emerge through the farm's
-binhost and distfile mirror, push new packages back, prune what only the build needed, lay in kernel
-and overlay, list what the image holds, make the disk, boot it, and only then publish to the store
-and Glance.
+Read top to bottom, it is the recipe: resolve the published inputs, then the root: the published stage4
+of the same stage3, snapshot, packages and settings when there is one, else unpack, emerge through the
+farm's binhost and distfile mirror, push new packages back, prune what only the build needed and publish
+that root as a stage4. Then lay in kernel and overlay, list what the image holds, make the disk, boot it,
+and only then publish to the store and Glance. A kernel-only or overlay-only change never emerges.
 """
 
 import json
@@ -11,7 +12,7 @@ import json
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
-from gentoo_farm.artifacts import DOWNLOAD_MAP, IMAGE_INPUTS
+from gentoo_farm.artifacts import DOWNLOAD_MAP, IMAGE_INPUTS, STAGE4_KEY_PROPERTY
 from gentoo_farm.catalog import PACKAGE_MANIFEST_SUFFIX
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
@@ -26,8 +27,14 @@ from gentoo_farm.steps.image import (
     PruneRoot,
     WriteImageManifest,
 )
-from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
-from gentoo_farm.steps.packages import EmergePackages, UnpackRoot
+from gentoo_farm.steps.inputs import (
+    STAGE4_PACKAGE_LISTS,
+    STAGE4_REUSED_PROPERTY,
+    ComputeInputKey,
+    ResolveImageInputs,
+    ResolveStage4,
+)
+from gentoo_farm.steps.packages import EmergePackages, PackRoot, UnpackRoot
 from gentoo_farm.steps.publish import IMAGE_NAME_PROPERTY, NameImage, unless_up_to_date
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
@@ -36,6 +43,8 @@ ROOT = "root"
 BINHOST_KEY = "farm-binhost-key.asc"
 # Paths on the worker; in the store every file carries the image's name (NameImage decides it).
 DISK = "image/disk.qcow2"
+STAGE4 = "inputs/stage4.tar.zst"
+STAGE4_DOWNLOAD_MAP = "stage4-download.json"
 MANIFEST_JSON = "image/manifest.json"
 MANIFEST_TEXT = "image/manifest.txt"
 
@@ -54,11 +63,44 @@ def publishing_requested(step: steps.BuildStep) -> bool:
     return bool(step.getProperty("publish", True))
 
 
+def reusing_stage4(step: steps.BuildStep) -> bool:
+    return bool(step.getProperty(STAGE4_REUSED_PROPERTY))
+
+
+def emerging(step: steps.BuildStep) -> bool:
+    return not reusing_stage4(step)
+
+
+def stage4_wanted(step: steps.BuildStep) -> bool:
+    """A freshly emerged root is published as a stage4 when the build publishes at all."""
+    return emerging(step) and publishing_requested(step)
+
+
+def stage4_file_name(arch: str) -> str:
+    return f"stage4-{arch}.tar.zst"
+
+
+def image_input_key(kind: str) -> util.Transform:
+    """The input key of the published ``kind`` this image is built from (``ResolveImageInputs``)."""
+    return util.Transform(lambda keys: keys[kind], util.Property("image_input_keys"))
+
+
+def with_stage4(sources: dict[str, str], stage4_set_id: str) -> dict[str, str]:
+    """The image's sources and the stage4 its root came from: retention keeps that stage4 with the image."""
+    return {**sources, "stage4": stage4_set_id} if stage4_set_id else sources
+
+
 def factory(config: FarmConfig) -> BuildFactory:
     store = workers_base_url(config.store)
     extra_packages = util.Property("extra_packages", default="")
     building = unless_up_to_date()
     publishing = unless_up_to_date(publishing_requested)
+    emerge_steps = unless_up_to_date(emerging)
+    packages = " ".join(config.image.emerged_packages)
+    image_sources = util.Transform(
+        with_stage4, util.Property("image_sources", default={}), util.Property("stage4_set_id", default="")
+    )
+    prune = f"keep_build_deps={config.image.keep_build_deps} keep_repository={config.image.keep_repository}"
     factory = BuildFactory()
     factory.addSteps(
         [
@@ -70,24 +112,51 @@ def factory(config: FarmConfig) -> BuildFactory:
                 kind="images",
                 values={
                     "inputs": util.Transform(json.dumps, util.Property("image_input_keys"), sort_keys=True),
-                    "packages": " ".join(config.image.emerged_packages),
+                    "packages": packages,
                     "extra_packages": extra_packages,
                     "disk": f"{config.image.disk_size} compress={config.image.compress}",
-                    "prune": f"keep_build_deps={config.image.keep_build_deps} "
-                    f"keep_repository={config.image.keep_repository}",
+                    "prune": prune,
                 },
             ),
             up_to_date(config, "images"),
+            ComputeInputKey(
+                name="stage4-key",
+                kind="stage4",
+                values={
+                    "stage3": image_input_key("stage3"),
+                    "portage": image_input_key("portage"),
+                    "profile": config.upstream.profile,
+                    "packages": packages,
+                    "extra_packages": extra_packages,
+                    "prune": prune,
+                },
+                report_as=STAGE4_KEY_PROPERTY,
+                **building,
+            ),
+            ResolveStage4(
+                config.store,
+                util.Property(STAGE4_KEY_PROPERTY),
+                worker_path=STAGE4,
+                map_path=STAGE4_DOWNLOAD_MAP,
+                **building,
+            ),
+            FarmWorkerStep(
+                "download-inputs",
+                stage_args=["--map", STAGE4_DOWNLOAD_MAP],
+                name="download-stage4",
+                **unless_up_to_date(reusing_stage4),
+            ),
+            UnpackRoot(stage4=STAGE4, root=ROOT, name="unpack-stage4", **unless_up_to_date(reusing_stage4)),
             FarmWorkerStep("download-inputs", stage_args=["--map", DOWNLOAD_MAP], **building),
             UnpackRoot(
-                stage3=IMAGE_INPUTS["stage3"], snapshot=IMAGE_INPUTS["portage"], root=ROOT, **building
+                stage3=IMAGE_INPUTS["stage3"], snapshot=IMAGE_INPUTS["portage"], root=ROOT, **emerge_steps
             ),
             # From the master, not the store: whoever can write the store must not be able to swap the key.
             steps.FileDownload(
                 mastersrc=str(FarmDir(config.basedir).signing_public_key),
                 workerdest=BINHOST_KEY,
                 name="binhost-key",
-                **building,
+                **emerge_steps,
             ),
             EmergePackages(
                 atoms=util.Transform(
@@ -102,7 +171,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 binhost_key=BINHOST_KEY,
                 distfile_mirror=store,
                 upstream_mirrors=[config.upstream.mirror],
-                **building,
+                **emerge_steps,
             ),
             *push_back(
                 config,
@@ -112,7 +181,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                     lambda artifacts: artifacts["portage"], util.Property("image_artifacts")
                 ),
                 pkgdir="packages",
-                **building,
+                **emerge_steps,
             ),
             # After the push-back: list-new reads the repository's Manifests, which pruning removes.
             PruneRoot(
@@ -120,7 +189,25 @@ def factory(config: FarmConfig) -> BuildFactory:
                 scratch_dir="portage",
                 keep_build_deps=config.image.keep_build_deps,
                 keep_repository=config.image.keep_repository,
-                **building,
+                **emerge_steps,
+            ),
+            PackRoot(root=ROOT, output=STAGE4, **unless_up_to_date(stage4_wanted)),
+            *publish(
+                config,
+                "stage4",
+                artifact=stage4_file_name(config.upstream.arch),
+                files={stage4_file_name(config.upstream.arch): STAGE4},
+                metadata={
+                    "arch": config.upstream.arch,
+                    "profile": config.upstream.profile,
+                    **{name: util.Property(name, default=[]) for name in STAGE4_PACKAGE_LISTS},
+                },
+                sources=util.Transform(
+                    lambda sources: {kind: sources[kind] for kind in ("stage3", "portage")},
+                    util.Property("image_sources"),
+                ),
+                input_key=util.Property(STAGE4_KEY_PROPERTY),
+                **unless_up_to_date(stage4_wanted),
             ),
             AssembleImage(
                 root=ROOT,
@@ -138,7 +225,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 inputs=util.Transform(
                     json.dumps,
                     {
-                        "sources": util.Property("image_sources", default={}),
+                        "sources": image_sources,
                         "input_keys": util.Property("image_input_keys", default={}),
                     },
                     sort_keys=True,
@@ -176,7 +263,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                     "user": CLOUD_USER,
                     "disk_bytes": util.Property("disk_bytes"),
                 },
-                sources=util.Property("image_sources"),
+                sources=image_sources,
                 **publishing,
             ),
         ]

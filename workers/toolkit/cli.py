@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     "unpack-root": "unpack_root",
     "emerge": "emerge",
     "prune-root": "prune_root",
+    "pack-root": "pack_root",
     "kernel-source": "kernel_source",
     "kernel": "kernel",
     "kernel-package": "kernel_package",

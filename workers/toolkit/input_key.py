@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--value", dest="values", action="append", default=[], help="NAME=VALUE the build depends on"
     )
+    parser.add_argument(
+        "--report-as",
+        default="input_key",
+        help="the result's name (default input_key): a build that keys a second artifact names its key",
+    )
 
 
 def _hash_tree(digest: "hashlib._Hash", top: Path) -> None:
@@ -37,6 +42,8 @@ def _hash_tree(digest: "hashlib._Hash", top: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if not args.report_as.isidentifier():
+        raise StageError(f"--report-as {args.report_as!r}: expected a property name (letters, digits, _)")
     digest = hashlib.sha256(f"kind={args.kind}\0".encode())
     for value in sorted(args.values):
         if "=" not in value:
@@ -48,4 +55,4 @@ def run(args: argparse.Namespace) -> None:
         _hash_tree(digest, path)
     key = digest.hexdigest()[:16]
     progress(f"{args.kind} input key {key}")
-    report(input_key=key)
+    report(**{args.report_as: key})

@@ -1,7 +1,8 @@
-"""Unpack a verified stage3 and Portage snapshot into a fresh build root.
+"""Unpack a verified stage3 and Portage snapshot, or a stage4 the farm packed, into a fresh build root.
 
-Ownership, permissions and extended attributes (file capabilities) are kept exactly as the stage3
-records them, as Gentoo's handbook prescribes; the snapshot becomes ``var/db/repos/gentoo``.
+Ownership, permissions and extended attributes (file capabilities) are kept exactly as the tarball
+records them, as Gentoo's handbook prescribes; the snapshot becomes ``var/db/repos/gentoo``. A stage4
+(``pack-root``) is a root emerged and pruned already: it holds whatever repository it kept.
 """
 
 import argparse
@@ -14,8 +15,9 @@ REPOSITORY_DIR = Path("var/db/repos/gentoo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage3", required=True, type=Path, help="the stage3 tarball (verified by fetch)")
-    parser.add_argument("--snapshot", required=True, type=Path, help="the Portage snapshot tarball")
+    parser.add_argument("--stage3", type=Path, help="the stage3 tarball (verified by fetch)")
+    parser.add_argument("--snapshot", type=Path, help="the Portage snapshot tarball (with --stage3)")
+    parser.add_argument("--stage4", type=Path, help="a stage4 tarball instead (verified by download-inputs)")
     parser.add_argument(
         "--root", required=True, type=Path, help="the build root to create (must be new or empty)"
     )
@@ -29,7 +31,16 @@ def run(args: argparse.Namespace) -> None:
     root: Path = args.root
     if root.exists() and any(root.iterdir()):
         raise StageError(f"build root {root} is not empty: a build needs a fresh root")
+    if (args.stage4 is None) == (args.stage3 is None) or (args.stage3 is None) != (args.snapshot is None):
+        raise StageError("expected --stage3 with --snapshot, or --stage4 alone")
     root.mkdir(parents=True, exist_ok=True)
+    if args.stage4 is not None:
+        progress(f"unpacking {args.stage4.name} into {root}")
+        unpack_tarball(args.stage4, root, what=f"stage4 {args.stage4.name}", options=TAR_OPTIONS)
+        if not (root / "var/db/pkg").is_dir():
+            raise StageError(f"{args.stage4.name}: not a stage4 (no var/db/pkg inside)")
+        report(build_root=str(root.resolve()))
+        return
     progress(f"unpacking {args.stage3.name} into {root}")
     unpack_tarball(args.stage3, root, what=f"stage3 {args.stage3.name}", options=TAR_OPTIONS)
     # Where the image itself would put the repository, whatever links the stage3 has on the way.
