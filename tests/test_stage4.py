@@ -1,10 +1,13 @@
 """The stage4: an emerged root packed by ``pack-root`` and unpacked by ``unpack-root --stage4`` as it was."""
 
+import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
 
-from tests.imagetest import farm_worker, results
+from tests.imagetest import FARM_WORKER, farm_worker, results
+from tests.world.server import WorldServer
 
 
 def emerged_root(root: Path) -> Path:
@@ -66,3 +69,36 @@ def test_what_is_not_an_emerged_root_is_refused_by_name(tmp_path: Path) -> None:
     )
     assert both.returncode == 1
     assert "expected --stage3 with --snapshot, or --stage4 alone" in both.stderr
+
+
+def test_download_inputs_fetches_only_the_entries_asked_for(tmp_path: Path) -> None:
+    """An image build that reuses a stage4 downloads the kernel and overlay, not the stage3 and snapshot."""
+    served = tmp_path / "served"
+    served.mkdir()
+    downloads = {}
+    for name in ("stage3.tar.xz", "vmlinuz.tar.zst"):
+        (served / name).write_bytes(name.encode())
+        downloads[f"inputs/{name}"] = {"sha512": hashlib.sha512(name.encode()).hexdigest()}
+    work = tmp_path / "work"
+    work.mkdir()
+    with WorldServer(served) as server:
+        for name in downloads:
+            downloads[name]["url"] = f"{server.url}/{Path(name).name}"
+        (work / "downloads.json").write_text(json.dumps(downloads))
+
+        def download(*only: str) -> subprocess.CompletedProcess[str]:
+            arguments = [part for path in only for part in ("--only", path)]
+            return subprocess.run(
+                [FARM_WORKER, "download-inputs", "--map", "downloads.json", *arguments],
+                cwd=work, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+
+        fetched = download("inputs/vmlinuz.tar.zst")
+        assert fetched.returncode == 0, fetched.stderr
+        assert server.requested_paths() == ["/vmlinuz.tar.zst"]
+        assert (work / "inputs/vmlinuz.tar.zst").read_bytes() == b"vmlinuz.tar.zst"
+        assert not (work / "inputs/stage3.tar.xz").exists()
+
+        unknown = download("inputs/portage.tar.xz")
+    assert unknown.returncode == 1
+    assert "download map downloads.json has no entry for inputs/portage.tar.xz" in unknown.stderr

@@ -41,6 +41,7 @@ from gentoo_farm.store.binhost import binhost_url
 
 ROOT = "root"
 BINHOST_KEY = "farm-binhost-key.asc"
+UPSTREAM_BINHOST_KEYRING = "upstream-binhost-keyring.asc"
 # Paths on the worker; in the store every file carries the image's name (NameImage decides it).
 DISK = "image/disk.qcow2"
 STAGE4 = "inputs/stage4.tar.zst"
@@ -80,6 +81,12 @@ def stage4_file_name(arch: str) -> str:
     return f"stage4-{arch}.tar.zst"
 
 
+def download_inputs(*kinds: str, **step_options: object) -> FarmWorkerStep:
+    """Download the published ``kinds`` this image is built from (``ResolveImageInputs`` mapped them all)."""
+    only = [part for kind in kinds for part in ("--only", IMAGE_INPUTS[kind])]
+    return FarmWorkerStep("download-inputs", stage_args=["--map", DOWNLOAD_MAP, *only], **step_options)
+
+
 def image_input_key(kind: str) -> util.Transform:
     """The input key of the published ``kind`` this image is built from (``ResolveImageInputs``)."""
     return util.Transform(lambda keys: keys[kind], util.Property("image_input_keys"))
@@ -96,6 +103,7 @@ def factory(config: FarmConfig) -> BuildFactory:
     building = unless_up_to_date()
     publishing = unless_up_to_date(publishing_requested)
     emerge_steps = unless_up_to_date(emerging)
+    upstream_binhost_used = config.packages.upstream_binhost != "off"
     packages = " ".join(config.image.emerged_packages)
     image_sources = util.Transform(
         with_stage4, util.Property("image_sources", default={}), util.Property("stage4_set_id", default="")
@@ -147,7 +155,8 @@ def factory(config: FarmConfig) -> BuildFactory:
                 **unless_up_to_date(reusing_stage4),
             ),
             UnpackRoot(stage4=STAGE4, root=ROOT, name="unpack-stage4", **unless_up_to_date(reusing_stage4)),
-            FarmWorkerStep("download-inputs", stage_args=["--map", DOWNLOAD_MAP], **building),
+            download_inputs("kernel", "overlay", **building),
+            download_inputs("stage3", "portage", name="download-root-inputs", **emerge_steps),
             UnpackRoot(
                 stage3=IMAGE_INPUTS["stage3"], snapshot=IMAGE_INPUTS["portage"], root=ROOT, **emerge_steps
             ),
@@ -157,6 +166,19 @@ def factory(config: FarmConfig) -> BuildFactory:
                 workerdest=BINHOST_KEY,
                 name="binhost-key",
                 **emerge_steps,
+            ),
+            *(
+                # Gentoo's keyring, which the farm verifies stages with, also holds its binary package key.
+                [
+                    steps.FileDownload(
+                        mastersrc=str(config.upstream.keyring),
+                        workerdest=UPSTREAM_BINHOST_KEYRING,
+                        name="upstream-binhost-keyring",
+                        **emerge_steps,
+                    )
+                ]
+                if upstream_binhost_used
+                else []
             ),
             EmergePackages(
                 atoms=util.Transform(
@@ -169,6 +191,8 @@ def factory(config: FarmConfig) -> BuildFactory:
                 profile=config.upstream.profile,
                 binhost=binhost_url(store, config.upstream.profile),
                 binhost_key=BINHOST_KEY,
+                upstream_binhost=config.packages.upstream_binhost,
+                upstream_binhost_key=UPSTREAM_BINHOST_KEYRING if upstream_binhost_used else None,
                 distfile_mirror=store,
                 upstream_mirrors=[config.upstream.mirror],
                 **emerge_steps,
@@ -222,6 +246,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 text_output=MANIFEST_TEXT,
                 compiled=util.Property("packages_compiled", default=[]),
                 binary=util.Property("packages_binary", default=[]),
+                upstream_binary=util.Property("packages_upstream_binary", default=[]),
                 inputs=util.Transform(
                     json.dumps,
                     {

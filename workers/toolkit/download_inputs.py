@@ -21,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--map", required=True, type=Path, help='JSON file {local path: {"url": ..., "sha512": ...}}'
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="download only this local path of the map (repeatable; default: every entry)",
+    )
 
 
 def _load_map(path: Path) -> dict[str, dict[str, str]]:
@@ -59,5 +66,10 @@ def get(url: str, sha512: str, output: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    for name, entry in sorted(_load_map(args.map).items()):
-        get(entry["url"], entry["sha512"], Path(name))
+    downloads = _load_map(args.map)
+    missing = sorted(set(args.only) - set(downloads))
+    if missing:
+        raise StageError(f"download map {args.map} has no entry for {', '.join(missing)}")
+    for name, entry in sorted(downloads.items()):
+        if not args.only or name in args.only:
+            get(entry["url"], entry["sha512"], Path(name))
