@@ -28,10 +28,6 @@ DEFAULT_MAX_GIB = 20.0
 TEMPORARY_PREFIX = ".tmp-"
 KERNEL_CCACHE = "kernel-ccache"
 """The shared directory of the ccache every test that compiles the default kernel config uses or seeds."""
-KERNEL_CCACHE_GROUP = "kernel-ccache"
-"""The xdist group of the tests that use or seed that ccache: one xdist worker runs them in turn, so the
-first (test_kernel_build's cold compile) leaves it warm for the others, instead of two cold compiles of the
-same kernel side by side on the same cores."""
 
 
 def root() -> Path:

@@ -10,6 +10,12 @@ from tests.farmtest import Farm, farm_command, init_farm
 
 DURATIONS = Path(__file__).with_name("durations.json")
 """Seconds per test id of a recorded run (``./run-tests --record-durations``): only orders the work."""
+SHARED_WORK_UNITS = dict.fromkeys(
+    ("tests/test_kernel_build.py", "tests/test_pipeline.py", "tests/test_pipeline_s3.py"), "kernel-ccache"
+)
+"""Modules one xdist worker runs in turn, in collection order. They compile the default kernel with the
+shared kernel ccache (tests/cache.py): test_kernel_build's cold compile, first, leaves it warm for the
+others, instead of two cold compiles of the same kernel side by side on the same cores."""
 UNRECORDED_SECONDS = 2.0
 UNRECORDED_SLOW_SECONDS = 60.0
 
@@ -38,33 +44,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its own hook appends them to node ids)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep each module's tests on one xdist worker, and hand out the longest work first.
+def work_unit(nodeid: str) -> str:
+    """What one xdist worker runs in turn: a test's module, or the shared group its module belongs to."""
+    module = nodeid.split("::", 1)[0]
+    return SHARED_WORK_UNITS.get(module, module)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, absent when it is not installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadscope`` with :func:`work_unit` as the scope: whole modules (and shared groups) per worker.
 
     A module's tests share module-scoped fixtures (a running farm, a booted guest) that must not be built
-    once per worker: every test without an explicit ``xdist_group`` gets its module's. Groups are ordered
-    by their recorded seconds (tests/durations.json), longest first, so that with ``--dist loadgroup
-    --no-loadscope-reorder`` the long groups start at once and the short ones fill the gaps at the end; a
-    test not recorded yet counts as a typical test of its tier. The serial order changes the same way.
+    once per worker. (xdist's own ``--dist loadgroup`` marks cannot do this under pytest 9: xdist renames
+    node ids through an attribute pytest no longer reads.)
     """
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
-    recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    from xdist.scheduler import LoadScopeScheduling
 
-    def group(item: pytest.Item) -> str:
-        return str(item.get_closest_marker("xdist_group").args[0])
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnitScheduling(config, log) if config.getvalue("dist") == "loadscope" else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Hand out the longest work first: units ordered by their recorded seconds (tests/durations.json).
+
+    With ``--dist loadscope --no-loadscope-reorder`` the long units start at once and the short ones fill
+    the gaps at the end; a test not recorded yet counts as a typical test of its tier. The serial order
+    changes the same way; within a unit, tests keep their modules' order.
+    """
+    recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
 
     def seconds(item: pytest.Item) -> float:
         unrecorded = UNRECORDED_SLOW_SECONDS if item.get_closest_marker("slow") else UNRECORDED_SECONDS
         return recorded.get(item.nodeid, unrecorded)
 
-    group_seconds: dict[str, float] = {}
+    unit_seconds: dict[str, float] = {}
     for item in items:
-        group_seconds[group(item)] = group_seconds.get(group(item), 0.0) + seconds(item)
-    # sorted() is stable: within a group, tests keep the order their module declares.
-    items.sort(key=lambda item: (-group_seconds[group(item)], group(item)))
+        unit = work_unit(item.nodeid)
+        unit_seconds[unit] = unit_seconds.get(unit, 0.0) + seconds(item)
+    items.sort(key=lambda item: (-unit_seconds[work_unit(item.nodeid)], work_unit(item.nodeid)))
 
 
 class DurationRecorder:
@@ -74,9 +94,7 @@ class DurationRecorder:
         self.seconds: dict[str, float] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Under --dist loadgroup a node id carries its group after an "@": record the test's own id.
-        nodeid = report.nodeid.rsplit("@", 1)[0] if "@" in report.nodeid.rsplit("]", 1)[-1] else report.nodeid
-        self.seconds[nodeid] = self.seconds.get(nodeid, 0.0) + report.duration
+        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
 
     def pytest_sessionfinish(self) -> None:
         rounded = {nodeid: round(seconds, 1) for nodeid, seconds in sorted(self.seconds.items())}

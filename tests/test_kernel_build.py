@@ -36,7 +36,6 @@ def with_settings(config: Path, destination: Path, **settings: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.xdist_group(cache.KERNEL_CCACHE_GROUP)
 def test_kernel_from_source_rebuilds_from_ccache_reports_compiler_errors_and_boots(tmp_path: Path) -> None:
     mirror, empty = tmp_path / "mirror", tmp_path / "empty"
     source = debian.kernel_source_tarball(mirror / "distfiles")

@@ -35,7 +35,7 @@ from tests.farmtest import FARM, Farm, configure_for_world, farm_command, init_f
 from tests.world import World, WorldServer, build_world
 
 # A kernel compiled from source (minutes), several image builds, qemu boots under TCG.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600), pytest.mark.xdist_group(cache.KERNEL_CCACHE_GROUP)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 SUCCESS, FAILURE, SKIPPED = 0, 2, 3
 KERNEL_BUILD_TIMEOUT = 1500

@@ -18,7 +18,6 @@ from moto.server import ThreadedMotoServer
 
 from gentoo_farm.config import load_config
 from gentoo_farm.glance import FARM_ID_PROPERTY
-from tests import cache
 from tests.debian import kernel_source_tarball
 from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, set_option
 from tests.services.glance import Glance, glance  # noqa: F401
@@ -27,7 +26,7 @@ from tests.services.s3 import FAKE_CREDENTIALS
 from tests.test_pipeline import IMAGE_BUILD_TIMEOUT, KERNEL_BUILD_TIMEOUT, use_the_test_cache_for_workers
 from tests.world import WorldServer, build_world
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600), pytest.mark.xdist_group(cache.KERNEL_CCACHE_GROUP)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 SUCCESS, WARNINGS = 0, 1
 CLOUD = "farm-test"
