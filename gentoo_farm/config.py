@@ -265,6 +265,14 @@ class ImageSection:
 
 
 @dataclass(frozen=True)
+class PackagesSection:
+    upstream_binhost: Literal["off", "fallback", "first"] = "off"
+    """The stage3's own binhost (Gentoo's, gentoobinhost.conf) during the image's emerge: "off" sets it aside
+    and only the farm binhost is used; "fallback" uses it for what the farm binhost lacks, "first" before
+    the farm binhost. Its packages must be signed by a key in [upstream] keyring."""
+
+
+@dataclass(frozen=True)
 class ScheduleSection:
     nightly: bool = True
     nightly_time: str = field(default="03:30", metadata=_check(_clock_time))
@@ -329,6 +337,7 @@ class FarmConfig:
     kernel: KernelSection = field(default_factory=KernelSection)
     overlay: OverlaySection = field(default_factory=OverlaySection)
     image: ImageSection = field(default_factory=ImageSection)
+    packages: PackagesSection = field(default_factory=PackagesSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     store: StoreSection = field(default_factory=StoreSection)
     glance: list[GlanceTarget] = field(default_factory=list)

@@ -64,6 +64,7 @@ class WriteImageManifest(FarmWorkerStep):
         inputs=StageArgument("--inputs", default="{}"),
         compiled=StageArgument("--compiled", "list", default=()),
         binary=StageArgument("--binary", "list", default=()),
+        upstream_binary=StageArgument("--upstream-binary", "list", default=()),
     )
 
     def getResultSummary(self) -> dict[str, str]:

@@ -87,7 +87,7 @@ class EmergePackages(FarmWorkerStep):
         profile=StageArgument("--profile", default=None),
         binhost=StageArgument("--binhost", default=None),
         binhost_key=StageArgument("--binhost-key", default=None),
-        upstream_binhost=StageArgument("--upstream-binhost", default="off"),
+        upstream_binhost=StageArgument("--upstream-binhost", default=None),
         upstream_binhost_key=StageArgument("--upstream-binhost-key", default=None),
         distfile_mirror=StageArgument("--distfile-mirror", default=None),
         jobs=StageArgument("--jobs", default=None),

@@ -77,6 +77,20 @@ def test_every_package_is_listed_with_where_it_came_from(root: Path, tmp_path: P
     assert manifest["sources"] == inputs["sources"] and manifest["input_keys"] == inputs["input_keys"]
 
 
+def test_a_package_from_the_upstream_binhost_is_marked_so(root: Path, tmp_path: Path) -> None:
+    # What emerge reports with [packages] upstream_binhost: packages_binary, of them packages_upstream_binary.
+    manifest, _ = manifest_of(
+        root, tmp_path, "--binary", "net-misc/openssh-9.8_p1-r3", "app-misc/farm-hello-1.0",
+        "--upstream-binary", "net-misc/openssh-9.8_p1-r3",
+    )  # fmt: skip
+    origins = {package["cpv"]: package["origin"] for package in manifest["packages"]}
+    assert origins == {
+        "app-misc/farm-hello-1.0": "farm-binhost",
+        "net-misc/openssh-9.8_p1-r3": "upstream-binhost",
+        "sys-apps/baselayout-2.15": "stage3",
+    }
+
+
 def test_a_root_without_the_kernel_config_is_refused(root: Path, tmp_path: Path) -> None:
     (root / "boot" / f"config-{RELEASE}").unlink()
     written = run_stage("image-manifest", root, "--json", tmp_path / "m.json", "--text", tmp_path / "m.txt")

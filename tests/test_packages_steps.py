@@ -261,6 +261,39 @@ class TestEmergePackages(TestBuildStepMixin, TestReactorMixin, unittest.TestCase
         self.expect_property("packages_binary", ["app-misc/farm-hello-1.0"])
         await self.run_step()
 
+    async def test_the_upstream_binhost_policy_and_its_keyring_become_arguments(self):
+        self.setup_step(
+            EmergePackages(
+                "app-misc/upstream-only", "root", "pkgs", "distfiles", "work",
+                upstream_binhost="fallback", upstream_binhost_key="upstream-binhost-keyring.asc",
+            )
+        )  # fmt: skip
+        self.expect_commands(
+            ExpectShell(
+                env=STAGE_ENV,
+                workdir="wkdir",
+                command=self.emerge_command(
+                    "--upstream-binhost",
+                    "fallback",
+                    "--upstream-binhost-key",
+                    "upstream-binhost-keyring.asc",
+                    "--",
+                    "app-misc/upstream-only",
+                ),
+            )
+            .stdout(
+                result_line(
+                    packages_compiled=[],
+                    packages_binary=["app-misc/upstream-only-1.0"],
+                    packages_upstream_binary=["app-misc/upstream-only-1.0"],
+                )
+            )
+            .exit(0)
+        )
+        self.expect_outcome(SUCCESS)
+        self.expect_property("packages_upstream_binary", ["app-misc/upstream-only-1.0"])
+        await self.run_step()
+
     async def test_status_follows_portage_and_the_summary_counts_where_packages_came_from(self):
         step = self.setup_step(EmergePackages("app-misc/farm-hello", "root", "pkgs", "distfiles", "work"))
         self.expect_commands(

@@ -210,7 +210,7 @@ def test_a_rotated_key_signs_new_images_while_the_old_key_still_vouches_for_old_
     assert f"signed by {old}, not by {new}" in crossed.stderr
 
     # Builds trust both keys during the change: the binhost still serves packages the old key signed.
-    with trusted_keyring(root / "farm-signing-key.asc") as keyring:
+    with trusted_keyring({"--binhost-key": root / "farm-signing-key.asc"}) as keyring:
         listing = subprocess.run(
             ["gpg", "--homedir", str(keyring), "--with-colons", "--list-keys"], capture_output=True, text=True
         ).stdout

@@ -5,10 +5,12 @@
     releases/amd64/autobuilds/latest-stage3-amd64-openrc.txt           (clear-signed pointer)
     releases/amd64/autobuilds/<ts>/stage3-amd64-openrc-<ts>.tar.xz      (+ .DIGESTS, .asc, .CONTENTS.gz)
     snapshots/portage-<date>.tar.xz  and  portage-latest.tar.xz         (+ .gpgsig, .md5sum)
+    releases/amd64/binpackages/23.0/x86-64/                             (upstream binhost: Packages, gpkg)
     distfiles/<BLAKE2B(name)[:2]>/<name>                                (GLEP 75, as layout.conf says)
 
 Stages, DIGESTS and the pointer are signed by a throwaway release key, snapshots by a throwaway snapshot
-key, as Gentoo signs them. ``dest/gentoo-keyring.asc`` holds both public halves (what a farm is configured
+key, binary packages by a throwaway binhost key, as Gentoo signs them. ``dest/gentoo-keyring.asc`` holds
+the public halves (what a farm is configured
 with, like Gentoo's gentoo-release.asc), ``dest/fingerprints.json`` their fingerprints and ``dest/gnupg``
 the secret halves (so tests can sign tampered files). The slow part is built once per machine into the
 test cache (tests/cache.py) keyed by the generator's own source (and OpenRC's scripts in openrc/), then
@@ -31,6 +33,7 @@ from tests import cache, debian
 from tests.world import repository, signing
 from tests.world.server import ServedRequest, WorldServer
 from tests.world.stage3 import populate_stage3_root
+from tests.world.upstream_binhost import UPSTREAM_BINHOST_PATH, build_upstream_binhost
 
 STAGE3_TIMESTAMP = "20261122T170403Z"
 SNAPSHOT_DATE = "20261124"
@@ -90,6 +93,16 @@ class World:
     def snapshot_fingerprint(self) -> str:
         """The key that signs snapshots (a farm's ``[upstream] snapshot_key``)."""
         return self._fingerprints()["snapshot"]
+
+    @property
+    def binhost_fingerprint(self) -> str:
+        """The key that signs the upstream binhost's packages."""
+        return self._fingerprints()["binhost"]
+
+    @property
+    def upstream_binhost_dir(self) -> Path:
+        """The upstream binhost on disk (its Packages index and gpkg files)."""
+        return self.mirror_dir / UPSTREAM_BINHOST_PATH
 
     def _fingerprints(self) -> dict[str, str]:
         return json.loads((self.root / "fingerprints.json").read_text())
@@ -218,6 +231,7 @@ def _generate(root: Path, compile_scale: int) -> None:
     fingerprints = {
         "release": signing.make_signing_key(world.gnupg_home, signing.RELEASE_KEY_UID),
         "snapshot": signing.make_signing_key(world.gnupg_home, signing.SNAPSHOT_KEY_UID),
+        "binhost": signing.make_signing_key(world.gnupg_home, signing.BINHOST_KEY_UID),
     }
     (root / "fingerprints.json").write_text(json.dumps(fingerprints, indent=2) + "\n")
     try:
@@ -226,6 +240,14 @@ def _generate(root: Path, compile_scale: int) -> None:
         repository.write_distfiles(flat, compile_scale)
         _build_stage3(world, work)
         _build_snapshot(world, work, flat, compile_scale)
+        build_upstream_binhost(
+            world.file(world.stage3_path),
+            world.file(world.snapshot_path),
+            world.gnupg_home,
+            fingerprints["binhost"],
+            world.upstream_binhost_dir,
+            work / "upstream-binhost",
+        )
         _lay_out_distfiles(flat, world.mirror_dir / "distfiles")
     finally:
         signing.stop_agent(world.gnupg_home)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 RELEASE_KEY_UID = "Gentoo Farm Test Release Engineering <releng@farm.invalid>"
 SNAPSHOT_KEY_UID = "Gentoo Farm Test ebuild repository signing key <infrastructure@farm.invalid>"
+BINHOST_KEY_UID = "Gentoo Farm Test binary package signing key <binhost@farm.invalid>"
 
 
 def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:

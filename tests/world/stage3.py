@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 from tests import debian
+from tests.world.upstream_binhost import PLACEHOLDER_MIRROR, STAGE3_BINREPO, stage3_binrepo
 
 BUSYBOX = Path("/bin/busybox")
 OPENRC_UPSTREAM = Path(__file__).parent / "openrc"
@@ -115,6 +116,7 @@ DIRECTORIES = (
     "etc/insserv.conf.d",
     "etc/local.d",
     "etc/portage",
+    "etc/portage/binrepos.conf",
     "etc/skel",
     "etc/ssh/sshd_config.d",
     "home",
@@ -498,6 +500,8 @@ TEXT_FILES = {
         "LC_MESSAGES=C.utf8\n",
         0o644,
     ),
+    # As a real stage3 ships it: Gentoo's binhost, here the world's upstream binhost.
+    STAGE3_BINREPO: (stage3_binrepo(PLACEHOLDER_MIRROR), 0o644),
     "etc/pam.d/system-auth": (PAM_SYSTEM_AUTH, 0o644),
     "etc/pam.d/other": (PAM_OTHER, 0o644),
     "etc/ssh/sshd_config": (SSHD_CONFIG, 0o644),

@@ -2,8 +2,10 @@
 
 Read from the root's own package database (``/var/db/pkg``, what Portage recorded when it merged each
 package), so it lists the stage3's packages as well as the emerged ones. Where a package came from is
-what this build's emerge reported: ``compiled`` here, ``farm-binhost`` (a binary package from the
-farm's binhost), else ``stage3`` (it came with the stage3 and was not merged again). Two files:
+what this build's emerge reported: ``compiled`` here, ``upstream-binhost`` (a binary package from the
+stage3's own binhost, Gentoo's, with ``[packages] upstream_binhost``), ``farm-binhost`` (any other binary
+package: from the farm's binhost), else ``stage3`` (it came with the stage3 and was not merged again).
+Two files:
 
 - ``--json``: for tools, ``{"packages": [{"cpv", "slot", "use", "repository", "origin"}...],
   "kernel": {"release", "config_sha256"}, "sources": {...}, "input_keys": {...}}``;
@@ -30,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--binary", nargs="*", default=[], metavar="CPV", help="packages this build installed from a binhost"
+    )
+    parser.add_argument(
+        "--upstream-binary",
+        nargs="*",
+        default=[],
+        metavar="CPV",
+        help="those of --binary that came from the upstream binhost (the stage3's own)",
     )
     parser.add_argument(
         "--inputs", default="{}", help='JSON {"sources": {kind: set id}, "input_keys": {kind: key}}'
@@ -59,12 +68,14 @@ def installed_packages(root: Path) -> list[dict[str, str]]:
     return packages
 
 
-ORIGINS = ("compiled", "farm-binhost", "stage3")
+ORIGINS = ("compiled", "farm-binhost", "upstream-binhost", "stage3")
 
 
-def origin(cpv: str, compiled: set[str], binary: set[str]) -> str:
+def origin(cpv: str, compiled: set[str], binary: set[str], upstream_binary: set[str]) -> str:
     if cpv in compiled:
         return "compiled"
+    if cpv in upstream_binary:
+        return "upstream-binhost"
     if cpv in binary:
         return "farm-binhost"
     return "stage3"
@@ -80,9 +91,9 @@ def run(args: argparse.Namespace) -> None:
     config = root / "boot" / f"config-{release}"
     if not config.is_file() or config.is_symlink():
         raise StageError(f"{config}: missing; the kernel's config belongs in the image (run assemble first)")
-    compiled, binary = set(args.compiled), set(args.binary)
+    compiled, binary, upstream_binary = set(args.compiled), set(args.binary), set(args.upstream_binary)
     packages = [
-        {**package, "origin": origin(package["cpv"], compiled, binary)}
+        {**package, "origin": origin(package["cpv"], compiled, binary, upstream_binary)}
         for package in installed_packages(root)
     ]
     manifest = {

@@ -46,7 +46,7 @@ def depclean_build_deps(root: Path, workdir: Path) -> list[str]:
     for directory in ("tmp", "logs"):
         (workdir / directory).mkdir(exist_ok=True)
     profile = select_profile(root, None)
-    running_root = private_running_root(workdir, profile, None, {"FEATURES": worker_features()})
+    running_root = private_running_root(workdir, profile, [], {"FEATURES": worker_features()})
     environment = portage_environment(
         root,
         running_root,
