@@ -14,6 +14,7 @@ from gentoo_farm.store.sets import (
     digests_key,
     latest_set,
     list_sets,
+    read_set,
     sha512_key,
 )
 
@@ -135,11 +136,25 @@ def published_images(
     return [record for record in records if record is not None]
 
 
+def image_by_set_id(
+    store: ArtifactStore, set_id: str, url_expiry: int = DEFAULT_URL_EXPIRY
+) -> ImageRecord | None:
+    """The image set ``set_id``, read by its id: one manifest, not every published set (nor their URLs)."""
+    published = read_set(store, "images", set_id)
+    if published is None:
+        return None
+    latest = latest_set(store, "images")
+    return image_record(store, published, latest.set_id if latest else None, url_expiry)
+
+
 def find_image(store: ArtifactStore, name: str, url_expiry: int = DEFAULT_URL_EXPIRY) -> ImageRecord | None:
     """``latest``, an image name or a set id; the newest match wins."""
     if name == "latest":
         latest = latest_set(store, "images")
         return image_record(store, latest, latest.set_id, url_expiry) if latest else None
+    by_id = image_by_set_id(store, name, url_expiry)
+    if by_id is not None:
+        return by_id
     for record in published_images(store, url_expiry):
         if name in (record.name, record.set_id):
             return record

@@ -8,7 +8,7 @@ from buildbot.process import buildstep, properties
 from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS, worst_status
 from twisted.internet import threads
 
-from gentoo_farm.catalog import find_image
+from gentoo_farm.catalog import image_by_set_id
 from gentoo_farm.glance import (
     GlancePublishError,
     GlanceTargetSettings,
@@ -81,7 +81,7 @@ class PublishToGlance(buildstep.BuildStep):
 
         def find_upload() -> tuple[ArtifactStore, str, ImageUpload | None]:
             store = open_store(self.store_settings)
-            record = find_image(store, str(self.set_id), expiry)
+            record = image_by_set_id(store, str(self.set_id), expiry)
             if record is None:
                 return store, "", None
             upload = upload_from_record(store, record, self.farm_id, expiry, self.signing_fingerprint)

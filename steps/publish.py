@@ -19,6 +19,7 @@ from buildbot.steps.worker import CompositeStepMixin
 from twisted.internet import defer, threads
 
 from gentoo_farm.artifacts import PUSHBACK_CANDIDATES, PUSHBACK_UPLOADS, REBUILD_PROPERTY, UP_TO_DATE_PROPERTY
+from gentoo_farm.image_name import ImageNameError
 from gentoo_farm.signing import FarmKey
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.store.binhost import (
@@ -98,7 +99,7 @@ class StoreStep(buildstep.BuildStep):
 
         return await threads.deferToThread(call)
 
-    async def fail(self, error: StoreError) -> int:
+    async def fail(self, error: StoreError | ImageNameError) -> int:
         self.outcome = str(error)
         await self.addCompleteLog("error", str(error) + "\n")
         return FAILURE
@@ -203,9 +204,9 @@ class NameImage(StoreStep):
     async def run(self) -> int:
         try:
             name = await self.in_thread(next_image_name, str(self.arch))
-        except StoreError as error:
+        except (StoreError, ImageNameError) as error:
             return await self.fail(error)
-        self.set_properties({IMAGE_NAME_PROPERTY: name})
+        self.set_properties({IMAGE_NAME_PROPERTY: str(name)})
         self.outcome = f"image name {name}"
         return SUCCESS
 

@@ -33,10 +33,11 @@ from gentoo_farm.glance import (
     rotate_images,
     upload_from_record,
 )
+from gentoo_farm.image_name import ImageName
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.store.clouds import ACTIVE, DELETED, UNREACHABLE, read_cloud_images
 from gentoo_farm.store.local import LocalStore
-from gentoo_farm.store.sets import image_name, next_image_name
+from gentoo_farm.store.sets import next_image_name
 from gentoo_farm.units import human_size
 from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
@@ -113,8 +114,9 @@ def make_qcow2(directory: Path, seed: str) -> Path:
 
 
 def publish_to_store(
-    store: LocalStore, tmp_path: Path, farm_id: str, name: str, signed: bool = False
+    store: LocalStore, tmp_path: Path, farm_id: str, image: ImageName, signed: bool = False
 ) -> ImageUpload:
+    name = str(image)
     qcow2 = make_qcow2(tmp_path, f"{farm_id}-{name}")
     packages = tmp_path / f"{name}.manifest.json"
     packages.write_text(json.dumps({"packages": PACKAGES}))
@@ -162,7 +164,7 @@ def names(conn: openstack.connection.Connection) -> set[str]:
 
 
 def test_web_download_import_with_properties(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 25), "amd64"), signed=True)
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 11, 25), "amd64"), signed=True)
 
     result = publish_image(upload, target(visibility="community", properties={"hw_rng_model": "virtio"}))
 
@@ -219,11 +221,11 @@ def test_second_image_of_a_day_is_dot_one_in_the_store_and_in_glance(store, tmp_
 
     assert [image.name for image in in_glance] == ["gentoo-20261207-amd64", "gentoo-20261207.1-amd64"]
     assert [image.hash_value for image in in_glance] == [first.sha512, second.sha512]
-    assert next_image_name(store, "amd64", day) == "gentoo-20261207.2-amd64"
+    assert str(next_image_name(store, "amd64", day)) == "gentoo-20261207.2-amd64"
 
 
 def test_streamed_upload_when_import_is_off(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 26), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 11, 26), "amd64"))
 
     result = publish_image(upload, target(use_import=False))
 
@@ -234,7 +236,7 @@ def test_streamed_upload_when_import_is_off(store, tmp_path, farm_id, conn):
 
 
 def test_raw_target_gets_a_converted_image(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 27), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 11, 27), "amd64"))
     raw = tmp_path / "expected.raw"
     qcow2 = tmp_path / "source.qcow2"
     qcow2.write_bytes(store.get_bytes(upload_key(store, upload)))
@@ -254,7 +256,7 @@ def upload_key(store: LocalStore, upload: ImageUpload) -> str:
 
 
 def test_checksum_mismatch_fails_and_leaves_no_image(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 28), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 11, 28), "amd64"))
     lying = replace(upload, sha512="0" * 128)
 
     with pytest.raises(GlancePublishError, match="arrived corrupted: Glance's sha512") as failure:
@@ -265,7 +267,7 @@ def test_checksum_mismatch_fails_and_leaves_no_image(store, tmp_path, farm_id, c
 
 
 def test_failed_import_is_noticed(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 29), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 11, 29), "amd64"))
     missing = replace(upload, url=upload.url + ".gone")
 
     with pytest.raises(GlancePublishError, match=r"the import of gentoo-20261129-amd64 \(.*\) failed"):
@@ -275,7 +277,7 @@ def test_failed_import_is_noticed(store, tmp_path, farm_id, conn):
 
 
 def test_refused_import_is_noticed(store, tmp_path, farm_id, conn):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 11, 30), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 11, 30), "amd64"))
     # Glance only fetches from the host/port its import filter allows.
     elsewhere = replace(upload, url="http://127.0.0.1:1/image.qcow2?X-Amz-Signature=secret")
 
@@ -302,9 +304,9 @@ def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_i
     conn.image.import_image(dead, method="web-download", uri=f"{store.public_base_url()}/images/gone.qcow2")
     wait_until(lambda: conn.image.get_image(dead.id).properties.get("os_glance_failed_import"))
     other_farm = publish_image(
-        publish_to_store(store, tmp_path, f"{farm_id}-other", image_name(date(2020, 1, 2), "amd64")), target()
+        publish_to_store(store, tmp_path, f"{farm_id}-other", ImageName(date(2020, 1, 2), "amd64")), target()
     )
-    names_of_the_day = [image_name(date(2026, 12, 1), "amd64", serial) for serial in range(4)]
+    names_of_the_day = [ImageName(date(2026, 12, 1), "amd64", serial) for serial in range(4)]
     published = [
         publish_image(publish_to_store(store, tmp_path, farm_id, name), target()) for name in names_of_the_day
     ]
@@ -328,19 +330,19 @@ def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_i
 
 
 def test_a_target_may_not_override_what_the_farm_sets(store, tmp_path, farm_id):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 4), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 12, 4), "amd64"))
     with pytest.raises(GlancePublishError, match=r"properties may not override architecture, os_distro$"):
         publish_image(upload, target(properties={"os_distro": "debian", "architecture": "ppc"}))
 
 
 def test_keep_zero_is_refused(store, tmp_path, farm_id):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 2), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 12, 2), "amd64"))
     with pytest.raises(GlancePublishError, match=r"cloud = 'farm-test'.*keep must be at least 1"):
         publish_image(upload, target(keep=0))
 
 
 def test_unknown_cloud_is_named(store, tmp_path, farm_id):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 3), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 12, 3), "amd64"))
     with pytest.raises(
         GlancePublishError, match=r"cloud 'nowhere': connecting: not usable from clouds\.yaml"
     ) as failure:
@@ -350,7 +352,7 @@ def test_unknown_cloud_is_named(store, tmp_path, farm_id):
 
 
 def test_glance_down_is_a_clear_error(glance, store, tmp_path, farm_id, conn):  # noqa: F811
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 4), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 12, 4), "amd64"))
 
     with (
         glance.down(),
@@ -379,7 +381,7 @@ def use_cloud_entries(
 
 
 def test_a_region_the_cloud_lacks_is_named(keystone, store, tmp_path, farm_id, monkeypatch):  # noqa: F811
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 14), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 12, 14), "amd64"))
     # openstacksdk admits only the regions clouds.yaml lists (region_name alone is a list of one)
     with pytest.raises(
         GlancePublishError, match=r"cloud 'farm-test': connecting: .*Region Atlantis is not a valid region"
@@ -427,7 +429,7 @@ def test_a_targets_region_and_clouds_yaml_interface_are_honoured(
     conn,
     monkeypatch,
 ):
-    upload = publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 15), "amd64"))
+    upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 12, 15), "amd64"))
     internal_cloud = "farm-test-internal"
     regions = ["RegionOne", second_region]
     use_cloud_entries(
@@ -465,7 +467,7 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         return self.setup_test_build_step()
 
     def publish(self, day: date) -> str:
-        upload = publish_to_store(self.store, self.tmp_path, self.farm_id, image_name(day, "amd64"))
+        upload = publish_to_store(self.store, self.tmp_path, self.farm_id, ImageName(day, "amd64"))
         return upload_key(self.store, upload).split("/")[1]
 
     def step(self, set_id: str, *targets: GlanceTarget) -> PublishToGlance:
@@ -575,12 +577,12 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
 
 def test_protected_images_are_not_rotated(store, tmp_path, farm_id, conn):
     first = publish_image(
-        publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 5), "amd64")), target(keep=1)
+        publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 12, 5), "amd64")), target(keep=1)
     )
     conn.image.update_image(first.image_id, is_protected=True)
 
     second = publish_image(
-        publish_to_store(store, tmp_path, farm_id, image_name(date(2026, 12, 6), "amd64")), target(keep=1)
+        publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 12, 6), "amd64")), target(keep=1)
     )
 
     assert (second.rotated, second.rotation_error) == ({}, "")

@@ -27,6 +27,7 @@ from gentoo_farm.store.sets import (
     new_set_id,
     next_image_name,
     object_key,
+    read_set,
 )
 from tests.services.store import publish_files
 
@@ -73,11 +74,15 @@ def test_publish_writes_checksums_manifest_and_flips_latest(any_store: ArtifactS
     assert [s.set_id for s in list_sets(any_store, "images")] == [second.set_id, first.set_id]
     assert find_set(any_store, "images", "input-1").set_id == first.set_id
     assert find_set(any_store, "images", "input-3") is None
+    # By its id, a set is one manifest read; an unknown id or no set id at all is no set.
+    assert read_set(any_store, "images", first.set_id) == first
+    assert read_set(any_store, "images", "20990101T000000Z-nothing") is None
+    assert read_set(any_store, "images", "latest") is None
 
 
 def test_images_of_one_day_are_numbered(any_store: ArtifactStore, tmp_path: Path) -> None:
     day = datetime(2026, 12, 2, 23, 59, tzinfo=UTC)
-    first = next_image_name(any_store, "amd64", day)
+    first = str(next_image_name(any_store, "amd64", day))
     publish_files(
         any_store,
         "images",
@@ -85,14 +90,14 @@ def test_images_of_one_day_are_numbered(any_store: ArtifactStore, tmp_path: Path
         _files(tmp_path / "one", **{f"{first}_qcow2": b"disk", f"{first}_manifest_json": b"{}"}),
         metadata={"name": first, "artifact": f"{first}.qcow2"},
     )
-    second = next_image_name(any_store, "amd64", day)
+    second = str(next_image_name(any_store, "amd64", day))
     # A build still uploading holds its name too: the next build of the day does not take it.
     any_store.put_bytes(object_key("images", new_set_id("input-2", day), f"{second}.qcow2"), b"uploading")
 
     assert (first, second) == ("gentoo-20261202-amd64", "gentoo-20261202.1-amd64")
-    assert next_image_name(any_store, "amd64", day) == "gentoo-20261202.2-amd64"
-    assert next_image_name(any_store, "arm64", day) == "gentoo-20261202-arm64"
-    assert next_image_name(any_store, "amd64", day + timedelta(minutes=1)) == "gentoo-20261203-amd64"
+    assert str(next_image_name(any_store, "amd64", day)) == "gentoo-20261202.2-amd64"
+    assert str(next_image_name(any_store, "arm64", day)) == "gentoo-20261202-arm64"
+    assert str(next_image_name(any_store, "amd64", day + timedelta(minutes=1))) == "gentoo-20261203-amd64"
 
 
 LATEST = {

@@ -15,6 +15,7 @@ from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.steps import ExpectDownloadFile, ExpectRemoteRef, ExpectUploadFile, TestBuildStepMixin
 from twisted.trial import unittest
 
+from gentoo_farm.image_name import ImageName
 from gentoo_farm.signing import FarmKey
 from gentoo_farm.steps.publish import (
     CheckUpToDate,
@@ -87,10 +88,13 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         today = next_image_name(self.store, "arm64")
         disk = self.directory / "disk.qcow2"
         disk.write_bytes(b"qcow2 bytes")
-        publish_files(self.store, "images", "input-1", {f"{today}.qcow2": disk}, metadata={"name": today})
+        publish_files(
+            self.store, "images", "input-1", {f"{today}.qcow2": disk}, metadata={"name": str(today)}
+        )
         self.setup_step(NameImage(self.settings, "arm64"))
-        self.expect_outcome(result=SUCCESS, state_string=f"name-image: image name {today[:-6]}.1-arm64")
-        self.expect_property("image_name", f"{today[:-6]}.1-arm64")
+        second = ImageName(today.day, "arm64", serial=1)
+        self.expect_outcome(result=SUCCESS, state_string=f"name-image: image name {second}")
+        self.expect_property("image_name", str(second))
         await self.run_step()
 
     async def test_upload_urls_reach_the_worker_as_a_private_file(self) -> None:

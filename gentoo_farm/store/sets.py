@@ -17,7 +17,8 @@ A crash anywhere before step 4 leaves the pointers on the previous complete set;
 ever hold a complete, verified set's artifact.
 
 Images are named here too (:func:`next_image_name`): ``gentoo-YYYYMMDD-ARCH``, then ``gentoo-YYYYMMDD.1-ARCH``
-... the same day; the name is the stem of every file of the set and what Glance calls the image.
+... the same day (:class:`~gentoo_farm.image_name.ImageName`); the name is the stem of every file of the set
+and what Glance calls the image.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import BinaryIO, cast
 
 from gentoo_farm.artifacts import ARTIFACT_KINDS
 from gentoo_farm.checksums import digests_text, sha512_line, stream_digests, stream_sha512
+from gentoo_farm.image_name import ImageName, ImageNameError
 from gentoo_farm.store.base import (
     INCOMING,
     ArtifactStore,
@@ -59,10 +61,6 @@ POINTER_ATTEMPTS = 20
 """Conditional pointer writes a publish tries before it gives up (each loss means another publish won)."""
 
 _SET_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-zA-Z]+")
-_IMAGE_FILE = re.compile(
-    r"(?P<name>gentoo-\d{8}(?:\.[1-9]\d*)?-(?P<arch>[0-9a-z_]+))\.(?P<format>[0-9a-z.]+)"
-)
-"""A file of an image set: ``gentoo-20261202.1-amd64.qcow2``, ``gentoo-20261202.1-amd64.manifest.json``."""
 
 
 @dataclass(frozen=True)
@@ -158,28 +156,29 @@ def pointer_keys(kind: str) -> tuple[str, str]:
     return f"{kind}/latest-{kind}.txt", f"{kind}/latest.json"
 
 
-def image_name(day: date, arch: str, serial: int = 0) -> str:
-    """``gentoo-20261125-amd64``, or ``gentoo-20261125.2-amd64`` for the day's third image."""
-    return f"gentoo-{day:%Y%m%d}{f'.{serial}' if serial else ''}-{arch}"
-
-
-def next_image_name(store: ArtifactStore, arch: str, when: datetime | None = None) -> str:
+def next_image_name(store: ArtifactStore, arch: str, when: datetime | None = None) -> ImageName:
     """The name of the next image of ``arch`` published on ``when``'s UTC day (default: now).
 
     Taken are the names the files of every image set carry, complete or still uploading, so a build
     naming its image after another one uploaded does not take the same name.
     """
-    day = (when or datetime.now(UTC)).date()
     taken = {
-        match["name"]
+        _image_of_file(key.rsplit("/", 1)[1])
         for objects in _set_objects(store, "images").values()
         for key in objects
-        if (match := _IMAGE_FILE.fullmatch(key.rsplit("/", 1)[1]))
     }
-    serial = 0
-    while image_name(day, arch, serial) in taken:
-        serial += 1
-    return image_name(day, arch, serial)
+    name = ImageName((when or datetime.now(UTC)).date(), arch)
+    while name in taken:
+        name = replace(name, serial=name.serial + 1)
+    return name
+
+
+def _image_of_file(file_name: str) -> ImageName | None:
+    """The image a file of an image set belongs to; None for the set's other files (DIGESTS, glance.json)."""
+    try:
+        return ImageName.parse_file(file_name)[0]
+    except ImageNameError:
+        return None
 
 
 def latest_name(kind: str, artifact: str) -> str:
@@ -187,10 +186,11 @@ def latest_name(kind: str, artifact: str) -> str:
     stable_name = ARTIFACT_KINDS[check_kind(kind)].latest_name
     if stable_name is not None:
         return stable_name
-    match = _IMAGE_FILE.fullmatch(artifact)
-    if match is None:
-        raise StoreError(f"image file {artifact!r} is not named gentoo-YYYYMMDD[.N]-ARCH.<format>")
-    return f"gentoo-latest-{match['arch']}.{match['format']}"
+    try:
+        image, file_format = ImageName.parse_file(artifact)
+    except ImageNameError as error:
+        raise StoreError(str(error)) from None
+    return f"gentoo-latest-{image.arch}.{file_format}"
 
 
 def latest_key(kind: str, artifact: str) -> str:
@@ -428,6 +428,17 @@ def latest_set(store: ArtifactStore, kind: str) -> PublishedSet | None:
     _, json_key = pointer_keys(check_kind(kind))
     try:
         return read_manifest(store, json_key)
+    except ObjectNotFound:
+        return None
+
+
+def read_set(store: ArtifactStore, kind: str, set_id: str) -> PublishedSet | None:
+    """The complete set ``set_id`` of ``kind``, read from its manifest alone (no listing of the store);
+    None when there is no such set or it is still uploading."""
+    if not _SET_ID.fullmatch(set_id):
+        return None
+    try:
+        return read_manifest(store, f"{check_kind(kind)}/{set_id}/{MANIFEST}")
     except ObjectNotFound:
         return None
 
