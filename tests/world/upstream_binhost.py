@@ -13,7 +13,8 @@ from tests.world import repository
 from tests.world.stages import run_stage
 
 UPSTREAM_BINHOST_PATH = "releases/amd64/binpackages/23.0/x86-64"
-# What the stage3's gentoobinhost.conf names; tests point it at the world server (WORLD_MIRROR's place).
+# The host the stage3's gentoobinhost.conf names: the world server's port is chosen when it starts, so tests
+# point the entry at it (point_stage3_binrepo).
 PLACEHOLDER_MIRROR = "https://distfiles.farm.invalid"
 STAGE3_BINREPO = "etc/portage/binrepos.conf/gentoobinhost.conf"
 UPSTREAM_ONLY_PACKAGE = "app-misc/upstream-only"
