@@ -109,7 +109,7 @@ class ResolveImageInputs(SignedUrlsStep):
 
 STAGE4_REUSED_PROPERTY = "stage4_reused"
 """True when an image build unpacks a published stage4 instead of emerging: the emerging steps skip."""
-STAGE4_PACKAGE_LISTS = ("packages_compiled", "packages_binary")
+STAGE4_PACKAGE_LISTS = ("packages_compiled", "packages_binary", "packages_upstream_binary")
 """What the stage4's own build emerged and how: the image manifest records it for every image made from it."""
 
 

@@ -109,6 +109,14 @@ def factory(config: FarmConfig) -> BuildFactory:
         with_stage4, util.Property("image_sources", default={}), util.Property("stage4_set_id", default="")
     )
     prune = f"keep_build_deps={config.image.keep_build_deps} keep_repository={config.image.keep_repository}"
+    # What the emerged root is made from besides the stage3 and snapshot: both keys hash it. The binhost
+    # policy only when it lets upstream packages in, so the default leaves existing keys as they were.
+    root_settings: dict[str, object] = {
+        "packages": packages,
+        "extra_packages": extra_packages,
+        "prune": prune,
+        **({"upstream_binhost": config.packages.upstream_binhost} if upstream_binhost_used else {}),
+    }
     factory = BuildFactory()
     factory.addSteps(
         [
@@ -120,10 +128,8 @@ def factory(config: FarmConfig) -> BuildFactory:
                 kind="images",
                 values={
                     "inputs": util.Transform(json.dumps, util.Property("image_input_keys"), sort_keys=True),
-                    "packages": packages,
-                    "extra_packages": extra_packages,
                     "disk": f"{config.image.disk_size} compress={config.image.compress}",
-                    "prune": prune,
+                    **root_settings,
                 },
             ),
             up_to_date(config, "images"),
@@ -134,9 +140,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                     "stage3": image_input_key("stage3"),
                     "portage": image_input_key("portage"),
                     "profile": config.upstream.profile,
-                    "packages": packages,
-                    "extra_packages": extra_packages,
-                    "prune": prune,
+                    **root_settings,
                 },
                 report_as=STAGE4_KEY_PROPERTY,
                 **building,
