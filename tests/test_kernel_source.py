@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gentoo_farm.workers.toolkit.distfiles import DistEntry, fetch_distfile
+from gentoo_farm.gentoo_manifest import DistEntry
+from gentoo_farm.workers.toolkit.distfiles import fetch_distfile
 from tests import debian
 from tests.imagetest import farm_worker
 from tests.test_kernel_build import DEFAULT_CONFIG

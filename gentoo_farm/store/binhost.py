@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from portage.getbinpkg import PackageIndex
 
 from gentoo_farm.checksums import feed
+from gentoo_farm.gentoo_manifest import ManifestError, dist_entries
 from gentoo_farm.signing import FarmKey, SigningError
 from gentoo_farm.store.base import (
     INCOMING,
@@ -171,18 +172,13 @@ def _renew_lease(store: ArtifactStore, key: str, owner: str, lease: float, done:
 # -- what vouches for a distfile -----------------------------------------------------------------------
 
 
-def parse_dist_line(line: str) -> tuple[str, dict[str, object]] | None:
-    """``(name, {size, sha512, blake2b})`` of a Manifest ``DIST`` line with a SHA512, else None."""
-    fields = line.split()
-    if len(fields) < 3 or fields[0] != "DIST" or not fields[2].isdigit():
-        return None
-    hashes = dict(zip(fields[3::2], fields[4::2], strict=False))
-    if "SHA512" not in hashes:
-        return None
-    return fields[1], {
-        "size": int(fields[2]),
-        "sha512": hashes["SHA512"].lower(),
-        "blake2b": hashes.get("BLAKE2B", "").lower(),
+def vouched_distfiles(manifest_text: str) -> dict[str, dict[str, object]]:
+    """``{distfile: {size, sha512, blake2b}}`` from a Manifest's ``DIST`` lines that list a SHA512: what
+    push-back compares of a line. ManifestError names a ``DIST`` line Portage cannot read."""
+    return {
+        entry.name: {"size": entry.size, "sha512": entry.sha512, "blake2b": entry.blake2b}
+        for entry in dist_entries(manifest_text)
+        if entry.sha512
     }
 
 
@@ -201,10 +197,11 @@ def snapshot_dist_lines(store: ArtifactStore, snapshot_key: str, names: Iterable
                 if not member.isfile() or len(parts) != 4 or parts[-1] != "Manifest":
                     continue
                 content = archive.extractfile(member)
-                for line in (content.read() if content else b"").decode(errors="replace").splitlines():
-                    parsed = parse_dist_line(line)
-                    if parsed and parsed[0] in wanted:
-                        found[parsed[0]] = parsed[1]
+                try:
+                    lines = vouched_distfiles((content.read() if content else b"").decode(errors="replace"))
+                except ManifestError as error:
+                    raise StoreError(f"{snapshot_key}: {member.name}: {error}") from None
+                found.update({name: line for name, line in lines.items() if name in wanted})
     except (tarfile.TarError, EOFError, OSError) as error:
         raise StoreError(f"{snapshot_key} is not a readable Portage snapshot: {error}") from error
     return found

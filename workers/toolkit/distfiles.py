@@ -14,41 +14,23 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from portage.checksum import verify_all
-from portage.manifest import parseManifest2
 from portage.package.ebuild.fetch import DistfileName, MirrorLayoutConfig
 
+from gentoo_farm.gentoo_manifest import DistEntry, ManifestError, dist_entries
 from gentoo_farm.workers.toolkit import StageError, progress
 
 DOWNLOAD_TIMEOUT = 60.0
 
 
-@dataclass(frozen=True)
-class DistEntry:
-    """One ``DIST name size HASH value ...`` line of a Manifest."""
-
-    name: str
-    hashes: dict[str, int | str]
-    """Portage's form: hash name -> hex digest, and ``size`` -> bytes."""
-
-    @classmethod
-    def parse(cls, line: str) -> "DistEntry":
-        entry = parseManifest2(line.strip())
-        if entry is None or entry.type != "DIST" or len(entry.hashes) < 2:
-            raise StageError(f"not a Manifest DIST line: {line.strip()!r}")
-        return cls(entry.name, dict(entry.hashes))
-
-    @property
-    def line(self) -> str:
-        digests = " ".join(f"{name} {value}" for name, value in sorted(self.hashes.items()) if name != "size")
-        return f"DIST {self.name} {self.hashes['size']} {digests}"
-
-    @property
-    def sha512(self) -> str:
-        return str(self.hashes.get("SHA512", ""))
+def dist_entry(line: str) -> DistEntry:
+    """``line`` (a stage's argument) as a Manifest DIST entry; a StageError quoting it when it is none."""
+    try:
+        return DistEntry.parse(line)
+    except ManifestError as error:
+        raise StageError(str(error)) from None
 
 
 def manifest_entry(snapshot: Path, package: str, distfile: str) -> DistEntry:
@@ -69,12 +51,13 @@ def manifest_entry(snapshot: Path, package: str, distfile: str) -> DistEntry:
     except (OSError, tarfile.TarError) as error:
         raise StageError(f"{snapshot}: cannot read the Portage snapshot: {error}") from None
     listed = []
-    for line in text.splitlines():
-        if line.startswith("DIST "):
-            entry = DistEntry.parse(line)
+    try:
+        for entry in dist_entries(text):
             if entry.name == distfile:
                 return entry
             listed.append(entry.name)
+    except ManifestError as error:
+        raise StageError(f"{snapshot.name}: {manifest}: {error}") from None
     raise StageError(
         f"{distfile} is not a DIST entry of {package}'s Manifest in {snapshot.name} "
         f"(it lists: {', '.join(listed) or 'nothing'})"

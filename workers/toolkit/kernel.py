@@ -28,7 +28,7 @@ from pathlib import Path
 
 from gentoo_farm.checksums import feed, file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
-from gentoo_farm.workers.toolkit.distfiles import DistEntry, fetch_distfile
+from gentoo_farm.workers.toolkit.distfiles import dist_entry, fetch_distfile
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
 from gentoo_farm.workers.toolkit.tools import ToolError, run_tool, tail
 from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> None:
     if shutil.which("ccache") is None:
         raise StageError("ccache is not installed on this worker (the kernel build needs it)")
     started = time.monotonic()
-    entry = DistEntry.parse(args.source_dist)
+    entry = dist_entry(args.source_dist)
     tarball = fetch_distfile(args.mirrors, entry, args.work_dir / "distfiles", "kernel source")
     source = unpack_source(tarball, args.work_dir / "sources")
     args.ccache_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from gentoo_farm.checksums import file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.confined import check_tarball, resolve, unpack_tarball
-from gentoo_farm.workers.toolkit.distfiles import DistEntry, fetch_distfile
+from gentoo_farm.workers.toolkit.distfiles import dist_entry, fetch_distfile
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
 from gentoo_farm.workers.toolkit.tools import run_tool
 from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> None:
                 "--mirror needs --package-dist (the Manifest line it must match) "
                 "and --distdir (where it is kept)"
             )
-        entry = DistEntry.parse(args.package_dist)
+        entry = dist_entry(args.package_dist)
         args.package = fetch_distfile(args.mirrors, entry, args.distdir, "kernel package")
     if not args.package.exists():
         raise StageError(f"{args.package}: kernel package does not exist")

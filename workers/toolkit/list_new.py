@@ -18,7 +18,8 @@ from pathlib import Path
 
 from portage.getbinpkg import PackageIndex
 
-from gentoo_farm.store.binhost import parse_dist_line
+from gentoo_farm.gentoo_manifest import ManifestError
+from gentoo_farm.store.binhost import vouched_distfiles
 from gentoo_farm.workers.toolkit import StageError, progress, report
 
 # What Portage leaves in DISTDIR besides finished distfiles: partial downloads and quarantined failures.
@@ -72,10 +73,10 @@ def manifest_dist_lines(repositories: list[Path]) -> dict[str, dict[str, object]
         if not repository.is_dir():
             raise StageError(f"repository {repository} is not a directory")
         for manifest in sorted(repository.glob("*/*/Manifest")):
-            for line in manifest.read_text(errors="replace").splitlines():
-                parsed = parse_dist_line(line)
-                if parsed:
-                    vouched[parsed[0]] = parsed[1]
+            try:
+                vouched.update(vouched_distfiles(manifest.read_text(errors="replace")))
+            except ManifestError as error:
+                raise StageError(f"{manifest}: {error}") from None
     return vouched
 
 
