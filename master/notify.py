@@ -17,7 +17,7 @@ from twisted.internet import defer
 from gentoo_farm.artifacts import IMAGE
 from gentoo_farm.config import FarmConfigError, NotifySection, host_port
 from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.steps.publish import IMAGE_NAME_PROPERTY
+from gentoo_farm.steps.naming import IMAGE_NAME_PROPERTY
 
 PUBLISHED = "published"
 

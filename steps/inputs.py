@@ -7,7 +7,7 @@ from buildbot.process.results import SUCCESS
 
 from gentoo_farm.artifacts import ARTIFACT_KINDS, DOWNLOAD_MAP, INPUT_KEY_PROPERTY, REBUILD_PROPERTY
 from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
-from gentoo_farm.steps.publish import SignedUrlsStep
+from gentoo_farm.steps.store import SignedUrlsStep
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
 from gentoo_farm.store.sets import ARTIFACT, PublishedSet, find_set, latest_set, list_sets
 

@@ -19,7 +19,8 @@ from buildbot.test.util.integration import RunMasterBase
 
 from gentoo_farm.master.factories.common import push_back
 from gentoo_farm.steps.base import FarmWorkerStep
-from gentoo_farm.steps.publish import CheckUpToDate, MakeUploadUrls, PublishSet, unless_up_to_date
+from gentoo_farm.steps.publish import MakeUploadUrls, PublishSet
+from gentoo_farm.steps.uptodate import CheckUpToDate, unless_up_to_date
 from gentoo_farm.store import open_store
 from gentoo_farm.store.sets import latest_set, list_sets
 from tests.services.store import LocalStoreSettings, put_snapshot, running_store_server

@@ -17,17 +17,10 @@ from twisted.trial import unittest
 
 from gentoo_farm.image_name import ImageName
 from gentoo_farm.signing import FarmKey
-from gentoo_farm.steps.publish import (
-    CheckUpToDate,
-    MakeUploadUrls,
-    MergeBinhost,
-    MergeDistfiles,
-    NameImage,
-    PublishSet,
-    PushBackUrls,
-    artifact_link,
-    unless_up_to_date,
-)
+from gentoo_farm.steps.naming import NameImage
+from gentoo_farm.steps.publish import MakeUploadUrls, PublishSet, artifact_link
+from gentoo_farm.steps.pushback import MergeBinhost, MergeDistfiles, PushBackUrls
+from gentoo_farm.steps.uptodate import CheckUpToDate, unless_up_to_date
 from gentoo_farm.store import open_store
 from gentoo_farm.store.s3 import S3Store
 from gentoo_farm.store.sets import ARTIFACT, PublishedFile, PublishedSet, latest_set, next_image_name

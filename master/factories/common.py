@@ -11,15 +11,9 @@ from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import RecipeRepository
 from gentoo_farm.signing import FarmKey, SigningError, key_fingerprints
 from gentoo_farm.steps.base import FarmWorkerStep
-from gentoo_farm.steps.publish import (
-    CheckUpToDate,
-    MakeUploadUrls,
-    MergeBinhost,
-    MergeDistfiles,
-    PublishSet,
-    PushBackUrls,
-    unless_up_to_date,
-)
+from gentoo_farm.steps.publish import MakeUploadUrls, PublishSet
+from gentoo_farm.steps.pushback import MergeBinhost, MergeDistfiles, PushBackUrls
+from gentoo_farm.steps.uptodate import CheckUpToDate, unless_up_to_date
 from gentoo_farm.store import open_store, workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 from gentoo_farm.store.sets import ARTIFACT, latest_set

@@ -34,8 +34,9 @@ from gentoo_farm.steps.inputs import (
     ResolveImageInputs,
     ResolveStage4,
 )
+from gentoo_farm.steps.naming import IMAGE_NAME_PROPERTY, NameImage
 from gentoo_farm.steps.packages import EmergePackages, PackRoot, UnpackRoot
-from gentoo_farm.steps.publish import IMAGE_NAME_PROPERTY, NameImage, unless_up_to_date
+from gentoo_farm.steps.uptodate import unless_up_to_date
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 

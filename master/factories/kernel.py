@@ -25,7 +25,7 @@ from gentoo_farm.recipes import KERNEL_POLLER, recipe_repository
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
 from gentoo_farm.steps.kernel import BuildKernel, KernelFromPackage
-from gentoo_farm.steps.publish import unless_up_to_date
+from gentoo_farm.steps.uptodate import unless_up_to_date
 from gentoo_farm.store import workers_base_url
 
 CHECKOUT = "kernel-config"

@@ -15,7 +15,7 @@ from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories.common import publish, trigger_image, up_to_date
 from gentoo_farm.steps.inputs import ComputeInputKey
 from gentoo_farm.steps.packages import FetchRelease
-from gentoo_farm.steps.publish import unless_up_to_date
+from gentoo_farm.steps.uptodate import unless_up_to_date
 
 DOWNLOADS = "downloads"
 KEYRING = "gentoo-keyring.asc"

@@ -8,7 +8,7 @@ from gentoo_farm.master.factories.common import checkout, publish, trigger_image
 from gentoo_farm.recipes import OVERLAY_POLLER, recipe_repository
 from gentoo_farm.steps.inputs import ComputeInputKey
 from gentoo_farm.steps.overlay import BuildOverlay
-from gentoo_farm.steps.publish import unless_up_to_date
+from gentoo_farm.steps.uptodate import unless_up_to_date
 
 CHECKOUT = "overlay"
 TARBALL = "vmoverride.tar.gz"
