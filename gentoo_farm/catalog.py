@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gentoo_farm.store import ArtifactStore, StoreError
 from gentoo_farm.store.clouds import CloudImage, read_cloud_images
@@ -41,8 +42,8 @@ class ImageRecord:
     """The disk image's store key."""
     set_id: str
     latest: bool
-    manifest: Mapping[str, object] = field(default_factory=dict)
-    """The set's manifest.json as published (files, metadata, sources, input key)."""
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+    """The set's manifest.json as published (files, metadata, sources, input key), as parsed JSON."""
     manifest_url: str = ""
     package_count: int | None = None
     """How many packages the image holds (its package manifest's length), None for older images."""

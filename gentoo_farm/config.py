@@ -389,7 +389,7 @@ def _convert(value: Any, hint: Any, where: str, problems: list[_Problem]) -> Any
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise wrong
         return dict(value)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise wrong
         return _build(hint, value, where, problems)
@@ -432,7 +432,8 @@ def _build(cls: type, table: dict[str, Any], where: str, problems: list[_Problem
                 )
             continue
         try:
-            written = table[name] if name in table else os.environ[environment]
+            # Not in the table: the environment variable is set (checked above).
+            written = table[name] if name in table else os.environ[typing.cast(str, environment)]
             value = _convert(written, hints[name], f"{prefix}{name}", problems)
             if validator := spec.metadata.get("validator"):
                 try:
@@ -519,7 +520,7 @@ def parse_config(text: str, basedir: Path, source: str = CONFIG_NAME) -> FarmCon
 
 
 def _resolve_paths(section: Any, basedir: Path) -> Any:
-    changes = {}
+    changes: dict[str, object] = {}
     for spec in dataclasses.fields(section):
         value = getattr(section, spec.name)
         if spec.metadata.get("internal"):

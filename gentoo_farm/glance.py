@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 import openstack.connection
 from keystoneauth1 import exceptions as ks_exceptions
 from openstack import exceptions as sdk_exceptions
+from openstack.image.v2._proxy import Proxy as ImageService
 from openstack.image.v2.image import Image
 
 from gentoo_farm.catalog import ImageRecord, package_manifest_file
@@ -72,13 +73,26 @@ COPY_CHUNK = 1024 * 1024
 class GlanceTargetSettings(Protocol):
     """One ``[[glance]]`` table of farm.toml (gentoo_farm.config.GlanceTarget)."""
 
-    cloud: str
-    region: str
-    visibility: str
-    disk_format: str
-    keep: int
-    use_import: bool
-    properties: dict[str, str]
+    @property
+    def cloud(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def visibility(self) -> str: ...
+
+    @property
+    def disk_format(self) -> str: ...
+
+    @property
+    def keep(self) -> int: ...
+
+    @property
+    def use_import(self) -> bool: ...
+
+    @property
+    def properties(self) -> dict[str, str]: ...
 
 
 class GlancePublishError(Exception):
@@ -153,8 +167,8 @@ def upload_from_record(
 ) -> ImageUpload:
     """The :class:`ImageUpload` for an image set of the catalog (:mod:`gentoo_farm.catalog`)."""
     manifest = record.manifest
-    metadata = dict(manifest.get("metadata") or {})  # type: ignore[call-overload]
-    sources = dict(manifest.get("sources") or {})  # type: ignore[call-overload]
+    metadata = dict(manifest.get("metadata") or {})
+    sources = dict(manifest.get("sources") or {})
     input_keys = {"image": str(manifest.get("input_key", ""))}
     input_keys.update({str(kind): str(set_id) for kind, set_id in sources.items()})
     published = PublishedSet.from_json(manifest, record.key)
@@ -303,12 +317,17 @@ def check_reachable(conn: openstack.connection.Connection, cloud: str) -> None:
         raise GlanceUnavailable(f"cloud {cloud!r}: Glance at {endpoint} answered HTTP {response.status_code}")
 
 
+def image_service(conn: openstack.connection.Connection) -> ImageService:
+    """The connection's Glance service: v2, the API the farm speaks (the SDK's type says v1 or v2)."""
+    return cast(ImageService, conn.image)
+
+
 def farm_images(conn: openstack.connection.Connection, farm_id: str) -> list[Image]:
     """This farm's images in the connection's project, newest first."""
     project_id = conn.current_project_id
     ours = [
         image
-        for image in conn.image.images(owner=project_id, visibility="all")
+        for image in image_service(conn).images(owner=project_id, visibility="all")
         if (image.properties or {}).get(FARM_ID_PROPERTY) == farm_id
     ]
     return sorted(ours, key=lambda image: (image.created_at or "", image.name or ""), reverse=True)
@@ -331,7 +350,7 @@ def rotate_images(
     dead = [image for image in ours if _is_dead(image)]
     doomed = [image for image in [*active[keep:], *dead] if image.id != keep_id and not image.is_protected]
     for image in doomed:
-        conn.image.delete_image(image, ignore_missing=True)
+        image_service(conn).delete_image(image, ignore_missing=True)
     return {image.id: image.name for image in doomed}
 
 
@@ -370,7 +389,7 @@ class _TargetPublisher:
         if existing is not None:
             self.say(f"{existing.name} ({existing.id}) is already active with the same sha512")
             return PublishResult(
-                self.place, existing.id, existing.name, "already published", [], self.messages
+                self.place, existing.id, existing.name, "already published", messages=self.messages
             )
         if self.target.disk_format == "raw":
             with tempfile.TemporaryDirectory(prefix="farm-glance-") as scratch:
@@ -403,7 +422,7 @@ class _TargetPublisher:
         if not self.target.use_import:
             return False
         try:
-            methods = self.conn.image.get_import_info().import_methods or {}
+            methods = image_service(self.conn).get_import_info().import_methods or {}
         except sdk_exceptions.NotFoundException:
             methods = {}  # a Glance from before the import API
         if "web-download" in (methods.get("value") or []):
@@ -449,13 +468,13 @@ class _TargetPublisher:
             self._verify(active, expected_sha512)
         except BaseException:
             with contextlib.suppress(Exception):
-                self.conn.image.delete_image(image, ignore_missing=True)
+                image_service(self.conn).delete_image(image, ignore_missing=True)
                 self.say(f"deleted the failed image {image.id}")
             raise
         self.say(f"{image.name} is active ({method}), sha512 verified")
 
     def _import(self, image: Image) -> None:
-        response = self.conn.image.import_image(image, method="web-download", uri=self.upload.url)
+        response = image_service(self.conn).import_image(image, method="web-download", uri=self.upload.url)
         # openstacksdk hands back failed import requests without raising.
         if response.status_code >= 400:
             error = GlanceUnavailable if response.status_code >= 500 else GlancePublishError
@@ -505,7 +524,7 @@ class _TargetPublisher:
         started = last_report = time.monotonic()
         deadline = started + self.active_timeout
         while True:
-            current = self.conn.image.get_image(image.id)
+            current = image_service(self.conn).get_image(image.id)
             properties = current.properties or {}
             if current.status == "active":
                 return current
@@ -535,7 +554,9 @@ class _TargetPublisher:
     def _task_reason(self, image: Image) -> str:
         """Glance's own words about the failed import task, when it says any."""
         with contextlib.suppress(*CLOUD_ERRORS):
-            messages = [task.message for task in self.conn.image.image_tasks(image.id) if task.message]
+            messages = [
+                task.message for task in image_service(self.conn).image_tasks(image.id) if task.message
+            ]
             if messages:
                 return f": {_response_text(messages[-1])}"
         return ""

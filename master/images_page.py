@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from buildbot.www.auth import build_cookie_name
 from buildbot.www.authz import Forbidden
 from flask import Flask, abort, redirect, render_template_string, request, url_for
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import blockingCallFromThread
 from werkzeug.wrappers import Response
 
@@ -134,7 +135,9 @@ def may_view(app: Flask) -> bool:
         # An expired or forged session cookie: the visitor is anonymous.
         user_info = {"anonymous": True}
     try:
-        blockingCallFromThread(reactor, www.authz.assertUserAllowed, ENDPOINT, "get", {}, user_info)
+        # Twisted types the global reactor by what every reactor has; the one installed runs threads.
+        from_threads = cast(IReactorFromThreads, reactor)
+        blockingCallFromThread(from_threads, www.authz.assertUserAllowed, ENDPOINT, "get", {}, user_info)
     except Forbidden:
         return False
     return True
@@ -152,12 +155,12 @@ def build_links(app: Flask, images: list[ImageRecord]) -> dict[str, BuildLink]:
     api = getattr(app, "buildbot_api", None)
     if api is None:
         return {}
-    builders = blockingCallFromThread(reactor, api.master.data.get, ("builders",))
+    builders = blockingCallFromThread(cast(IReactorFromThreads, reactor), api.master.data.get, ("builders",))
     builder_ids = {builder["name"]: builder["builderid"] for builder in builders}
     links = {}
     for image in images:
         metadata = image.manifest.get("metadata") or {}
-        builder, _, number = str(metadata.get("build", "")).partition("/")  # type: ignore[union-attr]
+        builder, _, number = str(metadata.get("build", "")).partition("/")
         if builder in builder_ids and number.isdigit():
             links[image.set_id] = BuildLink(
                 f"{builder} #{number}", f"#/builders/{builder_ids[builder]}/builds/{number}"

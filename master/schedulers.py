@@ -1,6 +1,7 @@
 """c['schedulers']: the web UI's force buttons, the kernel-config push and the nightly rebuild."""
 
 from collections.abc import Callable
+from typing import Any
 
 from buildbot.plugins import schedulers as sched
 from buildbot.plugins import util
@@ -92,7 +93,7 @@ def _on_push(
 
 
 def _kernel_config_changed(config: FarmConfig):
-    def is_important(change: object) -> bool:
+    def is_important(change: Any) -> bool:  # a Buildbot Change (untyped)
         return config.kernel.config_file in change.files
 
     return is_important

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from buildbot.util import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort
 
 from gentoo_farm.store.local import LocalStore
 from gentoo_farm.store.server import parse_listen, serve
@@ -13,6 +14,7 @@ class StoreServer(service.BuildbotService):
     """Serves a local store inside the master: ``c['services'].append(StoreServer(...))``."""
 
     name = "artifact-store"
+    listening_port: IListeningPort | None
 
     def checkConfig(self, store_path: str, listen: str = "127.0.0.1:8011", public_url: str = "") -> None:
         parse_listen(listen)

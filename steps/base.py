@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, cast
+from typing import Any, Literal, TypeAlias, cast
 
 from buildbot import config
 from buildbot.process import buildstep, logobserver
@@ -22,6 +22,12 @@ from gentoo_farm.stageprotocol import ERROR_MARKER, RESULT_NONCE_ENV, result_pre
 # A stopped build's stage gets SIGTERM and this long to clean up (the disk stage unmounts its
 # filesystem and detaches its loop device) before Buildbot sends SIGKILL.
 SIGTERM_GRACE_SECONDS = 60
+
+Renderable: TypeAlias = object
+"""A value or a Buildbot renderable (Property, Interpolate, Transform) the step renders at run time.
+
+Buildbot has no type hints, so a renderable is any object to the checker; the alias says which
+arguments a step renders before it reads them."""
 
 
 def new_result_nonce() -> str:
@@ -42,7 +48,7 @@ def as_list(value: object) -> list[object]:
     if value is None:
         return []
     if isinstance(value, str):
-        return value.split()
+        return [*value.split()]
     if isinstance(value, Sequence):
         return list(value)
     return [value]
@@ -69,10 +75,10 @@ class StageArgument:
 
     option: str = ""
     form: Literal["value", "switch", "toggle", "each", "list", "rest", "pairs"] = "value"
-    default: object = REQUIRED
+    default: Renderable = REQUIRED
 
     def command_line(self, value: object) -> list[object]:
-        flag = [self.option] if self.option else []
+        flag: list[object] = [self.option] if self.option else []
         if self.form == "value":
             if self.default is not REQUIRED and not value:
                 return []
@@ -107,7 +113,7 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
 
     stage: str = ""
     arguments: Mapping[str, StageArgument] = MappingProxyType({})
-    renderables = ("stage_args",)
+    renderables: tuple[str, ...] = ("stage_args",)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -115,7 +121,8 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
             # Buildbot renders the renderables each class of the step lists (accumulateClassList).
             cls.renderables = tuple(cls.arguments)
 
-    def __init__(self, *values: object, stage_args: Sequence[object] = (), **kwargs: object) -> None:
+    def __init__(self, *values: Renderable, stage_args: Renderable = (), **kwargs: Any) -> None:
+        # kwargs: the declared arguments (renderables) and Buildbot's own step options (untyped).
         positional = list(values)
         stage = type(self).stage
         if not stage:  # used directly: FarmWorkerStep(STAGE, STAGE_ARGS)
@@ -123,7 +130,7 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
                 config.error("FarmWorkerStep needs the stage it runs")
             stage = str(positional.pop(0))
             if positional:
-                stage_args = cast(Sequence[object], positional.pop(0))
+                stage_args = positional.pop(0)
         names = list(self.arguments)
         if len(positional) > len(names):
             config.error(f"{type(self).__name__}: {len(positional)} positional values for {names}")
@@ -168,7 +175,7 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
         """The stage's command-line arguments, from the (rendered) declared arguments and ``stage_args``."""
         ordered = sorted(self.arguments.items(), key=lambda item: item[1].form == "rest")
         declared = [part for name, argument in ordered for part in argument.command_line(getattr(self, name))]
-        return [*declared, *self.stage_args]
+        return [*declared, *cast(Sequence[object], self.stage_args)]  # rendered: a list by now
 
     async def run(self) -> int:
         command = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from buildbot.process import buildstep, properties
 from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS, worst_status
@@ -19,6 +20,7 @@ from gentoo_farm.glance import (
     target_place,
     upload_from_record,
 )
+from gentoo_farm.steps.base import Renderable
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.store.clouds import (
     ACTIVE,
@@ -30,6 +32,9 @@ from gentoo_farm.store.clouds import (
     record_rotated,
 )
 from gentoo_farm.transfer import REPORT_SECONDS
+
+IMAGES_SET_ID = properties.Property("images_set_id")
+"""The image set the build published (PublishSet's ``images_set_id`` property)."""
 
 
 class PublishToGlance(buildstep.BuildStep):
@@ -54,7 +59,7 @@ class PublishToGlance(buildstep.BuildStep):
         store_settings: StoreSettings,
         targets: Sequence[GlanceTargetSettings],
         farm_id: str,
-        set_id: object = properties.Property("images_set_id"),
+        set_id: Renderable = IMAGES_SET_ID,
         progress_interval: float = REPORT_SECONDS,
         signing_fingerprint: str = "",
         **kwargs: object,
@@ -146,7 +151,7 @@ class PublishToGlance(buildstep.BuildStep):
             await log.addStderr(f"{self.outcomes[-1]}\n")
         return results
 
-    def _show_progress(self, log: object, cloud: str, message: str) -> None:
+    def _show_progress(self, log: Any, cloud: str, message: str) -> None:
         log.addStdout(f"{message}\n")
         self.current = f"{cloud}: {message}"
         self.updateSummary()

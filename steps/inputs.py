@@ -6,7 +6,7 @@ from types import MappingProxyType
 from buildbot.process.results import SUCCESS
 
 from gentoo_farm.artifacts import ARTIFACT_KINDS, DOWNLOAD_MAP, INPUT_KEY_PROPERTY, REBUILD_PROPERTY
-from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
+from gentoo_farm.steps.base import FarmWorkerStep, Renderable, StageArgument, declared
 from gentoo_farm.steps.store import SignedUrlsStep
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
 from gentoo_farm.store.sets import ARTIFACT, PublishedSet, find_set, latest_set, list_sets
@@ -46,7 +46,7 @@ class ResolveImageInputs(SignedUrlsStep):
         self,
         store_settings: StoreSettings,
         downloads: Mapping[str, str],
-        kernel_revision: object = "",
+        kernel_revision: Renderable = "",
         map_path: str = DOWNLOAD_MAP,
         **kwargs,
     ) -> None:
@@ -76,12 +76,12 @@ class ResolveImageInputs(SignedUrlsStep):
                 if str(published.metadata.get("revision", "")).startswith(revision):
                     return published
             raise StoreError(f"no kernel was published from config revision {revision}: build it first")
-        published = latest_set(store, kind)
-        if published is None:
+        latest = latest_set(store, kind)
+        if latest is None:
             raise StoreError(
                 f"no {kind} is published yet: run the {ARTIFACT_KINDS[kind].builder} builder first"
             )
-        return published
+        return latest
 
     async def run(self) -> int:
         try:
@@ -123,7 +123,7 @@ class ResolveStage4(SignedUrlsStep):
     renderables = ("stage4_key",)
 
     def __init__(
-        self, store_settings: StoreSettings, stage4_key: object, worker_path: str, map_path: str, **kwargs
+        self, store_settings: StoreSettings, stage4_key: Renderable, worker_path: str, map_path: str, **kwargs
     ) -> None:
         kwargs.setdefault("name", "find-stage4")
         super().__init__(store_settings, **kwargs)

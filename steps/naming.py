@@ -5,6 +5,7 @@ from __future__ import annotations
 from buildbot.process.results import SUCCESS
 
 from gentoo_farm.image_name import ImageNameError
+from gentoo_farm.steps.base import Renderable
 from gentoo_farm.steps.store import StoreStep
 from gentoo_farm.store import StoreError, StoreSettings
 from gentoo_farm.store.sets import next_image_name
@@ -18,7 +19,7 @@ class NameImage(StoreStep):
 
     renderables = ("arch",)
 
-    def __init__(self, store_settings: StoreSettings, arch: str, **kwargs: object) -> None:
+    def __init__(self, store_settings: StoreSettings, arch: Renderable, **kwargs: object) -> None:
         kwargs.setdefault("name", "name-image")
         super().__init__(store_settings, **kwargs)
         self.arch = arch

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, cast
 
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from twisted.internet import threads
 
 from gentoo_farm.signing import FarmKey
+from gentoo_farm.steps.base import Renderable
 from gentoo_farm.steps.store import SignedUrlsStep, StoreStep, published_properties
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.store.sets import (
@@ -46,10 +48,10 @@ class MakeUploadUrls(SignedUrlsStep):
         self,
         store_settings: StoreSettings,
         kind: str,
-        input_key: str,
-        files: Mapping[str, str],
-        map_path: str = "upload-map.json",
-        **kwargs: object,
+        input_key: Renderable,
+        files: Renderable,
+        map_path: Renderable = "upload-map.json",
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", f"{kind}-upload-urls")
         super().__init__(store_settings, **kwargs)
@@ -65,7 +67,7 @@ class MakeUploadUrls(SignedUrlsStep):
         def sign(store: ArtifactStore) -> dict[str, str]:
             return {
                 str(path): store.upload_url(object_key(self.kind, set_id, name), expiry)
-                for name, path in dict(self.files).items()
+                for name, path in dict(cast(Mapping[str, object], self.files)).items()  # rendered
             }
 
         try:
@@ -95,13 +97,13 @@ class PublishSet(StoreStep):
         self,
         store_settings: StoreSettings,
         kind: str,
-        input_key: str,
-        files: Mapping[str, Mapping[str, object]],
-        metadata: Mapping[str, object] | None = None,
-        sources: Mapping[str, str] | None = None,
-        set_id: str | None = None,
+        input_key: Renderable,
+        files: Renderable,
+        metadata: Renderable = None,
+        sources: Renderable = None,
+        set_id: Renderable = None,
         key: FarmKey | None = None,
-        **kwargs: object,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", f"publish-{kind}")
         super().__init__(store_settings, **kwargs)
@@ -117,8 +119,8 @@ class PublishSet(StoreStep):
     def expected_files(self) -> dict[str, ExpectedFile]:
         try:
             return {
-                str(name): ExpectedFile(int(info["size"]), str(info["sha512"]), info.get("md5"))  # type: ignore[arg-type]
-                for name, info in dict(self.files).items()
+                str(name): ExpectedFile(int(info["size"]), str(info["sha512"]), info.get("md5"))
+                for name, info in dict(cast(Mapping[str, Mapping[str, Any]], self.files)).items()  # rendered
             }
         except (KeyError, TypeError, ValueError) as error:
             raise StoreError(f"files to publish must map names to {{size, sha512}}: {error}") from error
@@ -144,8 +146,8 @@ class PublishSet(StoreStep):
                     set_id,
                     str(self.input_key),
                     expected,
-                    dict(self.metadata),
-                    dict(self.sources),
+                    dict(cast(Mapping[str, object], self.metadata)),  # rendered
+                    dict(cast(Mapping[str, str], self.sources)),
                     say,
                     sign=self.key.clearsign if self.key is not None else None,
                 )

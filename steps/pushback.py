@@ -10,6 +10,7 @@ from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 
 from gentoo_farm.artifacts import PUSHBACK_CANDIDATES, PUSHBACK_UPLOADS
 from gentoo_farm.signing import FarmKey
+from gentoo_farm.steps.base import Renderable
 from gentoo_farm.steps.store import SignedUrlsStep, StoreStep
 from gentoo_farm.store import StoreError, StoreSettings
 from gentoo_farm.store.binhost import (
@@ -32,9 +33,9 @@ class PushBackUrls(SignedUrlsStep):
     def __init__(
         self,
         store_settings: StoreSettings,
-        snapshot_key: object = None,
-        candidates_path: str = PUSHBACK_CANDIDATES,
-        map_path: str = PUSHBACK_UPLOADS,
+        snapshot_key: Renderable = None,
+        candidates_path: Renderable = PUSHBACK_CANDIDATES,
+        map_path: Renderable = PUSHBACK_UPLOADS,
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("name", "push-back-urls")
@@ -104,7 +105,9 @@ class MergeBinhost(StoreStep):
 
     renderables = ("profile",)
 
-    def __init__(self, store_settings: StoreSettings, profile: str, key: FarmKey, **kwargs: object) -> None:
+    def __init__(
+        self, store_settings: StoreSettings, profile: Renderable, key: FarmKey, **kwargs: object
+    ) -> None:
         kwargs.setdefault("name", "merge-binhost")
         super().__init__(store_settings, **kwargs)
         self.profile = profile

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from buildbot.process import buildstep
 from buildbot.process.results import FAILURE, SUCCESS
@@ -19,6 +19,8 @@ from twisted.internet import threads
 from gentoo_farm.image_name import ImageNameError
 from gentoo_farm.store import StoreError, StoreSettings, open_store
 from gentoo_farm.store.sets import PublishedSet
+
+T = TypeVar("T")
 
 
 def published_properties(published: PublishedSet) -> dict[str, object]:
@@ -56,8 +58,10 @@ class StoreStep(buildstep.BuildStep):
             return {"step": self.current}
         return super().getCurrentSummary()
 
-    async def in_thread(self, function, *args: object) -> object:  # type: ignore[no-untyped-def]
-        def call() -> object:
+    async def in_thread(self, function: Callable[..., T], *args: object) -> T:
+        """``function(store, *args)`` in a thread, with the store opened there."""
+
+        def call() -> T:
             return function(open_store(self.store_settings), *args)
 
         return await threads.deferToThread(call)

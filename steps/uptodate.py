@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from buildbot.process import buildstep
 from buildbot.process.results import SKIPPED, SUCCESS
 from twisted.internet import defer
 
 from gentoo_farm.artifacts import REBUILD_PROPERTY, UP_TO_DATE_PROPERTY
+from gentoo_farm.steps.base import Renderable
 from gentoo_farm.steps.store import StoreStep, published_properties
 from gentoo_farm.store import StoreError, StoreSettings
 from gentoo_farm.store.sets import PublishedSet, find_set
@@ -17,7 +19,7 @@ StepCondition = Callable[[buildstep.BuildStep], "bool | defer.Deferred[bool]"]
 """A ``doStepIf``: whether the step runs, decided when the build reaches it."""
 
 
-def unless_up_to_date(condition: StepCondition | None = None) -> dict[str, object]:
+def unless_up_to_date(condition: StepCondition | None = None) -> dict[str, Any]:
     """The options of every step after :class:`CheckUpToDate`: when the store already holds this input
     key's set the step is skipped and hidden, so the build ends SUCCESS in seconds; otherwise it runs
     if ``condition`` (a ``doStepIf`` of its own) allows."""
@@ -44,7 +46,9 @@ class CheckUpToDate(StoreStep):
 
     renderables = ("input_key",)
 
-    def __init__(self, store_settings: StoreSettings, kind: str, input_key: str, **kwargs: object) -> None:
+    def __init__(
+        self, store_settings: StoreSettings, kind: str, input_key: Renderable, **kwargs: object
+    ) -> None:
         kwargs.setdefault("name", f"{kind}-up-to-date")
         super().__init__(store_settings, **kwargs)
         self.kind = kind

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from buildbot import config
 from buildbot.worker.latent import AbstractLatentWorker
@@ -214,7 +215,7 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         build_ids: int | None = None,
         cache_dir: Path | None = None,
         shared_repositories: Sequence[str] = (),
-        **kwargs: object,
+        **kwargs: Any,  # Buildbot's own worker options (untyped)
     ) -> None:
         try:
             host_port(master_address)
@@ -236,7 +237,7 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         build_ids: int | None = None,
         cache_dir: Path | None = None,
         shared_repositories: Sequence[str] = (),
-        **kwargs: object,
+        **kwargs: Any,  # Buildbot's own worker options (untyped)
     ) -> None:
         # Not "worker_basedir": AbstractWorker keeps the base directory the worker reports there.
         self.instance_dir = Path(basedir)

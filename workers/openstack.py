@@ -144,6 +144,10 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
     bounded by ``delete_timeout``; a server it could not delete is left to the orphan reaper.
     """
 
+    # Both set by reconfigService, before the worker can start an instance.
+    settings: OpenStackPoolSettings
+    bootstrap: WorkerBootstrap
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.fleet: OpenStackFleet | None = None
         self._server_id: str | None = None
@@ -198,6 +202,12 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         if self.fleet is not None:
             self.fleet.discharge(self.name)
 
+    @property
+    def _fleet(self) -> OpenStackFleet:
+        """The fleet; reconfigService sets it before the worker can start an instance."""
+        assert self.fleet is not None, f"{self.name}: no fleet before reconfigService"
+        return self.fleet
+
     # -- talking to the cloud (these run in threads) ---------------------------------------------
 
     def _call(
@@ -208,7 +218,7 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
 
     def _wait(self, action: str, function: Callable[..., _Result], *args: Any) -> defer.Deferred[_Result]:
         """Like :meth:`_call`, for waits of minutes: in the fleet's own bounded thread pool."""
-        return self.fleet.wait(self.master.reactor, call_cloud, self.settings.cloud, action, function, *args)
+        return self._fleet.wait(self.master.reactor, call_cloud, self.settings.cloud, action, function, *args)
 
     def _connection(self) -> openstack.connection.Connection:
         if self._cloud_connection is None:
@@ -220,7 +230,7 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
 
     def _resolve_image_id(self) -> str:
         connection = self._connection()
-        image, farm_id = self.settings.image, self.fleet.farm_id
+        image, farm_id = self.settings.image, self._fleet.farm_id
         if image != LATEST_FARM_IMAGE:
             try:
                 return connection.image.find_image(image, ignore_missing=False).id
@@ -256,7 +266,7 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
             "name": server_name,
             "flavor_id": flavor.id,
             "user_data": base64.b64encode(user_data.encode()).decode("ascii"),
-            "metadata": {FARM_ID_KEY: self.fleet.farm_id, WORKER_KEY: self.name, INSTANCE_KEY: token},
+            "metadata": {FARM_ID_KEY: self._fleet.farm_id, WORKER_KEY: self.name, INSTANCE_KEY: token},
             # without a network Nova picks the project's only one or fails with a clear 409
             "networks": [{"uuid": network_id}] if network_id else "auto",
         }
@@ -348,14 +358,15 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
             raise LatentWorkerFailedToSubstantiate(self.name, f"still owns server {self._server_id}")
         request_id = min((request.id for request in build.requests), default=None)
         self._starting_request = request_id
-        failures = self.fleet.failed_starts(request_id) if request_id is not None else []
-        if len(failures) >= self.settings.max_start_attempts:
-            self.fleet.forget_request(request_id)
+        failures = self._fleet.failed_starts(request_id) if request_id is not None else []
+        if request_id is not None and len(failures) >= self.settings.max_start_attempts:
+            self._fleet.forget_request(request_id)
             raise LatentWorkerCannotSubstantiate(
                 f"{self.name}: gave up after {len(failures)} failed instance starts; last: {failures[-1]}"
             )
 
-        bootstrap, wheel_urls = self.bootstrap, {}
+        bootstrap = self.bootstrap
+        wheel_urls: dict[str, str] = {}
         if self.settings.served_wheels is not None:
             try:
                 wheels, wheel_urls = self.settings.served_wheels.for_instance()
@@ -365,8 +376,8 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         password = self.instance_password.issue()
         # held before the server exists, so that no reaper sweep can see it unowned
         self._instance_token = token = secrets.token_hex(6)
-        self.fleet.hold(token)
-        self._server_name = f"{self.fleet.farm_id}-{self.name}-{token}"
+        self._fleet.hold(token)
+        self._server_name = f"{self._fleet.farm_id}-{self.name}-{token}"
         user_data = bootstrap.render(self.name, password, wheel_urls)
         cloud = self.settings.cloud
         try:
@@ -392,7 +403,7 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
     def _record_failed_start(self, reason: str) -> None:
         log.msg(f"{self.name}: instance start failed: {reason}")
         if self._starting_request is not None:
-            self.fleet.record_failed_start(self._starting_request, reason)
+            self._fleet.record_failed_start(self._starting_request, reason)
 
     def check_instance(self) -> defer.Deferred[tuple[bool, str]]:
         return defer.Deferred.fromCoroutine(self._check_instance())
@@ -416,7 +427,7 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
     def attached(self, conn: Any):
         yield super().attached(conn)
         if self.state == States.SUBSTANTIATED and self._starting_request is not None:
-            self.fleet.forget_request(self._starting_request)
+            self._fleet.forget_request(self._starting_request)
             self._starting_request = None
 
     def stop_instance(self, fast: bool = False) -> defer.Deferred[bool]:
@@ -441,7 +452,7 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         finally:
             self._server_id = self._server_name = self._instance_token = None
             if token is not None:
-                self.fleet.release(token)
+                self._fleet.release(token)
 
 
 def openstack_worker_pool(name: str, max_instances: int, **kwargs: Any) -> list[OpenStackLatentWorker]:

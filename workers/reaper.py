@@ -94,8 +94,7 @@ class OpenStackOrphanReaper(service.BuildbotService):
     def _sweep_logging_errors(self) -> defer.Deferred[None]:
         d = self.sweep()
         d.addErrback(lambda failure: log.msg(f"{self.name}: sweep failed: {failure.getErrorMessage()}"))
-        d.addCallback(lambda _: None)
-        return d
+        return d.addCallback(lambda _: None)
 
     def _list_farm_servers(self, farm_id: str) -> list[Any]:
         with cloud_errors(self.cloud, "listing servers"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from portage.versions import catpkgsplit, vercmp
 
@@ -55,9 +56,10 @@ def _by_package(packages: Sequence[Mapping[str, object]]) -> dict[tuple[str, str
     return found
 
 
-def diff_manifests(old: Mapping[str, object], new: Mapping[str, object]) -> ImageDiff:
-    before = _by_package(old["packages"])  # type: ignore[arg-type]
-    after = _by_package(new["packages"])  # type: ignore[arg-type]
+def diff_manifests(old: Mapping[str, Any], new: Mapping[str, Any]) -> ImageDiff:
+    """Compare two image manifests (parsed JSON)."""
+    before = _by_package(old["packages"])
+    after = _by_package(new["packages"])
     result = ImageDiff()
     for key in sorted(before.keys() | after.keys()):
         if key not in after:
@@ -66,8 +68,8 @@ def diff_manifests(old: Mapping[str, object], new: Mapping[str, object]) -> Imag
             result.added.append(after[key][1])
         elif before[key][0] != after[key][0]:
             result.changed.append((key[0], before[key][0], after[key][0]))
-    old_kernel = str(old.get("kernel", {}).get("release", ""))  # type: ignore[union-attr]
-    new_kernel = str(new.get("kernel", {}).get("release", ""))  # type: ignore[union-attr]
+    old_kernel = str(old.get("kernel", {}).get("release", ""))
+    new_kernel = str(new.get("kernel", {}).get("release", ""))
     if old_kernel != new_kernel:
         result.kernel = (old_kernel or "-", new_kernel or "-")
     return result

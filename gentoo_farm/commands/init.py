@@ -12,7 +12,7 @@ from pathlib import Path
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands.hook import install_local_hooks
 from gentoo_farm.commands.key import create_farm_key
-from gentoo_farm.config import CONFIG_NAME, load_config
+from gentoo_farm.config import CONFIG_NAME, FarmConfig, load_config
 from gentoo_farm.farmdir import HOOK_USER, FarmDir
 from gentoo_farm.passwords import PasswordFile, generate_password, write_private
 from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, recipe_repository
@@ -61,7 +61,8 @@ def _recipe_repository(bare: Path, branch: str, content: Path, message: str) -> 
         _git("push", "--quiet", str(bare), f"HEAD:refs/heads/{branch}", cwd=work)
 
 
-def run(args: argparse.Namespace, config: None) -> int:
+def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
+    # config: None (there is no farm yet); it is loaded from the new farm.toml below.
     root = args.directory.resolve()
     if root.exists() and any(root.iterdir()):
         raise CommandError(f"{root} exists and is not empty; choose a new directory")

@@ -38,20 +38,44 @@ class PreconditionFailed(StoreError):
 
 
 class StoreSettings(Protocol):
-    """The ``[store]`` section of farm.toml (see gentoo_farm.config.StoreSection)."""
+    """The ``[store]`` section of farm.toml (see gentoo_farm.config.StoreSection); read-only, as its frozen
+    dataclass is."""
 
-    type: Literal["local", "s3"]
-    path: Path
-    bucket: str
-    prefix: str
-    endpoint_url: str
-    region: str
-    public_url: str
-    part_size_mb: int
-    concurrency: int
-    keep: int
-    url_expiry_seconds: int
-    checksums: Literal["when_supported", "when_required"]
+    @property
+    def type(self) -> Literal["local", "s3"]: ...
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def bucket(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def endpoint_url(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def public_url(self) -> str: ...
+
+    @property
+    def part_size_mb(self) -> int: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def keep(self) -> int: ...
+
+    @property
+    def url_expiry_seconds(self) -> int: ...
+
+    @property
+    def checksums(self) -> Literal["when_supported", "when_required"]: ...
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from portage.getbinpkg import PackageIndex
 
-from gentoo_farm.checksums import feed
+from gentoo_farm.checksums import Digest, feed
 from gentoo_farm.gentoo_manifest import ManifestError, dist_entries
 from gentoo_farm.signing import FarmKey, SigningError
 from gentoo_farm.store.base import (
@@ -313,7 +313,7 @@ def _check_against_dist_line(store: ArtifactStore, key: str, name: str, line: Ma
         raise ObjectNotFound(key)
     if info.size != line["size"]:
         raise StoreError(f"{name}: {info.size} bytes uploaded, its DIST line says {line['size']}")
-    digests = {"SHA512": hashlib.sha512()}
+    digests: dict[str, Digest] = {"SHA512": hashlib.sha512()}
     if line.get("blake2b"):
         digests["BLAKE2B"] = hashlib.blake2b()
     with store.open_read(key) as stream:

@@ -7,7 +7,9 @@ image through ``images/latest.json``). Writing is the farm's business: every wri
 
 from __future__ import annotations
 
+import builtins
 import email.utils
+import http.client
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ class PublicStore(ArtifactStore):
         headers = {"Range": f"bytes={start}-"} if start else {}
         return urllib.request.Request(self.public_object_url(key), method=method, headers=headers)
 
-    def _open(self, request: urllib.request.Request, key: str) -> BinaryIO:
+    def _open(self, request: urllib.request.Request, key: str) -> http.client.HTTPResponse:
         try:
             return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS)
         except urllib.error.HTTPError as error:
@@ -88,7 +90,7 @@ class PublicStore(ArtifactStore):
     def copy(self, source_key: str, dest_key: str) -> None:
         raise self._read_only()
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:  # list: the method above
         raise self._read_only()
 
     def upload_url(self, key: str, expires_in: int, size: int | None = None) -> str:

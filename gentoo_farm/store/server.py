@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import cast
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet import defer, endpoints, reactor, threads
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IListeningPort, ITCPTransport
 from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
@@ -85,8 +87,10 @@ class StoreResource(resource.Resource):
         key = self.key_of(request.path)
         if refused is not None or key is None:
             return self._error(request, *(refused or (400, "invalid key")))
-        request.content.seek(0)
-        writing = threads.deferToThread(self.store.put_new, key, request.content)
+        body = request.content
+        assert body is not None, "a request has its content once its body is in"
+        body.seek(0)
+        writing = threads.deferToThread(self.store.put_new, key, body)
 
         def written(_: None) -> None:
             request.setResponseCode(201)
@@ -127,7 +131,9 @@ class StoreChannel(http.HTTPChannel):
             return
         code, message = refused
         body = (message + "\n").encode()
-        self.transport.write(
+        # The channel's TCP connection: set since the connection was made.
+        transport = cast(ITCPTransport, self.transport)
+        transport.write(
             b"HTTP/1.1 %d %s\r\n" % (code, http.RESPONSES.get(code, b"Refused"))
             + b"Content-Type: text/plain; charset=utf-8\r\n"
             + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
@@ -139,8 +145,8 @@ class StoreChannel(http.HTTPChannel):
         # fails with a broken pipe before it reads this answer. So only the sending half closes now, and
         # the connection ends when the client hangs up or REFUSED_LINGER_SECONDS have passed.
         self.length = None
-        self.dataReceived = self.rawDataReceived = lambda data: None  # type: ignore[method-assign]
-        self.transport.loseWriteConnection()
+        self.dataReceived = self.rawDataReceived = lambda data: None  # type: ignore[method-assign]  # drops the rest unread
+        transport.loseWriteConnection()
         self.setTimeout(REFUSED_LINGER_SECONDS)
 
 
@@ -163,7 +169,7 @@ class _WithoutQuery:
 def store_site(store: LocalStore) -> server.Site:
     """The HTTP site serving ``store``: early refusals and an access log without signatures."""
     site = server.Site(StoreResource(store), logFormatter=access_log_line)
-    site.protocol = StoreChannel
+    site.protocol = StoreChannel  # type: ignore[method-assign,assignment]  # typed as Twisted's factory method
     return site
 
 
@@ -187,12 +193,17 @@ def main() -> int:
     args = parser.parse_args()
     store = LocalStore(Path(args.root).resolve(), "")
 
-    def started(listening: object) -> None:
-        address = listening.getHost()  # type: ignore[attr-defined]
+    def started(listening: IListeningPort) -> None:
+        address = cast(IPv4Address, listening.getHost())  # a TCP4 endpoint's
         print(f"serving {store.root} on http://{address.host}:{address.port}", flush=True)
 
     listening = serve(store, args.listen)
-    listening.addCallbacks(started, lambda failure: (print(failure.getErrorMessage()), reactor.stop()))
+
+    def failed(failure: Failure) -> None:
+        print(failure.getErrorMessage())
+        reactor.stop()
+
+    listening.addCallbacks(started, failed)
     reactor.run()
     return 0
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from gentoo_farm.artifacts import ARTIFACT_KINDS
 from gentoo_farm.checksums import digests_text, sha512_line, stream_digests, stream_sha512
@@ -108,16 +108,16 @@ class PublishedSet:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, object], where: str) -> PublishedSet:
+    def from_json(cls, data: Mapping[str, Any], where: str) -> PublishedSet:
         try:
             return cls(
                 kind=str(data["kind"]),
                 set_id=str(data["set_id"]),
                 input_key=str(data["input_key"]),
                 published_at=str(data["published_at"]),
-                files=tuple(PublishedFile(**entry) for entry in data["files"]),  # type: ignore[union-attr]
-                metadata=dict(data.get("metadata") or {}),  # type: ignore[call-overload]
-                sources=dict(data.get("sources") or {}),  # type: ignore[call-overload]
+                files=tuple(PublishedFile(**entry) for entry in data["files"]),
+                metadata=dict(data.get("metadata") or {}),
+                sources=dict(data.get("sources") or {}),
                 signed=bool(data.get("signed", False)),
             )
         except (KeyError, TypeError) as error:

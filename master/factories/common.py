@@ -1,6 +1,7 @@
 """Pieces every builder shares: checkout, the publish and push-back sequences, the image trigger."""
 
 from collections.abc import Mapping
+from typing import Any
 
 from buildbot.plugins import steps, util
 from twisted.internet import defer, threads
@@ -10,7 +11,7 @@ from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import RecipeRepository
 from gentoo_farm.signing import FarmKey, SigningError, key_fingerprints
-from gentoo_farm.steps.base import FarmWorkerStep
+from gentoo_farm.steps.base import FarmWorkerStep, Renderable
 from gentoo_farm.steps.publish import MakeUploadUrls, PublishSet
 from gentoo_farm.steps.pushback import MergeBinhost, MergeDistfiles, PushBackUrls
 from gentoo_farm.steps.uptodate import CheckUpToDate, unless_up_to_date
@@ -20,6 +21,9 @@ from gentoo_farm.store.sets import ARTIFACT, latest_set
 
 IMAGE_AFTER_INPUTS = "image-after-new-input"
 """The Triggerable scheduler the mirror, kernel and overlay builders start an image build with."""
+
+INPUT_KEY = util.Property(INPUT_KEY_PROPERTY)
+"""The build's input key, as ComputeInputKey set it."""
 
 
 def checkout(repository: RecipeRepository, workdir: str) -> list[object]:
@@ -51,12 +55,12 @@ def up_to_date(config: FarmConfig, kind: str) -> CheckUpToDate:
 def publish(
     config: FarmConfig,
     kind: str,
-    artifact: object,
-    files: object,
-    metadata: Mapping[str, object] | None = None,
-    sources: object = None,
-    input_key: object = util.Property(INPUT_KEY_PROPERTY),
-    **step_options: object,
+    artifact: Renderable,
+    files: Renderable,
+    metadata: Mapping[str, Renderable] | None = None,
+    sources: Renderable = None,
+    input_key: Renderable = INPUT_KEY,
+    **step_options: Any,
 ) -> list[object]:
     """Upload ``files`` ({name in the set: path on the worker}) through signed URLs, then verify and
     publish them as one set whose ``latest`` pointer moves only when every file is in place."""
@@ -87,11 +91,11 @@ def publish(
 
 def push_back(
     config: FarmConfig,
-    distdir: object,
-    repository: object,
-    snapshot_key: object,
+    distdir: Renderable,
+    repository: Renderable,
+    snapshot_key: Renderable,
     pkgdir: str,
-    **step_options: object,
+    **step_options: Any,
 ) -> list[object]:
     """Send the distfiles and binary packages this build fetched or made and the farm lacks to its
     distfile mirror and binhost, so the next build takes them from there. The Manifests of the published

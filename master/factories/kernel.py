@@ -8,6 +8,7 @@ push nothing back (docs/security.md): the farm's mirror takes distfiles only fro
 """
 
 from collections.abc import Mapping
+from typing import Any
 
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
@@ -54,7 +55,7 @@ def _vouched(config: FarmConfig, distfile: str) -> list[object]:
     ]  # fmt: skip
 
 
-def _from_source(config: FarmConfig, building: Mapping[str, object]) -> list[object]:
+def _from_source(config: FarmConfig, building: Mapping[str, Any]) -> list[object]:
     kernel_config = f"../{CHECKOUT}/{config.kernel.config_file}"
     return [
         *checkout(recipe_repository(config, KERNEL_POLLER), CHECKOUT),
@@ -74,7 +75,7 @@ def _from_source(config: FarmConfig, building: Mapping[str, object]) -> list[obj
     ]
 
 
-def _from_package(config: FarmConfig, building: Mapping[str, object]) -> list[object]:
+def _from_package(config: FarmConfig, building: Mapping[str, Any]) -> list[object]:
     distdir = cache_dir("kernel/distfiles")
     return [
         steps.RemoveDirectory(name="clean", dir="build"),

@@ -28,7 +28,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Self
 
 from gentoo_farm.workers.toolkit import StageError
 from gentoo_farm.workers.toolkit.tools import run_tool
@@ -216,11 +216,11 @@ class _StrictTarInfo(tarfile.TarInfo):
     """A member header that refuses a bad header instead of taking it for the end of the archive."""
 
     @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
         offset = archive.fileobj.tell()
         try:
             return super().fromtarfile(archive)
-        except tarfile.EOFHeaderError:
+        except tarfile.EOFHeaderError:  # type: ignore[attr-defined]  # in tarfile, not in its stubs
             raise  # a zero block: the end-of-archive marker (what follows is checked by _clean_end)
         except tarfile.HeaderError as error:
             # TarFile.next() would end the archive quietly here; GNU tar skips the block and goes on.

@@ -25,16 +25,17 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gentoo_farm.checksums import feed
+from gentoo_farm.checksums import Digest, feed
 from gentoo_farm.workers.toolkit import StageError, progress, report
 
 CLEARSIGN_HEADER = "-----BEGIN PGP SIGNED MESSAGE-----"
-DIGEST_ALGORITHMS = {"BLAKE2B": hashlib.blake2b, "SHA512": hashlib.sha512}
+DIGEST_ALGORITHMS: dict[str, Callable[[], Digest]] = {"BLAKE2B": hashlib.blake2b, "SHA512": hashlib.sha512}
 # Gentoo publishes an MD5 (only) beside each snapshot; it identifies a snapshot, it does not vouch for it.
-IDENTIFYING_ALGORITHMS = {**DIGEST_ALGORITHMS, "MD5": hashlib.md5}
+IDENTIFYING_ALGORITHMS: dict[str, Callable[[], Digest]] = {**DIGEST_ALGORITHMS, "MD5": hashlib.md5}
 DOWNLOAD_ATTEMPTS = 3
 PROGRESS_INTERVAL = 2.0
 TIMESTAMP_MEMBER = re.compile(r"^(?:\./)?[^/]+/metadata/timestamp\.chk$")

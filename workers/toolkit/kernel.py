@@ -215,7 +215,7 @@ def compiler_error(output: str) -> str:
 def make(
     source: Path, build: Path, targets: list[str], environment: dict[str, str], jobs: int, what: str
 ) -> str:
-    command = [
+    command: list[str | Path] = [
         "make",
         "-C",
         source,

@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def new_distfiles(distdir: Path, mirror: str) -> dict[str, str]:
             or any(mark in name for mark in UNFINISHED_MARKERS)
         ):
             continue
-        if fetch(f"{mirror.rstrip('/')}/{urllib.request.quote(name)}", method="HEAD") is None:
+        if fetch(f"{mirror.rstrip('/')}/{urllib.parse.quote(name)}", method="HEAD") is None:
             found[name] = str(file.resolve())
     return found
 

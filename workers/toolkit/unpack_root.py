@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
     progress(f"unpacking {args.stage3.name} into {root}")
     unpack_tarball(args.stage3, root, what=f"stage3 {args.stage3.name}", options=TAR_OPTIONS)
     # Where the image itself would put the repository, whatever links the stage3 has on the way.
-    repository = resolve(root, REPOSITORY_DIR)
+    repository = resolve(root, str(REPOSITORY_DIR))
     repository.mkdir(parents=True, exist_ok=True)
     progress(f"unpacking {args.snapshot.name} into {repository}")
     # Snapshots hold one top directory (portage/); its contents are the repository.

@@ -58,7 +58,7 @@ def put_file(path: Path, url: str, attempts: int, timeout: float) -> dict[str, o
             reader = _CountingReader(stream, size, path.name)
             request = urllib.request.Request(
                 url,
-                data=reader,  # type: ignore[arg-type]
+                data=reader,
                 method="PUT",
                 # The URL is signed for a PUT that creates the object, never one that replaces it.
                 headers={
