@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import base64
 import getpass
+import http.client
 import http.cookiejar
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 API_TIMEOUT = 30
+READ_ATTEMPTS = 3
+"""A read whose connection the master dropped half-way (seen under heavy load) is tried this often."""
 PASSWORD_VARIABLE = "FARM_PASSWORD"
 # Buildbot's result codes (buildbot.process.results), by name.
 RESULT_NAMES = ("success", "warnings", "failure", "skipped", "exception", "retry", "cancelled")
@@ -25,10 +29,12 @@ RESULT_NAMES = ("success", "warnings", "failure", "skipped", "exception", "retry
 class MasterApiError(Exception):
     """The master did not answer, refused the login, or refused the request; the message says which."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, dropped: bool = False) -> None:
         super().__init__(message)
         self.status = status
         """The HTTP status the master answered with, None when it did not answer."""
+        self.dropped = dropped
+        """The master closed the connection before its answer was complete: a read may be tried again."""
 
 
 def result_name(results: int | None) -> str:
@@ -38,9 +44,10 @@ def result_name(results: int | None) -> str:
 
 
 class MasterApi:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, opener: urllib.request.OpenerDirector | None = None) -> None:
+        """``opener``: one that keeps the session cookie of a login (default: a new one)."""
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
-        self._opener = urllib.request.build_opener(
+        self._opener = opener or urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
         )
 
@@ -55,6 +62,12 @@ class MasterApi:
             ) from None
         except (urllib.error.URLError, OSError) as error:
             raise MasterApiError(f"{what}: the master at {self.base_url} does not answer ({error})") from None
+        except http.client.HTTPException as error:
+            raise MasterApiError(
+                f"{what}: the master at {self.base_url} closed the connection mid-answer "
+                f"({type(error).__name__})",
+                dropped=True,
+            ) from None
         return body
 
     def _json(self, request: urllib.request.Request | str, what: str) -> Any:
@@ -77,7 +90,15 @@ class MasterApi:
             raise
 
     def get(self, path: str) -> Any:
-        return self._json(f"{self.base_url}api/v2/{path}", path.split("?")[0])
+        attempt = 1
+        while True:
+            try:
+                return self._json(f"{self.base_url}api/v2/{path}", path.split("?")[0])
+            except MasterApiError as error:
+                if not error.dropped or attempt == READ_ATTEMPTS:
+                    raise
+            time.sleep(attempt)
+            attempt += 1
 
     def force(self, scheduler: str, **params: object) -> dict[str, int]:
         """Start a forced build; the build request ids by builder id."""

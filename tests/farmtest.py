@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from buildbot.process.results import RETRY
 
+from gentoo_farm.masterapi import MasterApi
+
 if TYPE_CHECKING:
     from tests.world import World
 
@@ -73,8 +75,7 @@ class Farm:
         self._opener.open(request, timeout=30).read()
 
     def api(self, path: str) -> Any:
-        with self._opener.open(f"{self.url}api/v2/{path}", timeout=30) as response:
-            return json.load(response)
+        return MasterApi(self.url, self._opener).get(path)
 
     def force(self, scheduler: str, **params: Any) -> tuple[int, Any]:
         body = json.dumps({"jsonrpc": "2.0", "method": "force", "id": 1, "params": params}).encode()
