@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gentoo_farm.gentoo_manifest import DistEntry
 from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.workers.toolkit.distfiles import fetch_distfile
-from gentoo_farm.workers.toolkit.kernel import BUILD_TREES, unpack_source
+from gentoo_farm.workers.toolkit.stages.kernel import BUILD_TREES, unpack_source
 from tests import debian
 from tests.world.repository import manifest_line
 from tests.world.server import WorldServer

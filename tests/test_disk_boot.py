@@ -38,8 +38,8 @@ from pathlib import Path
 
 import pytest
 
-from gentoo_farm.workers.toolkit.boottest import MIB
-from gentoo_farm.workers.toolkit.disk import PARTITION_OFFSET, holes_under_boot
+from gentoo_farm.workers.toolkit.stages.boottest import MIB
+from gentoo_farm.workers.toolkit.stages.disk import PARTITION_OFFSET, holes_under_boot
 from tests import debian
 from tests.imagetest import (
     FARM_WORKER,

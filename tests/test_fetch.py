@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gentoo_farm.workers.toolkit import StageError
-from gentoo_farm.workers.toolkit.fetch_release import parse_digests, parse_md5sum, parse_pointer
+from gentoo_farm.workers.toolkit.stages.fetch_release import parse_digests, parse_md5sum, parse_pointer
 from tests.world import World, WorldServer, build_world, signing, write_digests
 from tests.world.stages import StageRun, run_stage
 

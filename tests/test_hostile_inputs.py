@@ -20,7 +20,8 @@ import pytest
 
 from gentoo_farm.workers.toolkit import StageError
 from gentoo_farm.workers.toolkit.confined import resolve
-from gentoo_farm.workers.toolkit.emerge import FARM_BINREPO, select_profile, write_binrepo
+from gentoo_farm.workers.toolkit.portage_env import select_profile
+from gentoo_farm.workers.toolkit.stages.emerge import FARM_BINREPO, write_binrepo
 from tests.imagetest import DEFAULT_OVERLAY, assemble, farm_worker, make_root
 from tests.world.stages import StageRun, run_stage
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gentoo_farm.workers.toolkit import StageError
-from gentoo_farm.workers.toolkit.kernel import BUILD_IN_PROGRESS, BUILD_TREES, build_tree
+from gentoo_farm.workers.toolkit.stages.kernel import BUILD_IN_PROGRESS, BUILD_TREES, build_tree
 from tests import cache, debian
 from tests.imagetest import assemble, farm_worker, make_overlay, make_root, results
 from tests.world.repository import manifest_line

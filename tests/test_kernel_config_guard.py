@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 from gentoo_farm.workers.toolkit import StageError
-from gentoo_farm.workers.toolkit.kernel import add_arguments, read_kernel_config, refuse_host_paths, run
+from gentoo_farm.workers.toolkit.stages.kernel import (
+    add_arguments,
+    read_kernel_config,
+    refuse_host_paths,
+    run,
+)
 
 DEFAULT_CONFIG = Path(__file__).parent.parent / "gentoo_farm/defaults/kernel-config/config"
 SECRET = "root:$6$worker-secret:19000:0:::::"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from gentoo_farm.stageprotocol import RESULT_MARKER
-from gentoo_farm.workers.toolkit.overlay import EDITS_MEMBER, FIXED_MTIME
+from gentoo_farm.workers.toolkit.stages.overlay import FIXED_MTIME
+from gentoo_farm.workers.toolkit.vmoverride import EDITS_MEMBER
 
 DEFAULT_OVERLAY = Path(__file__).parent.parent / "gentoo_farm" / "defaults" / "overlay"
 FARM_WORKER = str(Path(sys.executable).parent / "farm-worker")

@@ -28,7 +28,7 @@ from gentoo_farm.store.sets import (
     new_set_id,
     publish_signing_key,
 )
-from gentoo_farm.workers.toolkit.emerge import trusted_keyring
+from gentoo_farm.workers.toolkit.stages.emerge import trusted_keyring
 from tests.farmtest import farm_command
 from tests.services.store import publish_files
 

@@ -17,7 +17,7 @@ import pytest
 
 from gentoo_farm.store import ArtifactStore, PreconditionFailed
 from gentoo_farm.workers.toolkit import StageError
-from gentoo_farm.workers.toolkit.upload import put_file
+from gentoo_farm.workers.toolkit.stages.upload import put_file
 
 pytest_plugins = ["tests.services.store"]
 

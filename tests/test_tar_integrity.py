@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from gentoo_farm.workers.toolkit import StageError
-from gentoo_farm.workers.toolkit.assemble import unpack
+from gentoo_farm.workers.toolkit.build_root import REPOSITORY_DIR
 from gentoo_farm.workers.toolkit.confined import unpack_tarball
-from gentoo_farm.workers.toolkit.kernel_package import unpack_package
-from gentoo_farm.workers.toolkit.unpack_root import REPOSITORY_DIR, TAR_OPTIONS
+from gentoo_farm.workers.toolkit.stages.assemble import unpack
+from gentoo_farm.workers.toolkit.stages.kernel_package import unpack_package
+from gentoo_farm.workers.toolkit.stages.unpack_root import TAR_OPTIONS
 from tests.test_hostile_inputs import Outside
 
 

@@ -21,8 +21,8 @@ from twisted.internet import defer
 from gentoo_farm.config import load_config
 from gentoo_farm.master.builders import FACTORIES
 from gentoo_farm.steps.base import FarmWorkerStep
-from gentoo_farm.workers.toolkit import disk
 from gentoo_farm.workers.toolkit.cli import STAGES, build_parser
+from gentoo_farm.workers.toolkit.stages import disk
 from tests.farmtest import init_farm, set_option
 
 

@@ -9,7 +9,7 @@ from types import FrameType
 from gentoo_farm.subcommands import add_subcommands
 from gentoo_farm.workers.toolkit import StageError, take_result_nonce
 
-# Stage name → module of this package, in the order of an image build.
+# Stage name → module of the stages package, in the order of an image build.
 STAGES: dict[str, str] = {
     "input-key": "input_key",
     "fetch-release": "fetch_release",
@@ -43,7 +43,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm-worker", description=__doc__)
-    modules = {name: f"gentoo_farm.workers.toolkit.{module}" for name, module in STAGES.items()}
+    modules = {name: f"gentoo_farm.workers.toolkit.stages.{module}" for name, module in STAGES.items()}
     add_subcommands(parser, modules, dest="stage", metavar="STAGE")
     return parser
 

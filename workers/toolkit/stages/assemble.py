@@ -27,8 +27,8 @@ from pathlib import Path, PurePosixPath
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.accounts import add_user
 from gentoo_farm.workers.toolkit.confined import read_text, resolve, unpack_tarball, write_text
-from gentoo_farm.workers.toolkit.overlay import EDITS_MEMBER
 from gentoo_farm.workers.toolkit.tools import require_directory, require_file
+from gentoo_farm.workers.toolkit.vmoverride import EDITS_MEMBER
 
 EXTLINUX_CONF = "boot/extlinux.conf"
 # sudo reads the files of /etc/sudoers.d in name order; 90 leaves room for the overlay's to come first.

@@ -27,6 +27,7 @@ from pathlib import Path
 from gentoo_farm.checksums import file_sha512
 from gentoo_farm.qemuboot import ACCELERATOR, qemu_exited, running
 from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.build_root import kernel_release, tree_bytes
 from gentoo_farm.workers.toolkit.confined import resolve
 from gentoo_farm.workers.toolkit.initramfs import build_initramfs
 from gentoo_farm.workers.toolkit.tools import require_directory, require_file, run_tool, tail
@@ -117,22 +118,6 @@ def parse_size(text: str) -> int:
     if not match:
         raise StageError(f"--size {text!r}: expected a size like 4G, 2048M or 1073741824")
     return int(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
-
-
-def tree_bytes(root: Path) -> int:
-    total = 0
-    for directory, _, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
-    return total
-
-
-def kernel_release(root: Path) -> str:
-    link = root / "boot/vmlinuz"
-    if not link.is_symlink():
-        raise StageError(f"{link}: missing or not a link to the kernel (run the assemble stage first)")
-    return os.readlink(link).rsplit("/", 1)[-1].removeprefix("vmlinuz-")
 
 
 def holds_real_root() -> bool:

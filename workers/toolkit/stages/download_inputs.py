@@ -12,7 +12,7 @@ from pathlib import Path
 from gentoo_farm.checksums import file_sha512
 from gentoo_farm.store import without_signature
 from gentoo_farm.workers.toolkit import StageError, progress
-from gentoo_farm.workers.toolkit.fetch_release import download
+from gentoo_farm.workers.toolkit.downloads import download
 
 DOWNLOAD_TIMEOUT = 60.0
 

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from gentoo_farm.workers.toolkit import StageError, progress, report
-from gentoo_farm.workers.toolkit.disk import kernel_release
+from gentoo_farm.workers.toolkit.build_root import kernel_release
 
 VDB = Path("var/db/pkg")
 

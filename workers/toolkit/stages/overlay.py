@@ -21,12 +21,10 @@ from pathlib import Path, PurePosixPath
 from gentoo_farm.checksums import file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.confined import MemberCheck
+from gentoo_farm.workers.toolkit.vmoverride import EDITS_MEMBER
 
 MANIFEST_NAME = "overlay.toml"
 TREE_NAME = "root"
-# The edits that must be applied to files already in the image travel inside the tarball under
-# this name; the assemble stage applies them and removes it.
-EDITS_MEMBER = ".gentoo-farm/overlay-edits.json"
 # 2000-01-01T00:00:00Z: a fixed, unremarkable time for every member.
 FIXED_MTIME = 946684800
 MANIFEST_SECTIONS = ("symlinks", "modes", "passwords")

@@ -16,15 +16,14 @@ from pathlib import Path
 
 from gentoo_farm.units import human_size
 from gentoo_farm.workers.toolkit import StageError, progress, report
-from gentoo_farm.workers.toolkit.disk import tree_bytes
-from gentoo_farm.workers.toolkit.emerge import (
+from gentoo_farm.workers.toolkit.build_root import REPOSITORY_DIR, tree_bytes
+from gentoo_farm.workers.toolkit.portage_env import (
     emerge_command,
     portage_environment,
     private_running_root,
     select_profile,
     worker_features,
 )
-from gentoo_farm.workers.toolkit.unpack_root import REPOSITORY_DIR
 
 # Portage's own caches and scratch space in the root; their contents go, the directories stay.
 PORTAGE_CACHES = (Path("var/cache/distfiles"), Path("var/cache/binpkgs"), Path("var/tmp/portage"))

@@ -9,9 +9,8 @@ import argparse
 from pathlib import Path
 
 from gentoo_farm.workers.toolkit import StageError, progress, report
+from gentoo_farm.workers.toolkit.build_root import REPOSITORY_DIR
 from gentoo_farm.workers.toolkit.confined import resolve, unpack_tarball
-
-REPOSITORY_DIR = Path("var/db/repos/gentoo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
