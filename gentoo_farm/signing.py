@@ -43,8 +43,25 @@ def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
     if result.returncode != 0:
         raise SigningError(
             f"gpg {' '.join(args[:1])} failed: {result.stderr.decode(errors='replace').strip()}"
+            + _socket_path_hint(home)
         )
     return result.stdout
+
+
+# A Unix socket's path holds at most 107 bytes; GnuPG's agent makes its sockets in the home directory
+# unless the system gives it /run/user/UID (systemd's logins do; an OpenRC host or a cron job may not).
+_LONGEST_AGENT_SOCKET = "S.gpg-agent.browser"
+_SOCKET_PATH_MAX = 107
+
+
+def _socket_path_hint(home: Path) -> str:
+    socket = home / _LONGEST_AGENT_SOCKET
+    if len(os.fsencode(socket)) <= _SOCKET_PATH_MAX or Path(f"/run/user/{os.getuid()}").is_dir():
+        return ""
+    return (
+        f" ({home} is too long a path for GnuPG's agent sockets: {socket} would be "
+        f"{len(os.fsencode(socket))} bytes, at most {_SOCKET_PATH_MAX} work; move the farm to a shorter path)"
+    )
 
 
 class FarmKey:

@@ -1,4 +1,6 @@
 import json
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,8 @@ SHARED_WORK_UNITS = dict.fromkeys(
 """Modules one xdist worker runs in turn, in collection order. They compile the default kernel with the
 shared kernel ccache (tests/cache.py): test_kernel_build's cold compile, first, leaves it warm for the
 others, instead of two cold compiles of the same kernel side by side on the same cores."""
+SHORT_BASETEMP = pytest.StashKey[Path]()
+"""The temporary root this run made for itself (see pytest_configure), to remove when the run passes."""
 UNRECORDED_SECONDS = 2.0
 UNRECORDED_SLOW_SECONDS = 60.0
 
@@ -101,7 +105,20 @@ class DurationRecorder:
         DURATIONS.write_text(json.dumps(rounded, indent=0) + "\n")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmpdir plugin reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
     is_xdist_worker = hasattr(config, "workerinput")
     if config.getoption("--record-durations") and not is_xdist_worker:
         config.pluginmanager.register(DurationRecorder(), "duration-recorder")
+    if config.option.basetemp is None and not is_xdist_worker:
+        # GnuPG's agent puts its sockets in a farm's key directory, and a socket path holds at most 107
+        # bytes: pytest's own root (/tmp/pytest-of-USER/pytest-N), xdist's popen-gwN and a test's
+        # directory would pass that. A short root of this run's own; kept only when the run fails.
+        config.option.basetemp = tempfile.mkdtemp(prefix="gf-")
+        config.stash[SHORT_BASETEMP] = Path(config.option.basetemp)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    basetemp = session.config.stash.get(SHORT_BASETEMP, None)
+    if basetemp is not None and exitstatus == 0:
+        shutil.rmtree(basetemp, ignore_errors=True)

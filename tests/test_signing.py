@@ -12,7 +12,7 @@ import pytest
 from gentoo_farm.config import load_config, parse_config
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.workers import hidden_from_local_workers, workers
-from gentoo_farm.signing import verify_clearsigned
+from gentoo_farm.signing import FarmKey, SigningError, verify_clearsigned
 from gentoo_farm.store import open_store
 from gentoo_farm.store.sets import digests_key, latest_set
 from gentoo_farm.workers.fleet import OpenStackFleet
@@ -137,3 +137,12 @@ def user_data_of_a_pool(root: Path) -> str:
         if worker.name == "os-1"
     ]
     return worker.getConfigDict()["kwargs"]["settings"].bootstrap().render("os-1", "one-time-password")
+
+
+@pytest.mark.skipif(Path(f"/run/user/{os.getuid()}").is_dir(), reason="GnuPG keeps its sockets in /run/user")
+def test_a_farm_too_deep_for_gnupgs_agent_sockets_is_told_why(tmp_path: Path) -> None:
+    home = tmp_path.joinpath(*["a-directory-name-of-some-length"] * 4) / "gnupg"
+    with pytest.raises(SigningError) as refused:
+        FarmKey.create(home, "farm <farm@example.org>")
+    assert f"({home} is too long a path for GnuPG's agent sockets: " in str(refused.value)
+    assert "move the farm to a shorter path" in str(refused.value)
