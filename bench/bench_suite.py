@@ -7,7 +7,7 @@ each run's ten slowest tests. Arguments after ``--`` go to pytest (e.g. ``-- -m 
 quick tier, ``-- tests/test_config.py`` for a trial).
 
 Run from the repository root after scripts/setup: ``.venv/bin/python bench/bench_suite.py [--keep-cache]
-[-- PYTEST ARGS]``. The whole suite takes about an hour cold on 2 cores.
+[-- PYTEST ARGS]``, on two xdist workers as ./run-tests runs it (``-- -n 0`` for a serial run).
 """
 
 import argparse
@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SLOWEST = 10
+RUN_TESTS_WORKERS = ("-n", "2", "--dist", "loadscope", "--no-loadscope-reorder")
+"""The pytest-xdist options ./run-tests runs the suite with (pytest arguments after them win: ``-n 0``)."""
 DURATION_LINE = re.compile(r"^\s*(\d+\.\d+)s (call|setup|teardown)\s+(\S+)")
 RESULT_LINE = re.compile(r"^=*\s*(\d+ (passed|failed).*?) in [\d.]+s")
 
@@ -29,7 +31,8 @@ RESULT_LINE = re.compile(r"^=*\s*(\d+ (passed|failed).*?) in [\d.]+s")
 def run_suite(cache: Path, pytest_args: list[str]) -> tuple[float, str, list[str]]:
     """Wall seconds, pytest's result line and its slowest durations for one run of the suite."""
     environment = {**os.environ, "GENTOO_FARM_TEST_CACHE": str(cache)}
-    command = [sys.executable, "-m", "pytest", "-q", f"--durations={SLOWEST}", *pytest_args]
+    pytest = [sys.executable, "-m", "pytest", "-q", f"--durations={SLOWEST}"]
+    command = [*pytest, *RUN_TESTS_WORKERS, *pytest_args]
     started = time.perf_counter()
     process = subprocess.run(command, cwd=REPOSITORY, env=environment, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
