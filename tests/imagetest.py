@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gentoo_farm.stageprotocol import RESULT_MARKER, SERIAL_LOG_END, SERIAL_LOG_MARKER
-from tests import debian
+from tests import cache, debian
 from tests.world.repository import lay_out_sudo
 from tests.world.stage3 import populate_stage3_root
 
@@ -58,8 +58,20 @@ def make_root(tmp_path: Path) -> Path:
     """The stand-in stage3 plus "emerged" packages: dhcpcd (the image's package set has it), sudo (the
     farm adds app-admin/sudo for [image] admin = "sudo"; laid out as the world's ebuild installs it), and
     greeting: the ``greeting`` command and a local.d script that runs it at boot, printing its line
-    and writing it to GREETING_LOG."""
+    and writing it to GREETING_LOG.
+
+    A copy (owners, modes, links and attributes kept) of one root per machine in the test cache, keyed by
+    the code that makes it: filling a root from Debian's packages takes seconds, copying it a fraction.
+    """
+    world = Path(__file__).parent / "world"
+    key = cache.source_hash([world, Path(__file__), Path(debian.__file__)])
+    template = cache.entry("image-root", key, _fill_root)
     root = tmp_path / "root"
+    subprocess.run(["cp", "-a", "--", str(template), str(root)], check=True)
+    return root
+
+
+def _fill_root(root: Path) -> None:
     populate_stage3_root(root)
     install_dhcpcd(root)
     lay_out_sudo(root)
@@ -72,7 +84,6 @@ def make_root(tmp_path: Path) -> Path:
     ):
         (root / path).write_text(text)
         (root / path).chmod(0o755)
-    return root
 
 
 def assemble(root: Path, kernel: Path, overlay: Path, *options: object) -> subprocess.CompletedProcess[str]:
