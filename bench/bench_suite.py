@@ -3,7 +3,7 @@
 Both runs use the same fresh test cache directory (``GENTOO_FARM_TEST_CACHE``, tests/cache.py): the first
 starts it empty, as on a fresh machine (Debian packages, the stand-in world and the kernel's ccache are
 built), the second finds it full. Prints each run's wall time and result line, the warm/cold ratio and
-each run's ten slowest tests. Arguments after ``--`` go to pytest (e.g. ``-- -m "not slow"`` for the
+each run's ten slowest tests. Arguments after ``--`` go to pytest (e.g. ``-- --quick`` for the
 quick tier, ``-- tests/test_config.py`` for a trial).
 
 Run from the repository root after scripts/setup: ``.venv/bin/python bench/bench_suite.py [--keep-cache]

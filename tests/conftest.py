@@ -20,6 +20,7 @@ shared kernel ccache (tests/cache.py): test_kernel_build's cold compile, first, 
 others, instead of two cold compiles of the same kernel side by side on the same cores."""
 SHORT_BASETEMP = pytest.StashKey[Path]()
 """The temporary root this run made for itself (see pytest_configure), to remove when the run passes."""
+QUICK_LIMIT_SECONDS = 5.0
 UNRECORDED_SECONDS = 2.0
 UNRECORDED_SLOW_SECONDS = 60.0
 
@@ -46,6 +47,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help=f"write each test's seconds to {DURATIONS.name}, which orders the next runs' work longest first",
     )
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        help=f"the inner loop: leave out the tests marked slow and those a recorded run ({DURATIONS.name}) "
+        f"took more than {QUICK_LIMIT_SECONDS:g} s for",
+    )
 
 
 def work_unit(nodeid: str) -> str:
@@ -71,18 +78,27 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     return WorkUnitScheduling(config, log) if config.getvalue("dist") == "loadscope" else None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Hand out the longest work first: units ordered by their recorded seconds (tests/durations.json).
 
     With ``--dist loadscope --no-loadscope-reorder`` the long units start at once and the short ones fill
     the gaps at the end; a test not recorded yet counts as a typical test of its tier. The serial order
-    changes the same way; within a unit, tests keep their modules' order.
+    changes the same way; within a unit, tests keep their modules' order. With ``--quick``, the tests
+    marked slow and those recorded at more than QUICK_LIMIT_SECONDS are left out.
     """
     recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
 
     def seconds(item: pytest.Item) -> float:
         unrecorded = UNRECORDED_SLOW_SECONDS if item.get_closest_marker("slow") else UNRECORDED_SECONDS
         return recorded.get(item.nodeid, unrecorded)
+
+    if config.getoption("--quick"):
+        left_out = [
+            item for item in items if item.get_closest_marker("slow") or seconds(item) > QUICK_LIMIT_SECONDS
+        ]
+        config.hook.pytest_deselected(items=left_out)
+        kept = set(items) - set(left_out)
+        items[:] = [item for item in items if item in kept]
 
     unit_seconds: dict[str, float] = {}
     for item in items:
