@@ -56,15 +56,17 @@ def build_root(world: World, root: Path) -> Path:
 
 
 def emerge(
-    world: World, root: Path, work: Path, farm: WorldServer, upstream: WorldServer, *atoms: str
+    world: World, root: Path, work: Path, farm: WorldServer, upstream: WorldServer, *arguments: str
 ) -> StageRun:
+    """The emerge stage through ``farm`` and ``upstream``: ``arguments`` are further options and the atoms
+    (default: the world's package set)."""
     return run_stage(
         "emerge",
         "--root", root, "--pkgdir", work / "pkgs", "--distdir", work / "distfiles",
         "--workdir", work / "scratch",
         "--profile", world.profile, "--binhost", f"{farm.url}/binpkgs", "--distfile-mirror", farm.url,
         "--upstream-mirror", upstream.url, "--jobs", "2",
-        *(atoms or world.package_set),
+        *(arguments or world.package_set),
         log=work.parent / f"{work.name}.log",
     )  # fmt: skip
 

@@ -14,8 +14,9 @@ import pytest
 from gentoo_farm.config import FarmConfigError, parse_config
 from gentoo_farm.master.factories.image import UPSTREAM_BINHOST_KEYRING, factory
 from tests.test_emerge import build_root
+from tests.test_emerge import emerge as emerge_stage
 from tests.world import World, WorldServer, build_world
-from tests.world.stages import StageRun, run_stage
+from tests.world.stages import StageRun
 from tests.world.upstream_binhost import (
     STAGE3_BINREPO,
     UPSTREAM_BINHOST_PATH,
@@ -59,15 +60,7 @@ def stage3_root(world: World, upstream: WorldServer, root: Path) -> Path:
 def emerge(
     world: World, root: Path, work: Path, farm: WorldServer, upstream: WorldServer, *options: str
 ) -> StageRun:
-    return run_stage(
-        "emerge",
-        "--root", root, "--pkgdir", work / "pkgs", "--distdir", work / "distfiles",
-        "--workdir", work / "scratch", "--profile", world.profile,
-        "--binhost", f"{farm.url}/binpkgs", "--distfile-mirror", farm.url,
-        "--upstream-mirror", upstream.url, "--jobs", "2",
-        *options, UPSTREAM_ONLY_PACKAGE,
-        log=work.parent / f"{work.name}.log",
-    )  # fmt: skip
+    return emerge_stage(world, root, work, farm, upstream, *options, UPSTREAM_ONLY_PACKAGE)
 
 
 def upstream_binhost_requests(upstream: WorldServer) -> list[str]:
