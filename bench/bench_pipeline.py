@@ -46,16 +46,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gentoo_farm.config import load_config
 from tests import cache
 from tests.debian import kernel_source_tarball
-from tests.farmtest import Farm, configure_for_world, farm_command, init_farm
+from tests.farmtest import Farm
 from tests.test_pipeline import (
     IMAGE_BUILD_TIMEOUT,
     KERNEL_BUILD_TIMEOUT,
     SUCCESS,
     Pipeline,
+    running_pipeline,
     step_summary,
-    use_the_test_cache_for_workers,
 )
-from tests.world import WorldServer, build_world
+from tests.world import build_world
 
 PUSH_GOAL_RATIO = 1.25
 PUSH_GOAL_SECONDS = 90.0
@@ -304,20 +304,11 @@ def main() -> None:
         os.environ[cache.ROOT_VARIABLE] = str(bench_cache)
         if args.skip_cold_kernel:
             (bench_cache / cache.KERNEL_CCACHE).symlink_to(shared_kernel_ccache, target_is_directory=True)
-        with WorldServer(world.mirror_dir) as upstream:
-            farm = init_farm(scratch / "farm")
-            configure_for_world(farm, world, upstream.url, source.name)
-            use_the_test_cache_for_workers(farm)
-            farm_command("--farm", str(farm.root), "up")
-            try:
-                farm.login()
-                pipeline = Pipeline(farm, world, upstream, scratch)
-                first_kernel, cold_image = first_image(pipeline)
-                measure_push(pipeline, load_config(farm.root).kernel.settle_seconds)
-                measure_unchanged_image(pipeline, cold_image)
-                measure_config_change(pipeline, first_kernel, first_is_cold=not args.skip_cold_kernel)
-            finally:
-                farm_command("--farm", str(farm.root), "down", check=False)
+        with running_pipeline(scratch, world, source.name) as pipeline:
+            first_kernel, cold_image = first_image(pipeline)
+            measure_push(pipeline, load_config(pipeline.farm.root).kernel.settle_seconds)
+            measure_unchanged_image(pipeline, cold_image)
+            measure_config_change(pipeline, first_kernel, first_is_cold=not args.skip_cold_kernel)
     print(f"load at end: {uptime()}")
 
 

@@ -127,9 +127,16 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     root = tmp_path_factory.mktemp("pipeline")
     source = kernel_source_tarball(root / "debs")
     world = build_world(root / "world", extra_distfiles=[source])
+    with running_pipeline(root, world, source.name) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_pipeline(root: Path, world: World, kernel_source: str) -> Iterator[Pipeline]:
+    """A farm in ``root/farm`` built from ``world`` (served on 127.0.0.1), up and logged in; down after."""
     with WorldServer(world.mirror_dir) as upstream:
         farm = init_farm(root / "farm")
-        configure_for_world(farm, world, upstream.url, source.name)
+        configure_for_world(farm, world, upstream.url, kernel_source)
         use_the_test_cache_for_workers(farm)
         farm_command("--farm", str(farm.root), "up")
         try:
