@@ -1,6 +1,7 @@
 import json
 import shutil
 import tempfile
+import unittest
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,20 @@ def running_farm(tmp_path: Path) -> Iterator[Farm]:
         yield farm
     finally:
         farm_command("--farm", str(farm.root), "down", check=False)
+
+
+@pytest.fixture(autouse=True)
+def buildbot_test_case_directory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Buildbot's unittest-style test helpers make and remove ``basedir`` in the working directory: run each
+    such test in its own, or two xdist workers race on the same directory."""
+    if not isinstance(request.instance, unittest.TestCase):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -319,8 +319,8 @@ def start_keystone(workdir: Path) -> Keystone:
             "--config-file",
             str(config),
             "bootstrap",
-            "--bootstrap-password",
-            admin_password,
+            # One argument: a generated password may begin with "-".
+            f"--bootstrap-password={admin_password}",
             "--bootstrap-admin-url",
             auth_url,
             "--bootstrap-internal-url",
