@@ -3,7 +3,7 @@
 import collections
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gentoo_farm.workers.toolkit import StageError, progress
@@ -37,16 +37,7 @@ def run_tool(
     argv = [str(part) for part in command]
     full_env = {**os.environ, **env} if env is not None else None
     try:
-        process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
+        process = start_tool(argv, cwd=cwd, env=full_env)
     except FileNotFoundError as error:
         raise StageError(f"{what}: {argv[0]} is not installed on this worker") from error
     assert process.stdout is not None
@@ -62,6 +53,37 @@ def run_tool(
     if returncode != 0:
         raise ToolError(f"{what} failed ({argv[0]} exited with status {returncode}):\n{tail(output)}", output)
     return output
+
+
+def start_tool(
+    argv: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``argv`` with no input, its output and errors one stream of text lines (``stdout``).
+
+    ``env`` is the whole environment (None: the worker's own).
+    """
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    )
+
+
+def run_echoed(argv: Sequence[str], *, env: Mapping[str, str], on_line: Callable[[str], None]) -> int:
+    """Run ``argv`` in the environment ``env``, echoing its output into the step's log as it comes and
+    handing each line to ``on_line``; its exit status."""
+    with start_tool(argv, env=env) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            on_line(line)
+        return process.wait()
 
 
 def tail(output: str, lines: int = ERROR_TAIL_LINES) -> str:

@@ -33,6 +33,7 @@ from gentoo_farm.workers.toolkit.portage_env import (
     select_profile,
     worker_features,
 )
+from gentoo_farm.workers.toolkit.tools import run_echoed
 
 FARM_BINREPO = "farm-binhost.conf"
 FARM_BINHOST_PRIORITY = 100
@@ -310,21 +311,7 @@ def run(args: argparse.Namespace) -> None:
         progress(f"  ROOT={root} PKGDIR={environment['PKGDIR']} DISTDIR={environment['DISTDIR']}")
         progress(f"  GENTOO_MIRRORS={environment['GENTOO_MIRRORS']}")
         outcome = EmergeOutcome()
-        with subprocess.Popen(
-            command,
-            env=environment,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        ) as process:
-            assert process.stdout is not None
-            for line in process.stdout:
-                print(line, end="", flush=True)
-                outcome.consume(line)
-            returncode = process.wait()
+        returncode = run_echoed(command, env=environment, on_line=outcome.consume)
     if returncode != 0:
         why = outcome.failure or f"emerge exited with status {returncode}"
         raise StageError(f"emerge {' '.join(args.atoms)}: {why} (see the log above)")

@@ -11,7 +11,6 @@ instance then syncs or emerges as on any Gentoo machine. The root's size before 
 import argparse
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from gentoo_farm.units import human_size
@@ -24,6 +23,7 @@ from gentoo_farm.workers.toolkit.portage_env import (
     select_profile,
     worker_features,
 )
+from gentoo_farm.workers.toolkit.tools import run_echoed
 
 # Portage's own caches and scratch space in the root; their contents go, the directories stay.
 PORTAGE_CACHES = (Path("var/cache/distfiles"), Path("var/cache/binpkgs"), Path("var/tmp/portage"))
@@ -57,20 +57,11 @@ def depclean_build_deps(root: Path, workdir: Path) -> list[str]:
     )
     command = [emerge_command(), "--depclean", "--with-bdeps=n", "--color=n", "--nospinner"]
     progress(f"running: {' '.join(command)} (ROOT={root})")
-    process = subprocess.run(
-        command,
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        check=False,
-    )
-    print(process.stdout, end="", flush=True)
-    if process.returncode != 0:
-        raise StageError(f"emerge --depclean exited with status {process.returncode} (see the log above)")
-    return [match["cpv"] for match in UNMERGING.finditer(process.stdout)]
+    output: list[str] = []
+    returncode = run_echoed(command, env=environment, on_line=output.append)
+    if returncode != 0:
+        raise StageError(f"emerge --depclean exited with status {returncode} (see the log above)")
+    return [match["cpv"] for match in UNMERGING.finditer("".join(output))]
 
 
 def empty_directory(directory: Path) -> None:
