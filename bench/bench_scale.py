@@ -53,7 +53,7 @@ from werkzeug.serving import make_server
 
 from gentoo_farm.commands import images as images_command
 from gentoo_farm.config import FarmConfig, FarmSection, StoreSection
-from gentoo_farm.master.images_page import images_dashboard
+from gentoo_farm.master.images_page import images_app
 from gentoo_farm.signing import FarmKey
 from gentoo_farm.store.binhost import (
     INHERITED_KEYS,
@@ -309,7 +309,7 @@ def serving_page(store: LocalStore) -> Iterator[tuple[str, int]]:
     """The Images page's app on 127.0.0.1 (as tests/test_images_page.py serves it); yields host, port."""
     # Werkzeug logs every request at INFO; the figures are what this prints.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server("127.0.0.1", 0, images_dashboard(store)["app"], threaded=True)
+    server = make_server("127.0.0.1", 0, images_app(store), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -215,17 +215,13 @@ def images_app(
     return app
 
 
-def images_dashboard(
-    store: ArtifactStore,
-    url_expiry: int = DEFAULT_URL_EXPIRY,
-    login_required: bool = False,
-    fingerprint: str = "",
-) -> dict[str, Any]:
-    """The entry for ``c['www']['plugins']['wsgi_dashboards']`` (a list of such dicts)."""
+def images_dashboard(app: Flask) -> dict[str, Any]:
+    """The entry for ``c['www']['plugins']['wsgi_dashboards']`` (a list of such dicts) showing ``app``
+    (:func:`images_app`)."""
     return {
         "name": DASHBOARD_NAME,
         "caption": "Images",
-        "app": images_app(store, url_expiry, login_required, fingerprint),
+        "app": app,
         "order": 20,
         # The UI looks up react-icons' "Fa" + capitalized name: FaDownload.
         "icon": "download",

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 from flask import Flask
 from werkzeug.serving import make_server
 
-from gentoo_farm.master.images_page import images_dashboard
+from gentoo_farm.master.images_page import images_app, images_dashboard
 from gentoo_farm.store import ArtifactStore, open_store
 from gentoo_farm.store.clouds import ACTIVE, UNREACHABLE, CloudImage, now, record_cloud_images
 from gentoo_farm.store.local import LocalStore
@@ -74,7 +74,7 @@ class PageParser(HTMLParser):
 
 
 def app_of(store: ArtifactStore) -> Flask:
-    entry = images_dashboard(store)
+    entry = images_dashboard(images_app(store))
     assert (entry["name"], entry["caption"]) == ("images", "Images")
     return entry["app"]
 
@@ -210,7 +210,7 @@ def test_a_signed_image_links_its_digests_and_the_page_names_the_key(
     )  # fmt: skip
     publish_image(any_store, tmp_path, "gentoo-20261205-amd64", "6.12.1-gentoo")  # an unsigned one
     fingerprint = "0123456789ABCDEF0123456789ABCDEF01234567"
-    app = images_dashboard(any_store, fingerprint=fingerprint)["app"]
+    app = images_app(any_store, fingerprint=fingerprint)
 
     with serving(app) as url, chromium() as browser:
         page = browser.new_page()
@@ -239,7 +239,7 @@ def test_private_bucket_links_are_signed_when_followed_not_when_the_page_loaded(
     store = open_store(s3_settings)
     published = publish_image(store, tmp_path, "gentoo-20261206-amd64", "6.12.1-gentoo")
     url_expiry = 1
-    app = images_dashboard(store, url_expiry)["app"]
+    app = images_app(store, url_expiry)
 
     with serving(app) as url:
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -262,11 +262,11 @@ def test_the_redirect_is_as_private_as_the_page(
 ) -> None:
     store = open_store(s3_settings)
     published = publish_image(store, tmp_path, "gentoo-20261206-amd64", "6.12.1-gentoo")
-    client = images_dashboard(store, login_required=True)["app"].test_client()
+    client = images_app(store, login_required=True).test_client()
     disk_link = f"/files/{published.files[0].key}"
 
     assert client.get(disk_link).status_code == 403
-    open_client = images_dashboard(store)["app"].test_client()
+    open_client = images_app(store).test_client()
     assert open_client.get(disk_link).status_code == 302
     assert open_client.get("/files/binhost/Packages").status_code == 404, "only image sets are signed"
 
