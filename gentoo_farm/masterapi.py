@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 API_TIMEOUT = 30
@@ -24,6 +25,16 @@ READ_ATTEMPTS = 3
 PASSWORD_VARIABLE = "FARM_PASSWORD"
 # Buildbot's result codes (buildbot.process.results), by name.
 RESULT_NAMES = ("success", "warnings", "failure", "skipped", "exception", "retry", "cancelled")
+
+
+def force_request(base_url: str, scheduler: str, params: Mapping[str, object]) -> urllib.request.Request:
+    """The JSON-RPC call that has the force scheduler ``scheduler`` start a build with ``params``."""
+    body = json.dumps({"jsonrpc": "2.0", "method": "force", "id": 1, "params": params}).encode()
+    return urllib.request.Request(
+        f"{base_url}api/v2/forceschedulers/{scheduler}",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
 
 
 class MasterApiError(Exception):
@@ -102,13 +113,7 @@ class MasterApi:
 
     def force(self, scheduler: str, **params: object) -> dict[str, int]:
         """Start a forced build; the build request ids by builder id."""
-        body = json.dumps({"jsonrpc": "2.0", "method": "force", "id": 1, "params": params}).encode()
-        request = urllib.request.Request(
-            f"{self.base_url}api/v2/forceschedulers/{scheduler}",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        answer = self._json(request, f"force {scheduler}")
+        answer = self._json(force_request(self.base_url, scheduler, params), f"force {scheduler}")
         if not isinstance(answer, dict) or "result" not in answer:
             raise MasterApiError(f"force {scheduler}: unexpected answer {answer!r}")
         _buildset, requests = answer["result"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildbot.process.results import RETRY
 
-from gentoo_farm.masterapi import MasterApi
+from gentoo_farm.masterapi import MasterApi, force_request
 
 if TYPE_CHECKING:
     from tests.world import World
@@ -78,14 +78,8 @@ class Farm:
         return MasterApi(self.url, self._opener).get(path)
 
     def force(self, scheduler: str, **params: Any) -> tuple[int, Any]:
-        body = json.dumps({"jsonrpc": "2.0", "method": "force", "id": 1, "params": params}).encode()
-        request = urllib.request.Request(
-            f"{self.url}api/v2/forceschedulers/{scheduler}",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
         try:
-            with self._opener.open(request, timeout=30) as response:
+            with self._opener.open(force_request(self.url, scheduler, params), timeout=30) as response:
                 return response.status, json.load(response)
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
