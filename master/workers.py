@@ -12,7 +12,7 @@ from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 from gentoo_farm.wheelhouse import MANIFEST_NAME, ServedWheels, worker_wheels_dir
 from gentoo_farm.workers.fleet import OpenStackFleet
-from gentoo_farm.workers.local import LocalLatentWorker
+from gentoo_farm.workers.local import LocalLatentWorker, LocalWorkerSettings
 from gentoo_farm.workers.openstack import (
     OpenStackLatentWorker,
     OpenStackPoolSettings,
@@ -109,13 +109,15 @@ def workers(config: FarmConfig, farm: FarmDir, fleet: OpenStackFleet) -> list[Ab
     result: list[AbstractLatentWorker] = [
         LocalLatentWorker(
             name,
-            basedir=farm.workers / name,
-            master_address=config.master.worker_address,
-            hidden_paths=hidden_from_local_workers(config, farm),
-            build_ids=local_build_ids(config, index),
-            # Kept across builds (each start gets a fresh base directory): ccache, kernel sources.
-            cache_dir=local.cache_dir / name,
-            shared_repositories=shared,
+            settings=LocalWorkerSettings(
+                basedir=farm.workers / name,
+                master_address=config.master.worker_address,
+                hidden_paths=hidden_from_local_workers(config, farm),
+                build_ids=local_build_ids(config, index),
+                # Kept across builds (each start gets a fresh base directory): ccache, kernel sources.
+                cache_dir=local.cache_dir / name,
+                shared_repositories=shared,
+            ),
             max_builds=local.max_builds,
             build_wait_timeout=local.build_wait_timeout,
         )

@@ -18,7 +18,14 @@ from buildbot.process.factory import BuildFactory
 from buildbot.process.results import SUCCESS
 from buildbot.test.util.integration import RunMasterBase
 
-from gentoo_farm.workers.local import PROCESS_RECORD, LocalLatentWorker, _start_time, isolated, reap_leftover
+from gentoo_farm.workers.local import (
+    PROCESS_RECORD,
+    LocalLatentWorker,
+    LocalWorkerSettings,
+    _start_time,
+    isolated,
+    reap_leftover,
+)
 from tests.farmtest import free_port
 
 
@@ -67,11 +74,13 @@ class LocalWorkerIsolation(RunMasterBase):
                 "workers": [
                     LocalLatentWorker(
                         "local-1",
-                        basedir=farm / "workers" / "local-1",
-                        master_address=f"127.0.0.1:{port}",
-                        hidden_paths=[farm / "secrets", farm / "store"],
-                        build_ids=BUILD_IDS,
-                        cache_dir=cache,
+                        settings=LocalWorkerSettings(
+                            basedir=farm / "workers" / "local-1",
+                            master_address=f"127.0.0.1:{port}",
+                            hidden_paths=[farm / "secrets", farm / "store"],
+                            build_ids=BUILD_IDS,
+                            cache_dir=cache,
+                        ),
                         build_wait_timeout=0,
                     )
                 ],

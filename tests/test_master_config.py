@@ -177,5 +177,5 @@ def test_extra_packages_of_a_forced_image_build_must_be_atoms(farm_dir: Path) ->
 
 def test_local_workers_are_kept_from_the_secrets_the_master_state_and_the_store(farm_dir: Path) -> None:
     (worker,) = buildmaster_config(farm_dir)["workers"]
-    hidden = worker._config_kwargs["hidden_paths"]
+    hidden = worker._config_kwargs["settings"].hidden_paths
     assert hidden == [farm_dir / "secrets", farm_dir / "master", farm_dir / "store"]

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,59 +196,66 @@ def reap_leftover(instance_dir: Path) -> None:
             _wait_gone(pid, started, STOP_TIMEOUT)
 
 
-class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
-    """``master_address`` is ``HOST:PORT`` of the master's worker (PB) port.
+@dataclass(frozen=True)
+class LocalWorkerSettings:
+    """Where a local worker runs and what its builds may see.
 
-    ``hidden_paths``: what of the master builds must not see (the farm's secrets, the store's
-    private files); the user's cloud credentials (:func:`cloud_credential_paths`) are always hidden.
-    ``build_ids``: the first of the 65,536 host ids builds run as (a root master only; ``None``: as
-    the master's user). ``cache_dir``: kept across builds (ccache, kernel sources), the ``cache_dir``
-    property. ``shared_repositories``: the master's local git repositories builds check out.
+    ``basedir``: the worker's instance directory, made anew for each start. ``master_address`` is
+    ``HOST:PORT`` of the master's worker (PB) port. ``hidden_paths``: what of the master builds must not
+    see (the farm's secrets, the store's private files); the user's cloud credentials
+    (:func:`cloud_credential_paths`) are always hidden. ``build_ids``: the first of the 65,536 host ids
+    builds run as (a root master only; ``None``: as the master's user). ``cache_dir``: kept across builds
+    (ccache, kernel sources), the ``cache_dir`` property. ``shared_repositories``: the master's local git
+    repositories builds check out.
     """
+
+    basedir: Path
+    master_address: str
+    hidden_paths: Sequence[Path] = ()
+    build_ids: int | None = None
+    cache_dir: Path | None = None
+    shared_repositories: Sequence[str] = ()
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one message naming the key per problem."""
+        found = []
+        try:
+            host_port(self.master_address)
+        except ValueError as error:
+            found.append(f"master_address {self.master_address!r}: {error}")
+        if self.build_ids is not None and os.geteuid() != 0:
+            found.append("build_ids needs a root master (it writes the id maps)")
+        if self.build_ids is not None and not 0 < self.build_ids <= 2**32 - 1 - ID_COUNT:
+            found.append(f"build_ids {self.build_ids} leaves no room for {ID_COUNT} ids")
+        return found
+
+
+class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
+    """A worker the master starts on its own machine, kept from what ``settings`` hides."""
 
     def checkConfig(
         self,
         name: str,
         *,
-        basedir: Path,
-        master_address: str,
-        hidden_paths: Sequence[Path] = (),
-        build_ids: int | None = None,
-        cache_dir: Path | None = None,
-        shared_repositories: Sequence[str] = (),
+        settings: LocalWorkerSettings,
         **kwargs: Any,  # Buildbot's own worker options (untyped)
     ) -> None:
-        try:
-            host_port(master_address)
-        except ValueError as error:
-            config.error(f"local worker {name!r}: master_address {master_address!r}: {error}")
-        if build_ids is not None and os.geteuid() != 0:
-            config.error(f"local worker {name!r}: build_ids needs a root master (it writes the id maps)")
-        if build_ids is not None and not 0 < build_ids <= 2**32 - 1 - ID_COUNT:
-            config.error(f"local worker {name!r}: build_ids {build_ids} leaves no room for {ID_COUNT} ids")
+        for problem in settings.problems():
+            config.error(f"local worker {name!r}: {problem}")
         super().checkConfig(name, None, **kwargs)
 
     async def reconfigService(
         self,
         name: str,
         *,
-        basedir: Path,
-        master_address: str,
-        hidden_paths: Sequence[Path] = (),
-        build_ids: int | None = None,
-        cache_dir: Path | None = None,
-        shared_repositories: Sequence[str] = (),
+        settings: LocalWorkerSettings,
         **kwargs: Any,  # Buildbot's own worker options (untyped)
     ) -> None:
         # Not "worker_basedir": AbstractWorker keeps the base directory the worker reports there.
-        self.instance_dir = Path(basedir)
-        self.master_address = master_address
-        self.hidden_paths = list(hidden_paths)
-        self.build_ids = build_ids
-        self.cache_dir = cache_dir
-        self.shared_repositories = list(shared_repositories)
-        if cache_dir is not None:
-            kwargs["properties"] = {**(kwargs.get("properties") or {}), "cache_dir": str(cache_dir)}
+        self.instance_dir = Path(settings.basedir)
+        self.settings = settings
+        if settings.cache_dir is not None:
+            kwargs["properties"] = {**(kwargs.get("properties") or {}), "cache_dir": str(settings.cache_dir)}
         if not hasattr(self, "process"):
             # The first configuration of this master: a worker its crashed predecessor started goes.
             self.process: subprocess.Popen[bytes] | None = None
@@ -261,16 +269,16 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
 
     def _prepare_for_builds(self, worker_dir: Path) -> list[Path]:
         """Give the build's ids what the worker writes (its directory, the cache); what it must reach."""
-        git_safe_directories(worker_dir, self.shared_repositories)
+        git_safe_directories(worker_dir, self.settings.shared_repositories)
         written = [worker_dir]
-        if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            written.append(self.cache_dir)
-        if self.build_ids is None:
+        if self.settings.cache_dir is not None:
+            self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
+            written.append(self.settings.cache_dir)
+        if self.settings.build_ids is None:
             return []
         for path in written:
-            if path.stat().st_uid != self.build_ids:
-                hand_over(path, self.build_ids)
+            if path.stat().st_uid != self.settings.build_ids:
+                hand_over(path, self.settings.build_ids)
         # The venv, the interpreter and standard library it was made from, and this package's code.
         programs = [_venv_bin().parent, Path(sys.base_prefix).resolve(), Path(__file__).resolve().parents[1]]
         return [*written, *programs]
@@ -286,7 +294,7 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
                 "create-worker",
                 "--umask=0o022",
                 str(worker_dir),
-                self.master_address,
+                self.settings.master_address,
                 self.workername,
                 password,
             ],
@@ -297,11 +305,11 @@ class LocalLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
         (worker_dir / "buildbot.tac").chmod(0o600)
         passages = self._prepare_for_builds(worker_dir)
         command = [str(_venv_bin() / "buildbot-worker"), "start", "--nodaemon", str(worker_dir)]
-        hidden = [*self.hidden_paths, *cloud_credential_paths()]
+        hidden = [*self.settings.hidden_paths, *cloud_credential_paths()]
         # The log and the process record stay the master's: the worker cannot point them elsewhere.
         with (self.instance_dir / "worker.log").open("ab") as log_file:
             process = subprocess.Popen(
-                isolated(hidden, command, self.build_ids, passages),
+                isolated(hidden, command, self.settings.build_ids, passages),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=worker_environment(worker_dir),
