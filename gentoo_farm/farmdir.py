@@ -20,6 +20,11 @@ class FarmDir:
         return self.master / "twistd.log"
 
     @property
+    def schema_stamp_file(self) -> Path:
+        """The Buildbot version and database (no password) the master's database schema was last made for."""
+        return self.master / "schema-stamp"
+
+    @property
     def secrets(self) -> Path:
         return self.root / "secrets"
 

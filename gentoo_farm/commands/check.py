@@ -1,5 +1,6 @@
 """Validate farm.toml, then check what it names: Gentoo's keyring, the clouds, the recipe repositories,
-the store, the ids local builds run as and the composed Buildbot configuration; say what the farm will do."""
+the store, the master's database, the ids local builds run as and the composed Buildbot configuration; say
+what the farm will do."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import openstack.config
 from openstack import exceptions as sdk_exceptions
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
@@ -23,6 +26,8 @@ from gentoo_farm.store import StoreError, open_store
 from gentoo_farm.workers.userns import ID_COUNT
 
 CHECK_TIMEOUT = 120
+# Seconds to wait for the database server: a host that drops packets must not stall the check.
+DATABASE_TIMEOUT = 5
 
 
 class Problem(Exception):
@@ -130,6 +135,43 @@ def check_store(config: FarmConfig) -> str:
     return f"{store.location} answers"
 
 
+def check_database(config: FarmConfig) -> str:
+    db_url = config.master.db_url
+    try:
+        url = make_url(db_url)
+    except ArgumentError as error:
+        raise Problem(f"master.db_url: {error}") from error
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() != "postgresql":
+        return f"{shown} (Buildbot's schema is made and upgraded by `farm init` and `farm up`)"
+    if url.get_driver_name() != "psycopg":
+        raise Problem(
+            f"master.db_url {shown} names the {url.get_driver_name()} driver; the farm installs psycopg 3: "
+            "write postgresql+psycopg://"
+        )
+    try:
+        import psycopg
+    except ImportError as error:
+        raise Problem(
+            "master.db_url is PostgreSQL but the psycopg driver is not installed: "
+            "pip install 'gentoo-farm[postgresql]' (or 'psycopg[binary]')"
+        ) from error
+    where = f"{url.host or 'the local socket'}:{url.port or 5432}/{url.database or url.username}"
+    # libpq takes the URL without SQLAlchemy's driver name; a password missing from it comes from ~/.pgpass
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=DATABASE_TIMEOUT) as connection:
+            server = connection.info.server_version
+            tables = connection.execute("SELECT to_regclass('alembic_version')").fetchone()
+    except psycopg.Error as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Problem(
+            f"master.db_url: PostgreSQL at {where} does not let the master in: {first_line}"
+        ) from error
+    schema = "holds Buildbot's tables" if tables and tables[0] else "has no tables yet (`farm up` makes them)"
+    return f"PostgreSQL {server // 10000}.{server % 10000} at {where} answers and {schema}"
+
+
 def check_build_ids(config: FarmConfig) -> str:
     """Local builds are root of their own ids: an account among them would be theirs to act as."""
     names = local_worker_names(config)
@@ -170,6 +212,7 @@ CHECKS: tuple[tuple[str, Callable[[FarmConfig], str]], ...] = (
     ("clouds", check_clouds),
     ("recipes", check_recipes),
     ("store", check_store),
+    ("database", check_database),
     ("build ids", check_build_ids),
     ("buildbot", check_buildbot),
 )

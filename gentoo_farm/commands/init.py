@@ -12,6 +12,7 @@ from pathlib import Path
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands.hook import install_local_hooks
 from gentoo_farm.commands.key import create_farm_key
+from gentoo_farm.commands.up import record_schema
 from gentoo_farm.config import CONFIG_NAME, FarmConfig, load_config
 from gentoo_farm.farmdir import HOOK_USER, FarmDir
 from gentoo_farm.passwords import PasswordFile, generate_password, write_private
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
     )
     (farm.master / "master.cfg").write_text(MASTER_CFG)
     (farm.master / "master.cfg.sample").unlink(missing_ok=True)
+    record_schema(config)
 
     print(f"Created a farm in {root}")
     print(f"  configuration   {root / CONFIG_NAME}")
