@@ -296,13 +296,21 @@ def pushback_uploads(
 
 
 @dataclass
-class DistfileMergeResult:
+class MergeResult:
+    """What merging one build's push-back did, by package path (binhost) or distfile name (mirror)."""
+
     added: list[str] = field(default_factory=list)
-    """Distfiles now in the mirror thanks to this push."""
+    """Now in the binhost index or the mirror thanks to this push."""
     already_there: list[str] = field(default_factory=list)
-    """Names the mirror had by the time this push merged (another build's file stays)."""
+    """Another build had pushed them first: the store's copy stays, ours was dropped."""
     missing: list[str] = field(default_factory=list)
-    """Names signed for whose upload never arrived."""
+    """Vouched for (a staged index entry, a signed URL) but never uploaded: not added."""
+
+
+@dataclass
+class DistfileMergeResult(MergeResult):
+    """The mirror's merge, which also checks each upload against the DIST line it was signed for."""
+
     rejected: list[str] = field(default_factory=list)
     """Why an upload did not match the DIST line vouching for it (it was dropped)."""
 
@@ -353,16 +361,6 @@ def merge_distfiles(store: ArtifactStore, token: str, lock_timeout: float = 300)
                 store.put_bytes(LAYOUT_CONF_KEY, LAYOUT_CONF, if_absent=True)
     store.delete([staging + VOUCHED_DISTFILES, *(staging + STAGED_DISTFILES + name for name in vouched)])
     return result
-
-
-@dataclass
-class MergeResult:
-    added: list[str] = field(default_factory=list)
-    """Package paths now in the binhost index thanks to this push."""
-    already_there: list[str] = field(default_factory=list)
-    """Package paths another build had pushed first (ours was dropped)."""
-    missing: list[str] = field(default_factory=list)
-    """Index entries whose file never arrived in staging (not added)."""
 
 
 # Checksum fields a Packages entry may carry, as hashlib names them.
