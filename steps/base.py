@@ -18,6 +18,7 @@ from buildbot.process import buildstep, logobserver
 from buildbot.process.results import FAILURE, SUCCESS
 
 from gentoo_farm.stageprotocol import ERROR_MARKER, RESULT_NONCE_ENV, result_prefix
+from gentoo_farm.units import human_size
 
 # A stopped build's stage gets SIGTERM and this long to clean up (the disk stage unmounts its
 # filesystem and detaches its loop device) before Buildbot sends SIGKILL.
@@ -190,7 +191,17 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
         await self.runCommand(cmd)
         return FAILURE if cmd.didFail() else SUCCESS
 
+    def success_summary(self) -> str | None:
+        """The status text of a successful run, from the values its stage reported; None: Buildbot's."""
+        return None
+
+    def reported_sizes(self, *properties: str) -> list[str] | None:
+        """The byte counts the stage reported as ``properties``, human-readable; None if one is missing."""
+        values = [self.getProperty(name) for name in properties]
+        return None if None in values else [human_size(value) for value in values]
+
     def getResultSummary(self) -> dict[str, str]:
         if self.results != SUCCESS and self.error_message:
             return {"step": f"{self.name}: {self.error_message}"}
-        return super().getResultSummary()
+        summary = self.success_summary() if self.results == SUCCESS else None
+        return {"step": summary} if summary is not None else super().getResultSummary()

@@ -1,11 +1,9 @@
 """The image builder's steps: pruning, assembly, the image manifest, disk, boot test."""
 
 from buildbot.process import logobserver
-from buildbot.process.results import SUCCESS
 
 from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
 from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
-from gentoo_farm.units import human_size
 
 # The account that gets the instance's SSH key (the image's conf.d/cloud-metadata names it too).
 CLOUD_USER = "ec2-user"
@@ -27,12 +25,9 @@ class PruneRoot(FarmWorkerStep):
         keep_repository=StageArgument("--keep-repository", "switch", default=False),
     )
 
-    def getResultSummary(self) -> dict[str, str]:
-        emerged = self.getProperty("root_bytes_emerged")
-        pruned = self.getProperty("root_bytes_pruned")
-        if self.results == SUCCESS and emerged is not None and pruned is not None:
-            return {"step": f"root {human_size(emerged)} -> {human_size(pruned)}"}
-        return super().getResultSummary()
+    def success_summary(self) -> str | None:
+        sizes = self.reported_sizes("root_bytes_emerged", "root_bytes_pruned")
+        return f"root {sizes[0]} -> {sizes[1]}" if sizes else None
 
 
 class AssembleImage(FarmWorkerStep):
@@ -67,11 +62,9 @@ class WriteImageManifest(FarmWorkerStep):
         upstream_binary=StageArgument("--upstream-binary", "list", default=()),
     )
 
-    def getResultSummary(self) -> dict[str, str]:
+    def success_summary(self) -> str | None:
         count = self.getProperty("image_package_count")
-        if self.results == SUCCESS and count is not None:
-            return {"step": f"{count} packages listed"}
-        return super().getResultSummary()
+        return None if count is None else f"{count} packages listed"
 
 
 class BuildDisk(FarmWorkerStep):
@@ -87,12 +80,9 @@ class BuildDisk(FarmWorkerStep):
         compress=StageArgument("--compress", "toggle", default=True),
     )
 
-    def getResultSummary(self) -> dict[str, str]:
-        image = self.getProperty("image_bytes")
-        disk = self.getProperty("disk_bytes")
-        if self.results == SUCCESS and image is not None and disk is not None:
-            return {"step": f"qcow2 {human_size(image)} (disk {human_size(disk)})"}
-        return super().getResultSummary()
+    def success_summary(self) -> str | None:
+        sizes = self.reported_sizes("image_bytes", "disk_bytes")
+        return f"qcow2 {sizes[0]} (disk {sizes[1]})" if sizes else None
 
 
 class BootTest(FarmWorkerStep):
@@ -137,10 +127,8 @@ class BootTest(FarmWorkerStep):
         await log.finish()
         return result
 
-    def getResultSummary(self) -> dict[str, str]:
-        if self.results != SUCCESS:
-            return super().getResultSummary()
+    def success_summary(self) -> str:
         seconds = self.getProperty("boot_test_login_seconds")
         if seconds is not None:
-            return {"step": f"logged in over SSH after {seconds} s; every check passed"}
-        return {"step": "booted; every check passed"}
+            return f"logged in over SSH after {seconds} s; every check passed"
+        return "booted; every check passed"

@@ -24,10 +24,8 @@ class ComputeInputKey(FarmWorkerStep):
         report_as=StageArgument("--report-as", default=INPUT_KEY_PROPERTY),
     )
 
-    def getResultSummary(self) -> dict[str, str]:
-        if self.results == SUCCESS:
-            return {"step": f"{self.kind} input key {self.getProperty(self.report_as)}"}
-        return super().getResultSummary()
+    def success_summary(self) -> str:
+        return f"{self.kind} input key {self.getProperty(self.report_as)}"
 
 
 class ResolveImageInputs(SignedUrlsStep):

@@ -1,7 +1,6 @@
 """Steps that get Gentoo onto a worker: fetch and verify a release, unpack it, emerge the package set."""
 
 from buildbot.process import logobserver
-from buildbot.process.results import SUCCESS
 
 from gentoo_farm.emergeoutput import EMERGING
 from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
@@ -112,9 +111,7 @@ class EmergePackages(FarmWorkerStep):
             return {"step": self.emerging}
         return super().getCurrentSummary()
 
-    def getResultSummary(self) -> dict[str, str]:
-        if self.results != SUCCESS:
-            return super().getResultSummary()
+    def success_summary(self) -> str:
         binary = len(self.getProperty("packages_binary") or [])
         compiled = len(self.getProperty("packages_compiled") or [])
-        return {"step": f"{binary} from the binhost, {compiled} compiled"}
+        return f"{binary} from the binhost, {compiled} compiled"
