@@ -7,7 +7,7 @@ only a download that matches it, so Gentoo's snapshot key vouches for the kernel
 push nothing back (docs/security.md): the farm's mirror takes distfiles only from image builds.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from buildbot.plugins import steps, util
@@ -55,14 +55,24 @@ def _vouched(config: FarmConfig, distfile: str) -> list[object]:
     ]  # fmt: skip
 
 
+def _keyed_on_vouched(
+    config: FarmConfig, distfile: str, key_value: str, files: Sequence[str] = ()
+) -> list[object]:
+    """``distfile``'s vouched DIST line, the input key made of it (as ``key_value``) and ``files``, and
+    the check whether that key is published already."""
+    return [
+        *_vouched(config, distfile),
+        # The DIST line names the distfile and its hashes: a new tarball under the same name rebuilds.
+        ComputeInputKey(kind="kernel", files=list(files), values={key_value: VOUCHED}),
+        up_to_date(config, "kernel"),
+    ]
+
+
 def _from_source(config: FarmConfig, building: Mapping[str, Any]) -> list[object]:
     kernel_config = f"../{CHECKOUT}/{config.kernel.config_file}"
     return [
         *checkout(recipe_repository(config, KERNEL_POLLER), CHECKOUT),
-        *_vouched(config, config.kernel.source),
-        # The DIST line names the source and its hashes: a new tarball under the same name rebuilds.
-        ComputeInputKey(kind="kernel", files=[kernel_config], values={"source_dist": VOUCHED}),
-        up_to_date(config, "kernel"),
+        *_keyed_on_vouched(config, config.kernel.source, "source_dist", files=[kernel_config]),
         BuildKernel(
             mirrors=_mirrors(config),
             source_dist=VOUCHED,
@@ -79,9 +89,7 @@ def _from_package(config: FarmConfig, building: Mapping[str, Any]) -> list[objec
     distdir = cache_dir("kernel/distfiles")
     return [
         steps.RemoveDirectory(name="clean", dir="build"),
-        *_vouched(config, config.kernel.package),
-        ComputeInputKey(kind="kernel", values={"package_dist": VOUCHED}),
-        up_to_date(config, "kernel"),
+        *_keyed_on_vouched(config, config.kernel.package, "package_dist"),
         KernelFromPackage(
             mirrors=_mirrors(config),
             package_dist=VOUCHED,
