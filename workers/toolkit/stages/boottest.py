@@ -19,7 +19,7 @@ Then, over SSH as the cloud user with the key: the hostname is the metadata's, t
 image's size (the image's growroot service), ``uname -r`` is ``--kernel-release``,
 every ``--expect-command`` succeeds; and root's login is refused although the user-data gave root
 the key too (so it is sshd's configuration that refuses it). With ``none``, sshd must answer.
-Last, ``ssh-keyscan`` reads the guest's host keys: their fingerprints are reported as
+Last, ``ssh-keyscan`` reads the guest's ed25519 host key: its fingerprint is reported in
 ``boot_test_host_keys``, so two boots of one image can be shown to have made their own.
 The test fails naming the first check not met; the serial log is printed after a marker line so
 the build step can attach it.
@@ -305,7 +305,18 @@ def host_keys(guest: Guest, deadline: float) -> str | None:
     seconds = max(1.0, min(SSH_COMMAND_SECONDS, deadline - time.monotonic()))
     try:
         scanned = subprocess.run(
-            ["ssh-keyscan", "-T", str(SSH_CONNECT_SECONDS), "-p", str(guest.port), "127.0.0.1"],
+            # One type: under TCG, the RSA handshake of a default scan can outlast -T and cost its
+            # whole wait; every image's sshd makes an ed25519 key.
+            [
+                "ssh-keyscan",
+                "-t",
+                "ed25519",
+                "-T",
+                str(SSH_CONNECT_SECONDS),
+                "-p",
+                str(guest.port),
+                "127.0.0.1",
+            ],
             capture_output=True,
             text=True,
             timeout=seconds,
