@@ -120,6 +120,27 @@ class UserSection:
     roles: list[str] = field(default_factory=lambda: ["admin"])
 
 
+Role = Literal["ui", "builds"]
+MASTER_ROLES: tuple[Role, ...] = ("ui", "builds")
+
+
+def _roles(value: list[str]) -> None:
+    if not value or len(set(value)) != len(value):
+        raise ValueError('expected "ui", "builds" or both, each once')
+
+
+@dataclass(frozen=True)
+class MqSection:
+    """Buildbot's message queue (c['mq']): "simple" stays inside one master; several masters share
+    their events through a WAMP router (crossbar)."""
+
+    type: Literal["simple", "wamp"] = "simple"
+    router_url: str = ""
+    """The WAMP router's WebSocket URL, e.g. ws://mq.example.org:8080/ws (type = "wamp" only)."""
+    realm: str = "realm1"
+    wamp_debug_level: Literal["error", "warn", "info", "debug", "trace"] = "error"
+
+
 @dataclass(frozen=True)
 class MasterSection:
     web_address: str = field(default="127.0.0.1:8010", metadata=_check(host_port))
@@ -129,6 +150,11 @@ class MasterSection:
     db_url: str = "sqlite:///state.sqlite"
     anonymous_view: bool = True
     users: list[UserSection] = field(default_factory=lambda: [UserSection(name="admin")])
+    multi_master: bool = False
+    """Several masters share this farm (Buildbot's multiMaster): one database, an S3 store, mq = "wamp"."""
+    roles: list[Role] = field(default_factory=lambda: list(MASTER_ROLES), metadata=_check(_roles))
+    """What this master runs: "ui" the web UI and REST API, "builds" the workers and their builds."""
+    mq: MqSection = field(default_factory=MqSection)
 
     @property
     def buildbot_url(self) -> str:
@@ -346,6 +372,25 @@ class FarmConfig:
     """The farm directory; relative paths in farm.toml are resolved against it at load."""
 
 
+HOST_CONFIG_NAME = "master.toml"
+
+
+@dataclass(frozen=True)
+class HostMasterSection:
+    """master.toml's [master]: what differs between the masters sharing one farm.toml. A key left
+    out is farm.toml's."""
+
+    web_address: str = field(default="", metadata=_check(host_port))
+    public_url: str = ""
+    worker_address: str = field(default="", metadata=_check(host_port))
+    roles: list[Role] = field(default_factory=list, metadata=_check(_roles))
+
+
+@dataclass(frozen=True)
+class HostFile:
+    master: HostMasterSection = field(default_factory=HostMasterSection)
+
+
 def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:
@@ -497,25 +542,110 @@ def _line_of(where: str, lines: dict[str, int]) -> int | None:
     return None
 
 
-def parse_config(text: str, basedir: Path, source: str = CONFIG_NAME) -> FarmConfig:
+def _farm_problems(config: FarmConfig) -> list[_Problem]:
+    """What is wrong between keys, each reported at the key to change."""
+    master = config.master
+    problems = []
+    if set(master.roles) != set(MASTER_ROLES) and not master.multi_master:
+        problems.append(
+            _Problem(
+                "master.roles",
+                f"master.roles = {_show(master.roles)}: a single master runs both the UI and the builds; "
+                "other roles need master.multi_master = true",
+            )
+        )
+    if master.mq.type == "wamp" and not master.mq.router_url:
+        problems.append(
+            _Problem(
+                "master.mq.type",
+                'master.mq.type = "wamp" needs master.mq.router_url (ws://HOST:PORT/ws)',
+            )
+        )
+    if not master.multi_master:
+        return problems
+    if config.store.type == "local":
+        problems.append(
+            _Problem(
+                "store.type",
+                'store.type = "local" with master.multi_master = true: a local store is one master\'s '
+                "directory, served by that master alone, so builds of the other masters could not publish "
+                'to it; use type = "s3", which every master and worker reaches',
+            )
+        )
+    if master.db_url.startswith("sqlite"):
+        problems.append(
+            _Problem(
+                "master.db_url",
+                f"master.db_url = {_show(master.db_url)} with master.multi_master = true: SQLite is a file "
+                "on one machine; every master must use the same database server (PostgreSQL)",
+            )
+        )
+    if master.mq.type != "wamp":
+        problems.append(
+            _Problem(
+                "master.mq.type",
+                f"master.mq.type = {_show(master.mq.type)} with master.multi_master = true: the simple queue "
+                'stays inside one master, so masters would not hear of each other\'s builds; use "wamp"',
+            )
+        )
+    return problems
+
+
+def _report(problems: list[_Problem], text: str, source: str) -> FarmConfigError:
+    lines = _key_lines(text)
+    located = sorted(((_line_of(problem.where, lines), str(problem)) for problem in problems),
+                     key=lambda found: found[0] or 0)  # fmt: skip
+    reports = [f"{source}{f':{line}' if line else ''}: {message}" for line, message in located]
+    if len(reports) > 1:
+        reports.insert(0, f"{source}: {len(reports)} mistakes")
+    return FarmConfigError("\n".join(reports))
+
+
+def _load_toml(text: str, source: str) -> dict[str, Any]:
     try:
-        table = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise FarmConfigError(f"{source}: not valid TOML: {error}") from None
     except RecursionError:
         # tomllib parses arrays and inline tables recursively, so deep nesting exhausts the stack
         # instead of raising TOMLDecodeError.
         raise FarmConfigError(f"{source}: not valid TOML: arrays or tables nested too deeply") from None
+
+
+def apply_host_file(config: FarmConfig, text: str, source: str = HOST_CONFIG_NAME) -> FarmConfig:
+    """``config`` with what master.toml's [master] sets: this master's addresses and roles."""
+    table = _load_toml(text, source)
+    problems: list[_Problem] = []
+    written_master = table.get("master")
+    if isinstance(written_master, dict):
+        host_keys = {spec.name for spec in dataclasses.fields(HostMasterSection)}
+        for name in sorted(
+            set(written_master) - host_keys & {spec.name for spec in dataclasses.fields(MasterSection)}
+        ):
+            problems.append(
+                _Problem(
+                    f"master.{name}", f"master.{name} is the same for every master: set it in {CONFIG_NAME}"
+                )
+            )
+            del written_master[name]
+    host = _build(HostFile, table, "", problems)
+    if not problems:
+        written = {name: getattr(host.master, name) for name in table.get("master", {})}
+        config = dataclasses.replace(config, master=dataclasses.replace(config.master, **written))
+        problems = _farm_problems(config)
+    if problems:
+        raise _report(problems, text, source)
+    return config
+
+
+def parse_config(text: str, basedir: Path, source: str = CONFIG_NAME) -> FarmConfig:
+    table = _load_toml(text, source)
     problems: list[_Problem] = []
     config = _build(FarmConfig, table, "", problems)
+    if not problems:
+        problems = _farm_problems(config)
     if problems:
-        lines = _key_lines(text)
-        located = sorted(((_line_of(problem.where, lines), str(problem)) for problem in problems),
-                         key=lambda found: found[0] or 0)  # fmt: skip
-        reports = [f"{source}{f':{line}' if line else ''}: {message}" for line, message in located]
-        if len(reports) > 1:
-            reports.insert(0, f"{source}: {len(reports)} mistakes")
-        raise FarmConfigError("\n".join(reports))
+        raise _report(problems, text, source)
     return _resolve_paths(dataclasses.replace(config, basedir=basedir.resolve()), basedir.resolve())
 
 
@@ -534,15 +664,23 @@ def _resolve_paths(section: Any, basedir: Path) -> Any:
     return dataclasses.replace(section, **changes)
 
 
-def load_config(basedir: Path) -> FarmConfig:
-    path = basedir / CONFIG_NAME
+def _read(path: Path) -> str:
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise FarmConfigError(f"{path}: no such file (create a farm with `farm init DIR`)") from None
+        return path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise FarmConfigError(f"{path}: cannot read: {error}") from None
-    return parse_config(text, basedir, str(path))
 
 
-__all__ = ["CONFIG_NAME", "FarmConfig", "FarmConfigError", "load_config", "parse_config"]
+def load_config(basedir: Path) -> FarmConfig:
+    """farm.toml, with this master's own keys from master.toml beside it when there is one."""
+    path = basedir / CONFIG_NAME
+    if not path.exists():
+        raise FarmConfigError(f"{path}: no such file (create a farm with `farm init DIR`)")
+    config = parse_config(_read(path), basedir, str(path))
+    host_path = basedir / HOST_CONFIG_NAME
+    if host_path.exists():
+        config = apply_host_file(config, _read(host_path), str(host_path))
+    return config
+
+
+__all__ = ["CONFIG_NAME", "HOST_CONFIG_NAME", "FarmConfig", "FarmConfigError", "load_config", "parse_config"]

@@ -19,9 +19,10 @@ def services(config: FarmConfig, farm: FarmDir, fleet: OpenStackFleet) -> list[B
         result.append(
             StoreServer(store_path=str(store.path), listen=store.listen, public_url=store.public_url)
         )
-    # Servers this farm started and no worker owns any more (a crashed or moved master) are deleted.
-    # One per region: a connection lists the servers of its own region only.
-    for cloud, region in sorted({(pool.cloud, pool.region) for pool in config.workers.openstack}):
-        result.append(OpenStackOrphanReaper(cloud, fleet, region=region))
+    # Servers this farm started and no worker owns any more (a crashed or moved master) are deleted,
+    # by the masters that run workers. One per region: a connection lists its own region's servers.
+    if "builds" in config.master.roles:
+        for cloud, region in sorted({(pool.cloud, pool.region) for pool in config.workers.openstack}):
+            result.append(OpenStackOrphanReaper(cloud, fleet, region=region))
     result.extend(notifiers(config.notify, farm))
     return result

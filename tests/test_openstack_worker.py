@@ -388,6 +388,9 @@ def test_build_runs_on_a_fresh_server_that_is_deleted_after(farm: Farm, stand_in
     worker_name = farm.master.get(f"workers/{build['workerid']}")["workers"][0]["name"]
     assert server.metadata["gentoo_farm_id"] == FARM_ID
     assert server.metadata["gentoo_farm_worker"] == worker_name
+    # the reapers of several masters tell whose server it is by the name Buildbot lists the master under
+    (master,) = farm.master.get("masters")["masters"]
+    assert server.metadata["gentoo_farm_master"] == master["name"]
     assert server.request["security_groups"] == [{"name": "default"}]
     # the toolkit ran on the VM and reported back through FarmWorkerStep
     properties = farm.master.properties(build["buildid"])

@@ -23,7 +23,6 @@ WAIT_THREADS = 32
 @dataclass
 class _Roster:
     tokens: set[str] = field(default_factory=set)
-    workers: set[str] = field(default_factory=set)
     failed_starts: dict[int, list[str]] = field(default_factory=dict)
     waits: ThreadPool | None = None
     successor: _Roster | None = None
@@ -33,7 +32,6 @@ class _Roster:
         if other is self:
             return
         self.tokens |= other.tokens
-        self.workers |= other.workers
         for request_id, reasons in other.failed_starts.items():
             self.failed_starts.setdefault(request_id, []).extend(reasons)
         if self.waits is None:
@@ -46,7 +44,6 @@ class OpenStackFleet:
 
     - the instance token each worker holds, from before it creates a server until the server is
       deleted: a server of this farm whose token nobody holds is an orphan;
-    - the workers' names: with ``multiMaster``, a master reaps only servers of its own workers;
     - failed instance starts per build request: Buildbot retries a request after a failed start on
       any worker, so the bound on attempts must count across workers.
 
@@ -70,15 +67,6 @@ class OpenStackFleet:
         if previous is not None:
             self._current().absorb(previous._current())
         return self
-
-    def enlist(self, worker_name: str) -> None:
-        self._current().workers.add(worker_name)
-
-    def discharge(self, worker_name: str) -> None:
-        self._current().workers.discard(worker_name)
-
-    def worker_names(self) -> frozenset[str]:
-        return frozenset(self._current().workers)
 
     def hold(self, token: str) -> None:
         """A worker is about to create a server tagged ``token``: no reaper may take it."""

@@ -5,9 +5,10 @@ Each :class:`OpenStackLatentWorker` owns at most one server at a time, so ``max_
 (``<name>-1`` .. ``<name>-N``); Buildbot never runs more servers than that.
 
 Every server carries metadata naming the farm (:data:`FARM_ID_KEY`, the stable id from farm.toml),
-the worker (:data:`WORKER_KEY`) and a random instance token (:data:`INSTANCE_KEY`) that the worker
-holds in its :class:`~gentoo_farm.workers.fleet.OpenStackFleet` while the server may exist; the
-orphan reaper (:mod:`gentoo_farm.workers.reaper`) deletes this farm's servers whose token nobody holds.
+the Buildbot master that started it (:data:`MASTER_KEY`), the worker (:data:`WORKER_KEY`) and a
+random instance token (:data:`INSTANCE_KEY`) that the worker holds in its
+:class:`~gentoo_farm.workers.fleet.OpenStackFleet` while the server may exist; the orphan reaper
+(:mod:`gentoo_farm.workers.reaper`) deletes this farm's servers whose token nobody holds.
 
 All openstacksdk calls run in threads (``deferToThread``), never on the reactor; what their failures
 mean for a build is :mod:`gentoo_farm.cloud`'s classification.
@@ -39,6 +40,7 @@ from gentoo_farm.workers.fleet import OpenStackFleet, check_fleet
 from gentoo_farm.workers.instance_password import InstancePasswordMixin
 
 FARM_ID_KEY = "gentoo_farm_id"
+MASTER_KEY = "gentoo_farm_master"
 WORKER_KEY = "gentoo_farm_worker"
 INSTANCE_KEY = "gentoo_farm_instance"
 # image = LATEST_FARM_IMAGE boots the newest active Glance image the farm published (FARM_ID_PROPERTY)
@@ -51,6 +53,13 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F
 _LATENT_DEFAULTS = {"build_wait_timeout": 0, "check_instance_interval": DEFAULT_CHECK_INTERVAL}
 
 _Result = TypeVar("_Result")
+# Nova refuses metadata values longer than this
+_METADATA_VALUE_LENGTH = 255
+
+
+def master_tag(master_name: str) -> str:
+    """The :data:`MASTER_KEY` value of servers Buildbot master ``master_name`` (HOST:BASEDIR) starts."""
+    return master_name[:_METADATA_VALUE_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -192,15 +201,8 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
             self._cloud_connection = None
         # a reconfig brings a new fleet: it takes over the token of a server we may own right now
         self.fleet = fleet.take_over(self.fleet)
-        self.fleet.enlist(self.name)
         self.settings = settings
         self.bootstrap = settings.bootstrap()
-
-    @defer.inlineCallbacks
-    def stopService(self):
-        yield super().stopService()
-        if self.fleet is not None:
-            self.fleet.discharge(self.name)
 
     @property
     def _fleet(self) -> OpenStackFleet:
@@ -266,7 +268,12 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
             "name": server_name,
             "flavor_id": flavor.id,
             "user_data": base64.b64encode(user_data.encode()).decode("ascii"),
-            "metadata": {FARM_ID_KEY: self._fleet.farm_id, WORKER_KEY: self.name, INSTANCE_KEY: token},
+            "metadata": {
+                FARM_ID_KEY: self._fleet.farm_id,
+                MASTER_KEY: master_tag(self.master.name),
+                WORKER_KEY: self.name,
+                INSTANCE_KEY: token,
+            },
             # without a network Nova picks the project's only one or fails with a clear 409
             "networks": [{"uuid": network_id}] if network_id else "auto",
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import openstack.connection
@@ -13,17 +13,46 @@ from twisted.python import log
 
 from gentoo_farm.cloud import cloud_errors, connect_to_cloud
 from gentoo_farm.workers.fleet import OpenStackFleet, check_fleet
-from gentoo_farm.workers.openstack import FARM_ID_KEY, INSTANCE_KEY, WORKER_KEY
+from gentoo_farm.workers.openstack import FARM_ID_KEY, INSTANCE_KEY, MASTER_KEY, WORKER_KEY, master_tag
+
+
+def orphans(
+    servers: Iterable[Any],
+    live_tokens: Collection[str],
+    this_master: str,
+    inactive_masters: Collection[str] | None,
+) -> list[Any]:
+    """Which of a farm's ``servers`` to delete; ``inactive_masters`` is None on a single master.
+
+    A single master owns every server of its farm (those of its predecessor too, after a crash or a
+    move): it deletes each whose token no worker holds. With several masters, a master deletes its own
+    servers whose token no worker holds, and every server of a master Buildbot has marked inactive
+    (stopped, or silent past Buildbot's expiry); a server of a live master, of a master this database
+    does not know (another farm sharing the id by mistake, a master on another database) or without a
+    master's name is never touched: whether anyone still uses it cannot be told.
+    """
+    if inactive_masters is None:
+        return [server for server in servers if server.metadata.get(INSTANCE_KEY) not in live_tokens]
+    return [
+        server
+        for server in servers
+        if server.metadata.get(MASTER_KEY) in inactive_masters
+        or (
+            server.metadata.get(MASTER_KEY) == this_master
+            and server.metadata.get(INSTANCE_KEY) not in live_tokens
+        )
+    ]
 
 
 class OpenStackOrphanReaper(service.BuildbotService):
     """Deletes servers on ``cloud`` (in ``region``; empty: clouds.yaml's region_name) tagged with the
-    fleet's farm id whose instance token nobody holds.
+    fleet's farm id whose instance token nobody holds (:func:`orphans` says which).
 
     Runs when the master starts and then every ``interval`` seconds. A worker holds its token in the
     shared :class:`OpenStackFleet` from before the create call until the deletion finished, so a
     server being created is never reaped; servers without the farm id are never touched. With
-    ``multiMaster``, each master only reaps servers of the worker names its fleet has.
+    ``multiMaster``, a master reaps its own orphans and the servers of masters Buildbot lists as
+    inactive, never those of a live master.
     """
 
     def __init__(
@@ -121,20 +150,20 @@ class OpenStackOrphanReaper(service.BuildbotService):
         servers = await threads.deferToThread(self._list_farm_servers, self.fleet.farm_id)
         # ownership is read after the listing returned: a worker holds its token before it
         # creates a server, so every listed server of a live worker is already marked owned
-        tokens, worker_names = self.fleet.live_tokens(), self.fleet.worker_names()
-        multi_master = bool(getattr(self.master.config, "multiMaster", False))
-        orphans = [
-            server
-            for server in servers
-            if server.metadata.get(INSTANCE_KEY) not in tokens
-            and (not multi_master or server.metadata.get(WORKER_KEY) in worker_names)
-        ]
-        if not orphans:
+        tokens = self.fleet.live_tokens()
+        inactive: set[str] | None = None
+        if self.master.config.multiMaster:
+            # read after the listing too: a master that started a listed server is in the database
+            masters = await self.master.data.get(("masters",))
+            inactive = {master_tag(master["name"]) for master in masters if not master["active"]}
+        reaped = orphans(servers, tokens, master_tag(self.master.name), inactive)
+        if not reaped:
             return []
-        for server in orphans:
+        for server in reaped:
             log.msg(
                 f"{self.name}: deleting orphan server {server.name} ({server.id}) of worker "
-                f"{server.metadata.get(WORKER_KEY)!r}: no running worker owns it"
+                f"{server.metadata.get(WORKER_KEY)!r} on master {server.metadata.get(MASTER_KEY)!r}: "
+                "no running worker owns it"
             )
-        await threads.deferToThread(self._delete, [server.id for server in orphans])
-        return [server.name for server in orphans]
+        await threads.deferToThread(self._delete, [server.id for server in reaped])
+        return [server.name for server in reaped]
