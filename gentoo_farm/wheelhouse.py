@@ -164,7 +164,7 @@ def _record_line(name: str, data: bytes) -> str:
 def build_master_wheel(dest: Path, source: Path | None = None) -> Path:
     """The wheel of the code the master runs (``source``: its source tree), in ``dest``.
 
-    Written here rather than by ``pip wheel``: the project's build backend needs setuptools >= 68 and its
+    Written here rather than by ``pip wheel``: the project's build backend needs setuptools >= 77 and its
     ``bdist_wheel``, which the master's venv need not have, and fetching them would reach an index. The
     wheel holds what setuptools would put in it (the package directories ``[tool.setuptools.package-dir]``
     maps, data files included; ``[project]``'s metadata and scripts), in a fixed order with fixed
