@@ -7,6 +7,12 @@ same run. The ratio is the toolkit's overhead (goal: <= 1.10): it includes check
 member before unpacking and adding the cloud user, which assemble does itself rather than running the
 image's useradd (workers/toolkit/accounts.py), so the bare side has no tool call for it.
 
+The bare side converts as the disk stage does (``-W``, zstd). Before converting, each bare round also
+times the qcow2 conversions the stage could use on that same raw disk, outside both sides' totals: zlib
+(readable by every QEMU) and zstd (QEMU >= 5.1), each in order, with ``-W`` (out-of-order writes: several
+clusters compressed at once) and with ``-W -m 16`` (twice the default 8 coroutines), and prints seconds,
+bytes and the ratios to the in-order zlib conversion (the stage's until issue 13).
+
 Run as root, from the repository root: ``.venv/bin/python bench/bench_image.py [--rounds 3]``. Needs
 the Debian kernel package (fetched with apt-get download into the test cache on first use).
 """
@@ -22,8 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_qcow2 import convert
 from tests import debian
-from tests.world.stage3 import populate_stage3_root
+from tests.imagetest import make_root
 
 FARM_WORKER = str(Path(sys.executable).parent / "farm-worker")
 OVERLAY = Path(__file__).resolve().parent.parent / "gentoo_farm" / "defaults" / "overlay"
@@ -35,6 +42,26 @@ def run(*command: object, **kwargs: object) -> None:
 
 
 TOOL_SECONDS: dict[str, float] = {}
+
+# qemu-img convert options after -c, by name; the first is the ratios' base.
+CONVERSIONS = {
+    "zlib, in order": ["-o", "compression_type=zlib"],
+    "zlib, -W": ["-W", "-o", "compression_type=zlib"],
+    "zlib, -W -m 16": ["-W", "-m", "16", "-o", "compression_type=zlib"],
+    "zstd, in order": ["-o", "compression_type=zstd"],
+    "zstd, -W (stage)": ["-W", "-o", "compression_type=zstd"],
+    "zstd, -W -m 16": ["-W", "-m", "16", "-o", "compression_type=zstd"],
+}
+CONVERSION_SECONDS: dict[str, list[float]] = {name: [] for name in CONVERSIONS}
+CONVERSION_BYTES: dict[str, int] = {}
+
+
+def compare_conversions(raw: Path, scratch: Path) -> None:
+    for name, options in CONVERSIONS.items():
+        output = scratch / "conversion.qcow2"
+        CONVERSION_SECONDS[name].append(convert(raw, output, options))
+        CONVERSION_BYTES[name] = output.stat().st_size
+        output.unlink()
 
 
 def timed(command: list[object], **kwargs: object) -> float:
@@ -84,16 +111,32 @@ def bare_round(root: Path, kernel: Path, overlay: Path, image: Path, size: str, 
     total += timed(
         ["dd", f"if={MBR}", f"of={raw}", "bs=440", "count=1", "conv=notrunc"], stderr=subprocess.DEVNULL
     )
-    total += timed(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", raw, image])
+    compare_conversions(raw, scratch)
+    total += timed(
+        [
+            "qemu-img",
+            "convert",
+            "-W",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-c",
+            "-o",
+            "compression_type=zstd",
+            raw,
+            image,
+        ]
+    )
     total += timed(["sha512sum", image])
     raw.unlink()
     return total
 
 
 def fresh_root(parent: Path) -> Path:
-    root = parent / "root"
-    populate_stage3_root(root)
-    return root
+    # The tests' image root: the stand-in stage3 with what the farm emerges into it (sudo for the
+    # default [image] admin, which assemble requires), copied from the test cache.
+    return make_root(parent)
 
 
 def main() -> None:
@@ -141,6 +184,16 @@ def main() -> None:
             for name, seconds in sorted(TOOL_SECONDS.items(), key=lambda item: -item[1])
         )
     )
+
+    base_seconds = statistics.median(CONVERSION_SECONDS["zlib, in order"])
+    base_bytes = CONVERSION_BYTES["zlib, in order"]
+    print(f"  qcow2 conversions of the bare side's {args.size} raw disk (median of {args.rounds}):")
+    for name, seconds in CONVERSION_SECONDS.items():
+        median = statistics.median(seconds)
+        print(
+            f"    {name:<17} {median:6.2f} s  {CONVERSION_BYTES[name] / 2**20:7.1f} MiB  "
+            f"time ratio {median / base_seconds:.2f}  size ratio {CONVERSION_BYTES[name] / base_bytes:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ class BuildDisk(FarmWorkerStep):
         output=StageArgument("--output"),
         size=StageArgument("--size", default=None),
         compress=StageArgument("--compress", "toggle", default=True),
+        compression=StageArgument("--compression", default="zstd"),
     )
 
     def success_summary(self) -> str | None:

@@ -128,6 +128,8 @@ def booted(tmp_path_factory: pytest.TempPathFactory, kernel_tarball: Path) -> Bo
         subprocess.run(["qemu-img", "info", "--output=json", image], capture_output=True).stdout
     )
     assert info["format"] == "qcow2"
+    # The default compression: these boots show that a zstd-compressed qcow2 boots.
+    assert info["format-specific"]["data"]["compression-type"] == "zstd"
     # What publishing checks the upload against, and what the image set records as its kernel.
     assert results(built.disk)["image_sha512"] == hashlib.sha512(image.read_bytes()).hexdigest()
     assert results(built.disk)["kernel_release"] == release
@@ -412,6 +414,32 @@ def test_disk_allocates_every_block_of_a_sparse_kernel(tmp_path: Path) -> None:
     # All four blocks allocated: SYSLINUX can load it.
     assert len(boot_blocks(raw, "/boot/vmlinuz-6.1.0-test")) == 4
     assert holes_under_boot(root, raw) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "compression"), [((), "zstd"), (("--compression", "zlib"), "zlib")], ids=["default", "zlib"]
+)
+def test_disk_writes_the_qcow2_with_the_compression_type_asked_for(
+    tmp_path: Path, options: tuple[str, ...], compression: str
+) -> None:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot/extlinux.conf").write_text("DEFAULT gentoo\n")
+    (root / "boot/vmlinuz-6.1.0-test").write_bytes(os.urandom(4096) + b"kernel" * 100_000)
+    (root / "boot/vmlinuz").symlink_to("vmlinuz-6.1.0-test")
+    image = tmp_path / "out.qcow2"
+
+    process = farm_worker("disk", root, "--output", image, "--bootloader", "loop", *options)
+    assert process.returncode == 0, process.stderr
+    assert f"converting to qcow2 ({compression}-compressed)" in process.stdout + process.stderr
+    info = json.loads(
+        subprocess.run(["qemu-img", "info", "--output=json", image], capture_output=True, check=True).stdout
+    )
+    assert info["format-specific"]["data"]["compression-type"] == compression
+    # Compressed indeed: the repeated text takes far less room than on the raw disk.
+    assert image.stat().st_size < 1 * MIB
+    check = subprocess.run(["qemu-img", "check", image], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_a_bootloader_vm_that_does_not_finish_fails_the_stage_with_its_console(tmp_path: Path) -> None:

@@ -147,7 +147,9 @@ class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         return self.setup_test_build_step()
 
     async def test_size_and_compression_become_arguments_and_results_properties(self):
-        self.setup_step(BuildDisk("root", Property("disk_path"), size="4G", compress=False))
+        self.setup_step(
+            BuildDisk("root", Property("disk_path"), size="4G", compress=False, compression="zlib")
+        )
         self.build.setProperty("disk_path", "images/gentoo.qcow2", "test")
         self.expect_commands(
             ExpectShell(
@@ -162,6 +164,8 @@ class TestBuildDisk(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
                     "--size",
                     "4G",
                     "--no-compress",
+                    "--compression",
+                    "zlib",
                 ],
             )
             .stdout(
