@@ -275,6 +275,9 @@ class ImageSection:
     the cloud user no way to root. Root's own login is the overlay's either way."""
     disk_size: str = "4G"
     compress: bool = True
+    compression: Literal["zstd", "zlib"] = "zstd"
+    """The compressed qcow2's compression type: "zstd" needs QEMU 5.1 or newer wherever the image is read
+    (compute nodes, the image service's conversion); "zlib" for clouds on an older QEMU (docs/image.md)."""
     boot_timeout: int = 300
     """Seconds the boot test may take, from power-on to the last check over SSH."""
     boot_test_commands: list[str] = field(default_factory=list)

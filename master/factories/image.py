@@ -129,7 +129,8 @@ def factory(config: FarmConfig) -> BuildFactory:
                 kind="images",
                 values={
                     "inputs": util.Transform(json.dumps, util.Property("image_input_keys"), sort_keys=True),
-                    "disk": f"{config.image.disk_size} compress={config.image.compress}",
+                    "disk": f"{config.image.disk_size} compress={config.image.compress}"
+                    + (f" compression={config.image.compression}" if config.image.compress else ""),
                     **root_settings,
                 },
             ),
@@ -267,6 +268,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 output=DISK,
                 size=config.image.disk_size,
                 compress=config.image.compress,
+                compression=config.image.compression,
                 **building,
             ),
             BootTest(
