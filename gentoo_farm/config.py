@@ -98,6 +98,15 @@ def _supported_stage3(value: str) -> None:
         )
 
 
+def _python_versions(value: list[str]) -> None:
+    if not value or len(set(value)) != len(value):
+        raise ValueError('expected one or more Python versions, each once, e.g. ["3.12", "3.13"]')
+    for version in value:
+        match = re.fullmatch(r"3\.(\d+)", version)
+        if not match or int(match.group(1)) < 11:
+            raise ValueError(f"{version!r}: expected a Python version MAJOR.MINOR, 3.11 or newer")
+
+
 def _check(validator: typing.Callable[[Any], Any]) -> dict[str, Any]:
     return {"validator": validator}
 
@@ -207,6 +216,11 @@ class WorkersSection:
     wheelhouse: str = ""
     """A directory of wheels of what OpenStack workers install besides the master's wheel (buildbot-worker,
     Twisted ... at the master's versions); empty: `farm up` builds one with pip from its configured index."""
+    python_versions: list[str] = field(
+        default_factory=lambda: ["3.11", "3.12", "3.13"], metadata=_check(_python_versions)
+    )
+    """The Pythons (MAJOR.MINOR) of the worker images' ``python3``: OpenStack workers are served wheels for
+    each (docs/workers.md); an instance whose Python is not listed refuses to install."""
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@ The script
 - points the VM's Portage at the farm: a ``binrepos.conf`` entry for the farm binhost and the farm
   distfile mirror first in ``GENTOO_MIRRORS``;
 - makes ``buildbot-worker`` and the toolkit (``farm-worker``) available in a venv: the master's own
-  wheel and its wheelhouse (``gentoo_farm.wheelhouse``), fetched from short-lived URLs the master hands
-  out and installed with ``pip install --no-index --require-hashes`` against the sha256 the master
-  lists, so nothing comes from a public index; an image whose venv already holds the master's
-  gentoo-farm version keeps it. ``install_spec`` overrides this with one pip requirement (a wheel
-  people host themselves), installed unless the image has both tools;
+  wheel and its wheelhouse (``gentoo_farm.wheelhouse``) for the image's own ``python3`` version (the
+  master serves a group of files per Python version; an unserved version stops the script with a message
+  naming it and the served ones), fetched from short-lived URLs the master hands out and installed with
+  ``pip install --no-index --require-hashes`` against the sha256 the master lists, so nothing comes from
+  a public index; an image whose venv already holds the master's gentoo-farm version keeps it.
+  ``install_spec`` overrides this with one pip requirement (a wheel people host themselves), installed
+  unless the image has both tools;
 - creates and starts a buildbot-worker that connects to the master with the instance's one-time
   password.
 
@@ -82,12 +84,16 @@ fi"""
 
 _VERSION_CHECK = f"import importlib.metadata as m; print(m.version({PROJECT!r}))"
 
-# Fetches "FILE URL" lines from stdin into the directory argv[1]; errors name the file, never the URL
-# (it is a short-lived credential of sorts: it reads the master's store).
+# Fetches into the directory argv[1] the files its requirements.txt names ("./FILE --hash=..."), each
+# from its "FILE URL" line on stdin; errors name the file, never the URL (it is a short-lived credential
+# of sorts: it reads the master's store).
 _FETCH = """\
 import shutil, sys, urllib.error, urllib.request
+wanted = {line.split()[0][2:] for line in open(sys.argv[1] + "/requirements.txt") if line.strip()}
 for line in sys.stdin:
     name, url = line.split()
+    if name not in wanted:
+        continue
     path = sys.argv[1] + "/" + name
     try:
         with urllib.request.urlopen(url, timeout=300) as response, open(path, "wb") as out:
@@ -100,21 +106,30 @@ for line in sys.stdin:
 
 # Only the files the master lists, each checked against its sha256 by pip (--require-hashes); no index
 # (--no-index, and no pip configuration of the image's: PIP_CONFIG_FILE=/dev/null).
+# The files of the image's python3 version: the master serves one group per [workers] python_versions.
 _INSTALL_WHEELS = """\
 installed=$("$venv/bin/python" -c {version_check} 2>/dev/null || true)
 if [ -x "$venv/bin/buildbot-worker" ] && [ -x "$venv/bin/farm-worker" ] && [ "$installed" = {version} ]; then
     echo "gentoo-farm: the master's gentoo-farm "{version}" is already installed in $venv"
 else
-    echo "gentoo-farm: installing the master's gentoo-farm "{version}" into $venv"
+    python_version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \\
+        || python_version="no python3"
+    case "$python_version" in
+{cases}
+    *)
+        echo "gentoo-farm: the master serves the worker's wheels for Python "{served}" only;" \\
+            "this image's python3 is: $python_version (the master's [workers] python_versions)" >&2
+        exit 1
+        ;;
+    esac
+    echo "gentoo-farm: installing the master's gentoo-farm "{version}" for Python $python_version into $venv"
     wheels="$home/wheels"
     rm -rf "$wheels"
     mkdir -p "$wheels"
+    printf '%s\\n' "$requirements" > "$wheels/requirements.txt"
     python3 -c {fetch} "$wheels" <<'EOF_FETCH'
 {fetch_list}
 EOF_FETCH
-    cat > "$wheels/requirements.txt" <<'EOF_REQUIREMENTS'
-{requirements}
-EOF_REQUIREMENTS
     python3 -m venv --clear "$venv"
     if ! (cd "$wheels" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" -m pip install --quiet \\
             --no-index --no-deps --require-hashes --disable-pip-version-check -r requirements.txt); then
@@ -194,17 +209,24 @@ class WorkerBootstrap:
                 raise ValueError("nothing to install the worker from: no install_spec and no worker wheels")
             return _INSTALL_SPEC.format(install_spec=shlex.quote(self.install_spec))
         fetch_list = []
-        requirements = []
         for wheel in self.wheels.files:
             url = wheel_urls.get(wheel.filename, "")
             if not re.fullmatch(r"https?://\S+", url):
                 raise ValueError(f"no http(s) URL to fetch the worker's {wheel.filename} from")
             fetch_list.append(f"{wheel.filename} {url}")
-            requirements.append(f"./{wheel.filename} --hash=sha256:{wheel.sha256}")
+        cases = []
+        for python, group in self.wheels.pythons.items():
+            if not re.fullmatch(r"\d+\.\d+", python):
+                raise ValueError(f"worker wheels for Python {python!r}: expected a version MAJOR.MINOR")
+            requirements = "\n".join(f"./{wheel.filename} --hash=sha256:{wheel.sha256}" for wheel in group)
+            cases.append(f"    {python})\n        requirements={shlex.quote(requirements)}\n        ;;")
+        if not cases:
+            raise ValueError("the master's worker wheels serve no Python version")
         return _INSTALL_WHEELS.format(
             version=shlex.quote(self.wheels.version),
             version_check=shlex.quote(_VERSION_CHECK),
+            cases="\n".join(cases),
+            served=shlex.quote(", ".join(self.wheels.pythons)),
             fetch=shlex.quote(_FETCH),
             fetch_list="\n".join(fetch_list),
-            requirements="\n".join(requirements),
         )

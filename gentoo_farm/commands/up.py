@@ -79,7 +79,10 @@ def run(args: argparse.Namespace, config: FarmConfig) -> int:
             wheels = prepare_worker_wheels(config)
         except WheelhouseError as error:
             raise CommandError(str(error)) from None
-        print(f"Workers install gentoo-farm {wheels.version} and {len(wheels.files) - 1} dependency wheels.")
+        print(
+            f"Workers install gentoo-farm {wheels.version} and its dependencies on Python "
+            f"{', '.join(wheels.pythons)} ({len(wheels.files)} wheel files)."
+        )
     upgrade_database(config)
     print(f"Starting the build master in {farm.master} ...", flush=True)
     started = buildbot("start", f"--start_timeout={START_TIMEOUT}", str(farm.master))
