@@ -1,0 +1,143 @@
+"""Two masters building together on Buildbot's own multi-master engine, every part real on 127.0.0.1:
+PostgreSQL (Debian's), a crossbar router (PyPI's, in its own venv), S3 on moto as the store, and two farm
+directories with one farm.toml, each master started by `farm up`.
+
+Master A has both roles (its REST API is how the test sees what it did); master B is a UI master, without
+builders or workers, so a build forced on B can only run if the request reaches A through the database
+and the message router.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.farmtest import Farm, farm_command, free_port, init_farm, set_option
+from tests.services.crossbar import Crossbar, crossbar  # noqa: F401  (module fixture)
+from tests.services.s3 import S3Server, s3_server  # noqa: F401  (session fixture)
+from tests.test_postgresql import PostgreSQL, postgresql  # noqa: F401  (module fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+SUCCESS = 0
+MASTERS_TIMEOUT = 60
+BUILD_TIMEOUT = 300
+
+
+def _master_toml(farm: Farm, roles: list[str]) -> Farm:
+    """This master's own addresses and roles (master.toml beside the shared farm.toml)."""
+    web_port = free_port()
+    (farm.root / "master.toml").write_text(
+        "[master]\n"
+        f"roles = {json.dumps(roles)}\n"
+        f'web_address = "127.0.0.1:{web_port}"\n'
+        f'worker_address = "127.0.0.1:{free_port()}"\n'
+    )
+    return Farm(root=farm.root, admin_password=farm.admin_password, url=f"http://127.0.0.1:{web_port}/")
+
+
+@pytest.fixture
+def two_masters(
+    tmp_path: Path,
+    postgresql: PostgreSQL,  # noqa: F811
+    crossbar: Crossbar,  # noqa: F811
+    s3_server: S3Server,  # noqa: F811
+) -> Iterator[tuple[Farm, Farm, str]]:
+    """Masters A (ui and builds) and B (ui) of one farm, both started by `farm up`, stopped at the end."""
+    shared = init_farm(tmp_path / "a")
+    database = postgresql.create_database("two_masters")
+    bucket = s3_server.create_bucket()
+    set_option(shared.root, "master", "multi_master", "true")
+    set_option(shared.root, "master", "db_url", json.dumps(postgresql.url(database)))
+    for key, value in {
+        "type": "s3",
+        "bucket": bucket,
+        "endpoint_url": s3_server.endpoint_url,
+        "region": "us-east-1",
+        "public_url": f"{s3_server.endpoint_url}/{bucket}",
+    }.items():
+        set_option(shared.root, "store", key, json.dumps(value))
+    with (shared.root / "farm.toml").open("a") as farm_toml:
+        farm_toml.write(
+            f'\n[master.mq]\ntype = "wamp"\nrouter_url = "{crossbar.router_url}"\n'
+            f'realm = "{crossbar.realm}"\n'
+        )
+    # B's directory is made the way a second host's is: `farm init` (its own master directory), then A's
+    # farm.toml, secrets and signing key.
+    second = init_farm(tmp_path / "b")
+    for name in ("farm.toml", "farm-signing-key.asc"):
+        shutil.copy2(shared.root / name, second.root / name)
+    for name in ("secrets", "keys"):
+        shutil.rmtree(second.root / name)
+        shutil.copytree(shared.root / name, second.root / name, ignore=shutil.ignore_patterns("S.*"))
+    a = _master_toml(shared, ["ui", "builds"])
+    b = _master_toml(Farm(root=second.root, admin_password=shared.admin_password), ["ui"])
+    started: list[Farm] = []
+    try:
+        for farm in (a, b):
+            farm_command("--farm", str(farm.root), "up")
+            started.append(farm)
+        yield a, b, bucket
+    finally:
+        for farm in reversed(started):
+            farm_command("--farm", str(farm.root), "down", check=False)
+
+
+def _active_masters(farm: Farm) -> dict[str, int]:
+    return {
+        master["name"]: master["masterid"] for master in farm.api("masters")["masters"] if master["active"]
+    }
+
+
+def _master_name(farm: Farm) -> str:
+    """The name Buildbot lists a master under: HOST:BASEDIR (both masters run on this host)."""
+    return f"{os.uname()[1]}:{farm.root / 'master'}"
+
+
+def _wait_for_active_masters(farm: Farm, names: set[str]) -> dict[str, int]:
+    deadline = time.monotonic() + MASTERS_TIMEOUT
+    while True:
+        active = _active_masters(farm)
+        if set(active) == names:
+            return active
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{farm.url} lists {active} as active, not {names}, after {MASTERS_TIMEOUT} s"
+            )
+        time.sleep(1)
+
+
+def test_a_build_forced_on_the_ui_master_runs_on_the_builds_masters_worker(
+    two_masters: tuple[Farm, Farm, str],
+    s3_server: S3Server,  # noqa: F811
+) -> None:
+    a, b, bucket = two_masters
+    names = {_master_name(a), _master_name(b)}
+    master_ids = _wait_for_active_masters(a, names)
+    assert _wait_for_active_masters(b, names) == master_ids
+
+    # B has the UI but no builders' workers: only A can run what B's REST API is asked to force.
+    b.login()
+    status, answer = b.force("force-overlay", builderNames=["overlay"], reason="forced on master B")
+    assert status == 200, answer
+
+    on_b = b.wait_for_build("overlay", timeout=BUILD_TIMEOUT)
+    on_a = a.wait_for_build("overlay", timeout=BUILD_TIMEOUT)
+    assert on_b["results"] == SUCCESS, on_b["state_string"]
+    assert (on_a["buildid"], on_a["results"], on_a["complete"]) == (on_b["buildid"], SUCCESS, True)
+    assert on_a["masterid"] == master_ids[_master_name(a)]
+    properties = b.properties(on_b)
+    assert properties["workername"] == "local-1"
+    assert properties["reason"] == "forced on master B"
+    # and it published to the shared store: the overlay's latest set is this build's
+    latest = boto3.client("s3", endpoint_url=s3_server.endpoint_url).get_object(
+        Bucket=bucket, Key="overlay/latest.json"
+    )
+    assert json.loads(latest["Body"].read())["input_key"] == properties["input_key"]
