@@ -14,6 +14,7 @@ from gentoo_farm.checksums import file_sha512
 from gentoo_farm.config import FarmConfigError, load_config
 from gentoo_farm.store import ArtifactStore, sets
 from gentoo_farm.store.binhost import store_lock
+from gentoo_farm.store.local import LocalStore
 from gentoo_farm.store.sets import (
     ExpectedFile,
     apply_retention,
@@ -69,24 +70,32 @@ def test_a_newer_publish_that_moves_the_pointer_first_wins_the_race(
     any_store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The older publish reads the pointer, then the newer one moves both pointers before the older one
-    writes: the older write fails its condition, reads again and leaves both pointers where they are."""
+    writes: on S3 the older write fails its condition, reads again and leaves both pointers where they are.
+    The local store holds the key's file lock from that read to the write, so there the newer publish waits
+    for the older one's write and then moves the pointers on."""
     first = publish_files(
         any_store, "kernel", "key-first", _one(tmp_path, "first"), set_id=new_set_id("k0", EARLY)
     )
     early, early_files = upload(any_store, tmp_path, "early", EARLY + timedelta(minutes=1))
     late, late_files = upload(any_store, tmp_path, "late", LATE)
-    original_head = any_store.head
-    raced = []
+    original_read = any_store.read_versioned
+    raced: list[threading.Thread] = []
 
-    def head_then_race(key: str):  # type: ignore[no-untyped-def]
-        info = original_head(key)
+    def read_then_race(key: str) -> tuple[bytes, str] | None:
+        found = original_read(key)
         if key.endswith("latest.json") and not raced:
-            raced.append(key)
-            finalize_set(any_store, "kernel", late, "key-late", late_files, {"artifact": "vmlinuz.tar.zst"})
-        return info
+            newer = threading.Thread(
+                target=finalize_set,
+                args=(any_store, "kernel", late, "key-late", late_files, {"artifact": "vmlinuz.tar.zst"}),
+            )
+            raced.append(newer)
+            newer.start()
+            newer.join(timeout=0.5 if isinstance(any_store, LocalStore) else 60)
+        return found
 
-    monkeypatch.setattr(any_store, "head", head_then_race)
+    monkeypatch.setattr(any_store, "read_versioned", read_then_race)
     finalize_set(any_store, "kernel", early, "key-early", early_files, {"artifact": "vmlinuz.tar.zst"})
+    raced[0].join(timeout=60)
 
     assert raced and first.set_id < early < late
     assert pointed_at(any_store) == (late, late)

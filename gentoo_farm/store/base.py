@@ -8,7 +8,9 @@ Everything here blocks: master-side callers run it in a thread (``deferToThread`
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +23,9 @@ from gentoo_farm.checksums import stream_sha512
 
 INCOMING = "incoming"
 """Top-level prefix where builds stage uploads the master moves into place (binhost push-back)."""
+
+UPDATE_ATTEMPTS = 20
+"""How many lost races :meth:`ArtifactStore.update` takes before it gives up with a StoreError."""
 
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9._+@=,~-]+(/[A-Za-z0-9._+@=,~-]+)*")
 
@@ -165,6 +170,54 @@ class ArtifactStore(ABC):
     @abstractmethod
     def download_url(self, key: str, expires_in: int) -> str:
         """A URL people and Portage can GET the object from (presigned when the bucket is private)."""
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and the etag of exactly those bytes, or None when it does not exist.
+
+        This generic form reads between two HEADs; the backends override it with one read."""
+        for _ in range(UPDATE_ATTEMPTS):
+            before = self.head(key)
+            if before is None:
+                return None
+            try:
+                data = self.get_bytes(key)
+            except ObjectNotFound:
+                continue
+            after = self.head(key)
+            if after is not None and after.etag == before.etag:
+                return data, before.etag
+        raise StoreError(f"{self.location}: {key} changed during each of {UPDATE_ATTEMPTS} reads")
+
+    def update(
+        self, key: str, change: Callable[[bytes | None], bytes | None], attempts: int = UPDATE_ATTEMPTS
+    ) -> bool:
+        """Read-modify-write a small object so that no concurrent writer's change is lost (compare and swap).
+
+        ``change`` gets the object's bytes (None while it does not exist) and returns its new bytes, or None
+        to leave it as it is. The write is conditional on what was read (its etag, or its absence); when
+        another process (another master) changed the object in between, ``change`` runs again on what that
+        writer left. After ``attempts`` lost races in a row a StoreError names the key. Returns whether this
+        call wrote. ``change`` may run several times: it must compute from its argument alone.
+        """
+        for attempt in range(attempts):
+            current = self.read_versioned(key)
+            data, etag = current if current is not None else (None, None)
+            new = change(data)
+            if new is None:
+                return False
+            try:
+                if etag is None:
+                    self.put_bytes(key, new, if_absent=True)
+                else:
+                    self.put_bytes(key, new, if_match=etag)
+                return True
+            except (PreconditionFailed, ObjectNotFound):
+                # Lost the race (or the object was deleted under us, which S3 reports for If-Match).
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+        raise StoreError(
+            f"{self.location}: {key} was changed by other writers {attempts} times while this update tried; "
+            "gave up (try again)"
+        )
 
     def get_bytes(self, key: str) -> bytes:
         with self.open_read(key) as stream:

@@ -415,6 +415,7 @@ def merge_pushback(
     key: FarmKey,
     lock_timeout: float = 300,
     progress: Callable[[str], None] = lambda message: None,
+    lock_lease: float = 600,
 ) -> MergeResult:
     """Sign one build's staged packages into the binhost and merge their index entries (see module doc).
     ``progress`` gets how each signed package's upload goes (a line every REPORT_SECONDS and at its end)."""
@@ -425,16 +426,14 @@ def merge_pushback(
     except ObjectNotFound:
         return result
     prefix = binhost_prefix(profile)
-    with store_lock(store, "binhost-" + profile.strip("/").replace("/", "_"), timeout=lock_timeout):
-        read = store.head(index_key(profile))
+    lock = "binhost-" + profile.strip("/").replace("/", "_")
+    with store_lock(store, lock, timeout=lock_timeout, lease=lock_lease):
         try:
-            current = store.get_bytes(index_key(profile)) if read is not None else None
+            current = store.get_bytes(index_key(profile))
         except ObjectNotFound:
-            current, read = None, None
-        index = parse_index(current, index_key(profile))
-        if current is None:
-            index.header.update(staged_index.header)
-        present = {entry_path(entry) for entry in index.packages}
+            current = None
+        present = {entry_path(entry) for entry in parse_index(current, index_key(profile)).packages}
+        signed: list[dict[str, str]] = []
         for entry in staged_index.packages:
             path = entry_path(entry)
             staged_key = staging + "binpkgs/" + path
@@ -442,24 +441,39 @@ def merge_pushback(
                 result.already_there.append(path)
                 continue
             try:
-                signed = _signed_copy(store, staged_key, prefix + path, entry, key, progress)
+                signed.append(_signed_copy(store, staged_key, prefix + path, entry, key, progress))
             except ObjectNotFound:
                 result.missing.append(path)
                 continue
-            index.packages.append(signed)
             present.add(path)
-            result.added.append(path)
-        if result.added:
-            # Conditional on what was read: should the lock have been lost, the index is not clobbered.
-            try:
-                if read is None:
-                    store.put_bytes(index_key(profile), render_index(index), if_absent=True)
-                else:
-                    store.put_bytes(index_key(profile), render_index(index), if_match=read.etag)
-            except PreconditionFailed:
-                raise StoreError(
-                    f"{index_key(profile)} changed while this merge held the binhost lock; nothing of it "
-                    "was indexed (the packages stay in the binhost and the next build's merge adds them)"
-                ) from None
+        if signed:
+            result.added, raced = _index_entries(store, profile, staged_index.header, signed)
+            result.already_there.extend(raced)
     store.delete([info.key for info in store.list(staging)])
     return result
+
+
+def _index_entries(
+    store: ArtifactStore, profile: str, header: Mapping[str, str], entries: list[dict[str, str]]
+) -> tuple[list[str], list[str]]:
+    """Add ``entries`` to the binhost's Packages with the store's compare-and-swap (:meth:`~.base.
+    ArtifactStore.update`): should another master have written the index since this merge read it (its
+    lease on the binhost lock ran out while it was paused, say), the entries are merged again into what that
+    master wrote, never over it. Returns the paths added and those another merge had indexed meanwhile."""
+    outcome: tuple[list[str], list[str]] = ([], [])
+
+    def add(current: bytes | None) -> bytes | None:
+        nonlocal outcome
+        index = parse_index(current, index_key(profile))
+        if current is None:
+            index.header.update(header)
+        present = {entry_path(entry) for entry in index.packages}
+        added = [entry for entry in entries if entry_path(entry) not in present]
+        outcome = ([entry_path(entry) for entry in added], [entry_path(e) for e in entries if e not in added])
+        if not added:
+            return None
+        index.packages.extend(added)
+        return render_index(index)
+
+    store.update(index_key(profile), add)
+    return outcome

@@ -10,7 +10,7 @@ the record with its set.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -44,19 +44,35 @@ def cloud_images_key(set_id: str) -> str:
 
 def read_cloud_images(store: ArtifactStore, set_id: str) -> dict[str, CloudImage]:
     """The set's entries by cloud; none for a set no Glance step has recorded."""
-    key = cloud_images_key(set_id)
     try:
-        data = json.loads(store.get_bytes(key))
-        return {cloud: CloudImage(**entry) for cloud, entry in data.items()}
+        return _parse(store.get_bytes(cloud_images_key(set_id)), cloud_images_key(set_id))
     except ObjectNotFound:
         return {}
+
+
+def _parse(data: bytes | None, key: str) -> dict[str, CloudImage]:
+    if data is None:
+        return {}
+    try:
+        return {cloud: CloudImage(**entry) for cloud, entry in json.loads(data).items()}
     except (ValueError, TypeError, AttributeError) as error:
-        raise StoreError(f"{key} in {store.location} is not a record of Glance images: {error}") from error
+        raise StoreError(f"{key} is not a record of Glance images: {error}") from error
 
 
-def _write(store: ArtifactStore, set_id: str, entries: Mapping[str, CloudImage]) -> None:
-    data = {cloud: asdict(entry) for cloud, entry in sorted(entries.items())}
-    store.put_bytes(cloud_images_key(set_id), json.dumps(data, indent=2).encode())
+def _update(store: ArtifactStore, set_id: str, change: Callable[[dict[str, CloudImage]], bool]) -> None:
+    """Read-modify-write the set's record with the store's compare-and-swap: a Glance step and a rotation
+    (on another master, say) recording at once both keep what they wrote. ``change`` edits the entries in
+    place and says whether it changed any."""
+    key = cloud_images_key(set_id)
+
+    def edit(current: bytes | None) -> bytes | None:
+        entries = _parse(current, key)
+        if not change(entries):
+            return None
+        data = {cloud: asdict(entry) for cloud, entry in sorted(entries.items())}
+        return json.dumps(data, indent=2).encode()
+
+    store.update(key, edit)
 
 
 def record_cloud_images(store: ArtifactStore, set_id: str, outcomes: Mapping[str, CloudImage]) -> None:
@@ -65,21 +81,29 @@ def record_cloud_images(store: ArtifactStore, set_id: str, outcomes: Mapping[str
     A failed attempt does not replace an image that is there: a rebuild that cannot reach a cloud leaves
     the image an earlier build published in it as it was.
     """
-    entries = read_cloud_images(store, set_id)
-    for cloud, outcome in outcomes.items():
-        earlier = entries.get(cloud)
-        if outcome.image_id or earlier is None or earlier.status != ACTIVE:
-            entries[cloud] = outcome
-    _write(store, set_id, entries)
+
+    def merge(entries: dict[str, CloudImage]) -> bool:
+        for cloud, outcome in outcomes.items():
+            earlier = entries.get(cloud)
+            if outcome.image_id or earlier is None or earlier.status != ACTIVE:
+                entries[cloud] = outcome
+        return True
+
+    _update(store, set_id, merge)
 
 
 def record_rotated(store: ArtifactStore, cloud: str, image_ids: Collection[str]) -> None:
     """Mark the entries of images that rotation deleted from ``cloud`` (whichever sets they belong to)."""
     if not image_ids:
         return
-    for published in list_sets(store, "images"):
-        entries = read_cloud_images(store, published.set_id)
+
+    def mark(entries: dict[str, CloudImage]) -> bool:
         entry = entries.get(cloud)
-        if entry is not None and entry.image_id in image_ids and entry.status != DELETED:
-            entries[cloud] = CloudImage(entry.image_id, DELETED, now(), "rotated out by a newer image")
-            _write(store, published.set_id, entries)
+        if entry is None or entry.image_id not in image_ids or entry.status == DELETED:
+            return False
+        entries[cloud] = CloudImage(entry.image_id, DELETED, now(), "rotated out by a newer image")
+        return True
+
+    for published in list_sets(store, "images"):
+        if cloud in read_cloud_images(store, published.set_id):
+            _update(store, published.set_id, mark)

@@ -11,7 +11,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 from gentoo_farm.checksums import chunks
 from gentoo_farm.store.base import (
+    UPDATE_ATTEMPTS,
     ArtifactStore,
     ObjectInfo,
     ObjectNotFound,
@@ -134,6 +135,27 @@ class LocalStore(ArtifactStore):
             if if_match is not None and (current is None or current.etag != if_match):
                 raise PreconditionFailed(f"{key} changed in {self.location} since it was read")
             self._write_atomically(key, io.BytesIO(data))
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            with open(self.path_of(key), "rb") as stream:
+                # Writes replace the file by renaming a new one over it: the open file is one version.
+                return stream.read(), _etag(os.fstat(stream.fileno()))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def update(
+        self, key: str, change: Callable[[bytes | None], bytes | None], attempts: int = UPDATE_ATTEMPTS
+    ) -> bool:
+        """The read, ``change`` and write all under the key's file lock (flock, every process on this
+        machine), so no other conditional writer or update comes in between: nothing to retry."""
+        with self._key_lock(key):
+            current = self.read_versioned(key)
+            new = change(current[0] if current is not None else None)
+            if new is None:
+                return False
+            self._write_atomically(key, io.BytesIO(new))
+            return True
 
     def put_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
         try:

@@ -140,6 +140,15 @@ class S3Store(ArtifactStore):
         with self._translated(key):
             return self.client.get_object(**arguments)["Body"]
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        # One GET: the ETag S3 returns with the body is the version of exactly those bytes.
+        try:
+            with self._translated(key):
+                response = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+                return response["Body"].read(), response["ETag"]
+        except ObjectNotFound:
+            return None
+
     def put_bytes(
         self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False
     ) -> None:

@@ -39,7 +39,6 @@ from gentoo_farm.store.base import (
     ArtifactStore,
     ObjectInfo,
     ObjectNotFound,
-    PreconditionFailed,
     StoreError,
 )
 from gentoo_farm.transfer import ReportingReader, TransferMeter
@@ -59,6 +58,9 @@ ABANDONED_AFTER = timedelta(days=1)
 
 POINTER_ATTEMPTS = 20
 """Conditional pointer writes a publish tries before it gives up (each loss means another publish won)."""
+STABLE_COPY_LOCK_TIMEOUT = 3600
+"""How long a publish waits for another one of its kind to finish writing the stable copy (it copies and
+reads back a whole artifact, an image of several GiB)."""
 
 _SET_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-zA-Z]+")
 
@@ -346,12 +348,23 @@ def finalize_set(
         return published
     progress(f"published {kind} set {set_id}; latest now points at it")
     if stable_key:
-        _write_latest_copy(store, published.file(artifact), stable_key)
-        progress(f"{stable_key} (+ .sha512) is now {set_id}'s {artifact}")
-        if sign is not None:
-            stable_name = stable_key.rsplit("/", 1)[1]
-            signed = sign(digests_text({stable_name: digests[artifact]}))
-            store.put_bytes(stable_digests_key(stable_key), signed.encode())
+        # Not at the top: binhost imports Portage, which a publish has no other use for.
+        from gentoo_farm.store.binhost import store_lock
+
+        # Two publishes of a kind may both have moved the pointer (the older first): the stable copy is
+        # written under a lock, by a publish whose set the pointer still names, so an older copy never
+        # lands over a newer one, nor a half-copied newer one fails the older one's verification.
+        with store_lock(store, f"latest-{kind}", timeout=STABLE_COPY_LOCK_TIMEOUT):
+            current = latest_set(store, kind)
+            if current is None or current.set_id != set_id:
+                progress(f"a newer {kind} set has moved latest since; it writes {stable_key}")
+                return published
+            _write_latest_copy(store, published.file(artifact), stable_key)
+            progress(f"{stable_key} (+ .sha512) is now {set_id}'s {artifact}")
+            if sign is not None:
+                stable_name = stable_key.rsplit("/", 1)[1]
+                signed = sign(digests_text({stable_name: digests[artifact]}))
+                store.put_bytes(stable_digests_key(stable_key), signed.encode())
     return published
 
 
@@ -397,23 +410,10 @@ def _pointer_set_id(data: bytes) -> str:
 
 
 def _move_forward(store: ArtifactStore, key: str, set_id: str, data: bytes) -> bool:
-    for _ in range(POINTER_ATTEMPTS):
-        info = store.head(key)
-        try:
-            if info is None:
-                store.put_bytes(key, data, if_absent=True)
-                return True
-            try:
-                current = _pointer_set_id(store.get_bytes(key))
-            except ObjectNotFound:
-                continue
-            if current >= set_id:
-                return False
-            store.put_bytes(key, data, if_match=info.etag)
-            return True
-        except (PreconditionFailed, ObjectNotFound):
-            continue
-    raise StoreError(f"{key}: {POINTER_ATTEMPTS} publishes changed it while {set_id} tried to; try again")
+    def forward(current: bytes | None) -> bytes | None:
+        return data if current is None or _pointer_set_id(current) < set_id else None
+
+    return store.update(key, forward, attempts=POINTER_ATTEMPTS)
 
 
 def read_manifest(store: ArtifactStore, key: str) -> PublishedSet:
