@@ -1,6 +1,7 @@
 """[notify]: Buildbot's reporters tell people about failed builds and newly published images.
 
-Both the webhook and mail get one message per event: a failed build of any builder (the nightly ones
+Both the webhook and mail get one message per event (with several masters, from the master that ran
+the build): a failed build of any builder (the nightly ones
 are the case people care about) and an image build that published a new image. An image build that
 found its image up to date, or that was forced with --no-publish, never names an image and so says
 nothing.
@@ -72,7 +73,20 @@ def mail_message(_master: Any, context: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class PublishedImageGenerator(reporters.BuildStatusGenerator):
+class OwnBuildStatusGenerator(reporters.BuildStatusGenerator):
+    """Reports only the builds this master ran.
+
+    With several masters on one message queue every master hears every build finish; each reporting
+    only its own builds makes one message per event. A single master ran every build it hears of.
+    """
+
+    def generate(self, master: Any, reporter: Any, key: Any, build: dict[str, Any]) -> Any:
+        if build["masterid"] != master.masterid:
+            return defer.succeed(None)
+        return super().generate(master, reporter, key, build)
+
+
+class PublishedImageGenerator(OwnBuildStatusGenerator):
     """Reports a successful image build only when it published a new image."""
 
     def __init__(self, message_formatter: Any) -> None:
@@ -88,7 +102,7 @@ class PublishedImageGenerator(reporters.BuildStatusGenerator):
 def generators(message: Any) -> list[Any]:
     formatter = reporters.MessageFormatterFunctionRaw(message)
     return [
-        reporters.BuildStatusGenerator(mode=("failing", "exception"), message_formatter=formatter),
+        OwnBuildStatusGenerator(mode=("failing", "exception"), message_formatter=formatter),
         PublishedImageGenerator(formatter),
     ]
 

@@ -185,14 +185,20 @@ def test_only_a_build_that_published_names_an_image(results: int, properties: di
     assert published_image(_context(results, properties)["build"]) is None
 
 
-def _reports(monkeypatch: pytest.MonkeyPatch, results: int, properties: dict[str, Any]) -> list[Any]:
-    """What each of the webhook's generators reports for a finished image build."""
+def _reports(
+    monkeypatch: pytest.MonkeyPatch, results: int, properties: dict[str, Any], *, ran_on: int = 1
+) -> list[Any]:
+    """What each of the webhook's generators of master 1 reports for a finished image build that master
+    ``ran_on`` ran."""
     # The build already carries what Buildbot would fetch from the database for the report.
     monkeypatch.setattr(reporter_utils, "getDetailsForBuild", lambda *args, **kwargs: None)
-    master = SimpleNamespace(config=SimpleNamespace(title="gentoo-farm", buildbotURL="http://farm.example/"))
+    master = SimpleNamespace(
+        masterid=1, config=SimpleNamespace(title="gentoo-farm", buildbotURL="http://farm.example/")
+    )
     reporter = SimpleNamespace(getResponsibleUsersForBuild=lambda master, buildid: [])
     build = _context(results, properties)["build"] | {
         "buildid": 70,
+        "masterid": ran_on,
         "builder": {"name": "image", "builderid": 4, "tags": []},
         "buildset": {"sourcestamps": []},
         "state_string": "finished",
@@ -215,6 +221,16 @@ def test_the_generators_report_a_new_image_and_a_failure_but_not_an_up_to_date_b
 
     failed, published = _reports(monkeypatch, FAILURE, {"image_name": "gentoo-20261206-amd64"})
     assert (failed["body"]["result"], published) == ("failure", None)
+
+
+def test_with_several_masters_only_the_master_that_ran_a_build_reports_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every master hears every build finish on a shared message queue: one message, not one per master.
+    assert _reports(monkeypatch, FAILURE, {}, ran_on=2) == [None, None]
+    assert _reports(monkeypatch, SUCCESS, {"image_name": "gentoo-20261206-amd64"}, ran_on=2) == [None, None]
+    failed, _ = _reports(monkeypatch, FAILURE, {}, ran_on=1)
+    assert failed["body"]["result"] == "failure"
 
 
 def test_the_webhook_url_and_smtp_password_come_from_secrets(tmp_path: Path) -> None:
