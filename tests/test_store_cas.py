@@ -9,7 +9,9 @@ processes at once, as two masters would, on both backends.
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,11 +22,14 @@ from gentoo_farm.signing import FarmKey
 from gentoo_farm.store import ArtifactStore, StoreError, open_store
 from gentoo_farm.store.binhost import (
     STAGED_INDEX,
+    MergeResult,
+    binhost_prefix,
     index_key,
     merge_pushback,
     parse_index,
     render_index,
     staging_prefix,
+    store_lock,
 )
 from gentoo_farm.store.sets import finalize_set
 from tests.test_publish_order import EARLY, LATE, pointed_at, upload
@@ -51,11 +56,11 @@ class UnsignedKey(FarmKey):
         pass
 
 
-def stage_pushback(store: ArtifactStore, name: str) -> str:
+def stage_pushback(store: ArtifactStore, name: str, data: bytes | None = None) -> str:
     """Stage one build's push-back of one package the way a worker's uploads leave it; its token."""
     token = uuid.uuid4().hex
     path = f"app-misc/{name}/{name}-1.0-1.gpkg.tar"
-    data = f"package {name}\n".encode()
+    data = f"package {name}\n".encode() if data is None else data
     index = parse_index(None, "staged")
     index.header.update({"PROFILE": PROFILE, "ARCH": "amd64"})
     index.packages.append(
@@ -151,6 +156,121 @@ def test_a_merge_that_lost_the_binhost_lock_still_indexes_its_packages(any_store
         "app-misc/early/early-1.0-1.gpkg.tar",
         "app-misc/late/late-1.0-1.gpkg.tar",
     ]
+    # ... and it knows it worked without its lock, and which lock that was.
+    assert result.lock_lost is not None
+    assert f"lost the lock {BINHOST_LOCK}: the lock object was removed" in result.lock_lost
+
+
+BINHOST_LOCK = "locks/binhost-" + PROFILE.replace("/", "_")
+LEASE = 1.5
+"""A short lease for the renewal tests: renewed every 0.5 s."""
+
+
+def test_a_renewal_that_fails_once_keeps_the_lease(any_store: ArtifactStore, monkeypatch) -> None:
+    """One renewal of the lock object fails with a store error (S3 unreachable for a moment): the renewer
+    tries again, and another master still cannot take the lock two and a half leases later. (Before, the
+    renewer stopped at the first error, the lease ran out after 1.5 s and the other master took the lock.)"""
+    real_put = any_store.put_bytes
+    failed: list[str] = []
+
+    def put_failing_once(
+        key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False
+    ) -> None:
+        if key.startswith("locks/") and if_match is not None and not failed:
+            failed.append(key)
+            raise StoreError(f"{any_store.location}: {key}: S3 said 503: Slow Down")
+        real_put(key, data, if_match=if_match, if_absent=if_absent)
+
+    monkeypatch.setattr(any_store, "put_bytes", put_failing_once)
+    with store_lock(any_store, "binhost-renewal", timeout=1, lease=LEASE) as lease:
+        time.sleep(2.5 * LEASE)
+        with (
+            pytest.raises(StoreError, match=r"locks/binhost-renewal is held by"),
+            store_lock(any_store, "binhost-renewal", timeout=0.5, lease=LEASE),
+        ):
+            pass
+        assert failed == ["locks/binhost-renewal"]
+        assert lease.confirm() is None
+    assert [info.key for info in any_store.list("locks/")] == []
+
+
+def test_a_lock_another_master_took_is_reported_lost_naming_its_key(any_store: ArtifactStore) -> None:
+    """The renewer finds another owner in the lock object: it stops, the lease says so (the lock's key and
+    its holder), and releasing leaves the other master's lock in place."""
+    other = json.dumps({"owner": "master-b:42:cafe", "expires": time.time() + 60}).encode()
+    with store_lock(any_store, "binhost-taken", timeout=1, lease=LEASE) as lease:
+        any_store.put_bytes("locks/binhost-taken", other)
+        deadline = time.monotonic() + 3 * LEASE
+        while lease.lost is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lease.lost is not None
+        assert "lost the lock locks/binhost-taken: another holder has it now (master-b:42:cafe)" in lease.lost
+    assert any_store.get_bytes("locks/binhost-taken") == other
+
+
+def binhost_file_matches_its_entry(store: ArtifactStore, path: str) -> bytes:
+    """The binhost's file for ``path``, after checking it against its Packages entry (size, MD5, SHA1)."""
+    [entry] = [e for e in parse_index(store.get_bytes(index_key(PROFILE)), "").packages if e["PATH"] == path]
+    data = store.get_bytes(binhost_prefix(PROFILE) + path)
+    assert (len(data), hashlib.md5(data).hexdigest(), hashlib.sha1(data).hexdigest()) == (
+        int(entry["SIZE"]),
+        entry["MD5"],
+        entry["SHA1"],
+    )
+    return data
+
+
+def test_the_second_merge_of_a_package_path_drops_its_file(any_store: ArtifactStore) -> None:
+    """Both masters built the same PATH (different bytes); the first lost its lock while signing and the
+    second merged whole meanwhile. The first's create-only write of the file fails: it drops its copy
+    and says so, so the binhost file is the one the index entry describes. (Before, the first merge
+    replaced the file and the index kept the second's entry: the checksums did not match the file.)"""
+    path = "app-misc/same/same-1.0-1.gpkg.tar"
+    first, second = (
+        stage_pushback(any_store, "same", b"first build\n"),
+        stage_pushback(any_store, "same", b"2nd"),
+    )
+    lines: list[str] = []
+
+    class PausedKey(UnsignedKey):
+        def sign_gpkg(self, package: Path) -> None:
+            any_store.delete([info.key for info in any_store.list("locks/")])
+            merge_pushback(any_store, PROFILE, second, UnsignedKey(), lock_timeout=10)
+
+    result = merge_pushback(any_store, PROFILE, first, PausedKey(), lock_timeout=10, progress=lines.append)
+
+    assert (result.added, result.already_there) == ([], [path])
+    assert (
+        f"binpkgs/{PROFILE}/{path} was written by another merge meanwhile: dropped this build's copy" in lines
+    )
+    assert binhost_file_matches_its_entry(any_store, path) == b"2nd"
+
+
+def test_a_merge_that_finds_the_file_written_but_not_indexed_drops_its_own(
+    any_store: ArtifactStore, monkeypatch
+) -> None:
+    """The other order: the first merge has put its file but not yet indexed it when the second (its lock
+    lost meanwhile) merges the same PATH: the second drops its copy, the first indexes the file it wrote."""
+    path = "app-misc/same/same-1.0-1.gpkg.tar"
+    first, second = (
+        stage_pushback(any_store, "same", b"first build\n"),
+        stage_pushback(any_store, "same", b"2nd"),
+    )
+    real_put_file_new = any_store.put_file_new
+    seconds: list[MergeResult] = []
+
+    def put_then_the_other_merges(key: str, file: Path, progress=None) -> None:
+        real_put_file_new(key, file, progress)
+        if not seconds:
+            any_store.delete([info.key for info in any_store.list("locks/")])
+            seconds.append(merge_pushback(any_store, PROFILE, second, UnsignedKey(), lock_timeout=10))
+
+    monkeypatch.setattr(any_store, "put_file_new", put_then_the_other_merges)
+    result = merge_pushback(any_store, PROFILE, first, UnsignedKey(), lock_timeout=10)
+
+    assert result.added == [path]
+    assert [(r.added, r.already_there) for r in seconds] == [([], [path])]
+    assert binhost_file_matches_its_entry(any_store, path) == b"first build\n"
 
 
 def test_an_update_that_keeps_losing_gives_up_naming_the_key(s3_settings: S3StoreSettings) -> None:

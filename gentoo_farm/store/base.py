@@ -146,6 +146,16 @@ class ArtifactStore(ABC):
     def put_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
         """Upload a file (multipart where the backend has it); readers never see a partial object."""
 
+    def put_file_new(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
+        """Upload a file as an object that must not exist yet (create-only, like ``put_bytes(...,
+        if_absent=True)``): when ``key`` exists, :class:`PreconditionFailed` and the object stays as it is.
+
+        This generic form reads the file into memory; the backends override it."""
+        data = path.read_bytes()
+        self.put_bytes(key, data, if_absent=True)
+        if progress:
+            progress(len(data))
+
     @abstractmethod
     def copy(self, source_key: str, dest_key: str) -> None:
         """Copy an object inside the store (server-side where the backend can)."""

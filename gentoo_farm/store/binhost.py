@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import shutil
@@ -45,6 +46,8 @@ from gentoo_farm.store.base import (
     check_key,
 )
 from gentoo_farm.transfer import ProgressReport, TransferMeter
+
+log = logging.getLogger(__name__)
 
 LAYOUT_CONF_KEY = "distfiles/layout.conf"
 LAYOUT_CONF = b"[structure]\n0=flat\n"
@@ -104,13 +107,57 @@ def entry_path(entry: Mapping[str, str]) -> str:
 # -- a lease lock in the store -------------------------------------------------------------------------
 
 
+class Lease:
+    """A held store lock, as :func:`store_lock` yields it: whether it is still ours.
+
+    The renewer thread sets :attr:`lost` once the lock object names another owner (or is gone), or when
+    store errors kept it from renewing until the lease ran out; :meth:`confirm` also asks the store now.
+    """
+
+    def __init__(self, store: ArtifactStore, key: str, owner: str) -> None:
+        self.store, self.key, self.owner = store, key, owner
+        self.lost: str | None = None
+        """Why the lock is no longer ours (naming its key), once known; None while it is held."""
+
+    def lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = f"{self.store.location}: lost the lock {self.key}: {why}"
+            log.warning("%s", self.lost)
+
+    def confirm(self) -> str | None:
+        """Why the lock is not ours any more, read from the store now (one read), else None. A store error
+        here proves nothing (the renewer keeps trying): it leaves the lease as it was."""
+        if self.lost is None:
+            with suppress(StoreError):
+                holder = _holder(self.store.read_versioned(self.key))
+                if holder != self.owner:
+                    self.lose(_held_by(holder))
+        return self.lost
+
+
+def _holder(current: tuple[bytes, str] | None) -> str | None:
+    """The owner a lock object names ("?" when it is unreadable), None when there is no lock object."""
+    if current is None:
+        return None
+    try:
+        return str(json.loads(current[0]).get("owner", "?"))
+    except (ValueError, AttributeError):
+        return "?"
+
+
+def _held_by(holder: str | None) -> str:
+    return f"another holder has it now ({holder})" if holder else "the lock object was removed"
+
+
 @contextmanager
-def store_lock(store: ArtifactStore, name: str, timeout: float = 120, lease: float = 600) -> Iterator[None]:
+def store_lock(store: ArtifactStore, name: str, timeout: float = 120, lease: float = 600) -> Iterator[Lease]:
     """Hold ``locks/<name>`` in the store: works across master processes and for both backends.
 
     The lock is a small object written only when absent; a holder that died is taken over once its lease
     has run out (a conditional write on the stale object's etag, so only one waiter wins). A live holder
-    renews its lease while it works, so a long merge is never taken over.
+    renews its lease while it works, so a long merge is never taken over: a renewal that fails with a store
+    error (S3 unreachable for a moment) is retried, with a short backoff, until the lease would run out.
+    The yielded :class:`Lease` says when the lock was lost all the same.
     """
     key = check_key(f"locks/{name}")
     owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
@@ -139,13 +186,17 @@ def store_lock(store: ArtifactStore, name: str, timeout: float = 120, lease: flo
                     f"{store.location}: {key} is held by {holder.get('owner')}; waited {timeout:.0f} s"
                 )
         time.sleep(random.uniform(0.05, 0.3))
+    held = Lease(store, key, owner)
     renewing = threading.Event()
     renewer = threading.Thread(
-        target=_renew_lease, args=(store, key, owner, lease, renewing), name=f"lease-{name}", daemon=True
+        target=_renew_lease,
+        args=(held, lease, time.time() + lease, renewing),
+        name=f"lease-{name}",
+        daemon=True,
     )
     renewer.start()
     try:
-        yield
+        yield held
     finally:
         renewing.set()
         renewer.join(timeout=API_JOIN_SECONDS)
@@ -156,17 +207,46 @@ def store_lock(store: ArtifactStore, name: str, timeout: float = 120, lease: flo
             pass
 
 
-def _renew_lease(store: ArtifactStore, key: str, owner: str, lease: float, done: threading.Event) -> None:
-    """Extend our claim every third of its lease, so work that outlives one lease keeps the lock."""
+RENEW_BACKOFF_SECONDS = 0.2
+"""The first wait after a failed renewal; it doubles, up to a tenth of the lease (at most 5 s)."""
+
+
+def _renew_lease(held: Lease, lease: float, expires: float, done: threading.Event) -> None:
+    """Extend our claim every third of its lease, so work that outlives one lease keeps the lock.
+
+    A renewal that fails with a store error is tried again (backing off) for as long as the claim last
+    written still runs; a conditional write that loses reads the lock again, and only a lock object naming
+    another owner, or none, means the lock is lost. Either way :attr:`Lease.lost` says so."""
+    store, key = held.store, held.key
     while not done.wait(lease / 3):
-        info = store.head(key)
-        try:
-            if info is None or json.loads(store.get_bytes(key)).get("owner") != owner:
-                return
-            claim = json.dumps({"owner": owner, "expires": time.time() + lease}).encode()
-            store.put_bytes(key, claim, if_match=info.etag)
-        except (ObjectNotFound, PreconditionFailed, ValueError, StoreError):
-            return
+        failures = 0
+        while not done.is_set():
+            try:
+                current = store.read_versioned(key)
+                holder = _holder(current)
+                if current is None or holder != held.owner:
+                    held.lose(_held_by(holder))
+                    return
+                renewed = time.time() + lease
+                claim = json.dumps({"owner": held.owner, "expires": renewed}).encode()
+                store.put_bytes(key, claim, if_match=current[1])
+                expires = renewed
+                break
+            except (PreconditionFailed, ObjectNotFound):
+                # The lock changed since we read it (or our own write landed unacknowledged): read again.
+                continue
+            except StoreError as error:
+                failures += 1
+                delay = min(RENEW_BACKOFF_SECONDS * 2 ** (failures - 1), lease / 10, 5.0)
+                if time.time() + delay >= expires:
+                    held.lose(
+                        f"could not renew its lease before it ran out ({failures} tries; last: {error})"
+                    )
+                    return
+                log.warning(
+                    "%s: renewing %s failed (%s); trying again in %.1f s", store.location, key, error, delay
+                )
+                done.wait(delay)
 
 
 # -- what vouches for a distfile -----------------------------------------------------------------------
@@ -305,6 +385,8 @@ class MergeResult:
     """Another build had pushed them first: the store's copy stays, ours was dropped."""
     missing: list[str] = field(default_factory=list)
     """Vouched for (a staged index entry, a signed URL) but never uploaded: not added."""
+    lock_lost: str | None = None
+    """Why the merge's lock (named) was no longer its own by the end, if it was not (binhost merges)."""
 
 
 @dataclass
@@ -385,7 +467,11 @@ def _signed_copy(
     progress: Callable[[str], None],
 ) -> dict[str, str]:
     """Check a staged package against the entry the build reported, sign it with the farm key and put it
-    at ``final_key``; the entry as it is now (size and checksums of the signed file)."""
+    at ``final_key``; the entry as it is now (size and checksums of the signed file).
+
+    The put is create-only (:meth:`~.base.ArtifactStore.put_file_new`): when another merge has put a file
+    at ``final_key`` meanwhile (it held the lock after ours was lost), PreconditionFailed, and that merge's
+    file stays with the index entry that merge writes."""
     if not final_key.endswith(".gpkg.tar"):
         raise StoreError(f"{staged_key}: not a gpkg binary package; the farm signs only gpkg (BINPKG_FORMAT)")
     with tempfile.TemporaryDirectory(prefix="farm-binpkg-") as scratch:
@@ -403,7 +489,7 @@ def _signed_copy(
         except SigningError as error:
             raise StoreError(f"{staged_key}: {error}") from error
         upload = ProgressReport(TransferMeter(f"uploading {final_key}", package.stat().st_size), progress)
-        store.put_file(final_key, package, upload)
+        store.put_file_new(final_key, package, upload)
         upload.finish()
         return {**entry, "SIZE": str(package.stat().st_size), **_entry_digests(package, entry)}
 
@@ -427,7 +513,7 @@ def merge_pushback(
         return result
     prefix = binhost_prefix(profile)
     lock = "binhost-" + profile.strip("/").replace("/", "_")
-    with store_lock(store, lock, timeout=lock_timeout, lease=lock_lease):
+    with store_lock(store, lock, timeout=lock_timeout, lease=lock_lease) as lease:
         try:
             current = store.get_bytes(index_key(profile))
         except ObjectNotFound:
@@ -445,10 +531,20 @@ def merge_pushback(
             except ObjectNotFound:
                 result.missing.append(path)
                 continue
+            except PreconditionFailed:
+                # Another merge put this PATH meanwhile: its file goes with its own index entry, not ours.
+                progress(f"{prefix + path} was written by another merge meanwhile: dropped this build's copy")
+                result.already_there.append(path)
+                continue
             present.add(path)
         if signed:
             result.added, raced = _index_entries(store, profile, staged_index.header, signed)
             result.already_there.extend(raced)
+        result.lock_lost = lease.confirm()
+        if result.lock_lost:
+            # Nothing was overwritten (package files are created only if absent, the index is changed by
+            # compare and swap), but another master worked under the same lock meanwhile.
+            progress(f"{result.lock_lost}; package files were written only where absent, the index merged")
     store.delete([info.key for info in store.list(staging)])
     return result
 

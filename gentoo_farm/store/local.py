@@ -165,7 +165,15 @@ class LocalStore(ArtifactStore):
         with source:
             self._write_atomically(key, source, progress)
 
-    def put_new(self, key: str, stream: BinaryIO) -> None:
+    def put_file_new(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
+        try:
+            source = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise StoreError(f"cannot read {path}: {error.strerror}") from error
+        with source:
+            self.put_new(key, source, progress)
+
+    def put_new(self, key: str, stream: BinaryIO, progress: ProgressCallback | None = None) -> None:
         """Write an object that must not exist yet (the store server's signed PUT).
 
         The file is linked into place, which fails when the name exists: of two PUTs through one URL only
@@ -177,6 +185,8 @@ class LocalStore(ArtifactStore):
             with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.") as tmp:
                 for chunk in chunks(stream):
                     tmp.write(chunk)
+                    if progress:
+                        progress(len(chunk))
                 tmp.flush()
                 os.fchmod(tmp.fileno(), 0o644)
                 os.link(tmp.name, target)

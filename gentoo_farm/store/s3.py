@@ -31,6 +31,8 @@ MAX_ATTEMPTS = 6
 """botocore's "standard" retry mode: backoff with jitter on throttling, 5xx and connection errors."""
 
 DELETE_BATCH = 1000
+MAX_SINGLE_PUT = 5 * 1024**3
+"""S3's limit for one PUT, and so for a create-only upload (:meth:`S3Store.put_file_new`)."""
 
 
 class S3Store(ArtifactStore):
@@ -167,6 +169,24 @@ class S3Store(ArtifactStore):
             self.client.upload_file(
                 str(path), self.bucket, self._object_key(key), Config=self.transfer_config, Callback=progress
             )
+
+    def put_file_new(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
+        # One PUT with If-None-Match: * (S3 takes up to 5 GiB in one PUT): boto3's managed upload_file
+        # cannot send the condition.
+        try:
+            size = path.stat().st_size
+            source = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise StoreError(f"cannot read {path}: {error.strerror}") from error
+        if size > MAX_SINGLE_PUT:
+            source.close()
+            raise StoreError(f"{self.location}: {key}: {size} bytes is more than one create-only PUT takes")
+        with source, self._translated(key):
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._object_key(key), Body=source, IfNoneMatch="*"
+            )
+        if progress:
+            progress(size)
 
     def copy(self, source_key: str, dest_key: str) -> None:
         with self._translated(source_key):
