@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +42,17 @@ def _master_toml(farm: Farm, roles: list[str]) -> Farm:
     return Farm(root=farm.root, admin_password=farm.admin_password, url=f"http://127.0.0.1:{web_port}/")
 
 
+def _join(first: Farm, root: Path, *options: str) -> Farm:
+    """Another master of ``first``'s farm, made by `farm init --join` with its own addresses."""
+    web_port = free_port()
+    farm_command(
+        "init", "--join", str(first.root), *options,
+        "--web-address", f"127.0.0.1:{web_port}", "--worker-address", f"127.0.0.1:{free_port()}",
+        str(root),
+    )  # fmt: skip
+    return Farm(root=root, admin_password=first.admin_password, url=f"http://127.0.0.1:{web_port}/")
+
+
 @pytest.fixture
 def two_masters(
     tmp_path: Path,
@@ -69,16 +79,12 @@ def two_masters(
             f'\n[master.mq]\ntype = "wamp"\nrouter_url = "{crossbar.router_url}"\n'
             f'realm = "{crossbar.realm}"\n'
         )
-    # B's directory is made the way a second host's is: `farm init` (its own master directory), then A's
-    # farm.toml, secrets and signing key.
-    second = init_farm(tmp_path / "b")
-    for name in ("farm.toml", "farm-signing-key.asc"):
-        shutil.copy2(shared.root / name, second.root / name)
-    for name in ("secrets", "keys"):
-        shutil.rmtree(second.root / name)
-        shutil.copytree(shared.root / name, second.root / name, ignore=shutil.ignore_patterns("S.*"))
+    # The recipe repositories by a path every master reaches (here: the same host), as another host would
+    # need a URL.
+    for section, name in (("kernel", "kernel-config.git"), ("overlay", "overlay.git")):
+        set_option(shared.root, section, "repository", json.dumps(str(shared.root / name)))
     a = _master_toml(shared, ["ui", "builds"])
-    b = _master_toml(Farm(root=second.root, admin_password=shared.admin_password), ["ui"])
+    b = _join(shared, tmp_path / "b", "--role", "ui")
     started: list[Farm] = []
     try:
         for farm in (a, b):
@@ -141,3 +147,59 @@ def test_a_build_forced_on_the_ui_master_runs_on_the_builds_masters_worker(
         Bucket=bucket, Key="overlay/latest.json"
     )
     assert json.loads(latest["Body"].read())["input_key"] == properties["input_key"]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` and its content, but GnuPG's agent sockets."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.name.startswith("S.")
+    }
+
+
+def test_farm_init_join_copies_the_farms_shared_parts_and_makes_its_own_master(
+    tmp_path: Path,
+    postgresql: PostgreSQL,  # noqa: F811
+) -> None:
+    first = init_farm(tmp_path / "a")
+    set_option(first.root, "master", "multi_master", "true")
+    set_option(first.root, "master", "db_url", json.dumps(postgresql.url(postgresql.create_database("join"))))
+    set_option(first.root, "store", "type", '"s3"')
+    set_option(first.root, "store", "bucket", '"farm"')
+    with (first.root / "farm.toml").open("a") as farm_toml:
+        farm_toml.write('\n[master.mq]\ntype = "wamp"\nrouter_url = "ws://127.0.0.1:1/ws"\n')
+    (first.root / "keys" / "gentoo-release.asc").write_text("Gentoo's keys\n")
+    (first.root / "master.toml").write_text('[master]\nroles = ["builds"]\n')
+    second = tmp_path / "b"
+
+    output = farm_command(
+        "init", "--join", str(first.root), "--role", "ui", "--web-address", "127.0.0.1:8020", str(second)
+    ).stdout
+
+    assert (second / "farm.toml").read_bytes() == (first.root / "farm.toml").read_bytes()
+    assert (second / "farm-signing-key.asc").read_bytes() == (
+        first.root / "farm-signing-key.asc"
+    ).read_bytes()
+    for shared in ("secrets", "keys"):
+        assert _tree(second / shared) == _tree(first.root / shared), shared
+    assert (second / "secrets").stat().st_mode & 0o777 == 0o700
+    # its own master directory, named in its buildbot.tac, on the shared database
+    assert f"basedir = '{second / 'master'}'" in (second / "master" / "buildbot.tac").read_text()
+    assert (second / "master" / "master.cfg").read_text() == (
+        first.root / "master" / "master.cfg"
+    ).read_text()
+    assert postgresql.url("join").split("@")[-1] in (second / "master" / "schema-stamp").read_text()
+    assert not (second / "master" / "state.sqlite").exists()
+    # this host's master.toml: the options given; the rest farm.toml's, as comments to edit
+    host = (second / "master.toml").read_text()
+    assert 'roles = ["ui"]\nweb_address = "127.0.0.1:8020"\n' in host
+    assert '# worker_address = "' in host and '# public_url = ""' in host
+    # nothing of the first host's own: its master.toml, recipe repositories, workers and caches
+    assert sorted(path.name for path in second.iterdir()) == [
+        "farm-signing-key.asc", "farm.toml", "keys", "master", "master.toml", "secrets",
+    ]  # fmt: skip
+    assert f"copied from {first.root}: farm.toml, farm-signing-key.asc, secrets/, keys/" in output
+    assert f"edit {second / 'master.toml'}: worker_address, public_url" in output
+    assert f"kernel-config: {second / 'kernel-config.git'} is not there on this host" in output
+    assert f"farm --farm {second} up" in output

@@ -1,6 +1,8 @@
-"""Create a farm: farm.toml, a Buildbot master, an admin login, the kernel config and overlay repositories."""
+"""Create a farm: farm.toml, a Buildbot master, an admin login, the kernel config and overlay repositories;
+or, with --join, this host's master of an existing multi-master farm (docs/scale.md)."""
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -9,14 +11,24 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands.hook import install_local_hooks
 from gentoo_farm.commands.key import create_farm_key
 from gentoo_farm.commands.up import record_schema
-from gentoo_farm.config import CONFIG_NAME, FarmConfig, load_config
+from gentoo_farm.config import (
+    CONFIG_NAME,
+    HOST_CONFIG_NAME,
+    MASTER_ROLES,
+    FarmConfig,
+    apply_host_file,
+    load_config,
+    parse_config,
+)
 from gentoo_farm.farmdir import HOOK_USER, FarmDir
 from gentoo_farm.passwords import PasswordFile, generate_password, write_private
-from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, recipe_repository
+from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, recipe_repositories, recipe_repository
 
 CREATES_FARM = True
 
@@ -29,13 +41,51 @@ BuildmasterConfig = buildmaster_config(Path(basedir).resolve().parent)
 """
 
 
+# What a joining master copies from the existing farm's directory: what every master of the farm shares.
+# Not master/ (buildbot.tac names its own directory), master.toml (this host's), the caches, workers/ or
+# the recipe repositories (each a path on the first master's host: see _unreachable_repositories).
+JOINED_FILES = (CONFIG_NAME, "farm-signing-key.asc")
+JOINED_DIRECTORIES = ("secrets", "keys")
+# GnuPG's agent sockets and lock files belong to the running agent on the first master's host.
+NOT_JOINED = shutil.ignore_patterns("S.*", ".#lk*", "*.lock")
+HOST_SETTINGS = ("web_address", "worker_address", "public_url")
+TRACEBACK = "Traceback (most recent call last):"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Create a farm in DIRECTORY; or, with --join EXISTING_FARM_DIR, this host's master of an existing "
+        "multi-master farm (docs/scale.md): it copies the existing farm's farm.toml, secrets/ (users' "
+        "password hashes, change hook secret, signing key) and keys/, makes its own master/ against the "
+        f"shared database and writes {HOST_CONFIG_NAME} with this master's roles and addresses (the options "
+        "below; one not given stays farm.toml's, written there as a comment to edit: on another host, set "
+        "web_address, worker_address and public_url to this host's)."
+    )
     parser.add_argument("directory", type=Path, help="the new farm's directory (must be empty or absent)")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--save-password",
         action="store_true",
         help="also keep the admin password in secrets/admin-password (for a demo or a test farm)",
     )
+    mode.add_argument(
+        "--join",
+        type=Path,
+        metavar="EXISTING_FARM_DIR",
+        help="set up another master of the farm in this directory (a copy or a mount of the first "
+        "master's farm directory); its farm.toml must have master.multi_master = true",
+    )
+    joining = parser.add_argument_group("with --join: this master's master.toml")
+    joining.add_argument(
+        "--role",
+        action="append",
+        choices=MASTER_ROLES,
+        dest="roles",
+        help="what this master runs, repeatable (default: farm.toml's roles, both unless set there)",
+    )
+    joining.add_argument("--web-address", metavar="HOST:PORT", help="this master's web UI and REST API")
+    joining.add_argument("--worker-address", metavar="HOST:PORT", help="where this master's workers connect")
+    joining.add_argument("--public-url", metavar="URL", help="how people reach this master's web UI")
 
 
 def _defaults() -> Path:
@@ -62,11 +112,55 @@ def _recipe_repository(bare: Path, branch: str, content: Path, message: str) -> 
         _git("push", "--quiet", str(bare), f"HEAD:refs/heads/{branch}", cwd=work)
 
 
+def _check_new_directory(root: Path) -> None:
+    if (root / CONFIG_NAME).exists():
+        raise CommandError(f"{root} already is a farm (it has {CONFIG_NAME}); choose a new directory")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise CommandError(f"{root} exists and is not empty; choose a new directory")
+
+
+def _create_master(config: FarmConfig) -> None:
+    """Buildbot's master directory, its buildbot.tac naming it, and the database schema at db_url."""
+    farm = FarmDir(config.basedir)
+    created = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "buildbot"),
+            "create-master",
+            "--quiet",
+            f"--db={config.master.db_url}",
+            str(farm.master),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    # create-master exits 0 when it could not make the database's tables (an unreachable server): its
+    # traceback on stderr tells; the error's last lines name the cause, without the URL's password.
+    if created.returncode != 0 or TRACEBACK in created.stderr:
+        url = make_url(config.master.db_url)
+        cause = "\n".join(
+            line
+            for line in created.stderr.split(TRACEBACK)[-1].splitlines()
+            if line and not line[0].isspace()
+        )
+        if url.password:
+            cause = cause.replace(str(url.password), "***")
+        raise CommandError(
+            f"buildbot create-master could not make Buildbot's tables in the database "
+            f"{url.render_as_string(hide_password=True)}:\n{cause or created.stdout}"
+        )
+    (farm.master / "master.cfg").write_text(MASTER_CFG)
+    (farm.master / "master.cfg.sample").unlink(missing_ok=True)
+    record_schema(config)
+
+
 def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
     # config: None (there is no farm yet); it is loaded from the new farm.toml below.
     root = args.directory.resolve()
-    if root.exists() and any(root.iterdir()):
-        raise CommandError(f"{root} exists and is not empty; choose a new directory")
+    if args.join is not None:
+        return join(args, root)
+    if args.roles or args.web_address or args.worker_address or args.public_url:
+        raise CommandError("--role, --web-address, --worker-address and --public-url go with --join")
+    _check_new_directory(root)
     root.mkdir(parents=True, exist_ok=True)
     farm = FarmDir(root)
     template = (_defaults() / CONFIG_NAME).read_text()
@@ -93,20 +187,7 @@ def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
     _recipe_repository(Path(overlay.url), overlay.branch, defaults / "overlay", "Default image overlay")
     install_local_hooks(config)
 
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "buildbot"),
-            "create-master",
-            "--quiet",
-            f"--db={config.master.db_url}",
-            str(farm.master),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (farm.master / "master.cfg").write_text(MASTER_CFG)
-    (farm.master / "master.cfg.sample").unlink(missing_ok=True)
-    record_schema(config)
+    _create_master(config)
 
     print(f"Created a farm in {root}")
     print(f"  configuration   {root / CONFIG_NAME}")
@@ -124,4 +205,116 @@ def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
     else:
         print("  (shown once; stored only as a hash. `farm passwd admin` sets a new one.)")
     print(f"Start it with: farm --farm {root} up")
+    return 0
+
+
+def _host_file(args: argparse.Namespace, shared: FarmConfig) -> str:
+    """This master's master.toml: the options given, the others as comments showing farm.toml's value."""
+    lines = [
+        "# This master's own settings (docs/scale.md, Several masters); a key left out is farm.toml's.",
+        "# Generated by `farm init --join`. A commented key shows farm.toml's value, which is the first",
+        "# master's: on another host set web_address, worker_address and public_url to this host's.",
+        "[master]",
+    ]
+    roles = args.roles or shared.master.roles
+    lines.append(f"{'' if args.roles else '# '}roles = {json.dumps(list(roles))}")
+    for name in HOST_SETTINGS:
+        given = getattr(args, name)
+        value = given if given is not None else getattr(shared.master, name)
+        lines.append(f"{'' if given is not None else '# '}{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _joined_farm(source: Path) -> FarmConfig:
+    """The existing farm's shared configuration, refused unless other masters can join it."""
+    if not source.is_dir():
+        raise CommandError(f"--join {source}: no such directory (the existing farm's directory)")
+    path = source / CONFIG_NAME
+    if not path.is_file():
+        raise CommandError(f"--join {source}: not a farm directory (it has no {CONFIG_NAME})")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"--join {source}: cannot read {path}: {error}") from None
+    # The multi-master checks (shared database, S3 store, wamp queue) run here, before anything connects.
+    shared = parse_config(text, source, str(path))
+    if not shared.master.multi_master:
+        raise CommandError(
+            f"{path}: master.multi_master is not true, so this farm has one master and no other can join "
+            "it; set multi_master = true there (with PostgreSQL, an S3 store and the wamp queue: "
+            "docs/scale.md), check it with `farm check`, then join"
+        )
+    farm = FarmDir(source)
+    for needed in (farm.htpasswd, farm.hook_htpasswd, farm.hook_secret, farm.signing_key):
+        if not needed.exists():
+            raise CommandError(
+                f"--join {source}: {needed} is missing (every master needs it); is this a farm made by "
+                "`farm init`?"
+            )
+    return shared
+
+
+def _unreachable_repositories(config: FarmConfig) -> list[str]:
+    """Recipe repositories farm.toml names by a path that is not there on this host."""
+    return [
+        f"{repository.poller}: {repository.url}"
+        for repository in recipe_repositories(config)
+        if not ("://" in repository.url or repository.url.startswith("git@"))
+        and not Path(repository.url).exists()
+    ]
+
+
+def join(args: argparse.Namespace, root: Path) -> int:
+    """`farm init --join`: this host's master of an existing multi-master farm."""
+    source = args.join.resolve()
+    _check_new_directory(root)
+    shared = _joined_farm(source)
+    host_text = _host_file(args, shared)
+    apply_host_file(shared, host_text, f"{HOST_CONFIG_NAME} (from the options)")
+
+    existed = root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    copied = []
+    try:
+        for name in JOINED_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, root / name)
+                copied.append(name)
+        for name in JOINED_DIRECTORIES:
+            if (source / name).is_dir():
+                shutil.copytree(source / name, root / name, symlinks=True, ignore=NOT_JOINED)
+                copied.append(f"{name}/")
+        (root / HOST_CONFIG_NAME).write_text(host_text)
+        config = load_config(root)
+        _create_master(config)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        if existed:
+            root.mkdir(exist_ok=True)
+        raise
+
+    database = make_url(config.master.db_url).render_as_string(hide_password=True)
+    print(f"Joined the farm {config.farm.id} in {root} (a master of its own, on {database})")
+    print(f"  copied from {source}: {', '.join(copied)}")
+    print(f"  made          master/ (this master's Buildbot directory), {HOST_CONFIG_NAME}")
+    print(f"  roles         {', '.join(config.master.roles)}")
+    print(f"  web UI        {config.master.web_address}    workers connect to {config.master.worker_address}")
+    print()
+    print("Next:")
+    unset = [name for name in HOST_SETTINGS if getattr(args, name) is None]
+    if unset:
+        print(
+            f"  - edit {root / HOST_CONFIG_NAME}: {', '.join(unset)} are farm.toml's, the first master's;"
+            " on another host give this host's"
+        )
+    for repository in _unreachable_repositories(config):
+        print(
+            f"  - {repository} is not there on this host: every master may run the poller, so give farm.toml "
+            "a URL of the repository every master reaches (or mount it there), on every master"
+        )
+    if not config.upstream.keyring.exists():
+        print(f"  - put Gentoo's keys at {config.upstream.keyring}")
+    print("  - log in with the farm's users and passwords (secrets/htpasswd is the farm's)")
+    print(f"  - check it with: farm --farm {root} check")
+    print(f"  - start it with: farm --farm {root} up")
     return 0
