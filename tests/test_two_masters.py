@@ -9,11 +9,14 @@ and the message router.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -28,6 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SUCCESS = 0
 MASTERS_TIMEOUT = 60
 BUILD_TIMEOUT = 300
+_FARMS = itertools.count(1)
+KNOCK_TIMEOUT = 60  # far below the poll interval (an hour): only a knock makes a change this soon
 
 
 def _master_toml(farm: Farm, roles: list[str]) -> Farm:
@@ -62,7 +67,7 @@ def two_masters(
 ) -> Iterator[tuple[Farm, Farm, str]]:
     """Masters A (ui and builds) and B (ui) of one farm, both started by `farm up`, stopped at the end."""
     shared = init_farm(tmp_path / "a")
-    database = postgresql.create_database("two_masters")
+    database = postgresql.create_database(f"two_masters_{next(_FARMS)}")  # one module-wide server
     bucket = s3_server.create_bucket()
     set_option(shared.root, "master", "multi_master", "true")
     set_option(shared.root, "master", "db_url", json.dumps(postgresql.url(database)))
@@ -203,3 +208,64 @@ def test_farm_init_join_copies_the_farms_shared_parts_and_makes_its_own_master(
     assert f"edit {second / 'master.toml'}: worker_address, public_url" in output
     assert f"kernel-config: {second / 'kernel-config.git'} is not there on this host" in output
     assert f"farm --farm {second} up" in output
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _kernel_requests(farm: Farm) -> list[dict[str, Any]]:
+    """Every kernel build request of the farm: the database is shared, so one master's REST API has all."""
+    return farm.api(f"buildrequests?builderid={farm.builder_id('kernel')}")["buildrequests"]
+
+
+def _wait_for_kernel_requests(farm: Farm, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + KNOCK_TIMEOUT
+    while len(requests := _kernel_requests(farm)) < count:
+        assert time.monotonic() < deadline, f"{len(requests)} kernel build requests, not {count}"
+        time.sleep(0.5)
+    time.sleep(5)  # a second poll's duplicate would come now
+    return _kernel_requests(farm)
+
+
+def test_a_push_knocking_either_master_starts_exactly_one_kernel_build(
+    two_masters: tuple[Farm, Farm, str], tmp_path: Path
+) -> None:
+    a, b, _ = two_masters
+    names = {_master_name(a), _master_name(b)}
+    _wait_for_active_masters(a, names)
+    # One master polls kernel-config (Buildbot runs each poller on one master); its first poll only
+    # records the head, so a push before it would be no change.
+    deadline = time.monotonic() + MASTERS_TIMEOUT
+    while not any(
+        "gitpoller: processing changes" in (farm.root / "master" / "twistd.log").read_text()
+        for farm in (a, b)
+    ):
+        assert time.monotonic() < deadline, "the kernel-config poller never polled"
+        time.sleep(0.5)
+    (source,) = [s for s in a.api("changesources")["changesources"] if s["name"] == "kernel-config"]
+    polling = source["master"]["name"]
+    assert polling in names
+
+    repository = a.root / "kernel-config.git"
+    hook = repository / "hooks" / "post-receive"
+    clone = tmp_path / "kernel-config"
+    _git("clone", "--quiet", str(repository), str(clone), cwd=tmp_path)
+    _git("config", "user.email", "dev@example.org", cwd=clone)
+    _git("config", "user.name", "A Developer", cwd=clone)
+    # B's `farm up` came last and installed the hook of the repository (A's path, B's too): it knocks B,
+    # then, in a second push, A.
+    for number, knocked in enumerate((b, a), start=1):
+        hook.write_text(hook.read_text().replace(a.url, knocked.url).replace(b.url, knocked.url))
+        with (clone / "config").open("a") as config:
+            config.write(f'CONFIG_LOCALVERSION="-push{number}"\n')
+        _git("commit", "--quiet", "-am", f"push {number}", cwd=clone)
+        pushed = subprocess.run(["git", "push"], cwd=clone, capture_output=True, text=True, check=True)
+        assert "the master took the notification: its kernel-config poller" in pushed.stderr
+        assert f"follow it at {knocked.url}#/builders" in pushed.stderr, pushed.stderr
+        revision = _git("rev-parse", "HEAD", cwd=clone)
+
+        requests = _wait_for_kernel_requests(a, number)
+        assert len(requests) == number, (polling, requests)
+        assert [change["revision"] for change in a.api("changes")["changes"]].count(revision) == 1
+        assert len(b.api(f"buildrequests?builderid={b.builder_id('kernel')}")["buildrequests"]) == number
