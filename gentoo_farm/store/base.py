@@ -146,15 +146,10 @@ class ArtifactStore(ABC):
     def put_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
         """Upload a file (multipart where the backend has it); readers never see a partial object."""
 
+    @abstractmethod
     def put_file_new(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
         """Upload a file as an object that must not exist yet (create-only, like ``put_bytes(...,
-        if_absent=True)``): when ``key`` exists, :class:`PreconditionFailed` and the object stays as it is.
-
-        This generic form reads the file into memory; the backends override it."""
-        data = path.read_bytes()
-        self.put_bytes(key, data, if_absent=True)
-        if progress:
-            progress(len(data))
+        if_absent=True)``): when ``key`` exists, :class:`PreconditionFailed` and the object stays as it is."""
 
     @abstractmethod
     def copy(self, source_key: str, dest_key: str) -> None:
@@ -181,22 +176,10 @@ class ArtifactStore(ABC):
     def download_url(self, key: str, expires_in: int) -> str:
         """A URL people and Portage can GET the object from (presigned when the bucket is private)."""
 
+    @abstractmethod
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        """The object's bytes and the etag of exactly those bytes, or None when it does not exist.
-
-        This generic form reads between two HEADs; the backends override it with one read."""
-        for _ in range(UPDATE_ATTEMPTS):
-            before = self.head(key)
-            if before is None:
-                return None
-            try:
-                data = self.get_bytes(key)
-            except ObjectNotFound:
-                continue
-            after = self.head(key)
-            if after is not None and after.etag == before.etag:
-                return data, before.etag
-        raise StoreError(f"{self.location}: {key} changed during each of {UPDATE_ATTEMPTS} reads")
+        """The object's bytes and the etag of exactly those bytes (one read), or None when it does not
+        exist."""
 
     def update(
         self, key: str, change: Callable[[bytes | None], bytes | None], attempts: int = UPDATE_ATTEMPTS

@@ -68,6 +68,14 @@ class PublicStore(ArtifactStore):
             raise StoreError(f"{key}: {self.location} cannot resume at byte {start} (no range support)")
         return response
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            response = self._open(self._request(key), key)
+        except ObjectNotFound:
+            return None
+        with response:
+            return response.read(), response.headers.get("ETag", "")
+
     def download_url(self, key: str, expires_in: int) -> str:
         return self.public_object_url(key)
 
@@ -85,6 +93,9 @@ class PublicStore(ArtifactStore):
         raise self._read_only()
 
     def put_file(self, key: str, path: Path, progress: object = None) -> None:
+        raise self._read_only()
+
+    def put_file_new(self, key: str, path: Path, progress: object = None) -> None:
         raise self._read_only()
 
     def copy(self, source_key: str, dest_key: str) -> None:
