@@ -96,6 +96,14 @@ ProgressCallback = Callable[[int], None]
 """Called with the number of bytes just transferred."""
 
 
+def open_upload_source(path: Path) -> BinaryIO:
+    """``path`` opened for an upload; a file that cannot be read is a StoreError naming it."""
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise StoreError(f"cannot read {path}: {error.strerror}") from error
+
+
 def without_signature(url: str) -> str:
     """A store URL fit for a log or an error message: the query of a signed URL is its credential."""
     return urlsplit(url)._replace(query="", fragment="").geturl()

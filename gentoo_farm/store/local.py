@@ -27,6 +27,7 @@ from gentoo_farm.store.base import (
     ProgressCallback,
     StoreError,
     check_key,
+    open_upload_source,
 )
 
 # Private state lives under a dot directory: keys can never name it and the server never serves it.
@@ -158,19 +159,11 @@ class LocalStore(ArtifactStore):
             return True
 
     def put_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
-        try:
-            source = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError as error:
-            raise StoreError(f"cannot read {path}: {error.strerror}") from error
-        with source:
+        with open_upload_source(path) as source:
             self._write_atomically(key, source, progress)
 
     def put_file_new(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
-        try:
-            source = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError as error:
-            raise StoreError(f"cannot read {path}: {error.strerror}") from error
-        with source:
+        with open_upload_source(path) as source:
             self.put_new(key, source, progress)
 
     def put_new(self, key: str, stream: BinaryIO, progress: ProgressCallback | None = None) -> None:

@@ -25,6 +25,7 @@ from gentoo_farm.store.base import (
     ProgressCallback,
     StoreError,
     check_key,
+    open_upload_source,
 )
 
 MAX_ATTEMPTS = 6
@@ -173,18 +174,16 @@ class S3Store(ArtifactStore):
     def put_file_new(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
         # One PUT with If-None-Match: * (S3 takes up to 5 GiB in one PUT): boto3's managed upload_file
         # cannot send the condition.
-        try:
-            size = path.stat().st_size
-            source = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError as error:
-            raise StoreError(f"cannot read {path}: {error.strerror}") from error
-        if size > MAX_SINGLE_PUT:
-            source.close()
-            raise StoreError(f"{self.location}: {key}: {size} bytes is more than one create-only PUT takes")
-        with source, self._translated(key):
-            self.client.put_object(
-                Bucket=self.bucket, Key=self._object_key(key), Body=source, IfNoneMatch="*"
-            )
+        with open_upload_source(path) as source:
+            size = os.fstat(source.fileno()).st_size
+            if size > MAX_SINGLE_PUT:
+                raise StoreError(
+                    f"{self.location}: {key}: {size} bytes is more than one create-only PUT takes"
+                )
+            with self._translated(key):
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._object_key(key), Body=source, IfNoneMatch="*"
+                )
         if progress:
             progress(size)
 
