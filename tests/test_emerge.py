@@ -41,13 +41,14 @@ def farm_store(tmp_path: Path) -> Iterator[WorldServer]:
         yield server
 
 
-def build_root(world: World, root: Path) -> Path:
+def build_root(world: World, root: Path, snapshot: Path | None = None) -> Path:
+    """A fresh build root from the world's stage3 and its snapshot (or another ``snapshot``)."""
     unpacked = run_stage(
         "unpack-root",
         "--stage3",
         world.file(world.stage3_path),
         "--snapshot",
-        world.file(world.snapshot_path),
+        snapshot or world.file(world.snapshot_path),
         "--root",
         root,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,10 +14,12 @@ import pytest
 
 from gentoo_farm.cli import CommandError
 from gentoo_farm.commands import diff, images
-from gentoo_farm.store import open_store
+from gentoo_farm.store import ArtifactStore, open_store
 from tests.farmtest import farm_command, init_farm, set_option
 from tests.services.store import publish_files
-from tests.world.stages import run_stage
+from tests.test_emerge import build_root, emerge, farm_store, upstream, world  # noqa: F401  (fixtures)
+from tests.world import World, WorldServer, repository
+from tests.world.stages import push_back, run_stage
 
 pytest_plugins = ["tests.services.store"]
 
@@ -32,14 +36,19 @@ def installed(
     (entry / "repository").write_text(f"{repository}\n")
 
 
+def install_kernel(root: Path) -> None:
+    """What the assemble stage leaves in /boot and the manifest reads: the kernel, its link and config."""
+    (root / "boot").mkdir(parents=True, exist_ok=True)
+    (root / "boot" / f"vmlinuz-{RELEASE}").write_bytes(b"kernel")
+    (root / "boot" / f"config-{RELEASE}").write_text("CONFIG_64BIT=y\n")
+    (root / "boot/vmlinuz").symlink_to(f"vmlinuz-{RELEASE}")
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """An assembled root: three packages in the vdb, a kernel and its config in /boot."""
     root = tmp_path / "root"
-    (root / "boot").mkdir(parents=True)
-    (root / "boot" / f"vmlinuz-{RELEASE}").write_bytes(b"kernel")
-    (root / "boot" / f"config-{RELEASE}").write_text("CONFIG_64BIT=y\n")
-    (root / "boot/vmlinuz").symlink_to(f"vmlinuz-{RELEASE}")
+    install_kernel(root)
     installed(root, "sys-apps/baselayout-2.15")
     installed(root, "net-misc/openssh-9.8_p1-r3", use="pam ssl")
     installed(root, "app-misc/farm-hello-1.0", repository="farm")
@@ -131,19 +140,23 @@ def publish_two_images(settings, root: Path, tmp_path: Path, *, new_kernel: bool
     if new_kernel:
         newer["kernel"] = {"release": "6.1.1-farm", "config_sha256": "0" * 64}
     for name, manifest, day in (("old", old_manifest, "20261124"), ("new", newer, "20261125")):
-        (tmp_path / f"{name}.qcow2").write_bytes(name.encode())
         (tmp_path / f"{name}.manifest.json").write_text(json.dumps(manifest))
-        publish_files(
-            store,
-            "images",
-            name,
-            {
-                f"gentoo-{day}-amd64.qcow2": tmp_path / f"{name}.qcow2",
-                f"gentoo-{day}-amd64.manifest.json": tmp_path / f"{name}.manifest.json",
-            },
-            metadata={"name": f"gentoo-{day}-amd64", "package_count": len(manifest["packages"])},
-            set_id=f"{day}T000000Z-{name}",
-        )
+        publish_image(store, tmp_path, name, day, tmp_path / f"{name}.manifest.json")
+
+
+def publish_image(store: ArtifactStore, work: Path, input_key: str, day: str, manifest: Path) -> None:
+    """Publish an image set named for ``day`` as the image builder does, with ``manifest`` as its JSON."""
+    qcow2 = work / f"{input_key}.qcow2"
+    qcow2.write_bytes(input_key.encode())
+    package_count = len(json.loads(manifest.read_text())["packages"])
+    publish_files(
+        store,
+        "images",
+        input_key,
+        {f"gentoo-{day}-amd64.qcow2": qcow2, f"gentoo-{day}-amd64.manifest.json": manifest},
+        metadata={"name": f"gentoo-{day}-amd64", "package_count": package_count},
+        set_id=f"{day}T000000Z-{input_key}",
+    )
 
 
 @pytest.fixture
@@ -177,14 +190,20 @@ def test_farm_diff_of_an_unknown_image_names_it(two_images) -> None:
         diff.run(_parse(diff, "gentoo-1999"), two_images)
 
 
+def farm_on(settings, farm_dir: Path) -> Path:
+    """A farm directory whose store is ``settings``' local store, for the `farm` CLI."""
+    farm = init_farm(farm_dir)
+    set_option(farm.root, "store", "path", json.dumps(str(settings.path)))
+    set_option(farm.root, "store", "public_url", json.dumps(settings.public_url))
+    return farm.root
+
+
 def test_farm_diff_of_images_with_the_same_kernel_and_of_one_name(
     local_settings, root: Path, tmp_path: Path
 ) -> None:
     """The common case, a package or overlay change, through the real CLI."""
     publish_two_images(local_settings, root, tmp_path, new_kernel=False)
-    farm = init_farm(tmp_path / "farm")
-    set_option(farm.root, "store", "path", json.dumps(str(local_settings.path)))
-    set_option(farm.root, "store", "public_url", json.dumps(local_settings.public_url))
+    farm = SimpleNamespace(root=farm_on(local_settings, tmp_path / "farm"))
 
     for names in (["gentoo-20261124-amd64", "gentoo-20261125-amd64"], ["gentoo-20261124-amd64"]):
         shown = farm_command("--farm", str(farm.root), "diff", *names)
@@ -197,3 +216,71 @@ def test_farm_diff_of_images_with_the_same_kernel_and_of_one_name(
         ], shown.stderr
     same = farm_command("--farm", str(farm.root), "diff", "latest")
     assert same.stdout.splitlines()[-1] == "no package or kernel changed"
+
+
+def snapshot_with_revision(snapshot: Path, atom: str, work: Path) -> Path:
+    """``snapshot`` with ``atom`` bumped to its -r1, repacked in ``work`` as the next day's snapshot.
+
+    A revision bump keeps the distfile and its Manifest line (they name ${P}, without the revision).
+    """
+    subprocess.run(["tar", "-xJf", snapshot, "-C", work], check=True, timeout=120)
+    package_dir = work / "portage" / atom
+    (ebuild,) = package_dir.glob("*.ebuild")
+    shutil.copyfile(ebuild, ebuild.with_name(ebuild.name.replace(".ebuild", "-r1.ebuild")))
+    ebuild.unlink()
+    newer = work / "portage-20261125.tar.xz"
+    subprocess.run(["tar", "-cJf", newer, "-C", work, "portage"], check=True, timeout=120)
+    return newer
+
+
+@pytest.mark.slow
+def test_farm_diff_of_images_built_from_two_snapshots_shows_the_upgrade(
+    world: World,  # noqa: F811
+    upstream: WorldServer,  # noqa: F811
+    farm_store: WorldServer,  # noqa: F811
+    local_settings,
+    tmp_path: Path,
+) -> None:
+    """Real emerges from the world's snapshot, then from a newer one with farm-hello at -r1: the second
+    build takes farm-core from the binhost the first filled and compiles only the upgraded package."""
+    upgraded = repository.STATIC_PACKAGE
+    (tmp_path / "newer").mkdir()
+    snapshots = {
+        "20261124": world.file(world.snapshot_path),
+        "20261125": snapshot_with_revision(world.file(world.snapshot_path), upgraded, tmp_path / "newer"),
+    }
+    manifests = {}
+    for day, snapshot in snapshots.items():
+        root = build_root(world, tmp_path / f"root-{day}", snapshot)
+        emerged = emerge(world, root, tmp_path / f"emerge-{day}", farm_store, upstream, upgraded)
+        assert emerged.returncode == 0, emerged.stdout[-3000:] + emerged.stderr
+        # What the image build's push-back does: the next build finds these on the farm binhost.
+        work, store = tmp_path / f"emerge-{day}", farm_store.directory
+        push_back(work / "pkgs", work / "distfiles", store / "binpkgs", store / "distfiles")
+        install_kernel(root)
+        manifests[day] = tmp_path / f"{day}.manifest.json"
+        # As the image builder runs the stage: the emerge's report says what it compiled and what it took.
+        written = run_stage(
+            "image-manifest", root, "--json", manifests[day], "--text", tmp_path / f"{day}.manifest",
+            "--compiled", *emerged.result["packages_compiled"],
+            "--binary", *emerged.result["packages_binary"],
+        )  # fmt: skip
+        assert written.returncode == 0, written.stderr
+        publish_image(open_store(local_settings), tmp_path, day, day, manifests[day])
+
+    origins = {
+        day: {package["cpv"]: package["origin"] for package in json.loads(path.read_text())["packages"]}
+        for day, path in manifests.items()
+    }
+    assert origins["20261124"]["app-misc/farm-hello-1.0"] == "compiled"
+    assert origins["20261124"]["dev-libs/farm-core-1.0"] == "compiled"
+    assert origins["20261125"]["app-misc/farm-hello-1.0-r1"] == "compiled"
+    assert origins["20261125"]["dev-libs/farm-core-1.0"] == "farm-binhost"
+    shown = farm_command(
+        "--farm", str(farm_on(local_settings, tmp_path / "farm")), "diff", "gentoo-20261124-amd64", "latest"
+    )
+    assert shown.stdout.splitlines() == [
+        "--- gentoo-20261124-amd64",
+        "+++ gentoo-20261125-amd64",
+        "upgraded: app-misc/farm-hello 1.0 -> 1.0-r1",
+    ], shown.stderr
