@@ -260,6 +260,9 @@ class KernelSection:
     package: str = ""
     """A binary kernel package distfile (gentoo-kernel-bin's ...), used instead of compiling; it must be a
     DIST entry of source_package's Manifest too."""
+    shared_ccache: bool = True
+    """Kernel builds with ccache misses share their ccache through the store, and a worker with an empty
+    ccache (an OpenStack worker, a new local one) starts from it instead of compiling cold."""
     poll_interval: int = 3600
     """Seconds between polls; a push knocks the poller through the change hook at once."""
     settle_seconds: int = field(default=10, metadata=_check(_not_negative))

@@ -1,6 +1,145 @@
-"""The kernel builder's steps: a kernel from source (the farm's config) or from a binary package."""
+"""The kernel builder's steps: a kernel from source (the farm's config) or from a binary package, and
+the kernel ccache the farm shares with workers that start empty (gentoo_farm/kernel_ccache.py)."""
 
-from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
+from typing import Any
+
+from buildbot.process.results import SUCCESS
+
+from gentoo_farm.kernel_ccache import (
+    CcachePointer,
+    advance_pointer,
+    read_pointer,
+    tarball_key,
+    verify_tarball,
+)
+from gentoo_farm.steps.base import FarmWorkerStep, Renderable, StageArgument, declared
+from gentoo_farm.steps.store import SignedUrlsStep, StoreStep
+from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
+
+SHARED_CCACHE_OPTIONS: dict[str, Any] = {
+    "haltOnFailure": False,
+    "flunkOnFailure": False,
+    "warnOnFailure": True,
+}
+"""The shared ccache only changes how fast the kernel compiles: a step of it that fails warns, and the
+kernel is built (cold) and published all the same."""
+
+
+class OfferKernelCcache(SignedUrlsStep):
+    """Write ``map_path`` for ``farm-worker kernel-ccache-seed``: a signed download URL, sha256 and size
+    of the ccache tarball ``arch``'s pointer names, or ``{}`` while there is none."""
+
+    renderables = ("map_path",)
+
+    def __init__(self, store_settings: StoreSettings, arch: str, map_path: Renderable, **kwargs: Any) -> None:
+        kwargs.setdefault("name", "offer-kernel-ccache")
+        super().__init__(store_settings, **{**SHARED_CCACHE_OPTIONS, **kwargs})
+        self.arch = arch
+        self.map_path = map_path
+
+    async def run(self) -> int:
+        expiry = self.store_settings.url_expiry_seconds
+
+        def offer(store: ArtifactStore) -> tuple[dict[str, object], CcachePointer | None]:
+            pointer = read_pointer(store, self.arch)
+            if pointer is None:
+                return {}, None
+            url = store.download_url(pointer.key, expiry)
+            return {"url": url, "sha256": pointer.sha256, "size": pointer.size}, pointer
+
+        try:
+            urls, pointer = await self.in_thread(offer)
+        except StoreError as error:
+            return await self.fail(error)
+        outcome = (
+            f"kernel ccache of build {pointer.build} ({pointer.size} bytes) offered"
+            if pointer is not None
+            else "no shared kernel ccache yet"
+        )
+        return await self.hand_over(str(self.map_path), urls, {}, outcome)
+
+
+class SignKernelCcacheUpload(SignedUrlsStep):
+    """Write ``map_path`` for ``farm-worker upload``: one create-only URL for the packed ccache's content
+    key, bound to its reported size, or none when the store has that content already."""
+
+    renderables = ("sha256", "size", "tarball", "map_path")
+
+    def __init__(
+        self,
+        store_settings: StoreSettings,
+        arch: str,
+        sha256: Renderable,
+        size: Renderable,
+        tarball: Renderable,
+        map_path: Renderable,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", "sign-kernel-ccache-upload")
+        super().__init__(store_settings, **{**SHARED_CCACHE_OPTIONS, **kwargs})
+        self.arch = arch
+        self.sha256 = sha256
+        self.size = size
+        self.tarball = tarball
+        self.map_path = map_path
+
+    async def run(self) -> int:
+        key = tarball_key(self.arch, str(self.sha256))
+        expiry = self.store_settings.url_expiry_seconds
+
+        def sign(store: ArtifactStore) -> dict[str, str]:
+            if store.exists(key):
+                return {}
+            return {str(self.tarball): store.upload_url(key, expiry, int(str(self.size)))}
+
+        try:
+            urls = await self.in_thread(sign)
+        except StoreError as error:
+            return await self.fail(error)
+        outcome = f"upload URL for {key}" if urls else f"{key} is in the store already"
+        return await self.hand_over(str(self.map_path), urls, {}, outcome)
+
+
+class AdvanceKernelCcache(StoreStep):
+    """Check the uploaded ccache tarball against what the worker packed, then point ``arch``'s latest
+    kernel ccache at it, unless a later build's is named already (forward only)."""
+
+    renderables = ("sha256", "size", "build")
+
+    def __init__(
+        self,
+        store_settings: StoreSettings,
+        arch: str,
+        sha256: Renderable,
+        size: Renderable,
+        build: Renderable,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", "share-kernel-ccache")
+        super().__init__(store_settings, **{**SHARED_CCACHE_OPTIONS, **kwargs})
+        self.arch = arch
+        self.sha256 = sha256
+        self.size = size
+        self.build = build
+
+    async def run(self) -> int:
+        key = tarball_key(self.arch, str(self.sha256))
+        pointer = CcachePointer(key, str(self.sha256), int(str(self.size)), int(str(self.build)))
+
+        def share(store: ArtifactStore) -> bool:
+            verify_tarball(store, key, pointer.sha256, pointer.size)
+            return advance_pointer(store, self.arch, pointer)
+
+        try:
+            moved = await self.in_thread(share)
+        except StoreError as error:
+            return await self.fail(error)
+        self.outcome = (
+            f"later kernel builds start from this build's ccache ({pointer.size} bytes)"
+            if moved
+            else "a later build's kernel ccache is shared already"
+        )
+        return SUCCESS
 
 
 class BuildKernel(FarmWorkerStep):
@@ -22,6 +161,24 @@ class BuildKernel(FarmWorkerStep):
         work_dir=StageArgument("--work-dir"),
         ccache_dir=StageArgument("--ccache-dir"),
     )
+
+
+class SeedKernelCcache(FarmWorkerStep):
+    """``farm-worker kernel-ccache-seed``: an empty ccache directory filled from the shared kernel ccache
+    (a damaged one is skipped with a warning in the log)."""
+
+    stage = "kernel-ccache-seed"
+    name = "seed-kernel-ccache"
+    arguments = declared(map=StageArgument("--map"), ccache_dir=StageArgument("--ccache-dir"))
+
+
+class PackKernelCcache(FarmWorkerStep):
+    """``farm-worker kernel-ccache-pack``: the ccache as a tar.zst after a build with misses; sets
+    ``kernel_ccache_packed``, ``kernel_ccache_sha256`` and ``kernel_ccache_size``."""
+
+    stage = "kernel-ccache-pack"
+    name = "pack-kernel-ccache"
+    arguments = declared(ccache_dir=StageArgument("--ccache-dir"), output=StageArgument("--output"))
 
 
 class KernelFromPackage(FarmWorkerStep):

@@ -71,6 +71,10 @@ def test_a_valid_file_passes_and_is_summarised(tmp_path: Path) -> None:
             '[farm]\nid = "x"\n[kernel]\nsettle_seconds = -1\n',
             "kernel.settle_seconds = -1: expected 0 or more seconds",
         ),
+        (
+            '[farm]\nid = "x"\n[kernel]\nshared_ccache = "yes"\n',
+            'kernel.shared_ccache = "yes": expected true or false',
+        ),
         ("[farm\n", "not valid TOML"),
         # tomllib recurses into arrays and inline tables: deep nesting is refused like any other bad TOML.
         ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "not valid TOML: arrays or tables nested too deeply"),

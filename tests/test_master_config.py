@@ -179,3 +179,27 @@ def test_local_workers_are_kept_from_the_secrets_the_master_state_and_the_store(
     (worker,) = buildmaster_config(farm_dir)["workers"]
     hidden = worker._config_kwargs["settings"].hidden_paths
     assert hidden == [farm_dir / "secrets", farm_dir / "master", farm_dir / "store"]
+
+
+def _kernel_steps(farm: Path) -> list[str]:
+    (kernel,) = [builder for builder in buildmaster_config(farm)["builders"] if builder.name == "kernel"]
+    return [step.buildStep().name for step in kernel.factory.steps]
+
+
+def test_kernel_builds_share_their_ccache_unless_turned_off(tmp_path: Path, farm_dir: Path) -> None:
+    steps = _kernel_steps(farm_dir)
+    # Seeded before the compile; packed, uploaded and shared after the kernel is published.
+    assert (
+        steps.index("offer-kernel-ccache") < steps.index("seed-kernel-ccache") < steps.index("build-kernel")
+    )
+    assert steps[-4:] == [
+        "pack-kernel-ccache",
+        "sign-kernel-ccache-upload",
+        "upload-kernel-ccache",
+        "share-kernel-ccache",
+    ]
+    assert steps.index("publish-kernel") < steps.index("pack-kernel-ccache")
+
+    (tmp_path / "farm.toml").write_text((farm_dir / "farm.toml").read_text())
+    set_option(tmp_path, "kernel", "shared_ccache", "false")
+    assert not [name for name in _kernel_steps(tmp_path) if "ccache" in name]

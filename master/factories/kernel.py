@@ -25,13 +25,23 @@ from gentoo_farm.master.factories.common import (
 from gentoo_farm.recipes import KERNEL_POLLER, recipe_repository
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.inputs import ComputeInputKey, ResolveImageInputs
-from gentoo_farm.steps.kernel import BuildKernel, KernelFromPackage
+from gentoo_farm.steps.kernel import (
+    SHARED_CCACHE_OPTIONS,
+    AdvanceKernelCcache,
+    BuildKernel,
+    KernelFromPackage,
+    OfferKernelCcache,
+    PackKernelCcache,
+    SeedKernelCcache,
+    SignKernelCcacheUpload,
+)
 from gentoo_farm.steps.uptodate import unless_up_to_date
 from gentoo_farm.store import workers_base_url
 
 CHECKOUT = "kernel-config"
 TARBALL = "vmlinuz.tar.zst"
 SNAPSHOT = "inputs/portage.tar.xz"
+CCACHE_TARBALL = "out/kernel-ccache.tar.zst"
 VOUCHED = util.Property("kernel_source_dist")
 """The distfile's DIST line from the snapshot's Manifest (set by the kernel-source step)."""
 
@@ -73,6 +83,7 @@ def _from_source(config: FarmConfig, building: Mapping[str, Any]) -> list[object
     return [
         *checkout(recipe_repository(config, KERNEL_POLLER), CHECKOUT),
         *_keyed_on_vouched(config, config.kernel.source, "source_dist", files=[kernel_config]),
+        *(_ccache_seeded(config) if config.kernel.shared_ccache else []),
         BuildKernel(
             mirrors=_mirrors(config),
             source_dist=VOUCHED,
@@ -83,6 +94,45 @@ def _from_source(config: FarmConfig, building: Mapping[str, Any]) -> list[object
             **building,
         ),
     ]
+
+
+def _ccache_seeded(config: FarmConfig) -> list[object]:
+    """An empty ccache filled from the one the farm shares (docs/workers.md, "The shared kernel ccache")."""
+    return [
+        OfferKernelCcache(config.store, config.upstream.arch, "kernel-ccache.json", **unless_up_to_date()),
+        SeedKernelCcache(
+            map="kernel-ccache.json",
+            ccache_dir=cache_dir("ccache"),
+            **SHARED_CCACHE_OPTIONS,
+            **unless_up_to_date(),
+        ),
+    ]
+
+
+def _ccache_shared_after(config: FarmConfig) -> list[object]:
+    """After a build with ccache misses: its ccache packed, uploaded under its content key, shared."""
+    sha256 = util.Property("kernel_ccache_sha256")
+    size = util.Property("kernel_ccache_size")
+    packed = unless_up_to_date(lambda step: bool(step.getProperty("kernel_ccache_packed")))
+    return [
+        PackKernelCcache(
+            ccache_dir=cache_dir("ccache"),
+            output=CCACHE_TARBALL,
+            **SHARED_CCACHE_OPTIONS,
+            **unless_up_to_date(),
+        ),
+        SignKernelCcacheUpload(
+            config.store, config.upstream.arch, sha256, size, CCACHE_TARBALL, "kernel-ccache-upload.json",
+            **packed,
+        ),
+        FarmWorkerStep(
+            "upload", stage_args=["--map", "kernel-ccache-upload.json"], name="upload-kernel-ccache",
+            **SHARED_CCACHE_OPTIONS, **packed,
+        ),
+        AdvanceKernelCcache(
+            config.store, config.upstream.arch, sha256, size, util.Property("buildnumber"), **packed
+        ),
+    ]  # fmt: skip
 
 
 def _from_package(config: FarmConfig, building: Mapping[str, Any]) -> list[object]:
@@ -122,4 +172,7 @@ def factory(config: FarmConfig) -> BuildFactory:
             trigger_image(config),
         ]
     )
+    if not config.kernel.package and config.kernel.shared_ccache:
+        # After the kernel is published and the image build started: sharing only speeds up later builds.
+        factory.addSteps(_ccache_shared_after(config))
     return factory

@@ -100,3 +100,12 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise StageError(f"{path}: {what} does not exist or is not a file")
     return path
+
+
+def ccache_counts(environment: Mapping[str, str]) -> tuple[int, int]:
+    """Hits and misses of the ccache ``environment`` names (its ``CCACHE_DIR``) since its last
+    ``ccache --zero-stats``."""
+    stats = run_tool(["ccache", "--print-stats"], what="ccache --print-stats", env=environment)
+    counters = dict(line.split("\t", 1) for line in stats.splitlines() if "\t" in line)
+    hits = int(counters.get("direct_cache_hit", 0)) + int(counters.get("preprocessed_cache_hit", 0))
+    return hits, int(counters.get("cache_miss", 0))

@@ -30,7 +30,7 @@ from gentoo_farm.checksums import feed, file_sha512, sha512_line
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.distfiles import dist_entry, fetch_distfile
 from gentoo_farm.workers.toolkit.initramfs import config_needs_initramfs
-from gentoo_farm.workers.toolkit.tools import ToolError, run_tool, tail
+from gentoo_farm.workers.toolkit.tools import ToolError, ccache_counts, run_tool, tail
 from gentoo_farm.workers.toolkit.vmlinuz import finish_kernel_tree, write_tarball
 
 COMPILER = "ccache gcc"
@@ -292,10 +292,7 @@ def run(args: argparse.Namespace) -> None:
         needs_initramfs = config_needs_initramfs(build / ".config")
         members = finish_kernel_tree(staging, release, initramfs=needs_initramfs)
         write_tarball(staging, members, args.output)
-    stats = run_tool(["ccache", "--print-stats"], what="ccache --print-stats", env=environment)
-    counters = dict(line.split("\t", 1) for line in stats.splitlines() if "\t" in line)
-    hits = int(counters.get("direct_cache_hit", 0)) + int(counters.get("preprocessed_cache_hit", 0))
-    misses = int(counters.get("cache_miss", 0))
+    hits, misses = ccache_counts(environment)
     elapsed = time.monotonic() - started
     checksum = file_sha512(args.output)
     args.output.with_name(args.output.name + ".sha512").write_bytes(sha512_line(checksum, args.output.name))
