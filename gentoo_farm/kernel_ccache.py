@@ -3,7 +3,8 @@
 Local workers keep their ccache between builds; an OpenStack worker starts empty and would compile the
 kernel cold. So a kernel build that had ccache misses packs its ccache into a content-addressed tarball,
 ``caches/kernel-ccache/<arch>/<sha256>.tar.zst``, uploaded through a create-only signed URL, and the
-master moves ``caches/kernel-ccache/<arch>/latest.json`` to it, forward only (a later build number wins).
+master moves ``caches/kernel-ccache/<arch>/latest.json`` to it, forward only (a later build number wins),
+and deletes the tarball that lost, so the store holds one kernel ccache per architecture.
 The next build on an empty worker unpacks the tarball the pointer names into its ccache directory.
 ccache only changes how fast the kernel compiles, never what it compiles to, so a missing or damaged
 tarball only costs a cold build.
@@ -59,16 +60,25 @@ def read_pointer(store: ArtifactStore, arch: str) -> CcachePointer | None:
 
 def advance_pointer(store: ArtifactStore, arch: str, pointer: CcachePointer) -> bool:
     """Point ``arch``'s latest ccache at ``pointer`` unless the store already names a build as new or
-    newer (two kernel builds finishing out of order must not hand later builds the older cache).
-    Returns whether the pointer moved."""
+    newer (two kernel builds finishing out of order must not hand later builds the older cache), then
+    delete the tarball that lost: the one named before, or ``pointer``'s own. Each tarball is a whole
+    kernel's ccache, so the store keeps only the one named (a build still downloading a deleted one
+    compiles cold). Returns whether the pointer moved."""
+    replaced: list[CcachePointer | None] = []
 
     def forward(current: bytes | None) -> bytes | None:
         named = CcachePointer.from_json(current) if current is not None else None
+        replaced[:] = [named]
         if named is not None and named.build >= pointer.build:
             return None
         return pointer.to_json()
 
-    return store.update(pointer_key(arch), forward)
+    moved = store.update(pointer_key(arch), forward)
+    (named,) = replaced
+    kept = pointer.key if moved else named.key if named is not None else None
+    losers = {candidate.key for candidate in (named, pointer) if candidate is not None} - {kept}
+    store.delete(sorted(losers))
+    return moved
 
 
 def verify_tarball(store: ArtifactStore, key: str, sha256: str, size: int) -> None:

@@ -147,17 +147,28 @@ def test_no_shared_ccache_yet_compiles_cold(tmp_path: Path) -> None:
 def test_the_pointer_moves_forward_only(any_store: ArtifactStore) -> None:
     def pointer(build: int) -> CcachePointer:
         sha256 = hashlib.sha256(str(build).encode()).hexdigest()
+        any_store.put_bytes(tarball_key("amd64", sha256), b"a packed ccache")
         return CcachePointer(tarball_key("amd64", sha256), sha256, 100 + build, build)
 
+    def tarballs() -> list[str]:
+        return [
+            info.key for info in any_store.list("caches/kernel-ccache/amd64/") if info.key.endswith(".zst")
+        ]
+
     assert read_pointer(any_store, "amd64") is None
-    assert advance_pointer(any_store, "amd64", pointer(5))
+    fifth = pointer(5)
+    assert advance_pointer(any_store, "amd64", fifth)
     # A build that started earlier but finished later must not hand later builds its older cache.
     assert not advance_pointer(any_store, "amd64", pointer(3))
-    assert not advance_pointer(any_store, "amd64", pointer(5))
-    assert read_pointer(any_store, "amd64") == pointer(5)
-    assert advance_pointer(any_store, "amd64", pointer(7))
-    assert read_pointer(any_store, "amd64") == pointer(7)
+    assert not advance_pointer(any_store, "amd64", fifth)
+    assert read_pointer(any_store, "amd64") == fifth
+    # The store keeps the one tarball the pointer names: each is a whole kernel's ccache.
+    assert tarballs() == [fifth.key]
+    seventh = pointer(7)
+    assert advance_pointer(any_store, "amd64", seventh)
+    assert read_pointer(any_store, "amd64") == seventh
     assert json.loads(any_store.get_bytes(pointer_key("amd64")))["build"] == 7
+    assert tarballs() == [seventh.key]
 
 
 def test_an_upload_that_is_not_what_the_worker_packed_is_not_shared(any_store: ArtifactStore) -> None:
