@@ -104,7 +104,7 @@ class AdvanceKernelCcache(StoreStep):
     """Check the uploaded ccache tarball against what the worker packed, then point ``arch``'s latest
     kernel ccache at it, unless a later build's is named already (forward only)."""
 
-    renderables = ("sha256", "size", "build")
+    renderables = ("sha256", "size", "build_number")
 
     def __init__(
         self,
@@ -112,7 +112,7 @@ class AdvanceKernelCcache(StoreStep):
         arch: str,
         sha256: Renderable,
         size: Renderable,
-        build: Renderable,
+        build_number: Renderable,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", "share-kernel-ccache")
@@ -120,11 +120,11 @@ class AdvanceKernelCcache(StoreStep):
         self.arch = arch
         self.sha256 = sha256
         self.size = size
-        self.build = build
+        self.build_number = build_number
 
     async def run(self) -> int:
         key = tarball_key(self.arch, str(self.sha256))
-        pointer = CcachePointer(key, str(self.sha256), int(str(self.size)), int(str(self.build)))
+        pointer = CcachePointer(key, str(self.sha256), int(str(self.size)), int(str(self.build_number)))
 
         def share(store: ArtifactStore) -> bool:
             verify_tarball(store, key, pointer.sha256, pointer.size)
