@@ -26,6 +26,9 @@ from gentoo_farm.kernel_ccache import (
     verify_tarball,
 )
 from gentoo_farm.store import ArtifactStore, StoreError, open_store
+from tests import cache, debian
+from tests.world.repository import manifest_line
+from tests.world.server import WorldServer
 from tests.world.stages import run_stage
 
 pytest_plugins = ["tests.services.store"]
@@ -179,3 +182,53 @@ def test_an_upload_that_is_not_what_the_worker_packed_is_not_shared(any_store: A
     any_store.put_bytes(key, b"tampered")
     with pytest.raises(StoreError, match="not the 6 bytes"):
         verify_tarball(any_store, key, sha256, 6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_a_kernel_built_on_an_empty_worker_hits_the_ccache_from_the_store(
+    local_settings, tmp_path: Path
+) -> None:
+    """The default config on a worker whose cache_dir is empty: its ccache comes from the store.
+
+    The shared ccache is the test cache's (test_kernel_build fills it; on a fresh machine this test
+    compiles cold once), packed and uploaded by the stages, as a kernel build with misses does.
+    """
+    store = open_store(local_settings)
+    earlier_worker, empty_worker = tmp_path / "earlier", tmp_path / "empty"
+    cache.merge_tree(cache.directory(cache.KERNEL_CCACHE), earlier_worker / "ccache")
+    _compile(earlier_worker, earlier_worker / "ccache")  # a miss, so the stage packs it
+    tarball = earlier_worker / "kernel-ccache.tar.zst"
+    packed = run_stage("kernel-ccache-pack", "--ccache-dir", earlier_worker / "ccache", "--output", tarball)
+    assert packed.returncode == 0, packed.stderr
+    sha256, size = str(packed.result["kernel_ccache_sha256"]), int(str(packed.result["kernel_ccache_size"]))
+    key = tarball_key("amd64", sha256)
+    uploads = tmp_path / "upload.json"
+    uploads.write_text(json.dumps({str(tarball): store.upload_url(key, 600, size)}))
+    assert run_stage("upload", "--map", uploads).returncode == 0
+
+    ccache_dir = empty_worker / "cache" / "ccache"
+    seeded = run_stage(
+        "kernel-ccache-seed", "--map", _offer(tmp_path, store, key, sha256, size), "--ccache-dir", ccache_dir
+    )
+    assert seeded.result == {"kernel_ccache_seeded": True}, seeded.stdout
+    mirror = tmp_path / "mirror"
+    source = debian.kernel_source_tarball(mirror / "distfiles")
+    with WorldServer(tmp_path) as server:
+        built = run_stage(
+            "kernel",
+            "--mirror", f"{server.url}/mirror",
+            "--source-dist", manifest_line(source),
+            "--config", Path(__file__).parent.parent / "gentoo_farm/defaults/kernel-config/config",
+            "--output", tmp_path / "vmlinuz.tar.zst",
+            "--work-dir", empty_worker / "cache" / "kernel",
+            "--ccache-dir", ccache_dir,
+            timeout=2400,
+        )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr
+    assert built.result["kernel_build_tree"] == "fresh"
+    hits, misses = (
+        int(str(built.result["kernel_ccache_hits"])),
+        int(str(built.result["kernel_ccache_misses"])),
+    )
+    assert hits > 10 * misses, (hits, misses)
