@@ -22,7 +22,7 @@ class _SubcommandParser(argparse.ArgumentParser):
         self._module_name = module_name
         self._loaded = False
 
-    def parse_known_args(  # type: ignore[override]
+    def parse_known_args(  # type: ignore[override]  # one signature for typeshed's three overloads
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         if not self._loaded:
