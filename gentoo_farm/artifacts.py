@@ -11,8 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from gentoo_farm.image_name import WORKER_VARIANT
+
 MIRROR, KERNEL, OVERLAY, IMAGE = "mirror", "kernel", "overlay", "image"
-BUILDERS: tuple[str, ...] = (MIRROR, KERNEL, OVERLAY, IMAGE)
+WORKER_IMAGE = "worker-image"
+"""The builder of the image OpenStack workers boot ([image.worker]), made by the image's recipe."""
+BUILDERS: tuple[str, ...] = (MIRROR, KERNEL, OVERLAY, IMAGE, WORKER_IMAGE)
 """Every builder, in the order the master configures them."""
 
 
@@ -41,10 +45,41 @@ ARTIFACT_KINDS: Mapping[str, ArtifactKind] = MappingProxyType(
             ArtifactKind("overlay", OVERLAY, "vmoverride-latest.tar.gz", "inputs/vmoverride.tar.gz"),
             ArtifactKind("stage4", IMAGE, "stage4-latest.tar.zst", None),
             ArtifactKind("images", IMAGE, None, None),
+            # The worker image's root holds more packages: its stage4s and images are sets of their own,
+            # so the two variants never move each other's latest pointers.
+            ArtifactKind("worker-stage4", WORKER_IMAGE, "stage4-worker-latest.tar.zst", None),
+            ArtifactKind("worker-images", WORKER_IMAGE, None, None),
         )
     }
 )
 """Every kind published as dated sets with a manifest and ``latest`` pointers, by store kind."""
+
+
+
+@dataclass(frozen=True)
+class ImageVariant:
+    """One image the image recipe makes: its builder, the store kinds of its sets and its name's variant."""
+
+    builder: str
+    images_kind: str
+    stage4_kind: str
+    name_variant: str
+    """The :class:`~gentoo_farm.image_name.ImageName` variant its images are named with."""
+
+
+IMAGE_VARIANTS: Mapping[str, ImageVariant] = MappingProxyType(
+    {
+        IMAGE: ImageVariant(IMAGE, "images", "stage4", ""),
+        WORKER_IMAGE: ImageVariant(WORKER_IMAGE, "worker-images", "worker-stage4", WORKER_VARIANT),
+    }
+)
+"""Every image variant, by builder."""
+
+
+def variant_of_kind(images_kind: str) -> ImageVariant:
+    """The variant whose images the store kind ``images_kind`` holds."""
+    return next(variant for variant in IMAGE_VARIANTS.values() if variant.images_kind == images_kind)
+
 
 IMAGE_INPUTS: Mapping[str, str] = MappingProxyType(
     {

@@ -22,6 +22,7 @@ from gentoo_farm.store.sets import (
     apply_retention,
     finalize_set,
     find_set,
+    latest_name,
     latest_set,
     list_sets,
     new_set_id,
@@ -100,12 +101,43 @@ def test_images_of_one_day_are_numbered(any_store: ArtifactStore, tmp_path: Path
     assert str(next_image_name(any_store, "amd64", day + timedelta(minutes=1))) == "gentoo-20261203-amd64"
 
 
+def test_worker_images_have_names_and_a_latest_of_their_own(any_store: ArtifactStore, tmp_path: Path) -> None:
+    day = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    plain = publish_files(
+        any_store,
+        "images",
+        "input-1",
+        _files(tmp_path / "plain", **{"gentoo-20261202-amd64_qcow2": b"cloud image"}),
+        metadata={"artifact": "gentoo-20261202-amd64.qcow2"},
+    )
+    worker_name = str(next_image_name(any_store, "amd64", day, images_kind="worker-images"))
+    worker = publish_files(
+        any_store,
+        "worker-images",
+        "input-1",
+        _files(tmp_path / "worker", **{f"{worker_name}_qcow2": b"worker image"}),
+        metadata={"artifact": f"{worker_name}.qcow2"},
+    )
+
+    # The day's first worker image: the plain image of that day does not count against its name.
+    assert worker_name == "gentoo-worker-20261202-amd64"
+    assert str(next_image_name(any_store, "amd64", day, images_kind="worker-images")).endswith(".1-amd64")
+    assert latest_set(any_store, "images").set_id == plain.set_id
+    assert latest_set(any_store, "worker-images").set_id == worker.set_id
+    assert any_store.get_bytes("images/gentoo-latest-amd64.qcow2") == b"cloud image"
+    assert any_store.get_bytes("worker-images/gentoo-worker-latest-amd64.qcow2") == b"worker image"
+    with pytest.raises(StoreError, match="is not named as an image of images/"):
+        latest_name("images", "gentoo-worker-20261202-amd64.qcow2")
+
+
 LATEST = {
     "stage3": ("stage3-amd64-openrc-20261125T170104Z.tar.xz", "stage3-latest.tar.xz"),
     "portage": ("portage-20261125.tar.xz", "portage-latest.tar.xz"),
     "kernel": ("vmlinuz.tar.zst", "vmlinuz-latest.tar.zst"),
     "overlay": ("vmoverride.tar.gz", "vmoverride-latest.tar.gz"),
     "images": ("gentoo-20261202.1-arm64.qcow2", "gentoo-latest-arm64.qcow2"),
+    "worker-stage4": ("stage4-amd64.tar.zst", "stage4-worker-latest.tar.zst"),
+    "worker-images": ("gentoo-worker-20261202.1-arm64.qcow2", "gentoo-worker-latest-arm64.qcow2"),
 }
 
 
@@ -360,6 +392,6 @@ def test_an_image_not_named_like_one_is_refused_before_anything_moves(
     any_store: ArtifactStore, tmp_path: Path
 ) -> None:
     files = _files(tmp_path / "odd", gentoo_qcow2=b"disk")
-    with pytest.raises(StoreError, match=r"'gentoo\.qcow2' is not named gentoo-YYYYMMDD\[\.N\]-ARCH"):
+    with pytest.raises(StoreError, match=r"'gentoo\.qcow2' is not named gentoo-\[VARIANT-\]YYYYMMDD"):
         publish_files(any_store, "images", "key-odd", files, metadata={"artifact": "gentoo.qcow2"})
     assert latest_set(any_store, "images") is None

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, cast
 
-from gentoo_farm.artifacts import ARTIFACT_KINDS
+from gentoo_farm.artifacts import ARTIFACT_KINDS, variant_of_kind
 from gentoo_farm.checksums import digests_text, sha512_line, stream_digests, stream_sha512
 from gentoo_farm.image_name import ImageName, ImageNameError
 from gentoo_farm.store.base import (
@@ -158,18 +158,22 @@ def pointer_keys(kind: str) -> tuple[str, str]:
     return f"{kind}/latest-{kind}.txt", f"{kind}/latest.json"
 
 
-def next_image_name(store: ArtifactStore, arch: str, when: datetime | None = None) -> ImageName:
-    """The name of the next image of ``arch`` published on ``when``'s UTC day (default: now).
+def next_image_name(
+    store: ArtifactStore, arch: str, when: datetime | None = None, images_kind: str = "images"
+) -> ImageName:
+    """The name of the next image of ``arch`` published on ``when``'s UTC day (default: now), in the
+    variant whose sets ``images_kind`` holds (``worker-images``: ``gentoo-worker-...``).
 
     Taken are the names the files of every image set carry, complete or still uploading, so a build
     naming its image after another one uploaded does not take the same name.
     """
     taken = {
         _image_of_file(key.rsplit("/", 1)[1])
-        for objects in _set_objects(store, "images").values()
+        for objects in _set_objects(store, images_kind).values()
         for key in objects
     }
-    name = ImageName((when or datetime.now(UTC)).date(), arch)
+    variant = variant_of_kind(check_kind(images_kind)).name_variant
+    name = ImageName((when or datetime.now(UTC)).date(), arch, variant=variant)
     while name in taken:
         name = replace(name, serial=name.serial + 1)
     return name
@@ -192,7 +196,9 @@ def latest_name(kind: str, artifact: str) -> str:
         image, file_format = ImageName.parse_file(artifact)
     except ImageNameError as error:
         raise StoreError(str(error)) from None
-    return f"gentoo-latest-{image.arch}.{file_format}"
+    if variant_of_kind(kind).name_variant != image.variant:
+        raise StoreError(f"{artifact!r} is not named as an image of {kind}/")
+    return f"{image.prefix}latest-{image.arch}.{file_format}"
 
 
 def latest_key(kind: str, artifact: str) -> str:
