@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from buildbot.process.results import RETRY
 from playwright.sync_api import expect
+from portage.versions import cpv_getkey
 
 from gentoo_farm.config import load_config
 from gentoo_farm.signing import verify_clearsigned
@@ -63,6 +64,13 @@ class Pipeline:
 
     def latest(self, kind: str) -> str:
         return self.store_json(f"{kind}/latest.json")["set_id"]
+
+    def image_manifest(self, set_id: str, name: str) -> tuple[dict[str, str], dict, list[str]]:
+        """A published image's package manifest: {cpv: origin}, the whole JSON and the text file's lines."""
+        image_set = self.farm.root / "store" / "images" / set_id
+        manifest = json.loads((image_set / f"{name}.manifest.json").read_text())
+        origins = {package["cpv"]: package["origin"] for package in manifest["packages"]}
+        return origins, manifest, (image_set / f"{name}.manifest").read_text().splitlines()
 
     def force(self, scheduler: str, builder: str, **params: object) -> dict:
         before = len(self.farm.builds(builder))
@@ -192,6 +200,17 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
     name = properties["image_name"]
     assert re.fullmatch(r"gentoo-\d{8}-amd64", name), name
     assert set(properties["images_files"]) == {f"{name}.qcow2", f"{name}.manifest.json", f"{name}.manifest"}
+    # The published manifest lists every package the build compiled, at the version it built, as compiled;
+    # the text file lists the same packages, one category/package-version a line.
+    origins, manifest, text = pipeline.image_manifest(properties["images_set_id"], name)
+    compiled = {cpv for cpv, origin in origins.items() if origin == "compiled"}
+    assert compiled == set(properties["packages_compiled"])
+    assert set(pipeline.world.package_set) <= {cpv_getkey(cpv) for cpv in compiled}
+    # Nothing came from a binhost; whatever the build did not merge came with the stage3.
+    assert set(origins.values()) <= {"compiled", "stage3"}
+    assert sorted(text) == sorted(origins)
+    assert manifest["kernel"]["release"] == properties["kernel_release"]
+    assert pipeline.store_json("images/latest.json")["metadata"]["package_count"] == len(origins)
     # Every input and the image under a stable name, the same bytes as the dated set's artifact.
     for kind, stable in STABLE_NAMES.items():
         latest = pipeline.store_json(f"{kind}/latest.json")
@@ -232,7 +251,8 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
 def test_forced_rebuild_compiles_nothing_and_fetches_nothing_from_upstream(pipeline: Pipeline) -> None:
     """`farm build image --force --wait` on an unchanged farm, as an operator runs it."""
     pipeline.upstream.clear_log()
-    first_name = pipeline.store_json("images/latest.json")["metadata"]["name"]
+    first = pipeline.store_json("images/latest.json")
+    first_name = first["metadata"]["name"]
     before = len(pipeline.farm.builds("image"))
     rebuilt = subprocess.run(
         [FARM, "--farm", str(pipeline.farm.root), "build", "image", "--force", "--wait"],
@@ -253,6 +273,21 @@ def test_forced_rebuild_compiles_nothing_and_fetches_nothing_from_upstream(pipel
     assert properties["packages_compiled"] == []
     assert properties["packages_binary"]
     assert [path for path in pipeline.upstream.requested_paths() if "distfiles" in path] == []
+    # Its published manifest lists the same packages, those the first build compiled now from the farm
+    # binhost; `farm diff` of the two images finds nothing changed.
+    first_origins, _, first_text = pipeline.image_manifest(first["set_id"], first_name)
+    origins, _, text = pipeline.image_manifest(properties["images_set_id"], properties["image_name"])
+    assert text == first_text
+    first_compiled = {cpv for cpv, origin in first_origins.items() if origin == "compiled"}
+    assert {cpv for cpv, origin in origins.items() if origin == "farm-binhost"} == first_compiled
+    assert first_compiled == set(properties["packages_binary"])
+    assert "compiled" not in origins.values()
+    diff = farm_command("--farm", str(pipeline.farm.root), "diff", first_name, properties["image_name"])
+    assert diff.stdout.splitlines() == [
+        f"--- {first_name}",
+        f"+++ {properties['image_name']}",
+        "no package or kernel changed",
+    ]
 
 
 def test_an_unchanged_input_is_up_to_date_in_seconds(pipeline: Pipeline) -> None:
