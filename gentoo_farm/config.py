@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ CONFIG_NAME = "farm.toml"
 # signing key (Automated Signing Key): https://www.gentoo.org/downloads/signatures/
 GENTOO_RELEASE_KEY = "13EBBDBEDE7A12775DFDB1BABB572E0E2D182910"
 GENTOO_SNAPSHOT_KEY = "E1D6ABB63BFCFB4BA02FDF1CEC590EEAC9189250"
+LATEST_FARM_WORKER_IMAGE = "farm-worker-latest"
+"""An OpenStack pool's ``image`` (the default) that boots the newest worker image this farm published."""
 
 
 class FarmConfigError(Exception):
@@ -190,8 +193,10 @@ class OpenStackWorkersSection:
     cloud: str = field(metadata=_FROM_OS_CLOUD)
     """The clouds.yaml entry; OS_CLOUD's when omitted."""
     flavor: str
-    image: str
     network: str
+    image: str = LATEST_FARM_WORKER_IMAGE
+    """A Glance image name or id; "farm-worker-latest": the newest worker image the farm built
+    ([image.worker]); "farm-latest": its newest cloud image."""
     region: str = ""
     """The region to boot in; empty: the clouds.yaml entry's own region_name."""
     key_name: str = ""
@@ -282,6 +287,27 @@ class OverlaySection:
 ADMIN_PACKAGES = {"sudo": ["app-admin/sudo"], "none": []}
 
 
+# What every toolkit stage runs on a worker, besides what a stage3 and the cloud image's packages hold
+# (docs/workers.md lists which stage needs which).
+WORKER_PACKAGES = [
+    "dev-lang/python", "dev-vcs/git", "app-crypt/gnupg", "app-arch/xz-utils", "app-arch/zstd",
+    "sys-devel/gcc", "sys-devel/bc", "sys-devel/flex", "sys-devel/bison", "dev-util/ccache", "app-arch/cpio",
+    "sys-apps/kmod", "sys-fs/e2fsprogs", "sys-boot/syslinux", "app-emulation/qemu", "app-cdr/cdrtools",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WorkerImageSection:
+    """[image.worker]: the image OpenStack workers boot, built by the image's recipe with more packages."""
+
+    enabled: bool | Literal["auto"] = "auto"
+    """Build it (builder ``worker-image``); "auto": when an OpenStack pool boots "farm-worker-latest"."""
+    packages: list[str] = field(default_factory=lambda: list(WORKER_PACKAGES))
+    """Emerged besides [image] packages: what the toolkit's stages run."""
+    keep: int = field(default=2, metadata=_check(_at_least_one))
+    """Worker image sets the store keeps (a worker boots only the newest; [store] keep for the rest)."""
+
+
 @dataclass(frozen=True)
 class ImageSection:
     packages: list[str] = field(default_factory=lambda: ["net-misc/openssh", "net-misc/dhcpcd"])
@@ -303,6 +329,7 @@ class ImageSection:
     """Keep packages only the build needed (depclean --with-bdeps=n removes them by default)."""
     keep_repository: bool = False
     """Keep the Portage repository (/var/db/repos/gentoo) in the image; instances sync it otherwise."""
+    worker: WorkerImageSection = field(default_factory=WorkerImageSection)
 
     @property
     def emerged_packages(self) -> list[str]:
@@ -391,6 +418,20 @@ class FarmConfig:
     basedir: Path = field(default=Path("."), metadata={"internal": True})
     """The farm directory; relative paths in farm.toml are resolved against it at load."""
 
+    @property
+    def builds_worker_image(self) -> bool:
+        """Whether the farm builds the worker image ([image.worker] enabled, "auto" by the pools)."""
+        enabled = self.image.worker.enabled
+        if enabled == "auto":
+            return any(pool.image == LATEST_FARM_WORKER_IMAGE for pool in self.workers.openstack)
+        return enabled is True
+
+    @property
+    def worker_image_packages(self) -> list[str]:
+        """What the worker image emerges: the cloud image's packages, then the worker's."""
+        cloud = self.image.emerged_packages
+        return [*cloud, *(atom for atom in self.image.worker.packages if atom not in cloud)]
+
 
 HOST_CONFIG_NAME = "master.toml"
 
@@ -415,6 +456,8 @@ def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:
         return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(alternative) for alternative in typing.get_args(hint))
     if origin is list:
         (item,) = typing.get_args(hint)
         return f"a list of {_describe(item)}s" if not dataclasses.is_dataclass(item) else "an array of tables"
@@ -445,6 +488,13 @@ def _convert(value: Any, hint: Any, where: str, problems: list[_Problem]) -> Any
         if value not in typing.get_args(hint):
             raise wrong
         return value
+    if origin in (typing.Union, types.UnionType):
+        for alternative in typing.get_args(hint):
+            try:
+                return _convert(value, alternative, where, problems)
+            except _Problem:
+                continue
+        raise wrong
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -566,6 +616,17 @@ def _farm_problems(config: FarmConfig) -> list[_Problem]:
     """What is wrong between keys, each reported at the key to change."""
     master = config.master
     problems = []
+    if config.image.worker.enabled is False:
+        problems.extend(
+            _Problem(
+                f"workers.openstack[{index}].image",
+                f"workers.openstack[{index}].image = {_show(LATEST_FARM_WORKER_IMAGE)} with "
+                "image.worker.enabled = false: the farm builds no worker image for the pool to boot; "
+                "enable it or name another image",
+            )
+            for index, pool in enumerate(config.workers.openstack)
+            if pool.image == LATEST_FARM_WORKER_IMAGE
+        )
     if set(master.roles) != set(MASTER_ROLES) and not master.multi_master:
         problems.append(
             _Problem(

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from gentoo_farm.config import ImageSection, StoreSection, UpstreamSection
+from gentoo_farm.config import (
+    CONFIG_NAME,
+    WORKER_PACKAGES,
+    FarmConfigError,
+    ImageSection,
+    StoreSection,
+    UpstreamSection,
+    parse_config,
+)
 from tests.farmtest import FARM, farm_command, init_farm, set_option
 from tests.world import build_world
 
@@ -75,6 +83,12 @@ def test_a_valid_file_passes_and_is_summarised(tmp_path: Path) -> None:
             '[farm]\nid = "x"\n[kernel]\nshared_ccache = "yes"\n',
             'kernel.shared_ccache = "yes": expected true or false',
         ),
+        (
+            '[farm]\nid = "x"\n[image.worker]\nenabled = "yes"\n',
+            "image.worker.enabled = \"yes\": expected true or false or one of 'auto'",
+        ),
+        ('[farm]\nid = "x"\n[image.worker]\nkeep = 0\n', "image.worker.keep = 0: expected at least 1"),
+        ('[farm]\nid = "x"\n[image.worker]\npackage = []\n', "unknown key image.worker.package"),
         ("[farm\n", "not valid TOML"),
         # tomllib recurses into arrays and inline tables: deep nesting is refused like any other bad TOML.
         ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "not valid TOML: arrays or tables nested too deeply"),
@@ -250,3 +264,49 @@ def test_check_reads_what_farm_toml_names_and_says_what_is_wrong(tmp_path: Path)
     (line,) = [line for line in taken.stdout.splitlines() if line.startswith("  FAIL build ids")]
     assert "local builds run as host ids 1-65536, which user daemon (1)" in line
     assert "user nobody (65534)" in line and line.endswith("choose a range no account uses")
+
+
+POOL = """
+[farm]
+id = "x"
+
+[[workers.openstack]]
+name = "os"
+cloud = "home"
+flavor = "m1.large"
+network = "private"
+"""
+
+
+def test_the_worker_image_is_built_when_a_pool_boots_it(tmp_path: Path) -> None:
+    # A pool's default image is the farm's worker image, and "auto" builds it then.
+    config = parse_config(POOL, tmp_path)
+    assert config.workers.openstack[0].image == "farm-worker-latest"
+    assert config.image.worker.enabled == "auto"
+    assert config.builds_worker_image
+    # The worker image holds the cloud image's packages (sudo for admin = "sudo" too), then the worker's.
+    assert config.worker_image_packages == [*config.image.emerged_packages, *WORKER_PACKAGES]
+    assert config.worker_image_packages[:3] == ["net-misc/openssh", "net-misc/dhcpcd", "app-admin/sudo"]
+    assert {"app-emulation/qemu", "sys-boot/syslinux", "dev-util/ccache"} <= set(config.worker_image_packages)
+
+    # Pools that boot another image, or none at all: nothing to build unless asked.
+    assert not parse_config(POOL + 'image = "farm-latest"\n', tmp_path).builds_worker_image
+    assert not parse_config('[farm]\nid = "x"\n', tmp_path).builds_worker_image
+    assert parse_config('[farm]\nid = "x"\n[image.worker]\nenabled = true\n', tmp_path).builds_worker_image
+
+    # Packages named twice are emerged once.
+    config = parse_config(
+        '[farm]\nid = "x"\n[image]\npackages = ["net-misc/openssh", "app-misc/hello"]\n'
+        '[image.worker]\npackages = ["app-misc/hello", "dev-vcs/git"]\n',
+        tmp_path,
+    )
+    assert config.worker_image_packages == ["net-misc/openssh", "app-misc/hello", "app-admin/sudo", "dev-vcs/git"]
+
+
+def test_a_pool_booting_a_worker_image_the_farm_does_not_build_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FarmConfigError) as refused:
+        parse_config(POOL + "\n[image.worker]\nenabled = false\n", tmp_path)
+    assert str(refused.value) == (
+        f"{CONFIG_NAME}:5: workers.openstack[0].image = \"farm-worker-latest\" with image.worker.enabled = "
+        "false: the farm builds no worker image for the pool to boot; enable it or name another image"
+    )
