@@ -1,9 +1,10 @@
-"""The whole farm publishing to S3 (moto's server) and a real Glance behind a real Keystone.
+"""The whole farm in its production shape: S3 (moto's server), a real Glance behind a real Keystone, and
+the master's database on a real PostgreSQL.
 
-The same pipeline as test_pipeline.py with the production store: the binhost and distfile mirror
-live in the bucket, workers upload through presigned URLs, the image goes to Glance by
-web-download import from the bucket. The kernel comes from the workers' warm ccache
-(the test cache's shared kernel ccache).
+The same pipeline as test_pipeline.py (which runs on the default SQLite) with the production store: the
+binhost and distfile mirror live in the bucket, workers upload through presigned URLs, the image goes to
+Glance by web-download import from the bucket. The kernel comes from the workers' warm ccache (the test
+cache's shared kernel ccache).
 """
 
 import hashlib
@@ -24,6 +25,7 @@ from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
 from tests.services.s3 import FAKE_CREDENTIALS
 from tests.test_pipeline import IMAGE_BUILD_TIMEOUT, KERNEL_BUILD_TIMEOUT, use_the_test_cache_for_workers
+from tests.test_postgresql import PostgreSQL, postgresql  # noqa: F401  (module fixture)
 from tests.world import WorldServer, build_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -49,6 +51,8 @@ class S3Farm:
     farm: Farm
     glance: Glance
     root: Path
+    database: PostgreSQL
+    database_name: str
 
     def latest_image(self) -> dict:
         body = boto3.client("s3", endpoint_url=self.endpoint).get_object(
@@ -88,6 +92,7 @@ def s3_farm(
     tmp_path_factory: pytest.TempPathFactory,
     keystone: Keystone,  # noqa: F811
     glance: Glance,  # noqa: F811
+    postgresql: PostgreSQL,  # noqa: F811
 ) -> Iterator[S3Farm]:
     root = tmp_path_factory.mktemp("pipeline-s3")
     source = kernel_source_tarball(root / "debs")
@@ -108,6 +113,8 @@ def s3_farm(
         farm = init_farm(root / "farm")
         configure_for_world(farm, world, upstream.url, source.name)
         use_the_test_cache_for_workers(farm)
+        database = postgresql.create_database("pipeline_s3")
+        set_option(farm.root, "master", "db_url", json.dumps(postgresql.url(database)))
         for key, value in {
             "type": '"s3"',
             "bucket": json.dumps(BUCKET),
@@ -121,7 +128,7 @@ def s3_farm(
         farm_command("--farm", str(farm.root), "up")
         try:
             farm.login()
-            yield S3Farm(farm, glance, root)
+            yield S3Farm(farm, glance, root, postgresql, database)
         finally:
             farm_command("--farm", str(farm.root), "down", check=False)
             s3.stop()
@@ -150,6 +157,14 @@ def test_an_image_build_publishes_to_s3_and_glance(s3_farm: S3Farm) -> None:
     assert published.os_distro == "gentoo"
     assert published.hw_disk_bus == "virtio"
     assert farm.properties(image)["glance_images"] == {CLOUD: published.id}
+    # The master ran on PostgreSQL: the image build the REST API shows is a row of its builds table.
+    with s3_farm.database.connect(s3_farm.database_name) as connection:
+        stored = connection.execute(
+            "SELECT builders.name, builds.results FROM builds JOIN builders ON builders.id = builds.builderid"
+            " WHERE builds.id = %s",
+            (image["buildid"],),
+        ).fetchall()
+    assert stored == [("image", SUCCESS)]
 
     downloads = s3_farm.root / "downloads"
     farm_command("--farm", str(farm.root), "download", "latest", str(downloads))
