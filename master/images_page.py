@@ -76,6 +76,11 @@ PAGE = """\
             <a class="farm-download" href="{{ image.url }}" download>{{ file_name }}</a>
             · <a class="farm-sha512" href="{{ image.sha512_url }}">{{ file_name }}.sha512</a>
             · <a class="farm-manifest" href="{{ image.manifest_url }}">manifest.json</a>
+            {% if image.package_manifest_url %}
+            · <a class="farm-packages" href="{{ image.package_manifest_url }}">
+                {{- image.name }}.manifest.json</a>
+              ({{ image.package_count if image.package_count is not none else "?" }} packages)
+            {% endif %}
             {% if image.digests_url %}
             · <a class="farm-digests" href="{{ image.digests_url }}">DIGESTS</a>
             {% endif %}

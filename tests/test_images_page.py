@@ -36,6 +36,7 @@ class PageParser(HTMLParser):
         self.latest: list[str] = []
         self.downloads: list[str] = []
         self.manifests: list[str] = []
+        self.package_lists: list[str] = []
         self.pre_blocks: list[str] = []
         self.glance: list[str] = []
         self._in_pre = False
@@ -52,6 +53,8 @@ class PageParser(HTMLParser):
             self.downloads.append(attributes["href"] or "")
         if tag == "a" and "farm-manifest" in classes:
             self.manifests.append(attributes["href"] or "")
+        if tag == "a" and "farm-packages" in classes:
+            self.package_lists.append(attributes["href"] or "")
         if tag == "pre":
             self._in_pre = True
             self.pre_blocks.append("")
@@ -287,3 +290,25 @@ def test_each_image_shows_its_copy_in_each_cloud(tmp_path: Path) -> None:
     _, page = get_page(store)
 
     assert page.glance == [f"cloud-a: {image_id} active", "cloud-b/RegionTwo: - unreachable"]
+
+
+def test_an_image_links_its_package_manifest_and_shows_the_package_count(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store", "http://127.0.0.1:9")
+    name = "gentoo-20261207-amd64"
+    disk, packages = tmp_path / f"{name}.qcow2", tmp_path / f"{name}.manifest.json"
+    disk.write_bytes(b"qcow2" * 1024)
+    packages.write_text(
+        json.dumps({"packages": [{"cpv": "net-misc/openssh-9.8_p1"}, {"cpv": "sys-apps/a-1"}]})
+    )
+    published = publish_files(
+        store, "images", "packagekey", {disk.name: disk, packages.name: packages},
+        metadata={"name": name, "package_count": 2},
+    )  # fmt: skip
+    publish_image(store, tmp_path, "gentoo-20261101-amd64", "6.12.1")  # published before package manifests
+
+    body, page = get_page(store)
+
+    assert page.rows == [name, "gentoo-20261101-amd64"]
+    (package_manifest,) = [file for file in published.files if file.name == packages.name]
+    assert page.package_lists == [store.download_url(package_manifest.key, 60)]
+    assert f">{name}.manifest.json</a>" in body and "(2 packages)" in body
