@@ -55,7 +55,6 @@ ARTIFACT_KINDS: Mapping[str, ArtifactKind] = MappingProxyType(
 """Every kind published as dated sets with a manifest and ``latest`` pointers, by store kind."""
 
 
-
 @dataclass(frozen=True)
 class ImageVariant:
     """One image the image recipe makes: its builder, the store kinds of its sets and its name's variant."""

@@ -117,8 +117,8 @@ def image_record(
         manifest_url=url(published.manifest_key),
         package_count=_package_count(published.metadata.get("package_count")),
         package_manifest_url=url(package_manifest.key) if package_manifest else "",
-        digests_url=url(digests_key("images", published.set_id)) if published.signed else "",
-        glance_images=read_cloud_images(store, published.set_id),
+        digests_url=url(digests_key(published.kind, published.set_id)) if published.signed else "",
+        glance_images=read_cloud_images(store, published.set_id, published.kind),
     )
 
 
@@ -138,13 +138,14 @@ def published_images(
 
 
 def image_by_set_id(
-    store: ArtifactStore, set_id: str, url_expiry: int = DEFAULT_URL_EXPIRY
+    store: ArtifactStore, set_id: str, url_expiry: int = DEFAULT_URL_EXPIRY, kind: str = "images"
 ) -> ImageRecord | None:
-    """The image set ``set_id``, read by its id: one manifest, not every published set (nor their URLs)."""
-    published = read_set(store, "images", set_id)
+    """The image set ``set_id`` of ``kind`` (``worker-images`` for the worker image), read by its id: one
+    manifest, not every published set (nor their URLs)."""
+    published = read_set(store, kind, set_id)
     if published is None:
         return None
-    latest = latest_set(store, "images")
+    latest = latest_set(store, kind)
     return image_record(store, published, latest.set_id if latest else None, url_expiry)
 
 

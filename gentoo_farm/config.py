@@ -615,7 +615,7 @@ def _line_of(where: str, lines: dict[str, int]) -> int | None:
 def _farm_problems(config: FarmConfig) -> list[_Problem]:
     """What is wrong between keys, each reported at the key to change."""
     master = config.master
-    problems = []
+    problems: list[_Problem] = []
     if config.image.worker.enabled is False:
         problems.extend(
             _Problem(

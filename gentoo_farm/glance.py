@@ -28,6 +28,7 @@ from openstack import exceptions as sdk_exceptions
 from openstack.image.v2._proxy import Proxy as ImageService
 from openstack.image.v2.image import Image
 
+from gentoo_farm.artifacts import variant_of_kind
 from gentoo_farm.catalog import ImageRecord, package_manifest_file
 from gentoo_farm.checksums import file_sha512
 from gentoo_farm.cloud import (
@@ -64,6 +65,9 @@ MIN_RAM_MIB = 512
 CONVENTION_NAMES = ("architecture", "os_admin_user", "os_version", "min_disk", "min_ram")
 FARM_ID_PROPERTY = "farm_id"
 """The property that makes an image ours (rotation, and ``farm-latest`` for OpenStack workers)."""
+VARIANT_PROPERTY = "farm_image_variant"
+"""Which of the farm's images it is (``worker`` for the worker image); the cloud image has none. Rotation
+and ``farm-latest`` / ``farm-worker-latest`` each see one variant's images."""
 
 ACTIVE_TIMEOUT = 1800.0
 POLL_INTERVAL = 2.0
@@ -132,6 +136,8 @@ class ImageUpload:
     ``os_version``, ``min_disk`` (GiB), ``min_ram`` (MiB)."""
     input_keys: Mapping[str, str] = field(default_factory=dict)
     """``{"image": <input key>, "kernel": <kernel set id>, ...}``, recorded as ``farm_input_<name>``."""
+    variant: str = ""
+    """The image's :data:`~gentoo_farm.image_name.VARIANTS` entry, recorded as ``farm_image_variant``."""
 
 
 @dataclass
@@ -187,11 +193,12 @@ def upload_from_record(
         package_manifest_url=store.public_object_url(package_manifest.key)
         if package_manifest and lasting
         else "",
-        digests_url=store.public_object_url(digests_key("images", record.set_id))
+        digests_url=store.public_object_url(digests_key(published.kind, record.set_id))
         if lasting and published.signed
         else "",
         signing_fingerprint=signing_fingerprint,
         conventions=cloud_conventions(metadata),
+        variant=variant_of_kind(published.kind).name_variant,
     )
 
 
@@ -280,7 +287,9 @@ def publish_image(
         # The image is up: a rotation that fails is worth a warning, not a failed publish.
         try:
             with _api_errors(cloud, "rotating old farm images"):
-                result.rotated = rotate_images(conn, upload.farm_id, target.keep, keep_id=result.image_id)
+                result.rotated = rotate_images(
+                    conn, upload.farm_id, target.keep, keep_id=result.image_id, variant=upload.variant
+                )
         except GlancePublishError as error:
             result.rotation_error = str(error)
             publisher.say(result.rotation_error)
@@ -322,30 +331,43 @@ def image_service(conn: openstack.connection.Connection) -> ImageService:
     return cast(ImageService, conn.image)
 
 
-def farm_images(conn: openstack.connection.Connection, farm_id: str) -> list[Image]:
-    """This farm's images in the connection's project, newest first."""
+def farm_images(
+    conn: openstack.connection.Connection, farm_id: str, variant: str | None = None
+) -> list[Image]:
+    """This farm's images in the connection's project, newest first; of one ``variant`` ("" for the cloud
+    image, ``worker`` ...) unless None."""
     project_id = conn.current_project_id
     ours = [
         image
         for image in image_service(conn).images(owner=project_id, visibility="all")
         if (image.properties or {}).get(FARM_ID_PROPERTY) == farm_id
+        and (variant is None or (image.properties or {}).get(VARIANT_PROPERTY, "") == variant)
     ]
     return sorted(ours, key=lambda image: (image.created_at or "", image.name or ""), reverse=True)
 
 
+def newest_farm_image(conn: openstack.connection.Connection, farm_id: str, variant: str) -> Image | None:
+    """The newest active image of this farm's ``variant`` ("" for the cloud image, ``worker``...), or None."""
+    return next((image for image in farm_images(conn, farm_id, variant) if image.status == "active"), None)
+
+
 def rotate_images(
-    conn: openstack.connection.Connection, farm_id: str, keep: int, keep_id: str | None = None
+    conn: openstack.connection.Connection,
+    farm_id: str,
+    keep: int,
+    keep_id: str | None = None,
+    variant: str = "",
 ) -> dict[str, str]:
     """Delete this farm's active images beyond the ``keep`` newest, and its dead ones (killed, or an
     import that failed and left the image queued: e.g. the master died mid-publish); returns what went,
-    name by id.
+    name by id. Only images of ``variant`` count and go: a worker image never rotates out a cloud image.
 
     ``keep_id`` (the image just published) is never deleted, whatever its age, nor is an image
     someone marked protected.
     """
     if keep < 1:
         raise GlancePublishError(f"keep must be at least 1, got {keep}")
-    ours = farm_images(conn, farm_id)
+    ours = farm_images(conn, farm_id, variant)
     active = [image for image in ours if image.status == "active"]
     dead = [image for image in ours if _is_dead(image)]
     doomed = [image for image in [*active[keep:], *dead] if image.id != keep_id and not image.is_protected]
@@ -447,6 +469,8 @@ class _TargetPublisher:
             farm["farm_digests_url"] = upload.digests_url
         if upload.signing_fingerprint:
             farm["farm_signing_key"] = upload.signing_fingerprint
+        if upload.variant:
+            farm[VARIANT_PROPERTY] = upload.variant
         return {**STANDARD_PROPERTIES, **self.target.properties, **self.upload.conventions, **farm}
 
     def _create(self, extra: Mapping[str, str]) -> Image:

@@ -9,7 +9,15 @@ from buildbot.schedulers.base import BaseScheduler
 from buildbot.schedulers.forcesched import ValidationError
 from portage.dep import isvalidatom
 
-from gentoo_farm.artifacts import IMAGE, KERNEL, MIRROR, OVERLAY, REBUILD_PROPERTY, force_scheduler
+from gentoo_farm.artifacts import (
+    IMAGE,
+    KERNEL,
+    MIRROR,
+    OVERLAY,
+    REBUILD_PROPERTY,
+    WORKER_IMAGE,
+    force_scheduler,
+)
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.master.factories.common import IMAGE_AFTER_INPUTS
 from gentoo_farm.recipes import KERNEL_POLLER, OVERLAY_POLLER, RecipeRepository, recipe_repository
@@ -108,8 +116,12 @@ def schedulers(config: FarmConfig) -> list[BaseScheduler]:
         _on_push(recipe_repository(config, KERNEL_POLLER), KERNEL, _kernel_config_changed(config)),
         _on_push(recipe_repository(config, OVERLAY_POLLER), OVERLAY),
     ]
-    result.append(sched.Triggerable(name=IMAGE_AFTER_INPUTS, builderNames=[IMAGE]))
+    # The worker image is made from the image's inputs: whatever starts an image build starts it too.
+    images = [IMAGE, WORKER_IMAGE] if config.builds_worker_image else [IMAGE]
+    if config.builds_worker_image:
+        result.append(_force(WORKER_IMAGE, "Build worker image"))
+    result.append(sched.Triggerable(name=IMAGE_AFTER_INPUTS, builderNames=images))
     if config.schedule.nightly:
         hour, minute = (int(part) for part in config.schedule.nightly_time.split(":"))
-        result.append(sched.Nightly(name="nightly", builderNames=[MIRROR, IMAGE], hour=hour, minute=minute))
+        result.append(sched.Nightly(name="nightly", builderNames=[MIRROR, *images], hour=hour, minute=minute))
     return result

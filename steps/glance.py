@@ -33,13 +33,10 @@ from gentoo_farm.store.clouds import (
 )
 from gentoo_farm.transfer import REPORT_SECONDS
 
-IMAGES_SET_ID = properties.Property("images_set_id")
-"""The image set the build published (PublishSet's ``images_set_id`` property)."""
-
 
 class PublishToGlance(buildstep.BuildStep):
-    """Upload the image set ``set_id`` (default: the ``images_set_id`` property the store's publish
-    steps set) to each target, one after the other, in a thread.
+    """Upload the image set ``set_id`` of ``images_kind`` (default: the ``<images_kind>_set_id`` property the
+    store's publish steps set, ``images_set_id``) to each target, one after the other, in a thread.
 
     A cloud that cannot be reached makes the step WARNINGS, not FAILURE: the image is safely in the
     store and the next build (or a rebuild) publishes it there. Any other Glance failure (an import
@@ -59,7 +56,8 @@ class PublishToGlance(buildstep.BuildStep):
         store_settings: StoreSettings,
         targets: Sequence[GlanceTargetSettings],
         farm_id: str,
-        set_id: Renderable = IMAGES_SET_ID,
+        set_id: Renderable = None,
+        images_kind: str = "images",
         progress_interval: float = REPORT_SECONDS,
         signing_fingerprint: str = "",
         **kwargs: object,
@@ -71,7 +69,8 @@ class PublishToGlance(buildstep.BuildStep):
         self.store_settings = store_settings
         self.targets = list(targets)
         self.farm_id = farm_id
-        self.set_id = set_id
+        self.set_id = set_id if set_id is not None else properties.Property(f"{images_kind}_set_id")
+        self.images_kind = images_kind
         self.progress_interval = progress_interval
         self.signing_fingerprint = signing_fingerprint
         self.outcomes: list[str] = []
@@ -86,7 +85,7 @@ class PublishToGlance(buildstep.BuildStep):
 
         def find_upload() -> tuple[ArtifactStore, str, ImageUpload | None]:
             store = open_store(self.store_settings)
-            record = image_by_set_id(store, str(self.set_id), expiry)
+            record = image_by_set_id(store, str(self.set_id), expiry, self.images_kind)
             if record is None:
                 return store, "", None
             upload = upload_from_record(store, record, self.farm_id, expiry, self.signing_fingerprint)
@@ -138,9 +137,9 @@ class PublishToGlance(buildstep.BuildStep):
         self.setProperty("glance_images", published, self.name, runtime=True)
 
         def record() -> None:
-            record_cloud_images(store, set_id, outcomes)
+            record_cloud_images(store, set_id, outcomes, self.images_kind)
             for place, image_ids in rotated.items():
-                record_rotated(store, place, image_ids)
+                record_rotated(store, place, image_ids, self.images_kind)
 
         try:
             await threads.deferToThread(record)

@@ -115,22 +115,30 @@ class ResolveStage4(SignedUrlsStep):
     """Find the published stage4 of this build's stage4 key: the root emerged from the same stage3, snapshot,
     packages and settings. When there is one, its download goes into ``map_path`` for ``farm-worker
     download-inputs`` and the build unpacks it instead of emerging (``stage4_reused``); its package lists
-    become this build's. A forced rebuild (``rebuild``) emerges anew.
+    become this build's. A forced rebuild (``rebuild``) emerges anew. ``kind`` is the image variant's
+    (``worker-stage4`` for the worker image, whose root holds more).
     """
 
     renderables = ("stage4_key",)
 
     def __init__(
-        self, store_settings: StoreSettings, stage4_key: Renderable, worker_path: str, map_path: str, **kwargs
+        self,
+        store_settings: StoreSettings,
+        stage4_key: Renderable,
+        worker_path: str,
+        map_path: str,
+        kind: str = "stage4",
+        **kwargs,
     ) -> None:
         kwargs.setdefault("name", "find-stage4")
         super().__init__(store_settings, **kwargs)
         self.stage4_key = stage4_key
+        self.kind = kind
         self.worker_path = worker_path
         self.map_path = map_path
 
     def _find(self, store: ArtifactStore) -> tuple[PublishedSet, dict[str, str]] | None:
-        published = find_set(store, "stage4", str(self.stage4_key))
+        published = find_set(store, self.kind, str(self.stage4_key))
         if published is None:
             return None
         artifact = published.file(str(published.metadata[ARTIFACT]))

@@ -300,13 +300,18 @@ def test_the_worker_image_is_built_when_a_pool_boots_it(tmp_path: Path) -> None:
         '[image.worker]\npackages = ["app-misc/hello", "dev-vcs/git"]\n',
         tmp_path,
     )
-    assert config.worker_image_packages == ["net-misc/openssh", "app-misc/hello", "app-admin/sudo", "dev-vcs/git"]
+    assert config.worker_image_packages == [
+        "net-misc/openssh",
+        "app-misc/hello",
+        "app-admin/sudo",
+        "dev-vcs/git",
+    ]
 
 
 def test_a_pool_booting_a_worker_image_the_farm_does_not_build_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FarmConfigError) as refused:
         parse_config(POOL + "\n[image.worker]\nenabled = false\n", tmp_path)
     assert str(refused.value) == (
-        f"{CONFIG_NAME}:5: workers.openstack[0].image = \"farm-worker-latest\" with image.worker.enabled = "
+        f'{CONFIG_NAME}:5: workers.openstack[0].image = "farm-worker-latest" with image.worker.enabled = '
         "false: the farm builds no worker image for the pool to boot; enable it or name another image"
     )

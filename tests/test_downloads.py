@@ -73,6 +73,25 @@ def test_images_lists_what_was_published(published, capsys) -> None:
     assert table[1].startswith("gentoo-20261125-amd64 (latest)") and "3.0 MiB" in table[1]
 
 
+def test_a_newer_worker_image_is_neither_listed_nor_latest(published, tmp_path: Path, capsys) -> None:
+    (tmp_path / "worker.qcow2").write_bytes(b"worker image")
+    publish_files(
+        open_store(published.store),
+        "worker-images",
+        "worker",
+        {"gentoo-worker-20261126-amd64.qcow2": tmp_path / "worker.qcow2"},
+        metadata={"name": "gentoo-worker-20261126-amd64", "artifact": "gentoo-worker-20261126-amd64.qcow2"},
+    )
+
+    assert images.run(_parse(images, "--json"), published) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(image["name"], image["latest"]) for image in listed] == [
+        ("gentoo-20261125-amd64", True),
+        ("gentoo-20261124-amd64", False),
+    ]
+    assert find_image(open_store(published.store), "latest").name == "gentoo-20261125-amd64"
+
+
 def test_images_lists_each_cloud_copy(published, capsys) -> None:
     store = open_store(published.store)
     old_id, new_id = "0f2c6a3e-6b7d-4c1e-9d51-3a0c2b6f1e11", "7d1e0b7c-2f6a-4f8e-8c3b-52a9d1e0f4a2"

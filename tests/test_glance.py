@@ -22,18 +22,19 @@ import pytest
 import yaml
 from openstack.image.v2.image import Image
 
-from gentoo_farm.catalog import find_image
+from gentoo_farm.catalog import find_image, image_by_set_id
 from gentoo_farm.config import GlanceTarget
 from gentoo_farm.glance import (
     GlancePublishError,
     GlanceUnavailable,
     ImageUpload,
     farm_images,
+    newest_farm_image,
     publish_image,
     rotate_images,
     upload_from_record,
 )
-from gentoo_farm.image_name import ImageName
+from gentoo_farm.image_name import WORKER_VARIANT, ImageName
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.store.clouds import ACTIVE, DELETED, UNREACHABLE, read_cloud_images
 from gentoo_farm.store.local import LocalStore
@@ -117,13 +118,14 @@ def publish_to_store(
     store: LocalStore, tmp_path: Path, farm_id: str, image: ImageName, signed: bool = False
 ) -> ImageUpload:
     name = str(image)
+    kind = "worker-images" if image.variant else "images"
     qcow2 = make_qcow2(tmp_path, f"{farm_id}-{name}")
     packages = tmp_path / f"{name}.manifest.json"
     packages.write_text(json.dumps({"packages": PACKAGES}))
     input_key = hashlib.sha256(f"{farm_id}{name}".encode()).hexdigest()
     published = publish_files(
         store,
-        "images",
+        kind,
         input_key,
         {f"{name}.qcow2": qcow2, packages.name: packages},
         metadata={
@@ -140,7 +142,7 @@ def publish_to_store(
         # Only that there is a signature matters here (tests/test_signed_releases.py checks real ones).
         sign=(lambda text: f"SIGNED\n{text}") if signed else None,
     )
-    record = find_image(store, published.set_id)
+    record = image_by_set_id(store, published.set_id, kind=kind)
     assert record is not None
     return upload_from_record(store, record, farm_id, signing_fingerprint=FINGERPRINT if signed else "")
 
@@ -329,6 +331,34 @@ def test_rotation_keeps_newest_and_spares_foreign_images(store, tmp_path, farm_i
     }
 
 
+def test_each_variant_rotates_and_is_found_apart(store, tmp_path, farm_id, conn):
+    day = date(2026, 12, 3)
+    plain = [
+        publish_image(
+            publish_to_store(store, tmp_path, farm_id, ImageName(day, "amd64", serial)), target(keep=1)
+        )
+        for serial in range(2)
+    ]
+    worker = [
+        publish_image(
+            publish_to_store(store, tmp_path, farm_id, ImageName(day, "amd64", serial, WORKER_VARIANT)),
+            target(keep=1),
+        )
+        for serial in range(2)
+    ]
+
+    # keep = 1 per variant: the newer worker image rotated out the older worker image, not a cloud image.
+    assert worker[1].rotated == {worker[0].image_id: "gentoo-worker-20261203-amd64"}
+    assert [image.id for image in farm_images(conn, farm_id)] == [worker[1].image_id, plain[1].image_id]
+    marked = conn.image.get_image(worker[1].image_id).properties
+    assert marked["farm_image_variant"] == "worker"
+    assert "farm_image_variant" not in conn.image.get_image(plain[1].image_id).properties
+    # farm-worker-latest and farm-latest: the newest of each variant, never the other's.
+    assert newest_farm_image(conn, farm_id, WORKER_VARIANT).id == worker[1].image_id
+    assert newest_farm_image(conn, farm_id, "").id == plain[1].image_id
+    assert newest_farm_image(conn, f"{farm_id}-none", WORKER_VARIANT) is None
+
+
 def test_a_target_may_not_override_what_the_farm_sets(store, tmp_path, farm_id):
     upload = publish_to_store(store, tmp_path, farm_id, ImageName(date(2026, 12, 4), "amd64"))
     with pytest.raises(GlancePublishError, match=r"properties may not override architecture, os_distro$"):
@@ -493,6 +523,27 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         summary = self.get_nth_step(0).getResultSummary()["step"]
         assert summary.startswith(f"glance: {CLOUD}: gentoo-20261210-amd64 web-download (")
         assert f"; {CLOUD}: gentoo-20261210-amd64 already published ({images[CLOUD]})" in summary
+
+    async def test_a_worker_image_is_published_from_its_own_kind(self):
+        day = date(2026, 12, 16)
+        upload = publish_to_store(
+            self.store, self.tmp_path, self.farm_id, ImageName(day, "amd64", variant=WORKER_VARIANT)
+        )
+        set_id = upload_key(self.store, upload).split("/")[1]
+        step = self.setup_step(
+            PublishToGlance(self.store_settings, [target()], self.farm_id, images_kind="worker-images")
+        )
+        self.build.setProperty("worker-images_set_id", set_id, "PublishSet")
+        self.expect_outcome(SUCCESS)
+        await self.run_step()
+
+        image_id = step.getProperty("glance_images")[CLOUD]
+        assert step.getResultSummary()["step"].startswith(f"glance: {CLOUD}: gentoo-worker-20261216-amd64 ")
+        conn = openstack.connect(cloud=CLOUD)
+        assert conn.image.get_image(image_id).properties["farm_image_variant"] == "worker"
+        # Recorded beside the worker image's set; the cloud image sets know nothing of it.
+        assert read_cloud_images(self.store, set_id, "worker-images")[CLOUD].image_id == image_id
+        assert read_cloud_images(self.store, set_id) == {}
 
     async def test_an_upload_streams_its_progress_to_the_log_and_the_status(self):
         set_id = self.publish(date(2026, 12, 13))

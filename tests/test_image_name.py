@@ -42,7 +42,10 @@ def test_the_worker_variant_is_a_different_image_of_the_same_day() -> None:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("gentoo-latest-amd64", "'gentoo-latest-amd64' is not an image name (gentoo-[VARIANT-]YYYYMMDD[.N]-ARCH)"),
+        (
+            "gentoo-latest-amd64",
+            "'gentoo-latest-amd64' is not an image name (gentoo-[VARIANT-]YYYYMMDD[.N]-ARCH)",
+        ),
         ("gentoo-worker-latest-amd64", "'gentoo-worker-latest-amd64' is not an image name"),
         # Only the variants the farm builds: a name with another word there is no image of this farm.
         ("gentoo-builder-20261125-amd64", "'gentoo-builder-20261125-amd64' is not an image name"),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from buildbot.process.properties import Properties
 from buildbot.schedulers.forcesched import BaseParameter, ValidationError
 from buildbot.schedulers.timed import Nightly
 
@@ -203,3 +204,43 @@ def test_kernel_builds_share_their_ccache_unless_turned_off(tmp_path: Path, farm
     (tmp_path / "farm.toml").write_text((farm_dir / "farm.toml").read_text())
     set_option(tmp_path, "kernel", "shared_ccache", "false")
     assert not [name for name in _kernel_steps(tmp_path) if "ccache" in name]
+
+
+def _rendered(value: object, **properties: object) -> object:
+    results: list[object] = []
+    Properties(**properties).render(value).addCallback(results.append)
+    (result,) = results  # the factories' renderables render without waiting on anything
+    return result
+
+
+def test_a_pool_booting_the_worker_image_makes_the_farm_build_it(tmp_path: Path, farm_dir: Path) -> None:
+    (tmp_path / "farm.toml").write_text(
+        (farm_dir / "farm.toml").read_text()
+        + '\n[[workers.openstack]]\nname = "os"\ncloud = "home"\nflavor = "m1.large"\nnetwork = "private"\n'
+    )
+    farm = load_config(tmp_path)
+    config = buildmaster_config(tmp_path)
+
+    builders = {builder.name: builder for builder in config["builders"]}
+    assert list(builders) == ["mirror", "kernel", "overlay", "image", "worker-image"]
+    built = (factory.buildStep() for factory in builders["worker-image"].factory.steps)
+    steps = {step.name: step for step in built}
+    # The image's recipe, emerging the cloud image's packages and then what the toolkit's stages run.
+    emerged = _rendered(steps["emerge"].atoms, extra_packages="app-misc/extra")
+    assert emerged == [*farm.image.emerged_packages, *farm.image.worker.packages, "app-misc/extra"]
+    assert {"app-emulation/qemu", "sys-boot/syslinux", "dev-lang/python"} <= set(emerged)
+    # Its root, its images and their names are its own: the image's latest pointers stay the image's.
+    assert steps["stage4-key"].kind == steps["find-stage4"].kind == steps["publish-worker-stage4"].kind
+    assert steps["find-stage4"].kind == "worker-stage4"
+    assert steps["up-to-date"].kind == steps["publish-worker-images"].kind == "worker-images"
+    assert steps["name-image"].images_kind == "worker-images"
+    image_steps = {step.buildStep().name for step in builders["image"].factory.steps}
+    assert {"publish-stage4", "publish-images"} <= image_steps
+    assert not {name for name in image_steps if "worker" in name}
+
+    # It has its own button, and whatever starts an image build starts it too.
+    schedulers = {scheduler.name: scheduler for scheduler in config["schedulers"]}
+    assert schedulers["force-worker-image"].builderNames == ["worker-image"]
+    assert schedulers["image-after-new-input"].builderNames == ["image", "worker-image"]
+    (nightly,) = _nightly(config)
+    assert nightly.builderNames == ["mirror", "image", "worker-image"]

@@ -33,7 +33,9 @@ from twisted.internet import defer, threads
 from twisted.python import log
 
 from gentoo_farm.cloud import CloudCallFailed, Trouble, call_cloud, connect_to_cloud
-from gentoo_farm.glance import FARM_ID_PROPERTY, farm_images
+from gentoo_farm.config import LATEST_FARM_WORKER_IMAGE
+from gentoo_farm.glance import FARM_ID_PROPERTY, VARIANT_PROPERTY, newest_farm_image
+from gentoo_farm.image_name import WORKER_VARIANT
 from gentoo_farm.wheelhouse import ServedWheels, WheelhouseError
 from gentoo_farm.workers.bootstrap import WorkerBootstrap, check_worker_name
 from gentoo_farm.workers.fleet import OpenStackFleet, check_fleet
@@ -43,8 +45,10 @@ FARM_ID_KEY = "gentoo_farm_id"
 MASTER_KEY = "gentoo_farm_master"
 WORKER_KEY = "gentoo_farm_worker"
 INSTANCE_KEY = "gentoo_farm_instance"
-# image = LATEST_FARM_IMAGE boots the newest active Glance image the farm published (FARM_ID_PROPERTY)
+# image = LATEST_FARM_IMAGE boots the newest active Glance image the farm published (FARM_ID_PROPERTY),
+# LATEST_FARM_WORKER_IMAGE (the default) its newest worker image: each names one image variant.
 LATEST_FARM_IMAGE = "farm-latest"
+LATEST_IMAGE_VARIANTS = {LATEST_FARM_IMAGE: "", LATEST_FARM_WORKER_IMAGE: WORKER_VARIANT}
 # seconds between looks at a server whose worker has not connected yet (ERROR, connect_timeout)
 DEFAULT_CHECK_INTERVAL = 5
 
@@ -66,13 +70,14 @@ def master_tag(master_name: str) -> str:
 class OpenStackPoolSettings:
     """How the workers of one pool (a ``[[workers.openstack]]`` entry) boot and watch their servers.
 
-    ``image`` is a Glance image name or id, or ``"farm-latest"``: the newest active image whose
-    ``farm_id`` property is the fleet's farm id. ``network`` and ``key_name`` are a name (or an id),
-    empty for none; ``volume_size`` (GiB, 0 or None: boot from the image) boots from a volume made
-    from the image. ``boot_timeout``: seconds for the server to become ACTIVE; ``connect_timeout``:
-    seconds from ACTIVE until the worker must have connected; ``delete_timeout``: seconds a deletion
-    may take; ``poll_interval``: seconds between looks at a server being created or deleted. A build
-    request whose instances fail that way ``max_start_attempts`` times fails with the last reason.
+    ``image`` is a Glance image name or id, ``"farm-worker-latest"``: the newest active worker image whose
+    ``farm_id`` property is the fleet's farm id, or ``"farm-latest"``: its newest cloud image. ``network``
+    and ``key_name`` are a name (or an id), empty for none; ``volume_size`` (GiB, 0 or None: boot from the
+    image) boots from a volume made from the image. ``boot_timeout``: seconds for the server to become
+    ACTIVE; ``connect_timeout``: seconds from ACTIVE until the worker must have connected;
+    ``delete_timeout``: seconds a deletion may take; ``poll_interval``: seconds between looks at a server
+    being created or deleted. A build request whose instances fail that way ``max_start_attempts`` times
+    fails with the last reason.
     ``master_address`` .. ``install_spec`` go to the user-data (:class:`WorkerBootstrap`).
     """
 
@@ -233,18 +238,20 @@ class OpenStackLatentWorker(InstancePasswordMixin, AbstractLatentWorker):
     def _resolve_image_id(self) -> str:
         connection = self._connection()
         image, farm_id = self.settings.image, self._fleet.farm_id
-        if image != LATEST_FARM_IMAGE:
+        if image not in LATEST_IMAGE_VARIANTS:
             try:
                 return connection.image.find_image(image, ignore_missing=False).id
             except sdk_exceptions.NotFoundException as error:
                 raise self._not_found(f"image {image!r}") from error
-        published = [image for image in farm_images(connection, farm_id) if image.status == "active"]
-        if not published:
+        variant = LATEST_IMAGE_VARIANTS[image]
+        newest = newest_farm_image(connection, farm_id, variant)
+        if newest is None:
+            marked = f" and {VARIANT_PROPERTY}={variant}" if variant else f" and no {VARIANT_PROPERTY}"
             raise self._not_found(
-                f"image {LATEST_FARM_IMAGE!r} (an active image of this project with "
-                f"{FARM_ID_PROPERTY}={farm_id}: has this farm published one yet?)"
+                f"image {image!r} (an active image of this project with "
+                f"{FARM_ID_PROPERTY}={farm_id}{marked}: has this farm published one yet?)"
             )
-        return published[0].id
+        return newest.id
 
     def _resolve_network_id(self) -> str | None:
         network = self.settings.network or None

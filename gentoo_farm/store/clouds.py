@@ -38,14 +38,14 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def cloud_images_key(set_id: str) -> str:
-    return f"images/{set_id}/{GLANCE}"
+def cloud_images_key(set_id: str, kind: str = "images") -> str:
+    return f"{kind}/{set_id}/{GLANCE}"
 
 
-def read_cloud_images(store: ArtifactStore, set_id: str) -> dict[str, CloudImage]:
+def read_cloud_images(store: ArtifactStore, set_id: str, kind: str = "images") -> dict[str, CloudImage]:
     """The set's entries by cloud; none for a set no Glance step has recorded."""
     try:
-        return _parse(store.get_bytes(cloud_images_key(set_id)), cloud_images_key(set_id))
+        return _parse(store.get_bytes(cloud_images_key(set_id, kind)), cloud_images_key(set_id, kind))
     except ObjectNotFound:
         return {}
 
@@ -59,11 +59,13 @@ def _parse(data: bytes | None, key: str) -> dict[str, CloudImage]:
         raise StoreError(f"{key} is not a record of Glance images: {error}") from error
 
 
-def _update(store: ArtifactStore, set_id: str, change: Callable[[dict[str, CloudImage]], bool]) -> None:
+def _update(
+    store: ArtifactStore, set_id: str, change: Callable[[dict[str, CloudImage]], bool], kind: str
+) -> None:
     """Read-modify-write the set's record with the store's compare-and-swap: a Glance step and a rotation
     (on another master, say) recording at once both keep what they wrote. ``change`` edits the entries in
     place and says whether it changed any."""
-    key = cloud_images_key(set_id)
+    key = cloud_images_key(set_id, kind)
 
     def edit(current: bytes | None) -> bytes | None:
         entries = _parse(current, key)
@@ -75,7 +77,9 @@ def _update(store: ArtifactStore, set_id: str, change: Callable[[dict[str, Cloud
     store.update(key, edit)
 
 
-def record_cloud_images(store: ArtifactStore, set_id: str, outcomes: Mapping[str, CloudImage]) -> None:
+def record_cloud_images(
+    store: ArtifactStore, set_id: str, outcomes: Mapping[str, CloudImage], kind: str = "images"
+) -> None:
     """Merge one Glance step's outcomes into the set's record.
 
     A failed attempt does not replace an image that is there: a rebuild that cannot reach a cloud leaves
@@ -89,11 +93,14 @@ def record_cloud_images(store: ArtifactStore, set_id: str, outcomes: Mapping[str
                 entries[cloud] = outcome
         return True
 
-    _update(store, set_id, merge)
+    _update(store, set_id, merge, kind)
 
 
-def record_rotated(store: ArtifactStore, cloud: str, image_ids: Collection[str]) -> None:
-    """Mark the entries of images that rotation deleted from ``cloud`` (whichever sets they belong to)."""
+def record_rotated(
+    store: ArtifactStore, cloud: str, image_ids: Collection[str], kind: str = "images"
+) -> None:
+    """Mark the entries of ``kind``'s images that rotation deleted from ``cloud`` (whichever sets they
+    belong to: rotation keeps each variant's images apart)."""
     if not image_ids:
         return
 
@@ -104,6 +111,6 @@ def record_rotated(store: ArtifactStore, cloud: str, image_ids: Collection[str])
         entries[cloud] = CloudImage(entry.image_id, DELETED, now(), "rotated out by a newer image")
         return True
 
-    for published in list_sets(store, "images"):
-        if cloud in read_cloud_images(store, published.set_id):
-            _update(store, published.set_id, mark)
+    for published in list_sets(store, kind):
+        if cloud in read_cloud_images(store, published.set_id, kind):
+            _update(store, published.set_id, mark, kind)

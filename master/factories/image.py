@@ -5,6 +5,9 @@ of the same stage3, snapshot, packages and settings when there is one, else unpa
 farm's binhost and distfile mirror, push new packages back, prune what only the build needed and publish
 that root as a stage4. Then lay in kernel and overlay, list what the image holds, make the disk, boot it,
 and only then publish to the store and Glance. A kernel-only or overlay-only change never emerges.
+
+The same recipe makes each image variant (``IMAGE_VARIANTS``): the worker image differs only in what it
+emerges and in the store kinds and names it publishes under.
 """
 
 import json
@@ -12,7 +15,15 @@ import json
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 
-from gentoo_farm.artifacts import DOWNLOAD_MAP, IMAGE_INPUTS, STAGE4_KEY_PROPERTY
+from gentoo_farm.artifacts import (
+    DOWNLOAD_MAP,
+    IMAGE,
+    IMAGE_INPUTS,
+    IMAGE_VARIANTS,
+    STAGE4_KEY_PROPERTY,
+    WORKER_IMAGE,
+    ImageVariant,
+)
 from gentoo_farm.catalog import PACKAGE_MANIFEST_SUFFIX
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
@@ -98,14 +109,21 @@ def with_stage4(sources: dict[str, str], stage4_set_id: str) -> dict[str, str]:
     return {**sources, "stage4": stage4_set_id} if stage4_set_id else sources
 
 
-def factory(config: FarmConfig) -> BuildFactory:
+def emerged_packages(config: FarmConfig, variant: ImageVariant) -> list[str]:
+    """What the variant's root emerges: the cloud image's packages, and the worker image's on top."""
+    return config.worker_image_packages if variant.builder == WORKER_IMAGE else config.image.emerged_packages
+
+
+def factory(config: FarmConfig, variant: ImageVariant = IMAGE_VARIANTS[IMAGE]) -> BuildFactory:
     store = workers_base_url(config.store)
+    images, stage4 = variant.images_kind, variant.stage4_kind
+    emerged = emerged_packages(config, variant)
     extra_packages = util.Property("extra_packages", default="")
     building = unless_up_to_date()
     publishing = unless_up_to_date(publishing_requested)
     emerge_steps = unless_up_to_date(emerging)
     upstream_binhost_used = config.packages.upstream_binhost != "off"
-    packages = " ".join(config.image.emerged_packages)
+    packages = " ".join(emerged)
     image_sources = util.Transform(
         with_stage4, util.Property("image_sources", default={}), util.Property("stage4_set_id", default="")
     )
@@ -126,7 +144,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 config.store, IMAGE_INPUTS, kernel_revision=util.Property("kernel_revision", default="")
             ),
             ComputeInputKey(
-                kind="images",
+                kind=images,
                 values={
                     "inputs": util.Transform(json.dumps, util.Property("image_input_keys"), sort_keys=True),
                     "disk": f"{config.image.disk_size} compress={config.image.compress}"
@@ -134,10 +152,10 @@ def factory(config: FarmConfig) -> BuildFactory:
                     **root_settings,
                 },
             ),
-            up_to_date(config, "images"),
+            up_to_date(config, images),
             ComputeInputKey(
                 name="stage4-key",
-                kind="stage4",
+                kind=stage4,
                 values={
                     "stage3": image_input_key("stage3"),
                     "portage": image_input_key("portage"),
@@ -152,6 +170,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 util.Property(STAGE4_KEY_PROPERTY),
                 worker_path=STAGE4,
                 map_path=STAGE4_DOWNLOAD_MAP,
+                kind=stage4,
                 **building,
             ),
             FarmWorkerStep(
@@ -187,9 +206,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 else []
             ),
             EmergePackages(
-                atoms=util.Transform(
-                    lambda extra: [*config.image.emerged_packages, *extra.split()], extra_packages
-                ),
+                atoms=util.Transform(lambda extra: [*emerged, *extra.split()], extra_packages),
                 root=ROOT,
                 pkgdir="packages",
                 distdir="distfiles",
@@ -224,7 +241,7 @@ def factory(config: FarmConfig) -> BuildFactory:
             PackRoot(root=ROOT, output=STAGE4, **unless_up_to_date(stage4_wanted)),
             *publish(
                 config,
-                "stage4",
+                stage4,
                 artifact=stage4_file_name(config.upstream.arch),
                 files={stage4_file_name(config.upstream.arch): STAGE4},
                 metadata={
@@ -279,10 +296,10 @@ def factory(config: FarmConfig) -> BuildFactory:
                 kernel_release=util.Property("kernel_release"),
                 **building,
             ),
-            NameImage(config.store, config.upstream.arch, **publishing),
+            NameImage(config.store, config.upstream.arch, images_kind=images, **publishing),
             *publish(
                 config,
-                "images",
+                images,
                 artifact=util.Interpolate(f"%(prop:{IMAGE_NAME_PROPERTY})s.qcow2"),
                 files=util.Transform(image_files, util.Property(IMAGE_NAME_PROPERTY)),
                 metadata={
@@ -307,6 +324,7 @@ def factory(config: FarmConfig) -> BuildFactory:
                 config.glance,
                 config.farm.id,
                 signing_fingerprint=signing_fingerprint(config),
+                images_kind=images,
                 **publishing,
             )
         )
