@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gentoo_farm.artifacts import IMAGE_VARIANTS, WORKER_IMAGE
+
 CONFIG_NAME = "farm.toml"
 # Gentoo Linux Release Engineering (Automated Weekly Release Key) and the Gentoo ebuild repository
 # signing key (Automated Signing Key): https://www.gentoo.org/downloads/signatures/
@@ -425,6 +427,11 @@ class FarmConfig:
         if enabled == "auto":
             return any(pool.image == LATEST_FARM_WORKER_IMAGE for pool in self.workers.openstack)
         return enabled is True
+
+    @property
+    def kept_sets_by_kind(self) -> dict[str, int]:
+        """Retention's numbers for the kinds that do not keep [store] keep sets: the worker image's."""
+        return {IMAGE_VARIANTS[WORKER_IMAGE].images_kind: self.image.worker.keep}
 
     @property
     def worker_image_packages(self) -> list[str]:

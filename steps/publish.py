@@ -89,6 +89,7 @@ class PublishSet(StoreStep):
     (e.g. ``farm-worker upload --report-checksums`` or the disk stage). ``metadata`` goes into the manifest
     (build id, kernel version, image name); ``sources`` names the sets this one was built from. With the
     farm ``key`` the set's DIGESTS are signed, and the key's public half is kept at its stable name.
+    Retention keeps ``[store] keep`` sets per kind, ``keep_by_kind``'s number for a kind it names.
     """
 
     renderables = ("input_key", "files", "metadata", "sources", "set_id")
@@ -103,6 +104,7 @@ class PublishSet(StoreStep):
         sources: Renderable = None,
         set_id: Renderable = None,
         key: FarmKey | None = None,
+        keep_by_kind: Mapping[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", f"publish-{kind}")
@@ -114,6 +116,7 @@ class PublishSet(StoreStep):
         self.sources = sources or {}
         self.set_id = set_id
         self.key = key
+        self.keep_by_kind = dict(keep_by_kind or {})
         self.published_name: str | None = None
 
     def expected_files(self) -> dict[str, ExpectedFile]:
@@ -154,7 +157,8 @@ class PublishSet(StoreStep):
                 link = artifact_link(store, published)
                 # The set is published now; retention failing must not say otherwise.
                 try:
-                    return published, apply_retention(store, self.store_settings.keep).doomed_keys, "", link
+                    plan = apply_retention(store, self.store_settings.keep, keep_by_kind=self.keep_by_kind)
+                    return published, plan.doomed_keys, "", link
                 except StoreError as error:
                     return published, (), str(error), link
 

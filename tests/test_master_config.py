@@ -234,6 +234,8 @@ def test_a_pool_booting_the_worker_image_makes_the_farm_build_it(tmp_path: Path,
     assert steps["find-stage4"].kind == "worker-stage4"
     assert steps["up-to-date"].kind == steps["publish-worker-images"].kind == "worker-images"
     assert steps["name-image"].images_kind == "worker-images"
+    # Retention keeps [image.worker] keep worker image sets, whichever build publishes.
+    assert steps["publish-worker-images"].keep_by_kind == {"worker-images": 2}
     image_steps = {step.buildStep().name for step in builders["image"].factory.steps}
     assert {"publish-stage4", "publish-images"} <= image_steps
     assert not {name for name in image_steps if "worker" in name}

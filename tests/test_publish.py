@@ -349,6 +349,23 @@ def test_retention_keeps_n_sets_and_everything_still_referenced(
     assert all(any_store.head(key) is None for key in plan.doomed_keys)
 
 
+def test_worker_images_keep_their_own_number_of_sets(local_settings, tmp_path: Path) -> None:
+    store = open_store(local_settings)
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    images, workers = (
+        [_publish(store, tmp_path, kind, f"{kind}{n}", when=day + timedelta(days=n)) for n in range(3)]
+        for kind in ("images", "worker-images")
+    )
+
+    plan = apply_retention(store, keep=3, keep_by_kind={"worker-images": 1})
+
+    assert plan.kept["images"] == tuple(reversed(images))
+    assert plan.kept["worker-images"] == (workers[2],)
+    assert [s.set_id for s in list_sets(store, "worker-images")] == [workers[2]]
+    with pytest.raises(StoreError, match="keep must be at least 1, got 0"):
+        apply_retention(store, keep=3, keep_by_kind={"worker-images": 0})
+
+
 def test_retention_clears_push_back_staging_a_dead_build_left(local_settings) -> None:
     store = open_store(local_settings)
     store.put_bytes("incoming/dead-build/binpkgs/a/b-1-1.gpkg.tar", b"old")

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, BinaryIO, cast
 
 from gentoo_farm.artifacts import ARTIFACT_KINDS, variant_of_kind
@@ -490,24 +491,27 @@ class RetentionPlan:
 
 
 def plan_retention(
-    store: ArtifactStore, keep: int, abandoned_after: timedelta = ABANDONED_AFTER
+    store: ArtifactStore,
+    keep: int,
+    abandoned_after: timedelta = ABANDONED_AFTER,
+    keep_by_kind: Mapping[str, int] = MappingProxyType({}),
 ) -> RetentionPlan:
     """Decide what :func:`apply_retention` deletes.
 
-    Per kind the ``keep`` newest complete sets stay, plus the set each pointer names and any complete set
-    newer than it (its publish has not moved the pointer yet), plus every set a kept set lists in its
-    ``sources`` (e.g. the kernel of a kept image). Sets without a manifest (a crashed
-    publish) and staged push-back uploads go once nothing in them changed for ``abandoned_after``:
-    until then they may belong to a build still uploading.
+    Per kind the ``keep`` newest complete sets stay (``keep_by_kind``'s number for a kind it names), plus
+    the set each pointer names and any complete set newer than it (its publish has not moved the pointer
+    yet), plus every set a kept set lists in its ``sources`` (e.g. the kernel of a kept image). Sets
+    without a manifest (a crashed publish) and staged push-back uploads go once nothing in them changed
+    for ``abandoned_after``: until then they may belong to a build still uploading.
     """
-    if keep < 1:
-        raise StoreError(f"[store] keep must be at least 1, got {keep}")
+    if keep < 1 or any(number < 1 for number in keep_by_kind.values()):
+        raise StoreError(f"[store] keep must be at least 1, got {min(keep, *keep_by_kind.values())}")
     all_sets = {kind: _set_objects(store, kind) for kind in ARTIFACT_KINDS}
     complete = {
         kind: sorted((sid for sid, keys in sets.items() if f"{kind}/{sid}/{MANIFEST}" in keys), reverse=True)
         for kind, sets in all_sets.items()
     }
-    kept: dict[str, set[str]] = {kind: set(ids[:keep]) for kind, ids in complete.items()}
+    kept = {kind: set(ids[: keep_by_kind.get(kind, keep)]) for kind, ids in complete.items()}
     for kind in ARTIFACT_KINDS:
         latest = latest_set(store, kind)
         if latest is not None:
@@ -542,10 +546,14 @@ def plan_retention(
 
 
 def apply_retention(
-    store: ArtifactStore, keep: int, dry_run: bool = False, abandoned_after: timedelta = ABANDONED_AFTER
+    store: ArtifactStore,
+    keep: int,
+    dry_run: bool = False,
+    abandoned_after: timedelta = ABANDONED_AFTER,
+    keep_by_kind: Mapping[str, int] = MappingProxyType({}),
 ) -> RetentionPlan:
     """Delete what :func:`plan_retention` says goes (nothing when ``dry_run``); returns the plan."""
-    plan = plan_retention(store, keep, abandoned_after)
+    plan = plan_retention(store, keep, abandoned_after, keep_by_kind)
     if not dry_run and plan.doomed_keys:
         store.delete(list(plan.doomed_keys))
     return plan

@@ -83,6 +83,7 @@ def publish(
             metadata={ARTIFACT: artifact, "build": build, **(metadata or {})},
             sources=sources,
             key=farm_key(config),
+            keep_by_kind=config.kept_sets_by_kind,
             name=f"publish-{kind}",
             **step_options,
         ),
