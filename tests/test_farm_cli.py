@@ -1,5 +1,6 @@
 """`farm build`, `farm logs` and `farm status` against a real master, as an operator runs them."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from gentoo_farm.cli import CommandError
+from gentoo_farm.commands import build
+from gentoo_farm.config import parse_config
 from gentoo_farm.signing import FarmKey
 from tests.farmtest import FARM, Farm, farm_command, init_farm, set_option
 
@@ -184,3 +188,11 @@ def test_a_saved_admin_password_is_named_by_farm_up_and_kept_true_by_farm_passwd
         running.login(password=saved.read_text().strip())
     finally:
         farm_command("--farm", str(running.root), "down")
+
+
+def test_build_worker_image_says_how_to_have_one_when_the_farm_builds_none(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    build.add_arguments(parser)
+    config = parse_config('[farm]\nid = "x"\n', tmp_path)
+    with pytest.raises(CommandError, match=r"this farm builds no worker image: set \[image.worker\] enabled"):
+        build.run(parser.parse_args(["worker-image"]), config)

@@ -13,6 +13,7 @@ from gentoo_farm.artifacts import (
     OVERLAY,
     REBUILD_PROPERTY,
     UP_TO_DATE_PROPERTY,
+    WORKER_IMAGE,
     force_scheduler,
 )
 from gentoo_farm.cli import CommandError
@@ -26,7 +27,9 @@ SUCCESS, WARNINGS = 0, 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("builder", choices=(IMAGE, KERNEL, OVERLAY, MIRROR), help="what to build")
+    parser.add_argument(
+        "builder", choices=(IMAGE, KERNEL, OVERLAY, MIRROR, WORKER_IMAGE), help="what to build"
+    )
     parser.add_argument("--reason", default="forced with farm build", help="shown with the build")
     parser.add_argument(
         "--force", action="store_true", help="build even when the store holds this input's build already"
@@ -120,6 +123,11 @@ def follow(api: MasterApi, builder: str, request_id: int, timeout: float) -> dic
 def run(args: argparse.Namespace, config: FarmConfig) -> int:
     if args.builder != IMAGE and (args.no_publish or args.extra_packages):
         raise CommandError("--no-publish and --extra-packages apply to image builds only")
+    if args.builder == WORKER_IMAGE and not config.builds_worker_image:
+        raise CommandError(
+            "this farm builds no worker image: set [image.worker] enabled = true, or let a "
+            '[[workers.openstack]] pool boot image = "farm-worker-latest"'
+        )
     params: dict[str, object] = {"builderNames": [args.builder], "reason": args.reason}
     if args.force:
         params[REBUILD_PROPERTY] = True
