@@ -1,6 +1,7 @@
 """The stand-in Gentoo world is laid out, signed and served the way a Gentoo mirror does it."""
 
 import hashlib
+import http.client
 import os
 import subprocess
 import tarfile
@@ -13,7 +14,7 @@ import pytest
 
 from tests import debian
 from tests.world import LAYOUT_CONF, World, WorldServer, build_world, repository
-from tests.world.server import CHUNK_SIZE
+from tests.world.server import CHUNK_SIZE, ServedRequest
 
 
 @pytest.fixture
@@ -227,6 +228,18 @@ def test_server_serves_ranges_logs_and_fails_on_demand(world: World) -> None:
         server.come_up()
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200
+
+
+def test_a_request_is_in_the_log_once_its_answer_begins(world: World) -> None:
+    with WorldServer(world.mirror_dir) as server:
+        server.delay_per_chunk = 5  # the body would take minutes: the log must not wait for it
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            connection.request("GET", f"/{world.stage3_path}", headers={"Range": "bytes=10-"})
+            assert connection.getresponse().status == 206
+            assert server.requests == [ServedRequest("GET", f"/{world.stage3_path}", 206, "bytes=10-")]
+        finally:
+            connection.close()
 
 
 def test_world_is_built_once_then_copied(tmp_path: Path) -> None:

@@ -39,50 +39,53 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve(send_body=True)
 
     def _serve(self, *, send_body: bool) -> None:
-        owner = self.server.owner
         url_path = unquote(urlsplit(self.path).path)
-        range_header = self.headers.get("Range")
-        status = owner.fail_status
+        status = self.server.owner.fail_status
         if status is None:
-            status = self._send_file(url_path, range_header, send_body)
+            self._send_file(url_path, send_body)
         else:
-            self._send_empty(status)
-        owner._record(ServedRequest(self.command, url_path, status, range_header))
+            self._start_answer(url_path, status, {"Content-Length": "0"})
 
-    def _send_empty(self, status: int) -> None:
+    def _start_answer(self, url_path: str, status: int, headers: dict[str, str]) -> None:
+        """Log the request, then send the status line and ``headers``.
+
+        Logged before any byte goes out, so a client that has its answer finds its request in the log
+        (logged after the body, a loaded machine could let the client read the log first).
+        """
+        range_header = self.headers.get("Range")
+        self.server.owner._record(ServedRequest(self.command, url_path, status, range_header))
         self.send_response(status)
-        self.send_header("Content-Length", "0")
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
 
-    def _send_file(self, url_path: str, range_header: str | None, send_body: bool) -> int:
+    def _send_file(self, url_path: str, send_body: bool) -> None:
         file_path = self.server.owner.resolve(url_path)
         if file_path is None or not file_path.is_file():
-            self._send_empty(404)
-            return 404
+            self._start_answer(url_path, 404, {"Content-Length": "0"})
+            return
         size = file_path.stat().st_size
         start, end = 0, size - 1
         status = 200
+        range_header = self.headers.get("Range")
         if range_header and range_header.startswith("bytes="):
             first, _, last = range_header[len("bytes=") :].partition("-")
             start = int(first) if first else 0
             end = min(int(last), size - 1) if last else size - 1
             if start >= size:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return 416
+                self._start_answer(url_path, 416, {"Content-Range": f"bytes */{size}", "Content-Length": "0"})
+                return
             status = 206
-        self.send_response(status)
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Last-Modified", email.utils.formatdate(file_path.stat().st_mtime, usegmt=True))
+        headers = {
+            "Content-Length": str(end - start + 1),
+            "Accept-Ranges": "bytes",
+            "Last-Modified": email.utils.formatdate(file_path.stat().st_mtime, usegmt=True),
+        }
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.end_headers()
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        self._start_answer(url_path, status, headers)
         if send_body:
             self._copy(file_path, start, end - start + 1)
-        return status
 
     def _copy(self, file_path: Path, offset: int, length: int) -> None:
         delay = self.server.owner.delay_per_chunk
