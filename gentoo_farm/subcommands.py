@@ -22,6 +22,12 @@ class _SubcommandParser(argparse.ArgumentParser):
         self._module_name = module_name
         self._loaded = False
 
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        # A command's own subcommands (`farm hook print`) are plain parsers: argparse would make them this
+        # class, the parser's own, which needs a module to load.
+        kwargs.setdefault("parser_class", argparse.ArgumentParser)
+        return super().add_subparsers(**kwargs)
+
     def parse_known_args(  # type: ignore[override]  # one signature for typeshed's three overloads
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:

@@ -50,3 +50,12 @@ def test_help_lists_every_command_with_its_summary() -> None:
     ).stdout
     assert "images" in listing and "List the images the farm has published" in listing
     assert "Validate farm.toml, then check what it names" in listing
+
+
+def test_a_command_with_subcommands_of_its_own_parses_them(farm_root: Path) -> None:
+    printed = subprocess.run(
+        [sys.executable, "-m", "gentoo_farm.cli", "--farm", str(farm_root), "hook", "print", "kernel-config"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.startswith("#!")
