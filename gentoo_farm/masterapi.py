@@ -21,7 +21,9 @@ from typing import Any
 
 API_TIMEOUT = 30
 READ_ATTEMPTS = 3
-"""A read whose connection the master dropped half-way (seen under heavy load) is tried this often."""
+"""A read that failed in passing (see MasterApiError.transient; seen under heavy load) is tried this often."""
+PASSING_STATUSES = (502, 503, 504)
+"""Answers of a master (or a proxy before it) that is starting or overloaded, not a verdict on the request."""
 PASSWORD_VARIABLE = "FARM_PASSWORD"
 # Buildbot's result codes (buildbot.process.results), by name.
 RESULT_NAMES = ("success", "warnings", "failure", "skipped", "exception", "retry", "cancelled")
@@ -40,12 +42,13 @@ def force_request(base_url: str, scheduler: str, params: Mapping[str, object]) -
 class MasterApiError(Exception):
     """The master did not answer, refused the login, or refused the request; the message says which."""
 
-    def __init__(self, message: str, status: int | None = None, dropped: bool = False) -> None:
+    def __init__(self, message: str, status: int | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.status = status
         """The HTTP status the master answered with, None when it did not answer."""
-        self.dropped = dropped
-        """The master closed the connection before its answer was complete: a read may be tried again."""
+        self.transient = transient
+        """The master dropped the connection before its answer was complete, or answered one of
+        PASSING_STATUSES: a read may be tried again."""
 
 
 def result_name(results: int | None) -> str:
@@ -69,16 +72,19 @@ class MasterApi:
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace").strip()[:300]
             raise MasterApiError(
-                f"{what}: the master answered {error.code} {error.reason}: {detail}", error.code
+                f"{what}: the master answered {error.code} {error.reason}: {detail}",
+                error.code,
+                transient=error.code in PASSING_STATUSES,
             ) from None
-        except (urllib.error.URLError, OSError) as error:
-            raise MasterApiError(f"{what}: the master at {self.base_url} does not answer ({error})") from None
-        except http.client.HTTPException as error:
+        except (http.client.HTTPException, ConnectionResetError) as error:
+            # RemoteDisconnected (closed before the status line) is both.
             raise MasterApiError(
                 f"{what}: the master at {self.base_url} closed the connection mid-answer "
                 f"({type(error).__name__})",
-                dropped=True,
+                transient=True,
             ) from None
+        except (urllib.error.URLError, OSError) as error:
+            raise MasterApiError(f"{what}: the master at {self.base_url} does not answer ({error})") from None
         return body
 
     def _json(self, request: urllib.request.Request | str, what: str) -> Any:
@@ -106,7 +112,7 @@ class MasterApi:
             try:
                 return self._json(f"{self.base_url}api/v2/{path}", path.split("?")[0])
             except MasterApiError as error:
-                if not error.dropped or attempt == READ_ATTEMPTS:
+                if not error.transient or attempt == READ_ATTEMPTS:
                     raise
             time.sleep(attempt)
             attempt += 1

@@ -10,18 +10,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from buildbot.process.results import RETRY
 
-from gentoo_farm.masterapi import MasterApi, force_request
+from gentoo_farm.masterapi import MasterApi, MasterApiError, force_request
 
 if TYPE_CHECKING:
     from tests.world import World
 
 FARM = str(Path(sys.executable).parent / "farm")
+Found = TypeVar("Found")
 
 
 def free_port() -> int:
@@ -94,15 +96,35 @@ class Farm:
         """The build requests of ``builder`` that are neither built nor skipped (collapsed) yet."""
         return self.api(f"buildrequests?builderid={self.builder_id(builder)}&complete=false")["buildrequests"]
 
+    def poll(
+        self, look: Callable[[], Found | None], timeout: float, interval: float, waited_for: str
+    ) -> Found:
+        """What ``look`` finds (not None), asked every ``interval`` s until ``timeout``.
+
+        A read that keeps failing in passing (``MasterApiError.transient``: a loaded master dropping
+        answers) counts as nothing found yet: only the deadline fails the wait.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                found = look()
+            except MasterApiError as error:
+                if not error.transient:
+                    raise
+                found = None
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{waited_for} within {timeout} s")
+            time.sleep(interval)
+
     def wait_for_build_to_start(self, builder: str, number: int, timeout: float = 300) -> dict[str, Any]:
         """Build ``number`` (or a later one) of ``builder`` as soon as the master has started it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            started = [build for build in self.builds(builder) if build["number"] >= number]
-            if started:
-                return started[0]
-            time.sleep(0.5)
-        raise AssertionError(f"{builder} build #{number} did not start within {timeout} s")
+
+        def started() -> dict[str, Any] | None:
+            return next((build for build in self.builds(builder) if build["number"] >= number), None)
+
+        return self.poll(started, timeout, 0.5, f"{builder} build #{number} did not start")
 
     def wait_for_build(self, builder: str, number: int = 1, timeout: float = 300) -> dict[str, Any]:
         """The first finished build numbered ``number`` or later that was not retried.
@@ -110,13 +132,18 @@ class Farm:
         A latent worker that is still stopping when the next build wants it makes Buildbot mark
         that build RETRY and run the request again as the next number.
         """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for build in self.builds(builder):
-                if build["number"] >= number and build["complete"] and build["results"] != RETRY:
-                    return build
-            time.sleep(1)
-        raise AssertionError(f"{builder} build #{number} did not finish within {timeout} s")
+
+        def finished() -> dict[str, Any] | None:
+            return next(
+                (
+                    build
+                    for build in self.builds(builder)
+                    if build["number"] >= number and build["complete"] and build["results"] != RETRY
+                ),
+                None,
+            )
+
+        return self.poll(finished, timeout, 1, f"{builder} build #{number} did not finish")
 
     def steps(self, build: dict[str, Any]) -> list[dict[str, Any]]:
         return self.api(f"builds/{build['buildid']}/steps")["steps"]
