@@ -46,6 +46,30 @@ def upload_signature(secret: bytes, key: str, expires: int, size: int | None = N
     return hmac.new(secret, f"PUT\n{key}\n{expires}\n{bound}".encode(), hashlib.sha256).hexdigest()
 
 
+@contextlib.contextmanager
+def _complete_copy(target: Path, source: BinaryIO, progress: ProgressCallback | None) -> Iterator[Path]:
+    """``source`` written whole to a hidden file beside ``target`` (readable by all, as the store serves
+    it), for the caller to move or link into place; the file is gone afterwards either way, so readers
+    never see a partial object under ``target``'s name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
+        copy = Path(tmp.name)
+        try:
+            for chunk in chunks(source):
+                tmp.write(chunk)
+                if progress:
+                    progress(len(chunk))
+            tmp.flush()
+            os.fchmod(tmp.fileno(), 0o644)
+        except BaseException:
+            copy.unlink()
+            raise
+    try:
+        yield copy
+    finally:
+        copy.unlink(missing_ok=True)
+
+
 class LocalStore(ArtifactStore):
     def __init__(self, root: Path, public_url: str) -> None:
         if not root.is_absolute():
@@ -88,21 +112,8 @@ class LocalStore(ArtifactStore):
     def _write_atomically(self, key: str, source: BinaryIO, progress: ProgressCallback | None = None) -> None:
         target = self.path_of(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                dir=target.parent, prefix=f".{target.name}.", delete=False
-            ) as tmp:
-                try:
-                    for chunk in chunks(source):
-                        tmp.write(chunk)
-                        if progress:
-                            progress(len(chunk))
-                    tmp.flush()
-                    os.fchmod(tmp.fileno(), 0o644)
-                except BaseException:
-                    os.unlink(tmp.name)
-                    raise
-            os.replace(tmp.name, target)
+            with _complete_copy(target, source, progress) as copy:
+                os.replace(copy, target)
         except OSError as error:
             raise StoreError(f"cannot write {target}: {error.strerror}") from error
 
@@ -174,15 +185,8 @@ class LocalStore(ArtifactStore):
         """
         target = self.path_of(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.") as tmp:
-                for chunk in chunks(stream):
-                    tmp.write(chunk)
-                    if progress:
-                        progress(len(chunk))
-                tmp.flush()
-                os.fchmod(tmp.fileno(), 0o644)
-                os.link(tmp.name, target)
+            with _complete_copy(target, stream, progress) as copy:
+                os.link(copy, target)
         except FileExistsError:
             raise PreconditionFailed(f"{key} already exists in {self.location}") from None
         except OSError as error:
