@@ -574,7 +574,9 @@ def test_fault_is_retried_on_a_new_instance_and_nothing_is_left(
 def test_persistent_quota_backs_off_instead_of_looping(farm: Farm, stand_in: ComputeStandIn) -> None:
     stand_in.max_instances = 0
     brid = farm.master.force("quick")
-    time.sleep(25)
+    # The window opens at the first refused create, however long a loaded master takes to try one.
+    stand_in.wait_for(lambda: bool(stand_in.server_creates()), 120, "a first server create")
+    time.sleep(25)  # proving an absence: a worker without back-off would retry many times meanwhile
     creates = stand_in.server_creates()
     # Buildbot's quarantine: each worker waits 10 s, then 20 s, ... after a failed start
     assert 1 <= len(creates) <= 9, len(creates)

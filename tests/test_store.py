@@ -256,7 +256,7 @@ def test_store_server_is_read_only_without_a_valid_signature(local_settings) -> 
     base = local_settings.public_url
     assert _put(f"{base}/images/x", b"unsigned") == 403
     expiring = store.upload_url("images/x", 1)
-    time.sleep(2.1)
+    time.sleep(2.1)  # waiting out the URL: it expired after 1 s (its expiry has one-second resolution)
     assert _put(expiring, b"late") == 403
     assert store.head("images/x") is None
     assert _put(store.upload_url("images/x", 60), b"signed") == 201
