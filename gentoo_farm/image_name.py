@@ -3,8 +3,8 @@
 The name is the stem of every file of an image set (``gentoo-20261202.1-amd64.qcow2``,
 ``gentoo-20261202.1-amd64.manifest.json``) and what Glance calls the image. ``.N`` counts the images of one
 UTC day and architecture after the first (:func:`gentoo_farm.store.sets.next_image_name` picks it).
-A variant's images (the worker image, ``gentoo-worker-20261202-amd64``) carry its name after ``gentoo-`` and
-count their own ``.N``.
+A variant's images (the worker image, ``gentoo-farm-worker-20261202-amd64``) carry its name after
+``gentoo-`` and count their own ``.N``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 
-WORKER_VARIANT = "worker"
+WORKER_VARIANT = "farm-worker"
 """The image OpenStack workers boot: the cloud image and what every toolkit stage runs."""
 VARIANTS = ("", WORKER_VARIANT)
 """Every image variant's name part; "" is the plain cloud image (``gentoo-YYYYMMDD-ARCH``)."""
@@ -42,7 +42,7 @@ class ImageName:
     serial: int = 0
     """0 for the day's first image of ``arch`` (no ``.N`` in the name), then 1, 2, ..."""
     variant: str = ""
-    """One of :data:`VARIANTS`: "" for the cloud image, ``worker`` for ``gentoo-worker-...``."""
+    """One of :data:`VARIANTS`: "" for the cloud image, ``farm-worker`` for ``gentoo-farm-worker-...``."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

@@ -79,8 +79,11 @@ def test_a_newer_worker_image_is_neither_listed_nor_latest(published, tmp_path: 
         open_store(published.store),
         "worker-images",
         "worker",
-        {"gentoo-worker-20261126-amd64.qcow2": tmp_path / "worker.qcow2"},
-        metadata={"name": "gentoo-worker-20261126-amd64", "artifact": "gentoo-worker-20261126-amd64.qcow2"},
+        {"gentoo-farm-worker-20261126-amd64.qcow2": tmp_path / "worker.qcow2"},
+        metadata={
+            "name": "gentoo-farm-worker-20261126-amd64",
+            "artifact": "gentoo-farm-worker-20261126-amd64.qcow2",
+        },
     )
 
     assert images.run(_parse(images, "--json"), published) == 0

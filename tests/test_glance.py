@@ -348,10 +348,10 @@ def test_each_variant_rotates_and_is_found_apart(store, tmp_path, farm_id, conn)
     ]
 
     # keep = 1 per variant: the newer worker image rotated out the older worker image, not a cloud image.
-    assert worker[1].rotated == {worker[0].image_id: "gentoo-worker-20261203-amd64"}
+    assert worker[1].rotated == {worker[0].image_id: "gentoo-farm-worker-20261203-amd64"}
     assert [image.id for image in farm_images(conn, farm_id)] == [worker[1].image_id, plain[1].image_id]
     marked = conn.image.get_image(worker[1].image_id).properties
-    assert marked["farm_image_variant"] == "worker"
+    assert marked["farm_image_variant"] == WORKER_VARIANT
     assert "farm_image_variant" not in conn.image.get_image(plain[1].image_id).properties
     # farm-worker-latest and farm-latest: the newest of each variant, never the other's.
     assert newest_farm_image(conn, farm_id, WORKER_VARIANT).id == worker[1].image_id
@@ -538,9 +538,11 @@ class TestPublishToGlanceStep(TestBuildStepMixin, TestReactorMixin, unittest.Tes
         await self.run_step()
 
         image_id = step.getProperty("glance_images")[CLOUD]
-        assert step.getResultSummary()["step"].startswith(f"glance: {CLOUD}: gentoo-worker-20261216-amd64 ")
+        assert step.getResultSummary()["step"].startswith(
+            f"glance: {CLOUD}: gentoo-farm-worker-20261216-amd64 "
+        )
         conn = openstack.connect(cloud=CLOUD)
-        assert conn.image.get_image(image_id).properties["farm_image_variant"] == "worker"
+        assert conn.image.get_image(image_id).properties["farm_image_variant"] == WORKER_VARIANT
         # Recorded beside the worker image's set; the cloud image sets know nothing of it.
         assert read_cloud_images(self.store, set_id, "worker-images")[CLOUD].image_id == image_id
         assert read_cloud_images(self.store, set_id) == {}

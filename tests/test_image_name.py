@@ -15,8 +15,8 @@ from gentoo_farm.image_name import WORKER_VARIANT, ImageName, ImageNameError
         (ImageName(date(2026, 11, 25), "amd64"), "gentoo-20261125-amd64"),
         (ImageName(date(2026, 11, 25), "amd64", 2), "gentoo-20261125.2-amd64"),
         (ImageName(date(2027, 1, 2), "arm64", 11), "gentoo-20270102.11-arm64"),
-        (ImageName(date(2026, 11, 25), "amd64", 0, WORKER_VARIANT), "gentoo-worker-20261125-amd64"),
-        (ImageName(date(2026, 11, 25), "amd64", 3, WORKER_VARIANT), "gentoo-worker-20261125.3-amd64"),
+        (ImageName(date(2026, 11, 25), "amd64", 0, WORKER_VARIANT), "gentoo-farm-worker-20261125-amd64"),
+        (ImageName(date(2026, 11, 25), "amd64", 3, WORKER_VARIANT), "gentoo-farm-worker-20261125.3-amd64"),
     ],
 )
 def test_a_name_formats_and_parses_back(image: ImageName, text: str) -> None:
@@ -29,14 +29,14 @@ def test_a_file_of_the_set_names_its_image_and_format() -> None:
     assert ImageName.parse_file("gentoo-20261202.1-amd64.qcow2") == (image, "qcow2")
     assert ImageName.parse_file("gentoo-20261202.1-amd64.manifest.json") == (image, "manifest.json")
     worker = ImageName(date(2026, 12, 2), "amd64", 1, WORKER_VARIANT)
-    assert ImageName.parse_file("gentoo-worker-20261202.1-amd64.qcow2") == (worker, "qcow2")
+    assert ImageName.parse_file("gentoo-farm-worker-20261202.1-amd64.qcow2") == (worker, "qcow2")
 
 
 def test_the_worker_variant_is_a_different_image_of_the_same_day() -> None:
     plain = ImageName.parse("gentoo-20261202-amd64")
-    worker = ImageName.parse("gentoo-worker-20261202-amd64")
+    worker = ImageName.parse("gentoo-farm-worker-20261202-amd64")
     assert plain != worker
-    assert (plain.prefix, worker.prefix) == ("gentoo-", "gentoo-worker-")
+    assert (plain.prefix, worker.prefix) == ("gentoo-", "gentoo-farm-worker-")
 
 
 @pytest.mark.parametrize(
@@ -46,11 +46,14 @@ def test_the_worker_variant_is_a_different_image_of_the_same_day() -> None:
             "gentoo-latest-amd64",
             "'gentoo-latest-amd64' is not an image name (gentoo-[VARIANT-]YYYYMMDD[.N]-ARCH)",
         ),
-        ("gentoo-worker-latest-amd64", "'gentoo-worker-latest-amd64' is not an image name"),
+        ("gentoo-farm-worker-latest-amd64", "'gentoo-farm-worker-latest-amd64' is not an image name"),
         # Only the variants the farm builds: a name with another word there is no image of this farm.
         ("gentoo-builder-20261125-amd64", "'gentoo-builder-20261125-amd64' is not an image name"),
-        ("gentoo-worker-20261125.0-amd64", "'gentoo-worker-20261125.0-amd64' is not an image name"),
-        ("gentoo-worker-20261340-amd64", "'gentoo-worker-20261340-amd64' names no calendar day (20261340)"),
+        ("gentoo-farm-worker-20261125.0-amd64", "'gentoo-farm-worker-20261125.0-amd64' is not an image name"),
+        (
+            "gentoo-farm-worker-20261340-amd64",
+            "'gentoo-farm-worker-20261340-amd64' names no calendar day (20261340)",
+        ),
         # .0 is never written: the day's first image has no serial, so two spellings never name one image.
         ("gentoo-20261125.0-amd64", "'gentoo-20261125.0-amd64' is not an image name"),
         ("gentoo-20261125-AMD64", "'gentoo-20261125-AMD64' is not an image name"),

@@ -120,14 +120,14 @@ def test_worker_images_have_names_and_a_latest_of_their_own(any_store: ArtifactS
     )
 
     # The day's first worker image: the plain image of that day does not count against its name.
-    assert worker_name == "gentoo-worker-20261202-amd64"
+    assert worker_name == "gentoo-farm-worker-20261202-amd64"
     assert str(next_image_name(any_store, "amd64", day, images_kind="worker-images")).endswith(".1-amd64")
     assert latest_set(any_store, "images").set_id == plain.set_id
     assert latest_set(any_store, "worker-images").set_id == worker.set_id
     assert any_store.get_bytes("images/gentoo-latest-amd64.qcow2") == b"cloud image"
-    assert any_store.get_bytes("worker-images/gentoo-worker-latest-amd64.qcow2") == b"worker image"
+    assert any_store.get_bytes("worker-images/gentoo-farm-worker-latest-amd64.qcow2") == b"worker image"
     with pytest.raises(StoreError, match="is not named as an image of images/"):
-        latest_name("images", "gentoo-worker-20261202-amd64.qcow2")
+        latest_name("images", "gentoo-farm-worker-20261202-amd64.qcow2")
 
 
 LATEST = {
@@ -137,7 +137,7 @@ LATEST = {
     "overlay": ("vmoverride.tar.gz", "vmoverride-latest.tar.gz"),
     "images": ("gentoo-20261202.1-arm64.qcow2", "gentoo-latest-arm64.qcow2"),
     "worker-stage4": ("stage4-amd64.tar.zst", "stage4-worker-latest.tar.zst"),
-    "worker-images": ("gentoo-worker-20261202.1-arm64.qcow2", "gentoo-worker-latest-arm64.qcow2"),
+    "worker-images": ("gentoo-farm-worker-20261202.1-arm64.qcow2", "gentoo-farm-worker-latest-arm64.qcow2"),
 }
 
 

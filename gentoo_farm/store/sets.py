@@ -163,7 +163,7 @@ def next_image_name(
     store: ArtifactStore, arch: str, when: datetime | None = None, images_kind: str = "images"
 ) -> ImageName:
     """The name of the next image of ``arch`` published on ``when``'s UTC day (default: now), in the
-    variant whose sets ``images_kind`` holds (``worker-images``: ``gentoo-worker-...``).
+    variant whose sets ``images_kind`` holds (``worker-images``: ``gentoo-farm-worker-...``).
 
     Taken are the names the files of every image set carry, complete or still uploading, so a build
     naming its image after another one uploaded does not take the same name.
