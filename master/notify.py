@@ -15,7 +15,7 @@ from buildbot.process.results import SUCCESS, WARNINGS, Results
 from buildbot.reporters.base import ReporterBase
 from twisted.internet import defer
 
-from gentoo_farm.artifacts import IMAGE
+from gentoo_farm.artifacts import IMAGE_VARIANTS
 from gentoo_farm.config import FarmConfigError, NotifySection, host_port
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.steps.naming import IMAGE_NAME_PROPERTY
@@ -87,10 +87,13 @@ class OwnBuildStatusGenerator(reporters.BuildStatusGenerator):
 
 
 class PublishedImageGenerator(OwnBuildStatusGenerator):
-    """Reports a successful image build only when it published a new image."""
+    """Reports a successful image build (of any variant: the cloud image, the worker image) only when it
+    published a new image."""
 
     def __init__(self, message_formatter: Any) -> None:
-        super().__init__(mode=("passing", "warnings"), builders=[IMAGE], message_formatter=message_formatter)
+        super().__init__(
+            mode=("passing", "warnings"), builders=list(IMAGE_VARIANTS), message_formatter=message_formatter
+        )
 
     @defer.inlineCallbacks
     def generate(self, master: Any, reporter: Any, key: Any, build: dict[str, Any]) -> Any:

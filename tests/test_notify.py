@@ -186,7 +186,12 @@ def test_only_a_build_that_published_names_an_image(results: int, properties: di
 
 
 def _reports(
-    monkeypatch: pytest.MonkeyPatch, results: int, properties: dict[str, Any], *, ran_on: int = 1
+    monkeypatch: pytest.MonkeyPatch,
+    results: int,
+    properties: dict[str, Any],
+    *,
+    ran_on: int = 1,
+    builder: str = "image",
 ) -> list[Any]:
     """What each of the webhook's generators of master 1 reports for a finished image build that master
     ``ran_on`` ran."""
@@ -199,7 +204,7 @@ def _reports(
     build = _context(results, properties)["build"] | {
         "buildid": 70,
         "masterid": ran_on,
-        "builder": {"name": "image", "builderid": 4, "tags": []},
+        "builder": {"name": builder, "builderid": 4, "tags": []},
         "buildset": {"sourcestamps": []},
         "state_string": "finished",
     }
@@ -221,6 +226,15 @@ def test_the_generators_report_a_new_image_and_a_failure_but_not_an_up_to_date_b
 
     failed, published = _reports(monkeypatch, FAILURE, {"image_name": "gentoo-20261206-amd64"})
     assert (failed["body"]["result"], published) == ("failure", None)
+
+
+def test_a_published_worker_image_is_announced_and_a_kernel_build_never_names_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = "gentoo-farm-worker-20261207-amd64"
+    _, published = _reports(monkeypatch, SUCCESS, {"image_name": name}, builder="worker-image")
+    assert (published["body"]["builder"], published["body"]["image"]) == ("worker-image", name)
+    assert _reports(monkeypatch, SUCCESS, {"image_name": name}, builder="kernel") == [None, None]
 
 
 def test_with_several_masters_only_the_master_that_ran_a_build_reports_it(
