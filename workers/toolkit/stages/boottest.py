@@ -153,6 +153,11 @@ echo "farm-boot-test: user-data ran"
         return Metadata(self.hostname, self.instance_id, self.public_key, self.user_data())
 
 
+ISO_MAKERS = ("genisoimage", "mkisofs")
+"""What makes the config drive, the first found: Nova's default, then cdrtools' (Gentoo's app-cdr/cdrtools
+has no genisoimage), which takes the same options."""
+
+
 def config_drive(instance: Instance, scratch: Path) -> Path:
     """An OpenStack config drive made the way Nova makes one (genisoimage, label config-2)."""
     tree = scratch / "config-drive"
@@ -161,11 +166,12 @@ def config_drive(instance: Instance, scratch: Path) -> Path:
     (latest / "meta_data.json").write_bytes(instance.metadata().meta_data_json())
     (latest / "user_data").write_text(instance.user_data())
     iso = scratch / "config-drive.iso"
-    command = ["genisoimage", "-o", str(iso), "-ldots", "-allow-lowercase", "-allow-multidot", "-l"]
+    maker = next(tool for tool in ISO_MAKERS if shutil.which(tool))
+    command = [maker, "-o", str(iso), "-ldots", "-allow-lowercase", "-allow-multidot", "-l"]
     command += ["-quiet", "-J", "-r", "-V", CONFIG_DRIVE_LABEL, str(tree)]
     made = subprocess.run(command, capture_output=True, text=True, check=False)
     if made.returncode != 0:
-        raise StageError(f"genisoimage could not make the config drive: {made.stderr.strip()}")
+        raise StageError(f"{maker} could not make the config drive: {made.stderr.strip()}")
     return iso
 
 
@@ -428,21 +434,30 @@ def first_failure(checks: list[tuple[str, Callable[[], str | None]]]) -> tuple[s
     return None
 
 
-def required_tools(metadata: str) -> list[str]:
-    tools = ["qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen", "ssh-keyscan"]
+def required_tools(metadata: str) -> list[tuple[str, ...]]:
+    """What the boot test runs, each as the tools any one of which does."""
+    tools: list[tuple[str, ...]] = [
+        ("qemu-system-x86_64",),
+        ("qemu-img",),
+        ("ssh",),
+        ("ssh-keygen",),
+        ("ssh-keyscan",),
+    ]
     if metadata == "service":
-        tools.append("busybox")  # its nc carries the guest's requests to the metadata service
+        tools.append(("busybox",))  # its nc carries the guest's requests to the metadata service
     if metadata == "config-drive":
-        tools.append("genisoimage")
+        tools.append(ISO_MAKERS)
     return tools
 
 
 def run(args: argparse.Namespace) -> None:
     if not args.image.is_file():
         raise StageError(f"{args.image}: image does not exist")
-    for tool in required_tools(args.metadata):
-        if shutil.which(tool) is None:
-            raise StageError(f"{tool} is not installed on this worker (the boot test needs it)")
+    for alternatives in required_tools(args.metadata):
+        if not any(shutil.which(tool) for tool in alternatives):
+            raise StageError(
+                f"{' or '.join(alternatives)} is not installed on this worker (the boot test needs it)"
+            )
     serial_log = (args.serial_log or args.image.with_name(args.image.name + ".serial.log")).resolve()
     serial_log.parent.mkdir(parents=True, exist_ok=True)
     serial_log.unlink(missing_ok=True)
