@@ -2,7 +2,7 @@
 what ``buildbot-worker`` and ``farm-worker`` need, each file named by its sha256.
 
 A worker that lacks the worker software installs exactly these files with ``pip install --no-index
---require-hashes`` (``workers/bootstrap.py``): it runs the master's code, never what a public index
+--require-hashes`` (``workers/latent/bootstrap.py``): it runs the master's code, never what a public index
 happens to hold under the same name. The master writes its wheel from the source tree it runs from
 (:func:`build_master_wheel`); the dependency wheels come from a directory the operator names or are
 downloaded with ``pip download`` from the master's own package index (pip's configuration), at the

@@ -6,8 +6,8 @@ from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.notify import notifiers
 from gentoo_farm.master.store_server import StoreServer
-from gentoo_farm.workers.fleet import OpenStackFleet
-from gentoo_farm.workers.reaper import OpenStackOrphanReaper
+from gentoo_farm.workers.latent.fleet import OpenStackFleet
+from gentoo_farm.workers.latent.reaper import OpenStackOrphanReaper
 
 
 def services(config: FarmConfig, farm: FarmDir, fleet: OpenStackFleet) -> list[BuildbotService]:

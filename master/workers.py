@@ -11,15 +11,15 @@ from gentoo_farm.recipes import recipe_repositories
 from gentoo_farm.store import workers_base_url
 from gentoo_farm.store.binhost import binhost_url
 from gentoo_farm.wheelhouse import MANIFEST_NAME, ServedWheels, worker_wheels_dir
-from gentoo_farm.workers.fleet import OpenStackFleet
-from gentoo_farm.workers.local import LocalLatentWorker, LocalWorkerSettings
-from gentoo_farm.workers.openstack import (
+from gentoo_farm.workers.latent.fleet import OpenStackFleet
+from gentoo_farm.workers.latent.local import LocalLatentWorker, LocalWorkerSettings
+from gentoo_farm.workers.latent.openstack import (
     OpenStackLatentWorker,
     OpenStackPoolSettings,
     openstack_worker_pool,
     pool_worker_names,
 )
-from gentoo_farm.workers.userns import ID_COUNT
+from gentoo_farm.workers.latent.userns import ID_COUNT
 
 # Where an OpenStack instance keeps ccache and kernel sources for as long as it lives.
 INSTANCE_CACHE_DIR = "/var/cache/gentoo-farm"

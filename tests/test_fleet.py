@@ -6,7 +6,7 @@ import time
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from gentoo_farm.workers.fleet import OpenStackFleet
+from gentoo_farm.workers.latent.fleet import OpenStackFleet
 
 BOOTING = 20
 

@@ -1,4 +1,5 @@
-"""The layers point one way: the `farm` CLI -> master -> steps -> core; workers and their toolkit -> core.
+"""The layers point one way: the `farm` CLI -> master -> steps -> core; master -> latent workers -> core;
+the workers' toolkit -> core. Each layer is a folder: workers/ holds latent/ and toolkit/, nothing of its own.
 
 The core (every gentoo_farm module but the `farm` CLI) and the toolkit (`farm-worker`, run on machines
 that may not have Buildbot's master) never load Buildbot. Two independent checks: a fresh interpreter
@@ -23,14 +24,24 @@ from tests.farmtest import farm_command
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-CLI, MASTER, STEPS, WORKERS, TOOLKIT, CORE = "cli", "master", "steps", "workers", "toolkit", "core"
+CLI, MASTER, STEPS, LATENT, TOOLKIT, CORE = "cli", "master", "steps", "latent workers", "toolkit", "core"
+
+# The folder (installed package) of each layer but the CLI's and the core's, which share gentoo_farm/.
+LAYER_PACKAGES = {
+    MASTER: "gentoo_farm.master",
+    STEPS: "gentoo_farm.steps",
+    LATENT: "gentoo_farm.workers.latent",
+    TOOLKIT: "gentoo_farm.workers.toolkit",
+}
+# workers/: the folders of the two layers where builds run, and no module of its own.
+WORKERS_PACKAGE = "gentoo_farm.workers"
 
 # The farm layers each layer may import besides its own (the standard library and third parties aside).
 MAY_IMPORT: dict[str, set[str]] = {
-    CLI: {MASTER, STEPS, WORKERS, CORE},
-    MASTER: {STEPS, WORKERS, CORE},
+    CLI: {MASTER, STEPS, LATENT, CORE},
+    MASTER: {STEPS, LATENT, CORE},
     STEPS: {CORE},
-    WORKERS: {CORE},
+    LATENT: {CORE},
     TOOLKIT: {CORE},
     CORE: set(),
 }
@@ -58,12 +69,7 @@ def _within(module: str, package: str) -> bool:
 def layer_of(module: str) -> str:
     if module == "gentoo_farm.cli" or _within(module, "gentoo_farm.commands"):
         return CLI
-    for layer, package in (
-        (MASTER, "gentoo_farm.master"),
-        (STEPS, "gentoo_farm.steps"),
-        (TOOLKIT, "gentoo_farm.workers.toolkit"),
-        (WORKERS, "gentoo_farm.workers"),
-    ):
+    for layer, package in LAYER_PACKAGES.items():
         if _within(module, package):
             return layer
     return CORE
@@ -186,6 +192,23 @@ def test_every_module_imports_only_what_its_layer_allows() -> None:
         if (reason := layering_violation(module, imported))
     ]
     assert not violations, "\n".join(violations)
+
+
+def test_workers_holds_one_folder_per_layer_and_no_module_of_its_own() -> None:
+    """A module directly in workers/ would sit between two layers that differ in whether Buildbot may load:
+    it belongs in latent/ (the master's side), toolkit/ (farm-worker's) or, when both use it, the core."""
+    loose = [
+        str(path.relative_to(ROOT))
+        for module, path in MODULES.items()
+        if module.rpartition(".")[0] == WORKERS_PACKAGE and path.name != "__init__.py"
+    ]
+    assert not loose, f"{', '.join(loose)}: move it into workers/latent/, workers/toolkit/ or gentoo_farm/"
+    folders = {package for package in source_packages() if package.rpartition(".")[0] == WORKERS_PACKAGE}
+    assert folders == {LAYER_PACKAGES[LATENT], LAYER_PACKAGES[TOOLKIT]}
+    assert not imports_of(WORKERS_PACKAGE, MODULES[WORKERS_PACKAGE]), "workers/__init__.py loads a layer"
+    # What a module put beside toolkit/ again would be: no layer's, so its Buildbot imports fail the walk.
+    assert layer_of(f"{WORKERS_PACKAGE}.local") == CORE
+    assert layer_of(f"{LAYER_PACKAGES[LATENT]}.local") == LATENT
 
 
 def is_stage(module: str) -> bool:
@@ -314,6 +337,6 @@ def test_farm_build_loads_neither_buildbot_nor_the_master(tmp_path: Path) -> Non
     higher = [
         module
         for module in loaded
-        if is_buildbot(module) or layer_of(module) in (MASTER, STEPS, WORKERS, TOOLKIT)
+        if is_buildbot(module) or layer_of(module) in (MASTER, STEPS, LATENT, TOOLKIT)
     ]
     assert not higher, f"gentoo_farm.commands.build loads {', '.join(higher)}"

@@ -18,7 +18,7 @@ from buildbot.process.factory import BuildFactory
 from buildbot.process.results import SUCCESS
 from buildbot.test.util.integration import RunMasterBase
 
-from gentoo_farm.workers.local import (
+from gentoo_farm.workers.latent.local import (
     PROCESS_RECORD,
     LocalLatentWorker,
     LocalWorkerSettings,

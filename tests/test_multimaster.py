@@ -17,9 +17,9 @@ from twisted.trial import unittest
 
 from gentoo_farm.config import FarmConfigError, load_config, parse_config
 from gentoo_farm.master.buildmaster import buildmaster_config
-from gentoo_farm.workers.fleet import OpenStackFleet
-from gentoo_farm.workers.openstack import FARM_ID_KEY, INSTANCE_KEY, MASTER_KEY
-from gentoo_farm.workers.reaper import OpenStackOrphanReaper
+from gentoo_farm.workers.latent.fleet import OpenStackFleet
+from gentoo_farm.workers.latent.openstack import FARM_ID_KEY, INSTANCE_KEY, MASTER_KEY
+from gentoo_farm.workers.latent.reaper import OpenStackOrphanReaper
 from tests.farmtest import farm_command, set_option
 from tests.services.compute import ComputeStandIn
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)

@@ -37,9 +37,13 @@ from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.services import services
 from gentoo_farm.master.workers import workers
 from gentoo_farm.stageprotocol import RESULT_MARKER
-from gentoo_farm.workers.bootstrap import WorkerBootstrap
-from gentoo_farm.workers.fleet import OpenStackFleet
-from gentoo_farm.workers.openstack import OpenStackLatentWorker, OpenStackPoolSettings, openstack_worker_pool
+from gentoo_farm.workers.latent.bootstrap import WorkerBootstrap
+from gentoo_farm.workers.latent.fleet import OpenStackFleet
+from gentoo_farm.workers.latent.openstack import (
+    OpenStackLatentWorker,
+    OpenStackPoolSettings,
+    openstack_worker_pool,
+)
 from tests.services.compute import ComputeStandIn
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
 from tests.services.keystone import Keystone, free_port, keystone  # noqa: F401  (session fixture)
@@ -65,9 +69,9 @@ from buildbot.plugins import schedulers, steps, util
 from gentoo_farm.master.www import PasswordFileAuth
 from gentoo_farm.passwords import PasswordFile
 from gentoo_farm.steps.base import FarmWorkerStep
-from gentoo_farm.workers.fleet import OpenStackFleet
-from gentoo_farm.workers.openstack import OpenStackPoolSettings, openstack_worker_pool
-from gentoo_farm.workers.reaper import OpenStackOrphanReaper
+from gentoo_farm.workers.latent.fleet import OpenStackFleet
+from gentoo_farm.workers.latent.openstack import OpenStackPoolSettings, openstack_worker_pool
+from gentoo_farm.workers.latent.reaper import OpenStackOrphanReaper
 
 c = BuildmasterConfig = {{}}
 c["buildbotNetUsageData"] = None

@@ -27,7 +27,7 @@ from gentoo_farm.config import load_config
 from gentoo_farm.signing import verify_clearsigned
 from gentoo_farm.stageprotocol import SERIAL_LOG_MARKER
 from gentoo_farm.store.sets import SIGNING_KEY
-from gentoo_farm.workers.local import hand_over
+from gentoo_farm.workers.latent.local import hand_over
 from master.workers import local_build_ids, local_worker_names
 from tests import cache
 from tests.browser import artifacts_dir, chromium

@@ -15,7 +15,7 @@ from gentoo_farm.master.workers import hidden_from_local_workers, workers
 from gentoo_farm.signing import FarmKey, SigningError, verify_clearsigned
 from gentoo_farm.store import open_store
 from gentoo_farm.store.sets import digests_key, latest_set
-from gentoo_farm.workers.fleet import OpenStackFleet
+from gentoo_farm.workers.latent.fleet import OpenStackFleet
 from tests.farmtest import Farm
 
 FARM = str(Path(sys.executable).parent / "farm")

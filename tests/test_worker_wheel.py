@@ -46,7 +46,7 @@ from gentoo_farm.wheelhouse import (
     select_wheels,
     worker_requirements,
 )
-from gentoo_farm.workers.bootstrap import WorkerBootstrap
+from gentoo_farm.workers.latent.bootstrap import WorkerBootstrap
 from tests import cache
 from tests.services.store import LocalStoreSettings, local_settings  # noqa: F401  (fixture)
 
@@ -178,7 +178,8 @@ def test_the_master_wheel_is_the_code_the_master_runs(master_wheel: Path) -> Non
     assert master_wheel.name == f"gentoo_farm-{master_version()}-py3-none-any.whl"
     with zipfile.ZipFile(master_wheel) as archive:
         assert (
-            archive.read("gentoo_farm/workers/bootstrap.py") == (source / "workers/bootstrap.py").read_bytes()
+            archive.read("gentoo_farm/workers/latent/bootstrap.py")
+            == (source / "workers/latent/bootstrap.py").read_bytes()
         )
         assert (
             archive.read("gentoo_farm/wheelhouse.py") == (source / "gentoo_farm/wheelhouse.py").read_bytes()

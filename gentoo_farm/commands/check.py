@@ -23,7 +23,7 @@ from gentoo_farm.master.workers import local_build_ids, local_worker_names
 from gentoo_farm.recipes import KERNEL_POLLER, recipe_repositories
 from gentoo_farm.signing import SigningError, key_fingerprints
 from gentoo_farm.store import StoreError, open_store
-from gentoo_farm.workers.userns import ID_COUNT
+from gentoo_farm.workers.latent.userns import ID_COUNT
 
 CHECK_TIMEOUT = 120
 # Seconds to wait for the database server: a host that drops packets must not stall the check.

@@ -1,6 +1,6 @@
 """Run a command as root of a new user namespace whose ids are an unprivileged range of the host's.
 
-``python -m gentoo_farm.workers.userns --ids START -- COMMAND...`` (run as root): the command runs as
+``python -m gentoo_farm.workers.latent.userns --ids START -- COMMAND...`` (run as root): the command runs as
 uid and gid 0 of a new user namespace in which ids 0…65535 are the host's START…START+65535. Root
 there can own files as any image user (Portage's 250, nobody's 65534) and build a whole root, yet on
 the host it is an unprivileged uid: it cannot read root's private files, open the host's devices,
@@ -70,7 +70,7 @@ def exec_in_user_namespace(first_host_id: int, command: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gentoo_farm.workers.userns", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gentoo_farm.workers.latent.userns", description=__doc__)
     parser.add_argument("--ids", required=True, type=int, help="the first host id the namespace maps")
     parser.add_argument("command", nargs="+", help="what to run as the namespace's root")
     args = parser.parse_args(argv)

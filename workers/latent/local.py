@@ -9,7 +9,7 @@ a clean environment (none of the master's variables, AWS keys included), its own
 master's processes, their environments and memory are out of sight) and its own mount namespace, in
 which the farm's secrets, the store's private files and the user's cloud credentials are covered by
 empty mounts. A root master runs the worker as root of a user namespace whose ids are an unprivileged
-host range (:mod:`gentoo_farm.workers.userns`): the covering mounts are locked to it, and root's
+host range (:mod:`gentoo_farm.workers.latent.userns`): the covering mounts are locked to it, and root's
 files, the host's devices and loop devices are out of its reach.
 
 ``basedir`` (the master's) keeps the worker's log and process record; the worker itself lives in
@@ -36,8 +36,8 @@ from twisted.internet import threads
 from twisted.python import log
 
 from gentoo_farm.config import host_port
-from gentoo_farm.workers.instance_password import InstancePasswordMixin
-from gentoo_farm.workers.userns import ID_COUNT
+from gentoo_farm.workers.latent.instance_password import InstancePasswordMixin
+from gentoo_farm.workers.latent.userns import ID_COUNT
 
 # The directory the buildbot-worker lives in, inside the master's instance directory.
 WORKER_DIR = "worker"
@@ -119,7 +119,15 @@ def hiding_script(hidden: Sequence[Path], command: Sequence[str], passages: Sequ
 
 def as_build_root(build_ids: int, command: Sequence[str]) -> list[str]:
     """``command`` as root of a user namespace mapped to the host's ids from ``build_ids`` on."""
-    return [sys.executable, "-m", "gentoo_farm.workers.userns", "--ids", str(build_ids), "--", *command]
+    return [
+        sys.executable,
+        "-m",
+        "gentoo_farm.workers.latent.userns",
+        "--ids",
+        str(build_ids),
+        "--",
+        *command,
+    ]
 
 
 def isolated(

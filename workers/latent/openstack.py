@@ -7,8 +7,8 @@ Each :class:`OpenStackLatentWorker` owns at most one server at a time, so ``max_
 Every server carries metadata naming the farm (:data:`FARM_ID_KEY`, the stable id from farm.toml),
 the Buildbot master that started it (:data:`MASTER_KEY`), the worker (:data:`WORKER_KEY`) and a
 random instance token (:data:`INSTANCE_KEY`) that the worker holds in its
-:class:`~gentoo_farm.workers.fleet.OpenStackFleet` while the server may exist; the orphan reaper
-(:mod:`gentoo_farm.workers.reaper`) deletes this farm's servers whose token nobody holds.
+:class:`~gentoo_farm.workers.latent.fleet.OpenStackFleet` while the server may exist; the orphan reaper
+(:mod:`gentoo_farm.workers.latent.reaper`) deletes this farm's servers whose token nobody holds.
 
 All openstacksdk calls run in threads (``deferToThread``), never on the reactor; what their failures
 mean for a build is :mod:`gentoo_farm.cloud`'s classification.
@@ -37,9 +37,9 @@ from gentoo_farm.config import LATEST_FARM_WORKER_IMAGE
 from gentoo_farm.glance import FARM_ID_PROPERTY, VARIANT_PROPERTY, newest_farm_image
 from gentoo_farm.image_name import WORKER_VARIANT
 from gentoo_farm.wheelhouse import ServedWheels, WheelhouseError
-from gentoo_farm.workers.bootstrap import WorkerBootstrap, check_worker_name
-from gentoo_farm.workers.fleet import OpenStackFleet, check_fleet
-from gentoo_farm.workers.instance_password import InstancePasswordMixin
+from gentoo_farm.workers.latent.bootstrap import WorkerBootstrap, check_worker_name
+from gentoo_farm.workers.latent.fleet import OpenStackFleet, check_fleet
+from gentoo_farm.workers.latent.instance_password import InstancePasswordMixin
 
 FARM_ID_KEY = "gentoo_farm_id"
 MASTER_KEY = "gentoo_farm_master"

@@ -12,8 +12,8 @@ from twisted.internet import defer, task, threads
 from twisted.python import log
 
 from gentoo_farm.cloud import cloud_errors, connect_to_cloud
-from gentoo_farm.workers.fleet import OpenStackFleet, check_fleet
-from gentoo_farm.workers.openstack import FARM_ID_KEY, INSTANCE_KEY, MASTER_KEY, WORKER_KEY, master_tag
+from gentoo_farm.workers.latent.fleet import OpenStackFleet, check_fleet
+from gentoo_farm.workers.latent.openstack import FARM_ID_KEY, INSTANCE_KEY, MASTER_KEY, WORKER_KEY, master_tag
 
 
 def orphans(
