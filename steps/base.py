@@ -55,6 +55,28 @@ def as_list(value: object) -> list[object]:
     return [value]
 
 
+def set_declared(
+    step: buildstep.BuildStep,
+    defaults: Mapping[str, object],
+    values: Sequence[object],
+    kwargs: dict[str, Any],
+) -> None:
+    """Set each argument a step declares (name -> default, or :data:`REQUIRED`) as its attribute: from
+    the positional ``values`` in declared order, else from ``kwargs`` (taken out, so that Buildbot sees
+    only its own options), else the default; a config error names a value missing, given twice or too many."""
+    names = list(defaults)
+    if len(values) > len(names):
+        config.error(f"{type(step).__name__}: {len(values)} positional values for {names}")
+    given = dict(zip(names, values, strict=False))
+    for name, default in defaults.items():
+        if name in given and name in kwargs:
+            config.error(f"{type(step).__name__}: {name} given twice")
+        value = given[name] if name in given else kwargs.pop(name, default)
+        if value is REQUIRED:
+            config.error(f"{type(step).__name__}: missing argument {name!r}")
+        setattr(step, name, value)
+
+
 def declared(**arguments: "StageArgument") -> Mapping[str, "StageArgument"]:
     """A step's ``arguments``: keyword name -> :class:`StageArgument`, in command-line order."""
     return MappingProxyType(arguments)
@@ -132,17 +154,8 @@ class FarmWorkerStep(buildstep.ShellMixin, buildstep.BuildStep):
             stage = str(positional.pop(0))
             if positional:
                 stage_args = positional.pop(0)
-        names = list(self.arguments)
-        if len(positional) > len(names):
-            config.error(f"{type(self).__name__}: {len(positional)} positional values for {names}")
-        given = dict(zip(names, positional, strict=False))
-        for name, argument in self.arguments.items():
-            if name in given and name in kwargs:
-                config.error(f"{type(self).__name__}: {name} given twice")
-            value = given[name] if name in given else kwargs.pop(name, argument.default)
-            if value is REQUIRED:
-                config.error(f"{type(self).__name__}: missing argument {name!r}")
-            setattr(self, name, value)
+        defaults = {name: argument.default for name, argument in self.arguments.items()}
+        set_declared(self, defaults, positional, kwargs)
         kwargs.setdefault("sigtermTime", SIGTERM_GRACE_SECONDS)
         kwargs = self.setupShellMixin(kwargs, prohibitArgs=["command"])
         if "name" not in kwargs and type(self).name == buildstep.BuildStep.name:

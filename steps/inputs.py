@@ -6,9 +6,9 @@ from types import MappingProxyType
 from buildbot.process.results import SUCCESS
 
 from gentoo_farm.artifacts import ARTIFACT_KINDS, DOWNLOAD_MAP, INPUT_KEY_PROPERTY, REBUILD_PROPERTY
-from gentoo_farm.steps.base import FarmWorkerStep, Renderable, StageArgument, declared
-from gentoo_farm.steps.store import SignedUrlsStep
-from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
+from gentoo_farm.steps.base import REQUIRED, FarmWorkerStep, StageArgument, declared
+from gentoo_farm.steps.store import SignedUrlsStep, declared_parameters
+from gentoo_farm.store import ArtifactStore, StoreError
 from gentoo_farm.store.sets import ARTIFACT, PublishedSet, find_set, latest_set, list_sets
 
 
@@ -38,21 +38,11 @@ class ResolveImageInputs(SignedUrlsStep):
     ``downloads`` maps each kind to the path its artifact gets on the worker.
     """
 
+    name = "resolve-inputs"
+    parameters = declared_parameters(downloads=REQUIRED, kernel_revision="", map_path=DOWNLOAD_MAP)
     renderables = ("kernel_revision",)
-
-    def __init__(
-        self,
-        store_settings: StoreSettings,
-        downloads: Mapping[str, str],
-        kernel_revision: Renderable = "",
-        map_path: str = DOWNLOAD_MAP,
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("name", "resolve-inputs")
-        super().__init__(store_settings, **kwargs)
-        self.downloads = downloads
-        self.kernel_revision = kernel_revision
-        self.map_path = map_path
+    downloads: Mapping[str, str]
+    map_path: str
 
     def _resolve(self, store: ArtifactStore) -> tuple[dict[str, PublishedSet], dict[str, dict[str, str]]]:
         sets: dict[str, PublishedSet] = {}
@@ -119,23 +109,14 @@ class ResolveStage4(SignedUrlsStep):
     (``worker-stage4`` for the worker image, whose root holds more).
     """
 
+    name = "find-stage4"
+    parameters = declared_parameters(
+        stage4_key=REQUIRED, worker_path=REQUIRED, map_path=REQUIRED, kind="stage4"
+    )
     renderables = ("stage4_key",)
-
-    def __init__(
-        self,
-        store_settings: StoreSettings,
-        stage4_key: Renderable,
-        worker_path: str,
-        map_path: str,
-        kind: str = "stage4",
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("name", "find-stage4")
-        super().__init__(store_settings, **kwargs)
-        self.stage4_key = stage4_key
-        self.kind = kind
-        self.worker_path = worker_path
-        self.map_path = map_path
+    worker_path: str
+    map_path: str
+    kind: str
 
     def _find(self, store: ArtifactStore) -> tuple[PublishedSet, dict[str, str]] | None:
         published = find_set(store, self.kind, str(self.stage4_key))

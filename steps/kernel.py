@@ -12,9 +12,9 @@ from gentoo_farm.kernel_ccache import (
     tarball_key,
     verify_tarball,
 )
-from gentoo_farm.steps.base import FarmWorkerStep, Renderable, StageArgument, declared
-from gentoo_farm.steps.store import SignedUrlsStep, StoreStep
-from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings
+from gentoo_farm.steps.base import REQUIRED, FarmWorkerStep, StageArgument, declared
+from gentoo_farm.steps.store import SignedUrlsStep, StoreStep, declared_parameters
+from gentoo_farm.store import ArtifactStore, StoreError
 
 SHARED_CCACHE_OPTIONS: dict[str, Any] = {
     "haltOnFailure": False,
@@ -29,13 +29,11 @@ class OfferKernelCcache(SignedUrlsStep):
     """Write ``map_path`` for ``farm-worker kernel-ccache-seed``: a signed download URL, sha256 and size
     of the ccache tarball ``arch``'s pointer names, or ``{}`` while there is none."""
 
+    name = "offer-kernel-ccache"
+    parameters = declared_parameters(arch=REQUIRED, map_path=REQUIRED)
     renderables = ("map_path",)
-
-    def __init__(self, store_settings: StoreSettings, arch: str, map_path: Renderable, **kwargs: Any) -> None:
-        kwargs.setdefault("name", "offer-kernel-ccache")
-        super().__init__(store_settings, **{**SHARED_CCACHE_OPTIONS, **kwargs})
-        self.arch = arch
-        self.map_path = map_path
+    options = SHARED_CCACHE_OPTIONS
+    arch: str
 
     async def run(self) -> int:
         expiry = self.store_settings.url_expiry_seconds
@@ -63,25 +61,13 @@ class SignKernelCcacheUpload(SignedUrlsStep):
     """Write ``map_path`` for ``farm-worker upload``: one create-only URL for the packed ccache's content
     key, bound to its reported size, or none when the store has that content already."""
 
+    name = "sign-kernel-ccache-upload"
+    parameters = declared_parameters(
+        arch=REQUIRED, sha256=REQUIRED, size=REQUIRED, tarball=REQUIRED, map_path=REQUIRED
+    )
     renderables = ("sha256", "size", "tarball", "map_path")
-
-    def __init__(
-        self,
-        store_settings: StoreSettings,
-        arch: str,
-        sha256: Renderable,
-        size: Renderable,
-        tarball: Renderable,
-        map_path: Renderable,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("name", "sign-kernel-ccache-upload")
-        super().__init__(store_settings, **{**SHARED_CCACHE_OPTIONS, **kwargs})
-        self.arch = arch
-        self.sha256 = sha256
-        self.size = size
-        self.tarball = tarball
-        self.map_path = map_path
+    options = SHARED_CCACHE_OPTIONS
+    arch: str
 
     async def run(self) -> int:
         key = tarball_key(self.arch, str(self.sha256))
@@ -104,23 +90,11 @@ class AdvanceKernelCcache(StoreStep):
     """Check the uploaded ccache tarball against what the worker packed, then point ``arch``'s latest
     kernel ccache at it, unless a later build's is named already (forward only)."""
 
+    name = "share-kernel-ccache"
+    parameters = declared_parameters(arch=REQUIRED, sha256=REQUIRED, size=REQUIRED, build_number=REQUIRED)
     renderables = ("sha256", "size", "build_number")
-
-    def __init__(
-        self,
-        store_settings: StoreSettings,
-        arch: str,
-        sha256: Renderable,
-        size: Renderable,
-        build_number: Renderable,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("name", "share-kernel-ccache")
-        super().__init__(store_settings, **{**SHARED_CCACHE_OPTIONS, **kwargs})
-        self.arch = arch
-        self.sha256 = sha256
-        self.size = size
-        self.build_number = build_number
+    options = SHARED_CCACHE_OPTIONS
+    arch: str
 
     async def run(self) -> int:
         key = tarball_key(self.arch, str(self.sha256))

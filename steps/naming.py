@@ -5,9 +5,9 @@ from __future__ import annotations
 from buildbot.process.results import SUCCESS
 
 from gentoo_farm.image_name import ImageNameError
-from gentoo_farm.steps.base import Renderable
-from gentoo_farm.steps.store import StoreStep
-from gentoo_farm.store import StoreError, StoreSettings
+from gentoo_farm.steps.base import REQUIRED
+from gentoo_farm.steps.store import StoreStep, declared_parameters
+from gentoo_farm.store import StoreError
 from gentoo_farm.store.sets import next_image_name
 
 IMAGE_NAME_PROPERTY = "image_name"
@@ -18,15 +18,10 @@ class NameImage(StoreStep):
     holds, :func:`next_image_name`) right before its files are uploaded under it; the property
     ``image_name`` carries it to the publish steps."""
 
+    name = "name-image"
+    parameters = declared_parameters(arch=REQUIRED, images_kind="images")
     renderables = ("arch",)
-
-    def __init__(
-        self, store_settings: StoreSettings, arch: Renderable, images_kind: str = "images", **kwargs: object
-    ) -> None:
-        kwargs.setdefault("name", "name-image")
-        super().__init__(store_settings, **kwargs)
-        self.arch = arch
-        self.images_kind = images_kind
+    images_kind: str
 
     async def run(self) -> int:
         try:

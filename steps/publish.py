@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
 from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 from twisted.internet import threads
 
 from gentoo_farm.signing import FarmKey
-from gentoo_farm.steps.base import Renderable
-from gentoo_farm.steps.store import SignedUrlsStep, StoreStep, published_properties
-from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
+from gentoo_farm.steps.base import REQUIRED
+from gentoo_farm.steps.store import SignedUrlsStep, StoreStep, declared_parameters, published_properties
+from gentoo_farm.store import ArtifactStore, StoreError, open_store
 from gentoo_farm.store.sets import (
     ARTIFACT,
     ExpectedFile,
@@ -42,23 +43,12 @@ class MakeUploadUrls(SignedUrlsStep):
     ``publish_set_id`` for :class:`PublishSet`.
     """
 
+    name = "{kind}-upload-urls"
+    parameters = declared_parameters(
+        kind=REQUIRED, input_key=REQUIRED, files=REQUIRED, map_path="upload-map.json"
+    )
     renderables = ("files", "input_key", "map_path")
-
-    def __init__(
-        self,
-        store_settings: StoreSettings,
-        kind: str,
-        input_key: Renderable,
-        files: Renderable,
-        map_path: Renderable = "upload-map.json",
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("name", f"{kind}-upload-urls")
-        super().__init__(store_settings, **kwargs)
-        self.kind = kind
-        self.input_key = input_key
-        self.files = files
-        self.map_path = map_path
+    kind: str
 
     async def run(self) -> int:
         set_id = new_set_id(str(self.input_key))
@@ -92,32 +82,22 @@ class PublishSet(StoreStep):
     Retention keeps ``[store] keep`` sets per kind, ``keep_by_kind``'s number for a kind it names.
     """
 
+    name = "publish-{kind}"
+    parameters = declared_parameters(
+        kind=REQUIRED,
+        input_key=REQUIRED,
+        files=REQUIRED,
+        metadata=None,
+        sources=None,
+        set_id=None,
+        key=None,
+        keep_by_kind=MappingProxyType({}),
+    )
     renderables = ("input_key", "files", "metadata", "sources", "set_id")
-
-    def __init__(
-        self,
-        store_settings: StoreSettings,
-        kind: str,
-        input_key: Renderable,
-        files: Renderable,
-        metadata: Renderable = None,
-        sources: Renderable = None,
-        set_id: Renderable = None,
-        key: FarmKey | None = None,
-        keep_by_kind: Mapping[str, int] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("name", f"publish-{kind}")
-        super().__init__(store_settings, **kwargs)
-        self.kind = kind
-        self.input_key = input_key
-        self.files = files
-        self.metadata = metadata or {}
-        self.sources = sources or {}
-        self.set_id = set_id
-        self.key = key
-        self.keep_by_kind = dict(keep_by_kind or {})
-        self.published_name: str | None = None
+    kind: str
+    key: FarmKey | None
+    keep_by_kind: Mapping[str, int]
+    published_name: str | None = None
 
     def expected_files(self) -> dict[str, ExpectedFile]:
         try:
@@ -149,8 +129,8 @@ class PublishSet(StoreStep):
                     set_id,
                     str(self.input_key),
                     expected,
-                    dict(cast(Mapping[str, object], self.metadata)),  # rendered
-                    dict(cast(Mapping[str, str], self.sources)),
+                    dict(cast(Mapping[str, object], self.metadata or {})),  # rendered
+                    dict(cast(Mapping[str, str], self.sources or {})),
                     say,
                     sign=self.key.clearsign if self.key is not None else None,
                 )

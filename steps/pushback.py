@@ -10,9 +10,9 @@ from buildbot.process.results import FAILURE, SUCCESS, WARNINGS
 
 from gentoo_farm.artifacts import PUSHBACK_CANDIDATES, PUSHBACK_UPLOADS
 from gentoo_farm.signing import FarmKey
-from gentoo_farm.steps.base import Renderable
-from gentoo_farm.steps.store import SignedUrlsStep, StoreStep
-from gentoo_farm.store import StoreError, StoreSettings
+from gentoo_farm.steps.base import REQUIRED
+from gentoo_farm.steps.store import SignedUrlsStep, StoreStep, declared_parameters
+from gentoo_farm.store import StoreError
 from gentoo_farm.store.binhost import (
     PushbackCandidates,
     merge_distfiles,
@@ -28,21 +28,11 @@ class PushBackUrls(SignedUrlsStep):
     lacks: a distfile the mirror has gets none, whatever the worker lists, and one gets a URL only when the
     published snapshot at ``snapshot_key`` (the one the build used) vouches for it."""
 
+    name = "push-back-urls"
+    parameters = declared_parameters(
+        snapshot_key=None, candidates_path=PUSHBACK_CANDIDATES, map_path=PUSHBACK_UPLOADS
+    )
     renderables = ("candidates_path", "map_path", "snapshot_key")
-
-    def __init__(
-        self,
-        store_settings: StoreSettings,
-        snapshot_key: Renderable = None,
-        candidates_path: Renderable = PUSHBACK_CANDIDATES,
-        map_path: Renderable = PUSHBACK_UPLOADS,
-        **kwargs: object,
-    ) -> None:
-        kwargs.setdefault("name", "push-back-urls")
-        super().__init__(store_settings, **kwargs)
-        self.snapshot_key = snapshot_key
-        self.candidates_path = candidates_path
-        self.map_path = map_path
 
     async def run(self) -> int:
         content = await self.getFileContentFromWorker(str(self.candidates_path))
@@ -75,9 +65,7 @@ class PushBackUrls(SignedUrlsStep):
 class MergeDistfiles(StoreStep):
     """Move the build's staged distfiles into the mirror: those matching their DIST line, under new names."""
 
-    def __init__(self, store_settings: StoreSettings, **kwargs: object) -> None:
-        kwargs.setdefault("name", "merge-distfiles")
-        super().__init__(store_settings, **kwargs)
+    name = "merge-distfiles"
 
     async def run(self) -> int:
         token = self.getProperty(PUSHBACK_TOKEN_PROPERTY)
@@ -103,15 +91,10 @@ class MergeBinhost(StoreStep):
     """Sign the build's staged packages with the farm key into the binhost and merge their index entries
     (under the lock)."""
 
+    name = "merge-binhost"
+    parameters = declared_parameters(profile=REQUIRED, key=REQUIRED)
     renderables = ("profile",)
-
-    def __init__(
-        self, store_settings: StoreSettings, profile: Renderable, key: FarmKey, **kwargs: object
-    ) -> None:
-        kwargs.setdefault("name", "merge-binhost")
-        super().__init__(store_settings, **kwargs)
-        self.profile = profile
-        self.key = key
+    key: FarmKey
 
     async def run(self) -> int:
         token = self.getProperty(PUSHBACK_TOKEN_PROPERTY)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from buildbot.process import buildstep
@@ -17,6 +18,7 @@ from buildbot.steps.worker import CompositeStepMixin
 from twisted.internet import threads
 
 from gentoo_farm.image_name import ImageNameError
+from gentoo_farm.steps.base import Renderable, set_declared
 from gentoo_farm.store import StoreError, StoreSettings, open_store
 from gentoo_farm.store.sets import PublishedSet
 
@@ -33,11 +35,32 @@ def published_properties(published: PublishedSet) -> dict[str, object]:
     }
 
 
-class StoreStep(buildstep.BuildStep):
-    """Base of the steps here: one store, opened per run, and a status line that says what failed."""
+def declared_parameters(**defaults: object) -> Mapping[str, object]:
+    """A store step's ``parameters``: keyword name -> default (:data:`REQUIRED`: none), in positional
+    order."""
+    return MappingProxyType(defaults)
 
-    def __init__(self, store_settings: StoreSettings, **kwargs: object) -> None:
-        super().__init__(**kwargs)
+
+class StoreStep(buildstep.BuildStep):
+    """Base of the steps here: one store, opened per run, and a status line that says what failed.
+
+    A subclass declares what it takes after the store's settings: ``parameters`` (keyword name -> default,
+    or :data:`REQUIRED`; positional values fill them in declared order), which of them Buildbot renders
+    (``renderables``), its ``name`` (which may name a parameter: ``"publish-{kind}"``) and the defaults of
+    Buildbot's step options it differs in (``options``), as class attributes; each parameter becomes an
+    attribute of the step.
+    """
+
+    parameters: Mapping[str, object] = MappingProxyType({})
+    options: Mapping[str, object] = MappingProxyType({})
+
+    def __init__(self, store_settings: StoreSettings, *values: Renderable, **kwargs: Any) -> None:
+        # kwargs: the declared parameters and Buildbot's own step options (untyped).
+        set_declared(self, self.parameters, values, kwargs)
+        kwargs.setdefault(
+            "name", type(self).name.format(**{name: getattr(self, name) for name in self.parameters})
+        )
+        super().__init__(**{**self.options, **kwargs})
         self.store_settings = store_settings
         self.outcome: str | None = None
         self.current: str | None = None

@@ -10,9 +10,9 @@ from buildbot.process.results import SKIPPED, SUCCESS
 from twisted.internet import defer
 
 from gentoo_farm.artifacts import REBUILD_PROPERTY, UP_TO_DATE_PROPERTY
-from gentoo_farm.steps.base import Renderable
-from gentoo_farm.steps.store import StoreStep, published_properties
-from gentoo_farm.store import StoreError, StoreSettings
+from gentoo_farm.steps.base import REQUIRED
+from gentoo_farm.steps.store import StoreStep, declared_parameters, published_properties
+from gentoo_farm.store import StoreError
 from gentoo_farm.store.sets import PublishedSet, find_set
 
 StepCondition = Callable[[buildstep.BuildStep], "bool | defer.Deferred[bool]"]
@@ -44,15 +44,10 @@ class CheckUpToDate(StoreStep):
     property is true builds anyway and publishes a new set.
     """
 
+    name = "{kind}-up-to-date"
+    parameters = declared_parameters(kind=REQUIRED, input_key=REQUIRED)
     renderables = ("input_key",)
-
-    def __init__(
-        self, store_settings: StoreSettings, kind: str, input_key: Renderable, **kwargs: object
-    ) -> None:
-        kwargs.setdefault("name", f"{kind}-up-to-date")
-        super().__init__(store_settings, **kwargs)
-        self.kind = kind
-        self.input_key = input_key
+    kind: str
 
     async def run(self) -> int:
         try:

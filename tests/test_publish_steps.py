@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from buildbot.config import ConfigErrors
 from buildbot.db.steps import UrlModel
 from buildbot.process import remotetransfer
 from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
@@ -115,6 +116,26 @@ class StoreStepsTest(TestBuildStepMixin, TestReactorMixin, unittest.TestCase):
         assert url.startswith(f"http://127.0.0.1:8011/kernel/{set_id}/vmlinuz.tar.xz?expires=")
         properties = json.dumps(self.get_nth_step(0).build.getProperties().asDict())
         assert "signature" not in properties
+
+    def test_a_store_step_takes_its_arguments_by_position_or_keyword_and_names_a_mistake(self) -> None:
+        by_position = MakeUploadUrls(self.settings, "kernel", "kernel-key", {}, "map.json")
+        by_keyword = MakeUploadUrls(
+            self.settings, map_path="map.json", files={}, input_key="kernel-key", kind="kernel"
+        )
+        for step in (by_position, by_keyword):
+            self.assertEqual(
+                (step.name, step.kind, step.input_key, step.map_path),
+                ("kernel-upload-urls", "kernel", "kernel-key", "map.json"),
+            )
+        # A factory's mistake fails the config check, naming the step and the argument.
+        with self.assertRaisesRegex(ConfigErrors, "PublishSet: missing argument 'files'"):
+            PublishSet(self.settings, "kernel", "k1")
+        with self.assertRaisesRegex(ConfigErrors, "CheckUpToDate: kind given twice"):
+            CheckUpToDate(self.settings, "images", "input-1", kind="kernel")
+        with self.assertRaisesRegex(
+            ConfigErrors, r"NameImage: 3 positional values for \['arch', 'images_kind'\]"
+        ):
+            NameImage(self.settings, "amd64", "images", "extra")
 
     async def test_publish_verifies_and_flips_latest(self) -> None:
         data = b"kernel tarball"
