@@ -31,6 +31,22 @@ Buildbot has no type hints, so a renderable is any object to the checker; the al
 arguments a step renders before it reads them."""
 
 
+class LiveStatus(buildstep.BuildStep):
+    """A step whose status while it runs is the newest thing it is doing (an emerge, an upload or a read-back
+    takes minutes), then Buildbot's own."""
+
+    live_status: str | None = None
+
+    def show_live_status(self, line: str) -> None:
+        self.live_status = line
+        self.updateSummary()
+
+    def getCurrentSummary(self) -> dict[str, str]:
+        if self.live_status:
+            return {"step": self.live_status}
+        return super().getCurrentSummary()
+
+
 def new_result_nonce() -> str:
     """A secret for one command's result lines (tests replace it to know what the stage prints)."""
     return secrets.token_hex(16)

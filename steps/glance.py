@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from buildbot.process import buildstep, properties
+from buildbot.process import properties
 from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS, worst_status
 from twisted.internet import threads
 
@@ -20,7 +20,7 @@ from gentoo_farm.glance import (
     target_place,
     upload_from_record,
 )
-from gentoo_farm.steps.base import Renderable
+from gentoo_farm.steps.base import LiveStatus, Renderable
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
 from gentoo_farm.store.clouds import (
     ACTIVE,
@@ -34,7 +34,7 @@ from gentoo_farm.store.clouds import (
 from gentoo_farm.transfer import REPORT_SECONDS
 
 
-class PublishToGlance(buildstep.BuildStep):
+class PublishToGlance(LiveStatus):
     """Upload the image set ``set_id`` of ``images_kind`` (default: the ``<images_kind>_set_id`` property the
     store's publish steps set, ``images_set_id``) to each target, one after the other, in a thread.
 
@@ -74,7 +74,6 @@ class PublishToGlance(buildstep.BuildStep):
         self.progress_interval = progress_interval
         self.signing_fingerprint = signing_fingerprint
         self.outcomes: list[str] = []
-        self.current: str | None = None
 
     async def run(self) -> int:
         if not self.targets:
@@ -152,13 +151,7 @@ class PublishToGlance(buildstep.BuildStep):
 
     def _show_progress(self, log: Any, cloud: str, message: str) -> None:
         log.addStdout(f"{message}\n")
-        self.current = f"{cloud}: {message}"
-        self.updateSummary()
-
-    def getCurrentSummary(self) -> dict[str, str]:
-        if self.current:
-            return {"step": self.current}
-        return super().getCurrentSummary()
+        self.show_live_status(f"{cloud}: {message}")
 
     def getResultSummary(self) -> dict[str, str]:
         if self.outcomes:

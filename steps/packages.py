@@ -3,7 +3,7 @@
 from buildbot.process import logobserver
 
 from gentoo_farm.emergeoutput import EMERGING
-from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
+from gentoo_farm.steps.base import FarmWorkerStep, LiveStatus, StageArgument, declared
 
 
 class FetchRelease(FarmWorkerStep):
@@ -63,7 +63,7 @@ class PackRoot(FarmWorkerStep):
     arguments = declared(root=StageArgument("--root"), output=StageArgument("--output"))
 
 
-class EmergePackages(FarmWorkerStep):
+class EmergePackages(LiveStatus, FarmWorkerStep):
     """Emerge the package set into the build root through the farm binhost and distfile mirror.
 
     Sets ``packages_compiled``, ``packages_binary`` (of them ``packages_upstream_binary`` from the stage3's
@@ -95,7 +95,6 @@ class EmergePackages(FarmWorkerStep):
 
     def __init__(self, *values: object, **kwargs: object) -> None:
         super().__init__(*values, **kwargs)
-        self.emerging: str | None = None
         self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._follow_portage))
 
     def _follow_portage(self):
@@ -103,13 +102,7 @@ class EmergePackages(FarmWorkerStep):
             stream, line = yield
             if stream == "o" and (match := EMERGING.match(line)):
                 how = "binary" if match["binary"] else "compiling"
-                self.emerging = f"emerging {match['number']}/{match['total']} {match['cpv']} ({how})"
-                self.updateSummary()
-
-    def getCurrentSummary(self) -> dict[str, str]:
-        if self.emerging:
-            return {"step": self.emerging}
-        return super().getCurrentSummary()
+                self.show_live_status(f"emerging {match['number']}/{match['total']} {match['cpv']} ({how})")
 
     def success_summary(self) -> str:
         binary = len(self.getProperty("packages_binary") or [])

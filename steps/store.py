@@ -12,13 +12,12 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from buildbot.process import buildstep
 from buildbot.process.results import FAILURE, SUCCESS
 from buildbot.steps.worker import CompositeStepMixin
 from twisted.internet import threads
 
 from gentoo_farm.image_name import ImageNameError
-from gentoo_farm.steps.base import Renderable, set_declared
+from gentoo_farm.steps.base import LiveStatus, Renderable, set_declared
 from gentoo_farm.store import StoreError, StoreSettings, open_store
 from gentoo_farm.store.sets import PublishedSet
 
@@ -41,7 +40,7 @@ def declared_parameters(**defaults: object) -> Mapping[str, object]:
     return MappingProxyType(defaults)
 
 
-class StoreStep(buildstep.BuildStep):
+class StoreStep(LiveStatus):
     """Base of the steps here: one store, opened per run, and a status line that says what failed.
 
     A subclass declares what it takes after the store's settings: ``parameters`` (keyword name -> default,
@@ -63,7 +62,6 @@ class StoreStep(buildstep.BuildStep):
         super().__init__(**{**self.options, **kwargs})
         self.store_settings = store_settings
         self.outcome: str | None = None
-        self.current: str | None = None
 
     def reporter(self, log: Any) -> Callable[[str], None]:
         """What the store thread hands its lines to: each reaches ``log`` as it happens, and the newest is
@@ -71,15 +69,9 @@ class StoreStep(buildstep.BuildStep):
 
         def show(line: str) -> None:
             log.addStdout(f"{line}\n")
-            self.current = line
-            self.updateSummary()
+            self.show_live_status(line)
 
         return lambda line: self.master.reactor.callFromThread(show, line)
-
-    def getCurrentSummary(self) -> dict[str, str]:
-        if self.current:
-            return {"step": self.current}
-        return super().getCurrentSummary()
 
     async def in_thread(self, function: Callable[..., T], *args: object) -> T:
         """``function(store, *args)`` in a thread, with the store opened there."""
