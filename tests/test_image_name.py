@@ -80,5 +80,5 @@ def test_a_name_is_made_only_of_what_parses_back() -> None:
         ImageName(date(2026, 11, 25), "x86-64")
     with pytest.raises(ImageNameError, match="image serial -1 of amd64 is negative"):
         ImageName(date(2026, 11, 25), "amd64", -1)
-    with pytest.raises(ImageNameError, match="image variant 'builder' is not one of '', 'worker'"):
+    with pytest.raises(ImageNameError, match="image variant 'builder' is not one of '', 'farm-worker'"):
         ImageName(date(2026, 11, 25), "amd64", 0, "builder")

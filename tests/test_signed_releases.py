@@ -171,9 +171,9 @@ def publish_image(store: ArtifactStore, key: FarmKey, name: str, tmp_path: Path)
     """An image set signed by ``key``, as the master's publish leaves it."""
     disk = tmp_path / f"{name}.qcow2"
     disk.write_bytes(name.encode() * 4096)
-    publish_files(
-        store, "images", name.ljust(64, "i"), {disk.name: disk}, metadata={"name": name}, sign=key.clearsign
-    )
+    # Input keys are content hashes: two images' sets must not share an id (time + the key's first digits).
+    input_key = hashlib.sha256(name.encode()).hexdigest()
+    publish_files(store, "images", input_key, {disk.name: disk}, metadata={"name": name}, sign=key.clearsign)
 
 
 def test_a_rotated_key_signs_new_images_while_the_old_key_still_vouches_for_old_ones(tmp_path: Path) -> None:
