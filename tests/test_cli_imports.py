@@ -35,7 +35,9 @@ def farm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_farm(tmp_path_factory.mktemp("cli") / "farm").root
 
 
-@pytest.mark.parametrize("command", [["images"], ["status"], ["build", "--help"], ["--help"]])
+@pytest.mark.parametrize(
+    "command", [["images"], ["status"], ["build", "--help"], ["--help"], ["check", "--config-only"]]
+)
 def test_a_command_imports_only_what_it_needs(farm_root: Path, command: list[str]) -> None:
     assert imported_by("--farm", str(farm_root), *command) == set()
 
