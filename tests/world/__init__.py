@@ -237,8 +237,8 @@ def _generate(root: Path, compile_scale: int) -> None:
     try:
         signing.export_public_key(world.gnupg_home, world.keyring)
         flat = work / "distfiles"
-        repository.write_distfiles(flat, compile_scale)
         _build_stage3(world, work)
+        repository.write_distfiles(flat, work / "stage3-root", compile_scale)
         _build_snapshot(world, work, flat, compile_scale)
         build_upstream_binhost(
             world.file(world.stage3_path),

@@ -6,7 +6,8 @@ saves it), a static ``farm-hello`` the image runs at boot, an OpenRC service and
 ``net-misc/dhcpcd`` installs Debian's real dhcpcd build (the stand-in stage3, like Gentoo's, has no
 DHCP client): its distfile is the binary and the libraries it links, taken from Debian's packages.
 ``app-admin/sudo`` (what ``[image] admin = "sudo"`` adds to the image) installs Debian's real sudo the
-same way, with Gentoo's PAM service file for it.
+same way, with Gentoo's PAM service file for it. What a worker image adds (WORKER_BUILDS: python, git,
+qemu, syslinux...) is Debian's builds too, each with the libraries it links that the stage3 lacks.
 """
 
 import gzip
@@ -17,11 +18,12 @@ import subprocess
 import tarfile
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests import debian
+from tests.world.stage3 import install_debian_packages, remove_debian_only
 
 REPO_NAME = "gentoo"
 PROFILE = "default/linux/amd64/farm"
@@ -267,6 +269,143 @@ src_install() {{
 """
 
 
+REPACKAGED_EBUILD = """\
+# Copyright 2026 Gentoo Farm test world
+# Distributed under the terms of the GNU General Public License v2
+
+EAPI=8
+
+DESCRIPTION="{description} (Debian's build, for the farm's test world)"
+HOMEPAGE="{homepage}"
+SRC_URI="{src_uri}/${{P}}.tar.gz"
+
+LICENSE="{license}"
+SLOT="0"
+KEYWORDS="amd64"
+RDEPEND="{rdepend}"
+# Prebuilt binaries: nothing to compile or strip.
+RESTRICT="strip"
+QA_PREBUILT="*"
+
+src_install() {{
+	cp -a "${{S}}"/image/. "${{ED}}"/ || die
+}}
+"""
+
+
+@dataclass(frozen=True)
+class DebianBuild:
+    """A world package that installs Debian's build: ``debs`` unpacked whole, with the libraries they link
+    that neither the stage3 nor the packages it ``depends`` on have (each library in one package only)."""
+
+    atom: str
+    # The Gentoo spelling of the upstream version of ``debs[0]``, which is ``debian_version`` (checked).
+    version: str
+    debian_version: str
+    debs: tuple[str, ...]
+    description: str
+    homepage: str
+    license: str
+    depends: tuple[str, ...] = ()
+    # Links Gentoo's package installs that Debian leaves to other packages: (path, target).
+    links: tuple[tuple[str, str], ...] = ()
+
+    def ebuild(self) -> str:
+        return REPACKAGED_EBUILD.format(
+            description=self.description,
+            homepage=self.homepage,
+            src_uri=UPSTREAM_SRC_URI,
+            license=self.license,
+            rdepend=" ".join(self.depends),
+        )
+
+
+# What a worker image adds to an image (gentoo_farm.config.WORKER_PACKAGES), from Debian's builds; a
+# package comes after those it depends on. sys-devel/gcc is not here yet (Debian's toolchain: gcc-12,
+# cpp-12, binutils, libc6-dev).
+WORKER_BUILDS = (
+    DebianBuild(
+        "dev-lang/python", "3.11.2", "3.11.2",
+        ("python3.11", "python3.11-minimal", "libpython3.11-stdlib", "libpython3.11-minimal",
+         "python3.11-venv", "python3-pip-whl", "python3-setuptools-whl"),
+        "An interpreted, interactive, object-oriented programming language", "https://www.python.org/",
+        "PSF-2", links=(("usr/bin/python3", "python3.11"),),
+    ),
+    DebianBuild(
+        "sys-apps/kmod", "30", "30+20221128", ("kmod",),
+        "Library and tools for managing Linux kernel modules", "https://git.kernel.org/pub/scm/utils/kernel/kmod/kmod.git",
+        "LGPL-2",
+    ),
+    DebianBuild(
+        "sys-fs/e2fsprogs", "1.47.0", "1.47.0", ("e2fsprogs",),
+        "Standard EXT2/EXT3/EXT4 filesystem utilities", "http://e2fsprogs.sourceforge.net/", "GPL-2",
+    ),
+    DebianBuild(
+        "app-arch/xz-utils", "5.4.1", "5.4.1", ("xz-utils",),
+        "Utils for managing LZMA compressed files", "https://tukaani.org/xz/", "public-domain",
+    ),
+    DebianBuild(
+        "app-arch/zstd", "1.5.4", "1.5.4+dfsg2", ("zstd",),
+        "zstd fast compression library", "https://facebook.github.io/zstd/", "BSD",
+    ),
+    DebianBuild(
+        "app-arch/cpio", "2.13", "2.13+dfsg", ("cpio",),
+        "A file archival tool which can also read and write tar files", "https://www.gnu.org/software/cpio/",
+        "GPL-3",
+    ),
+    DebianBuild(
+        "sys-devel/bc", "1.07.1", "1.07.1", ("bc",),
+        "Handy console-based calculator utility", "https://www.gnu.org/software/bc/bc.html", "GPL-2",
+    ),
+    DebianBuild(
+        "sys-devel/m4", "1.4.19", "1.4.19", ("m4",),
+        "GNU macro processor", "https://www.gnu.org/software/m4/m4.html", "GPL-3",
+    ),
+    DebianBuild(
+        "sys-devel/flex", "2.6.4", "2.6.4", ("flex",),
+        "The Fast Lexical Analyzer", "https://github.com/westes/flex", "FLEX", ("sys-devel/m4",),
+    ),
+    DebianBuild(
+        "sys-devel/bison", "3.8.2", "3.8.2+dfsg", ("bison",),
+        "A general-purpose (yacc-compatible) parser generator", "https://www.gnu.org/software/bison/",
+        "GPL-3", ("sys-devel/m4",),
+    ),
+    DebianBuild(
+        "dev-util/ccache", "4.7.5", "4.8+really4.7.5", ("ccache",),
+        "Fast compiler cache", "https://ccache.dev/", "GPL-3",
+    ),
+    DebianBuild(
+        "dev-vcs/git", "2.39.5", "2.39.5", ("git",),
+        "stupid content tracker: distributed VCS designed for speed and efficiency", "https://git-scm.com/",
+        "GPL-2", ("dev-lang/python",),
+    ),
+    DebianBuild(
+        "app-crypt/gnupg", "2.2.40", "2.2.40",
+        ("gnupg", "gpg", "gpg-agent", "gpgconf", "gpgsm", "dirmngr", "gnupg-utils", "pinentry-curses"),
+        "The GNU Privacy Guard, a GPL OpenPGP implementation", "https://gnupg.org/", "GPL-3",
+        ("dev-vcs/git",),
+    ),
+    DebianBuild(
+        "sys-boot/syslinux", "6.04_pre20190206", "6.04~git20190206.bf6db5b4+dfsg1",
+        ("syslinux", "extlinux", "syslinux-common"),
+        "SYSLINUX, PXELINUX, ISOLINUX, EXTLINUX and MEMDISK bootloaders", "https://www.syslinux.org/",
+        "GPL-2",
+    ),
+    # Debian's 7.2 carries upstream's stable releases: its programs say 7.2.22.
+    DebianBuild(
+        "app-emulation/qemu", "7.2.22", "7.2+dfsg",
+        ("qemu-utils", "qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios", "ipxe-qemu"),
+        "QEMU + Kernel-based Virtual Machine userland tools", "https://www.qemu.org", "GPL-2",
+        ("app-crypt/gnupg",),
+    ),
+    # cdrkit's genisoimage (and its mkisofs link, the name Gentoo's cdrtools installs): mkisofs's options.
+    DebianBuild(
+        "app-cdr/cdrtools", "1.1.11", "1.1.11", ("genisoimage",),
+        "A set of tools for CD/DVD reading and recording", "https://wiki.debian.org/cdrkit", "GPL-2",
+    ),
+)  # fmt: skip
+
+
 @dataclass
 class Package:
     atom: str
@@ -275,6 +414,8 @@ class Package:
     source_files: dict[str, str] = field(default_factory=dict)
     # A distfile that is not source text: a function writing its tarball (top directory ${P}/).
     built_distfile: Callable[[str], bytes] | None = None
+    # Debian's build of the package (its distfile needs the stage3: see write_distfiles).
+    debian: DebianBuild | None = None
 
     @property
     def name(self) -> str:
@@ -282,7 +423,8 @@ class Package:
 
     @property
     def distfile(self) -> str | None:
-        return f"{self.name}-{self.version}.tar.gz" if self.source_files or self.built_distfile else None
+        built = self.source_files or self.built_distfile or self.debian
+        return f"{self.name}-{self.version}.tar.gz" if built else None
 
 
 def dhcpcd_distfile(top: str) -> bytes:
@@ -300,13 +442,25 @@ def dhcpcd_distfile(top: str) -> bytes:
         shutil.copy2(unpacked / "usr/sbin/dhcpcd", image / "sbin/dhcpcd")
         shutil.copytree(unpacked / "etc", image / "etc", symlinks=True)
         shutil.copytree(unpacked / "usr/lib", image / "usr/lib", symlinks=True)
-        buffer = io.BytesIO()
-        with (
-            gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
-            tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive,
-        ):
-            archive.add(Path(scratch) / top, arcname=top)
-        return buffer.getvalue()
+        return _image_tarball(Path(scratch) / top, top)
+
+
+def _image_tarball(directory: Path, top: str) -> bytes:
+    """``directory`` (a package's ``image/`` and nothing else) as a gzipped tarball under ``top``/: the same
+    bytes for the same files (gzip without a timestamp, members in name order, one mtime: the directories
+    made here would carry the time of the build)."""
+
+    def fixed_time(member: tarfile.TarInfo) -> tarfile.TarInfo:
+        member.mtime = 1_700_000_000
+        return member
+
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive,
+    ):
+        archive.add(directory, arcname=top, filter=fixed_time)
+    return buffer.getvalue()
 
 
 def _deb_version(deb: Path) -> str:
@@ -342,13 +496,55 @@ def sudo_distfile(top: str) -> bytes:
     """The ebuild's distfile: :func:`lay_out_sudo`'s files under ``top``/image."""
     with tempfile.TemporaryDirectory() as scratch:
         lay_out_sudo(Path(scratch) / top / "image")
-        buffer = io.BytesIO()
-        with (
-            gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
-            tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive,
-        ):
-            archive.add(Path(scratch) / top, arcname=top)
-        return buffer.getvalue()
+        return _image_tarball(Path(scratch) / top, top)
+
+
+def lay_out_debian_build(build: DebianBuild, image: Path, present: Sequence[Path]) -> None:
+    """``build``'s files in ``image``: its packages and the libraries they link that the ``present`` roots
+    (the stage3, the images of what it depends on) lack, without what a Gentoo system does without."""
+    deb = debian.download(build.debs[0])
+    version = _deb_version(deb).split(":", 1)[-1]
+    if not version.startswith(f"{build.debian_version}-"):
+        raise RuntimeError(
+            f"{build.debs[0]} is {version}; the world's {build.atom} is {build.debian_version}"
+        )
+    image.mkdir(parents=True)
+    install_debian_packages(image, build.debs, present)
+    remove_debian_only(image)
+    for path, target in build.links:
+        (image / path).symlink_to(target)
+
+
+def _files(image: Path) -> set[Path]:
+    return {path.relative_to(image) for path in image.rglob("*") if path.is_symlink() or not path.is_dir()}
+
+
+def _write_debian_builds(distdir: Path, stage3_root: Path, builds: Sequence[DebianBuild]) -> list[str]:
+    """Write each build's distfile (its image under ``${P}/image``); refuse two builds owning one file."""
+    names = []
+    with tempfile.TemporaryDirectory() as scratch:
+        images: dict[str, Path] = {}
+        owned: dict[str, set[Path]] = {}
+        for build in builds:
+            top = f"{build.atom.split('/', 1)[1]}-{build.version}"
+            images[build.atom] = Path(scratch) / build.atom / top / "image"
+            closure, todo = set(), list(build.depends)
+            while todo:
+                atom = todo.pop()
+                if atom not in closure:
+                    closure.add(atom)
+                    todo.extend(next(other for other in builds if other.atom == atom).depends)
+            present = [stage3_root, *(images[atom] for atom in sorted(closure))]
+            lay_out_debian_build(build, images[build.atom], present)
+            files = _files(images[build.atom])
+            for other, other_files in owned.items():
+                if shared := files & other_files:
+                    listed = ", ".join(map(str, sorted(shared)[:5]))
+                    raise RuntimeError(f"{build.atom} and {other} would both install {listed}")
+            owned[build.atom] = files
+            (distdir / f"{top}.tar.gz").write_bytes(_image_tarball(images[build.atom].parent, top))
+            names.append(f"{top}.tar.gz")
+    return names
 
 
 def _library_makefile(library: str, units: list[str], header: str) -> str:
@@ -476,6 +672,7 @@ def packages(compile_scale: int = 1) -> list[Package]:
             built_distfile=sudo_distfile,
         )
     )
+    result.extend(Package(build.atom, build.version, build.ebuild(), debian=build) for build in WORKER_BUILDS)
     result.append(
         Package(
             "app-misc/farm-tools",
@@ -511,13 +708,19 @@ def manifest_line(path: Path) -> str:
     return f"DIST {path.name} {len(data)} BLAKE2B {blake2b} SHA512 {sha512}\n"
 
 
-def write_distfiles(distdir: Path, compile_scale: int = 1) -> list[str]:
-    """Write every package's source tarball and a flat ``layout.conf``; return the file names."""
+def write_distfiles(distdir: Path, stage3_root: Path, compile_scale: int = 1) -> list[str]:
+    """Write every package's source tarball and a flat ``layout.conf``; return the file names.
+
+    ``stage3_root`` is the stage3's root: Debian's builds carry the libraries they link that it lacks.
+    """
     distdir.mkdir(parents=True, exist_ok=True)
     (distdir / "layout.conf").write_text("[structure]\n0=flat\n")
-    names = []
-    for package in packages(compile_scale):
-        if package.distfile is None:
+    all_packages = packages(compile_scale)
+    names = _write_debian_builds(
+        distdir, stage3_root, [package.debian for package in all_packages if package.debian is not None]
+    )
+    for package in all_packages:
+        if package.distfile is None or package.debian is not None:
             continue
         top = f"{package.name}-{package.version}"
         if package.built_distfile is not None:

@@ -30,6 +30,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests import debian
@@ -57,6 +58,9 @@ PACKAGES = (
     # sys-libs/pam's modules: a Gentoo stage3 has them, and sudo's PAM service needs pam_unix.
     "libpam-modules",
     "libpam-modules-bin",
+    # gcc's runtime libraries: a stage3 has sys-devel/gcc, and C++ programs (zstd's, qemu's) link them.
+    "libgcc-s1",
+    "libstdc++6",
 )
 # Where Debian's packages put shared libraries (the dynamic loader's default search path).
 LIBRARY_DIRECTORIES = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
@@ -519,34 +523,44 @@ def _is_elf(path: Path) -> bool:
         return file.read(4) == b"\x7fELF"
 
 
-def _missing_sonames(root: Path) -> set[str]:
+def _missing_sonames(root: Path, present: Sequence[Path] = ()) -> set[str]:
     """The shared libraries (sonames) some ELF file in ``root`` links and the root lacks, as ``ldd`` finds.
 
-    A library is found in the loader's directories or, for modules loaded by $ORIGIN (glibc's gconv
-    modules), beside the file that links it.
+    A library is found in the loader's directories (of ``root`` or of a ``present`` root the files will
+    be installed beside) or, for modules loaded by $ORIGIN (glibc's gconv modules), beside the file that
+    links it.
     """
+    bases = (root, *present)
     elves = [path for path in root.rglob("*") if path.is_file() and not path.is_symlink() and _is_elf(path)]
+    if not elves:
+        return set()
     listing = subprocess.run(
         ["readelf", "--dynamic", "--wide", *map(str, elves)], check=True, capture_output=True, text=True
     ).stdout
+    # readelf heads each file's part with its name only when given several.
+    if len(elves) == 1:
+        sections = [f"{elves[0]}\n{listing}"]
+    else:
+        sections = re.split(r"^File: ", listing, flags=re.MULTILINE)[1:]
     missing = set()
-    for section in re.split(r"^File: ", listing, flags=re.MULTILINE)[1:]:
+    for section in sections:
         origin = Path(section.split("\n", 1)[0]).parent
         for soname in re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", section):
-            directories = (origin, *(root / directory for directory in LIBRARY_DIRECTORIES))
+            directories = (origin, *(base / directory for base in bases for directory in LIBRARY_DIRECTORIES))
             if not any((directory / soname).exists() for directory in directories):
                 missing.add(soname)
     return missing
 
 
-def _install_packages(root: Path) -> None:
-    """Unpack PACKAGES, then each library package their Depends name that provides a missing soname."""
+def install_debian_packages(root: Path, packages: Sequence[str], present: Sequence[Path] = ()) -> None:
+    """Unpack ``packages`` into ``root``, then each library package their Depends name that provides a soname
+    missing from ``root`` and from the ``present`` roots (what ``root``'s files will be installed beside)."""
     installed: dict[str, Path] = {}
-    for package in PACKAGES:
+    for package in packages:
         installed[package] = debian.download(package)
         debian.extract(installed[package], root)
     provided: dict[str, set[str]] = {}
-    while missing := _missing_sonames(root):
+    while missing := _missing_sonames(root, present):
         candidates = sorted(
             name
             for deb in installed.values()
@@ -564,8 +578,8 @@ def _install_packages(root: Path) -> None:
                 added = True
         if not added:
             raise RuntimeError(
-                f"the stand-in stage3 links {', '.join(sorted(missing))}, which no library package "
-                f"among its packages' dependencies provides ({', '.join(candidates) or 'none left'})"
+                f"{', '.join(packages)} link {', '.join(sorted(missing))}, which no library package "
+                f"among their dependencies provides ({', '.join(candidates) or 'none left'})"
             )
 
 
@@ -624,16 +638,21 @@ def _install_openrc_scripts(root: Path) -> None:
             (directory / service).symlink_to(f"/etc/init.d/{service}")
 
 
-def populate_stage3_root(root: Path) -> None:
-    """Fill ``root`` (created if missing) with the stand-in stage3's files."""
-    root.mkdir(parents=True, exist_ok=True)
-    _install_packages(root)
+def remove_debian_only(root: Path) -> None:
+    """Remove what a Gentoo system does without (DEBIAN_ONLY) from ``root``."""
     for unwanted in DEBIAN_ONLY:
         path = root / unwanted
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+def populate_stage3_root(root: Path) -> None:
+    """Fill ``root`` (created if missing) with the stand-in stage3's files."""
+    root.mkdir(parents=True, exist_ok=True)
+    install_debian_packages(root, PACKAGES)
+    remove_debian_only(root)
     for directory in DIRECTORIES:
         (root / directory).mkdir(parents=True, exist_ok=True)
     for private, mode in (("root", 0o700), ("tmp", 0o1777), ("var/tmp", 0o1777)):
