@@ -25,6 +25,9 @@ CONFIG_NAME = "farm.toml"
 # signing key (Automated Signing Key): https://www.gentoo.org/downloads/signatures/
 GENTOO_RELEASE_KEY = "13EBBDBEDE7A12775DFDB1BABB572E0E2D182910"
 GENTOO_SNAPSHOT_KEY = "E1D6ABB63BFCFB4BA02FDF1CEC590EEAC9189250"
+# The commits of one push, and pushes a script (or a quick "fix typo" push) makes in a row, arrive within
+# a second or two of each other; waiting longer only delays every push's image.
+SETTLE_SECONDS = 3
 LATEST_FARM_WORKER_IMAGE = "farm-worker-latest"
 """An OpenStack pool's ``image`` (the default) that boots the newest worker image this farm published."""
 
@@ -272,8 +275,10 @@ class KernelSection:
     ccache (an OpenStack worker, a new local one) starts from it instead of compiling cold."""
     poll_interval: int = 3600
     """Seconds between polls; a push knocks the poller through the change hook at once."""
-    settle_seconds: int = field(default=10, metadata=_check(_not_negative))
-    """Seconds without a new push before a build starts, so pushes in a row make one build of the newest."""
+    settle_seconds: int = field(default=SETTLE_SECONDS, metadata=_check(_not_negative))
+    """Seconds without a new push before a build starts, so pushes in a row make one build of the newest.
+    Every second of it delays each push's image; a later push makes a build of its own (one that still
+    waits for a worker when a newer push comes is skipped in the newer one's favour)."""
 
 
 @dataclass(frozen=True)
@@ -282,7 +287,8 @@ class OverlaySection:
     """The git repository holding the overlay tree (root/ + overlay.toml); a push rebuilds it."""
     branch: str = "main"
     poll_interval: int = 3600
-    settle_seconds: int = field(default=10, metadata=_check(_not_negative))
+    settle_seconds: int = field(default=SETTLE_SECONDS, metadata=_check(_not_negative))
+    """As [kernel] settle_seconds, for overlay pushes."""
 
 
 # What each [image] admin way needs emerged besides the configured packages.
