@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gentoo_farm.artifacts import IMAGE_VARIANTS
 from gentoo_farm.store import ArtifactStore, StoreError
 from gentoo_farm.store.clouds import CloudImage, read_cloud_images
 from gentoo_farm.store.sets import (
@@ -19,6 +20,8 @@ from gentoo_farm.store.sets import (
     sha512_key,
 )
 
+IMAGES_KINDS = tuple(variant.images_kind for variant in IMAGE_VARIANTS.values())
+"""The store kinds of the farm's images: the cloud image's first."""
 DISK_SUFFIXES = (".qcow2", ".raw", ".img")
 PACKAGE_MANIFEST_SUFFIX = ".manifest.json"
 DEFAULT_URL_EXPIRY = 3600
@@ -53,6 +56,8 @@ class ImageRecord:
     """Download URL of the set's clear-signed DIGESTS, empty for a set published unsigned."""
     glance_images: Mapping[str, CloudImage] = field(default_factory=dict)
     """Each cloud's copy (``cloud`` or ``cloud/region``: image id, status), as the Glance step recorded it."""
+    kind: str = "images"
+    """The store kind of its set: ``images``, ``worker-images`` for the worker image."""
 
 
 def disk_file(published: PublishedSet) -> PublishedFile | None:
@@ -119,6 +124,7 @@ def image_record(
         package_manifest_url=url(package_manifest.key) if package_manifest else "",
         digests_url=url(digests_key(published.kind, published.set_id)) if published.signed else "",
         glance_images=read_cloud_images(store, published.set_id, published.kind),
+        kind=published.kind,
     )
 
 
@@ -127,12 +133,16 @@ def _package_count(value: object) -> int | None:
 
 
 def published_images(
-    store: ArtifactStore, url_expiry: int = DEFAULT_URL_EXPIRY, link: StoreLink | None = None
+    store: ArtifactStore,
+    url_expiry: int = DEFAULT_URL_EXPIRY,
+    link: StoreLink | None = None,
+    kind: str = "images",
 ) -> list[ImageRecord]:
-    """Every complete published image set, newest first. Blocking: call it from a thread in the master."""
-    latest = latest_set(store, "images")
+    """Every complete published image set of ``kind``, newest first. Blocking: call it from a thread in
+    the master."""
+    latest = latest_set(store, kind)
     latest_id = latest.set_id if latest else None
-    sets = list_sets(store, "images")
+    sets = list_sets(store, kind)
     records = (image_record(store, published, latest_id, url_expiry, link) for published in sets)
     return [record for record in records if record is not None]
 
@@ -150,14 +160,17 @@ def image_by_set_id(
 
 
 def find_image(store: ArtifactStore, name: str, url_expiry: int = DEFAULT_URL_EXPIRY) -> ImageRecord | None:
-    """``latest``, an image name or a set id; the newest match wins."""
+    """``latest`` (the newest cloud image), an image name or a set id, of any image variant; the newest
+    match wins."""
     if name == "latest":
         latest = latest_set(store, "images")
         return image_record(store, latest, latest.set_id, url_expiry) if latest else None
-    by_id = image_by_set_id(store, name, url_expiry)
-    if by_id is not None:
-        return by_id
-    for record in published_images(store, url_expiry):
-        if name in (record.name, record.set_id):
-            return record
+    for kind in IMAGES_KINDS:
+        by_id = image_by_set_id(store, name, url_expiry, kind)
+        if by_id is not None:
+            return by_id
+    for kind in IMAGES_KINDS:
+        for record in published_images(store, url_expiry, kind=kind):
+            if name in (record.name, record.set_id):
+                return record
     return None

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
@@ -40,6 +40,15 @@ from gentoo_farm.cloud import (
     connection_problem,
 )
 from gentoo_farm.store import ArtifactStore, without_signature
+from gentoo_farm.store.clouds import (
+    ACTIVE,
+    FAILED,
+    UNREACHABLE,
+    CloudImage,
+    now,
+    record_cloud_images,
+    record_rotated,
+)
 from gentoo_farm.store.sets import PublishedSet, digests_key
 from gentoo_farm.transfer import REPORT_SECONDS, ReportingReader, TransferMeter
 
@@ -296,6 +305,44 @@ def publish_image(
         for image_id, name in result.rotated.items():
             publisher.say(f"rotated out {name} ({image_id})")
         return result
+
+
+@dataclass(frozen=True)
+class TargetOutcome:
+    """What one target did with an image: the store's record of it, and the publish's result if it worked."""
+
+    place: str
+    """The target's :func:`target_place`."""
+    record: CloudImage
+    result: PublishResult | None = None
+
+
+def publish_to_target(
+    upload: ImageUpload,
+    target: GlanceTargetSettings,
+    *,
+    progress: Callable[[str], None] = lambda message: None,
+    progress_interval: float = REPORT_SECONDS,
+) -> TargetOutcome:
+    """:func:`publish_image`, with its failure as the outcome (``unreachable`` or ``failed``) instead of
+    an exception: one target's trouble never stops the next target's publish."""
+    place = target_place(target)
+    try:
+        result = publish_image(upload, target, progress=progress, progress_interval=progress_interval)
+    except GlanceUnavailable as error:
+        return TargetOutcome(place, CloudImage("", UNREACHABLE, now(), str(error)))
+    except GlancePublishError as error:
+        return TargetOutcome(place, CloudImage("", FAILED, now(), str(error)))
+    return TargetOutcome(place, CloudImage(result.image_id, ACTIVE, now(), result.method), result)
+
+
+def record_outcomes(store: ArtifactStore, set_id: str, kind: str, outcomes: Sequence[TargetOutcome]) -> None:
+    """Write where the set's image went (``glance.json``, read by ``farm images`` and the Images page) and
+    mark the images rotation deleted. Raises :class:`~gentoo_farm.store.StoreError`."""
+    record_cloud_images(store, set_id, {outcome.place: outcome.record for outcome in outcomes}, kind)
+    for outcome in outcomes:
+        if outcome.result is not None:
+            record_rotated(store, outcome.place, outcome.result.rotated, kind)
 
 
 def check_reachable(conn: openstack.connection.Connection, cloud: str) -> None:

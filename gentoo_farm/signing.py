@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
+from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.portage_tools import INSTALL_HINT, portage_tool
 
 GPG_TIMEOUT = 120
@@ -207,3 +208,17 @@ def gpkg_sign_command() -> str:
     if found is None:
         raise SigningError(f"gpkg-sign not found: {INSTALL_HINT}")
     return found
+
+
+def farm_fingerprint(farm: FarmDir) -> str:
+    """The farm key's fingerprint, read from its public half; empty for a farm without a key (`farm key
+    create` makes one). Never from the secret key: that would start a gpg-agent that outlives the reader
+    (`buildbot checkconfig`, a CLI command)."""
+    public_key = farm.signing_public_key
+    if not public_key.is_file():
+        return ""
+    try:
+        fingerprints = key_fingerprints(public_key.read_bytes())
+    except SigningError:
+        return ""
+    return fingerprints[0] if fingerprints else ""

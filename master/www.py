@@ -8,10 +8,10 @@ from twisted.web.guard import BasicCredentialFactory
 
 from gentoo_farm.config import FarmConfig, listen_endpoint
 from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.master.factories.common import signing_fingerprint
 from gentoo_farm.master.images_page import images_app, images_dashboard
 from gentoo_farm.passwords import ClientUsernamePassword, PasswordFile, PasswordFileChecker
 from gentoo_farm.recipes import recipe_repositories
+from gentoo_farm.signing import farm_fingerprint
 from gentoo_farm.store import open_store
 
 VIEWER = "viewer"
@@ -63,7 +63,7 @@ def www(config: FarmConfig, farm: FarmDir) -> dict[str, Any]:
                         open_store(config.store),
                         config.store.url_expiry_seconds,
                         login_required=not config.master.anonymous_view,
-                        fingerprint=signing_fingerprint(config),
+                        fingerprint=farm_fingerprint(farm),
                     )
                 )
             ],

@@ -11,26 +11,17 @@ from twisted.internet import threads
 
 from gentoo_farm.catalog import image_by_set_id
 from gentoo_farm.glance import (
-    GlancePublishError,
     GlanceTargetSettings,
-    GlanceUnavailable,
     ImageUpload,
-    PublishResult,
-    publish_image,
+    TargetOutcome,
+    publish_to_target,
+    record_outcomes,
     target_place,
     upload_from_record,
 )
 from gentoo_farm.steps.base import LiveStatus, Renderable
 from gentoo_farm.store import ArtifactStore, StoreError, StoreSettings, open_store
-from gentoo_farm.store.clouds import (
-    ACTIVE,
-    FAILED,
-    UNREACHABLE,
-    CloudImage,
-    now,
-    record_cloud_images,
-    record_rotated,
-)
+from gentoo_farm.store.clouds import UNREACHABLE
 from gentoo_farm.transfer import REPORT_SECONDS
 
 
@@ -101,9 +92,7 @@ class PublishToGlance(LiveStatus):
             await log.addStderr(self.outcomes[-1] + "\n")
             return FAILURE
         results = SUCCESS
-        published: dict[str, str] = {}
-        outcomes: dict[str, CloudImage] = {}
-        rotated: dict[str, dict[str, str]] = {}
+        outcomes: list[TargetOutcome] = []
         for target in self.targets:
             place = target_place(target)
             await log.addStdout(f"--- {place}: publishing {upload.name}\n")
@@ -111,37 +100,27 @@ class PublishToGlance(LiveStatus):
             def progress(message: str, cloud: str = place) -> None:
                 self.master.reactor.callFromThread(self._show_progress, log, cloud, message)
 
-            try:
-                result: PublishResult = await threads.deferToThread(
-                    publish_image, upload, target, progress=progress, progress_interval=self.progress_interval
-                )
-            except GlanceUnavailable as error:
+            outcome: TargetOutcome = await threads.deferToThread(
+                publish_to_target, upload, target, progress=progress, progress_interval=self.progress_interval
+            )
+            outcomes.append(outcome)
+            why = outcome.record.detail
+            if outcome.record.status == UNREACHABLE:
                 results = worst_status(results, WARNINGS)
-                self.outcomes.append(f"{error} (not published there; the image is in the store)")
-                outcomes[place] = CloudImage("", UNREACHABLE, now(), str(error))
-                await log.addStderr(f"{error}\n(the image stays in the store; a rebuild publishes it)\n")
-                continue
-            except GlancePublishError as error:
+                self.outcomes.append(f"{why} (not published there; the image is in the store)")
+                await log.addStderr(f"{why}\n(the image stays in the store; a rebuild publishes it)\n")
+            elif outcome.result is None:
                 results = worst_status(results, FAILURE)
-                self.outcomes.append(str(error))
-                outcomes[place] = CloudImage("", FAILED, now(), str(error))
-                await log.addStderr(f"{error}\n")
-                continue
-            published[place] = result.image_id
-            outcomes[place] = CloudImage(result.image_id, ACTIVE, now(), result.method)
-            rotated[place] = result.rotated
-            if result.rotation_error:
-                results = worst_status(results, WARNINGS)
-            self.outcomes.append(result.summary())
+                self.outcomes.append(why)
+                await log.addStderr(f"{why}\n")
+            else:
+                if outcome.result.rotation_error:
+                    results = worst_status(results, WARNINGS)
+                self.outcomes.append(outcome.result.summary())
+        published = {outcome.place: outcome.record.image_id for outcome in outcomes if outcome.result}
         self.setProperty("glance_images", published, self.name, runtime=True)
-
-        def record() -> None:
-            record_cloud_images(store, set_id, outcomes, self.images_kind)
-            for place, image_ids in rotated.items():
-                record_rotated(store, place, image_ids, self.images_kind)
-
         try:
-            await threads.deferToThread(record)
+            await threads.deferToThread(record_outcomes, store, set_id, self.images_kind, outcomes)
         except StoreError as error:
             # The clouds have the image either way; only the listing of where it went is behind.
             results = worst_status(results, WARNINGS)

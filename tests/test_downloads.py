@@ -73,7 +73,9 @@ def test_images_lists_what_was_published(published, capsys) -> None:
     assert table[1].startswith("gentoo-20261125-amd64 (latest)") and "3.0 MiB" in table[1]
 
 
-def test_a_newer_worker_image_is_neither_listed_nor_latest(published, tmp_path: Path, capsys) -> None:
+def test_a_newer_worker_image_is_listed_as_one_but_latest_stays_the_cloud_image(
+    published, tmp_path: Path, capsys
+) -> None:
     (tmp_path / "worker.qcow2").write_bytes(b"worker image")
     publish_files(
         open_store(published.store),
@@ -88,11 +90,14 @@ def test_a_newer_worker_image_is_neither_listed_nor_latest(published, tmp_path: 
 
     assert images.run(_parse(images, "--json"), published) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(image["name"], image["latest"]) for image in listed] == [
-        ("gentoo-20261125-amd64", True),
-        ("gentoo-20261124-amd64", False),
+    assert [(image["name"], image["latest"], image["kind"]) for image in listed] == [
+        ("gentoo-20261125-amd64", True, "images"),
+        ("gentoo-20261124-amd64", False, "images"),
+        ("gentoo-farm-worker-20261126-amd64", True, "worker-images"),
     ]
-    assert find_image(open_store(published.store), "latest").name == "gentoo-20261125-amd64"
+    store = open_store(published.store)
+    assert find_image(store, "latest").name == "gentoo-20261125-amd64"
+    assert find_image(store, "gentoo-farm-worker-20261126-amd64").kind == "worker-images"
 
 
 def test_images_lists_each_cloud_copy(published, capsys) -> None:

@@ -40,6 +40,7 @@ from gentoo_farm.store.clouds import ACTIVE, DELETED, UNREACHABLE, read_cloud_im
 from gentoo_farm.store.local import LocalStore
 from gentoo_farm.store.sets import next_image_name
 from gentoo_farm.units import human_size
+from tests.farmtest import farm_command
 from tests.services.glance import Glance, glance  # noqa: F401
 from tests.services.keystone import Keystone, keystone  # noqa: F401
 from tests.services.store import LocalStoreSettings, publish_files
@@ -641,3 +642,56 @@ def test_protected_images_are_not_rotated(store, tmp_path, farm_id, conn):
     assert (second.rotated, second.rotation_error) == ({}, "")
     assert {image.id for image in farm_images(conn, farm_id)} == {first.image_id, second.image_id}
     conn.image.update_image(first.image_id, is_protected=False)
+
+
+def farm_toml_for(store: LocalStore, directory: Path, farm_id: str) -> Path:
+    """A farm whose store is ``store`` and whose one [[glance]] target is the test cloud."""
+    directory.mkdir()
+    (directory / "farm.toml").write_text(
+        f'[farm]\nid = "{farm_id}"\n\n'
+        f'[store]\npath = "{store.root}"\npublic_url = "{store.public_base_url()}"\n\n'
+        f'[[glance]]\ncloud = "{CLOUD}"\nkeep = 2\n'
+    )
+    return directory
+
+
+def test_images_upload_puts_a_stored_worker_image_into_glance_and_records_it(store, tmp_path, farm_id, conn):
+    name = ImageName(date(2026, 12, 5), "amd64", variant=WORKER_VARIANT)
+    upload = publish_to_store(store, tmp_path, farm_id, name)
+    farm = farm_toml_for(store, tmp_path / "farm", farm_id)
+
+    uploaded = farm_command("--farm", str(farm), "images", "upload", str(name), "--cloud", CLOUD)
+
+    assert f"{CLOUD}: publishing {name}" in uploaded.stdout
+    image = newest_farm_image(conn, farm_id, WORKER_VARIANT)
+    assert image is not None and image.name == str(name)
+    assert f"{CLOUD}: {name} " in uploaded.stdout and f"({image.id})" in uploaded.stdout
+    assert glance_sha512(conn, image.id) == upload.sha512
+    # Recorded in the store as a build's Glance step records it: `farm images` shows the copy.
+    assert (
+        read_cloud_images(store, find_image(store, str(name)).set_id, "worker-images")[CLOUD].image_id
+        == image.id
+    )
+    listing = farm_command("--farm", str(farm), "images").stdout
+    assert f"glance {CLOUD}  {image.id}  active" in listing
+
+    # Again: the cloud has it already, nothing is uploaded twice.
+    again = farm_command("--farm", str(farm), "images", "upload", str(name))
+    assert f"already published ({image.id})" in again.stdout
+    assert [found.id for found in farm_images(conn, farm_id)] == [image.id]
+
+
+def test_images_upload_names_what_it_cannot_find(store, tmp_path, farm_id):
+    farm = farm_toml_for(store, tmp_path / "farm", farm_id)
+
+    unknown_image = farm_command(
+        "--farm", str(farm), "images", "upload", "gentoo-19990101-amd64", check=False
+    )
+    assert unknown_image.returncode == 2
+    assert "no published image named 'gentoo-19990101-amd64'" in unknown_image.stderr
+
+    unknown_cloud = farm_command(
+        "--farm", str(farm), "images", "upload", "latest", "--cloud", "other", check=False
+    )
+    assert unknown_cloud.returncode == 2
+    assert f"no [[glance]] target named other (configured: {CLOUD})" in unknown_cloud.stderr

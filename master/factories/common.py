@@ -10,7 +10,7 @@ from gentoo_farm.artifacts import IMAGE_INPUTS, INPUT_KEY_PROPERTY, PUSHBACK_CAN
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.recipes import RecipeRepository
-from gentoo_farm.signing import FarmKey, SigningError, key_fingerprints
+from gentoo_farm.signing import FarmKey
 from gentoo_farm.steps.base import FarmWorkerStep, Renderable
 from gentoo_farm.steps.publish import MakeUploadUrls, PublishSet
 from gentoo_farm.steps.pushback import MergeBinhost, MergeDistfiles, PushBackUrls
@@ -120,19 +120,6 @@ def push_back(
 
 def farm_key(config: FarmConfig) -> FarmKey:
     return FarmKey(FarmDir(config.basedir).signing_key)
-
-
-def signing_fingerprint(config: FarmConfig) -> str:
-    """The farm key's fingerprint, read from its public half when the master loads its configuration
-    (the secret key would start a gpg-agent that outlives `buildbot checkconfig`)."""
-    public_key = FarmDir(config.basedir).signing_public_key
-    if not public_key.is_file():
-        return ""  # a farm from before the key: `farm key create` makes one
-    try:
-        fingerprints = key_fingerprints(public_key.read_bytes())
-    except SigningError:
-        return ""
-    return fingerprints[0] if fingerprints else ""
 
 
 def trigger_image(config: FarmConfig) -> steps.Trigger:

@@ -27,7 +27,8 @@ from gentoo_farm.artifacts import (
 from gentoo_farm.catalog import PACKAGE_MANIFEST_SUFFIX
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
-from gentoo_farm.master.factories.common import publish, push_back, signing_fingerprint, up_to_date
+from gentoo_farm.master.factories.common import publish, push_back, up_to_date
+from gentoo_farm.signing import farm_fingerprint
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.steps.image import (
@@ -323,7 +324,7 @@ def factory(config: FarmConfig, variant: ImageVariant = IMAGE_VARIANTS[IMAGE]) -
                 config.store,
                 config.glance,
                 config.farm.id,
-                signing_fingerprint=signing_fingerprint(config),
+                signing_fingerprint=farm_fingerprint(FarmDir(config.basedir)),
                 images_kind=images,
                 **publishing,
             )
