@@ -321,8 +321,8 @@ class DebianBuild:
 
 
 # What a worker image adds to an image (gentoo_farm.config.WORKER_PACKAGES), from Debian's builds; a
-# package comes after those it depends on. sys-devel/gcc is not here yet (Debian's toolchain: gcc-12,
-# cpp-12, binutils, libc6-dev).
+# package comes after those it depends on. ``depends`` names, besides real dependencies, the packages
+# whose images carry a library it links too (Debian's shared libraries are no packages of their own here).
 WORKER_BUILDS = (
     DebianBuild(
         "dev-lang/python", "3.11.2", "3.11.2",
@@ -398,6 +398,14 @@ WORKER_BUILDS = (
         "QEMU + Kernel-based Virtual Machine userland tools", "https://www.qemu.org", "GPL-2",
         ("app-crypt/gnupg",),
     ),
+    DebianBuild(
+        "sys-devel/gcc", "12.2.0", "12.2.0",
+        ("gcc-12", "cpp-12", "libgcc-12-dev", "binutils", "binutils-x86-64-linux-gnu", "binutils-common",
+         "libc6-dev", "libc-dev-bin", "linux-libc-dev", "libcrypt-dev", "libnsl-dev", "libtirpc-dev"),
+        "The GNU Compiler Collection (with binutils and glibc's headers, as a stage3 has them)",
+        "https://gcc.gnu.org/", "GPL-3+", ("app-arch/zstd", "dev-vcs/git"),
+        links=(("usr/bin/gcc", "gcc-12"), ("usr/bin/cc", "gcc-12"), ("usr/bin/cpp", "cpp-12")),
+    ),
     # cdrkit's genisoimage (and its mkisofs link, the name Gentoo's cdrtools installs): mkisofs's options.
     DebianBuild(
         "app-cdr/cdrtools", "1.1.11", "1.1.11", ("genisoimage",),
@@ -456,7 +464,8 @@ def _image_tarball(directory: Path, top: str) -> bytes:
 
     buffer = io.BytesIO()
     with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
+        # gzip -6: as small as -9 for these binaries and a quarter of the time (qemu's: 3.5 s, not 12.5 s).
+        gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as compressed,
         tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as archive,
     ):
         archive.add(directory, arcname=top, filter=fixed_time)
