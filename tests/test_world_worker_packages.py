@@ -1,15 +1,14 @@
 """The world's tree has what a worker image emerges (gentoo_farm.config.WORKER_PACKAGES), and it runs."""
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gentoo_farm.config import WORKER_PACKAGES
-from tests.test_emerge import build_root, emerge
 from tests.test_world import in_chroot
-from tests.world import World, WorldServer, build_world, repository
+from tests.workerimage import emerge_worker_root
+from tests.world import World, build_world, repository
 
 # What the worker's stages run, and what each prints first when asked its version (extlinux: on stderr).
 VERSION_COMMANDS = {
@@ -38,31 +37,13 @@ def world(tmp_path: Path) -> World:
     return build_world(tmp_path / "world")
 
 
-@pytest.fixture
-def upstream(world: World) -> Iterator[WorldServer]:
-    with WorldServer(world.mirror_dir) as server:
-        yield server
-
-
-@pytest.fixture
-def farm_store(tmp_path: Path) -> Iterator[WorldServer]:
-    store = tmp_path / "store"
-    (store / "binpkgs").mkdir(parents=True)
-    (store / "distfiles").mkdir()
-    with WorldServer(store) as server:
-        yield server
-
-
 @pytest.mark.slow
-def test_the_worker_packages_emerge_from_the_world_and_run_in_the_root(
-    world: World, upstream: WorldServer, farm_store: WorldServer, tmp_path: Path
-) -> None:
+def test_the_worker_packages_emerge_from_the_world_and_run_in_the_root(world: World, tmp_path: Path) -> None:
     built = {build.atom for build in repository.WORKER_BUILDS}
     assert set(WORKER_PACKAGES) <= built
-    root = build_root(world, tmp_path / "root")
     started = time.monotonic()
-    run = emerge(world, root, tmp_path / "work", farm_store, upstream, *WORKER_PACKAGES)
-    print(f"emerging the worker packages took {time.monotonic() - started:.0f} s")
+    root, run = emerge_worker_root(world, tmp_path)
+    print(f"unpacking the stage3 and emerging the worker packages took {time.monotonic() - started:.0f} s")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr
     compiled = run.result["packages_compiled"]
     assert isinstance(compiled, list)

@@ -10,6 +10,13 @@ server's own directory: ``PORTAGE_CONFIGROOT`` and ``FARM_WORKER_HOME`` point in
 ``prepare_vm(vm_dir)`` lets a test lay out what the "image" contains. Deleting the server kills the
 namespace, and with it every process the user-data started (the buildbot-worker daemon too).
 
+With ``images`` (Glance image id -> qcow2 path on this machine), a server of one of those images is a
+real VM instead: qemu boots a copy-on-write disk over the qcow2 under TCG (gentoo_farm/qemuboot.py's
+pieces), with the metadata service at 169.254.169.254 serving the server's name as hostname, its id, its
+keypair's key and its user-data; the server is ACTIVE once qemu runs (ERROR if qemu exits on its own),
+console-output is the serial console, and deleting it stops qemu and removes its disk. The mapping is
+the stand-in's, not Glance's: the qcow2 is not uploaded anywhere.
+
 Fault switches (set by tests): :attr:`ComputeStandIn.boot_faults` (``"error"`` — ERROR after
 :attr:`error_after` seconds; ``"never-active"`` — stuck in BUILD; ``"no-boot"`` — ACTIVE but the
 user-data never runs; ``"crash"`` — ACTIVE without running the user-data, then ERROR after
@@ -31,13 +38,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from gentoo_farm import qemuboot
 from tests.services.keystone import Keystone, free_port
 
 API_VERSION = "2.1"
@@ -45,7 +53,7 @@ API_VERSION = "2.1"
 UNSHARE = ["unshare"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user"]
 TOKEN_CACHE_SECONDS = 60.0
 
-FLAVORS = {
+FLAVORS: dict[str, dict[str, Any]] = {
     "1": {"id": "1", "name": "m1.small", "ram": 2048, "vcpus": 1, "disk": 20},
     "2": {"id": "2", "name": "m1.large", "ram": 8192, "vcpus": 4, "disk": 80},
 }
@@ -76,6 +84,8 @@ class StandInServer:
     vm_dir: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     timers: list[threading.Timer] = field(default_factory=list)
+    # A VM's metadata service, stopped with the server.
+    services: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def view(self, base_url: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -121,11 +131,13 @@ class ComputeStandIn:
         glance_url: str | None = None,
         prepare_vm: Callable[[Path], None] | None = None,
         service_user: str = "nova",
+        images: Mapping[str, Path] | None = None,
     ) -> None:
         self.keystone = keystone
         self.workdir = workdir
         self.glance_url = glance_url
         self.prepare_vm = prepare_vm
+        self.images = dict(images or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v2.1"
         self.service_user = service_user
@@ -341,6 +353,9 @@ class ComputeStandIn:
                 }
 
     def _boot(self, server: StandInServer) -> None:
+        if server.image_id in self.images and server.boot_fault is None:
+            self._boot_vm(server, self.images[server.image_id])
+            return
         with self._lock:
             if server.id not in self.servers:
                 return
@@ -392,6 +407,69 @@ class ComputeStandIn:
                     start_new_session=True,
                 )
 
+    def _boot_vm(self, server: StandInServer, image: Path) -> None:
+        """Boot ``image`` in qemu as ``server``: ACTIVE once qemu runs."""
+        with self._lock:
+            if server.id not in self.servers:
+                return
+            vm_dir = server.vm_dir = self.workdir / "vms" / server.id
+            vm_dir.mkdir(parents=True)
+        flavor = FLAVORS[server.flavor_id]
+
+        def run(command: Sequence[str | Path], what: str) -> str:
+            return subprocess.run(
+                [str(part) for part in command], check=True, capture_output=True, text=True
+            ).stdout
+
+        # The flavor's disk, as Nova gives it; the guest's growroot grows its root into it.
+        disk, _ = qemuboot.grown_disk(image, lambda size: max(size, flavor["disk"] * 2**30), vm_dir, run)
+        key_name = server.request.get("key_name")
+        metadata = qemuboot.Metadata(
+            hostname=server.name,
+            instance_id=server.id,
+            public_key=self.keypairs[key_name]["public_key"] if key_name else "",
+            user_data=server.user_data,
+        )
+        log = vm_dir / "metadata.log"
+
+        def note(line: str) -> None:
+            with log.open("a") as output:
+                output.write(line + "\n")
+
+        port = server.services.enter_context(qemuboot.metadata_service(metadata.documents(), note))
+        command = qemuboot.qemu_command(
+            disk,
+            f"file:{vm_dir / 'console.log'}",
+            f"{flavor['ram']}M",
+            free_port(),
+            qemuboot.metadata_proxy(port, vm_dir),
+            None,
+        )
+        with (vm_dir / "qemu.log").open("wb") as qemu_log, self._lock:
+            if server.id not in self.servers:
+                server.services.close()
+                return
+            # Its own process group: qemu's guestfwd runs a proxy per connection, stopped with it.
+            server.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=qemu_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            server.status = "ACTIVE"
+        threading.Thread(target=self._watch_vm, args=(server,), name=f"vm-{server.id}", daemon=True).start()
+
+    def _watch_vm(self, server: StandInServer) -> None:
+        """A qemu that exits on its own (not deleted) is a server in ERROR, with qemu's words as fault."""
+        assert server.process is not None and server.vm_dir is not None
+        status = server.process.wait()
+        with self._lock:
+            if server.id in self.servers and server.status != "DELETED":
+                server.status = "ERROR"
+                details = (server.vm_dir / "qemu.log").read_text(errors="replace").strip()
+                server.fault = {"code": 500, "message": f"qemu exited with status {status}: {details}"}
+
     def _power_off(self, server: StandInServer) -> None:
         for timer in server.timers:
             timer.cancel()
@@ -399,6 +477,9 @@ class ComputeStandIn:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait(timeout=30)
+        server.services.close()
+        if server.vm_dir is not None and server.image_id in self.images:
+            (server.vm_dir / "disk.qcow2").unlink(missing_ok=True)
 
     def delete_server(self, project_id: str, server_id: str) -> None:
         with self._lock:
