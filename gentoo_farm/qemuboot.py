@@ -139,16 +139,22 @@ def qemu_command(
     drive: Path | None,
     accel: str = ACCELERATOR,
     restrict: bool = True,
+    serial_copy: Path | None = None,
 ) -> list[str]:
-    """The qemu command line; ``serial`` is a chardev (``file:LOG``, ``stdio``). ``restrict`` leaves the
-    guest nothing to reach but the forwards."""
+    """The qemu command line; ``serial`` is a chardev (``file:LOG``, ``stdio``), and ``serial_copy`` a file
+    that also gets what a ``stdio`` console shows. ``restrict`` leaves the guest nothing to reach but the
+    forwards."""
     image_format = "qcow2" if image.suffix == ".qcow2" else "raw"
     network = f"user,id=n0,restrict={'on' if restrict else 'off'},net={GUEST_NETWORK}"
     network += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
     if proxy is not None:
         network += f",guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:{proxy}"
     command = ["qemu-system-x86_64", "-accel", accel, "-cpu", "max", "-m", memory, "-smp", "1"]
-    command += ["-display", "none", "-vga", "std", "-serial", serial, "-monitor", "none"]
+    if serial == "stdio" and serial_copy is not None:
+        serial_options = ["-chardev", f"stdio,id=serial0,logfile={serial_copy}", "-serial", "chardev:serial0"]
+    else:
+        serial_options = ["-serial", serial]
+    command += ["-display", "none", "-vga", "std", *serial_options, "-monitor", "none"]
     command += ["-no-reboot", "-snapshot", "-drive", f"file={image},if=virtio,format={image_format}"]
     if drive is not None:
         # After the root disk, so the root stays /dev/vda.

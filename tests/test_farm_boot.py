@@ -183,3 +183,31 @@ def test_boot_latest_prints_an_ssh_line_that_logs_in_and_ctrl_c_leaves_nothing(
     assert sorted(path.name for path in cache.iterdir()) == [IMAGE_NAME, f"{IMAGE_NAME}.sha512"]
     assert (image.stat().st_size, image.stat().st_mtime_ns) == (image_state.st_size, image_state.st_mtime_ns)
     print(f"booted, logged in and stopped in {time.monotonic() - started:.0f} s")
+
+
+def test_kvm_that_leaves_the_guest_silent_or_refuses_is_given_up_for_tcg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some nested hosts open /dev/kvm and then never run the guest: qemu neither prints nor exits.
+    monkeypatch.setattr(boot, "KVM_FIRST_OUTPUT_SECONDS", 1.0)
+    qemu_log, serial_log = tmp_path / "qemu.log", tmp_path / "serial.log"
+    qemu_log.write_text("")
+    with subprocess.Popen(["sleep", "30"]) as silent:
+        assert boot.kvm_trouble(silent, qemu_log, serial_log) == (
+            "the guest printed nothing on its serial console in 1 s"
+        )
+        silent.kill()
+    # A guest that prints is running: KVM is kept.
+    serial_log.write_text("SYSLINUX 6.04\n")
+    with subprocess.Popen(["sleep", "30"]) as printing:
+        assert boot.kvm_trouble(printing, qemu_log, serial_log) is None
+        printing.kill()
+    # qemu that refuses KVM says so and exits; another failure is the caller's to report.
+    qemu_log.write_text("qemu-system-x86_64: failed to initialize kvm: Permission denied\n")
+    refused = subprocess.Popen(["true"])
+    refused.wait()
+    assert boot.kvm_trouble(refused, qemu_log, serial_log) == (
+        "qemu-system-x86_64: failed to initialize kvm: Permission denied"
+    )
+    qemu_log.write_text("qemu-system-x86_64: -drive file=x: Could not open 'x'\n")
+    assert boot.kvm_trouble(refused, qemu_log, serial_log) is None

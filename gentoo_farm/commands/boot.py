@@ -43,8 +43,11 @@ DEFAULT_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 TOOLS = ("qemu-system-x86_64", "qemu-img", "busybox")
 IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-# A qemu that cannot use KVM (no virtualization, a nested host missing a feature) fails within this.
-KVM_START_SECONDS = 3.0
+# A guest under KVM prints on its serial console within a second or two (extlinux, then the kernel). A
+# host whose KVM cannot run guests either makes qemu fail at once or, as some nested hosts do, leaves the
+# guest stopped without a word: after this long without output, KVM is given up for TCG.
+KVM_FIRST_OUTPUT_SECONDS = 20.0
+KVM_POLL_SECONDS = 0.2
 SSH_POLL_SECONDS = 2.0
 SSH_CONNECT_SECONDS = 5.0
 
@@ -76,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--user", default="ec2-user", help="the cloud user the ssh line logs in as (default ec2-user)"
     )
     parser.add_argument("--memory", default="1024", help="guest memory in MiB (default 1024)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds to wait for the instance's sshd (default 900; a boot without KVM takes minutes)",
+    )
     serial = parser.add_mutually_exclusive_group()
     serial.add_argument(
         "--console",
@@ -147,18 +156,43 @@ def log(message: str) -> None:
 
 
 def start_qemu(
-    stack: contextlib.ExitStack, command: dict[str, list[str]], qemu_log: Path, console: bool
+    stack: contextlib.ExitStack,
+    command: dict[str, list[str]],
+    qemu_log: Path,
+    serial_log: Path,
+    console: bool,
 ) -> subprocess.Popen[bytes]:
-    """qemu with KVM when /dev/kvm lets it run, else with TCG (slower, but runs anywhere)."""
+    """qemu with KVM when /dev/kvm lets it run a guest, else with TCG (slower, but runs anywhere)."""
     if os.access("/dev/kvm", os.R_OK | os.W_OK):
-        qemu = stack.enter_context(running(command["kvm"], qemu_log, console))
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            qemu.wait(timeout=KVM_START_SECONDS)
-        failure = qemu_log.read_text(errors="replace")
-        if qemu.returncode is None or "kvm" not in failure.lower():
+        serial_log.write_bytes(b"")  # output from before (a --serial-log kept) must not pass for the guest's
+        attempt = contextlib.ExitStack()
+        qemu = attempt.enter_context(running(command["kvm"], qemu_log, console))
+        trouble = kvm_trouble(qemu, qemu_log, serial_log)
+        if trouble is None:
+            stack.push(attempt.pop_all())
             return qemu
-        log(f"KVM does not work here ({failure.strip().splitlines()[0]}); booting with TCG")
+        attempt.close()
+        log(f"KVM does not work here ({trouble}); booting with TCG")
     return stack.enter_context(running(command["tcg"], qemu_log, console))
+
+
+def kvm_trouble(qemu: subprocess.Popen[bytes], qemu_log: Path, serial_log: Path) -> str | None:
+    """Why KVM cannot boot the guest: qemu refused it, or the guest printed nothing in time. None when the
+    guest runs (or qemu failed for a reason that is not KVM's: the caller reports that)."""
+    deadline = time.monotonic() + KVM_FIRST_OUTPUT_SECONDS
+    while time.monotonic() < deadline:
+        if qemu.poll() is not None:
+            failure = qemu_log.read_text(errors="replace").strip()
+            return failure.splitlines()[0] if "kvm" in failure.lower() else None
+        if serial_log.exists() and serial_log.stat().st_size > 0:
+            return None
+        time.sleep(KVM_POLL_SECONDS)
+    return f"the guest printed nothing on its serial console in {KVM_FIRST_OUTPUT_SECONDS:.0f} s"
+
+
+def console_end(console: bool, serial_log: Path) -> str:
+    """The serial console's last lines for an error message (not when the terminal shows the console)."""
+    return "" if console else f"; the serial console ended:\n{last_lines(serial_log)}"
 
 
 def last_lines(path: Path, count: int = 5) -> str:
@@ -204,7 +238,17 @@ def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
         proxy = metadata_proxy(port, scratch)
         # Not restricted: like a cloud instance, the guest may reach the network (to emerge, say).
         command = {
-            accel: qemu_command(disk, serial, args.memory, ssh_port, proxy, None, accel, restrict=False)
+            accel: qemu_command(
+                disk,
+                serial,
+                args.memory,
+                ssh_port,
+                proxy,
+                None,
+                accel,
+                restrict=False,
+                serial_copy=serial_log,
+            )
             for accel in ("kvm", "tcg")
         }
         log(f"booting {image} on a {human_size(args.disk)} copy-on-write disk in {scratch}")
@@ -212,11 +256,16 @@ def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
         if not args.console:
             log(f"serial console: {serial_log}")
         qemu_log = scratch / "qemu.log"
-        qemu = start_qemu(stack, command, qemu_log, args.console)
+        qemu = start_qemu(stack, command, qemu_log, serial_log, args.console)
+        deadline = time.monotonic() + args.timeout
         while (banner := answer(ssh_port)) is None:
             if exited := qemu_exited(qemu, qemu_log):
-                console = "" if args.console else f"; the serial console ended:\n{last_lines(serial_log)}"
-                raise CommandError(f"{exited} before sshd answered{console}")
+                raise CommandError(f"{exited} before sshd answered{console_end(args.console, serial_log)}")
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"sshd did not answer within {args.timeout:.0f} s (--timeout)"
+                    + console_end(args.console, serial_log)
+                )
             time.sleep(SSH_POLL_SECONDS)
         log(f"sshd answers ({banner}); Ctrl-C stops the instance")
         print(
