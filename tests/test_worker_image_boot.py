@@ -2,8 +2,11 @@
 
 The image is tests/workerimage.py's (the world's stage3, the worker packages, Debian's kernel, the
 default overlay; cached per machine). A server is created through openstacksdk against the stand-in
-behind the real test Keystone; its user-data shows that the image is a worker image (a venv, qemu-img,
-git), and what it printed comes back through the API's console-output, as a cloud shows it.
+behind the real test Keystone; what its user-data printed comes back through the API's console-output,
+as a cloud shows it. One user-data shows that the image is a worker image (a venv, qemu-img, git); the
+other is the production bootstrap (WorkerBootstrap), which installs the master's wheel and wheelhouse
+(prepared as `farm up` does, Python 3.11's: the image's python3) from the master's store, a real store
+server on 127.0.0.1 that the guest reaches at STORE_ADDRESS through qemu's user network.
 """
 
 import base64
@@ -16,8 +19,14 @@ import openstack
 import pytest
 
 from gentoo_farm import qemuboot
+from gentoo_farm.config import parse_config
+from gentoo_farm.master.workers import served_wheels
+from gentoo_farm.wheelhouse import master_version, prepare_worker_wheels
+from gentoo_farm.workers.latent.bootstrap import DEFAULT_WORKER_HOME, WorkerBootstrap
+from tests import cache
 from tests.services.compute import ComputeStandIn
 from tests.services.keystone import Keystone, keystone  # noqa: F401  (session fixture)
+from tests.services.store import LocalStoreSettings, local_settings  # noqa: F401  (fixture)
 from tests.test_world_worker_packages import VERSION_COMMANDS
 from tests.workerimage import WorkerImage, worker_image
 
@@ -33,6 +42,10 @@ git --version
 echo '{MARKER}'
 """
 BOOT_TIMEOUT = 900
+# Where the guest finds the master's store (its port is the store server's): inside qemu's network.
+STORE_ADDRESS = "169.254.169.250"
+# What the bootstrap connects buildbot-worker to; nothing answers there (a later test runs a master).
+MASTER_ADDRESS = "169.254.169.251:9989"
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +95,18 @@ def _running_qemus(disk: Path) -> list[str]:
     return found
 
 
-@pytest.mark.slow
-def test_the_worker_image_boots_as_a_server_and_runs_its_user_data(
-    cloud: tuple[ComputeStandIn, openstack.connection.Connection], image: WorkerImage
-) -> None:
-    compute, connection = cloud
+def _boot(
+    compute: ComputeStandIn, connection: openstack.connection.Connection, name: str, user_data: str
+) -> tuple[str, str]:
+    """Create a server of the worker image with ``user_data`` and wait until the user-data has run:
+    the server's id and the console output."""
     started = time.monotonic()
     server = connection.compute.create_server(
-        name="farm-worker-1",
+        name=name,
         image_id=IMAGE_ID,
         flavor_id="1",
         key_name="farm-key",
-        user_data=base64.b64encode(USER_DATA.encode()).decode("ascii"),
+        user_data=base64.b64encode(user_data.encode()).decode("ascii"),
     )
     server = connection.compute.wait_for_server(server, status="ACTIVE", wait=60)
     disk = compute.workdir / "vms" / server.id / "disk.qcow2"
@@ -104,8 +117,26 @@ def test_the_worker_image_boots_as_a_server_and_runs_its_user_data(
         time.sleep(5)
         console = _console(connection, server.id)
         assert connection.compute.get_server(server.id).status == "ACTIVE", console[-3000:]
-    done = time.monotonic() - started
-    print(f"worker image: from create to the user-data done: {done:.0f} s")
+    print(f"worker image: from create to the user-data done: {time.monotonic() - started:.0f} s ({name})")
+    return server.id, console
+
+
+def _delete(compute: ComputeStandIn, connection: openstack.connection.Connection, server_id: str) -> None:
+    disk = compute.workdir / "vms" / server_id / "disk.qcow2"
+    server = connection.compute.get_server(server_id)
+    connection.compute.delete_server(server)
+    connection.compute.wait_for_delete(server, wait=60)
+    assert _running_qemus(disk) == []
+    assert not disk.exists()
+    assert compute.servers == {}
+
+
+@pytest.mark.slow
+def test_the_worker_image_boots_as_a_server_and_runs_its_user_data(
+    cloud: tuple[ComputeStandIn, openstack.connection.Connection], image: WorkerImage
+) -> None:
+    compute, connection = cloud
+    server_id, console = _boot(compute, connection, "farm-worker-1", USER_DATA)
 
     assert f"Linux version {image.kernel_release}" in console
     assert "cloud-metadata: hostname set to farm-worker-1" in console
@@ -115,9 +146,51 @@ def test_the_worker_image_boots_as_a_server_and_runs_its_user_data(
     for command in ("qemu-img --version", "git --version"):
         assert f"cloud-metadata: user-data: {VERSION_COMMANDS[command]}" in console, command
     assert "cloud-metadata: user-data exited with status 0" in console
+    _delete(compute, connection, server_id)
 
-    connection.compute.delete_server(server.id)
-    connection.compute.wait_for_delete(server, wait=60)
-    assert _running_qemus(disk) == []
-    assert not disk.exists()
-    assert compute.servers == {}
+
+@pytest.mark.slow
+def test_the_production_bootstrap_installs_the_masters_wheels_from_its_store(
+    cloud: tuple[ComputeStandIn, openstack.connection.Connection],
+    local_settings: LocalStoreSettings,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    compute, connection = cloud
+    store_port = int(local_settings.public_url.rsplit(":", 1)[1])
+    compute.guest_forwards[f"{STORE_ADDRESS}:{store_port}"] = store_port
+    farm_toml = (
+        f'[farm]\nid = "x"\n[workers]\nwheelhouse = "{cache.directory("worker-wheelhouse")}"\n'
+        'python_versions = ["3.11"]\n'
+        f'[store]\npath = "{local_settings.path}"\npublic_url = "http://{STORE_ADDRESS}:{store_port}"\n'
+        '[[workers.openstack]]\nname = "os"\ncloud = "c"\nflavor = "f"\nimage = "farm-worker-latest"\n'
+        'network = "n"\n'
+    )
+    config = parse_config(farm_toml, tmp_path)
+    prepare_worker_wheels(config)
+    wheels, urls = served_wheels(config).for_instance()
+    bootstrap = WorkerBootstrap(
+        MASTER_ADDRESS,
+        f"http://{STORE_ADDRESS}:{store_port}/binpkgs",
+        f"http://{STORE_ADDRESS}:{store_port}",
+        wheels=wheels,
+    )
+    script = bootstrap.render("farm-worker-2", "one-time-password", urls)
+    assert "--no-index --no-deps --require-hashes" in script
+    venv = f"{DEFAULT_WORKER_HOME}/venv"
+    # The production script as it is, then what the worker's steps would run from its venv.
+    user_data = (
+        f"#!/bin/sh\ncat > /root/bootstrap <<'EOF_BOOTSTRAP'\n{script}EOF_BOOTSTRAP\n"
+        'sh /root/bootstrap; echo "bootstrap exited with status $?"\n'
+        f"{venv}/bin/farm-worker --help | head -n 1\n"
+    )
+    server_id, console = _boot(compute, connection, "farm-worker-2", user_data)
+
+    print("\n".join(line for line in console.splitlines() if "cloud-metadata: user-data" in line))
+    said = "cloud-metadata: user-data: gentoo-farm: "
+    installing = f"installing the master's gentoo-farm {master_version()} for Python 3.11 into {venv}"
+    assert said + installing in console, console[-3000:]
+    assert "refusing the worker's wheels" not in console
+    # Past the install (the script stops at the first failure): the worker created and started.
+    assert f"{said}starting buildbot-worker farm-worker-2 for master {MASTER_ADDRESS}" in console
+    assert "cloud-metadata: user-data: usage: farm-worker" in console, console[-3000:]
+    _delete(compute, connection, server_id)

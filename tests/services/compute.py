@@ -15,7 +15,9 @@ real VM instead: qemu boots a copy-on-write disk over the qcow2 under TCG (gento
 pieces), with the metadata service at 169.254.169.254 serving the server's name as hostname, its id, its
 keypair's key and its user-data; the server is ACTIVE once qemu runs (ERROR if qemu exits on its own),
 console-output is the serial console, and deleting it stops qemu and removes its disk. The mapping is
-the stand-in's, not Glance's: the qcow2 is not uploaded anywhere.
+the stand-in's, not Glance's: the qcow2 is not uploaded anywhere. The VM reaches nothing but the
+metadata service and :attr:`ComputeStandIn.guest_forwards` (``"ADDRESS:PORT"`` the guest connects to,
+inside 169.254.0.0/16 -> a port on 127.0.0.1: the master's store, say).
 
 Fault switches (set by tests): :attr:`ComputeStandIn.boot_faults` (``"error"`` — ERROR after
 :attr:`error_after` seconds; ``"never-active"`` — stuck in BUILD; ``"no-boot"`` — ACTIVE but the
@@ -138,6 +140,7 @@ class ComputeStandIn:
         self.glance_url = glance_url
         self.prepare_vm = prepare_vm
         self.images = dict(images or {})
+        self.guest_forwards: dict[str, int] = {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v2.1"
         self.service_user = service_user
@@ -445,6 +448,11 @@ class ComputeStandIn:
             qemuboot.metadata_proxy(port, vm_dir),
             None,
         )
+        for number, (guest, host_port) in enumerate(self.guest_forwards.items()):
+            forward_dir = vm_dir / f"forward-{number}"
+            forward_dir.mkdir()
+            proxy = qemuboot.metadata_proxy(host_port, forward_dir)
+            command[command.index("-netdev") + 1] += f",guestfwd=tcp:{guest}-cmd:{proxy}"
         with (vm_dir / "qemu.log").open("wb") as qemu_log, self._lock:
             if server.id not in self.servers:
                 server.services.close()
