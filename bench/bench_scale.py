@@ -53,6 +53,7 @@ from werkzeug.serving import make_server
 
 from gentoo_farm.commands import images as images_command
 from gentoo_farm.config import FarmConfig, FarmSection, StoreSection
+from gentoo_farm.image_name import ImageName
 from gentoo_farm.master.images_page import images_app
 from gentoo_farm.signing import FarmKey
 from gentoo_farm.store.binhost import (
@@ -71,7 +72,6 @@ from gentoo_farm.store.sets import (
     ExpectedFile,
     apply_retention,
     finalize_set,
-    image_name,
     new_set_id,
     object_key,
 )
@@ -241,7 +241,7 @@ class ImageStore:
 
     def publish(self) -> None:
         when = FIRST_IMAGE_DAY + timedelta(days=self.published)
-        name = image_name(when.date(), ARCH)
+        name = str(ImageName(when.date(), ARCH))
         input_key = hashlib.sha256(name.encode()).hexdigest()
         set_id = new_set_id(input_key, when)
         disk = f"{name}.qcow2"
@@ -283,7 +283,9 @@ def farm_images(store: LocalStore) -> Callable[[], None]:
         farm=FarmSection(id="bench"),
         store=StoreSection(path=store.root, public_url=UNREACHABLE_PUBLIC_URL),
     )
-    arguments = argparse.Namespace(json=False)
+    parser = argparse.ArgumentParser()
+    images_command.add_arguments(parser)
+    arguments = parser.parse_args([])
 
     def run() -> None:
         with contextlib.redirect_stdout(io.StringIO()):
