@@ -718,7 +718,7 @@ def test_bootstrap_points_portage_at_the_farm_as_portage_reads_it(tmp_path: Path
     home_worker = home / "worker"
     assert (tmp_path / "calls").read_text().splitlines() == [
         f"buildbot-worker create-worker --umask=0o022 --keepalive=60 {home_worker} 10.0.0.1:9989 os-1 s3cr3t",
-        f"buildbot-worker start {home_worker}",
+        f"buildbot-worker start --quiet {home_worker}",
     ] * 2
 
 
@@ -784,7 +784,7 @@ def test_bootstrap_installs_the_worker_when_the_image_lacks_it(tmp_path: Path) -
     assert (home / "venv" / "bin" / "farm-worker").is_file()
     assert (home / "calls").read_text().splitlines() == [
         f"buildbot-worker create-worker --umask=0o022 --keepalive=60 {home}/worker 10.0.0.1:9989 os-1 pw",
-        f"buildbot-worker start {home}/worker",
+        f"buildbot-worker start --quiet {home}/worker",
     ]
 
 

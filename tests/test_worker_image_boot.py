@@ -192,5 +192,7 @@ def test_the_production_bootstrap_installs_the_masters_wheels_from_its_store(
     assert "refusing the worker's wheels" not in console
     # Past the install (the script stops at the first failure): the worker created and started.
     assert f"{said}starting buildbot-worker farm-worker-2 for master {MASTER_ADDRESS}" in console
+    # The script ends well with no master listening yet: whether the worker connects is the master's to see.
+    assert "cloud-metadata: user-data: bootstrap exited with status 0" in console, console[-3000:]
     assert "cloud-metadata: user-data: usage: farm-worker" in console, console[-3000:]
     _delete(compute, connection, server_id)

@@ -69,7 +69,9 @@ rm -rf "$basedir"
 buildbot-worker create-worker --umask=0o022 --keepalive=60 \\
     "$basedir" {master_address} {worker_name} {password}
 echo "gentoo-farm: starting buildbot-worker {worker_name} for master {master_address}"
-buildbot-worker start "$basedir"
+# --quiet: start and return. Without it the command waits 10 s to see the worker connect and fails the
+# script when it has not yet (a guest without KVM is slower); the master judges the connection itself.
+buildbot-worker start --quiet "$basedir"
 """
 
 # The operator's own pip requirement (``install`` in farm.toml), installed unless the image has both tools.
