@@ -1,0 +1,242 @@
+"""A build runs on the worker image: a real Buildbot master's OpenStack worker boots it as a server of
+the Compute stand-in (qemu mode), the production bootstrap installs the master's wheels from its store
+and connects buildbot-worker back to the master, and the build's steps run inside the guest.
+
+The master's workers are the production composition (gentoo_farm.master.workers.workers) of a farm.toml
+with one ``[[workers.openstack]]`` pool whose image is "farm-worker-latest": a Glance image of this farm's
+worker variant, which the stand-in boots as tests/workerimage.py's qcow2. The guest reaches the master's
+worker port and its store (a real store server) only through the stand-in's guest_forwards. The builder
+is a small one restricted to the pool: a toolkit stage (input-key) and commands that show where they ran.
+"""
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openstack
+import pytest
+from buildbot.process.results import Results
+
+from gentoo_farm.config import load_config
+from gentoo_farm.image_name import WORKER_VARIANT
+from gentoo_farm.stageprotocol import RESULT_MARKER
+from gentoo_farm.wheelhouse import prepare_worker_wheels
+from tests import cache
+from tests.services.compute import ComputeStandIn
+from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
+from tests.services.keystone import Keystone, free_port, keystone  # noqa: F401  (session fixture)
+from tests.services.store import LocalStoreSettings, local_settings  # noqa: F401  (fixture)
+from tests.test_openstack_worker import VENV_BIN, Master
+from tests.test_worker_image_boot import STORE_ADDRESS, _running_qemus, image  # noqa: F401  (fixture)
+from tests.test_world_worker_packages import VERSION_COMMANDS
+from tests.workerimage import WorkerImage
+
+CLOUD = "worker-image-build-cloud"
+FARM_ID = "farm-image-build"
+BUILDER = "on-the-worker-image"
+POOL = "os"
+# Where the guest finds the master's worker port: inside qemu's network, forwarded to 127.0.0.1.
+MASTER_HOST = "169.254.169.251"
+INPUT_KEY_ARGS = ["--kind", "image", "--value", "worker=openstack"]
+# Create, boot under TCG, install the wheels, connect, build, delete.
+BUILD_TIMEOUT = 1200
+
+MASTER_CFG = """\
+from pathlib import Path
+
+from buildbot.plugins import schedulers, steps, util
+
+from gentoo_farm.config import load_config
+from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.master.workers import openstack_fleet, pb_port, worker_names_for, workers
+from gentoo_farm.steps.base import FarmWorkerStep
+
+root = Path({root!r})
+config = load_config(root)
+c = BuildmasterConfig = {{}}
+c["buildbotNetUsageData"] = None
+c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
+c["protocols"] = {{"pb": {{"port": pb_port(config)}}}}
+c["www"] = {{"port": "tcp:{www_port}:interface=127.0.0.1", "plugins": {{}}}}
+c["workers"] = workers(config, FarmDir(root), openstack_fleet(config))
+
+factory = util.BuildFactory()
+factory.addStep(FarmWorkerStep("input-key", {input_key_args!r}))
+for name, command in [
+    ("kernel", ["uname", "-r"]),
+    ("hostname", ["hostname"]),
+    ("qemu-img", ["qemu-img", "--version"]),
+    ("farm-worker", ["farm-worker", "--help"]),
+]:
+    factory.addStep(steps.ShellCommand(name=name, command=command))
+c["builders"] = [
+    util.BuilderConfig(name={builder!r}, workernames=worker_names_for(config, {builder!r}), factory=factory)
+]
+c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=[{builder!r}])]
+"""
+
+
+class ImageMaster(Master):
+    """:class:`Master` on :data:`MASTER_CFG`: the workers of the farm.toml in ``root`` (one: os-1)."""
+
+    def __init__(self, basedir: Path, env: dict[str, str], root: Path) -> None:
+        # Master.start waits for pool_size workers and vol-1: here, os-1 alone.
+        super().__init__(basedir, env, pool_size=0)
+        self.root = root
+
+    def create(self) -> None:
+        subprocess.run(
+            [str(VENV_BIN / "buildbot"), "create-master", "--quiet", "-r", str(self.basedir)],
+            check=True,
+            env=self.env,
+            timeout=120,
+        )
+        (self.basedir / "master.cfg").write_text(
+            MASTER_CFG.format(
+                root=str(self.root), www_port=self.www_port, input_key_args=INPUT_KEY_ARGS, builder=BUILDER
+            )
+        )
+
+
+def _farm_toml(master: ImageMaster, store: LocalStoreSettings, store_port: int) -> str:
+    return (
+        f'[farm]\nid = "{FARM_ID}"\n'
+        f'[master]\nworker_address = "127.0.0.1:{master.pb_port}"\n'
+        f'[workers]\nwheelhouse = "{cache.directory("worker-wheelhouse")}"\npython_versions = ["3.11"]\n'
+        "[workers.local]\ncount = 0\n"
+        f'[store]\npath = "{store.path}"\npublic_url = "http://{STORE_ADDRESS}:{store_port}"\n'
+        f'[[workers.openstack]]\nname = "{POOL}"\ncloud = "{CLOUD}"\nflavor = "m1.small"\n'
+        'image = "farm-worker-latest"\nnetwork = ""\nkey_name = "farm-key"\n'
+        f'builders = ["{BUILDER}"]\nmaster_address = "{MASTER_HOST}:{master.pb_port}"\n'
+    )
+
+
+@pytest.fixture
+def cloud(
+    keystone: Keystone,  # noqa: F811
+    glance: Glance,  # noqa: F811
+    image: WorkerImage,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[ComputeStandIn, openstack.connection.Connection]]:
+    """The stand-in with this farm's worker image in Glance, booted as the worker image's qcow2."""
+    clouds = keystone.write_clouds_yaml(tmp_path / "clouds.yaml", cloud=CLOUD, username="demo")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    connection = openstack.connect(cloud=CLOUD)
+    # What Glance holds is a placeholder: the stand-in boots the qcow2 it maps the image's id to.
+    placeholder = tmp_path / "placeholder.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(placeholder), "1M"], check=True)
+    with placeholder.open("rb") as data:
+        glance_image = connection.image.create_image(
+            name="gentoo-farm-worker-20261207-amd64",
+            disk_format="qcow2",
+            container_format="bare",
+            data=data,
+            farm_id=FARM_ID,
+            farm_image_variant=WORKER_VARIANT,
+        )
+    connection.image.wait_for_status(glance_image, status="active", wait=60, interval=0.5)
+    compute = ComputeStandIn(
+        keystone, tmp_path / "compute", glance_url=glance.url, images={glance_image.id: image.path}
+    )
+    compute.start()
+    compute.keypairs["farm-key"] = {
+        "name": "farm-key",
+        "public_key": "ssh-ed25519 AAAA farm",
+        "fingerprint": "x",
+    }
+    keystone.register_service("compute", "nova", compute.url)
+    try:
+        yield compute, connection
+    finally:
+        compute.stop()
+        # Glance serves the whole session: the next farm must not find this one's worker image.
+        connection.image.delete_image(glance_image.id, ignore_missing=True)
+
+
+def _step_log(master: Master, build: dict[str, object], name: str) -> str:
+    steps = master.get(f"builds/{build['buildid']}/steps")["steps"]
+    step = next(s for s in steps if s["name"] == name)
+    (log,) = [log for log in master.get(f"steps/{step['stepid']}/logs")["logs"] if log["slug"] == "stdio"]
+    return master.raw(f"logs/{log['logid']}/raw")
+
+
+@pytest.mark.slow
+def test_a_build_runs_on_the_worker_image_booted_by_the_masters_openstack_worker(
+    cloud: tuple[ComputeStandIn, openstack.connection.Connection],
+    local_settings: LocalStoreSettings,  # noqa: F811
+    image: WorkerImage,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    compute, _ = cloud
+    started = time.monotonic()
+    store_port = int(local_settings.public_url.rsplit(":", 1)[1])
+    master = ImageMaster(tmp_path / "farm" / "master", {**os.environ}, tmp_path / "farm")
+    master.basedir.mkdir(parents=True)
+    (master.root / "farm.toml").write_text(_farm_toml(master, local_settings, store_port))
+    prepare_worker_wheels(load_config(master.root))
+    compute.guest_forwards[f"{STORE_ADDRESS}:{store_port}"] = store_port
+    compute.guest_forwards[f"{MASTER_HOST}:{master.pb_port}"] = master.pb_port
+    master.create()
+    master.start()
+    try:
+        brid = master.force(BUILDER)
+        (worker,) = master.get("workers")["workers"]
+        connected_at = None
+        deadline = time.monotonic() + BUILD_TIMEOUT
+        while not master.get(f"buildrequests/{brid}")["buildrequests"][0]["complete"]:
+            assert time.monotonic() < deadline, f"no build after {BUILD_TIMEOUT} s:\n{master.log_tail()}"
+            if (
+                connected_at is None
+                and master.get(f"workers/{worker['workerid']}")["workers"][0]["connected_to"]
+            ):
+                connected_at = time.time()
+            time.sleep(1)
+        request = master.get(f"buildrequests/{brid}")["buildrequests"][0]
+        (build,) = master.builds(brid)
+        logs = {
+            name: _step_log(master, build, name) for name in ("kernel", "hostname", "qemu-img", "farm-worker")
+        }
+        properties = master.properties(build["buildid"])
+        compute.wait_for(lambda: not compute.servers, 120, "the server to be deleted after the build")
+    finally:
+        master.stop()
+    print(f"worker image build: {time.monotonic() - started:.0f} s in all")
+
+    (server,) = compute.deleted.values()
+    assert server.vm_dir is not None
+    console = (server.vm_dir / "console.log").read_text(errors="replace")
+    assert Results[request["results"]] == "success", (
+        build["state_string"],
+        master.log_tail(),
+        console[-3000:],
+    )
+    assert build["workerid"] == worker["workerid"] and worker["name"] == f"{POOL}-1"
+    assert connected_at is not None, "the worker never showed as connected"
+    size = image.path.stat().st_size / 2**20
+    boot = connected_at - server.created
+    print(f"worker image: server create -> worker connected {boot:.0f} s; the image {size:.0f} MiB")
+    assert server.metadata["gentoo_farm_worker"] == f"{POOL}-1"
+    # The steps ran in the guest: its kernel (Debian's, not this machine's), the name Nova gave it.
+    assert image.kernel_release in logs["kernel"], logs["kernel"]
+    assert image.kernel_release != os.uname().release
+    assert server.name in logs["hostname"], logs["hostname"]
+    assert VERSION_COMMANDS["qemu-img --version"] in logs["qemu-img"]
+    assert "usage: farm-worker" in logs["farm-worker"]
+    # The toolkit ran there and reported back: the key this machine's toolkit computes too.
+    assert properties["input_key"][1] == "farm-worker input-key"
+    here = subprocess.run(
+        [str(VENV_BIN / "farm-worker"), "input-key", *INPUT_KEY_ARGS],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(here.stdout.splitlines()[-1].removeprefix(RESULT_MARKER)) == {
+        "input_key": properties["input_key"][0]
+    }
+    # Deleted after the build: qemu is gone and its disk too.
+    assert _running_qemus(server.vm_dir / "disk.qcow2") == []
+    assert not (server.vm_dir / "disk.qcow2").exists()
