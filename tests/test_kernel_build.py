@@ -98,6 +98,16 @@ def test_kernel_from_source_rebuilds_from_ccache_reports_compiler_errors_and_boo
         assert (
             float(rebuilt_results["kernel_build_seconds"]) < float(first_results["kernel_build_seconds"]) / 2
         )
+        # The first config again, in the kept tree: the same kernel, byte for byte, as the first build's.
+        again = build(DEFAULT_CONFIG, tmp_path / "again.tar.zst", server)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+        assert results(again)["kernel_build_tree"] == "kept"
+
+        def vmlinuz(tarball: Path) -> bytes:
+            member = f"boot/vmlinuz-{release}"
+            return subprocess.run(["tar", "-xOf", tarball, member], capture_output=True, check=True).stdout
+
+        assert vmlinuz(tmp_path / "again.tar.zst") == vmlinuz(tmp_path / "first.tar.zst")
         # Once warm, this test's ccache seeds the shared one, so the pipelines' farms
         # (tests/test_pipeline.py) need not compile this source and config cold again.
         cache.merge_tree(ccache, shared_ccache)

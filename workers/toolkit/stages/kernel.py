@@ -93,6 +93,12 @@ def unpack_source(tarball: Path, sources: Path) -> Path:
     return trees[0]
 
 
+def source_date(source: Path) -> str:
+    """When the source was released, as ``uname -v`` shows a build time: its top Makefile's date."""
+    released = time.gmtime((source / "Makefile").stat().st_mtime)
+    return time.strftime("%a %b %d %H:%M:%S UTC %Y", released)
+
+
 # String options whose value Kbuild opens as a file (or directory), and what it does with it; a
 # relative value is taken in the kernel tree (docs/security.md, "Kernel configs read no worker file").
 HOST_PATH_OPTIONS = {
@@ -253,6 +259,9 @@ def run(args: argparse.Namespace) -> None:
         "KBUILD_BUILD_HOST": "gentoo-farm",
         # Kbuild counts the links in a kept tree ("#3"); every build of the farm is its first.
         "KBUILD_BUILD_VERSION": "1",
+        # The source's date, not the build's: the same source and config give the same kernel, byte for
+        # byte, whether compiled cold, through ccache or in a kept tree.
+        "KBUILD_BUILD_TIMESTAMP": source_date(source),
     }
     run_tool(["ccache", "--zero-stats"], what="ccache --zero-stats", env=environment)
     with (
