@@ -22,19 +22,15 @@ from gentoo_farm.store import StoreError, open_store
 from gentoo_farm.store.clouds import ACTIVE
 from gentoo_farm.units import human_size
 
+CLOUD_HELP = "only this [[glance]] target (its cloud, or cloud/region); repeat for more (default: all)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (one object per image) for scripts")
     actions = parser.add_subparsers(dest="images_action", metavar="ACTION")
     upload = actions.add_parser("upload", help="publish an image the store holds to the Glance targets")
     upload.add_argument("name", help="image name (a worker image's too) or set id, or latest")
-    upload.add_argument(
-        "--cloud",
-        action="append",
-        default=[],
-        metavar="CLOUD",
-        help="only this [[glance]] target (its cloud, or cloud/region); repeat for more (default: all)",
-    )
+    upload.add_argument("--cloud", action="append", default=[], metavar="CLOUD", help=CLOUD_HELP)
 
 
 def table(records: list[ImageRecord]) -> str:
