@@ -1,16 +1,20 @@
-"""A build runs on the worker image: a real Buildbot master's OpenStack worker boots it as a server of
-the Compute stand-in (qemu mode), the production bootstrap installs the master's wheels from its store
-and connects buildbot-worker back to the master, and the build's steps run inside the guest.
+"""Builds run on the worker image: a real Buildbot master's OpenStack worker boots it as a server of the
+Compute stand-in (qemu mode), the production bootstrap installs the master's wheels from its store and
+connects buildbot-worker back to the master, and the builds' steps run inside the guest.
 
 The master's workers are the production composition (gentoo_farm.master.workers.workers) of a farm.toml
 with one ``[[workers.openstack]]`` pool whose image is "farm-worker-latest": a Glance image of this farm's
 worker variant, which the stand-in boots as tests/workerimage.py's qcow2. The guest reaches the master's
-worker port and its store (a real store server) only through the stand-in's guest_forwards. The builder
-is a small one restricted to the pool: a toolkit stage (input-key) and commands that show where they ran.
+worker port, its store (a real store server) and the overlay's repository (``git daemon``) only through
+the stand-in's guest_forwards. Two builders are restricted to the pool: the farm's own overlay builder
+(clone, tarball, upload, published by the master) and a small one whose commands show where they ran.
 """
 
+import contextlib
+import http.client
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,11 +24,19 @@ import openstack
 import pytest
 from buildbot.process.results import Results
 
+from gentoo_farm.artifacts import OVERLAY
+from gentoo_farm.commands.init import _recipe_repository
+from gentoo_farm.commands.key import create_farm_key
 from gentoo_farm.config import load_config
+from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.image_name import WORKER_VARIANT
+from gentoo_farm.master.factories.overlay import TARBALL
 from gentoo_farm.stageprotocol import RESULT_MARKER
+from gentoo_farm.store import open_store
+from gentoo_farm.store.sets import latest_set
 from gentoo_farm.wheelhouse import prepare_worker_wheels
 from tests import cache
+from tests.imagetest import DEFAULT_OVERLAY
 from tests.services.compute import ComputeStandIn
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
 from tests.services.keystone import Keystone, free_port, keystone  # noqa: F401  (session fixture)
@@ -38,8 +50,12 @@ CLOUD = "worker-image-build-cloud"
 FARM_ID = "farm-image-build"
 BUILDER = "on-the-worker-image"
 POOL = "os"
-# Where the guest finds the master's worker port: inside qemu's network, forwarded to 127.0.0.1.
+# Where the guest finds the master's worker port and the overlay's git repository: inside qemu's network,
+# forwarded to 127.0.0.1.
 MASTER_HOST = "169.254.169.251"
+GIT_HOST = "169.254.169.252"
+# Long enough for the second build to find the server the first one started.
+BUILD_WAIT_TIMEOUT = 30
 INPUT_KEY_ARGS = ["--kind", "image", "--value", "worker=openstack"]
 # Create, boot under TCG, install the wheels, connect, build, delete.
 BUILD_TIMEOUT = 1200
@@ -51,6 +67,8 @@ from buildbot.plugins import schedulers, steps, util
 
 from gentoo_farm.config import load_config
 from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.farmdir import FarmDir
+from gentoo_farm.master.factories import overlay
 from gentoo_farm.master.workers import openstack_fleet, pb_port, worker_names_for, workers
 from gentoo_farm.steps.base import FarmWorkerStep
 
@@ -73,9 +91,12 @@ for name, command in [
 ]:
     factory.addStep(steps.ShellCommand(name=name, command=command))
 c["builders"] = [
-    util.BuilderConfig(name={builder!r}, workernames=worker_names_for(config, {builder!r}), factory=factory)
+    util.BuilderConfig(name={builder!r}, workernames=worker_names_for(config, {builder!r}), factory=factory),
+    util.BuilderConfig(
+        name={overlay!r}, workernames=worker_names_for(config, {overlay!r}), factory=overlay.factory(config)
+    ),
 ]
-c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=[{builder!r}])]
+c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=[{builder!r}, {overlay!r}])]
 """
 
 
@@ -96,21 +117,27 @@ class ImageMaster(Master):
         )
         (self.basedir / "master.cfg").write_text(
             MASTER_CFG.format(
-                root=str(self.root), www_port=self.www_port, input_key_args=INPUT_KEY_ARGS, builder=BUILDER
+                root=str(self.root),
+                www_port=self.www_port,
+                input_key_args=INPUT_KEY_ARGS,
+                builder=BUILDER,
+                overlay=OVERLAY,
             )
         )
 
 
-def _farm_toml(master: ImageMaster, store: LocalStoreSettings, store_port: int) -> str:
+def _farm_toml(master: ImageMaster, store: LocalStoreSettings, store_port: int, git_port: int) -> str:
     return (
         f'[farm]\nid = "{FARM_ID}"\n'
+        f'[overlay]\nrepository = "git://{GIT_HOST}:{git_port}/overlay.git"\n'
         f'[master]\nworker_address = "127.0.0.1:{master.pb_port}"\n'
         f'[workers]\nwheelhouse = "{cache.directory("worker-wheelhouse")}"\npython_versions = ["3.11"]\n'
         "[workers.local]\ncount = 0\n"
         f'[store]\npath = "{store.path}"\npublic_url = "http://{STORE_ADDRESS}:{store_port}"\n'
         f'[[workers.openstack]]\nname = "{POOL}"\ncloud = "{CLOUD}"\nflavor = "m1.small"\n'
         'image = "farm-worker-latest"\nnetwork = ""\nkey_name = "farm-key"\n'
-        f'builders = ["{BUILDER}"]\nmaster_address = "{MASTER_HOST}:{master.pb_port}"\n'
+        f'builders = ["{BUILDER}", "{OVERLAY}"]\nmaster_address = "{MASTER_HOST}:{master.pb_port}"\n'
+        f"build_wait_timeout = {BUILD_WAIT_TIMEOUT}\n"
     )
 
 
@@ -157,6 +184,48 @@ def cloud(
         connection.image.delete_image(glance_image.id, ignore_missing=True)
 
 
+@pytest.fixture
+def overlay_repository(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """The default overlay as `farm init` makes its repository, served by ``git daemon`` (git://, which
+    the guest's git speaks without curl): the port and the commit."""
+    served = tmp_path / "git"
+    served.mkdir()
+    _recipe_repository(served / "overlay.git", "main", DEFAULT_OVERLAY, "Default image overlay")
+    commit = subprocess.run(
+        ["git", "-C", str(served / "overlay.git"), "rev-parse", "main"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    port = free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--export-all", "--reuseaddr", f"--base-path={served}", "--listen=127.0.0.1",
+         f"--port={port}", str(served)],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "git-daemon.log").open("wb"),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert daemon.poll() is None and time.monotonic() < deadline, "git daemon did not start"
+            time.sleep(0.1)
+        yield port, commit
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def _look(master: Master, path: str, field: str) -> object:
+    """``field`` of the one thing at ``path`` in the REST API; None while a busy master (two cores
+    running qemu under TCG) drops the answer."""
+    try:
+        return master.get(path)[path.split("/")[0]][0][field]
+    except (OSError, http.client.HTTPException):
+        return None
+
+
 def _step_log(master: Master, build: dict[str, object], name: str) -> str:
     steps = master.get(f"builds/{build['buildid']}/steps")["steps"]
     step = next(s for s in steps if s["name"] == name)
@@ -168,35 +237,46 @@ def _step_log(master: Master, build: dict[str, object], name: str) -> str:
 def test_a_build_runs_on_the_worker_image_booted_by_the_masters_openstack_worker(
     cloud: tuple[ComputeStandIn, openstack.connection.Connection],
     local_settings: LocalStoreSettings,  # noqa: F811
+    overlay_repository: tuple[int, str],
     image: WorkerImage,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     compute, _ = cloud
+    git_port, commit = overlay_repository
     started = time.monotonic()
     store_port = int(local_settings.public_url.rsplit(":", 1)[1])
     master = ImageMaster(tmp_path / "farm" / "master", {**os.environ}, tmp_path / "farm")
     master.basedir.mkdir(parents=True)
-    (master.root / "farm.toml").write_text(_farm_toml(master, local_settings, store_port))
-    prepare_worker_wheels(load_config(master.root))
+    (master.root / "farm.toml").write_text(_farm_toml(master, local_settings, store_port, git_port))
+    config = load_config(master.root)
+    prepare_worker_wheels(config)
+    # The master signs what it publishes with the farm's key, as `farm init` creates it.
+    farm = FarmDir(master.root)
+    farm.secrets.mkdir(mode=0o700)
+    create_farm_key(config, farm).stop_agent()
     compute.guest_forwards[f"{STORE_ADDRESS}:{store_port}"] = store_port
     compute.guest_forwards[f"{MASTER_HOST}:{master.pb_port}"] = master.pb_port
+    compute.guest_forwards[f"{GIT_HOST}:{git_port}"] = git_port
     master.create()
     master.start()
     try:
         brid = master.force(BUILDER)
+        overlay_brid = master.force(OVERLAY)
         (worker,) = master.get("workers")["workers"]
         connected_at = None
         deadline = time.monotonic() + BUILD_TIMEOUT
-        while not master.get(f"buildrequests/{brid}")["buildrequests"][0]["complete"]:
+        while not all(
+            _look(master, f"buildrequests/{request}", "complete") for request in (brid, overlay_brid)
+        ):
             assert time.monotonic() < deadline, f"no build after {BUILD_TIMEOUT} s:\n{master.log_tail()}"
-            if (
-                connected_at is None
-                and master.get(f"workers/{worker['workerid']}")["workers"][0]["connected_to"]
-            ):
+            if connected_at is None and _look(master, f"workers/{worker['workerid']}", "connected_to"):
                 connected_at = time.time()
             time.sleep(1)
         request = master.get(f"buildrequests/{brid}")["buildrequests"][0]
         (build,) = master.builds(brid)
+        overlay_request = master.get(f"buildrequests/{overlay_brid}")["buildrequests"][0]
+        (overlay_build,) = master.builds(overlay_brid)
+        overlay_properties = master.properties(overlay_build["buildid"])
         logs = {
             name: _step_log(master, build, name) for name in ("kernel", "hostname", "qemu-img", "farm-worker")
         }
@@ -240,3 +320,17 @@ def test_a_build_runs_on_the_worker_image_booted_by_the_masters_openstack_worker
     # Deleted after the build: qemu is gone and its disk too.
     assert _running_qemus(server.vm_dir / "disk.qcow2") == []
     assert not (server.vm_dir / "disk.qcow2").exists()
+
+    # The farm's overlay builder ran on the same server (build_wait_timeout kept it for the second build):
+    # the guest cloned the overlay, built its tarball and uploaded it to the store, where the master
+    # published it.
+    assert Results[overlay_request["results"]] == "success", (
+        overlay_build["state_string"],
+        master.log_tail(),
+    )
+    assert overlay_build["workerid"] == worker["workerid"]
+    assert overlay_properties["got_revision"][0] == commit
+    published = latest_set(open_store(config.store), OVERLAY)
+    assert published is not None
+    assert published.metadata["revision"] == commit
+    assert [file.name for file in published.files] == [TARBALL]
