@@ -208,6 +208,8 @@ class OpenStackWorkersSection:
     security_groups: list[str] = field(default_factory=list)
     volume_size: int = 0
     max_instances: int = 1
+    max_builds: int = field(default=1, metadata=_check(_at_least_one))
+    """Builds one server runs at once: a kernel build takes every vCPU, an image build its disk and memory."""
     build_wait_timeout: int = 0
     boot_timeout: int = 600
     builders: list[str] = field(default_factory=list)

@@ -66,6 +66,7 @@ def _openstack_workers(
         pool.max_instances,
         fleet=fleet,
         settings=settings,
+        max_builds=pool.max_builds,
         build_wait_timeout=pool.build_wait_timeout,
         properties={"cache_dir": INSTANCE_CACHE_DIR},
     )

@@ -74,6 +74,8 @@ def test_openstack_pool_gives_one_latent_worker_per_instance_for_its_builders(
     assert workers["mirror"] == workers["overlay"] == ["local-1"]
     reapers = [service for service in config["services"] if "reaper" in service.name]
     assert len(reapers) == 1
+    # One build per server unless farm.toml says more: a kernel build takes every vCPU.
+    assert [worker.max_builds for worker in config["workers"]] == [1, 1, 1, 1]
 
 
 def test_hook_for_a_remote_repository(farm_dir: Path) -> None:
