@@ -4,9 +4,7 @@ both end up in the binhost index, and a third build installs everything from the
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import shutil
 import subprocess
@@ -32,7 +30,9 @@ from gentoo_farm.store.binhost import (
 )
 from tests.services.s3 import make_bucket_public
 from tests.services.store import put_snapshot
-from tests.world.repository import PROFILE, write_distfiles, write_repository
+from tests.world import build_world
+from tests.world.repository import PROFILE
+from tests.world.server import WorldServer
 
 pytest_plugins = ["tests.services.store"]
 
@@ -66,19 +66,12 @@ def farm_worker(*args: str, env: dict[str, str] | None = None) -> dict[str, obje
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """The world's ebuild repository, and its distfiles on an HTTP 'upstream mirror'."""
+    """The world's ebuild repository (its snapshot unpacked), its distfiles on an HTTP upstream mirror."""
     home = tmp_path_factory.mktemp("upstream")
-    write_distfiles(home / "mirror" / "distfiles")
-    write_repository(home / "repo", home / "mirror" / "distfiles", "2026-11-25")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(home / "mirror"))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield home / "repo", f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    world = build_world(home / "world")
+    subprocess.run(["tar", "-xJf", world.file(world.snapshot_path), "-C", home], check=True)
+    with WorldServer(world.mirror_dir) as server:
+        yield home / "portage", server.url
 
 
 def emerge_arguments(work: Path, repo: Path, atom: str, *mirror_args: object) -> list[object]:

@@ -81,6 +81,12 @@ class World:
         """The file on disk behind a URL path of the mirror."""
         return self.mirror_dir / url_path
 
+    def distfiles_of(self, cpvs: Iterable[str]) -> list[str]:
+        """The distfiles of the packages ``cpvs`` (category/name-version), sorted: what emerging them
+        fetches. The world has more (the worker image's packages) than an image emerges."""
+        wanted = {f"{cpv.split('/', 1)[1]}.tar.gz" for cpv in cpvs}
+        return sorted(name for name in self.distfiles if name in wanted)
+
     def distfile_path(self, name: str) -> str:
         """URL path of a distfile, in the layout the mirror's layout.conf names (Portage's reading of it)."""
         return f"distfiles/{distfile_layout(self.mirror_dir / 'distfiles').get_path(name)}"
