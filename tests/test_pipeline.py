@@ -218,13 +218,13 @@ def test_first_image_is_built_from_source_boot_tested_and_published(pipeline: Pi
         stable_path = farm.root / "store" / kind / stable
         assert hashlib.sha512(stable_path.read_bytes()).hexdigest() == artifact["sha512"], stable
         assert stable_path.with_name(stable + ".sha512").read_text() == f"{artifact['sha512']}  {stable}\n"
-    # The binhost and the distfile mirror were filled by the push back: every distfile a Manifest vouches
-    # for. The kernel source is in none of the world's Manifests, so the kernel build pushed nothing.
+    # The binhost and the distfile mirror were filled by the push back: the distfile of every package the
+    # image compiled. The kernel source is in no Manifest of the world's: the kernel build pushed nothing.
     store = farm.root / "store"
     assert "CPV:" in (store / "binpkgs" / pipeline.world.profile / "Packages").read_text()
     kernel_source = load_config(farm.root).kernel.source
-    vouched = set(pipeline.world.distfiles) - {kernel_source}
-    assert {path.name for path in (store / "distfiles").iterdir()} >= vouched
+    vouched = set(pipeline.world.distfiles_of(compiled))
+    assert vouched and {path.name for path in (store / "distfiles").iterdir()} >= vouched
     assert not (store / "distfiles" / kernel_source).exists()
     # Every set and stable object is signed by the farm key (issue 15).
     farm_key = (store / SIGNING_KEY).read_bytes()
