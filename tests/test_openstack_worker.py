@@ -167,22 +167,23 @@ class Master:
             env=self.env,
             timeout=120,
         )
-        (self.basedir / "master.cfg").write_text(
-            MASTER_CFG.format(
-                pb_port=self.pb_port,
-                www_port=self.www_port,
-                cloud=CLOUD,
-                farm_id=FARM_ID,
-                binhost=BINHOST_URL,
-                mirror=MIRROR_URL,
-                boot_timeout=self.boot_timeout,
-                connect_timeout=CONNECT_TIMEOUT,
-                max_start_attempts=self.max_start_attempts,
-                network=NETWORK_ID,
-                input_key_args=INPUT_KEY_ARGS,
-                pool_size=self.pool_size,
-                htpasswd=str(self.htpasswd or ""),
-            )
+        (self.basedir / "master.cfg").write_text(self.master_cfg())
+
+    def master_cfg(self) -> str:
+        return MASTER_CFG.format(
+            pb_port=self.pb_port,
+            www_port=self.www_port,
+            cloud=CLOUD,
+            farm_id=FARM_ID,
+            binhost=BINHOST_URL,
+            mirror=MIRROR_URL,
+            boot_timeout=self.boot_timeout,
+            connect_timeout=CONNECT_TIMEOUT,
+            max_start_attempts=self.max_start_attempts,
+            network=NETWORK_ID,
+            input_key_args=INPUT_KEY_ARGS,
+            pool_size=self.pool_size,
+            htpasswd=str(self.htpasswd or ""),
         )
 
     def start(self, timeout: float = 90) -> None:

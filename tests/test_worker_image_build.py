@@ -41,7 +41,7 @@ from tests.services.compute import ComputeStandIn
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
 from tests.services.keystone import Keystone, free_port, keystone  # noqa: F401  (session fixture)
 from tests.services.store import LocalStoreSettings, local_settings  # noqa: F401  (fixture)
-from tests.test_openstack_worker import VENV_BIN, Master
+from tests.test_openstack_worker import INPUT_KEY_ARGS, VENV_BIN, Master
 from tests.test_worker_image_boot import STORE_ADDRESS, _running_qemus, image  # noqa: F401  (fixture)
 from tests.test_world_worker_packages import VERSION_COMMANDS
 from tests.workerimage import WorkerImage
@@ -56,7 +56,6 @@ MASTER_HOST = "169.254.169.251"
 GIT_HOST = "169.254.169.252"
 # Long enough for the second build to find the server the first one started.
 BUILD_WAIT_TIMEOUT = 30
-INPUT_KEY_ARGS = ["--kind", "image", "--value", "worker=openstack"]
 # Create, boot under TCG, install the wheels, connect, build, delete.
 BUILD_TIMEOUT = 1200
 
@@ -108,21 +107,13 @@ class ImageMaster(Master):
         super().__init__(basedir, env, pool_size=0)
         self.root = root
 
-    def create(self) -> None:
-        subprocess.run(
-            [str(VENV_BIN / "buildbot"), "create-master", "--quiet", "-r", str(self.basedir)],
-            check=True,
-            env=self.env,
-            timeout=120,
-        )
-        (self.basedir / "master.cfg").write_text(
-            MASTER_CFG.format(
-                root=str(self.root),
-                www_port=self.www_port,
-                input_key_args=INPUT_KEY_ARGS,
-                builder=BUILDER,
-                overlay=OVERLAY,
-            )
+    def master_cfg(self) -> str:
+        return MASTER_CFG.format(
+            root=str(self.root),
+            www_port=self.www_port,
+            input_key_args=INPUT_KEY_ARGS,
+            builder=BUILDER,
+            overlay=OVERLAY,
         )
 
 
