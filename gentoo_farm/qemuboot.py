@@ -7,6 +7,7 @@ service at 169.254.169.254:80: an HTTP server on 127.0.0.1 that qemu's guestfwd 
 ``busybox nc``.
 """
 
+import argparse
 import contextlib
 import http.server
 import json
@@ -25,6 +26,23 @@ MIB = 1024 * 1024
 # KVM is not usable on every host the farm runs on (it opens, then fails at the first guest exit);
 # TCG always works. Every qemu the farm starts uses this.
 ACCELERATOR = "tcg"
+# The account that gets the instance's SSH key (the image's conf.d/cloud-metadata names it too).
+CLOUD_USER = "ec2-user"
+
+
+def add_instance_arguments(parser: argparse.ArgumentParser, *, hostname: str, memory_mib: int) -> None:
+    """The options that describe the instance, which ``farm boot`` and the boot test stage share."""
+    parser.add_argument(
+        "--hostname", default=hostname, help=f"the hostname the metadata hands out (default {hostname})"
+    )
+    parser.add_argument(
+        "--user",
+        default=CLOUD_USER,
+        help=f"the cloud user who logs in with the key (default {CLOUD_USER})",
+    )
+    parser.add_argument(
+        "--memory", default=str(memory_mib), help=f"guest memory in MiB (default {memory_mib})"
+    )
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,9 @@
 
 from buildbot.process import logobserver
 
+from gentoo_farm.qemuboot import CLOUD_USER
 from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
 from gentoo_farm.steps.base import FarmWorkerStep, StageArgument, declared
-
-# The account that gets the instance's SSH key (the image's conf.d/cloud-metadata names it too).
-CLOUD_USER = "ec2-user"
 
 
 class PruneRoot(FarmWorkerStep):

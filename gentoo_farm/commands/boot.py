@@ -27,6 +27,7 @@ from gentoo_farm.commands.download import download, published
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.qemuboot import (
     Metadata,
+    add_instance_arguments,
     free_port,
     grown_disk,
     metadata_proxy,
@@ -72,13 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--user-data", type=Path, help="a user-data file (e.g. a shell script) for the instance"
     )
-    parser.add_argument(
-        "--hostname", default="gentoo", help="the hostname the metadata hands out (default gentoo)"
-    )
-    parser.add_argument(
-        "--user", default="ec2-user", help="the cloud user the ssh line logs in as (default ec2-user)"
-    )
-    parser.add_argument("--memory", default="1024", help="guest memory in MiB (default 1024)")
+    add_instance_arguments(parser, hostname="gentoo", memory_mib=1024)
     parser.add_argument(
         "--timeout",
         type=float,

@@ -28,11 +28,11 @@ from gentoo_farm.catalog import PACKAGE_MANIFEST_SUFFIX
 from gentoo_farm.config import FarmConfig
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.master.factories.common import publish, push_back, up_to_date
+from gentoo_farm.qemuboot import CLOUD_USER
 from gentoo_farm.signing import farm_fingerprint
 from gentoo_farm.steps.base import FarmWorkerStep
 from gentoo_farm.steps.glance import PublishToGlance
 from gentoo_farm.steps.image import (
-    CLOUD_USER,
     AssembleImage,
     BootTest,
     BuildDisk,

@@ -24,6 +24,7 @@ import re
 import shutil
 from pathlib import Path, PurePosixPath
 
+from gentoo_farm.qemuboot import CLOUD_USER
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.accounts import add_user
 from gentoo_farm.workers.toolkit.confined import read_text, resolve, unpack_tarball, write_text
@@ -51,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", type=Path, help="the build root (the emerged system)")
     parser.add_argument("--vmlinuz", required=True, type=Path, help="the vmlinuz tarball")
     parser.add_argument("--overlay", required=True, type=Path, help="the vmoverride tarball")
-    parser.add_argument("--user", default="ec2-user", help="the cloud user to create (default: ec2-user)")
+    parser.add_argument(
+        "--user", default=CLOUD_USER, help=f"the cloud user to create (default: {CLOUD_USER})"
+    )
     parser.add_argument(
         "--groups", default="wheel,users", help="the cloud user's groups (default: wheel,users)"
     )

@@ -41,6 +41,7 @@ from pathlib import Path
 from gentoo_farm.qemuboot import (
     MIB,
     Metadata,
+    add_instance_arguments,
     free_port,
     grown_disk,
     metadata_proxy,
@@ -107,14 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--serial-log", type=Path, help="where to write the serial log (default: IMAGE.serial.log)"
     )
-    parser.add_argument("--hostname", default="farm-boot-test", help="the hostname the metadata hands out")
-    parser.add_argument("--user", default="ec2-user", help="the cloud user who logs in with the key")
+    add_instance_arguments(parser, hostname="farm-boot-test", memory_mib=512)
     parser.add_argument(
         "--runlevel-marker",
         default="INIT: Entering runlevel: 3",
         help="what the init prints on reaching the default runlevel (default: sysvinit's line)",
     )
-    parser.add_argument("--memory", default="512", help="guest memory in MiB (default 512)")
     parser.add_argument(
         "--grow-disk",
         type=int,
