@@ -52,12 +52,12 @@ class WriteImageManifest(FarmWorkerStep):
     description = "listing packages"
     arguments = declared(
         root=StageArgument(),
-        json_output=StageArgument("--json"),
-        text_output=StageArgument("--text"),
         inputs=StageArgument("--inputs", default="{}"),
         compiled=StageArgument("--compiled", "list", default=()),
         binary=StageArgument("--binary", "list", default=()),
         upstream_binary=StageArgument("--upstream-binary", "list", default=()),
+        json_output=StageArgument("--json"),
+        text_output=StageArgument("--text"),
     )
 
     def success_summary(self) -> str | None:

@@ -56,6 +56,8 @@ from gentoo_farm.stageprotocol import SERIAL_LOG_END, SERIAL_LOG_MARKER
 from gentoo_farm.workers.toolkit import StageError, progress, report
 from gentoo_farm.workers.toolkit.tools import run_tool
 
+# Where the instance finds its key, hostname and user-data; "none" checks that it still boots without.
+METADATA_SOURCES = ("service", "config-drive", "none")
 CONFIG_DRIVE_LABEL = "config-2"
 # What the user-data writes (world-readable, so the cloud user can show it) and what it contains.
 USER_DATA_PROOF = "/var/tmp/farm-boot-test-user-data"
@@ -88,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metadata",
-        choices=("service", "config-drive", "none"),
+        choices=METADATA_SOURCES,
         default="service",
         help="how the instance gets its metadata: a metadata service at 169.254.169.254 (default), "
         "an OpenStack config drive, or not at all",

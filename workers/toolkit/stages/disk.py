@@ -47,6 +47,8 @@ SIZE_UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MI
 BLOCK_SIZE = 4096
 # /proc/self/uid_map of the initial user namespace: only there is euid 0 real root (loop devices, mounts).
 INITIAL_UID_MAP = ["0", "0", "4294967295"]
+# How extlinux gets installed: "auto" picks "loop" when the stage holds real root, else "vm".
+BOOTLOADER_INSTALLS = ("auto", "loop", "vm")
 # The bootloader VM: boot, load the drivers, install, power off. About 10 s under TCG; generous for a
 # loaded 2-core worker.
 BOOTLOADER_VM_TIMEOUT_SECONDS = 300
@@ -116,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--bootloader",
-        choices=("auto", "loop", "vm"),
+        choices=BOOTLOADER_INSTALLS,
         default="auto",
         help="how to install extlinux: on a loop device mount (needs real root), in a throwaway qemu VM "
         "booting the image's kernel, or auto: the loop device when this stage holds real root (default)",
