@@ -3,16 +3,19 @@
 The image is tests/workerimage.py's (the world's stage3, the worker packages, Debian's kernel, the
 default overlay; cached per machine). A server is created through openstacksdk against the stand-in
 behind the real test Keystone; what its user-data printed comes back through the API's console-output,
-as a cloud shows it. One user-data shows that the image is a worker image (a venv, qemu-img, git); the
-other is the production bootstrap (WorkerBootstrap), which installs the master's wheel and wheelhouse
-(prepared as `farm up` does, Python 3.11's: the image's python3) from the master's store, a real store
-server on 127.0.0.1 that the guest reaches at STORE_ADDRESS through qemu's user network.
+as a cloud shows it. One server boots (a boot of this image costs minutes under TCG) and its user-data
+does two things, each checked by its own test: the production bootstrap (WorkerBootstrap) installs the
+master's wheel and wheelhouse (prepared as `farm up` does, Python 3.11's: the image's python3) from the
+master's store, a real store server on 127.0.0.1 that the guest reaches at STORE_ADDRESS through qemu's
+user network; then commands show that the image is a worker image (a venv, qemu-img, git). The last test
+deletes the server.
 """
 
 import base64
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import openstack
@@ -26,15 +29,14 @@ from gentoo_farm.workers.latent.bootstrap import DEFAULT_WORKER_HOME, WorkerBoot
 from tests import cache
 from tests.services.compute import ComputeStandIn
 from tests.services.keystone import Keystone, keystone  # noqa: F401  (session fixture)
-from tests.services.store import LocalStoreSettings, local_settings  # noqa: F401  (fixture)
+from tests.services.store import running_store_server
 from tests.test_world_worker_packages import VERSION_COMMANDS
 from tests.workerimage import WorkerImage, worker_image
 
 CLOUD = "worker-image-cloud"
 IMAGE_ID = "farm-worker-latest"
 MARKER = "worker image user-data done"
-USER_DATA = f"""#!/bin/sh
-set -e
+WORKER_IMAGE_CHECKS = f"""set -e
 python3 -m venv /var/tmp/venv
 /var/tmp/venv/bin/python -m pip --version
 qemu-img --version
@@ -61,24 +63,25 @@ def image() -> WorkerImage:
     return built
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cloud(
     keystone: Keystone,  # noqa: F811
     image: WorkerImage,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[ComputeStandIn, openstack.connection.Connection]]:
-    compute = ComputeStandIn(keystone, tmp_path / "compute", images={IMAGE_ID: image.path})
+    scratch = tmp_path_factory.mktemp("worker-image-cloud")
+    compute = ComputeStandIn(keystone, scratch / "compute", images={IMAGE_ID: image.path})
     compute.start()
-    _, public_key = qemuboot.new_key(tmp_path)
+    _, public_key = qemuboot.new_key(scratch)
     compute.keypairs["farm-key"] = {"name": "farm-key", "public_key": public_key, "fingerprint": "x"}
     keystone.register_service("compute", "nova", compute.url)
-    clouds = keystone.write_clouds_yaml(tmp_path / "clouds.yaml", cloud=CLOUD, username="demo")
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
-    try:
-        yield compute, openstack.connect(cloud=CLOUD)
-    finally:
-        compute.stop()
+    clouds = keystone.write_clouds_yaml(scratch / "clouds.yaml", cloud=CLOUD, username="demo")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+        try:
+            yield compute, openstack.connect(cloud=CLOUD)
+        finally:
+            compute.stop()
 
 
 def _console(connection: openstack.connection.Connection, server_id: str) -> str:
@@ -121,23 +124,61 @@ def _boot(
     return server.id, console
 
 
-def _delete(compute: ComputeStandIn, connection: openstack.connection.Connection, server_id: str) -> None:
-    disk = compute.workdir / "vms" / server_id / "disk.qcow2"
-    server = connection.compute.get_server(server_id)
-    connection.compute.delete_server(server)
-    connection.compute.wait_for_delete(server, wait=60)
-    assert _running_qemus(disk) == []
-    assert not disk.exists()
-    assert compute.servers == {}
+@dataclass(frozen=True)
+class BootedWorker:
+    server_id: str
+    console: str
+    venv: str
+
+
+@pytest.fixture(scope="module")
+def booted(
+    cloud: tuple[ComputeStandIn, openstack.connection.Connection],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BootedWorker]:
+    """One server whose user-data runs the production bootstrap, then the worker image's checks."""
+    compute, connection = cloud
+    scratch = tmp_path_factory.mktemp("worker-image-store")
+    with running_store_server(scratch / "store", scratch / "store-server.log") as store_url:
+        store_port = int(store_url.rsplit(":", 1)[1])
+        compute.guest_forwards[f"{STORE_ADDRESS}:{store_port}"] = store_port
+        farm_toml = (
+            f'[farm]\nid = "x"\n[workers]\nwheelhouse = "{cache.directory("worker-wheelhouse")}"\n'
+            'python_versions = ["3.11"]\n'
+            f'[store]\npath = "{scratch / "store"}"\npublic_url = "http://{STORE_ADDRESS}:{store_port}"\n'
+            '[[workers.openstack]]\nname = "os"\ncloud = "c"\nflavor = "f"\nimage = "farm-worker-latest"\n'
+            'network = "n"\n'
+        )
+        config = parse_config(farm_toml, scratch)
+        prepare_worker_wheels(config)
+        wheels, urls = served_wheels(config).for_instance()
+        bootstrap = WorkerBootstrap(
+            MASTER_ADDRESS,
+            f"http://{STORE_ADDRESS}:{store_port}/binpkgs",
+            f"http://{STORE_ADDRESS}:{store_port}",
+            wheels=wheels,
+        )
+        script = bootstrap.render("farm-worker-1", "one-time-password", urls)
+        assert "--no-index --no-deps --require-hashes" in script
+        venv = f"{DEFAULT_WORKER_HOME}/venv"
+        # The production script as it is, then what the worker's steps would run from its venv, then what
+        # makes it a worker image.
+        user_data = (
+            f"#!/bin/sh\ncat > /root/bootstrap <<'EOF_BOOTSTRAP'\n{script}EOF_BOOTSTRAP\n"
+            'sh /root/bootstrap; echo "bootstrap exited with status $?"\n'
+            f"{venv}/bin/farm-worker --help | head -n 1\n"
+            f"{WORKER_IMAGE_CHECKS}"
+        )
+        server_id, console = _boot(compute, connection, "farm-worker-1", user_data)
+        print("\n".join(line for line in console.splitlines() if "cloud-metadata: user-data" in line))
+        yield BootedWorker(server_id, console, venv)
 
 
 @pytest.mark.slow
 def test_the_worker_image_boots_as_a_server_and_runs_its_user_data(
-    cloud: tuple[ComputeStandIn, openstack.connection.Connection], image: WorkerImage
+    booted: BootedWorker, image: WorkerImage
 ) -> None:
-    compute, connection = cloud
-    server_id, console = _boot(compute, connection, "farm-worker-1", USER_DATA)
-
+    console = booted.console
     assert f"Linux version {image.kernel_release}" in console
     assert "cloud-metadata: hostname set to farm-worker-1" in console
     assert "cloud-metadata: SSH key installed for ec2-user" in console
@@ -146,53 +187,31 @@ def test_the_worker_image_boots_as_a_server_and_runs_its_user_data(
     for command in ("qemu-img --version", "git --version"):
         assert f"cloud-metadata: user-data: {VERSION_COMMANDS[command]}" in console, command
     assert "cloud-metadata: user-data exited with status 0" in console
-    _delete(compute, connection, server_id)
 
 
 @pytest.mark.slow
-def test_the_production_bootstrap_installs_the_masters_wheels_from_its_store(
-    cloud: tuple[ComputeStandIn, openstack.connection.Connection],
-    local_settings: LocalStoreSettings,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    compute, connection = cloud
-    store_port = int(local_settings.public_url.rsplit(":", 1)[1])
-    compute.guest_forwards[f"{STORE_ADDRESS}:{store_port}"] = store_port
-    farm_toml = (
-        f'[farm]\nid = "x"\n[workers]\nwheelhouse = "{cache.directory("worker-wheelhouse")}"\n'
-        'python_versions = ["3.11"]\n'
-        f'[store]\npath = "{local_settings.path}"\npublic_url = "http://{STORE_ADDRESS}:{store_port}"\n'
-        '[[workers.openstack]]\nname = "os"\ncloud = "c"\nflavor = "f"\nimage = "farm-worker-latest"\n'
-        'network = "n"\n'
-    )
-    config = parse_config(farm_toml, tmp_path)
-    prepare_worker_wheels(config)
-    wheels, urls = served_wheels(config).for_instance()
-    bootstrap = WorkerBootstrap(
-        MASTER_ADDRESS,
-        f"http://{STORE_ADDRESS}:{store_port}/binpkgs",
-        f"http://{STORE_ADDRESS}:{store_port}",
-        wheels=wheels,
-    )
-    script = bootstrap.render("farm-worker-2", "one-time-password", urls)
-    assert "--no-index --no-deps --require-hashes" in script
-    venv = f"{DEFAULT_WORKER_HOME}/venv"
-    # The production script as it is, then what the worker's steps would run from its venv.
-    user_data = (
-        f"#!/bin/sh\ncat > /root/bootstrap <<'EOF_BOOTSTRAP'\n{script}EOF_BOOTSTRAP\n"
-        'sh /root/bootstrap; echo "bootstrap exited with status $?"\n'
-        f"{venv}/bin/farm-worker --help | head -n 1\n"
-    )
-    server_id, console = _boot(compute, connection, "farm-worker-2", user_data)
-
-    print("\n".join(line for line in console.splitlines() if "cloud-metadata: user-data" in line))
+def test_the_production_bootstrap_installs_the_masters_wheels_from_its_store(booted: BootedWorker) -> None:
+    console = booted.console
     said = "cloud-metadata: user-data: gentoo-farm: "
-    installing = f"installing the master's gentoo-farm {master_version()} for Python 3.11 into {venv}"
+    installing = f"installing the master's gentoo-farm {master_version()} for Python 3.11 into {booted.venv}"
     assert said + installing in console, console[-3000:]
     assert "refusing the worker's wheels" not in console
     # Past the install (the script stops at the first failure): the worker created and started.
-    assert f"{said}starting buildbot-worker farm-worker-2 for master {MASTER_ADDRESS}" in console
+    assert f"{said}starting buildbot-worker farm-worker-1 for master {MASTER_ADDRESS}" in console
     # The script ends well with no master listening yet: whether the worker connects is the master's to see.
     assert "cloud-metadata: user-data: bootstrap exited with status 0" in console, console[-3000:]
     assert "cloud-metadata: user-data: usage: farm-worker" in console, console[-3000:]
-    _delete(compute, connection, server_id)
+
+
+@pytest.mark.slow
+def test_a_deleted_server_leaves_no_qemu_and_no_disk(
+    cloud: tuple[ComputeStandIn, openstack.connection.Connection], booted: BootedWorker
+) -> None:
+    compute, connection = cloud
+    disk = compute.workdir / "vms" / booted.server_id / "disk.qcow2"
+    server = connection.compute.get_server(booted.server_id)
+    connection.compute.delete_server(server)
+    connection.compute.wait_for_delete(server, wait=60)
+    assert _running_qemus(disk) == []
+    assert not disk.exists()
+    assert compute.servers == {}
