@@ -4,21 +4,28 @@ the master's database on a real PostgreSQL.
 The same pipeline as test_pipeline.py (which runs on the default SQLite) with the production store: the
 binhost and distfile mirror live in the bucket, workers upload through presigned URLs, the image goes to
 Glance by web-download import from the bucket. The kernel comes from the workers' warm ccache (the test
-cache's shared kernel ccache).
+cache's shared kernel ccache). Last, the operator's way to a first worker image for a new cloud: the farm
+is restarted with ``[image.worker] enabled = true`` and its ``worker-image`` builder runs on a local worker.
 """
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import openstack
 import pytest
 from moto.server import ThreadedMotoServer
+from openstack.image.v2.image import Image
 
-from gentoo_farm.config import load_config
-from gentoo_farm.glance import FARM_ID_PROPERTY
+from gentoo_farm.artifacts import IMAGE_VARIANTS, WORKER_IMAGE, force_scheduler
+from gentoo_farm.config import LATEST_FARM_WORKER_IMAGE, load_config
+from gentoo_farm.glance import FARM_ID_PROPERTY, VARIANT_PROPERTY, newest_farm_image
+from gentoo_farm.image_name import WORKER_VARIANT
+from gentoo_farm.workers.latent.openstack import LATEST_FARM_IMAGE, LATEST_IMAGE_VARIANTS
 from tests.debian import kernel_source_tarball
 from tests.farmtest import Farm, configure_for_world, farm_command, init_farm, set_option
 from tests.services.glance import Glance, glance  # noqa: F401
@@ -54,9 +61,10 @@ class S3Farm:
     database: PostgreSQL
     database_name: str
 
-    def latest_image(self) -> dict:
+    def latest_image(self, kind: str = "images") -> dict:
+        """The ``latest.json`` pointer of the image sets of ``kind`` (``worker-images``: the worker image)."""
         body = boto3.client("s3", endpoint_url=self.endpoint).get_object(
-            Bucket=BUCKET, Key="images/latest.json"
+            Bucket=BUCKET, Key=f"{kind}/latest.json"
         )
         return json.loads(body["Body"].read())
 
@@ -72,11 +80,22 @@ class S3Farm:
 
     def glance_images(self) -> list:
         """This farm's images (the Glance is shared with other test modules)."""
-        farm_id = load_config(self.farm.root).farm.id
-        connection = self.glance.keystone.connection("demo", "demo")
         return [
-            image for image in connection.image.images() if image.properties.get(FARM_ID_PROPERTY) == farm_id
+            image
+            for image in self.glance_connection().image.images()
+            if image.properties.get(FARM_ID_PROPERTY) == self.farm_id
         ]
+
+    def glance_connection(self) -> openstack.connection.Connection:
+        return self.glance.keystone.connection("demo", "demo")
+
+    @property
+    def farm_id(self) -> str:
+        return load_config(self.farm.root).farm.id
+
+    def booted_by(self, image: str) -> Image | None:
+        """The Glance image a pool's ``image = "farm-latest"`` (or ``"farm-worker-latest"``) boots."""
+        return newest_farm_image(self.glance_connection(), self.farm_id, LATEST_IMAGE_VARIANTS[image])
 
     def build(
         self, builder: str, scheduler: str, timeout: float = IMAGE_BUILD_TIMEOUT, **params: object
@@ -186,3 +205,45 @@ def test_glance_down_warns_and_keeps_the_s3_publish(s3_farm: S3Farm) -> None:
     if second.startswith(first.removesuffix("-amd64")):
         assert second == f"{first.removesuffix('-amd64')}.1-amd64"
     assert len(s3_farm.glance_images()) == 1
+
+
+def test_the_worker_image_builder_publishes_the_first_worker_image(s3_farm: S3Farm) -> None:
+    """What docs/workers.md tells an operator to do for a new cloud's first worker image: enable it, restart
+    the farm, build it on a local worker; OpenStack pools then boot it as "farm-worker-latest"."""
+    farm = s3_farm.farm
+    cloud_image = s3_farm.latest_image()
+    farm_latest = s3_farm.booted_by(LATEST_FARM_IMAGE)
+    assert farm_latest is not None
+    set_option(farm.root, "image.worker", "enabled", "true")
+    farm_command("--farm", str(farm.root), "down")
+    farm_command("--farm", str(farm.root), "up")
+    farm.login()
+
+    build = s3_farm.build(WORKER_IMAGE, force_scheduler(WORKER_IMAGE))
+
+    assert build["results"] == SUCCESS, build["state_string"]
+    kind = IMAGE_VARIANTS[WORKER_IMAGE].images_kind
+    latest = s3_farm.latest_image(kind)
+    name = latest["metadata"]["name"]
+    assert re.fullmatch(r"gentoo-farm-worker-\d{8}(\.\d+)?-amd64", name), name
+    (disk,) = [file for file in latest["files"] if file["name"].endswith(".qcow2")]
+    assert disk["name"] == f"{name}.qcow2"
+    s3 = boto3.client("s3", endpoint_url=s3_farm.endpoint)
+    stable = s3.get_object(Bucket=BUCKET, Key=f"{kind}/gentoo-farm-worker-latest-amd64.qcow2")["Body"].read()
+    assert hashlib.sha512(stable).hexdigest() == disk["sha512"]
+    # Its own kind: the cloud image's pointer stays where the cloud image builds left it.
+    assert s3_farm.latest_image() == cloud_image
+
+    # The image an OpenStack pool's image = "farm-worker-latest" boots, found as the latent worker finds it.
+    published = s3_farm.booted_by(LATEST_FARM_WORKER_IMAGE)
+    assert published is not None
+    assert published.name == name
+    assert published.properties[VARIANT_PROPERTY] == WORKER_VARIANT
+    assert published.status == "active"
+    assert (published.hash_algo, published.hash_value) == ("sha512", disk["sha512"])
+    assert (published.disk_format, published.container_format) == ("qcow2", "bare")
+    assert farm.properties(build)["glance_images"] == {CLOUD: published.id}
+    # "farm-latest" still boots the cloud image it booted before.
+    newest_cloud_image = s3_farm.booted_by(LATEST_FARM_IMAGE)
+    assert newest_cloud_image is not None
+    assert newest_cloud_image.id == farm_latest.id
