@@ -9,6 +9,7 @@ and the message router.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -58,15 +59,16 @@ def _join(first: Farm, root: Path, *options: str) -> Farm:
     return Farm(root=root, admin_password=first.admin_password, url=f"http://127.0.0.1:{web_port}/")
 
 
-@pytest.fixture
-def two_masters(
-    tmp_path: Path,
+def shared_farm(
+    root: Path,
     postgresql: PostgreSQL,  # noqa: F811
     crossbar: Crossbar,  # noqa: F811
     s3_server: S3Server,  # noqa: F811
-) -> Iterator[tuple[Farm, Farm, str]]:
-    """Masters A (ui and builds) and B (ui) of one farm, both started by `farm up`, stopped at the end."""
-    shared = init_farm(tmp_path / "a")
+) -> tuple[Farm, str, str]:
+    """A farm made by `farm init` in ``root`` whose farm.toml every master shares: multiMaster on a new
+    database of the module's PostgreSQL, the crossbar router, a new bucket on moto as the store; with
+    the database's and the bucket's names."""
+    shared = init_farm(root)
     database = postgresql.create_database(f"two_masters_{next(_FARMS)}")  # one module-wide server
     bucket = s3_server.create_bucket()
     set_option(shared.root, "master", "multi_master", "true")
@@ -88,17 +90,36 @@ def two_masters(
     # need a URL.
     for section, name in (("kernel", "kernel-config.git"), ("overlay", "overlay.git")):
         set_option(shared.root, section, "repository", json.dumps(str(shared.root / name)))
-    a = _master_toml(shared, ["ui", "builds"])
-    b = _join(shared, tmp_path / "b", "--role", "ui")
+    return shared, database, bucket
+
+
+@contextlib.contextmanager
+def running(*farms: Farm) -> Iterator[None]:
+    """The masters of ``farms`` started by `farm up` in that order, stopped by `farm down` in reverse."""
     started: list[Farm] = []
     try:
-        for farm in (a, b):
+        for farm in farms:
             farm_command("--farm", str(farm.root), "up")
             started.append(farm)
-        yield a, b, bucket
+        yield
     finally:
         for farm in reversed(started):
             farm_command("--farm", str(farm.root), "down", check=False)
+
+
+@pytest.fixture
+def two_masters(
+    tmp_path: Path,
+    postgresql: PostgreSQL,  # noqa: F811
+    crossbar: Crossbar,  # noqa: F811
+    s3_server: S3Server,  # noqa: F811
+) -> Iterator[tuple[Farm, Farm, str]]:
+    """Masters A (ui and builds) and B (ui) of one farm, both started by `farm up`, stopped at the end."""
+    shared, _, bucket = shared_farm(tmp_path / "a", postgresql, crossbar, s3_server)
+    a = _master_toml(shared, ["ui", "builds"])
+    b = _join(shared, tmp_path / "b", "--role", "ui")
+    with running(a, b):
+        yield a, b, bucket
 
 
 def _active_masters(farm: Farm) -> dict[str, int]:
