@@ -262,3 +262,35 @@ class ReaperDecisions(unittest.TestCase):
         self.assertEqual(sorted(reaped), ["live-masters", "no-master", "unknown-masters"])
         self.assertIn(servers["own-live"], self.compute.servers)
         self.assertIn(servers["other-farm"], self.compute.servers)
+
+    async def test_a_master_announced_stopped_has_its_servers_reaped_without_waiting_for_the_interval(
+        self,
+    ) -> None:
+        fleet = OpenStackFleet(FARM_ID)
+        gone = self._server(
+            "gone-masters", **{FARM_ID_KEY: FARM_ID, MASTER_KEY: GONE_MASTER, INSTANCE_KEY: "t"}
+        )
+        master = await make_master(self, wantDb=True, wantData=True, wantRealReactor=True)
+        master.name = THIS_MASTER
+        master.config.multiMaster = True
+        await master.db.insert_test_data(
+            [fakedb.Master(id=1, name=THIS_MASTER, active=1), fakedb.Master(id=3, name=GONE_MASTER, active=1)]
+        )
+        reaper = OpenStackOrphanReaper(CLOUD, fleet, interval=3600)
+        reaper.setServiceParent(master)
+        reaper.reconfigService(CLOUD, fleet, interval=3600)
+        await reaper.startService()
+        try:
+            await master.mq.wait_consumed()
+            await reaper.sweep()  # the start's sweep has run: the master is live, its server stays
+            self.assertIn(gone, self.compute.servers)
+
+            # what Buildbot's housekeeping does for a master silent past its expiry
+            await master.db.masters.setMasterState(masterid=3, active=False)
+            master.mq.callConsumer(
+                ("masters", "3", "stopped"), {"masterid": 3, "name": GONE_MASTER, "active": False}
+            )
+            await master.mq.wait_consumed()
+            self.assertIn(gone, self.compute.deleted)
+        finally:
+            await reaper.stopService()

@@ -63,8 +63,8 @@ build_wait_timeout = 600
 BOOT_TIMEOUT = 120
 # Buildbot's heartbeat (every 60 s) is when a master marks the silent ones inactive.
 EXPIRY_TIMEOUT = 150
-# The reaper sweeps when its master starts and every 300 s (master/services.py's reapers).
-REAP_TIMEOUT = 360
+# The reaper sweeps when Buildbot announces a master stopped (besides its start and every 300 s).
+REAP_TIMEOUT = 120
 
 
 @dataclass
@@ -238,4 +238,8 @@ def test_master_killed_mid_build_is_expired_by_the_other_which_builds_on_and_rea
                 if "deleting orphan server" in line
             ]  # fmt: skip
             assert len(reaped) == 1 and a_server.id in reaped[0], reaped
+            assert (
+                f"master {name_a!r} stopped: sweeping for its servers"
+                in (b.root / "master" / "twistd.log").read_text()
+            )
             compute.delete_server(compute.servers[untagged.id].project_id, untagged.id)

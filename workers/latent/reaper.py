@@ -52,7 +52,8 @@ class OpenStackOrphanReaper(service.BuildbotService):
     shared :class:`OpenStackFleet` from before the create call until the deletion finished, so a
     server being created is never reaped; servers without the farm id are never touched. With
     ``multiMaster``, a master reaps its own orphans and the servers of masters Buildbot lists as
-    inactive, never those of a live master.
+    inactive, never those of a live master, and sweeps as soon as Buildbot announces that a master
+    stopped (cleanly, or marked inactive after it went silent).
     """
 
     def __init__(
@@ -65,6 +66,9 @@ class OpenStackOrphanReaper(service.BuildbotService):
     ) -> None:
         self.fleet: OpenStackFleet | None = None
         self._loop: task.LoopingCall | None = None
+        self._stopped_masters: Any = None
+        # one sweep at a time: the interval's and a stopped master's would list the same orphans
+        self._sweeping = defer.DeferredLock()
         self._cloud_connection: openstack.connection.Connection | None = None
         place = f"{cloud}-{region}" if region else cloud
         super().__init__(
@@ -111,14 +115,27 @@ class OpenStackOrphanReaper(service.BuildbotService):
     @defer.inlineCallbacks
     def startService(self):
         yield super().startService()
+        if self.master.config.multiMaster:
+            # A master Buildbot has just marked inactive leaves its servers to the others: reap them now,
+            # not up to an interval later.
+            self._stopped_masters = yield self.master.mq.startConsuming(
+                self._master_stopped, ("masters", None, "stopped")
+            )
         self._start_loop()
 
     @defer.inlineCallbacks
     def stopService(self):
+        if self._stopped_masters is not None:
+            self._stopped_masters.stopConsuming()
+            self._stopped_masters = None
         if self._loop is not None and self._loop.running:
             self._loop.stop()
             yield self._loop_done
         yield super().stopService()
+
+    def _master_stopped(self, routing_key: tuple[str, ...], message: dict[str, Any]) -> defer.Deferred[None]:
+        log.msg(f"{self.name}: master {message.get('name')!r} stopped: sweeping for its servers")
+        return self._sweep_logging_errors()
 
     def _sweep_logging_errors(self) -> defer.Deferred[None]:
         d = self.sweep()
@@ -143,7 +160,7 @@ class OpenStackOrphanReaper(service.BuildbotService):
 
     def sweep(self) -> defer.Deferred[list[str]]:
         """Delete this farm's unowned servers now; the Deferred fires with their names."""
-        return defer.Deferred.fromCoroutine(self._sweep())
+        return self._sweeping.run(lambda: defer.Deferred.fromCoroutine(self._sweep()))
 
     async def _sweep(self) -> list[str]:
         assert self.fleet is not None
