@@ -132,54 +132,66 @@ def _farm_toml(master: ImageMaster, store: LocalStoreSettings, store_port: int, 
     )
 
 
+@contextlib.contextmanager
+def worker_image_cloud(
+    keystone: Keystone,  # noqa: F811
+    glance: Glance,  # noqa: F811
+    image: WorkerImage,  # noqa: F811
+    scratch: Path,
+) -> Iterator[tuple[ComputeStandIn, openstack.connection.Connection]]:
+    """The stand-in with this farm's worker image in Glance, booted as the worker image's qcow2; while it
+    runs, OS_CLIENT_CONFIG_FILE names its clouds.yaml (a master started then finds :data:`CLOUD`)."""
+    with pytest.MonkeyPatch.context() as environment:
+        clouds = keystone.write_clouds_yaml(scratch / "clouds.yaml", cloud=CLOUD, username="demo")
+        environment.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+        connection = openstack.connect(cloud=CLOUD)
+        # What Glance holds is a placeholder: the stand-in boots the qcow2 it maps the image's id to.
+        placeholder = scratch / "placeholder.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(placeholder), "1M"], check=True)
+        with placeholder.open("rb") as data:
+            glance_image = connection.image.create_image(
+                name="gentoo-farm-worker-20261207-amd64",
+                disk_format="qcow2",
+                container_format="bare",
+                data=data,
+                farm_id=FARM_ID,
+                farm_image_variant=WORKER_VARIANT,
+            )
+        connection.image.wait_for_status(glance_image, status="active", wait=60, interval=0.5)
+        compute = ComputeStandIn(
+            keystone, scratch / "compute", glance_url=glance.url, images={glance_image.id: image.path}
+        )
+        compute.start()
+        compute.keypairs["farm-key"] = {
+            "name": "farm-key",
+            "public_key": "ssh-ed25519 AAAA farm",
+            "fingerprint": "x",
+        }
+        keystone.register_service("compute", "nova", compute.url)
+        try:
+            yield compute, connection
+        finally:
+            compute.stop()
+            # Glance serves the whole session: the next farm must not find this one's worker image.
+            connection.image.delete_image(glance_image.id, ignore_missing=True)
+
+
 @pytest.fixture
 def cloud(
     keystone: Keystone,  # noqa: F811
     glance: Glance,  # noqa: F811
     image: WorkerImage,  # noqa: F811
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[ComputeStandIn, openstack.connection.Connection]]:
-    """The stand-in with this farm's worker image in Glance, booted as the worker image's qcow2."""
-    clouds = keystone.write_clouds_yaml(tmp_path / "clouds.yaml", cloud=CLOUD, username="demo")
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
-    connection = openstack.connect(cloud=CLOUD)
-    # What Glance holds is a placeholder: the stand-in boots the qcow2 it maps the image's id to.
-    placeholder = tmp_path / "placeholder.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(placeholder), "1M"], check=True)
-    with placeholder.open("rb") as data:
-        glance_image = connection.image.create_image(
-            name="gentoo-farm-worker-20261207-amd64",
-            disk_format="qcow2",
-            container_format="bare",
-            data=data,
-            farm_id=FARM_ID,
-            farm_image_variant=WORKER_VARIANT,
-        )
-    connection.image.wait_for_status(glance_image, status="active", wait=60, interval=0.5)
-    compute = ComputeStandIn(
-        keystone, tmp_path / "compute", glance_url=glance.url, images={glance_image.id: image.path}
-    )
-    compute.start()
-    compute.keypairs["farm-key"] = {
-        "name": "farm-key",
-        "public_key": "ssh-ed25519 AAAA farm",
-        "fingerprint": "x",
-    }
-    keystone.register_service("compute", "nova", compute.url)
-    try:
-        yield compute, connection
-    finally:
-        compute.stop()
-        # Glance serves the whole session: the next farm must not find this one's worker image.
-        connection.image.delete_image(glance_image.id, ignore_missing=True)
+    with worker_image_cloud(keystone, glance, image, tmp_path) as running:
+        yield running
 
 
-@pytest.fixture
-def overlay_repository(tmp_path: Path) -> Iterator[tuple[int, str]]:
+@contextlib.contextmanager
+def served_overlay(scratch: Path) -> Iterator[tuple[int, str]]:
     """The default overlay as `farm init` makes its repository, served by ``git daemon`` (git://, which
     the guest's git speaks without curl): the port and the commit."""
-    served = tmp_path / "git"
+    served = scratch / "git"
     served.mkdir()
     _recipe_repository(served / "overlay.git", "main", DEFAULT_OVERLAY, "Default image overlay")
     commit = subprocess.run(
@@ -193,7 +205,7 @@ def overlay_repository(tmp_path: Path) -> Iterator[tuple[int, str]]:
         ["git", "daemon", "--export-all", "--reuseaddr", f"--base-path={served}", "--listen=127.0.0.1",
          f"--port={port}", str(served)],
         stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "git-daemon.log").open("wb"),
+        stderr=(scratch / "git-daemon.log").open("wb"),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
@@ -206,6 +218,53 @@ def overlay_repository(tmp_path: Path) -> Iterator[tuple[int, str]]:
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+@pytest.fixture
+def overlay_repository(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    with served_overlay(tmp_path) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def running_master(
+    scratch: Path, compute: ComputeStandIn, store: LocalStoreSettings, git_port: int
+) -> Iterator[ImageMaster]:
+    """A started :class:`ImageMaster` in ``scratch/farm`` whose one pool boots the stand-in's worker image,
+    the guest reaching it, the store and the overlay's repository through the stand-in's forwards."""
+    store_port = int(store.public_url.rsplit(":", 1)[1])
+    master = ImageMaster(scratch / "farm" / "master", {**os.environ}, scratch / "farm")
+    master.basedir.mkdir(parents=True)
+    (master.root / "farm.toml").write_text(_farm_toml(master, store, store_port, git_port))
+    config = load_config(master.root)
+    prepare_worker_wheels(config)
+    # The master signs what it publishes with the farm's key, as `farm init` creates it.
+    farm = FarmDir(master.root)
+    farm.secrets.mkdir(mode=0o700)
+    create_farm_key(config, farm).stop_agent()
+    compute.guest_forwards[f"{STORE_ADDRESS}:{store_port}"] = store_port
+    compute.guest_forwards[f"{MASTER_HOST}:{master.pb_port}"] = master.pb_port
+    compute.guest_forwards[f"{GIT_HOST}:{git_port}"] = git_port
+    master.create()
+    master.start()
+    try:
+        yield master
+    finally:
+        master.stop()
+
+
+def wait_for_requests(master: ImageMaster, requests: list[int], timeout: float) -> float | None:
+    """Wait until the build ``requests`` are complete; when (``time.time()``) the pool's worker was first
+    seen connected, to the poll's second, or None if it never was."""
+    (worker,) = master.get("workers")["workers"]
+    connected_at = None
+    deadline = time.monotonic() + timeout
+    while not all(_look(master, f"buildrequests/{request}", "complete") for request in requests):
+        assert time.monotonic() < deadline, f"no build after {timeout} s:\n{master.log_tail()}"
+        if connected_at is None and _look(master, f"workers/{worker['workerid']}", "connected_to"):
+            connected_at = time.time()
+        time.sleep(1)
+    return connected_at
 
 
 def _look(master: Master, path: str, field: str) -> object:
@@ -235,34 +294,11 @@ def test_a_build_runs_on_the_worker_image_booted_by_the_masters_openstack_worker
     compute, _ = cloud
     git_port, commit = overlay_repository
     started = time.monotonic()
-    store_port = int(local_settings.public_url.rsplit(":", 1)[1])
-    master = ImageMaster(tmp_path / "farm" / "master", {**os.environ}, tmp_path / "farm")
-    master.basedir.mkdir(parents=True)
-    (master.root / "farm.toml").write_text(_farm_toml(master, local_settings, store_port, git_port))
-    config = load_config(master.root)
-    prepare_worker_wheels(config)
-    # The master signs what it publishes with the farm's key, as `farm init` creates it.
-    farm = FarmDir(master.root)
-    farm.secrets.mkdir(mode=0o700)
-    create_farm_key(config, farm).stop_agent()
-    compute.guest_forwards[f"{STORE_ADDRESS}:{store_port}"] = store_port
-    compute.guest_forwards[f"{MASTER_HOST}:{master.pb_port}"] = master.pb_port
-    compute.guest_forwards[f"{GIT_HOST}:{git_port}"] = git_port
-    master.create()
-    master.start()
-    try:
+    with running_master(tmp_path, compute, local_settings, git_port) as master:
         brid = master.force(BUILDER)
         overlay_brid = master.force(OVERLAY)
         (worker,) = master.get("workers")["workers"]
-        connected_at = None
-        deadline = time.monotonic() + BUILD_TIMEOUT
-        while not all(
-            _look(master, f"buildrequests/{request}", "complete") for request in (brid, overlay_brid)
-        ):
-            assert time.monotonic() < deadline, f"no build after {BUILD_TIMEOUT} s:\n{master.log_tail()}"
-            if connected_at is None and _look(master, f"workers/{worker['workerid']}", "connected_to"):
-                connected_at = time.time()
-            time.sleep(1)
+        connected_at = wait_for_requests(master, [brid, overlay_brid], BUILD_TIMEOUT)
         request = master.get(f"buildrequests/{brid}")["buildrequests"][0]
         (build,) = master.builds(brid)
         overlay_request = master.get(f"buildrequests/{overlay_brid}")["buildrequests"][0]
@@ -273,8 +309,6 @@ def test_a_build_runs_on_the_worker_image_booted_by_the_masters_openstack_worker
         }
         properties = master.properties(build["buildid"])
         compute.wait_for(lambda: not compute.servers, 120, "the server to be deleted after the build")
-    finally:
-        master.stop()
     print(f"worker image build: {time.monotonic() - started:.0f} s in all")
 
     (server,) = compute.deleted.values()
@@ -321,7 +355,7 @@ def test_a_build_runs_on_the_worker_image_booted_by_the_masters_openstack_worker
     )
     assert overlay_build["workerid"] == worker["workerid"]
     assert overlay_properties["got_revision"][0] == commit
-    published = latest_set(open_store(config.store), OVERLAY)
+    published = latest_set(open_store(load_config(master.root).store), OVERLAY)
     assert published is not None
     assert published.metadata["revision"] == commit
     assert [file.name for file in published.files] == [TARBALL]
