@@ -25,7 +25,7 @@ import pytest
 from buildbot.process.results import Results
 
 from gentoo_farm.artifacts import OVERLAY
-from gentoo_farm.commands.init import _recipe_repository
+from gentoo_farm.commands.init import create_recipe_repository
 from gentoo_farm.commands.key import create_farm_key
 from gentoo_farm.config import load_config
 from gentoo_farm.farmdir import FarmDir
@@ -193,7 +193,7 @@ def served_overlay(scratch: Path) -> Iterator[tuple[int, str]]:
     the guest's git speaks without curl): the port and the commit."""
     served = scratch / "git"
     served.mkdir()
-    _recipe_repository(served / "overlay.git", "main", DEFAULT_OVERLAY, "Default image overlay")
+    create_recipe_repository(served / "overlay.git", "main", DEFAULT_OVERLAY, "Default image overlay")
     commit = subprocess.run(
         ["git", "-C", str(served / "overlay.git"), "rev-parse", "main"],
         capture_output=True,

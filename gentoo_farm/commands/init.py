@@ -96,7 +96,7 @@ def _git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _recipe_repository(bare: Path, branch: str, content: Path, message: str) -> None:
+def create_recipe_repository(bare: Path, branch: str, content: Path, message: str) -> None:
     """A bare repository whose first commit is ``content``, so users clone, edit and push."""
     _git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(bare), cwd=bare.parent)
     with tempfile.TemporaryDirectory() as scratch:
@@ -183,8 +183,10 @@ def run(args: argparse.Namespace, config: FarmConfig | None) -> int:
     kernel = recipe_repository(config, KERNEL_POLLER)
     overlay = recipe_repository(config, OVERLAY_POLLER)
     defaults = _defaults()
-    _recipe_repository(Path(kernel.url), kernel.branch, defaults / "kernel-config", "Default kernel config")
-    _recipe_repository(Path(overlay.url), overlay.branch, defaults / "overlay", "Default image overlay")
+    create_recipe_repository(
+        Path(kernel.url), kernel.branch, defaults / "kernel-config", "Default kernel config"
+    )
+    create_recipe_repository(Path(overlay.url), overlay.branch, defaults / "overlay", "Default image overlay")
     install_local_hooks(config)
 
     _create_master(config)
