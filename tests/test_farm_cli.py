@@ -56,7 +56,7 @@ def test_build_waits_and_prints_each_step_then_logs_and_status_show_it(running_f
     assert report["builds"][0] == {
         "builder": "overlay", "number": 1, "result": "success", "state": build["state_string"], "step": "",
     }  # fmt: skip
-    assert report["queue"] == [] and report["newest_image"] is None
+    assert report["queue"] == [] and report["stranded"] == [] and report["newest_image"] is None
 
 
 def test_build_force_rebuilds_what_is_up_to_date(running_farm: Farm) -> None:

@@ -26,7 +26,7 @@ from buildbot.process.results import RETRY, SUCCESS
 
 from gentoo_farm.config import load_config
 from gentoo_farm.workers.latent.openstack import FARM_ID_KEY, INSTANCE_KEY, MASTER_KEY, master_tag
-from tests.farmtest import Farm, set_option
+from tests.farmtest import Farm, farm_command, set_option
 from tests.services.compute import ComputeStandIn, StandInServer
 from tests.services.crossbar import Crossbar, crossbar  # noqa: F401  (module fixture)
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
@@ -230,6 +230,9 @@ def test_master_killed_mid_build_is_expired_by_the_other_which_builds_on_and_rea
                 True,
                 master_ids[name_a],
             )
+            # what `farm status` on B tells the operator about it
+            status = farm_command("--farm", str(b.root), "status").stdout
+            assert f"stranded overlay (request {brid}): claimed by the inactive master {name_a};" in status
             compute.wait_for(lambda: a_server.id in compute.deleted, REAP_TIMEOUT, "B to reap A's server")
             assert b_server.id in compute.servers
             assert untagged.id in compute.servers

@@ -1,5 +1,5 @@
-"""Say whether the master runs, which workers are connected, the queue, what each running build is doing,
-how the last builds went and the newest image."""
+"""Say whether the master runs, which workers are connected, the queue (and the requests an inactive master
+still holds), what each running build is doing, how the last builds went and the newest image."""
 
 import argparse
 import json
@@ -36,6 +36,15 @@ def current_step(api: MasterApi, build: dict) -> str:
 def gather(api: MasterApi, config: FarmConfig, recent: int) -> dict[str, object]:
     builders = {builder["builderid"]: builder["name"] for builder in api.get("builders")["builders"]}
     queued = api.get("buildrequests?claimed=false&complete=false")["buildrequests"]
+    inactive = {
+        master["masterid"]: master["name"] for master in api.get("masters")["masters"] if not master["active"]
+    }
+    # Buildbot gives a dead master's claimed requests back only when a master of its name starts again
+    stranded = [
+        request
+        for request in api.get("buildrequests?claimed=true&complete=false")["buildrequests"]
+        if request["claimed_by_masterid"] in inactive
+    ]
     builds = api.get(f"builds?order=-buildid&limit={recent}")["builds"]
     try:
         newest = find_image(open_store(config.store), "latest", config.store.url_expiry_seconds)
@@ -49,6 +58,14 @@ def gather(api: MasterApi, config: FarmConfig, recent: int) -> dict[str, object]
         "queue": [
             {"builder": builders.get(request["builderid"], "?"), "request": request["buildrequestid"]}
             for request in queued
+        ],
+        "stranded": [
+            {
+                "builder": builders.get(request["builderid"], "?"),
+                "request": request["buildrequestid"],
+                "master": inactive[request["claimed_by_masterid"]],
+            }
+            for request in stranded
         ],
         "builds": [
             {
@@ -70,6 +87,11 @@ def print_status(status: dict) -> None:
         print(f"worker   {worker['name']}: {state}")
     for request in status["queue"]:
         print(f"queued   {request['builder']} (request {request['request']})")
+    for request in status["stranded"]:
+        print(
+            f"stranded {request['builder']} (request {request['request']}): claimed by the inactive master "
+            f"{request['master']}; it runs when that master starts again (farm up in its directory)"
+        )
     for build in status["builds"]:
         doing = f" [{build['step']}]" if build["step"] else ""
         print(f"build    {build['builder']} #{build['number']}: {build['result']}{doing} - {build['state']}")
