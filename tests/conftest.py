@@ -1,3 +1,4 @@
+import functools
 import json
 import shutil
 import tempfile
@@ -9,16 +10,18 @@ from pathlib import Path
 import buildbot.test  # noqa: F401  (imported first, on purpose: see below)
 import pytest
 
+from tests import cache
 from tests.farmtest import Farm, farm_command, init_farm
 
 DURATIONS = Path(__file__).with_name("durations.json")
 """Seconds per test id of a recorded run (``./run-tests --record-durations``): only orders the work."""
-SHARED_WORK_UNITS = dict.fromkeys(
+KERNEL_CCACHE_UNIT = dict.fromkeys(
     ("tests/test_kernel_build.py", "tests/test_pipeline.py", "tests/test_pipeline_s3.py"), "kernel-ccache"
 )
-"""Modules one xdist worker runs in turn, in collection order. They compile the default kernel with the
-shared kernel ccache (tests/cache.py): test_kernel_build's cold compile, first, leaves it warm for the
-others, instead of two cold compiles of the same kernel side by side on the same cores."""
+"""Modules one xdist worker runs in turn, in collection order, while the shared kernel ccache
+(tests/cache.py) is empty: they compile the default kernel with it, and test_kernel_build's cold compile,
+first, leaves it warm for the others, instead of two cold compiles of the same kernel side by side on the
+same cores. With the ccache filled (a machine's second run), each is a unit of its own."""
 SHORT_BASETEMP = pytest.StashKey[Path]()
 """The temporary root this run made for itself (see pytest_configure), to remove when the run passes."""
 QUICK_LIMIT_SECONDS = 5.0
@@ -70,10 +73,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@functools.cache
+def kernel_ccache_is_empty() -> bool:
+    return not any(cache.directory(cache.KERNEL_CCACHE).iterdir())
+
+
 def work_unit(nodeid: str) -> str:
     """What one xdist worker runs in turn: a test's module, or the shared group its module belongs to."""
     module = nodeid.split("::", 1)[0]
-    return SHARED_WORK_UNITS.get(module, module)
+    return KERNEL_CCACHE_UNIT.get(module, module) if kernel_ccache_is_empty() else module
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, absent when it is not installed
