@@ -28,10 +28,12 @@ cores with the defaults:
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from buildbot.process.results import SUCCESS
 
 from gentoo_farm.config import load_config
+from gentoo_farm.workers.latent.local import reap_leftover
 from tests.farmtest import Farm, set_option
 from tests.services.crossbar import Crossbar, crossbar
 from tests.services.s3 import S3Server, s3_server
@@ -61,6 +64,9 @@ from tests.test_two_masters import (
 BUILDER = "overlay"
 POLL_SECONDS = 0.5
 LOG_TAIL = 2000
+STOP_TIMEOUT = 60
+"""How long a master `farm down` asked to stop may take. Ctrl-C reaches the crossbar router too: a master
+that loses its router mid-build starts shutting down and was seen still there minutes later."""
 
 
 def uptime() -> str:
@@ -185,12 +191,41 @@ def measure(label: str, masters: list[Farm], revisions: list[str]) -> Side:
     return Side(label, builds, seconds, Counter(by_id[build["masterid"]] for build in builds))
 
 
+def _is_master_of(pid: int, farm: Farm) -> bool:
+    """Whether ``pid`` is alive and runs in ``farm``'s master directory (not another process by now)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd") == str(farm.root / "master")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def up(*farms: Farm) -> Iterator[None]:
+    """The masters of ``farms`` running (`farm up`, `farm down`), and after that none of their processes
+    left, even when `farm down` gave up waiting: the master is killed after :data:`STOP_TIMEOUT`, then its
+    local workers, before the services and the directories they use go."""
+    try:
+        with running(*farms):
+            yield
+    finally:
+        for farm in farms:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                pid = int((farm.root / "master" / "twistd.pid").read_text())
+                deadline = time.monotonic() + STOP_TIMEOUT
+                while _is_master_of(pid, farm) and time.monotonic() < deadline:
+                    time.sleep(1)
+                if _is_master_of(pid, farm):
+                    os.kill(pid, signal.SIGKILL)
+            for instance in (farm.root / "workers").glob("*"):
+                reap_leftover(instance)
+
+
 def one_master(scratch: Path, services: Services, count: int, workers: int) -> Side:
     shared, _, _ = shared_farm(scratch / "one", services.postgresql, services.crossbar, services.s3_server)
     set_option(shared.root, "workers.local", "count", str(workers))
     revisions = overlay_revisions(shared, count)
     master = _master_toml(shared, ["ui", "builds"])
-    with running(master):
+    with up(master):
         return measure("one master", [master], revisions)
 
 
@@ -201,7 +236,7 @@ def two_masters(scratch: Path, services: Services, count: int, workers: int) -> 
     revisions = overlay_revisions(shared, count)
     a = _master_toml(shared, ["ui", "builds"])
     b = _join(shared, scratch / "b", "--role", "ui", "--role", "builds")
-    with running(a, b):
+    with up(a, b):
         return measure("two masters", [a, b], revisions)
 
 
