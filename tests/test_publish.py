@@ -50,6 +50,23 @@ def _publish(store: ArtifactStore, tmp_path: Path, kind: str, tag: str, **extra:
     return publish_files(store, kind, f"key-{tag}", files, set_id=set_id, **extra).set_id  # type: ignore[arg-type]
 
 
+def test_two_builds_of_one_input_in_the_same_second_publish_two_sets(
+    any_store: ArtifactStore, tmp_path: Path
+) -> None:
+    when = datetime(2026, 12, 7, 10, 0, 0, tzinfo=UTC)
+    first, second = (
+        publish_files(
+            any_store, "kernel", "key-same", _files(tmp_path / tag, vmlinuz_tar=tag.encode()),
+            set_id=new_set_id("key-same", when),
+        )
+        for tag in ("first", "second")
+    )  # fmt: skip
+    assert first.set_id != second.set_id
+    assert first.set_id.startswith("20261207T100000Z-keysame-")
+    assert {published.set_id for published in list_sets(any_store, "kernel")} == {first.set_id, second.set_id}
+    assert read_set(any_store, "kernel", first.set_id) is not None
+
+
 def test_publish_writes_checksums_manifest_and_flips_latest(any_store: ArtifactStore, tmp_path: Path) -> None:
     files = _files(tmp_path / "one", gentoo_qcow2=b"disk" * 5000, manifest_txt=b"m")
     first = publish_files(any_store, "images", "input-1", files, metadata={"kernel": "6.6.1"})

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -63,7 +64,8 @@ STABLE_COPY_LOCK_TIMEOUT = 3600
 """How long a publish waits for another one of its kind to finish writing the stable copy (it copies and
 reads back a whole artifact, an image of several GiB)."""
 
-_SET_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-zA-Z]+")
+# Sets published before set ids had their random part end at the input key's digest.
+_SET_ID = re.compile(r"\d{8}T\d{6}Z-(?P<digest>[0-9a-zA-Z]+)(-[0-9a-f]+)?")
 
 
 @dataclass(frozen=True)
@@ -143,9 +145,14 @@ def check_kind(kind: str) -> str:
 
 
 def new_set_id(input_key: str, when: datetime | None = None) -> str:
-    """``20261125T203100Z-1a2b3c4d5e6f``: sortable by date, names what went in."""
-    digest = re.sub(r"[^0-9a-zA-Z]", "", input_key)[:12] or "x"
-    return f"{(when or datetime.now(UTC)).strftime('%Y%m%dT%H%M%SZ')}-{digest}"
+    """``20261125T203100Z-1a2b3c4d5e6f-0a1b2c``: sortable by date, names what went in, and its own: two
+    builds of one input in the same second (a forced rebuild on each of two workers) make two sets."""
+    stamp = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{_input_digest(input_key)}-{secrets.token_hex(3)}"
+
+
+def _input_digest(input_key: str) -> str:
+    return re.sub(r"[^0-9a-zA-Z]", "", input_key)[:12] or "x"
 
 
 def object_key(kind: str, set_id: str, name: str) -> str:
@@ -475,9 +482,10 @@ def find_set(store: ArtifactStore, kind: str, input_key: str) -> PublishedSet | 
     latest = latest_set(store, kind)
     if latest is not None and latest.input_key == input_key:
         return latest
-    suffix = new_set_id(input_key).split("-", 1)[1]
+    digest = _input_digest(input_key)
     for published in list_sets(store, kind):
-        if published.set_id.endswith(f"-{suffix}") and published.input_key == input_key:
+        named = _SET_ID.fullmatch(published.set_id)
+        if named and named["digest"] == digest and published.input_key == input_key:
             return published
     return None
 
