@@ -80,6 +80,9 @@ and ``farm-latest`` / ``farm-worker-latest`` each see one variant's images."""
 
 ACTIVE_TIMEOUT = 1800.0
 POLL_INTERVAL = 2.0
+FIRST_POLL_INTERVAL = 0.25
+"""A small image is active within a second of its import: polls start at this and double up to the
+poll interval, so it is not kept waiting a whole interval, and a large one is not polled more often."""
 COPY_CHUNK = 1024 * 1024
 
 
@@ -594,6 +597,7 @@ class _TargetPublisher:
     def _wait_active(self, image: Image) -> Image:
         started = last_report = time.monotonic()
         deadline = started + self.active_timeout
+        interval = min(FIRST_POLL_INTERVAL, self.poll_interval)
         while True:
             current = image_service(self.conn).get_image(image.id)
             properties = current.properties or {}
@@ -620,7 +624,8 @@ class _TargetPublisher:
                     f"cloud {self.cloud!r}: image {current.name} ({current.id}) still {current.status} after "
                     f"{self.active_timeout:.0f} s"
                 )
-            time.sleep(self.poll_interval)
+            time.sleep(interval)
+            interval = min(interval * 2, self.poll_interval)
 
     def _task_reason(self, image: Image) -> str:
         """Glance's own words about the failed import task, when it says any."""
