@@ -196,3 +196,40 @@ def test_build_worker_image_says_how_to_have_one_when_the_farm_builds_none(tmp_p
     config = parse_config('[farm]\nid = "x"\n', tmp_path)
     with pytest.raises(CommandError, match=r"this farm builds no worker image: set \[image.worker\] enabled"):
         build.run(parser.parse_args(["worker-image"]), config)
+
+
+# A master that takes longer to stop than `buildbot stop` waits (10 s), as one stopping its workers on a
+# loaded machine does: it removes its pid file and exits 11 s after SIGTERM, as twistd would.
+SLOW_TO_STOP_MASTER = """
+import os, signal, sys, time
+def stop(*_):
+    time.sleep(11)
+    os.unlink("twistd.pid")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+open("twistd.pid.new", "w").write(str(os.getpid()))
+os.rename("twistd.pid.new", "twistd.pid")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_farm_down_waits_for_a_master_slower_to_stop_than_buildbot_stop(tmp_path: Path) -> None:
+    master = tmp_path / "master"
+    master.mkdir()
+    (master / "buildbot.tac").write_text("application = service.Application('buildmaster')\n")
+    process = subprocess.Popen(["python3", "-c", SLOW_TO_STOP_MASTER], cwd=master)
+    try:
+        deadline = time.monotonic() + 30
+        while not (master / "twistd.pid").exists():
+            assert time.monotonic() < deadline and process.poll() is None, "the stand-in master did not start"
+            time.sleep(0.05)
+        (tmp_path / "farm.toml").write_text('[farm]\nid = "slow-stop"\n')
+        down = farm_command("--farm", str(tmp_path), "down", check=False)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert f"The master (pid {process.pid}) is still stopping its workers" in down.stdout
+        assert down.stdout.rstrip().endswith("The master has stopped.")
+        assert process.wait(timeout=5) == 0
+    finally:
+        process.kill()
+        process.wait()
