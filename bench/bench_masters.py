@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -48,9 +48,9 @@ from buildbot.process.results import SUCCESS
 from gentoo_farm.config import load_config
 from gentoo_farm.workers.latent.local import reap_leftover
 from tests.farmtest import Farm, set_option
-from tests.services.crossbar import Crossbar, crossbar
-from tests.services.s3 import S3Server, s3_server
-from tests.test_postgresql import PostgreSQL, postgresql
+from tests.services.crossbar import Crossbar, running_crossbar
+from tests.services.s3 import S3Server, running_s3_server
+from tests.test_postgresql import PostgreSQL, running_postgresql
 from tests.test_two_masters import (
     BUILD_TIMEOUT,
     _join,
@@ -71,12 +71,6 @@ that loses its router mid-build starts shutting down and was seen still there mi
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def service(fixture: Any) -> contextlib.AbstractContextManager[Any]:
-    """A test fixture's service (its generator: start, yield, stop) as a context manager of its own."""
-    start: Callable[[], Iterator[Any]] = fixture.__wrapped__
-    return contextlib.contextmanager(start)()
 
 
 @dataclass
@@ -275,9 +269,9 @@ def main() -> None:
         # clone the recipe repositories in master A's.
         scratch.chmod(0o711)
         services = Services(
-            stack.enter_context(service(postgresql)),
-            stack.enter_context(service(crossbar)),
-            stack.enter_context(service(s3_server)),
+            stack.enter_context(running_postgresql()),
+            stack.enter_context(running_crossbar()),
+            stack.enter_context(running_s3_server()),
         )
         one = one_master(scratch, services, args.builds, args.workers)
         report(one, args.workers)

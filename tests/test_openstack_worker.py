@@ -363,6 +363,21 @@ def running_farm(
             cloud.image.delete_image(image_id, ignore_missing=True)
 
 
+def assert_input_key_computed_by_the_toolkit(properties: dict) -> None:
+    """The build's input key came from the worker's ``farm-worker input-key``: the key this machine's toolkit
+    computes from INPUT_KEY_ARGS too."""
+    assert properties["input_key"][1] == "farm-worker input-key"
+    here = subprocess.run(
+        [str(VENV_BIN / "farm-worker"), "input-key", *INPUT_KEY_ARGS],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(here.stdout.splitlines()[-1].removeprefix(RESULT_MARKER)) == {
+        "input_key": properties["input_key"][0]
+    }
+
+
 @pytest.fixture(scope="module")
 def farm(keystone: Keystone, glance: Glance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:  # noqa: F811
     with running_farm(keystone, glance, tmp_path_factory.mktemp("openstack-farm")) as started:
@@ -399,16 +414,7 @@ def test_build_runs_on_a_fresh_server_that_is_deleted_after(farm: Farm, stand_in
     assert server.request["security_groups"] == [{"name": "default"}]
     # the toolkit ran on the VM and reported back through FarmWorkerStep
     properties = farm.master.properties(build["buildid"])
-    here = subprocess.run(
-        [str(VENV_BIN / "farm-worker"), "input-key", *INPUT_KEY_ARGS],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(here.stdout.splitlines()[-1].removeprefix(RESULT_MARKER)) == {
-        "input_key": properties["input_key"][0]
-    }
-    assert properties["input_key"][1] == "farm-worker input-key"
+    assert_input_key_computed_by_the_toolkit(properties)
     assert server.vm_dir is not None
     assert (server.vm_dir / "home" / "worker" / "quick" / "build").is_dir()
     # the VM's Portage points at the farm binhost and distfile mirror

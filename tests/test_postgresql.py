@@ -1,6 +1,7 @@
 """The master on PostgreSQL: a real Debian server (initdb into a temporary directory, its own port), `farm
 check` naming what is wrong with the database, and `farm up` making and upgrading Buildbot's schema."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -49,8 +50,8 @@ def _server_bin() -> Path:
     return found[-1].parent
 
 
-@pytest.fixture(scope="module")
-def postgresql() -> Iterator[PostgreSQL]:
+@contextlib.contextmanager
+def running_postgresql() -> Iterator[PostgreSQL]:
     """A PostgreSQL server of its own on 127.0.0.1 (password login), stopped and removed at the end."""
     bin_dir = _server_bin()
     # initdb and the server refuse to run as root: a root test runs them as Debian's postgres user, in a
@@ -84,6 +85,12 @@ def postgresql() -> Iterator[PostgreSQL]:
     finally:
         subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, timeout=SERVER_TIMEOUT + 10)
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgresql() -> Iterator[PostgreSQL]:
+    with running_postgresql() as running:
+        yield running
 
 
 def _tables(server: PostgreSQL, database: str) -> set[str]:

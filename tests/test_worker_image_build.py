@@ -12,7 +12,6 @@ the stand-in's guest_forwards. Two builders are restricted to the pool: the farm
 
 import contextlib
 import http.client
-import json
 import os
 import socket
 import subprocess
@@ -31,7 +30,6 @@ from gentoo_farm.config import load_config
 from gentoo_farm.farmdir import FarmDir
 from gentoo_farm.image_name import WORKER_VARIANT
 from gentoo_farm.master.factories.overlay import TARBALL
-from gentoo_farm.stageprotocol import RESULT_MARKER
 from gentoo_farm.store import open_store
 from gentoo_farm.store.sets import latest_set
 from gentoo_farm.wheelhouse import prepare_worker_wheels
@@ -41,7 +39,7 @@ from tests.services.compute import ComputeStandIn
 from tests.services.glance import Glance, glance  # noqa: F401  (session fixture)
 from tests.services.keystone import Keystone, free_port, keystone  # noqa: F401  (session fixture)
 from tests.services.store import LocalStoreSettings, local_settings  # noqa: F401  (fixture)
-from tests.test_openstack_worker import INPUT_KEY_ARGS, VENV_BIN, Master
+from tests.test_openstack_worker import INPUT_KEY_ARGS, Master, assert_input_key_computed_by_the_toolkit
 from tests.test_worker_image_boot import STORE_ADDRESS, _running_qemus, image  # noqa: F401  (fixture)
 from tests.test_world_worker_packages import VERSION_COMMANDS
 from tests.workerimage import WorkerImage
@@ -332,16 +330,7 @@ def test_a_build_runs_on_the_worker_image_booted_by_the_masters_openstack_worker
     assert VERSION_COMMANDS["qemu-img --version"] in logs["qemu-img"]
     assert "usage: farm-worker" in logs["farm-worker"]
     # The toolkit ran there and reported back: the key this machine's toolkit computes too.
-    assert properties["input_key"][1] == "farm-worker input-key"
-    here = subprocess.run(
-        [str(VENV_BIN / "farm-worker"), "input-key", *INPUT_KEY_ARGS],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(here.stdout.splitlines()[-1].removeprefix(RESULT_MARKER)) == {
-        "input_key": properties["input_key"][0]
-    }
+    assert_input_key_computed_by_the_toolkit(properties)
     # Deleted after the build: qemu is gone and its disk too.
     assert _running_qemus(server.vm_dir / "disk.qcow2") == []
     assert not (server.vm_dir / "disk.qcow2").exists()

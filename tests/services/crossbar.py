@@ -9,6 +9,7 @@ router, one realm whose anonymous role may do everything, one WebSocket transpor
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import shutil
@@ -130,8 +131,8 @@ def _answers(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def crossbar() -> Iterator[Crossbar]:
+@contextlib.contextmanager
+def running_crossbar() -> Iterator[Crossbar]:
     """A crossbar router of its own (``crossbar start --cbdir``), stopped and removed at the end."""
     venv = crossbar_venv()
     top = Path(tempfile.mkdtemp(prefix="farm-crossbar-"))
@@ -167,3 +168,9 @@ def crossbar() -> Iterator[Crossbar]:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT)
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def crossbar() -> Iterator[Crossbar]:
+    with running_crossbar() as running:
+        yield running

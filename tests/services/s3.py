@@ -12,6 +12,7 @@ Usage from a test module (pytest puts ``tests/`` on sys.path)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -61,8 +62,8 @@ class S3StoreSettings:
     listen: str = field(default="127.0.0.1:0")
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
+@contextlib.contextmanager
+def running_s3_server() -> Iterator[S3Server]:
     saved = {name: os.environ.get(name) for name in FAKE_CREDENTIALS}
     os.environ.update(FAKE_CREDENTIALS)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -77,6 +78,12 @@ def s3_server() -> Iterator[S3Server]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with running_s3_server() as running:
+        yield running
 
 
 @pytest.fixture
